@@ -1,0 +1,47 @@
+# fastq — two commands set everything up on a fresh machine:
+#   make run    build, install and run the main job (an end-to-end throughput run)
+#   make test   build, install and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.fastq-built
+SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd) setup.py pyproject.toml
+
+.PHONY: run test bench build clean debug sanitize torture
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "setuptools>=68" wheel "Cython>=3.1"
+	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
+	    "pytest-benchmark>=4" "faster-fifo>=1.4"
+	touch $@
+
+$(STAMP): $(VENV)/.deps $(SOURCES)
+	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+build: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m fastq.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 tests
+
+torture: $(STAMP)
+	FASTQ_TORTURE=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only \
+	    --benchmark-autosave --benchmark-storage=.benchmarks -o python_files='bench_*.py'
+
+debug:
+	FASTQ_DEBUG=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
+
+sanitize:
+	FASTQ_SANITIZE=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info src/fastq/*.c src/fastq/*.so src/fastq/*.html

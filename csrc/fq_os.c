@@ -1,0 +1,205 @@
+/* fq_os.c — the one place where fastq talks to the operating system.  See fq_os.h. */
+#if defined(__linux__)
+#define _GNU_SOURCE
+#endif
+#include "fq_os.h"
+#include "fq_status.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sched.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <limits.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+int fq_map(int fd, size_t len, int writable, void **out) {
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    void *p = mmap(NULL, len, prot, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return -errno;
+    *out = p;
+    return 0;
+}
+
+int fq_unmap(void *addr, size_t len) {
+    if (munmap(addr, len) != 0) return -errno;
+    return 0;
+}
+
+int fq_map_anon(size_t len, void **out) {
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return -errno;
+    *out = p;
+    return 0;
+}
+
+int64_t fq_file_size(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    return (int64_t)st.st_size;
+}
+
+int fq_preallocate(int fd, int64_t len) {
+    int64_t cur = fq_file_size(fd);
+    if (cur < 0) return (int)cur;
+    if (cur >= len) return 0;   /* never shrink: another process may have it mapped */
+#if defined(__linux__)
+    int rc = posix_fallocate(fd, 0, (off_t)len);
+    if (rc == 0) return 0;
+    if (rc != EOPNOTSUPP && rc != EINVAL) return -rc;
+    /* filesystems without fallocate: fall through to ftruncate (sparse) */
+#elif defined(__APPLE__)
+    fstore_t fst = {F_ALLOCATECONTIG, F_PEOFPOSMODE, 0, (off_t)(len - cur), 0};
+    if (fcntl(fd, F_PREALLOCATE, &fst) == -1) {
+        fst.fst_flags = F_ALLOCATEALL;
+        if (fcntl(fd, F_PREALLOCATE, &fst) == -1) return -errno;
+    }
+#endif
+    if (ftruncate(fd, (off_t)len) != 0) return -errno;
+    return 0;
+}
+
+int fq_datasync(int fd) {
+#if defined(__APPLE__)
+    if (fcntl(fd, F_FULLFSYNC) == 0) return 0;
+    if (fsync(fd) != 0) return -errno;
+    return 0;
+#elif defined(__linux__)
+    if (fdatasync(fd) != 0) return -errno;
+    return 0;
+#else
+    if (fsync(fd) != 0) return -errno;
+    return 0;
+#endif
+}
+
+int fq_msync(void *addr, size_t len) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)addr;
+    uintptr_t start = a & ~((uintptr_t)pg - 1);
+    size_t n = len + (a - start);
+    if (msync((void *)start, n, MS_SYNC) != 0) return -errno;
+    return 0;
+}
+
+int fq_fsync_dir(const char *path) {
+    int fd = open(path, O_RDONLY
+#ifdef O_DIRECTORY
+                  | O_DIRECTORY
+#endif
+    );
+    if (fd < 0) return -errno;
+    int rc = fsync(fd) != 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+int fq_flock(int fd, int exclusive, int wait) {
+    int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
+    for (;;) {
+        if (flock(fd, op) == 0) return 0;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+int fq_funlock(int fd) {
+    if (flock(fd, LOCK_UN) != 0) return -errno;
+    return 0;
+}
+
+int fq_pid_alive(int32_t pid) {
+    if (pid <= 0) return 0;
+    if (kill((pid_t)pid, 0) == 0) return 1;
+    if (errno == ESRCH) return 0;
+    if (errno == EPERM) return 1; /* exists, owned by someone else */
+    return -errno;
+}
+
+int32_t fq_getpid(void) { return (int32_t)getpid(); }
+
+int fq_has_futex(void) {
+#if defined(__linux__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fq_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
+#if defined(__linux__)
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, NULL, 0);
+    if (rc == 0) return 0;
+    if (errno == EAGAIN || errno == EINTR) return 0;  /* value changed / signal: re-check */
+    if (errno == ETIMEDOUT) return FQ_ETIMEDOUT;
+    return -errno;
+#else
+    /* Fallback: poll the word every 50 us until it changes or time runs out. */
+    int64_t deadline = timeout_ns >= 0 ? fq_monotonic_ns() + timeout_ns : -1;
+    for (;;) {
+        if (__atomic_load_n(addr, __ATOMIC_ACQUIRE) != expected) return 0;
+        if (deadline >= 0 && fq_monotonic_ns() >= deadline) return FQ_ETIMEDOUT;
+        fq_sleep_ns(50000);
+    }
+#endif
+}
+
+int fq_wake(uint32_t *addr, int n) {
+#if defined(__linux__)
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    if (rc < 0) return -errno;
+    return (int)rc;
+#else
+    (void)addr; (void)n;
+    return 0;
+#endif
+}
+
+void fq_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+void fq_yield(void) { sched_yield(); }
+
+int64_t fq_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int64_t fq_realtime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+void fq_sleep_ns(int64_t ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+

@@ -1,0 +1,77 @@
+/* fq_os.h — every operating-system specific call fastq makes lives behind this header.
+ *
+ * Linux is the first platform; macOS is supported through the fallbacks noted per
+ * function; Windows is not yet built (each function documents what it would use).
+ * All functions return >= 0 on success or -errno (or an FQ_E... code) on failure.
+ */
+#ifndef FQ_OS_H
+#define FQ_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Map `len` bytes of `fd` from offset 0, shared and read/write (or read-only when
+ * `writable` is 0). The file may be shorter than `len`: touching pages past its end
+ * raises SIGBUS, so callers only touch bytes below what they allocated. */
+int fq_map(int fd, size_t len, int writable, void **out);
+int fq_unmap(void *addr, size_t len);
+/* Anonymous shared memory (inherited over fork). */
+int fq_map_anon(size_t len, void **out);
+
+/* Make [0, len) of the file exist on disk so writes into a mapping cannot SIGBUS on a
+ * full disk. Linux: posix_fallocate; macOS: F_PREALLOCATE + ftruncate; else ftruncate.
+ * Never shrinks the file. Returns -ENOSPC on a full disk. */
+int fq_preallocate(int fd, int64_t len);
+int64_t fq_file_size(int fd);
+
+/* Flush written data of a file to stable storage (fdatasync on Linux, F_FULLFSYNC on
+ * macOS). Callers must never retry a failure (fsyncgate): the page cache may have
+ * dropped the dirty pages already. */
+int fq_datasync(int fd);
+/* msync(MS_SYNC) a byte range of a mapping (rounded out to pages). */
+int fq_msync(void *addr, size_t len);
+/* fsync a directory so a create/rename/unlink in it is durable. */
+int fq_fsync_dir(const char *path);
+
+/* Whole-file advisory locks that the kernel releases when the process dies
+ * (flock on POSIX). `exclusive` 1 for exclusive, 0 for shared; `wait` 0 for try-lock
+ * (returns -EWOULDBLOCK when held). */
+int fq_flock(int fd, int exclusive, int wait);
+int fq_funlock(int fd);
+
+/* 1 if a process with this pid exists, 0 if it does not, <0 on error. PIDs can be
+ * reused: callers treat "exists" as "maybe alive" and bound their waits. */
+int fq_pid_alive(int32_t pid);
+int32_t fq_getpid(void);
+
+/* Cross-process wait/wake on a 32-bit word in shared memory.
+ * Linux: futex (not FUTEX_PRIVATE, so it works across processes on a shared mapping).
+ * Elsewhere: a bounded sleep-poll (50 us) fallback; wakes are then no-ops.
+ * fq_wait returns 0 when woken or the word changed, FQ_ETIMEDOUT on timeout
+ * (timeout_ns < 0 waits forever). Spurious wakeups are possible: callers re-check. */
+int fq_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+int fq_wake(uint32_t *addr, int n);   /* n = INT32_MAX wakes all */
+int fq_has_futex(void);
+
+void fq_cpu_relax(void);   /* pause / yield hint inside spin loops */
+void fq_yield(void);       /* sched_yield */
+int64_t fq_monotonic_ns(void);
+int64_t fq_realtime_ms(void);
+void fq_sleep_ns(int64_t ns);
+
+/* Atomics on shared memory. The shared words are plain uint64_t/uint32_t inside a
+ * mapping; the GCC/Clang __atomic builtins give them C11 memory-order semantics without
+ * _Atomic-qualified storage (which Cython cannot declare). static inline: these sit on
+ * the hot path. */
+static inline uint64_t fq_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fq_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t fq_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fq_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int fq_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t fq_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t fq_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+static inline void fq_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+#endif

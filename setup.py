@@ -1,0 +1,72 @@
+"""Build the compiled core of fastq.
+
+Switches (environment variables):
+  FASTQ_DEBUG=1     asserts on, Cython bounds/wraparound checks on, -O0 -g
+  FASTQ_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (implies debug flags);
+                    run Python with LD_PRELOAD of libasan to load the modules
+"""
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTQ_DEBUG") == "1"
+SANITIZE = os.environ.get("FASTQ_SANITIZE") == "1"
+
+compile_args = []
+link_args = []
+macros = []
+if sys.platform != "win32":
+    compile_args += ["-std=c11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+    if DEBUG or SANITIZE:
+        compile_args += ["-O0", "-g3", "-UNDEBUG"]
+        macros += [("FASTQ_DEBUG", "1")]
+    else:
+        compile_args += ["-O3"]
+        macros += [("NDEBUG", "1")]
+    if SANITIZE:
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+        compile_args += san
+        link_args += san
+else:
+    compile_args += ["/O2"]
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    "boundscheck": DEBUG or SANITIZE,
+    "wraparound": DEBUG or SANITIZE,
+    "cdivision": True,
+    "initializedcheck": DEBUG or SANITIZE,
+}
+
+
+def ext(name, sources):
+    return Extension(
+        name,
+        sources=sources,
+        include_dirs=["csrc"],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+CORE_C = ["csrc/fq_crc32c.c", "csrc/fq_varint.c", "csrc/fq_batch.c", "csrc/fq_os.c", "csrc/fq_index.c"]
+
+extensions = [
+    ext("fastq._codec", ["src/fastq/_codec.pyx"] + CORE_C),
+    ext("fastq._storage", ["src/fastq/_storage.pyx"] + CORE_C),
+]
+if os.path.exists("src/fastq/_ring.pyx"):
+    extensions.append(ext("fastq._ring", ["src/fastq/_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]))
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=os.environ.get("FASTQ_ANNOTATE") == "1",
+        gdb_debug=False,
+    ),
+)
