@@ -124,9 +124,9 @@ void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset);
  *                  with lastOffsetDelta
  *   FQ_EMAGIC      magic != 2
  *   FQ_ECORRUPT    CRC mismatch (when check_crc is nonzero)
- * On success fills *info and returns 0. An all-zero header (preallocated space) is
- * reported as FQ_ETRUNCATED... no: batchLength 0 is FQ_ECORRUPT; callers that scan
- * preallocated files treat "length field is 0" as end of data before calling this. */
+ * On success fills *info and returns 0. A batchLength of 0 is FQ_ECORRUPT: scanners of
+ * preallocated (zero-filled) files treat a zero length field as the end of data before
+ * calling this. */
 int fq_batch_validate(const uint8_t *buf, size_t avail, int64_t max_size, int check_crc,
                       fq_batch_info *info);
 
