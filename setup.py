@@ -53,7 +53,9 @@ def ext(name, sources):
     )
 
 
-CORE_C = ["csrc/fq_crc32c.c", "csrc/fq_varint.c", "csrc/fq_batch.c", "csrc/fq_os.c", "csrc/fq_index.c"]
+CORE_C = [
+    "csrc/fq_crc32c.c", "csrc/fq_varint.c", "csrc/fq_batch.c", "csrc/fq_os.c", "csrc/fq_index.c", "csrc/fq_log.c",
+]
 
 extensions = [
     ext("fastq._codec", ["src/fastq/_codec.pyx"] + CORE_C),

@@ -1,0 +1,119 @@
+/* fq_log.h — the shared state of one log directory and its writer lock.
+ *
+ * Every process that opens a log maps the same `fastq.state` file (FQ_STATE_SIZE bytes,
+ * host byte order — little-endian on every supported platform; the file is not meant
+ * to be copied across endianness). It holds the committed end of the log, which readers
+ * load without locks, and the writer lock, which serializes appends from any number of
+ * threads and processes without a system call when uncontended.
+ *
+ * Layout (byte offsets; each group on its own 64-byte cache line):
+ *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | pad u32 | created_ms i64
+ *   64   lock u64 (0 = free, else owner pid in the low 32 bits, a nonce in the high 32)
+ *        lock_acquired_ns i64 (monotonic time the owner took it; diagnostic)
+ *   128  seq u64            seqlock over the commit group below (odd = update in progress)
+ *        next_offset i64    committed log end offset: every offset below it is readable
+ *        end_pos i64        committed byte end inside the active segment
+ *        active_base i64    base offset of the active segment
+ *        max_timestamp i64  largest record timestamp in the active segment (-1 none)
+ *        index_count u32, timeindex_count u32   valid entries in the active indexes
+ *        bytes_since_index i64  bytes appended since the last .index entry
+ *        written_end i64    high-water of bytes ever written into the active segment
+ *        generation u64     bumped whenever the segment list changes (roll, retention,
+ *                           truncation, recovery): readers rescan the directory then
+ *   256  notify u32         bumped after every commit; tailing readers futex-wait on it
+ *        waiters u32        readers currently sleeping on `notify` (writers skip the wake
+ *                           syscall when 0)
+ *   320  recovery_point i64 every offset below it has been fsynced (durable watermark)
+ *        log_start_offset i64 first offset still retained
+ *        opens u64           number of opens (diagnostic)
+ *
+ * Writer protocol: acquire the lock; append bytes at end_pos (raising written_end
+ * first); fq_log_commit() publishes (next_offset, end_pos, ...) under the seqlock; bump
+ * notify and wake sleepers; release. A writer killed while holding the lock leaves only
+ * uncommitted bytes past end_pos: the next writer detects the dead owner (its pid no
+ * longer exists) after FQ_LOCK_CHECK_NS of waiting, steals the lock and repairs
+ * (fq_log_repair: closes an odd seqlock, the caller zeroes [end_pos, written_end)).
+ */
+#ifndef FQ_LOG_H
+#define FQ_LOG_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define FQ_STATE_SIZE 4096
+#define FQ_STATE_VERSION 1
+#define FQ_STATE_FLAG_CLEAN 0x1u      /* the last process closed the log cleanly */
+#define FQ_LOCK_CHECK_NS 1000000LL    /* check the owner's liveness every 1 ms of waiting */
+
+typedef struct fq_log_state {
+    /* line 0: identity */
+    char magic[8];
+    uint32_t version;
+    uint32_t size;
+    uint32_t flags;
+    uint32_t _pad0;
+    int64_t created_ms;
+    uint8_t _pad1[32];
+    /* line 1: writer lock */
+    uint64_t lock;
+    int64_t lock_acquired_ns;
+    uint8_t _pad2[48];
+    /* line 2-3: committed end, under the seqlock */
+    uint64_t seq;
+    int64_t next_offset;
+    int64_t end_pos;
+    int64_t active_base;
+    int64_t max_timestamp;
+    uint32_t index_count;
+    uint32_t timeindex_count;
+    int64_t bytes_since_index;
+    int64_t written_end;
+    uint64_t generation;
+    uint8_t _pad3[56];
+    /* line 4: notification */
+    uint32_t notify;
+    uint32_t waiters;
+    uint8_t _pad4[56];
+    /* line 5: durability and retention */
+    int64_t recovery_point;
+    int64_t log_start_offset;
+    uint64_t opens;
+    uint8_t _pad5[40];
+} fq_log_state;
+
+/* A consistent copy of the commit group. */
+typedef struct fq_log_snapshot {
+    int64_t next_offset;
+    int64_t end_pos;
+    int64_t active_base;
+    int64_t max_timestamp;
+    uint32_t index_count;
+    uint32_t timeindex_count;
+    int64_t bytes_since_index;
+    int64_t written_end;
+    uint64_t generation;
+} fq_log_snapshot;
+
+/* Try once to take the lock. Returns 1 on success, 0 when held. */
+int fq_log_trylock(fq_log_state *st, uint64_t me);
+/* Take the lock, waiting (spin, then yield, then short sleeps) for at most timeout_ns
+ * (< 0: forever). While waiting, every FQ_LOCK_CHECK_NS the owner's pid is checked;
+ * a dead owner's lock is stolen. Returns 0 (taken), 1 (taken by stealing from a dead
+ * owner: the caller must repair before appending), FQ_ETIMEDOUT. Call without the GIL. */
+int fq_log_lock(fq_log_state *st, uint64_t me, int64_t timeout_ns);
+void fq_log_unlock(fq_log_state *st, uint64_t me);
+/* A lock word for this process: pid | nonce << 32. */
+uint64_t fq_log_lock_word(uint32_t nonce);
+
+/* Read the commit group consistently (retries while a writer is mid-commit; a dead
+ * writer's odd seqlock is waited out at most `timeout_ns`, then FQ_ETIMEDOUT). */
+int fq_log_snapshot_read(const fq_log_state *st, fq_log_snapshot *out, int64_t timeout_ns);
+/* Publish a new commit group (caller holds the lock). */
+void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s);
+/* After stealing the lock: make the seqlock even again. */
+void fq_log_repair(fq_log_state *st);
+/* Bump notify and wake sleepers if any. */
+void fq_log_notify(fq_log_state *st);
+/* Wait until next_offset > offset or timeout. Returns 1 if data is there, 0 on timeout. */
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns);
+
+#endif
