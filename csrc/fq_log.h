@@ -7,7 +7,8 @@
  * threads and processes without a system call when uncontended.
  *
  * Layout (byte offsets; each group on its own 64-byte cache line):
- *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | pad u32 | created_ms i64
+ *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | pad u32 | created_ms i64 |
+ *        boot_id [16]u8 (which boot of the machine last opened the log)
  *   64   lock u64 (0 = free, else owner pid in the low 32 bits, a nonce in the high 32)
  *        lock_acquired_ns i64 (monotonic time the owner took it; diagnostic)
  *   128  seq u64            seqlock over the commit group below (odd = update in progress)
@@ -52,7 +53,8 @@ typedef struct fq_log_state {
     uint32_t flags;
     uint32_t _pad0;
     int64_t created_ms;
-    uint8_t _pad1[32];
+    uint8_t boot_id[16];   /* boot the commit group was last written in (see fastq/log.py) */
+    uint8_t _pad1[16];
     /* line 1: writer lock */
     uint64_t lock;
     int64_t lock_acquired_ns;

@@ -26,6 +26,7 @@ __all__ = [
     "QueueFull",
     "QueueEmpty",
     "Timeout",
+    "LogNotFound",
 ]
 
 
@@ -103,3 +104,7 @@ class QueueFull(FastqError, queue.Full):
 
 class QueueEmpty(FastqError, queue.Empty):
     """A queue has nothing to hand out."""
+
+
+class LogNotFound(FastqError, FileNotFoundError):
+    """No log exists at the path and ``create=False`` was given."""

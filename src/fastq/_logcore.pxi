@@ -1,0 +1,617 @@
+# LogCore: shared state, writer lock, append and read hot paths (included by _storage.pyx).
+
+from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_GET_ITEM
+from cpython.ref cimport PyObject
+from bisect import bisect_right
+
+import random as _random
+
+
+cdef inline int64_t check_ts(object timestamp) except -2:
+    cdef int64_t ts
+    if timestamp is None:
+        return fq_realtime_ms()
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        raise InvalidArgument(f"timestamp must be an int of milliseconds, got {type(timestamp).__name__}")
+    if timestamp < 0 or timestamp > INT64_MAX // 2:
+        raise InvalidArgument(f"timestamp {timestamp} out of range (milliseconds since the epoch, >= 0)")
+    ts = timestamp
+    return ts
+
+
+cdef inline int set_field(object obj, const uint8_t **ptr, int32_t *length, list keep, str what) except -1:
+    """Point (ptr, length) at a bytes-like object's bytes; None -> length -1.
+    Non-bytes buffers are copied to bytes kept alive in `keep`."""
+    cdef Py_ssize_t n
+    if obj is None:
+        ptr[0] = NULL
+        length[0] = -1
+        return 0
+    if type(obj) is not bytes:
+        if isinstance(obj, str):
+            raise InvalidArgument(f"{what} must be bytes-like, not str (encode it first)")
+        try:
+            obj = bytes(memoryview(obj))
+        except TypeError:
+            raise InvalidArgument(f"{what} must be bytes-like or None, got {type(obj).__name__}") from None
+        keep.append(obj)
+    n = PyBytes_GET_SIZE(obj)
+    if n > INT32_MAX - 1024:
+        raise RecordTooLarge(f"{what} of {n} bytes is larger than a record can be")
+    ptr[0] = <const uint8_t *>PyBytes_AS_STRING(obj)
+    length[0] = <int32_t>n
+    return 0
+
+
+cdef class LogCore:
+    """Shared state of one log directory plus the append/read hot path.
+
+    Subclassed by :class:`fastq.log.Log`, which supplies the policy methods this class
+    calls: ``_refresh()`` (rescan segments after another process changed the list),
+    ``_roll_locked()`` and ``_group_sync(offset)``.
+
+    Process-safety: appends from any number of processes are serialized by the writer
+    lock in the shared state; readers never lock. Thread-safety: one LogCore may be
+    shared by threads (the GIL serializes its Python-level state; the shared lock is
+    taken without the GIL when contended).
+    """
+
+    def __cinit__(self):
+        self.st = NULL
+        self.state_fd = -1
+        self.recs = NULL
+        self.hdrs = NULL
+        self._segments = []
+        self._durability = 0
+        self.segment_bytes = 1 << 26
+        self.max_record_bytes = 1 << 20
+        self.index_interval = 4096
+        self.lockword = fq_log_lock_word(<uint32_t>_random.getrandbits(32))
+
+    # -- shared state -------------------------------------------------------------------
+
+    def _map_state(self, str path):
+        """Open (creating if missing) and map the state file. Returns its size before
+        mapping (0 for a new file). The caller initializes a new state."""
+        cdef bytes b = os.fsencode(path)
+        cdef int fd = c_open(b, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        cdef void *p
+        cdef int rc
+        cdef int64_t size
+        if fd < 0:
+            raise_status(-errno, "open state", path)
+        self.state_fd = fd
+        size = fq_file_size(fd)
+        if size < 0:
+            raise_status(size, "stat state", path)
+        if 0 < size < FQ_STATE_SIZE:
+            raise CorruptRecord(f"{path} is {size} bytes, not a fastq state file "
+                                f"({FQ_STATE_SIZE} bytes)", path, size)
+        rc = fq_preallocate(fd, FQ_STATE_SIZE)
+        if rc < 0:
+            raise_status(rc, "preallocate state", path)
+        rc = fq_map(fd, FQ_STATE_SIZE, 1, &p)
+        if rc < 0:
+            raise_status(rc, "map state", path)
+        self.st = <fq_log_state *>p
+        return size
+
+    @property
+    def state_fd(self):
+        return self.state_fd
+
+    def _state_valid(self):
+        return self.st != NULL and self.st.magic[:8] == b"FQSTATE1" and \
+            self.st.version == FQ_STATE_VERSION and self.st.size == FQ_STATE_SIZE
+
+    def _state_init(self, int64_t created_ms):
+        memset(self.st, 0, FQ_STATE_SIZE)
+        memcpy(self.st.magic, b"FQSTATE1", 8)
+        self.st.version = FQ_STATE_VERSION
+        self.st.size = FQ_STATE_SIZE
+        self.st.created_ms = created_ms
+        self.st.max_timestamp = -1
+
+    def _state_raw(self):
+        return PyBytes_FromStringAndSize(<char *>self.st, FQ_STATE_SIZE)
+
+    property _flags:
+        def __get__(self): return self.st.flags
+        def __set__(self, uint32_t v): self.st.flags = v
+
+    property _boot_id:
+        def __get__(self): return PyBytes_FromStringAndSize(<char *>self.st.boot_id, 16)
+        def __set__(self, bytes v):
+            if len(v) != 16:
+                raise InvalidArgument("boot id must be 16 bytes")
+            memcpy(self.st.boot_id, <char *>v, 16)
+
+    property _opens:
+        def __get__(self): return self.st.opens
+        def __set__(self, uint64_t v): self.st.opens = v
+
+    property recovery_point:
+        """Every offset below this has been fsynced (the durable watermark)."""
+        def __get__(self): return self.st.recovery_point
+        def __set__(self, int64_t v): self.st.recovery_point = v
+
+    property start_offset:
+        """The first offset still in the log (raised by retention)."""
+        def __get__(self):
+            if self.st == NULL:
+                self._check_open()
+            return self.st.log_start_offset
+        def __set__(self, int64_t v): self.st.log_start_offset = v
+
+    @property
+    def end_offset(self):
+        """The offset the next appended record will get (Kafka's log end offset)."""
+        if self.st == NULL:
+            self._check_open()
+        return fq_load_acquire_u64(<uint64_t *>&self.st.next_offset)
+
+    def snapshot(self):
+        """A consistent copy of the commit group as a dict."""
+        cdef fq_log_snapshot s
+        cdef int rc
+        if self.st == NULL:
+            self._check_open()
+        rc = fq_log_snapshot_read(self.st, &s, 1000000000)
+        if rc < 0:
+            raise_status(rc, "read log state")
+        return {"next_offset": s.next_offset, "end_pos": s.end_pos, "active_base": s.active_base,
+                "max_timestamp": s.max_timestamp, "index_count": s.index_count,
+                "timeindex_count": s.timeindex_count, "bytes_since_index": s.bytes_since_index,
+                "written_end": s.written_end, "generation": s.generation}
+
+    def _commit(self, int64_t next_offset, int64_t end_pos, int64_t active_base, int64_t max_timestamp,
+                int64_t index_count, int64_t timeindex_count, int64_t bytes_since_index,
+                int64_t written_end, uint64_t generation):
+        """Publish a new commit group (caller holds the writer lock)."""
+        cdef fq_log_snapshot s
+        s.next_offset = next_offset
+        s.end_pos = end_pos
+        s.active_base = active_base
+        s.max_timestamp = max_timestamp
+        s.index_count = <uint32_t>index_count
+        s.timeindex_count = <uint32_t>timeindex_count
+        s.bytes_since_index = bytes_since_index
+        s.written_end = written_end
+        s.generation = generation
+        fq_log_commit(self.st, &s)
+        fq_log_notify(self.st)
+
+    def _raise_recovery_point(self, int64_t v):
+        """recovery_point = max(recovery_point, v), atomically across processes."""
+        cdef uint64_t cur
+        while True:
+            cur = fq_load_acquire_u64(<uint64_t *>&self.st.recovery_point)
+            if <int64_t>cur >= v or fq_cas_u64(<uint64_t *>&self.st.recovery_point, cur, <uint64_t>v):
+                return
+
+    # -- writer lock --------------------------------------------------------------------
+
+    cdef int _lock(self) except -1:
+        cdef int rc
+        if fq_log_trylock(self.st, self.lockword):
+            return 0
+        with nogil:
+            rc = fq_log_lock(self.st, self.lockword, -1)
+        if rc < 0:
+            raise_status(rc, "take the log's writer lock")
+        if rc == 1:
+            self._repair_locked()
+        return 0
+
+    cdef inline void _unlock(self) noexcept:
+        fq_log_unlock(self.st, self.lockword)
+
+    def _lock_py(self, timeout=None):
+        """Take the writer lock from Python (roll, retention, truncation)."""
+        cdef int rc
+        cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
+        self._check_open()
+        with nogil:
+            rc = fq_log_lock(self.st, self.lockword, t)
+        if rc < 0:
+            raise_status(rc, "take the log's writer lock")
+        if rc == 1:
+            self._repair_locked()
+
+    def _unlock_py(self):
+        fq_log_unlock(self.st, self.lockword)
+
+    def _repair_locked(self):
+        """We took the lock from a writer that died holding it: drop what it left past
+        the committed end, so nothing uncommitted can ever surface."""
+        fq_log_repair(self.st)
+        if self.st.generation != self._gen:
+            self._refresh()
+        seg = self._active
+        if seg is not None:
+            seg.refresh_size()
+            seg.zero(self.st.end_pos, max(self.st.written_end, self.st.end_pos))
+            seg.zero_index(self.st.index_count, self.st.timeindex_count)
+            self.st.written_end = self.st.end_pos
+
+    # -- appends ------------------------------------------------------------------------
+
+    cdef int _check_open(self) except -1:
+        if self._closed or self.st == NULL:
+            if self._failure is not None:
+                raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
+            raise Closed("log is closed")
+        return 0
+
+    cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1:
+        cdef void *p
+        if n > self.recs_cap:
+            p = PyMem_Realloc(self.recs, n * sizeof(fq_record_in))
+            if p == NULL:
+                raise MemoryError()
+            self.recs = <fq_record_in *>p
+            self.recs_cap = <int32_t>n
+        if nh > self.hdrs_cap:
+            p = PyMem_Realloc(self.hdrs, nh * sizeof(fq_header))
+            if p == NULL:
+                raise MemoryError()
+            self.hdrs = <fq_header *>p
+            self.hdrs_cap = <int32_t>nh
+        return 0
+
+    cdef int _prepare_locked(self, int64_t size) except -1:
+        """Make room for `size` bytes at the end of the active segment (refresh after
+        another process changed segments, roll when full or old, grow the file).
+        Returns the position to write at."""
+        cdef int64_t pos
+        cdef Segment seg
+        if self.st.generation != self._gen:
+            self._refresh()
+        pos = self.st.end_pos
+        if pos > 0 and (pos + size > self.segment_bytes or
+                        (self.segment_ms > 0 and fq_realtime_ms() - self._active_created_ms >= self.segment_ms)):
+            self._roll_locked()
+            pos = self.st.end_pos
+        seg = self._active
+        if pos + size > seg.alloc_size:
+            seg._grow(pos + size)
+        if pos + size > self.st.written_end:
+            self.st.written_end = pos + size
+        return 0
+
+    cdef int64_t _commit_batch_locked(self, int64_t pos, int64_t size, int64_t max_ts,
+                                      int32_t n) except -1:
+        """Publish a batch written at `pos`, adding index entries as due."""
+        cdef fq_log_snapshot s
+        cdef fq_log_state *st = self.st
+        cdef Segment seg = self._active
+        cdef int64_t base = st.next_offset
+        cdef int64_t ts
+        cdef uint32_t r
+        s.next_offset = base + n
+        s.end_pos = pos + size
+        s.active_base = st.active_base
+        s.max_timestamp = max_ts if max_ts > st.max_timestamp else st.max_timestamp
+        s.index_count = st.index_count
+        s.timeindex_count = st.timeindex_count
+        s.bytes_since_index = st.bytes_since_index + size
+        s.written_end = st.written_end
+        s.generation = st.generation
+        if s.bytes_since_index > self.index_interval:
+            if s.index_count < seg.idx_cap:
+                fq_index_put(seg.idx, s.index_count, <uint32_t>(base - seg.base_offset), <uint32_t>pos)
+                s.index_count += 1
+            if s.timeindex_count < seg.tidx_cap:
+                ts = -1
+                if s.timeindex_count > 0:
+                    fq_timeindex_get(seg.tidx, s.timeindex_count - 1, &ts, &r)
+                if s.max_timestamp > ts:
+                    fq_timeindex_put(seg.tidx, s.timeindex_count, s.max_timestamp,
+                                     <uint32_t>(base + n - 1 - seg.base_offset))
+                    s.timeindex_count += 1
+            s.bytes_since_index = 0
+        fq_log_commit(st, &s)
+        fq_log_notify(st)
+        return base
+
+    cdef int64_t _append_recs(self, int32_t n) except -1:
+        """Append self.recs[0:n] as one batch (or several if larger than
+        max_record_bytes) under one hold of the writer lock. Returns the first offset."""
+        cdef int64_t size, pos, first = -1, rc, base, max_ts, done_offset
+        cdef int32_t i = 0, k
+        cdef Segment seg
+        # split into batches that fit
+        self._lock()
+        try:
+            while i < n:
+                k = n - i
+                while True:
+                    size = fq_batch_size(self.recs + i, k)
+                    if size < 0:
+                        raise_status(size, "encode batch")
+                    if size <= self.max_record_bytes:
+                        break
+                    if k == 1:
+                        raise RecordTooLarge(
+                            f"record of {size} encoded bytes exceeds max_record_bytes={self.max_record_bytes}")
+                    k = (k + 1) // 2
+                pos = self._prepare_locked(size)
+                pos = self.st.end_pos
+                seg = self._active
+                base = self.st.next_offset
+                rc = fq_batch_encode(seg.data + pos, <size_t>size, base, 0, self.recs + i, k)
+                if rc < 0:
+                    raise_status(rc, "encode batch")
+                max_ts = self.recs[i].timestamp
+                for j in range(i + 1, i + k):
+                    if self.recs[j].timestamp > max_ts:
+                        max_ts = self.recs[j].timestamp
+                self._commit_batch_locked(pos, size, max_ts, k)
+                if first < 0:
+                    first = base
+                i += k
+            done_offset = self.st.next_offset
+        finally:
+            self._unlock()
+        if self._durability:
+            self._after_append(done_offset)
+        return first
+
+    def _after_append(self, int64_t done_offset):
+        """Durability after an append (see fastq.log.Log). A failed fsync fails the
+        log for good (fsyncgate): every later call raises FsyncFailed."""
+        try:
+            if self._durability == 2:
+                self._active.sync()
+                self._raise_recovery_point(done_offset)
+            else:
+                self._group_sync(done_offset)
+        except FsyncFailed as e:
+            self._failure = str(e)
+            self._closed = True
+            raise
+
+    def append(self, value, key=None, headers=None, timestamp=None):
+        """Append one record as its own batch; returns its offset.
+
+        ``value`` and ``key`` are bytes-like or None; ``headers`` a list of
+        ``(str, bytes | None)`` or a dict; ``timestamp`` integer ms (default now).
+        Returns once the record is committed and, per the log's durability, synced."""
+        cdef list keep = None
+        cdef fq_record_in *r
+        cdef int32_t nh = 0
+        if self._closed:
+            self._check_open()
+        if self.recs_cap < 1:
+            self._ensure_recs(1, 0)
+        r = self.recs
+        r.timestamp = check_ts(timestamp)
+        if type(value) is bytes:
+            r.value = <const uint8_t *>PyBytes_AS_STRING(value)
+            r.value_len = <int32_t>PyBytes_GET_SIZE(value) if PyBytes_GET_SIZE(value) < INT32_MAX - 1024 else -2
+            if r.value_len == -2:
+                raise RecordTooLarge(f"value of {len(value)} bytes is larger than a record can be")
+        else:
+            keep = []
+            set_field(value, &r.value, &r.value_len, keep, "value")
+        if key is None:
+            r.key = NULL
+            r.key_len = -1
+        else:
+            if keep is None:
+                keep = []
+            set_field(key, &r.key, &r.key_len, keep, "key")
+        if headers:
+            if keep is None:
+                keep = []
+            nh = self._fill_headers(headers, 0, keep)
+            r = self.recs   # _fill_headers may not move recs, but be safe
+            r.headers = self.hdrs
+        else:
+            r.headers = NULL
+        r.n_headers = nh
+        return self._append_recs(1)
+
+    cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1:
+        cdef Py_ssize_t i, n
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        try:
+            seq = PySequence_Fast(headers, "headers must be a list of (str, bytes) pairs")
+        except TypeError as e:
+            raise InvalidArgument(str(e)) from None
+        n = PySequence_Fast_GET_SIZE(seq)
+        self._ensure_recs(1, at + n)
+        for i in range(n):
+            item = <object>PySequence_Fast_GET_ITEM(seq, i)
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidArgument(f"header {i} must be a (str, bytes) pair, got {item!r:.60}")
+            k, v = item
+            if isinstance(k, str):
+                k = k.encode("utf-8", "surrogateescape")
+            elif not isinstance(k, bytes):
+                raise InvalidArgument(f"header key must be str, got {type(k).__name__}")
+            keep.append(k)
+            self.hdrs[at + i].key = <const uint8_t *>PyBytes_AS_STRING(k)
+            self.hdrs[at + i].key_len = <int32_t>PyBytes_GET_SIZE(k)
+            set_field(v, &self.hdrs[at + i].value, &self.hdrs[at + i].value_len, keep, "header value")
+        return <int32_t>n
+
+    def append_many(self, values, key=None, headers=None, timestamp=None):
+        """Append many values as one batch (split only if larger than max_record_bytes),
+        with one key, one header list and one timestamp for all. Returns the first
+        offset; the records get consecutive offsets."""
+        cdef Py_ssize_t i, n
+        cdef list keep = []
+        cdef int64_t ts
+        cdef const uint8_t *kp = NULL
+        cdef int32_t klen = -1, nh = 0
+        cdef fq_record_in *r
+        self._check_open()
+        try:
+            seq = PySequence_Fast(values, "values must be a sequence of bytes-like objects")
+        except TypeError as e:
+            raise InvalidArgument(str(e)) from None
+        n = PySequence_Fast_GET_SIZE(seq)
+        if n == 0:
+            raise InvalidArgument("append_many needs at least one value")
+        if n > INT32_MAX // 2:
+            raise InvalidArgument(f"too many values ({n}) for one call")
+        ts = check_ts(timestamp)
+        set_field(key, &kp, &klen, keep, "key")
+        if headers:
+            nh = self._fill_headers(headers, 0, keep)
+        self._ensure_recs(n, 0)
+        for i in range(n):
+            v = <object>PySequence_Fast_GET_ITEM(seq, i)
+            r = self.recs + i
+            if type(v) is bytes and PyBytes_GET_SIZE(v) < INT32_MAX - 1024:
+                r.value = <const uint8_t *>PyBytes_AS_STRING(v)
+                r.value_len = <int32_t>PyBytes_GET_SIZE(v)
+            else:
+                set_field(v, &r.value, &r.value_len, keep, f"value {i}")
+            r.timestamp = ts
+            r.key = kp
+            r.key_len = klen
+            r.headers = self.hdrs if nh else NULL
+            r.n_headers = nh
+        return self._append_recs(<int32_t>n)
+
+    def append_batch(self, records):
+        """Append records given as ``(value, key, headers, timestamp)`` tuples (any
+        trailing items may be omitted) in one batch. Returns the first offset."""
+        cdef Py_ssize_t i, n, nh_total = 0, at = 0
+        cdef list keep = []
+        cdef list items
+        cdef fq_record_in *r
+        cdef int32_t nh
+        self._check_open()
+        items = list(records)
+        n = len(items)
+        if n == 0:
+            raise InvalidArgument("append_batch needs at least one record")
+        if n > INT32_MAX // 2:
+            raise InvalidArgument(f"too many records ({n}) for one call")
+        for i in range(n):
+            it = items[i]
+            if not isinstance(it, tuple) or not 1 <= len(it) <= 4:
+                raise InvalidArgument(f"record {i} must be a (value, key, headers, timestamp) tuple")
+            if len(it) > 2 and it[2]:
+                h = it[2]
+                nh_total += len(h)
+        self._ensure_recs(n, nh_total)
+        for i in range(n):
+            it = items[i]
+            r = self.recs + i
+            set_field(it[0], &r.value, &r.value_len, keep, f"value {i}")
+            set_field(it[1] if len(it) > 1 else None, &r.key, &r.key_len, keep, f"key {i}")
+            r.timestamp = check_ts(it[3] if len(it) > 3 else None)
+            if len(it) > 2 and it[2]:
+                nh = self._fill_headers(it[2], at, keep)
+                r.headers = self.hdrs + at
+                r.n_headers = nh
+                at += nh
+            else:
+                r.headers = NULL
+                r.n_headers = 0
+        return self._append_recs(<int32_t>n)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _locate(self, int64_t offset):
+        """(segment, committed data end in it, valid index entries) for `offset`, or
+        (None, 0, 0) when offset is at or past the log end."""
+        cdef fq_log_snapshot s
+        cdef int rc
+        cdef Segment seg
+        self._check_open()
+        rc = fq_log_snapshot_read(self.st, &s, 1000000000)
+        if rc < 0:
+            raise_status(rc, "read log state")
+        if s.generation != self._gen:
+            self._refresh()
+            rc = fq_log_snapshot_read(self.st, &s, 1000000000)
+            if rc < 0:
+                raise_status(rc, "read log state")
+        if offset >= s.next_offset:
+            return None, 0, 0
+        if offset < self.st.log_start_offset:
+            raise OffsetOutOfRange(f"offset {offset} is below the log start: valid offsets are "
+                                   f"[{self.st.log_start_offset}, {s.next_offset}]")
+        i = bisect_right(self._segments, offset, key=_base_of) - 1
+        if i < 0:
+            raise OffsetOutOfRange(f"offset {offset} is before the first segment")
+        seg = self._segments[i]
+        if seg.base_offset == s.active_base:
+            if seg.alloc_size < s.end_pos:
+                seg.refresh_size()
+            return seg, s.end_pos, s.index_count
+        return seg, seg.sealed_end, seg.sealed_index_count
+
+    def read(self, int64_t offset=0, end=None):
+        """Iterate records from `offset` up to `end` (exclusive; default: the log end
+        now). Raises OffsetOutOfRange when offset is outside [start, end]."""
+        cdef LogReader rd
+        cdef int64_t hi = self.end_offset
+        cdef int64_t lo = self.st.log_start_offset
+        if offset < lo or offset > hi:
+            raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi}]")
+        rd = LogReader.__new__(LogReader)
+        rd.log = self
+        rd.seg = None
+        rd.next_offset = offset
+        rd.end = hi if end is None else min(<int64_t>end, INT64_MAX)
+        rd.expect = -1
+        rd.remaining = 0
+        return rd
+
+    def get(self, int64_t offset):
+        """The record at `offset` (OffsetOutOfRange if there is none)."""
+        cdef int64_t hi = self.end_offset
+        cdef int64_t lo = self.st.log_start_offset
+        if offset < lo or offset >= hi:
+            raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi})")
+        for rec in self.read(offset, offset + 1):
+            return rec
+        raise CorruptRecord(f"offset {offset} is missing from the log")
+
+    def wait(self, int64_t offset, timeout=None):
+        """Block until a record at `offset` exists (end_offset > offset) or `timeout`
+        seconds pass; returns True if it exists. Wakes through a futex on the shared
+        state (a 50 µs sleep-poll off Linux), not by polling."""
+        cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
+        cdef int rc
+        self._check_open()
+        if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
+            return True
+        with nogil:
+            rc = fq_log_wait(self.st, offset, t)
+        return rc == 1
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def _release_state(self):
+        if self.st != NULL:
+            fq_unmap(self.st, FQ_STATE_SIZE)
+            self.st = NULL
+        if self.state_fd >= 0:
+            c_close(self.state_fd)
+            self.state_fd = -1
+
+    def __dealloc__(self):
+        if self.st != NULL or self.state_fd >= 0:
+            if not self._closed:
+                try:
+                    warnings.warn("unclosed fastq log", ResourceWarning)
+                except Exception:
+                    pass
+        if self.st != NULL:
+            fq_unmap(self.st, FQ_STATE_SIZE)
+        if self.state_fd >= 0:
+            c_close(self.state_fd)
+        PyMem_Free(self.recs)
+        PyMem_Free(self.hdrs)
+
+
+def _base_of(Segment s):
+    return s.base_offset

@@ -1,0 +1,179 @@
+# Records handed out by reads, and the sequential reader (included by _storage.pyx).
+
+
+@cython.final
+@cython.freelist(256)
+cdef class Record:
+    """One record read from a log.
+
+    ``key`` and ``value`` are zero-copy, read-only memoryviews into the segment's map
+    (``None`` for a null key or a tombstone). They stay valid for as long as you hold
+    them — also past the next read — but while any is alive the log refuses to close or
+    truncate that segment (``BufferError``). Call ``bytes(rec.value)`` to keep a copy
+    without pinning the segment. ``headers`` is a list of ``(str, bytes | None)``.
+    """
+    cdef readonly int64_t offset      # the record's offset in its log
+    cdef readonly int64_t timestamp   # milliseconds since the epoch
+    cdef Segment seg                  # keeps the mapping alive
+    cdef const uint8_t *kp            # key bytes in the mapping
+    cdef const uint8_t *vp            # value bytes in the mapping
+    cdef const uint8_t *hp            # first header in the mapping
+    cdef int32_t klen                 # -1 = null key
+    cdef int32_t vlen                 # -1 = null value
+    cdef int32_t nh                   # number of headers
+    cdef int32_t hlen                 # bytes of the header area
+
+    @property
+    def key(self):
+        if self.seg.data == NULL:
+            raise Closed("the log holding this record was closed")
+        return make_view(self.seg, self.kp, self.klen)
+
+    @property
+    def value(self):
+        if self.seg.data == NULL:
+            raise Closed("the log holding this record was closed")
+        return make_view(self.seg, self.vp, self.vlen)
+
+    @property
+    def headers(self):
+        cdef fq_header h
+        cdef int i, rc
+        cdef const uint8_t *p = self.hp
+        cdef int64_t left = self.hlen
+        if self.seg.data == NULL:
+            raise Closed("the log holding this record was closed")
+        out = []
+        for i in range(self.nh):
+            rc = fq_header_decode(p, <size_t>left, &h)
+            if rc < 0:
+                raise_status(rc, f"header of record {self.offset}", self.seg.path)
+            k = (<const char *>h.key)[:h.key_len].decode("utf-8", "surrogateescape")
+            v = None if h.value_len < 0 else PyBytes_FromStringAndSize(<const char *>h.value, h.value_len)
+            out.append((k, v))
+            p += rc
+            left -= rc
+        return out
+
+    def __repr__(self):
+        return (f"Record(offset={self.offset}, timestamp={self.timestamp}, "
+                f"key={None if self.klen < 0 else bytes(self.key)!r}, "
+                f"value_len={self.vlen})")
+
+
+cdef class LogReader:
+    """Iterator over a log's records from an offset to an end offset.
+
+    Verifies every batch's CRC before handing out its records. Not thread-safe: use
+    one reader per thread. Stops at ``end`` (exclusive) or at the log end when created.
+    """
+    cdef LogCore log          # the log read from
+    cdef Segment seg          # current segment (None before the first batch)
+    cdef int64_t pos          # position of the next batch in seg
+    cdef int64_t limit        # committed data end of seg as last seen
+    cdef readonly int64_t next_offset  # offset of the next record to hand out
+    cdef readonly int64_t end          # stop before this offset
+    cdef int64_t expect       # base offset the next batch must have (-1 unknown)
+    cdef const uint8_t *rp    # next record in the current batch
+    cdef int64_t rleft        # bytes left in the current batch's records area
+    cdef int32_t remaining    # records left in the current batch
+    cdef int64_t base         # base offset of the current batch
+    cdef int64_t base_ts      # base timestamp of the current batch
+
+    def __iter__(self):
+        return self
+
+    cdef int _next_batch(self) except -1:
+        """Advance to the batch holding next_offset. Returns 1 if one is ready, 0 at end."""
+        cdef fq_batch_info info
+        cdef int rc
+        cdef int64_t p
+        while True:
+            if self.next_offset >= self.end:
+                return 0
+            if self.seg is None or self.pos + FQ_BATCH_LOG_OVERHEAD > self.limit or self.pos < 0:
+                self.seg, self.limit, idx_count = self.log._locate(self.next_offset)
+                if self.seg is None:
+                    return 0
+                p = self.seg._find_pos(self.next_offset, self.limit, idx_count)
+                if p < 0:
+                    # nothing at next_offset in this segment (yet): re-locate once more
+                    self.seg = None
+                    return 0
+                self.pos = p
+                self.expect = -1
+            rc = fq_batch_validate(self.seg.data + self.pos, <size_t>(self.limit - self.pos),
+                                   INT32_MAX, 1, &info)
+            if rc < 0:
+                raise_status(rc, f"read offset {self.next_offset}", self.seg.path, self.pos)
+            if self.expect >= 0 and info.base_offset != self.expect:
+                raise CorruptRecord(
+                    f"read offset {self.next_offset}: batch at position {self.pos} of "
+                    f"{self.seg.path} has base offset {info.base_offset}, expected {self.expect}",
+                    self.seg.path, self.pos)
+            if info.attributes & FQ_ATTR_COMPRESSION_MASK:
+                raise CorruptRecord(f"batch at position {self.pos} of {self.seg.path} is "
+                                    f"compressed (codec {info.attributes & 7}); fastq stores "
+                                    f"uncompressed batches", self.seg.path, self.pos)
+            self.expect = info.base_offset + info.last_offset_delta + 1
+            self.rp = self.seg.data + self.pos + FQ_BATCH_HEADER_SIZE
+            self.rleft = info.total_size - FQ_BATCH_HEADER_SIZE
+            self.remaining = info.record_count
+            self.base = info.base_offset
+            self.base_ts = info.base_timestamp
+            self.pos += info.total_size
+            if info.attributes & FQ_ATTR_CONTROL:
+                self.remaining = 0       # control batches carry no user records
+                if self.expect > self.next_offset:
+                    self.next_offset = self.expect
+                continue
+            if self.expect <= self.next_offset:
+                self.remaining = 0
+                continue
+            return 1
+
+    def __next__(self):
+        cdef fq_record_view v
+        cdef int rc
+        cdef int64_t off
+        cdef Record r
+        while True:
+            if self.remaining <= 0:
+                if not self._next_batch():
+                    raise StopIteration
+            rc = fq_record_decode(self.rp, <size_t>self.rleft, &v)
+            if rc < 0:
+                raise_status(rc, f"record in batch {self.base}", self.seg.path, self.pos)
+            self.rp += rc
+            self.rleft -= rc
+            self.remaining -= 1
+            off = self.base + v.offset_delta
+            if off < self.next_offset:
+                continue
+            if off >= self.end:
+                self.remaining = 0
+                self.next_offset = self.end
+                raise StopIteration
+            r = Record.__new__(Record)
+            r.offset = off
+            r.timestamp = self.base_ts + v.timestamp_delta
+            r.seg = self.seg
+            r.kp = v.key
+            r.klen = v.key_len
+            r.vp = v.value
+            r.vlen = v.value_len
+            r.hp = v.headers
+            r.nh = v.n_headers
+            r.hlen = v.headers_len
+            self.next_offset = off + 1
+            return r
+
+    def read_many(self, Py_ssize_t max_records):
+        """Up to max_records records as a list (an empty list at the end)."""
+        out = []
+        for _ in range(max_records):
+            try:
+                out.append(self.__next__())
+            except StopIteration:
+                break
+        return out

@@ -1,0 +1,130 @@
+# Header of fastq._storage: the mmap-backed segment and the log's hot path.
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from fastq._cdefs cimport fq_batch_info, fq_record_in, fq_header
+
+
+cdef extern from "fq_log.h" nogil:
+    enum:
+        FQ_STATE_SIZE
+        FQ_STATE_VERSION
+        FQ_STATE_FLAG_CLEAN
+
+    ctypedef struct fq_log_state:
+        char magic[8]
+        uint32_t version
+        uint32_t size
+        uint32_t flags
+        int64_t created_ms
+        uint8_t boot_id[16]
+        uint64_t lock
+        int64_t lock_acquired_ns
+        uint64_t seq
+        int64_t next_offset
+        int64_t end_pos
+        int64_t active_base
+        int64_t max_timestamp
+        uint32_t index_count
+        uint32_t timeindex_count
+        int64_t bytes_since_index
+        int64_t written_end
+        uint64_t generation
+        uint32_t notify
+        uint32_t waiters
+        int64_t recovery_point
+        int64_t log_start_offset
+        uint64_t opens
+
+    ctypedef struct fq_log_snapshot:
+        int64_t next_offset
+        int64_t end_pos
+        int64_t active_base
+        int64_t max_timestamp
+        uint32_t index_count
+        uint32_t timeindex_count
+        int64_t bytes_since_index
+        int64_t written_end
+        uint64_t generation
+
+    int fq_log_trylock(fq_log_state *st, uint64_t me)
+    int fq_log_lock(fq_log_state *st, uint64_t me, int64_t timeout_ns)
+    void fq_log_unlock(fq_log_state *st, uint64_t me)
+    uint64_t fq_log_lock_word(uint32_t nonce)
+    int fq_log_snapshot_read(const fq_log_state *st, fq_log_snapshot *out, int64_t timeout_ns)
+    void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s)
+    void fq_log_repair(fq_log_state *st)
+    void fq_log_notify(fq_log_state *st)
+    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns)
+
+
+cdef struct ScanResult:
+    int64_t end_pos          # byte position after the last good batch
+    int64_t next_offset      # offset after the last good batch
+    int64_t max_timestamp    # largest maxTimestamp among good batches (-1 none)
+    int64_t batches          # good batches walked
+    int64_t index_count      # index entries written (when rebuilding)
+    int64_t timeindex_count
+    int64_t bytes_since_index
+    int status               # 0 clean end (zero length / limit / stop offset), else FQ_E... of the bad batch
+    int64_t bad_pos          # position of the bad batch (status != 0)
+
+
+cdef class Segment:
+    """One segment: a .log file of RecordBatches plus its .index and .timeindex."""
+    cdef readonly int64_t base_offset   # first offset the segment may hold (its file name)
+    cdef readonly str path              # path of the .log file
+    cdef readonly str index_path        # path of the .index file
+    cdef readonly str timeindex_path    # path of the .timeindex file
+    cdef int fd                         # .log file descriptor (-1 when closed)
+    cdef int idx_fd                     # .index file descriptor
+    cdef int tidx_fd                    # .timeindex file descriptor
+    cdef uint8_t *data                  # mapping of the .log file, map_size bytes of address space
+    cdef uint8_t *idx                   # mapping of the .index file
+    cdef uint8_t *tidx                  # mapping of the .timeindex file
+    cdef readonly int64_t map_size      # address space reserved for data (segment_bytes + one batch)
+    cdef int64_t idx_cap                # capacity of .index in entries
+    cdef int64_t tidx_cap               # capacity of .timeindex in entries
+    cdef readonly int64_t alloc_size    # bytes of the .log file known to be allocated on disk
+    cdef int64_t grow_chunk             # preallocation step
+    cdef readonly int64_t exports       # live memoryviews into the data mapping
+    cdef public int64_t sealed_end      # committed data end once sealed; -1 while active
+    cdef public int64_t sealed_index_count      # valid .index entries once sealed
+    cdef public int64_t sealed_timeindex_count  # valid .timeindex entries once sealed
+    cdef public int64_t sealed_max_timestamp    # largest timestamp once sealed (-1 none)
+    cdef public bint deleted            # unlinked by retention/truncation; mapping lives on for readers
+
+    cdef int _grow(self, int64_t needed) except -1
+    cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
+    cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
+                   int check, int rebuild, int64_t interval, ScanResult *out) except -1
+
+
+cdef class LogCore:
+    """The shared state of a log and its append/read hot path (see fastq.log.Log)."""
+    cdef fq_log_state *st               # the mapped fastq.state file
+    cdef int state_fd                   # its descriptor (also flock'ed, see fastq.log)
+    cdef uint64_t lockword              # our writer-lock word (pid | nonce)
+    cdef public list _segments          # Segment objects, ascending base_offset
+    cdef public Segment _active         # the segment appends go to
+    cdef public uint64_t _gen           # state generation our segment list reflects
+    cdef public int _durability         # 0 "os", 1 "group", 2 "always"
+    cdef public int64_t segment_bytes   # roll when an append would pass this many bytes
+    cdef public int64_t segment_ms      # roll when the active segment is older than this (0 = never)
+    cdef public int64_t max_record_bytes  # largest encoded batch accepted
+    cdef public int64_t index_interval  # bytes between .index entries
+    cdef public bint _closed            # close() has run (or the log failed)
+    cdef public object _failure         # why the log failed (a failed fsync), else None
+    cdef fq_record_in *recs             # scratch array for batch appends
+    cdef fq_header *hdrs                # scratch array for headers
+    cdef int32_t recs_cap               # capacity of recs
+    cdef int32_t hdrs_cap               # capacity of hdrs
+    cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
+
+    cdef int _lock(self) except -1
+    cdef inline void _unlock(self) noexcept
+    cdef int _prepare_locked(self, int64_t size) except -1
+    cdef int64_t _commit_batch_locked(self, int64_t pos, int64_t size, int64_t max_ts,
+                                      int32_t n) except -1
+    cdef int _check_open(self) except -1
+    cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1
+    cdef int64_t _append_recs(self, int32_t n) except -1
+    cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1

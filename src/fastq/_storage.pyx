@@ -1,0 +1,591 @@
+# fastq._storage — mmap-backed segments and the log's append/read hot path.
+#
+# Policy (when to roll, what retention deletes, how recovery decides) lives in
+# fastq/log.py, which subclasses LogCore. This module owns the mappings, their lifetime,
+# the zero-copy views, the writer lock and the GIL.
+#
+# On-disk format: docs/FORMAT.md. A segment is `%020d.log` (Kafka RecordBatch v2
+# batches, back to back from position 0, followed by zero-filled preallocated space),
+# `%020d.index` (8-byte entries: relative offset u32 BE, position u32 BE) and
+# `%020d.timeindex` (12-byte entries: timestamp i64 BE, relative offset u32 BE).
+# Recovery rule: the log is the longest run of valid batches with dense offsets from the
+# start of the first segment; a zero length field ends the data of a segment.
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from libc.string cimport memset, memcpy
+from libc.errno cimport ENOSPC, EDQUOT
+from libc.stdint cimport INT32_MAX, INT64_MAX
+cimport cython
+
+from fastq._cdefs cimport *
+
+import os
+import warnings
+
+from fastq.errors import (
+    Closed, CorruptRecord, DiskFull, FsyncFailed, InvalidArgument, OffsetOutOfRange,
+    RecordTooLarge, StorageError, Timeout,
+)
+
+cdef extern from "fcntl.h" nogil:
+    int c_open "open"(const char *path, int flags, int mode)
+    enum:
+        O_RDWR
+        O_CREAT
+        O_CLOEXEC
+cdef extern from "unistd.h" nogil:
+    int c_close "close"(int fd)
+    int c_ftruncate "ftruncate"(int fd, long length)
+cdef extern from "errno.h":
+    int errno
+
+cdef enum:
+    PAGE = 4096
+    GROW_MIN = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# status -> exception, in one place
+# ---------------------------------------------------------------------------------------
+
+cdef int raise_status(int64_t rc, str what, str path=None, int64_t pos=-1) except -1:
+    """Raise the exception for a negative status code from csrc/."""
+    cdef int e
+    if rc == FQ_ECORRUPT or rc == FQ_EMAGIC or rc == FQ_ETRUNCATED:
+        kind = {FQ_ECORRUPT: "invalid", FQ_EMAGIC: "wrong magic", FQ_ETRUNCATED: "truncated"}[rc]
+        where = f" in {path}" if path else ""
+        at = f" at position {pos}" if pos >= 0 else ""
+        raise CorruptRecord(f"{what}: {kind} record batch{where}{at}", path, pos if pos >= 0 else None)
+    if rc == FQ_ETOOBIG:
+        raise RecordTooLarge(f"{what}: too large")
+    if rc == FQ_EINVAL:
+        raise InvalidArgument(f"{what}: invalid argument")
+    if rc == FQ_ETIMEDOUT:
+        raise Timeout(f"{what}: timed out")
+    if rc == FQ_ECLOSED:
+        raise Closed(f"{what}: closed")
+    if rc < 0 and rc > -4096:
+        e = <int>(-rc)
+        msg = f"{what}: {os.strerror(e)}" + (f" ({path})" if path else "")
+        if e == ENOSPC or e == EDQUOT:
+            raise DiskFull(e, msg)
+        raise StorageError(e, msg)
+    raise StorageError(f"{what}: status {rc}")
+
+
+cdef inline int64_t round_up(int64_t n, int64_t to) noexcept nogil:
+    return (n + to - 1) // to * to
+
+
+# ---------------------------------------------------------------------------------------
+# zero-copy views
+# ---------------------------------------------------------------------------------------
+
+cdef char *FMT_B = "B"
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _View:
+    """Buffer exporter for a slice of a segment mapping; counts as a live export."""
+    cdef Segment seg
+    cdef const uint8_t *ptr
+    cdef Py_ssize_t length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("fastq record views are read-only")
+        if self.seg.data == NULL:
+            raise Closed("the segment behind this record was closed")
+        view.buf = <void *>self.ptr
+        view.obj = self
+        view.len = self.length
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = FMT_B if (flags & 0x0004) else NULL   # PyBUF_FORMAT
+        view.ndim = 1
+        view.shape = &self.length if (flags & 0x0008) else NULL  # PyBUF_ND
+        view.strides = NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.seg.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.seg.exports -= 1
+
+
+cdef inline object make_view(Segment seg, const uint8_t *p, int32_t n):
+    if n < 0:
+        return None
+    cdef _View v = _View.__new__(_View)
+    v.seg = seg
+    v.ptr = p
+    v.length = n
+    return memoryview(v)
+
+
+# ---------------------------------------------------------------------------------------
+# Segment
+# ---------------------------------------------------------------------------------------
+
+cdef int open_file(str path, int flags) except -1:
+    cdef bytes b = os.fsencode(path)
+    cdef int fd = c_open(b, flags, 0o644)
+    if fd < 0:
+        raise_status(-errno, "open", path)
+    return fd
+
+
+cdef void *map_index(int fd, int64_t nbytes, str path) except NULL:
+    """Map an index file, preallocated (zero-filled) to hold `nbytes`."""
+    cdef void *p
+    cdef int rc
+    cdef int64_t size = fq_file_size(fd)
+    if size < 0:
+        raise_status(size, "stat index", path)
+    nbytes = round_up(max(nbytes, size, PAGE), PAGE)
+    rc = fq_preallocate(fd, nbytes)
+    if rc < 0:
+        raise_status(rc, "preallocate index", path)
+    rc = fq_map(fd, <size_t>nbytes, 1, &p)
+    if rc < 0:
+        raise_status(rc, "map index", path)
+    return p
+
+
+def segment_name(int64_t base_offset):
+    return "%020d" % base_offset
+
+
+cdef class Segment:
+    """One segment of a log: ``%020d.log`` + ``.index`` + ``.timeindex``, all mapped.
+
+    Process-safety: any number of processes map the same segment. Bytes below the
+    committed end (``LogCore.snapshot()``) are immutable while the segment exists; only
+    the writer holding the log lock writes past it. Thread-safety: a Segment is used by
+    one LogCore under the GIL.
+    """
+
+    def __cinit__(self):
+        self.fd = -1
+        self.idx_fd = -1
+        self.tidx_fd = -1
+        self.data = NULL
+        self.idx = NULL
+        self.tidx = NULL
+        self.sealed_end = -1
+        self.sealed_max_timestamp = -1
+
+    def __init__(self, str directory, int64_t base_offset, int64_t map_size, int64_t index_cap,
+                 bint create=False, int64_t grow_chunk=0):
+        """Open (or with ``create``, create empty) the segment at ``base_offset``."""
+        cdef int flags = O_RDWR | O_CLOEXEC | (O_CREAT if create else 0)
+        cdef int rc
+        cdef void *p
+        cdef int64_t size
+        self.base_offset = base_offset
+        name = os.path.join(directory, segment_name(base_offset))
+        self.path = name + ".log"
+        self.index_path = name + ".index"
+        self.timeindex_path = name + ".timeindex"
+        self.idx_cap = index_cap
+        self.tidx_cap = index_cap
+        self.grow_chunk = grow_chunk if grow_chunk > 0 else GROW_MIN
+        try:
+            self.fd = open_file(self.path, flags)
+            size = fq_file_size(self.fd)
+            if size < 0:
+                raise_status(size, "stat segment", self.path)
+            self.map_size = round_up(max(map_size, size, PAGE), PAGE)
+            if create and size == 0:
+                rc = fq_preallocate(self.fd, min(self.grow_chunk, self.map_size))
+                if rc < 0:
+                    raise_status(rc, "preallocate segment", self.path)
+                size = min(self.grow_chunk, self.map_size)
+            self.alloc_size = size
+            rc = fq_map(self.fd, <size_t>self.map_size, 1, &p)
+            if rc < 0:
+                raise_status(rc, "map segment", self.path)
+            self.data = <uint8_t *>p
+            self.idx_fd = open_file(self.index_path, O_RDWR | O_CLOEXEC | O_CREAT)
+            self.idx = <uint8_t *>map_index(self.idx_fd, index_cap * FQ_INDEX_ENTRY, self.index_path)
+            self.tidx_fd = open_file(self.timeindex_path, O_RDWR | O_CLOEXEC | O_CREAT)
+            self.tidx = <uint8_t *>map_index(self.tidx_fd, index_cap * FQ_TIMEINDEX_ENTRY,
+                                             self.timeindex_path)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def closed(self):
+        return self.data == NULL
+
+    @property
+    def index_capacity(self):
+        return self.idx_cap
+
+    cdef int _grow(self, int64_t needed) except -1:
+        """Preallocate the .log file to cover `needed` bytes (a full disk fails here,
+        never as a SIGBUS later)."""
+        cdef int64_t target, cur
+        cdef int rc
+        if needed <= self.alloc_size:
+            return 0
+        if needed > self.map_size:
+            raise RecordTooLarge(f"batch would end at byte {needed}, past the segment's "
+                                 f"mapped size {self.map_size}")
+        cur = fq_file_size(self.fd)
+        if cur < 0:
+            raise_status(cur, "stat segment", self.path)
+        if cur >= needed:
+            self.alloc_size = cur
+            return 0
+        target = min(self.map_size, round_up(max(needed, self.alloc_size + self.grow_chunk), PAGE))
+        with nogil:
+            rc = fq_preallocate(self.fd, target)
+        if rc < 0:
+            raise_status(rc, "preallocate segment", self.path)
+        self.alloc_size = target
+        return 0
+
+    def grow(self, int64_t needed):
+        self._grow(needed)
+
+    def refresh_size(self):
+        """Re-read the allocated size (another process may have grown the file)."""
+        cdef int64_t cur = fq_file_size(self.fd)
+        if cur < 0:
+            raise_status(cur, "stat segment", self.path)
+        self.alloc_size = cur
+        return cur
+
+    cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2:
+        """Position of the batch that holds `offset`, searching below `limit`.
+        Returns -1 when `offset` is at or past the end of the segment's data."""
+        cdef int64_t i, pos = 0, rel = offset - self.base_offset
+        cdef uint32_t r, p
+        cdef fq_batch_info info
+        cdef int rc
+        if rel < 0:
+            rel = 0
+        if idx_count > 0 and rel <= 0xFFFFFFFF:
+            i = fq_index_floor(self.idx, idx_count, <uint32_t>rel)
+            if i >= 0:
+                fq_index_get(self.idx, i, &r, &p)
+                if p < limit:
+                    pos = p
+        while pos + FQ_BATCH_LOG_OVERHEAD <= limit:
+            rc = fq_batch_validate(self.data + pos, <size_t>(limit - pos), INT32_MAX, 0, &info)
+            if rc < 0:
+                raise_status(rc, "find offset", self.path, pos)
+            if info.base_offset + info.last_offset_delta >= offset:
+                return pos
+            pos += info.total_size
+        return -1
+
+    def find_position(self, int64_t offset, int64_t limit, int64_t idx_count):
+        return self._find_pos(offset, limit, idx_count)
+
+    cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
+                   int check, int rebuild, int64_t interval, ScanResult *out) except -1:
+        """Walk batches from `start` while they are valid and their offsets dense.
+
+        check=1 verifies CRCs and record framing. rebuild=1 rewrites the indexes from
+        position `start` (which must then be 0) as the writer would have. Stops at a zero
+        length field, `limit`, a batch whose base offset is >= stop_offset (when >= 0),
+        or the first bad batch (out.status, out.bad_pos)."""
+        cdef int64_t pos = start
+        cdef int64_t nxt = expected
+        cdef int rc
+        cdef fq_batch_info info
+        cdef int64_t bsi = 0, icount = 0, tcount = 0, maxts = -1, last_tts = -1
+        out.status = 0
+        out.bad_pos = -1
+        out.batches = 0
+        with nogil:
+            while pos + FQ_BATCH_LOG_OVERHEAD <= limit:
+                if fq_be_get32(self.data + pos + FQ_BATCH_OFF_LENGTH) == 0 and \
+                        fq_be_get64(self.data + pos) == 0:
+                    break   # zero-filled preallocated space: end of data
+                if stop_offset >= 0 and <int64_t>fq_be_get64(self.data + pos) >= stop_offset:
+                    break
+                rc = fq_batch_validate(self.data + pos, <size_t>(limit - pos), INT32_MAX, check, &info)
+                if rc == 0 and info.base_offset != nxt:
+                    rc = FQ_ECORRUPT
+                if rc == 0 and check:
+                    if (info.attributes & FQ_ATTR_COMPRESSION_MASK) == 0:
+                        rc = fq_batch_check_records(self.data + pos, &info)
+                if rc < 0:
+                    out.status = rc
+                    out.bad_pos = pos
+                    break
+                if info.max_timestamp > maxts:
+                    maxts = info.max_timestamp
+                if rebuild:
+                    bsi += info.total_size
+                    if bsi > interval:
+                        if icount < self.idx_cap:
+                            fq_index_put(self.idx, icount, <uint32_t>(info.base_offset - self.base_offset),
+                                         <uint32_t>pos)
+                            icount += 1
+                        if maxts > last_tts and tcount < self.tidx_cap:
+                            fq_timeindex_put(self.tidx, tcount, maxts,
+                                             <uint32_t>(info.base_offset + info.last_offset_delta - self.base_offset))
+                            tcount += 1
+                            last_tts = maxts
+                        bsi = 0
+                nxt = info.base_offset + info.last_offset_delta + 1
+                pos += info.total_size
+                out.batches += 1
+            if rebuild:
+                # clear stale entries after the rebuilt ones
+                if icount < self.idx_cap:
+                    memset(self.idx + icount * FQ_INDEX_ENTRY, 0, <size_t>((self.idx_cap - icount) * FQ_INDEX_ENTRY))
+                if tcount < self.tidx_cap:
+                    memset(self.tidx + tcount * FQ_TIMEINDEX_ENTRY, 0,
+                           <size_t>((self.tidx_cap - tcount) * FQ_TIMEINDEX_ENTRY))
+        out.end_pos = pos
+        out.next_offset = nxt
+        out.max_timestamp = maxts
+        out.index_count = icount
+        out.timeindex_count = tcount
+        out.bytes_since_index = bsi
+        return 0
+
+    def scan(self, int64_t start=0, int64_t limit=-1, int64_t expected=-1, int64_t stop_offset=-1,
+             bint check=True, bint rebuild=False, int64_t interval=4096):
+        """Walk valid batches (see _scan). Returns a dict describing where it stopped."""
+        cdef ScanResult r
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        if limit < 0 or limit > self.alloc_size:
+            limit = self.alloc_size
+        if expected < 0:
+            expected = self.base_offset
+        if rebuild and start != 0:
+            raise InvalidArgument("index rebuild must scan from position 0")
+        self._scan(start, limit, expected, stop_offset, check, rebuild, interval, &r)
+        return {
+            "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
+            "batches": r.batches, "index_count": r.index_count, "timeindex_count": r.timeindex_count,
+            "bytes_since_index": r.bytes_since_index, "status": r.status,
+            "bad_pos": r.bad_pos if r.status else None, "limit": limit,
+        }
+
+    def valid_index_prefix(self, int64_t limit):
+        """Number of leading .index/.timeindex entries that are strictly increasing and
+        point below `limit` — how a sealed segment's index is trusted on open."""
+        cdef int64_t i, n = 0, t = 0
+        cdef uint32_t r, p, pr = 0, pp = 0
+        cdef int64_t ts, pts = -1
+        for i in range(self.idx_cap):
+            fq_index_get(self.idx, i, &r, &p)
+            if p >= limit or (i > 0 and (r <= pr or p <= pp)) or (i == 0 and r == 0 and p == 0):
+                break
+            pr = r
+            pp = p
+            n += 1
+        for i in range(self.tidx_cap):
+            fq_timeindex_get(self.tidx, i, &ts, &r)
+            if ts <= pts or (i == 0 and ts == 0 and r == 0):
+                break
+            pts = ts
+            t += 1
+        return n, t
+
+    def last_timeindex(self, int64_t count):
+        """(timestamp, relative offset) of entry count-1, or None."""
+        cdef int64_t ts
+        cdef uint32_t r
+        if count <= 0:
+            return None
+        fq_timeindex_get(self.tidx, count - 1, &ts, &r)
+        return ts, r
+
+    def timeindex_floor(self, int64_t count, int64_t ts):
+        """Relative offset of the last time-index entry with timestamp <= ts, or -1."""
+        cdef int64_t i = fq_timeindex_floor(self.tidx, count, ts)
+        cdef int64_t t
+        cdef uint32_t r
+        if i < 0:
+            return -1
+        fq_timeindex_get(self.tidx, i, &t, &r)
+        return r
+
+    def zero(self, int64_t start, int64_t end):
+        """Overwrite [start, end) of the data with zeros (discard an uncommitted or torn
+        tail; the file never shrinks because other processes may have it mapped)."""
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        end = min(end, self.alloc_size)
+        if end > start >= 0:
+            memset(self.data + start, 0, <size_t>(end - start))
+
+    def zero_index(self, int64_t index_from, int64_t timeindex_from):
+        if index_from < self.idx_cap:
+            memset(self.idx + index_from * FQ_INDEX_ENTRY, 0,
+                   <size_t>((self.idx_cap - index_from) * FQ_INDEX_ENTRY))
+        if timeindex_from < self.tidx_cap:
+            memset(self.tidx + timeindex_from * FQ_TIMEINDEX_ENTRY, 0,
+                   <size_t>((self.tidx_cap - timeindex_from) * FQ_TIMEINDEX_ENTRY))
+
+    def sync(self):
+        """fdatasync the .log file. A failure is final: raise FsyncFailed, never retry."""
+        cdef int rc
+        if self.fd < 0:
+            raise Closed(f"segment {self.path} is closed")
+        with nogil:
+            rc = fq_datasync(self.fd)
+        if rc < 0:
+            raise FsyncFailed(-rc, f"fsync {self.path}: {os.strerror(-rc)}")
+
+    def sync_range(self, int64_t start, int64_t end):
+        cdef int rc
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        if end <= start:
+            return
+        with nogil:
+            rc = fq_msync(self.data + start, <size_t>(end - start))
+        if rc < 0:
+            raise FsyncFailed(-rc, f"msync {self.path}: {os.strerror(-rc)}")
+
+    def read_bytes(self, int64_t start, int64_t end):
+        """Copy of raw data bytes [start, end) (tools and tests)."""
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        end = min(end, self.alloc_size)
+        if end <= start:
+            return b""
+        return PyBytes_FromStringAndSize(<char *>self.data + start, end - start)
+
+    def view(self, int64_t start, int64_t end):
+        """Zero-copy memoryview of data bytes [start, end) — e.g. to serve a Kafka fetch."""
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        if not (0 <= start <= end <= self.alloc_size):
+            raise InvalidArgument(f"range [{start}, {end}) outside the segment's {self.alloc_size} bytes")
+        return make_view(self, self.data + start, <int32_t>(end - start))
+
+    def close(self):
+        """Unmap and close. Refuses with BufferError while memoryviews are alive."""
+        if self.exports > 0:
+            raise BufferError(f"cannot close {self.path}: {self.exports} record view(s) still alive")
+        if self.data != NULL:
+            fq_unmap(self.data, <size_t>self.map_size)
+            self.data = NULL
+        if self.idx != NULL:
+            fq_unmap(self.idx, <size_t>round_up(max(self.idx_cap * FQ_INDEX_ENTRY, PAGE), PAGE))
+            self.idx = NULL
+        if self.tidx != NULL:
+            fq_unmap(self.tidx, <size_t>round_up(max(self.tidx_cap * FQ_TIMEINDEX_ENTRY, PAGE), PAGE))
+            self.tidx = NULL
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+        if self.idx_fd >= 0:
+            c_close(self.idx_fd)
+            self.idx_fd = -1
+        if self.tidx_fd >= 0:
+            c_close(self.tidx_fd)
+            self.tidx_fd = -1
+
+    def __dealloc__(self):
+        # Internal object: a dropped segment (retention) is unmapped quietly once no
+        # reader holds it. Views hold a reference, so exports is 0 here.
+        if self.data != NULL:
+            fq_unmap(self.data, <size_t>self.map_size)
+        if self.idx != NULL:
+            fq_unmap(self.idx, <size_t>round_up(max(self.idx_cap * FQ_INDEX_ENTRY, PAGE), PAGE))
+        if self.tidx != NULL:
+            fq_unmap(self.tidx, <size_t>round_up(max(self.tidx_cap * FQ_TIMEINDEX_ENTRY, PAGE), PAGE))
+        if self.fd >= 0:
+            c_close(self.fd)
+        if self.idx_fd >= 0:
+            c_close(self.idx_fd)
+        if self.tidx_fd >= 0:
+            c_close(self.tidx_fd)
+
+    def __repr__(self):
+        return f"<Segment {self.path} base={self.base_offset} sealed_end={self.sealed_end}>"
+
+
+# ---------------------------------------------------------------------------------------
+# small OS helpers for fastq.log (policy code calls these; the OS layer stays in C)
+# ---------------------------------------------------------------------------------------
+
+STATUS_TRUNCATED = FQ_ETRUNCATED   # scan status: a batch runs past the end of the file
+STATUS_CORRUPT = FQ_ECORRUPT
+
+
+def fsync_dir(str path):
+    """fsync a directory (a create/rename/unlink in it becomes durable)."""
+    cdef bytes b = os.fsencode(path)
+    cdef const char *cp = b
+    cdef int rc
+    with nogil:
+        rc = fq_fsync_dir(cp)
+    if rc < 0:
+        raise FsyncFailed(-rc, f"fsync directory {path}: {os.strerror(-rc)}")
+
+
+def flock(int fd, bint exclusive, bint wait):
+    """flock the file; returns False when `wait` is false and the lock is held."""
+    cdef int rc
+    with nogil:
+        rc = fq_flock(fd, exclusive, wait)
+    if rc == 0:
+        return True
+    if not wait and rc in (-11, -35):   # EWOULDBLOCK on Linux / macOS
+        return False
+    raise_status(rc, "flock")
+
+
+def funlock(int fd):
+    cdef int rc = fq_funlock(fd)
+    if rc < 0:
+        raise_status(rc, "unlock")
+
+
+def truncate_file(str path, int64_t length):
+    """Shrink or extend a file to `length` bytes. Only for files no other process has
+    mapped (recovery runs alone)."""
+    try:
+        os.truncate(path, length)
+    except OSError as e:
+        raise StorageError(e.errno, f"truncate {path}: {e.strerror}") from None
+
+
+def msync_state(LogCore log):
+    """Write the state page back (msync) — used when marking a log clean."""
+    cdef int rc
+    if log.st == NULL:
+        return
+    rc = fq_msync(log.st, FQ_STATE_SIZE)
+    if rc < 0:
+        raise FsyncFailed(-rc, f"msync state: {os.strerror(-rc)}")
+
+
+def index_entry(Segment seg, int64_t i):
+    """(relative offset, position) of .index entry i."""
+    cdef uint32_t r, p
+    if seg.idx == NULL or not 0 <= i < seg.idx_cap:
+        raise InvalidArgument(f"index entry {i} out of range")
+    fq_index_get(seg.idx, i, &r, &p)
+    return r, p
+
+
+def timeindex_entry(Segment seg, int64_t i):
+    """(timestamp, relative offset) of .timeindex entry i."""
+    cdef int64_t ts
+    cdef uint32_t r
+    if seg.tidx == NULL or not 0 <= i < seg.tidx_cap:
+        raise InvalidArgument(f"time index entry {i} out of range")
+    fq_timeindex_get(seg.tidx, i, &ts, &r)
+    return ts, r
+
+
+include "_records.pxi"
+include "_logcore.pxi"

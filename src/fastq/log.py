@@ -1,0 +1,721 @@
+"""A durable, segmented, multi-process append log — the storage core of fastq.
+
+One directory is one log::
+
+    fastq.state                       shared state: committed end, writer lock, notify word
+    fastq.lock                        open/close mutex (flock)
+    log.json                          configuration, written once at creation
+    00000000000000000000.log          RecordBatch v2 batches (Kafka's format)
+    00000000000000000000.index        offset -> position, sparse
+    00000000000000000000.timeindex    timestamp -> offset, sparse
+
+The hot path (append, read) lives in :mod:`fastq._storage`; this module owns the policy:
+opening and recovery, rolling, retention, truncation, durability and closing.
+
+Durability (``durability=``), what each loses on power failure:
+
+``"os"`` (default)
+    An append returns once the batch is in the OS page cache (a memcpy into the map).
+    Survives the crash of any process; a power failure or kernel crash may lose what the
+    OS had not written back yet (typically up to ~30 s on Linux).
+``"group"``
+    An append returns after an fsync that covers it; appends that arrive while an fsync
+    is in flight share the next one (group commit). Loses nothing acknowledged.
+``"always"``
+    Every append calls fsync before returning. Loses nothing acknowledged.
+
+Recovery: the last process to close a log marks it clean. An unclean log is recovered by
+the next process to open it, alone (under an exclusive lock): if the machine has not
+rebooted since the state was written, the shared state's committed end is exact — every
+batch below it must validate (else :class:`CorruptRecord`) and anything after it was never
+acknowledged and is discarded. After a reboot only the durable watermark
+(``recovery_point``, what fsync covered) is trusted: a complete batch that fails its CRC
+below it is reported as :class:`CorruptRecord`; from the first invalid or missing byte
+above it the tail is torn and truncated. Indexes are rebuilt for every scanned segment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from typing import Iterator
+
+from . import _storage
+from ._storage import LogCore, LogReader, Record, Segment, segment_name
+from .errors import (
+    Closed,
+    CorruptRecord,
+    InvalidArgument,
+    InvalidName,
+    LogNotFound,
+    OffsetOutOfRange,
+)
+
+__all__ = ["Log", "open_log", "Record", "LogReader", "DURABILITY_MODES"]
+
+DURABILITY_MODES = {"os": 0, "group": 1, "always": 2}
+STATE_FILE = "fastq.state"
+LOCK_FILE = "fastq.lock"
+CONFIG_FILE = "log.json"
+CONFIG_VERSION = 1
+
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+DEFAULT_INDEX_INTERVAL = 4096
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = 1 << 31            # positions in .index entries are u32
+MAX_RECORD_BYTES_CAP = 256 << 20
+
+_SEGMENT_RE = re.compile(r"^(\d{20})\.(log|index|timeindex)$")
+_FLAG_CLEAN = 1
+
+
+def _boot_id() -> bytes:
+    """16 bytes that change when the machine reboots (Linux boot_id; boot time elsewhere)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return bytes.fromhex(f.read().strip().decode().replace("-", ""))[:16].ljust(16, b"\0")
+    except OSError:
+        boot = int(time.time() - time.monotonic())  # boot time, stable to the second
+        return boot.to_bytes(16, "little", signed=True)
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    """temp -> fsync -> rename -> fsync(dir): a metadata file is old or new, never torn."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _storage.fsync_dir(os.path.dirname(path) or ".")
+
+
+def _check_positive(name: str, value, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise InvalidArgument(f"{name}={value} out of range [{lo}, {hi}]")
+    return value
+
+
+class Log(LogCore):
+    """A durable append-only log in one directory, shared by any number of processes.
+
+    Offsets are dense integers from 0. ``append`` / ``append_many`` / ``append_batch``
+    return the (first) offset; ``read(offset)`` iterates :class:`Record` objects whose
+    key and value are zero-copy memoryviews; ``wait(offset)`` blocks until a record at
+    ``offset`` exists.
+
+    Process-safety: every method may be used from several processes at once on the
+    same directory; appends are serialized by a lock in shared memory (no system call
+    when uncontended) that survives the kill of its holder (stolen after the holder's
+    pid is gone, checked every millisecond). Thread-safety: a Log may be shared by
+    threads. After ``fork()``, open a new Log in the child; do not use the parent's.
+    """
+
+    def __init__(self, path, *, durability: str | None = None, segment_bytes: int | None = None,
+                 segment_ms: int | None = None, max_record_bytes: int | None = None,
+                 index_interval: int | None = None, retention_ms: int | None = None,
+                 retention_bytes: int | None = None, create: bool = True):
+        self.path = os.fspath(path)
+        if not isinstance(self.path, str):
+            raise InvalidArgument("path must be a str or os.PathLike[str]")
+        self._closed = True
+        self._failure = None
+        self._lock_fd = -1
+        self._gc = threading.Condition()
+        self._synced = 0
+        self._syncing = False
+        if not os.path.isdir(self.path):
+            if os.path.exists(self.path):
+                raise InvalidArgument(f"{self.path} exists and is not a directory")
+            if not create:
+                raise LogNotFound(f"no log at {self.path}")
+            os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _storage.flock(self._lock_fd, True, True)
+            try:
+                self._open_locked(durability, segment_bytes, segment_ms, max_record_bytes,
+                                  index_interval, retention_ms, retention_bytes)
+            finally:
+                _storage.funlock(self._lock_fd)
+        except BaseException:
+            self._abort_open()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _abort_open(self):
+        for seg in self._segments:
+            try:
+                seg.close()
+            except BufferError:
+                pass
+        self._segments = []
+        self._active = None
+        self._release_state()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._closed = True
+
+    def _load_config(self, args: dict) -> dict:
+        path = os.path.join(self.path, CONFIG_FILE)
+        try:
+            with open(path, "rb") as f:
+                cfg = json.loads(f.read())
+            if not isinstance(cfg, dict) or cfg.get("version") != CONFIG_VERSION:
+                raise ValueError("unknown version")
+        except FileNotFoundError:
+            cfg = None
+        except ValueError as e:
+            raise CorruptRecord(f"{path} is not a fastq log config: {e}", path) from None
+        defaults = {"durability": "os", "segment_bytes": DEFAULT_SEGMENT_BYTES, "segment_ms": 0,
+                    "max_record_bytes": DEFAULT_MAX_RECORD_BYTES,
+                    "index_interval": DEFAULT_INDEX_INTERVAL, "retention_ms": None,
+                    "retention_bytes": None}
+        if cfg is None:
+            cfg = {"version": CONFIG_VERSION}
+            for k, v in defaults.items():
+                cfg[k] = args[k] if args[k] is not None else v
+            self._validate_config(cfg)
+            _write_json_atomic(path, cfg)
+        else:
+            for k, v in defaults.items():
+                cfg.setdefault(k, v)
+            # Format settings are fixed at creation (every process must map segments
+            # the same way); durability and retention may differ per open.
+            for k in ("durability", "retention_ms", "retention_bytes", "segment_ms"):
+                if args[k] is not None:
+                    cfg[k] = args[k]
+            self._validate_config(cfg)
+        return cfg
+
+    @staticmethod
+    def _validate_config(cfg: dict) -> None:
+        if cfg["durability"] not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability={cfg['durability']!r}: expected one of {sorted(DURABILITY_MODES)}")
+        _check_positive("segment_bytes", cfg["segment_bytes"], MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
+        _check_positive("max_record_bytes", cfg["max_record_bytes"], 128, MAX_RECORD_BYTES_CAP)
+        _check_positive("index_interval", cfg["index_interval"], 64, 1 << 30)
+        _check_positive("segment_ms", cfg["segment_ms"], 0, 1 << 62)
+        for k in ("retention_ms", "retention_bytes"):
+            if cfg[k] is not None:
+                _check_positive(k, cfg[k], 0, 1 << 62)
+
+    def _open_locked(self, durability, segment_bytes, segment_ms, max_record_bytes,
+                     index_interval, retention_ms, retention_bytes):
+        cfg = self._load_config(dict(durability=durability, segment_bytes=segment_bytes,
+                                     segment_ms=segment_ms, max_record_bytes=max_record_bytes,
+                                     index_interval=index_interval, retention_ms=retention_ms,
+                                     retention_bytes=retention_bytes))
+        self.config = cfg
+        self._durability = DURABILITY_MODES[cfg["durability"]]
+        self.segment_bytes = cfg["segment_bytes"]
+        self.segment_ms = cfg["segment_ms"]
+        self.max_record_bytes = cfg["max_record_bytes"]
+        self.index_interval = cfg["index_interval"]
+        self.retention_ms = cfg["retention_ms"]
+        self.retention_bytes = cfg["retention_bytes"]
+        self._map_size = self.segment_bytes + self.max_record_bytes
+        self._index_cap = self._map_size // self.index_interval + 2
+
+        self._check_directory()
+        size = self._map_state(os.path.join(self.path, STATE_FILE))
+        first = _storage.flock(self.state_fd, True, False)
+        boot = _boot_id()
+        if size == 0 or not self._state_valid():
+            if size != 0:
+                raise CorruptRecord(f"{os.path.join(self.path, STATE_FILE)} is not a fastq state file",
+                                    os.path.join(self.path, STATE_FILE), 0)
+            # A new log, or a state file lost before it was written: rebuild from the
+            # segments themselves (the .log files are the source of truth).
+            self._state_init(int(time.time() * 1000))
+            self._recover(trust_state=False, have_state=False)
+        elif first:
+            if not (self._flags & _FLAG_CLEAN and self._boot_id == boot and self._consistent()):
+                self._recover(trust_state=self._boot_id == boot and self._active_exists(),
+                              have_state=True)
+        if first:
+            self._flags = self._flags & ~_FLAG_CLEAN
+            self._boot_id = boot
+            self._opens = self._opens + 1
+            _storage.msync_state(self)
+            _storage.flock(self.state_fd, False, True)   # EX -> SH: we stay a live user
+        else:
+            _storage.flock(self.state_fd, False, True)
+        self._closed = False
+        self._gen = -1 & 0xFFFFFFFFFFFFFFFF
+        self._refresh()
+        self._synced = self.recovery_point
+
+    def _check_directory(self):
+        for name in os.listdir(self.path):
+            if name.endswith((".log", ".index", ".timeindex")) and not _SEGMENT_RE.match(name):
+                raise CorruptRecord(f"unexpected file {name!r} in log directory {self.path}: "
+                                    f"segment files are named %020d.log/.index/.timeindex",
+                                    os.path.join(self.path, name))
+
+    def _segment_bases(self) -> list[int]:
+        bases = set()
+        for name in os.listdir(self.path):
+            m = _SEGMENT_RE.match(name)
+            if m and m.group(2) == "log":
+                bases.add(int(m.group(1)))
+        return sorted(bases)
+
+    def _open_segment(self, base: int, create: bool = False) -> Segment:
+        return Segment(self.path, base, self._map_size, self._index_cap, create,
+                       max(1 << 20, self.segment_bytes // 16))
+
+    def _active_exists(self) -> bool:
+        return os.path.exists(os.path.join(self.path, segment_name(self.snapshot()["active_base"]) + ".log"))
+
+    def _consistent(self) -> bool:
+        """Cheap checks that a clean state matches the files."""
+        s = self.snapshot()
+        path = os.path.join(self.path, segment_name(s["active_base"]) + ".log")
+        try:
+            return os.path.getsize(path) >= s["end_pos"] and s["next_offset"] >= s["active_base"]
+        except OSError:
+            return False
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def _recover(self, *, trust_state: bool, have_state: bool) -> None:
+        """Rebuild the committed end from the segment files (exclusive: no other process
+        has the log open). See the module docstring for the rules."""
+        bases = self._segment_bases()
+        s = self.snapshot()
+        start = self.start_offset if have_state else (bases[0] if bases else 0)
+        bases = [b for b in bases if b >= 0]
+        if not bases:
+            seg = self._open_segment(start, create=True)
+            seg.close()
+            self._commit(start, 0, start, -1, 0, 0, 0, 0, s["generation"] + 1)
+            self.start_offset = start
+            self.recovery_point = start
+            return
+        if trust_state:
+            watermark = s["next_offset"]
+            first_i = bases.index(s["active_base"])
+        else:
+            watermark = self.recovery_point if have_state else 0
+            first_i = 0
+            for i, b in enumerate(bases):
+                if b <= watermark:
+                    first_i = i
+        expected = bases[first_i]
+        cut_i = len(bases) - 1
+        result = None
+        for i in range(first_i, len(bases)):
+            base = bases[i]
+            nxt = bases[i + 1] if i + 1 < len(bases) else -1
+            seg = self._open_segment(base)
+            try:
+                if base != expected:
+                    # a gap between segments: everything from here on is unreachable
+                    cut_i = i - 1
+                    break
+                stop = nxt
+                if trust_state and nxt < 0:
+                    stop = s["next_offset"]       # bytes past the committed end were never acked
+                r = seg.scan(0, -1, base, stop, True, True, self.index_interval)
+                if r["status"] != 0 and r["next_offset"] < watermark:
+                    bad = r["bad_pos"]
+                    if r["status"] != _storage.STATUS_TRUNCATED:
+                        raise CorruptRecord(
+                            f"corrupt record batch at position {bad} of {seg.path} (offset "
+                            f"{r['next_offset']}), below the durable watermark {watermark}",
+                            seg.path, bad)
+                result = (base, r)
+                expected = r["next_offset"]
+                if r["status"] != 0 or (nxt >= 0 and r["next_offset"] != nxt):
+                    cut_i = i
+                    break
+            finally:
+                seg.close()
+        if result is None:                 # the first scanned segment was itself a gap
+            cut_i = max(cut_i, first_i)
+            base = bases[cut_i]
+            seg = self._open_segment(base)
+            try:
+                r = seg.scan(0, -1, base, -1, True, True, self.index_interval)
+            finally:
+                seg.close()
+            result = (base, r)
+        base, r = result
+        for b in bases[cut_i + 1:]:
+            self._unlink_segment_files(b)
+        # We are alone: shrink the active file to its data and preallocate again, which
+        # zero-fills whatever a dead writer or a torn write left past the end.
+        seg = self._open_segment(base)
+        try:
+            _storage.truncate_file(seg.path, r["end_pos"])
+            seg.grow(max(r["end_pos"], 1))
+        finally:
+            seg.close()
+        self._commit(r["next_offset"], r["end_pos"], base, r["max_timestamp"], r["index_count"],
+                     r["timeindex_count"], r["bytes_since_index"], r["end_pos"], s["generation"] + 1)
+        if not have_state:
+            self.start_offset = bases[0]
+        elif self.start_offset < bases[0]:
+            self.start_offset = bases[0]
+        self.recovery_point = min(self.recovery_point, r["next_offset"])
+
+    def _unlink_segment_files(self, base: int) -> None:
+        name = os.path.join(self.path, segment_name(base))
+        for ext in (".log", ".index", ".timeindex"):
+            try:
+                os.unlink(name + ext)
+            except FileNotFoundError:
+                pass
+
+    # -- segment list -------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Bring the segment list in line with the directory and the shared state (after
+        this or another process rolled, deleted or truncated)."""
+        s = self.snapshot()
+        start = self.start_offset
+        bases = [b for b in self._segment_bases() if start <= b <= s["active_base"] or b == s["active_base"]]
+        if s["active_base"] not in bases:
+            raise CorruptRecord(f"active segment {segment_name(s['active_base'])}.log is missing from {self.path}",
+                                self.path)
+        old = {seg.base_offset: seg for seg in self._segments}
+        segs = []
+        for b in bases:
+            seg = old.pop(b, None)
+            if seg is None:
+                seg = self._open_segment(b)
+            segs.append(seg)
+        for seg in old.values():
+            seg.deleted = True       # mapping lives on for readers that still hold it
+        for i, seg in enumerate(segs):
+            if seg.base_offset == s["active_base"]:
+                seg.sealed_end = -1
+                continue
+            if seg.sealed_end < 0:
+                self._seal_info(seg, segs[i + 1].base_offset)
+        self._segments = segs
+        self._active = segs[-1]
+        self._gen = s["generation"]
+        self._active_created_ms = self._first_timestamp(self._active)
+
+    def _seal_info(self, seg: Segment, next_base: int) -> None:
+        """Find a sealed segment's data end and max timestamp from its indexes."""
+        size = seg.refresh_size()
+        n, t = seg.valid_index_prefix(size)
+        start, expected = 0, seg.base_offset
+        if n > 0:
+            rel, pos = _storage.index_entry(seg, n - 1)
+            start, expected = pos, seg.base_offset + rel
+        r = seg.scan(start, size, expected, next_base, False, False, self.index_interval)
+        seg.sealed_end = r["end_pos"]
+        seg.sealed_index_count = n
+        seg.sealed_timeindex_count = t
+        last = seg.last_timeindex(t)
+        seg.sealed_max_timestamp = max(r["max_timestamp"], last[0] if last else -1)
+
+    @staticmethod
+    def _first_timestamp(seg: Segment) -> int:
+        head = seg.read_bytes(0, 35)
+        if len(head) == 35 and any(head[:12]):
+            return int.from_bytes(head[27:35], "big", signed=True)
+        return int(time.time() * 1000)
+
+    def _roll_locked(self) -> None:
+        """Seal the active segment and start a new one at the log end (writer lock held)."""
+        s = self.snapshot()
+        old = self._active
+        if self._durability:
+            old.sync()
+        seg = self._open_segment(s["next_offset"], create=True)
+        if any(seg.read_bytes(0, 12)):
+            seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
+        if self._durability:
+            _storage.fsync_dir(self.path)
+        old.sealed_end = s["end_pos"]
+        old.sealed_index_count = s["index_count"]
+        old.sealed_timeindex_count = s["timeindex_count"]
+        old.sealed_max_timestamp = s["max_timestamp"]
+        gen = s["generation"] + 1
+        self._commit(s["next_offset"], 0, seg.base_offset, -1, 0, 0, 0, 0, gen)
+        if self._durability:
+            self._raise_recovery_point(s["next_offset"])
+        self._segments.append(seg)
+        self._active = seg
+        self._gen = gen
+        self._active_created_ms = int(time.time() * 1000)
+        self._enforce_retention_locked()
+
+    def roll(self) -> None:
+        """Seal the active segment now (if it holds any data) and start a new one."""
+        self._lock_py()
+        try:
+            if self.snapshot()["generation"] != self._gen:
+                self._refresh()
+            if self.snapshot()["end_pos"] > 0:
+                self._roll_locked()
+        finally:
+            self._unlock_py()
+
+    # -- retention and truncation -------------------------------------------------------
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete whole sealed segments past ``retention_bytes`` / ``retention_ms``.
+        Returns the number of segments deleted. Readers that still hold a deleted
+        segment (here or in another process) keep reading it until they let go."""
+        self._lock_py()
+        try:
+            if self.snapshot()["generation"] != self._gen:
+                self._refresh()
+            return self._enforce_retention_locked(now_ms)
+        finally:
+            self._unlock_py()
+
+    def _enforce_retention_locked(self, now_ms: int | None = None) -> int:
+        if self.retention_bytes is None and self.retention_ms is None:
+            return 0
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        s = self.snapshot()
+        sealed = self._segments[:-1]
+        total = sum(seg.sealed_end for seg in sealed) + s["end_pos"]
+        doomed = []
+        for seg in sealed:
+            too_big = self.retention_bytes is not None and total > self.retention_bytes
+            too_old = (self.retention_ms is not None and seg.sealed_max_timestamp >= 0
+                       and seg.sealed_max_timestamp < now_ms - self.retention_ms)
+            if not (too_big or too_old):
+                break
+            doomed.append(seg)
+            total -= seg.sealed_end
+        if not doomed:
+            return 0
+        new_start = self._segments[len(doomed)].base_offset
+        self.start_offset = new_start
+        gen = s["generation"] + 1
+        self._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
+                     s["index_count"], s["timeindex_count"], s["bytes_since_index"],
+                     s["written_end"], gen)
+        for seg in doomed:
+            self._unlink_segment_files(seg.base_offset)
+            seg.deleted = True
+        self._segments = self._segments[len(doomed):]
+        self._gen = gen
+        return len(doomed)
+
+    def truncate(self, offset: int) -> None:
+        """Remove every record at ``offset`` and after (``offset`` must start a batch).
+
+        Refuses with BufferError while record views into the removed range are alive in
+        this process. Meant for single-process administration: readers in other
+        processes positioned past ``offset`` see OffsetOutOfRange or new data."""
+        self._lock_py()
+        try:
+            s = self.snapshot()
+            if s["generation"] != self._gen:
+                self._refresh()
+            if not self.start_offset <= offset <= s["next_offset"]:
+                raise OffsetOutOfRange(f"cannot truncate to {offset}: valid offsets are "
+                                       f"[{self.start_offset}, {s['next_offset']}]")
+            if offset == s["next_offset"]:
+                return
+            keep = [seg for seg in self._segments if seg.base_offset <= offset]
+            # never drop the first segment entirely: truncating to its base empties it
+            target = keep[-1]
+            drop = [seg for seg in self._segments if seg.base_offset > offset]
+            for seg in drop + [target]:
+                if seg.exports:
+                    raise BufferError(f"cannot truncate {seg.path}: {seg.exports} record view(s) alive")
+            limit = s["end_pos"] if target is self._active else target.sealed_end
+            n, _ = target.valid_index_prefix(limit)
+            pos = target.find_position(offset, limit, n)
+            if pos < 0:
+                raise OffsetOutOfRange(f"offset {offset} not found")
+            head = target.read_bytes(pos, pos + 12)
+            if int.from_bytes(head[:8], "big") != offset:
+                raise InvalidArgument(f"offset {offset} is inside a batch; truncate to a batch boundary")
+            for seg in drop:
+                self._unlink_segment_files(seg.base_offset)
+                seg.deleted = True
+                seg.close()
+            written = max(s["written_end"], limit) if target is self._active else target.alloc_size
+            target.zero(pos, written)
+            r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval)
+            self._segments = keep
+            self._active = target
+            gen = s["generation"] + 1
+            self._commit(offset, pos, target.base_offset, r["max_timestamp"], r["index_count"],
+                         r["timeindex_count"], r["bytes_since_index"], pos, gen)
+            target.sealed_end = -1
+            self._gen = gen
+            self.recovery_point = min(self.recovery_point, offset)
+        finally:
+            self._unlock_py()
+
+    # -- durability ---------------------------------------------------------------------
+
+    def _group_sync(self, offset: int) -> None:
+        """Return once an fsync covering ``offset`` has completed. The first caller to
+        arrive becomes the leader and fsyncs everything committed so far; callers that
+        arrive meanwhile wait and share the next fsync (group commit)."""
+        with self._gc:
+            while self._synced < offset and self.recovery_point < offset:
+                if self._syncing:
+                    self._gc.wait()
+                    continue
+                self._syncing = True
+                target = self.end_offset
+                seg = self._active
+                self._gc.release()
+                try:
+                    seg.sync()
+                finally:
+                    self._gc.acquire()
+                    self._syncing = False
+                    self._gc.notify_all()
+                self._synced = max(self._synced, target)
+                self._raise_recovery_point(target)
+
+    def flush(self) -> None:
+        """fsync everything appended so far, whatever the durability mode."""
+        self._check_open_py()
+        target = self.end_offset
+        for seg in list(self._segments):
+            if seg.base_offset >= 0 and not seg.closed:
+                seg.sync()
+        self._raise_recovery_point(target)
+
+    # -- reads by time ------------------------------------------------------------------
+
+    def offset_for_timestamp(self, timestamp: int) -> int | None:
+        """The first offset whose record timestamp is >= ``timestamp`` (Kafka's
+        offsetsForTimes), or None if no record is that late."""
+        if not isinstance(timestamp, int):
+            raise InvalidArgument("timestamp must be an int of milliseconds")
+        self._check_open_py()
+        if self.snapshot()["generation"] != self._gen:
+            self._refresh()
+        s = self.snapshot()
+        for seg in list(self._segments):
+            active = seg.base_offset == s["active_base"]
+            maxts = s["max_timestamp"] if active else seg.sealed_max_timestamp
+            if maxts < timestamp:
+                continue
+            tcount = s["timeindex_count"] if active else seg.sealed_timeindex_count
+            rel = seg.timeindex_floor(tcount, timestamp - 1)
+            start = max(seg.base_offset + rel + 1 if rel >= 0 else seg.base_offset, self.start_offset)
+            end = s["next_offset"] if active else None
+            for rec in self.read(start, end):
+                if rec.timestamp >= timestamp:
+                    return rec.offset
+                if not active and rec.offset + 1 >= self._next_base(seg):
+                    break
+        return None
+
+    def _next_base(self, seg: Segment) -> int:
+        i = self._segments.index(seg)
+        return self._segments[i + 1].base_offset if i + 1 < len(self._segments) else self.end_offset
+
+    def read_from_timestamp(self, timestamp: int, end: int | None = None) -> Iterator[Record]:
+        """Iterate from the first record with timestamp >= ``timestamp``."""
+        off = self.offset_for_timestamp(timestamp)
+        if off is None:
+            return iter(())
+        return self.read(off, end)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def _check_open_py(self):
+        if self._closed:
+            if self._failure is not None:
+                from .errors import FsyncFailed
+                raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
+            raise Closed(f"log {self.path} is closed")
+
+    @property
+    def durability(self) -> str:
+        return {v: k for k, v in DURABILITY_MODES.items()}[self._durability]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def segments(self) -> list[dict]:
+        """One dict per segment: base_offset, path, bytes, sealed."""
+        self._check_open_py()
+        if self.snapshot()["generation"] != self._gen:
+            self._refresh()
+        s = self.snapshot()
+        return [{"base_offset": seg.base_offset, "path": seg.path,
+                 "bytes": s["end_pos"] if seg is self._active else seg.sealed_end,
+                 "sealed": seg is not self._active} for seg in self._segments]
+
+    def __len__(self) -> int:
+        return self.end_offset - self.start_offset
+
+    def __iter__(self) -> Iterator[Record]:
+        return self.read(self.start_offset)
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<fastq.Log {self.path!r} closed>"
+        return (f"<fastq.Log {self.path!r} offsets=[{self.start_offset}, {self.end_offset}) "
+                f"durability={self.durability!r}>")
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the log. Idempotent. Refuses with BufferError while record views are
+        alive. The last process to close fsyncs and marks the log clean."""
+        if self._closed and self.state_fd < 0:
+            return
+        for seg in self._segments:
+            if seg.exports:
+                raise BufferError(f"cannot close {self.path}: {seg.exports} record view(s) into "
+                                  f"{seg.path} still alive; release them (or copy with bytes())")
+        failed = self._failure is not None
+        _storage.flock(self._lock_fd, True, True)
+        try:
+            if not failed and self.state_fd >= 0 and _storage.flock(self.state_fd, True, False):
+                # last one out: take the writer lock (stealing it from a dead holder
+                # repairs what that holder left), fsync, and mark clean
+                self._closed = False
+                self._lock_py(timeout=5.0)
+                try:
+                    if self.snapshot()["generation"] != self._gen:
+                        self._refresh()
+                    self.flush()
+                    self._flags = self._flags | _FLAG_CLEAN
+                    _storage.msync_state(self)
+                finally:
+                    self._unlock_py()
+        finally:
+            self._closed = True
+            for seg in self._segments:
+                seg.close()
+            self._segments = []
+            self._active = None
+            self._release_state()
+            _storage.funlock(self._lock_fd)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def open_log(path, **options) -> Log:
+    """Open (creating if missing) the log in directory ``path``. See :class:`Log`."""
+    return Log(path, **options)
