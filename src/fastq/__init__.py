@@ -9,4 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", *_errors_all]
 
 # --- storage core (issue: compiled storage core) ---
+from .log import DURABILITY_MODES, Log, LogReader, Record, open_log  # noqa: E402
+
+__all__ += ["Log", "LogReader", "Record", "open_log", "DURABILITY_MODES"]
 # --- ring buffer (issue: Cython ring buffer) ---
