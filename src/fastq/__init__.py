@@ -13,3 +13,7 @@ from .log import DURABILITY_MODES, Log, LogReader, Record, open_log  # noqa: E40
 
 __all__ += ["Log", "LogReader", "Record", "open_log", "DURABILITY_MODES"]
 # --- ring buffer (issue: Cython ring buffer) ---
+from ._ring import Ring  # noqa: E402
+from .ringqueue import RingQueue  # noqa: E402
+
+__all__ += ["Ring", "RingQueue"]
