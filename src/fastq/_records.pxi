@@ -12,16 +12,6 @@ cdef class Record:
     truncate that segment (``BufferError``). Call ``bytes(rec.value)`` to keep a copy
     without pinning the segment. ``headers`` is a list of ``(str, bytes | None)``.
     """
-    cdef readonly int64_t offset      # the record's offset in its log
-    cdef readonly int64_t timestamp   # milliseconds since the epoch
-    cdef Segment seg                  # keeps the mapping alive
-    cdef const uint8_t *kp            # key bytes in the mapping
-    cdef const uint8_t *vp            # value bytes in the mapping
-    cdef const uint8_t *hp            # first header in the mapping
-    cdef int32_t klen                 # -1 = null key
-    cdef int32_t vlen                 # -1 = null value
-    cdef int32_t nh                   # number of headers
-    cdef int32_t hlen                 # bytes of the header area
 
     @property
     def key(self):
@@ -67,18 +57,6 @@ cdef class LogReader:
     Verifies every batch's CRC before handing out its records. Not thread-safe: use
     one reader per thread. Stops at ``end`` (exclusive) or at the log end when created.
     """
-    cdef LogCore log          # the log read from
-    cdef Segment seg          # current segment (None before the first batch)
-    cdef int64_t pos          # position of the next batch in seg
-    cdef int64_t limit        # committed data end of seg as last seen
-    cdef readonly int64_t next_offset  # offset of the next record to hand out
-    cdef readonly int64_t end          # stop before this offset
-    cdef int64_t expect       # base offset the next batch must have (-1 unknown)
-    cdef const uint8_t *rp    # next record in the current batch
-    cdef int64_t rleft        # bytes left in the current batch's records area
-    cdef int32_t remaining    # records left in the current batch
-    cdef int64_t base         # base offset of the current batch
-    cdef int64_t base_ts      # base timestamp of the current batch
 
     def __iter__(self):
         return self
@@ -133,6 +111,13 @@ cdef class LogReader:
             return 1
 
     def __next__(self):
+        r = self._next()
+        if r is None:
+            raise StopIteration
+        return r
+
+    cdef Record _next(self):
+        """The next record, or None at the end."""
         cdef fq_record_view v
         cdef int rc
         cdef int64_t off
@@ -140,7 +125,7 @@ cdef class LogReader:
         while True:
             if self.remaining <= 0:
                 if not self._next_batch():
-                    raise StopIteration
+                    return None
             rc = fq_record_decode(self.rp, <size_t>self.rleft, &v)
             if rc < 0:
                 raise_status(rc, f"record in batch {self.base}", self.seg.path, self.pos)
@@ -153,7 +138,7 @@ cdef class LogReader:
             if off >= self.end:
                 self.remaining = 0
                 self.next_offset = self.end
-                raise StopIteration
+                return None
             r = Record.__new__(Record)
             r.offset = off
             r.timestamp = self.base_ts + v.timestamp_delta
@@ -170,10 +155,12 @@ cdef class LogReader:
 
     def read_many(self, Py_ssize_t max_records):
         """Up to max_records records as a list (an empty list at the end)."""
-        out = []
-        for _ in range(max_records):
-            try:
-                out.append(self.__next__())
-            except StopIteration:
+        cdef list out = []
+        cdef Record r
+        cdef Py_ssize_t i
+        for i in range(max_records):
+            r = self._next()
+            if r is None:
                 break
+            out.append(r)
         return out

@@ -128,3 +128,36 @@ cdef class LogCore:
     cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1
     cdef int64_t _append_recs(self, int32_t n) except -1
     cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1
+
+
+cdef class Record:
+    """One record read from a log (see _records.pxi)."""
+    cdef readonly int64_t offset      # the record's offset in its log
+    cdef readonly int64_t timestamp   # milliseconds since the epoch
+    cdef Segment seg                  # keeps the mapping alive
+    cdef const uint8_t *kp            # key bytes in the mapping
+    cdef const uint8_t *vp            # value bytes in the mapping
+    cdef const uint8_t *hp            # first header in the mapping
+    cdef int32_t klen                 # -1 = null key
+    cdef int32_t vlen                 # -1 = null value
+    cdef int32_t nh                   # number of headers
+    cdef int32_t hlen                 # bytes of the header area
+
+
+cdef class LogReader:
+    """Sequential reader over a log (see _records.pxi)."""
+    cdef LogCore log          # the log read from
+    cdef Segment seg          # current segment (None before the first batch)
+    cdef int64_t pos          # position of the next batch in seg
+    cdef int64_t limit        # committed data end of seg as last seen
+    cdef readonly int64_t next_offset  # offset of the next record to hand out
+    cdef readonly int64_t end          # stop before this offset
+    cdef int64_t expect       # base offset the next batch must have (-1 unknown)
+    cdef const uint8_t *rp    # next record in the current batch
+    cdef int64_t rleft        # bytes left in the current batch's records area
+    cdef int32_t remaining    # records left in the current batch
+    cdef int64_t base         # base offset of the current batch
+    cdef int64_t base_ts      # base timestamp of the current batch
+
+    cdef int _next_batch(self) except -1
+    cdef Record _next(self)

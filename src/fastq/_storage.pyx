@@ -516,6 +516,18 @@ cdef class Segment:
 # small OS helpers for fastq.log (policy code calls these; the OS layer stays in C)
 # ---------------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #ifdef FASTQ_DEBUG
+    #define FQ_DEBUG_BUILD 1
+    #else
+    #define FQ_DEBUG_BUILD 0
+    #endif
+    """
+    int FQ_DEBUG_BUILD
+
+DEBUG_BUILD = bool(FQ_DEBUG_BUILD)   # built with FASTQ_DEBUG=1 or FASTQ_SANITIZE=1
+CRC_HW = bool(fq_crc32c_hw())        # CRC-32C runs on CPU instructions
 STATUS_TRUNCATED = FQ_ETRUNCATED   # scan status: a batch runs past the end of the file
 STATUS_CORRUPT = FQ_ECORRUPT
 
