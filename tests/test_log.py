@@ -1,0 +1,509 @@
+"""fastq.Log API: appends, reads, segments, time lookups, retention, truncation, reopen,
+configuration, zero-copy views and bad input."""
+import json
+import os
+import random
+import time
+
+import pytest
+
+from fastq import Log, open_log
+from fastq.errors import (
+    Closed, CorruptRecord, FastqError, InvalidArgument, LogNotFound, OffsetOutOfRange,
+    RecordTooLarge,
+)
+from logutil import fast_dir, read_all, rec_tuple, seed_for  # noqa: F401
+
+SMALL = dict(segment_bytes=4096, max_record_bytes=1024)
+
+
+def segment_files(path, ext=".log"):
+    return sorted(n for n in os.listdir(path) if n.endswith(ext))
+
+
+# -- appends and reads ------------------------------------------------------------------
+
+def test_append_returns_dense_offsets(tmp_path):
+    with Log(tmp_path) as log:
+        assert (log.start_offset, log.end_offset, len(log)) == (0, 0, 0)
+        assert log.append(b"a") == 0
+        assert log.append_many([b"b", b"c", b"d"]) == 1
+        assert log.append_batch([(b"e",), (b"f", b"k"), (b"g", None, [("h", b"1")], 7)]) == 4
+        assert log.append(b"h") == 7
+        assert (log.start_offset, log.end_offset, len(log)) == (0, 8, 8)
+        assert [bytes(r.value) for r in log.read(0)] == [b"abcdefgh"[i:i + 1] for i in range(8)]
+        assert [r.offset for r in log] == list(range(8))
+        rec = log.get(5)
+        assert (rec.offset, bytes(rec.key), bytes(rec.value)) == (5, b"k", b"f")
+        del rec
+
+
+def test_keys_and_values_none_empty_and_buffers(tmp_path):
+    inputs = [None, b"", b"xyz", bytearray(b"ba"), memoryview(b"mv-bytes")[3:], b"\x00" * 300]
+    with Log(tmp_path) as log:
+        for v in inputs:
+            for k in inputs:
+                log.append(v, key=k)
+        it = iter(log.read(0))
+        for v in inputs:
+            for k in inputs:
+                r = next(it)
+                assert (r.value is None) == (v is None)
+                assert (r.key is None) == (k is None)
+                if v is not None:
+                    assert bytes(r.value) == bytes(v)
+                if k is not None:
+                    assert bytes(r.key) == bytes(k)
+        del r, it
+        # append_many / append_batch accept the same kinds
+        first = log.append_many([bytearray(b"q"), memoryview(b"rs"), b"", None], key=bytearray(b"K"))
+        assert [(_v and bytes(_v), bytes(_k)) for _v, _k in ((r.value, r.key) for r in log.read(first))] == \
+            [(b"q", b"K"), (b"rs", b"K"), (b"", b"K"), (None, b"K")]
+        first = log.append_batch([(None, None), (bytearray(b"x"), memoryview(b"y"))])
+        got = [rec_tuple(r)[2:4] for r in log.read(first)]
+        assert got == [(None, None), (b"y", b"x")]
+
+
+def test_headers_list_and_dict(tmp_path):
+    with Log(tmp_path) as log:
+        log.append(b"v", headers=[("a", b"1"), ("a", b"2"), ("n\u00e4me", None), ("e", b"")])
+        log.append(b"v", headers={"x": b"y", "z": None})
+        log.append(b"v", headers=[(b"bytes-key", bytearray(b"bv"))])
+        log.append(b"v", headers=[])
+        log.append_many([b"1", b"2"], headers={"m": b"n"})
+        log.append_batch([(b"b", None, [("p", b"q")]), (b"c", None, {"r": b"s"})])
+        got = [r.headers for r in log.read(0)]
+    assert got == [
+        [("a", b"1"), ("a", b"2"), ("n\u00e4me", None), ("e", b"")],
+        [("x", b"y"), ("z", None)],
+        [("bytes-key", b"bv")],
+        [],
+        [("m", b"n")], [("m", b"n")],
+        [("p", b"q")], [("r", b"s")],
+    ]
+
+
+def test_timestamps(tmp_path):
+    with Log(tmp_path) as log:
+        before = int(time.time() * 1000)
+        log.append(b"now")
+        after = int(time.time() * 1000)
+        log.append(b"t0", timestamp=0)
+        log.append(b"big", timestamp=2**62 - 1)
+        log.append_many([b"a", b"b", b"c"], timestamp=1234)
+        log.append_batch([(b"x", None, None, 99), (b"y", None, None, 5), (b"z",)])
+        recs = [r.timestamp for r in log.read(0)]
+    assert before <= recs[0] <= after
+    assert recs[1:8] == [0, 2**62 - 1, 1234, 1234, 1234, 99, 5]
+    assert before <= recs[8] <= int(time.time() * 1000)
+
+
+def test_read_with_end_and_out_of_range(tmp_path):
+    with Log(tmp_path) as log:
+        log.append_many([b"%d" % i for i in range(10)])
+        assert [r.offset for r in log.read(2, 5)] == [2, 3, 4]
+        assert [r.offset for r in log.read(3, 3)] == []
+        assert [r.offset for r in log.read(8, 10**12)] == [8, 9]
+        assert list(log.read(10)) == []
+        it = log.read(0)                      # the end is fixed when the reader is made
+        log.append(b"late")
+        assert [r.offset for r in it] == list(range(10))
+        with pytest.raises(OffsetOutOfRange, match=r"valid offsets are \[0, 11\]") as e:
+            log.read(12)
+        assert isinstance(e.value, IndexError) and isinstance(e.value, FastqError)
+        with pytest.raises(OffsetOutOfRange, match=r"\[0, 11\]"):
+            log.read(-1)
+        with pytest.raises(OffsetOutOfRange, match=r"\[0, 11\)"):
+            log.get(11)
+        with pytest.raises(OffsetOutOfRange, match=r"\[0, 11\)"):
+            log.get(-5)
+        rd = log.read(4, 9)
+        assert [r.offset for r in rd.read_many(3)] == [4, 5, 6]
+        assert [r.offset for r in rd.read_many(100)] == [7, 8]
+        assert rd.read_many(5) == []
+
+
+def test_roll_many_small_segments_and_read_across(tmp_path):
+    rng = random.Random(seed_for("roll"))
+    expect = []
+    with Log(tmp_path, **SMALL) as log:
+        for i in range(600):
+            v = rng.randbytes(rng.randrange(0, 200))
+            expect.append((i, v))
+            if i % 7 == 0:
+                log.append_many([v])
+            else:
+                log.append(v, key=b"%d" % i, timestamp=i)
+        segs = log.segments()
+        assert len(segs) >= 15
+        assert [s["base_offset"] for s in segs] == sorted(s["base_offset"] for s in segs)
+        assert segs[0]["base_offset"] == 0 and not segs[-1]["sealed"]
+        assert all(s["sealed"] and 0 < s["bytes"] <= 4096 for s in segs[:-1])
+        assert len(segment_files(tmp_path)) == len(segs)
+        assert [(r.offset, bytes(r.value)) for r in log.read(0)] == expect
+        for start in [s["base_offset"] for s in segs] + rng.sample(range(600), 40):
+            end = rng.randrange(start, 601)
+            assert [(r.offset, bytes(r.value)) for r in log.read(start, end)] == expect[start:end]
+            if start < 600:
+                assert bytes(log.get(start).value) == expect[start][1]
+        log.roll()
+        log.roll()                                   # an empty active segment is not rolled again
+        assert len(log.segments()) == len(segs) + 1
+        assert log.append(b"after") == 600
+    with Log(tmp_path) as log:
+        assert [(r.offset, bytes(r.value)) for r in log.read(0)] == expect + [(600, b"after")]
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+def test_offset_for_timestamp_matches_brute_force(tmp_path, reopen):
+    rng = random.Random(seed_for("offset_for_timestamp"))
+    ts_list = []
+    with Log(tmp_path, **SMALL) as log:
+        while len(ts_list) < 800:
+            if rng.random() < 0.3:
+                batch = [(rng.randbytes(rng.randrange(50)), None, None, rng.randrange(10_000))
+                         for _ in range(rng.randrange(1, 6))]
+                log.append_batch(batch)
+                ts_list += [b[3] for b in batch]
+            else:
+                ts = rng.randrange(10_000)
+                log.append(rng.randbytes(rng.randrange(120)), timestamp=ts)
+                ts_list.append(ts)
+        assert len(log.segments()) > 5
+    with Log(tmp_path) as log:
+        if not reopen:
+            log.append(b"extra", timestamp=5000)
+            ts_list.append(5000)
+        queries = {-1, 0, 10_000, 10_001, 2**40}
+        for t in rng.sample(ts_list, 150):
+            queries |= {t - 1, t, t + 1}
+        for q in sorted(queries):
+            want = next((i for i, t in enumerate(ts_list) if t >= q), None)
+            assert log.offset_for_timestamp(q) == want, q
+        q = sorted(ts_list)[len(ts_list) // 2]
+        want = next(i for i, t in enumerate(ts_list) if t >= q)
+        assert [r.offset for r in log.read_from_timestamp(q, want + 3)] == [want, want + 1, want + 2]
+        assert list(log.read_from_timestamp(2**41)) == []
+        with pytest.raises(InvalidArgument):
+            log.offset_for_timestamp("1")
+
+
+# -- retention --------------------------------------------------------------------------
+
+def fill_segments(log, n, per=20, size=150, ts=lambda i: i):
+    """Append until the log has at least n segments. Returns the values."""
+    values = []
+    while len(log.segments()) < n:
+        i = len(values)
+        v = bytes([i % 251]) * size
+        log.append(v, key=b"%d" % i, timestamp=ts(i))
+        values.append(v)
+    return values
+
+
+def test_retention_by_bytes_keeps_readers_of_deleted_segments(tmp_path):
+    with Log(tmp_path, **SMALL) as log:
+        values = fill_segments(log, 12)
+        segs = log.segments()
+        # a Record and a value view from the first segment, an iterator in the middle
+        # of the segment that will be the last one deleted
+        first = log.get(0)
+        first_value = first.value
+        doomed_last = segs[-5]
+        it = log.read(doomed_last["base_offset"] + 1)
+        mid = next(it)
+        mid_value = mid.value
+        keep_bytes = sum(s["bytes"] for s in segs[-4:])
+        log.retention_bytes = keep_bytes
+        assert log.enforce_retention() == len(segs) - 4
+        assert log.start_offset == segs[-4]["base_offset"]
+        assert [s["base_offset"] for s in log.segments()] == [s["base_offset"] for s in segs[-4:]]
+        for s in segs[:-4]:
+            assert not os.path.exists(s["path"])
+            assert not os.path.exists(s["path"][:-4] + ".index")
+        # the held views and the iterator still read the deleted segments' mappings
+        assert bytes(first_value) == values[0] and bytes(first.key) == b"0"
+        assert bytes(mid_value) == values[mid.offset]
+        rest = [(r.offset, bytes(r.value)) for r in it]
+        assert rest == [(o, values[o]) for o in range(mid.offset + 1, len(values))]
+        with pytest.raises(OffsetOutOfRange, match=rf"\[{log.start_offset}, {len(values)}\]"):
+            log.read(0)
+        with pytest.raises(OffsetOutOfRange):
+            log.get(log.start_offset - 1)
+        assert log.enforce_retention() == 0
+        del first, first_value, mid, mid_value, it
+        start = log.start_offset
+    with Log(tmp_path) as log:          # the start offset survives a reopen
+        assert log.start_offset == start
+        assert [bytes(r.value) for r in log.read(start)] == values[start:]
+
+
+def test_retention_seen_by_another_instance_holding_a_record(tmp_path):
+    with Log(tmp_path, **SMALL) as a, Log(tmp_path) as b:
+        values = fill_segments(a, 6)
+        held = b.get(1)
+        view = held.value
+        a.retention_bytes = 0
+        assert a.enforce_retention() == 5
+        assert b.start_offset == a.start_offset > 1
+        assert [s["base_offset"] for s in b.segments()] == [a.start_offset]
+        assert bytes(view) == values[1]
+        assert [bytes(r.value) for r in b.read(b.start_offset)] == values[b.start_offset:]
+        del held, view
+
+
+def test_retention_by_time(tmp_path):
+    # segment i holds timestamps in [1000 * i, 1000 * i + 999]
+    with Log(tmp_path, **SMALL) as log:
+        values = []
+        for seg in range(10):
+            for j in range(15):
+                values.append(b"%d" % seg * 100)
+                log.append(values[-1], timestamp=1000 * seg + j)
+            log.roll()
+        log.append(b"active", timestamp=0)
+        assert log.enforce_retention(now_ms=10**9) == 0      # no retention configured
+        log.retention_ms = 5000
+        assert log.enforce_retention(now_ms=5000) == 0          # nothing older than 0
+        assert log.enforce_retention(now_ms=10_500) == 6        # max ts < 5500: segments 0..5
+        assert log.start_offset == 6 * 15
+        assert log.enforce_retention(now_ms=10_500) == 0
+        assert log.enforce_retention(now_ms=10_514) == 0        # segment 6's max ts is 6014
+        assert log.enforce_retention(now_ms=11_015) == 1
+        assert log.enforce_retention(now_ms=10**12) == 3        # every sealed segment
+        assert len(log.segments()) == 1 and log.start_offset == 150
+        assert [bytes(r.value) for r in log.read(log.start_offset)] == [b"active"]
+
+
+def test_retention_on_roll(tmp_path):
+    with Log(tmp_path, retention_bytes=3 * 4096, **SMALL) as log:
+        for i in range(1000):
+            log.append(b"x" * 100)
+        segs = log.segments()
+        assert len(segs) <= 4 and sum(s["bytes"] for s in segs) <= 4 * 4096
+        assert log.start_offset == segs[0]["base_offset"] > 0
+        assert len(list(log.read(log.start_offset))) == 1000 - log.start_offset
+        assert len(segment_files(tmp_path)) == len(segs)
+
+
+# -- truncation -------------------------------------------------------------------------
+
+def test_truncate(tmp_path):
+    with Log(tmp_path, **SMALL) as log:
+        firsts = [log.append_many([b"%d-%d" % (i, j) for j in range(3)]) for i in range(300)]
+        nseg = len(log.segments())
+        assert nseg > 5
+        with pytest.raises(InvalidArgument, match="batch boundary"):
+            log.truncate(firsts[250] + 1)
+        with pytest.raises(OffsetOutOfRange, match=r"\[0, 900\]"):
+            log.truncate(901)
+        log.truncate(900)                    # no-op at the end
+        log.truncate(firsts[280])
+        assert log.end_offset == firsts[280]
+        assert log.append(b"new") == firsts[280]
+        assert bytes(log.get(firsts[280]).value) == b"new"
+        # truncating into an earlier segment drops the later segments' files
+        log.truncate(firsts[20])
+        assert log.end_offset == firsts[20]
+        assert len(log.segments()) < nseg
+        assert len(segment_files(tmp_path)) == len(log.segments())
+        log.append_many([b"a", b"b"])
+        # a view into the range being removed blocks truncation
+        held = log.get(firsts[20] + 1).value
+        with pytest.raises(BufferError):
+            log.truncate(firsts[20])
+        del held
+        log.truncate(firsts[20])
+        log.truncate(0)
+        assert (log.start_offset, log.end_offset) == (0, 0)
+        assert list(log.read(0)) == []
+        log.append(b"fresh")
+    with Log(tmp_path) as log:
+        assert read_all(log)[0][3] == b"fresh" and log.end_offset == 1
+
+
+# -- reopen and configuration -----------------------------------------------------------
+
+def test_reopen_keeps_everything(tmp_path):
+    rng = random.Random(seed_for("reopen"))
+    with Log(tmp_path, **SMALL) as log:
+        for i in range(300):
+            log.append(rng.randbytes(rng.randrange(300)), key=rng.choice([None, b"k%d" % i]),
+                       headers=[("i", b"%d" % i)], timestamp=rng.randrange(10**12))
+            if i % 50 == 0:
+                log.append_many([b"m"] * 5)
+        before, segs = read_all(log), log.segments()
+    for durability in ("os", "group", "always"):
+        with Log(tmp_path, durability=durability) as log:
+            assert read_all(log) == before
+            assert log.segments() == segs
+            assert log.durability == durability
+
+
+def test_config_persisted_and_format_fixed(tmp_path):
+    with Log(tmp_path, durability="group", segment_bytes=8192, max_record_bytes=2048,
+             index_interval=128, retention_bytes=10**6) as log:
+        log.append(b"x")
+    cfg = json.loads((tmp_path / "log.json").read_text())
+    assert cfg["segment_bytes"] == 8192 and cfg["max_record_bytes"] == 2048
+    assert cfg["index_interval"] == 128 and cfg["durability"] == "group"
+    assert cfg["retention_bytes"] == 10**6
+    with Log(tmp_path, segment_bytes=4096, max_record_bytes=1 << 20, index_interval=4096) as log:
+        assert (log.segment_bytes, log.max_record_bytes, log.index_interval) == (8192, 2048, 128)
+        assert log.durability == "group"               # default comes from log.json
+        with pytest.raises(RecordTooLarge):
+            log.append(b"x" * 4000)
+    with Log(tmp_path, durability="always", retention_bytes=5) as log:   # per-open settings
+        assert log.durability == "always" and log.retention_bytes == 5
+
+
+def test_open_log_and_create_false(tmp_path):
+    with pytest.raises(LogNotFound) as e:
+        Log(tmp_path / "missing", create=False)
+    assert isinstance(e.value, FileNotFoundError)
+    with open_log(tmp_path / "made") as log:
+        log.append(b"1")
+    with Log(str(tmp_path / "made"), create=False) as log:
+        assert len(log) == 1 and "made" in repr(log)
+    assert "closed" in repr(log)
+
+
+# -- zero-copy views and closing --------------------------------------------------------
+
+def test_views_are_readonly_zero_copy_and_pin_the_log(tmp_path):
+    log = Log(tmp_path)
+    log.append(b"value", key=b"key")
+    rec = log.get(0)
+    v = rec.value
+    assert isinstance(v, memoryview) and v.readonly and v.tobytes() == b"value"
+    with pytest.raises(TypeError):
+        v[0] = 1
+    k = rec.key
+    with pytest.raises(BufferError, match="view"):
+        log.close()
+    assert not log.closed
+    assert log.append(b"still open") == 1           # a refused close leaves the log usable
+    del v
+    with pytest.raises(BufferError):
+        log.close()
+    del k
+    log.close()                                      # a Record alone does not pin
+    assert log.closed
+    log.close()                                      # idempotent
+    with pytest.raises(Closed):
+        rec.value
+    with pytest.raises(Closed):
+        log.append(b"x")
+    with pytest.raises(Closed):
+        log.read(0)
+    with pytest.raises(Closed):
+        log.end_offset
+    del rec
+
+
+def test_bytes_copy_does_not_pin(tmp_path):
+    with Log(tmp_path) as log:
+        log.append(b"abc")
+        copies = [bytes(r.value) for r in log.read(0)]
+    assert copies == [b"abc"]
+
+
+# -- bad input --------------------------------------------------------------------------
+
+def test_bad_appends(tmp_path):
+    with Log(tmp_path, **SMALL) as log:
+        for call in (lambda: log.append(b"x" * 2000), lambda: log.append(b"v", key=b"k" * 2000),
+                     lambda: log.append_batch([(b"x" * 2000,)]),
+                     lambda: log.append(b"v", headers=[("h", b"x" * 2000)])):
+            with pytest.raises(RecordTooLarge, match="max_record_bytes=1024") as e:
+                call()
+            assert isinstance(e.value, ValueError)
+        # many small values over the limit are split into several batches, densely
+        first = log.append_many([b"%04d" % i + b"." * 96 for i in range(40)])
+        assert [bytes(r.value)[:4] for r in log.read(first)] == [b"%04d" % i for i in range(40)]
+        cases = [
+            lambda: log.append("str value"),
+            lambda: log.append(b"v", key="str key"),
+            lambda: log.append(123),
+            lambda: log.append(b"v", headers=[("k", "str")]),
+            lambda: log.append(b"v", headers=[(1, b"x")]),
+            lambda: log.append(b"v", headers=[("k",)]),
+            lambda: log.append(b"v", headers=[["k", b"v"]]),
+            lambda: log.append(b"v", headers=5),
+            lambda: log.append(b"v", headers="ab"),
+            lambda: log.append(b"v", timestamp=-1),
+            lambda: log.append(b"v", timestamp=1.5),
+            lambda: log.append(b"v", timestamp="1"),
+            lambda: log.append(b"v", timestamp=True),
+            lambda: log.append(b"v", timestamp=2**62),
+            lambda: log.append_many([]),
+            lambda: log.append_many(5),
+            lambda: log.append_many([b"a", "b"]),
+            lambda: log.append_batch([]),
+            lambda: log.append_batch([b"not a tuple"]),
+            lambda: log.append_batch([(b"v", None, None, -5)]),
+            lambda: log.append_batch([(b"a", b"b", None, 1, "extra")]),
+        ]
+        end = log.end_offset
+        for i, call in enumerate(cases):
+            with pytest.raises(InvalidArgument) as e:
+                call()
+            assert isinstance(e.value, ValueError), i
+        assert log.end_offset == end                      # nothing half-appended
+        assert log.append(b"ok") == end
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(durability="bogus"), dict(segment_bytes=100), dict(segment_bytes=1 << 40),
+    dict(segment_bytes="4096"), dict(segment_bytes=True), dict(max_record_bytes=10),
+    dict(index_interval=0), dict(retention_bytes=-1), dict(retention_ms=-5),
+])
+def test_bad_options(tmp_path, kwargs):
+    with pytest.raises(InvalidArgument):
+        Log(tmp_path / "log", **kwargs)
+    assert not os.path.exists(tmp_path / "log" / "log.json")   # nothing half-created
+
+
+def test_path_is_a_file(tmp_path):
+    p = tmp_path / "file"
+    p.write_bytes(b"")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        Log(p)
+
+
+def corrupt_cases():
+    return {
+        "foreign .log": ("abc.log", b"hello"),
+        "foreign .index": ("1.index", b""),
+        "short state": ("fastq.state", b"\x07" * 100),
+        "junk state": ("fastq.state", bytes(range(256)) * 16),
+        "junk config": ("log.json", b"{not json"),
+        "config not a dict": ("log.json", b"[1, 2]"),
+        "config wrong version": ("log.json", b'{"version": 99}'),
+        "config wrong type": ("log.json", b'{"version": 1, "segment_bytes": "big"}'),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(corrupt_cases()))
+@pytest.mark.parametrize("existing", [False, True])
+def test_foreign_or_truncated_files(tmp_path, case, existing):
+    name, content = corrupt_cases()[case]
+    if existing:
+        with Log(tmp_path) as log:
+            log.append(b"data")
+    (tmp_path / name).write_bytes(content)
+    exc = InvalidArgument if case == "config wrong type" else CorruptRecord
+    with pytest.raises(exc) as e:
+        Log(tmp_path)
+    assert isinstance(e.value, FastqError) and isinstance(e.value, ValueError)
+    if exc is CorruptRecord:
+        assert name in str(e.value) or name in (e.value.path or "")
+
+
+def test_error_classes():
+    from fastq import errors
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.FastqError)
+    assert issubclass(errors.CorruptRecord, ValueError)
+    assert issubclass(errors.OffsetOutOfRange, IndexError)
+    assert issubclass(errors.StorageError, OSError)
