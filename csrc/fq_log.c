@@ -123,8 +123,18 @@ void fq_log_notify(fq_log_state *st) {
     if (__atomic_load_n(&st->waiters, __ATOMIC_SEQ_CST) != 0) fq_wake(&st->notify, INT_MAX);
 }
 
-int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns) {
-    int64_t deadline = timeout_ns >= 0 ? fq_monotonic_ns() + timeout_ns : -1;
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns) {
+    int64_t now = fq_monotonic_ns();
+    int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
+    if (spin_ns > 0) {
+        int64_t spin_end = now + spin_ns;
+        if (deadline >= 0 && deadline < spin_end) spin_end = deadline;
+        for (unsigned i = 0;; i++) {
+            if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
+            fq_cpu_relax();
+            if ((i & 63) == 63 && fq_monotonic_ns() >= spin_end) break;
+        }
+    }
     for (;;) {
         if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
         /* Register as a waiter, then re-check, then sleep on the notify word: a writer

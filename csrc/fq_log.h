@@ -115,7 +115,9 @@ void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s);
 void fq_log_repair(fq_log_state *st);
 /* Bump notify and wake sleepers if any. */
 void fq_log_notify(fq_log_state *st);
-/* Wait until next_offset > offset or timeout. Returns 1 if data is there, 0 on timeout. */
-int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns);
+/* Wait until next_offset > offset or timeout. Spins (cpu_relax, no syscall) for up to
+ * spin_ns first — a tailing reader at high rates then never sleeps, and one that does
+ * sleep wakes through the futex. Returns 1 if data is there, 0 on timeout. */
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns);
 
 #endif

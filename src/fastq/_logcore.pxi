@@ -575,17 +575,19 @@ cdef class LogCore:
             return rec
         raise CorruptRecord(f"offset {offset} is missing from the log")
 
-    def wait(self, int64_t offset, timeout=None):
+    def wait(self, int64_t offset, timeout=None, double spin_us=50.0):
         """Block until a record at `offset` exists (end_offset > offset) or `timeout`
-        seconds pass; returns True if it exists. Wakes through a futex on the shared
-        state (a 50 µs sleep-poll off Linux), not by polling."""
+        seconds pass; returns True if it exists. Spins for up to `spin_us` µs, then
+        sleeps on a futex in the shared state that every commit bumps (a 50 µs
+        sleep-poll off Linux) — not by polling."""
         cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
+        cdef int64_t spin = <int64_t>(spin_us * 1000.0)
         cdef int rc
         self._check_open()
         if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
             return True
         with nogil:
-            rc = fq_log_wait(self.st, offset, t)
+            rc = fq_log_wait(self.st, offset, t, spin)
         return rc == 1
 
     # -- lifetime -----------------------------------------------------------------------

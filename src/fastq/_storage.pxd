@@ -53,7 +53,7 @@ cdef extern from "fq_log.h" nogil:
     void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s)
     void fq_log_repair(fq_log_state *st)
     void fq_log_notify(fq_log_state *st)
-    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns)
+    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns)
 
 
 cdef struct ScanResult:
