@@ -95,7 +95,7 @@ cdef class Segment:
     cdef int _grow(self, int64_t needed) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
-                   int check, int rebuild, int64_t interval, ScanResult *out) except -1
+                   int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1
 
 
 cdef class LogCore:

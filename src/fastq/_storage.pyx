@@ -289,13 +289,14 @@ cdef class Segment:
         return self._find_pos(offset, limit, idx_count)
 
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
-                   int check, int rebuild, int64_t interval, ScanResult *out) except -1:
+                   int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1:
         """Walk batches from `start` while they are valid and their offsets dense.
 
         check=1 verifies CRCs and record framing. rebuild=1 rewrites the indexes from
         position `start` (which must then be 0) as the writer would have. Stops at a zero
         length field, `limit`, a batch whose base offset is >= stop_offset (when >= 0),
-        or the first bad batch (out.status, out.bad_pos)."""
+        or the first bad batch (out.status, out.bad_pos). A batch claiming more than
+        `max_size` bytes is corrupt, not torn: a torn write keeps its length field."""
         cdef int64_t pos = start
         cdef int64_t nxt = expected
         cdef int rc
@@ -311,7 +312,7 @@ cdef class Segment:
                     break   # zero-filled preallocated space: end of data
                 if stop_offset >= 0 and <int64_t>fq_be_get64(self.data + pos) >= stop_offset:
                     break
-                rc = fq_batch_validate(self.data + pos, <size_t>(limit - pos), INT32_MAX, check, &info)
+                rc = fq_batch_validate(self.data + pos, <size_t>(limit - pos), max_size, check, &info)
                 if rc == 0 and info.base_offset != nxt:
                     rc = FQ_ECORRUPT
                 if rc == 0 and check:
@@ -355,7 +356,7 @@ cdef class Segment:
         return 0
 
     def scan(self, int64_t start=0, int64_t limit=-1, int64_t expected=-1, int64_t stop_offset=-1,
-             bint check=True, bint rebuild=False, int64_t interval=4096):
+             bint check=True, bint rebuild=False, int64_t interval=4096, int64_t max_size=INT32_MAX):
         """Walk valid batches (see _scan). Returns a dict describing where it stopped."""
         cdef ScanResult r
         if self.data == NULL:
@@ -366,7 +367,7 @@ cdef class Segment:
             expected = self.base_offset
         if rebuild and start != 0:
             raise InvalidArgument("index rebuild must scan from position 0")
-        self._scan(start, limit, expected, stop_offset, check, rebuild, interval, &r)
+        self._scan(start, limit, expected, stop_offset, check, rebuild, interval, max_size, &r)
         return {
             "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
             "batches": r.batches, "index_count": r.index_count, "timeindex_count": r.timeindex_count,

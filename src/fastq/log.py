@@ -327,7 +327,7 @@ class Log(LogCore):
                 stop = nxt
                 if trust_state and nxt < 0:
                     stop = s["next_offset"]       # bytes past the committed end were never acked
-                r = seg.scan(0, -1, base, stop, True, True, self.index_interval)
+                r = seg.scan(0, -1, base, stop, True, True, self.index_interval, self.max_record_bytes)
                 if r["status"] != 0 and r["next_offset"] < watermark:
                     bad = r["bad_pos"]
                     if r["status"] != _storage.STATUS_TRUNCATED:
@@ -347,7 +347,7 @@ class Log(LogCore):
             base = bases[cut_i]
             seg = self._open_segment(base)
             try:
-                r = seg.scan(0, -1, base, -1, True, True, self.index_interval)
+                r = seg.scan(0, -1, base, -1, True, True, self.index_interval, self.max_record_bytes)
             finally:
                 seg.close()
             result = (base, r)
