@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
 SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd) setup.py pyproject.toml
 
-.PHONY: run test bench build clean debug sanitize torture
+.PHONY: run test bench build clean debug sanitize sanitize-test torture
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,17 @@ bench: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only \
 	    --benchmark-autosave --benchmark-storage=.benchmarks -o python_files='bench_*.py'
 
-debug:
-	FASTQ_DEBUG=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
+# Rebuilds with debug or sanitizer flags; the stamp is removed so the next plain
+# `make build/test` rebuilds optimized.
+debug: $(VENV)/.deps
+	rm -rf build && FASTQ_DEBUG=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
 
-sanitize:
-	FASTQ_SANITIZE=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
+sanitize: $(VENV)/.deps
+	rm -rf build && FASTQ_SANITIZE=1 $(PIP) install -q --no-build-isolation -e . && rm -f $(STAMP)
+
+sanitize-test: sanitize
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+	    $(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/fastq/*.c src/fastq/*.so src/fastq/*.html
