@@ -110,8 +110,10 @@ int64_t fq_batch_size(const fq_record_in *recs, int32_t n);
 
 /* Encode n records as one batch into dst (cap bytes). Writes baseOffset, all header
  * fields and the CRC. base timestamp = recs[0].timestamp, maxTimestamp = the largest.
- * producerId/epoch/baseSequence = -1, leader epoch 0.
- * Returns bytes written, FQ_ETOOBIG if cap is too small, FQ_EINVAL on bad input. */
+ * producerId/epoch/baseSequence = -1, leader epoch 0. Timestamp deltas wrap modulo 2^64
+ * (as Java longs do), so any int64 timestamps round-trip.
+ * Returns bytes written, FQ_ETOOBIG if cap is too small, FQ_EINVAL on bad input
+ * (including compression bits in attributes: fastq writes uncompressed records). */
 int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                         const fq_record_in *recs, int32_t n);
 
@@ -121,7 +123,9 @@ void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset);
 /* Parse and check the batch header at buf[0..avail):
  *   FQ_ETRUNCATED  avail < 12 or the batch extends past avail (a torn tail)
  *   FQ_ECORRUPT    batchLength < 49 or > max_size, or recordCount < 0 or inconsistent
- *                  with lastOffsetDelta
+ *                  with lastOffsetDelta (need 0 <= recordCount <= lastOffsetDelta + 1,
+ *                  lastOffsetDelta >= 0: compaction may drop records, never add them),
+ *                  or more records than the bytes could hold (7 bytes minimum each)
  *   FQ_EMAGIC      magic != 2
  *   FQ_ECORRUPT    CRC mismatch (when check_crc is nonzero)
  * On success fills *info and returns 0. A batchLength of 0 is FQ_ECORRUPT: scanners of
@@ -131,8 +135,11 @@ int fq_batch_validate(const uint8_t *buf, size_t avail, int64_t max_size, int ch
                       fq_batch_info *info);
 
 /* Decode the record starting at p (within the records area, `avail` bytes left).
- * Returns bytes consumed (> 0) or FQ_ETRUNCATED / FQ_ECORRUPT. Validates that key,
- * value and headers stay inside the record's declared length. */
+ * Returns bytes consumed (> 0) or FQ_ETRUNCATED (the length varint or the declared
+ * length runs past avail) / FQ_ECORRUPT. Validates that key, value and headers stay
+ * inside the record's declared length and consume it exactly (as Kafka does); lengths
+ * below -1 and null header keys are corrupt. Header bytes are checked, not copied:
+ * walk them with fq_header_decode over [headers, headers + headers_len). */
 int fq_record_decode(const uint8_t *p, size_t avail, fq_record_view *out);
 
 /* Decode one header at p (`avail` bytes of the header area left).
@@ -140,8 +147,9 @@ int fq_record_decode(const uint8_t *p, size_t avail, fq_record_view *out);
 int fq_header_decode(const uint8_t *p, size_t avail, fq_header *out);
 
 /* Walk every record of a validated, uncompressed batch and check framing: record count
- * matches, offset deltas are 0..lastOffsetDelta ascending, nothing runs past the batch.
- * Returns 0 or FQ_ECORRUPT. */
+ * matches, offset deltas strictly ascending within 0..lastOffsetDelta, nothing runs
+ * past the batch and the records end exactly at the batch end.
+ * Returns 0 or FQ_ECORRUPT (also for a compressed batch, whose records cannot be walked). */
 int fq_batch_check_records(const uint8_t *batch, const fq_batch_info *info);
 
 /* Big-endian helpers. */

@@ -4,7 +4,9 @@
  * Encoders write at most FQ_VARINT_MAX (5) / FQ_VARLONG_MAX (10) bytes and return the
  * count. Decoders return bytes consumed (> 0), FQ_ETRUNCATED if the input ends inside
  * the number, FQ_ECORRUPT if it is longer than the type allows (overlong encodings are
- * rejected) .
+ * rejected) or its last permitted byte carries bits that do not fit the type (the 5th
+ * byte of an int32 holds 4 bits, the 10th of an int64 1 bit). Non-minimal encodings
+ * within the byte limit (0x80 0x00 for 0) are accepted, as Kafka and protobuf accept them.
  */
 #ifndef FQ_VARINT_H
 #define FQ_VARINT_H
