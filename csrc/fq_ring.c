@@ -293,14 +293,20 @@ static inline int64_t parse(const fq_ring *r, uint64_t head, uint64_t tail, cons
 }
 
 int64_t fq_ring_read_begin(fq_ring *r, int64_t timeout_ns, int trylock, const uint8_t **msg) {
-    if (r->rd_active) return FQ_EINVAL;
     fq_ring_hdr *h = r->hdr;
     const int multi = !(r->flags & FQ_RING_F_SINGLE_CONSUMER);
     const int64_t deadline = deadline_of(timeout_ns);
+    /* the rd_* fields belong to whoever holds the consumer side: threads sharing a handle of
+     * a multi-consumer ring find them free once they hold the lock */
+    if (!multi && r->rd_active) return FQ_EINVAL;
     for (;;) {
         if (multi) {
             int rc = lock_take(r, &h->cons_lock, trylock, deadline);
             if (rc) return rc;
+            if (r->rd_active) {
+                lock_drop(&h->cons_lock);
+                return FQ_EINVAL;
+            }
         }
         uint64_t head = __atomic_load_n(&h->head, RELAXED);
         uint64_t tail = h->tail_cache;
