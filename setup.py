@@ -55,6 +55,7 @@ def ext(name, sources):
 
 CORE_C = [
     "csrc/fq_crc32c.c", "csrc/fq_varint.c", "csrc/fq_batch.c", "csrc/fq_os.c", "csrc/fq_index.c", "csrc/fq_log.c",
+    "csrc/fq_hash.c",
 ]
 
 extensions = [
@@ -74,6 +75,8 @@ setup(
         extensions,
         compiler_directives=directives,
         annotate=os.environ.get("FASTQ_ANNOTATE") == "1",
+        # directives differ between debug/sanitize and release builds: regenerate the C
+        force=DEBUG or SANITIZE,
         gdb_debug=False,
     ),
 )

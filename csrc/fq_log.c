@@ -162,3 +162,42 @@ int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t sp
         __atomic_fetch_sub(&st->waiters, 1u, __ATOMIC_SEQ_CST);
     }
 }
+
+void fq_notify_bump(uint32_t *notify, uint32_t *waiters) {
+    __atomic_fetch_add(notify, 1u, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST) != 0) fq_wake(notify, INT_MAX);
+}
+
+int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                   int64_t spin_ns) {
+    int64_t now = fq_monotonic_ns();
+    int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
+    if (spin_ns > 0) {
+        int64_t spin_end = now + spin_ns;
+        if (deadline >= 0 && deadline < spin_end) spin_end = deadline;
+        for (unsigned i = 0;; i++) {
+            if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;
+            fq_cpu_relax();
+            if ((i & 63) == 63 && fq_monotonic_ns() >= spin_end) break;
+        }
+    }
+    for (;;) {
+        __atomic_fetch_add(waiters, 1u, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(notify, __ATOMIC_SEQ_CST) != seen) {
+            __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
+            return 1;
+        }
+        int64_t left = -1;
+        if (deadline >= 0) {
+            left = deadline - fq_monotonic_ns();
+            if (left <= 0) {
+                __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
+                return 0;
+            }
+        }
+        if (left < 0 || left > 100000000LL) left = 100000000LL;
+        fq_wait(notify, seen, left);
+        __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;
+    }
+}

@@ -120,4 +120,13 @@ void fq_log_notify(fq_log_state *st);
  * sleep wakes through the futex. Returns 1 if data is there, 0 on timeout. */
 int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns);
 
+/* The same bump/wake and wait protocol on any (notify, waiters) word pair in shared
+ * memory — e.g. a topic-wide word that commits to every partition bump, so a consumer
+ * of several partitions sleeps on one futex. */
+void fq_notify_bump(uint32_t *notify, uint32_t *waiters);
+/* Sleep until *notify != seen or timeout (spinning up to spin_ns first). Returns 1 when
+ * the word changed, 0 on timeout. */
+int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                   int64_t spin_ns);
+
 #endif

@@ -67,6 +67,7 @@ cdef class LogCore:
         self.max_record_bytes = 1 << 20
         self.index_interval = 4096
         self.lockword = fq_log_lock_word(<uint32_t>_random.getrandbits(32))
+        self.partition_id = -1
 
     # -- shared state -------------------------------------------------------------------
 
@@ -180,6 +181,8 @@ cdef class LogCore:
         s.generation = generation
         fq_log_commit(self.st, &s)
         fq_log_notify(self.st)
+        if self._notifier is not None:
+            fq_notify_bump(self._notifier.words, self._notifier.words + 1)
 
     def _raise_recovery_point(self, int64_t v):
         """recovery_point = max(recovery_point, v), atomically across processes."""
@@ -312,6 +315,8 @@ cdef class LogCore:
             s.bytes_since_index = 0
         fq_log_commit(st, &s)
         fq_log_notify(st)
+        if self._notifier is not None:
+            fq_notify_bump(self._notifier.words, self._notifier.words + 1)
         return base
 
     cdef int64_t _append_recs(self, int32_t n) except -1:
@@ -613,6 +618,93 @@ cdef class LogCore:
             c_close(self.state_fd)
         PyMem_Free(self.recs)
         PyMem_Free(self.hdrs)
+
+
+cdef class Notifier:
+    """A topic-wide wake-up word in a shared 4 KiB file.
+
+    Every partition log of a topic bumps it after each commit (``LogCore._notifier``);
+    a consumer of several partitions reads ``value``, checks its partitions, then
+    ``wait(value)`` — a commit after the check changes the word, so no wakeup is lost.
+    Process-safe; one object per process may be shared by threads.
+    """
+
+    def __cinit__(self):
+        self.words = NULL
+        self.fd = -1
+
+    def __init__(self, str path):
+        cdef void *p
+        cdef int rc
+        self.path = path
+        self.fd = open_file(path, O_RDWR | O_CREAT | O_CLOEXEC)
+        rc = fq_preallocate(self.fd, PAGE)
+        if rc < 0:
+            raise_status(rc, "preallocate notifier", path)
+        rc = fq_map(self.fd, PAGE, 1, &p)
+        if rc < 0:
+            raise_status(rc, "map notifier", path)
+        self.words = <uint32_t *>p
+
+    @property
+    def value(self):
+        if self.words == NULL:
+            raise Closed("notifier is closed")
+        return fq_load_acquire_u32(self.words)
+
+    def bump(self):
+        if self.words == NULL:
+            raise Closed("notifier is closed")
+        fq_notify_bump(self.words, self.words + 1)
+
+    def wait(self, uint32_t seen, timeout=None, double spin_us=50.0):
+        """Wait until the word differs from `seen` (True) or `timeout` s pass (False)."""
+        cdef int64_t t = -1 if timeout is None else <int64_t>(max(timeout, 0.0) * 1e9)
+        cdef int64_t spin = <int64_t>(spin_us * 1000.0)
+        cdef int rc
+        if self.words == NULL:
+            raise Closed("notifier is closed")
+        with nogil:
+            rc = fq_notify_wait(self.words, self.words + 1, seen, t, spin)
+        return rc == 1
+
+    def close(self):
+        if self.words != NULL:
+            fq_unmap(self.words, PAGE)
+            self.words = NULL
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+
+    def __dealloc__(self):
+        if self.words != NULL:
+            fq_unmap(self.words, PAGE)
+        if self.fd >= 0:
+            c_close(self.fd)
+
+
+def murmur2(data):
+    """Kafka's murmur2 hash of a bytes-like object, as a signed 32-bit int."""
+    cdef const uint8_t[::1] mv
+    if isinstance(data, str):
+        raise InvalidArgument("murmur2 needs bytes, not str")
+    mv = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    if mv.shape[0] == 0:
+        return fq_murmur2(NULL, 0)
+    return fq_murmur2(&mv[0], <size_t>mv.shape[0])
+
+
+def kafka_partition(key, int32_t partitions):
+    """The partition Kafka's default partitioner picks for `key` among `partitions`."""
+    cdef const uint8_t *p
+    cdef Py_ssize_t n
+    if partitions < 1:
+        raise InvalidArgument(f"partitions must be >= 1, got {partitions}")
+    if type(key) is bytes:
+        p = <const uint8_t *>PyBytes_AS_STRING(key)
+        n = PyBytes_GET_SIZE(key)
+        return fq_kafka_partition(p, <size_t>n, partitions)
+    return (murmur2(key) & 0x7fffffff) % partitions
 
 
 def _base_of(Segment s):

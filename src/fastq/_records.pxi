@@ -46,7 +46,8 @@ cdef class Record:
         return out
 
     def __repr__(self):
-        return (f"Record(offset={self.offset}, timestamp={self.timestamp}, "
+        where = f"topic={self.topic!r}, partition={self.partition}, " if self.topic is not None else ""
+        return (f"Record({where}offset={self.offset}, timestamp={self.timestamp}, "
                 f"key={None if self.klen < 0 else bytes(self.key)!r}, "
                 f"value_len={self.vlen})")
 
@@ -142,6 +143,8 @@ cdef class LogReader:
             r = Record.__new__(Record)
             r.offset = off
             r.timestamp = self.base_ts + v.timestamp_delta
+            r.topic = self.log.topic_name
+            r.partition = self.log.partition_id
             r.seg = self.seg
             r.kp = v.key
             r.klen = v.key_len

@@ -54,6 +54,14 @@ cdef extern from "fq_log.h" nogil:
     void fq_log_repair(fq_log_state *st)
     void fq_log_notify(fq_log_state *st)
     int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns)
+    void fq_notify_bump(uint32_t *notify, uint32_t *waiters)
+    int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                       int64_t spin_ns)
+
+
+cdef extern from "fq_hash.h" nogil:
+    int32_t fq_murmur2(const uint8_t *data, size_t n)
+    int32_t fq_kafka_partition(const uint8_t *key, size_t len, int32_t n)
 
 
 cdef struct ScanResult:
@@ -98,6 +106,13 @@ cdef class Segment:
                    int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1
 
 
+cdef class Notifier:
+    """A (notify, waiters) word pair in a shared 4 KiB file: a futex many logs bump."""
+    cdef uint32_t *words        # [0] notify, [1] waiters
+    cdef int fd                 # the mapped file (-1 when closed)
+    cdef readonly str path      # its path
+
+
 cdef class LogCore:
     """The shared state of a log and its append/read hot path (see fastq.log.Log)."""
     cdef fq_log_state *st               # the mapped fastq.state file
@@ -118,6 +133,9 @@ cdef class LogCore:
     cdef int32_t recs_cap               # capacity of recs
     cdef int32_t hdrs_cap               # capacity of hdrs
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
+    cdef public object topic_name       # topic this log is a partition of (str) or None
+    cdef public int32_t partition_id    # partition number (-1 for a bare log)
+    cdef public Notifier _notifier      # topic-wide notifier bumped after every commit, or None
 
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept
@@ -134,6 +152,8 @@ cdef class Record:
     """One record read from a log (see _records.pxi)."""
     cdef readonly int64_t offset      # the record's offset in its log
     cdef readonly int64_t timestamp   # milliseconds since the epoch
+    cdef readonly object topic        # topic name (str) or None for a bare log
+    cdef readonly int32_t partition   # partition number (-1 for a bare log)
     cdef Segment seg                  # keeps the mapping alive
     cdef const uint8_t *kp            # key bytes in the mapping
     cdef const uint8_t *vp            # value bytes in the mapping
