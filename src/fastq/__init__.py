@@ -12,6 +12,15 @@ __all__ = ["__version__", *_errors_all]
 from .log import DURABILITY_MODES, Log, LogReader, Record, open_log  # noqa: E402
 
 __all__ += ["Log", "LogReader", "Record", "open_log", "DURABILITY_MODES"]
+# --- broker (issue: embedded broker) ---
+from . import broker as _broker  # noqa: E402
+from .broker import Broker, validate_name  # noqa: E402
+from .producer import Producer  # noqa: E402
+from .topic import BatchMetadata, RecordMetadata, Topic  # noqa: E402
+
+open = _broker.open  # noqa: A001  (fastq.open(path) -> Broker, as the product sketch says)
+__all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name"]
+
 # --- ring buffer (issue: Cython ring buffer) ---
 from ._ring import Ring  # noqa: E402
 from .ringqueue import RingQueue  # noqa: E402

@@ -1,0 +1,316 @@
+"""The embedded broker: one directory, any number of processes, no server.
+
+Layout::
+
+    <broker>/broker.json                 broker metadata (version, default durability)
+    <broker>/broker.lock                 flock around topic create / alter / delete
+    <broker>/topics/<topic>/topic.json   topic configuration (stored config wins)
+    <broker>/topics/<topic>/notify       topic-wide futex word (fastq._storage.Notifier)
+    <broker>/topics/<topic>/<n>/         partition n: a fastq.Log directory
+    <broker>/groups/<group>/             consumer-group membership and committed offsets
+
+Process-safety: every process may open the same broker directory; topic creation,
+alteration and deletion are serialized with an flock on ``broker.lock``. Thread-safety:
+a Broker and its Topics may be shared by threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from typing import Any
+
+from . import _storage
+from .errors import Closed, CorruptRecord, InvalidArgument, InvalidName, UnknownTopic
+from .log import DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
+
+__all__ = ["Broker", "open", "validate_name", "MAX_PARTITIONS"]
+
+BROKER_FILE = "broker.json"
+BROKER_LOCK = "broker.lock"
+TOPIC_FILE = "topic.json"
+BROKER_VERSION = 1
+MAX_PARTITIONS = 4096
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+TOPIC_DEFAULTS: dict[str, Any] = {
+    "partitions": 1,
+    "durability": None,          # None: the broker's default
+    "retention_ms": None,
+    "retention_bytes": None,     # per partition, as in Kafka
+    "segment_bytes": 64 << 20,
+    "max_record_bytes": 1 << 20,
+    "compact": False,
+    "delete_retention_ms": 24 * 3600 * 1000,  # how long tombstones survive compaction
+}
+_ALTERABLE = {"partitions", "durability", "retention_ms", "retention_bytes", "compact",
+              "delete_retention_ms"}
+
+
+def validate_name(kind: str, name) -> str:
+    """Topic and group names: ``[A-Za-z0-9._-]``, 1–249 characters, not ``.`` or ``..``."""
+    if not isinstance(name, str):
+        raise InvalidName(f"{kind} name must be a str, got {type(name).__name__}")
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise InvalidName(f"invalid {kind} name {name!r}: use 1-249 characters from "
+                          f"[A-Za-z0-9._-], not '.' or '..'")
+    return name
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _storage.fsync_dir(os.path.dirname(path))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read())
+    except ValueError as e:
+        raise CorruptRecord(f"{path} is not valid JSON: {e}", path) from None
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"{path} does not hold a JSON object", path)
+    return obj
+
+
+def _check_int(name: str, value, lo: int, hi: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidArgument(f"{name}={value!r}: expected an int in [{lo}, {hi}]")
+    return value
+
+
+def _validate_topic_config(cfg: dict) -> None:
+    _check_int("partitions", cfg["partitions"], 1, MAX_PARTITIONS)
+    if cfg["durability"] is not None and cfg["durability"] not in DURABILITY_MODES:
+        raise InvalidArgument(f"durability={cfg['durability']!r}: expected one of {sorted(DURABILITY_MODES)}")
+    _check_int("retention_ms", cfg["retention_ms"], 0, 1 << 62, allow_none=True)
+    _check_int("retention_bytes", cfg["retention_bytes"], 0, 1 << 62, allow_none=True)
+    _check_int("segment_bytes", cfg["segment_bytes"], MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
+    _check_int("max_record_bytes", cfg["max_record_bytes"], 128, MAX_RECORD_BYTES_CAP)
+    _check_int("delete_retention_ms", cfg["delete_retention_ms"], 0, 1 << 62)
+    if not isinstance(cfg["compact"], bool):
+        raise InvalidArgument(f"compact must be a bool, got {cfg['compact']!r}")
+
+
+class _DirLock:
+    """flock on a file for the duration of a with-block (cross-process mutex)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _storage.flock(self.fd, True, True)
+        return self
+
+    def __exit__(self, *exc):
+        _storage.funlock(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
+class Broker:
+    """A broker in one directory, shared by every process that opens it.
+
+    ``topic(name, ...)`` gets or creates a topic; ``topics()`` lists them;
+    ``alter_topic`` changes a stored configuration; ``delete_topic`` removes one.
+    Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path, *, durability: str = "os", create: bool = True):
+        self.path = os.path.abspath(os.fspath(path))
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability={durability!r}: expected one of {sorted(DURABILITY_MODES)}")
+        self._closed = False
+        self._mutex = threading.RLock()
+        self._topics: dict[str, Any] = {}
+        if not os.path.isdir(self.path):
+            if os.path.exists(self.path):
+                raise InvalidArgument(f"{self.path} exists and is not a directory")
+            if not create:
+                from .errors import LogNotFound
+                raise LogNotFound(f"no broker at {self.path}")
+        os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
+        os.makedirs(os.path.join(self.path, "groups"), exist_ok=True)
+        meta_path = os.path.join(self.path, BROKER_FILE)
+        with self._lock_dir():
+            if os.path.exists(meta_path):
+                meta = _read_json(meta_path)
+                if meta.get("version") != BROKER_VERSION:
+                    raise CorruptRecord(f"{meta_path}: unknown broker version {meta.get('version')!r}", meta_path)
+            else:
+                meta = {"version": BROKER_VERSION, "durability": durability,
+                        "created_ms": int(time.time() * 1000)}
+                _write_json_atomic(meta_path, meta)
+        self.meta = meta
+        self.durability = durability
+
+    # -- topics -------------------------------------------------------------------------
+
+    def _lock_dir(self) -> _DirLock:
+        return _DirLock(os.path.join(self.path, BROKER_LOCK))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed(f"broker {self.path} is closed")
+
+    def _topic_dir(self, name: str) -> str:
+        return os.path.join(self.path, "topics", name)
+
+    def topic(self, name: str, *, partitions: int | None = None, durability: str | None = None,
+              retention_ms: int | None = None, retention_bytes: int | None = None,
+              segment_bytes: int | None = None, max_record_bytes: int | None = None,
+              compact: bool | None = None, create: bool = True):
+        """Get or create a topic. For an existing topic the stored configuration wins
+        over these arguments (change it with :meth:`alter_topic`)."""
+        from .topic import Topic
+
+        self._check_open()
+        validate_name("topic", name)
+        with self._mutex:
+            t = self._topics.get(name)
+            if t is not None and not t.closed:
+                return t
+            args = {"partitions": partitions, "durability": durability, "retention_ms": retention_ms,
+                    "retention_bytes": retention_bytes, "segment_bytes": segment_bytes,
+                    "max_record_bytes": max_record_bytes, "compact": compact}
+            cfg = self._load_or_create_topic(name, args, create)
+            t = Topic(self, name, cfg)
+            self._topics[name] = t
+            return t
+
+    def _load_or_create_topic(self, name: str, args: dict, create: bool) -> dict:
+        d = self._topic_dir(name)
+        path = os.path.join(d, TOPIC_FILE)
+        if os.path.exists(path):
+            return self._read_topic_config(path)
+        if not create:
+            raise UnknownTopic(name)
+        with self._lock_dir():
+            if os.path.exists(path):                 # another process won the race
+                return self._read_topic_config(path)
+            cfg = dict(TOPIC_DEFAULTS)
+            cfg.update({k: v for k, v in args.items() if v is not None})
+            _validate_topic_config(cfg)
+            cfg["version"] = 1
+            cfg["created_ms"] = int(time.time() * 1000)
+            os.makedirs(d, exist_ok=True)
+            _write_json_atomic(path, cfg)
+            return cfg
+
+    @staticmethod
+    def _read_topic_config(path: str) -> dict:
+        cfg = _read_json(path)
+        for k, v in TOPIC_DEFAULTS.items():
+            cfg.setdefault(k, v)
+        try:
+            _validate_topic_config(cfg)
+        except InvalidArgument as e:
+            raise CorruptRecord(f"{path}: {e}", path) from None
+        return cfg
+
+    def topics(self) -> list[str]:
+        """Names of the existing topics, sorted."""
+        self._check_open()
+        root = os.path.join(self.path, "topics")
+        return sorted(n for n in os.listdir(root)
+                      if _NAME_RE.match(n) and n not in (".", "..")
+                      and os.path.exists(os.path.join(root, n, TOPIC_FILE)))
+
+    def alter_topic(self, name: str, **changes) -> dict:
+        """Change a topic's stored configuration: ``partitions`` (may only grow),
+        ``durability``, ``retention_ms``, ``retention_bytes``, ``compact``,
+        ``delete_retention_ms``. Returns the new configuration. Takes effect for
+        partitions opened afterwards (reopen the topic in running processes)."""
+        self._check_open()
+        validate_name("topic", name)
+        unknown = set(changes) - _ALTERABLE
+        if unknown:
+            raise InvalidArgument(f"cannot alter {sorted(unknown)}: alterable settings are {sorted(_ALTERABLE)}")
+        path = os.path.join(self._topic_dir(name), TOPIC_FILE)
+        with self._lock_dir():
+            if not os.path.exists(path):
+                raise UnknownTopic(name)
+            cfg = self._read_topic_config(path)
+            if "partitions" in changes and changes["partitions"] < cfg["partitions"]:
+                raise InvalidArgument(f"partitions can only grow: {name} has {cfg['partitions']}, "
+                                      f"asked for {changes['partitions']}")
+            cfg.update(changes)
+            _validate_topic_config(cfg)
+            _write_json_atomic(path, cfg)
+        with self._mutex:
+            t = self._topics.pop(name, None)
+        if t is not None:
+            t.close()
+        return cfg
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its data. Processes still using it get errors."""
+        self._check_open()
+        validate_name("topic", name)
+        d = self._topic_dir(name)
+        with self._lock_dir():
+            if not os.path.exists(os.path.join(d, TOPIC_FILE)):
+                raise UnknownTopic(name)
+            with self._mutex:
+                t = self._topics.pop(name, None)
+            if t is not None:
+                t.close()
+            grave = os.path.join(self.path, "topics", f".deleted-{name}-{uuid.uuid4().hex[:8]}")
+            os.rename(d, grave)
+            _storage.fsync_dir(os.path.join(self.path, "topics"))
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def maintain(self, now_ms: int | None = None) -> dict:
+        """Run retention and compaction on every topic opened in this process.
+        Returns {topic: segments deleted}."""
+        self._check_open()
+        with self._mutex:
+            topics = list(self._topics.values())
+        return {t.name: t.maintain(now_ms) for t in topics if not t.closed}
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close every topic opened through this broker. Idempotent."""
+        if self._closed:
+            return
+        with self._mutex:
+            topics = list(self._topics.values())
+            for t in topics:
+                t.close()
+            self._topics.clear()
+            self._closed = True
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<fastq.Broker {self.path!r}{' closed' if self._closed else ''}>"
+
+
+def open(path, *, durability: str = "os", create: bool = True) -> Broker:  # noqa: A001
+    """Open (creating if missing) the broker in directory ``path``."""
+    return Broker(path, durability=durability, create=create)
