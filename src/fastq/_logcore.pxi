@@ -417,6 +417,17 @@ cdef class LogCore:
         r.n_headers = nh
         return self._append_recs(1)
 
+    def publish(self, value, key=None, headers=None, timestamp=None):
+        """``append`` that returns a :class:`RecordMetadata` (topic, partition, offset,
+        timestamp) — the broker's publish hot path."""
+        cdef RecordMetadata m = RecordMetadata.__new__(RecordMetadata)
+        cdef int64_t ts = check_ts(timestamp)
+        m.offset = self.append(value, key, headers, ts)
+        m.topic = self.topic_name
+        m.partition = self.partition_id
+        m.timestamp = ts
+        return m
+
     cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1:
         cdef Py_ssize_t i, n
         if isinstance(headers, dict):
@@ -618,6 +629,53 @@ cdef class LogCore:
             c_close(self.state_fd)
         PyMem_Free(self.recs)
         PyMem_Free(self.hdrs)
+
+
+@cython.final
+@cython.freelist(64)
+cdef class RecordMetadata:
+    """Where a published record landed: ``topic, partition, offset, timestamp``.
+
+    Behaves like a 4-tuple (unpacking, indexing, equality) and has ``_asdict()``."""
+
+    def __init__(self, topic, int32_t partition, int64_t offset, int64_t timestamp):
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+
+    def _astuple(self):
+        return (self.topic, self.partition, self.offset, self.timestamp)
+
+    def _asdict(self):
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "timestamp": self.timestamp}
+
+    def __iter__(self):
+        return iter(self._astuple())
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self._astuple()[i]
+
+    def __eq__(self, other):
+        if isinstance(other, RecordMetadata):
+            return self._astuple() == (<RecordMetadata>other)._astuple()
+        if isinstance(other, tuple):
+            return self._astuple() == other
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self._astuple())
+
+    def __reduce__(self):
+        return (RecordMetadata, self._astuple())
+
+    def __repr__(self):
+        return (f"RecordMetadata(topic={self.topic!r}, partition={self.partition}, "
+                f"offset={self.offset}, timestamp={self.timestamp})")
 
 
 cdef class Notifier:

@@ -106,6 +106,14 @@ cdef class Segment:
                    int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1
 
 
+cdef class RecordMetadata:
+    """Where a published record landed (see _logcore.pxi)."""
+    cdef readonly object topic        # topic name (str) or None for a bare log
+    cdef readonly int32_t partition   # partition number
+    cdef readonly int64_t offset      # offset in the partition
+    cdef readonly int64_t timestamp   # record timestamp, ms since the epoch
+
+
 cdef class Notifier:
     """A (notify, waiters) word pair in a shared 4 KiB file: a futex many logs bump."""
     cdef uint32_t *words        # [0] notify, [1] waiters

@@ -24,13 +24,7 @@ __all__ = ["Topic", "RecordMetadata", "BatchMetadata"]
 STICKY_BATCH_BYTES = 16384   # Kafka's batch.size: unkeyed records stick to a partition this long
 
 
-class RecordMetadata(NamedTuple):
-    """Where a published record landed."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
+RecordMetadata = _storage.RecordMetadata   # (topic, partition, offset, timestamp), tuple-like
 
 
 class BatchMetadata(NamedTuple):
@@ -124,10 +118,11 @@ class Topic:
         if key is not None:
             return _storage.kafka_partition(_key_bytes(key), self.partitions)
         self._sticky_bytes += size
-        if self._sticky_bytes >= STICKY_BATCH_BYTES and self.partitions > 1:
+        if self._sticky_bytes >= STICKY_BATCH_BYTES:
             self._sticky_bytes = 0
-            nxt = random.randrange(self.partitions - 1)
-            self._sticky = nxt if nxt < self._sticky else nxt + 1
+            if self.partitions > 1:
+                nxt = random.randrange(self.partitions - 1)
+                self._sticky = nxt if nxt < self._sticky else nxt + 1
         return self._sticky
 
     # -- publishing ---------------------------------------------------------------------
@@ -137,11 +132,18 @@ class Topic:
         """Append one record; returns its :class:`RecordMetadata` once it is committed
         (and synced, per the topic's durability). ``headers``: list of (str, bytes)
         pairs or a dict. ``timestamp``: integer ms since the epoch (default now)."""
-        if timestamp is None:
-            timestamp = int(time.time() * 1000)
-        p = self.choose_partition(key, partition, len(value) if isinstance(value, (bytes, bytearray)) else 0)
-        off = self.log(p).append(value, key, headers, timestamp)
-        return RecordMetadata(self.name, p, off, timestamp)
+        if partition is None and key is None:
+            # sticky partition, inlined: this is the hot path
+            self._sticky_bytes += len(value) if type(value) is bytes else STICKY_BATCH_BYTES
+            if self._sticky_bytes >= STICKY_BATCH_BYTES:
+                self.choose_partition(None, None, 0)
+            p = self._sticky
+        else:
+            p = self.choose_partition(key, partition, 0)
+        lg = self._logs[p]
+        if lg is None:
+            lg = self.log(p)
+        return lg.publish(value, key, headers, timestamp)
 
     def publish_many(self, values: Sequence, *, key=None, headers=None, partition: int | None = None,
                      timestamp: int | None = None) -> BatchMetadata:
