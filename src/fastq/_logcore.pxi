@@ -765,5 +765,46 @@ def kafka_partition(key, int32_t partitions):
     return (murmur2(key) & 0x7fffffff) % partitions
 
 
+def write_single_batch(Segment seg, int64_t pos, int64_t offset, int64_t timestamp, key, value,
+                       headers=None):
+    """Encode one record as its own batch with base offset `offset` at `pos` of `seg`
+    (used by compaction to write a cleaned segment). Returns the batch size."""
+    cdef fq_record_in r
+    cdef list keep = []
+    cdef Py_ssize_t i, n = 0
+    cdef fq_header *hdrs = NULL
+    cdef int64_t size, rc
+    if seg.data == NULL:
+        raise Closed(f"segment {seg.path} is closed")
+    r.timestamp = timestamp
+    set_field(key, &r.key, &r.key_len, keep, "key")
+    set_field(value, &r.value, &r.value_len, keep, "value")
+    if headers:
+        n = len(headers)
+        hdrs = <fq_header *>PyMem_Malloc(n * sizeof(fq_header))
+        if hdrs == NULL:
+            raise MemoryError()
+    try:
+        for i in range(n):
+            k, v = headers[i]
+            kb = k.encode("utf-8", "surrogateescape") if isinstance(k, str) else bytes(k)
+            keep.append(kb)
+            hdrs[i].key = <const uint8_t *>PyBytes_AS_STRING(kb)
+            hdrs[i].key_len = <int32_t>PyBytes_GET_SIZE(kb)
+            set_field(v, &hdrs[i].value, &hdrs[i].value_len, keep, "header value")
+        r.headers = hdrs
+        r.n_headers = <int32_t>n
+        size = fq_batch_size(&r, 1)
+        if size < 0:
+            raise_status(size, "encode batch")
+        seg._grow(pos + size)
+        rc = fq_batch_encode(seg.data + pos, <size_t>size, offset, 0, &r, 1)
+        if rc < 0:
+            raise_status(rc, "encode batch")
+        return size
+    finally:
+        PyMem_Free(hdrs)
+
+
 def _base_of(Segment s):
     return s.base_offset

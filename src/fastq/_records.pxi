@@ -76,16 +76,22 @@ cdef class LogReader:
                     return 0
                 p = self.seg._find_pos(self.next_offset, self.limit, idx_count)
                 if p < 0:
-                    # nothing at next_offset in this segment (yet): re-locate once more
+                    # Nothing at or after next_offset in this segment: at the log end, or
+                    # (compacted logs) the segment's last offsets were cleaned away.
+                    nb = self.log._base_after(self.seg.base_offset)
                     self.seg = None
-                    return 0
+                    if nb < 0 or nb <= self.next_offset:
+                        return 0
+                    self.next_offset = nb
+                    continue
                 self.pos = p
                 self.expect = -1
             rc = fq_batch_validate(self.seg.data + self.pos, <size_t>(self.limit - self.pos),
                                    INT32_MAX, 1, &info)
             if rc < 0:
                 raise_status(rc, f"read offset {self.next_offset}", self.seg.path, self.pos)
-            if self.expect >= 0 and info.base_offset != self.expect:
+            if self.expect >= 0 and (info.base_offset < self.expect if self.log.allow_gaps
+                                     else info.base_offset != self.expect):
                 raise CorruptRecord(
                     f"read offset {self.next_offset}: batch at position {self.pos} of "
                     f"{self.seg.path} has base offset {info.base_offset}, expected {self.expect}",

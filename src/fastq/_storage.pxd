@@ -99,11 +99,13 @@ cdef class Segment:
     cdef public int64_t sealed_timeindex_count  # valid .timeindex entries once sealed
     cdef public int64_t sealed_max_timestamp    # largest timestamp once sealed (-1 none)
     cdef public bint deleted            # unlinked by retention/truncation; mapping lives on for readers
+    cdef public object inode            # st_ino of the .log file when opened (compaction swaps files)
 
     cdef int _grow(self, int64_t needed) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
-                   int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1
+                   int check, int rebuild, int64_t interval, int64_t max_size, int allow_gaps,
+                   ScanResult *out) except -1
 
 
 cdef class RecordMetadata:
@@ -144,6 +146,7 @@ cdef class LogCore:
     cdef public object topic_name       # topic this log is a partition of (str) or None
     cdef public int32_t partition_id    # partition number (-1 for a bare log)
     cdef public Notifier _notifier      # topic-wide notifier bumped after every commit, or None
+    cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
 
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept

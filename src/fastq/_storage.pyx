@@ -205,6 +205,7 @@ cdef class Segment:
                     raise_status(rc, "preallocate segment", self.path)
                 size = min(self.grow_chunk, self.map_size)
             self.alloc_size = size
+            self.inode = os.fstat(self.fd).st_ino
             rc = fq_map(self.fd, <size_t>self.map_size, 1, &p)
             if rc < 0:
                 raise_status(rc, "map segment", self.path)
@@ -289,7 +290,8 @@ cdef class Segment:
         return self._find_pos(offset, limit, idx_count)
 
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
-                   int check, int rebuild, int64_t interval, int64_t max_size, ScanResult *out) except -1:
+                   int check, int rebuild, int64_t interval, int64_t max_size, int allow_gaps,
+                   ScanResult *out) except -1:
         """Walk batches from `start` while they are valid and their offsets dense.
 
         check=1 verifies CRCs and record framing. rebuild=1 rewrites the indexes from
@@ -313,7 +315,7 @@ cdef class Segment:
                 if stop_offset >= 0 and <int64_t>fq_be_get64(self.data + pos) >= stop_offset:
                     break
                 rc = fq_batch_validate(self.data + pos, <size_t>(limit - pos), max_size, check, &info)
-                if rc == 0 and info.base_offset != nxt:
+                if rc == 0 and (info.base_offset < nxt if allow_gaps else info.base_offset != nxt):
                     rc = FQ_ECORRUPT
                 if rc == 0 and check:
                     if (info.attributes & FQ_ATTR_COMPRESSION_MASK) == 0:
@@ -356,7 +358,8 @@ cdef class Segment:
         return 0
 
     def scan(self, int64_t start=0, int64_t limit=-1, int64_t expected=-1, int64_t stop_offset=-1,
-             bint check=True, bint rebuild=False, int64_t interval=4096, int64_t max_size=INT32_MAX):
+             bint check=True, bint rebuild=False, int64_t interval=4096, int64_t max_size=INT32_MAX,
+             bint allow_gaps=False):
         """Walk valid batches (see _scan). Returns a dict describing where it stopped."""
         cdef ScanResult r
         if self.data == NULL:
@@ -367,7 +370,7 @@ cdef class Segment:
             expected = self.base_offset
         if rebuild and start != 0:
             raise InvalidArgument("index rebuild must scan from position 0")
-        self._scan(start, limit, expected, stop_offset, check, rebuild, interval, max_size, &r)
+        self._scan(start, limit, expected, stop_offset, check, rebuild, interval, max_size, allow_gaps, &r)
         return {
             "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
             "batches": r.batches, "index_count": r.index_count, "timeindex_count": r.timeindex_count,

@@ -60,6 +60,7 @@ STATE_FILE = "fastq.state"
 LOCK_FILE = "fastq.lock"
 CONFIG_FILE = "log.json"
 CONFIG_VERSION = 1
+COMPACTED_MARK = "compacted"          # present once compaction has rewritten a segment
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
@@ -122,7 +123,7 @@ class Log(LogCore):
     def __init__(self, path, *, durability: str | None = None, segment_bytes: int | None = None,
                  segment_ms: int | None = None, max_record_bytes: int | None = None,
                  index_interval: int | None = None, retention_ms: int | None = None,
-                 retention_bytes: int | None = None, create: bool = True):
+                 retention_bytes: int | None = None, compact: bool | None = None, create: bool = True):
         self.path = os.fspath(path)
         if not isinstance(self.path, str):
             raise InvalidArgument("path must be a str or os.PathLike[str]")
@@ -143,7 +144,7 @@ class Log(LogCore):
             _storage.flock(self._lock_fd, True, True)
             try:
                 self._open_locked(durability, segment_bytes, segment_ms, max_record_bytes,
-                                  index_interval, retention_ms, retention_bytes)
+                                  index_interval, retention_ms, retention_bytes, compact)
             finally:
                 _storage.funlock(self._lock_fd)
         except BaseException:
@@ -180,7 +181,7 @@ class Log(LogCore):
         defaults = {"durability": "os", "segment_bytes": DEFAULT_SEGMENT_BYTES, "segment_ms": 0,
                     "max_record_bytes": DEFAULT_MAX_RECORD_BYTES,
                     "index_interval": DEFAULT_INDEX_INTERVAL, "retention_ms": None,
-                    "retention_bytes": None}
+                    "retention_bytes": None, "compact": False}
         if cfg is None:
             cfg = {"version": CONFIG_VERSION}
             for k, v in defaults.items():
@@ -192,7 +193,7 @@ class Log(LogCore):
                 cfg.setdefault(k, v)
             # Format settings are fixed at creation (every process must map segments
             # the same way); durability and retention may differ per open.
-            for k in ("durability", "retention_ms", "retention_bytes", "segment_ms"):
+            for k in ("durability", "retention_ms", "retention_bytes", "segment_ms", "compact"):
                 if args[k] is not None:
                     cfg[k] = args[k]
             self._validate_config(cfg)
@@ -209,13 +210,15 @@ class Log(LogCore):
         for k in ("retention_ms", "retention_bytes"):
             if cfg[k] is not None:
                 _check_positive(k, cfg[k], 0, 1 << 62)
+        if not isinstance(cfg["compact"], bool):
+            raise InvalidArgument(f"compact must be a bool, got {cfg['compact']!r}")
 
     def _open_locked(self, durability, segment_bytes, segment_ms, max_record_bytes,
-                     index_interval, retention_ms, retention_bytes):
+                     index_interval, retention_ms, retention_bytes, compact):
         cfg = self._load_config(dict(durability=durability, segment_bytes=segment_bytes,
                                      segment_ms=segment_ms, max_record_bytes=max_record_bytes,
                                      index_interval=index_interval, retention_ms=retention_ms,
-                                     retention_bytes=retention_bytes))
+                                     retention_bytes=retention_bytes, compact=compact))
         self.config = cfg
         self._durability = DURABILITY_MODES[cfg["durability"]]
         self.segment_bytes = cfg["segment_bytes"]
@@ -224,6 +227,8 @@ class Log(LogCore):
         self.index_interval = cfg["index_interval"]
         self.retention_ms = cfg["retention_ms"]
         self.retention_bytes = cfg["retention_bytes"]
+        # a log that was ever compacted keeps gaps in its offsets
+        self.allow_gaps = bool(cfg["compact"]) or os.path.exists(os.path.join(self.path, COMPACTED_MARK))
         self._map_size = self.segment_bytes + self.max_record_bytes
         self._index_cap = self._map_size // self.index_interval + 2
 
@@ -320,14 +325,15 @@ class Log(LogCore):
             nxt = bases[i + 1] if i + 1 < len(bases) else -1
             seg = self._open_segment(base)
             try:
-                if base != expected:
+                if base != expected and not (self.allow_gaps and base > expected):
                     # a gap between segments: everything from here on is unreachable
                     cut_i = i - 1
                     break
                 stop = nxt
                 if trust_state and nxt < 0:
                     stop = s["next_offset"]       # bytes past the committed end were never acked
-                r = seg.scan(0, -1, base, stop, True, True, self.index_interval, self.max_record_bytes)
+                r = seg.scan(0, -1, base, stop, True, True, self.index_interval, self.max_record_bytes,
+                             self.allow_gaps)
                 if r["status"] != 0 and r["next_offset"] < watermark:
                     bad = r["bad_pos"]
                     if r["status"] != _storage.STATUS_TRUNCATED:
@@ -337,7 +343,7 @@ class Log(LogCore):
                             seg.path, bad)
                 result = (base, r)
                 expected = r["next_offset"]
-                if r["status"] != 0 or (nxt >= 0 and r["next_offset"] != nxt):
+                if r["status"] != 0 or (nxt >= 0 and r["next_offset"] != nxt and not self.allow_gaps):
                     cut_i = i
                     break
             finally:
@@ -347,7 +353,8 @@ class Log(LogCore):
             base = bases[cut_i]
             seg = self._open_segment(base)
             try:
-                r = seg.scan(0, -1, base, -1, True, True, self.index_interval, self.max_record_bytes)
+                r = seg.scan(0, -1, base, -1, True, True, self.index_interval, self.max_record_bytes,
+                             self.allow_gaps)
             finally:
                 seg.close()
             result = (base, r)
@@ -382,7 +389,9 @@ class Log(LogCore):
 
     def _refresh(self) -> None:
         """Bring the segment list in line with the directory and the shared state (after
-        this or another process rolled, deleted or truncated)."""
+        this or another process rolled, deleted, truncated or compacted)."""
+        if not self.allow_gaps and os.path.exists(os.path.join(self.path, COMPACTED_MARK)):
+            self.allow_gaps = True
         s = self.snapshot()
         start = self.start_offset
         bases = [b for b in self._segment_bases() if start <= b <= s["active_base"] or b == s["active_base"]]
@@ -393,6 +402,14 @@ class Log(LogCore):
         segs = []
         for b in bases:
             seg = old.pop(b, None)
+            if seg is not None and seg.base_offset != s["active_base"] and self.allow_gaps:
+                # compaction swaps a sealed segment's file: reopen to see the new one
+                try:
+                    if os.stat(seg.path).st_ino != seg.inode:
+                        seg.deleted = True
+                        seg = None
+                except FileNotFoundError:
+                    pass
             if seg is None:
                 seg = self._open_segment(b)
             segs.append(seg)
@@ -417,7 +434,8 @@ class Log(LogCore):
         if n > 0:
             rel, pos = _storage.index_entry(seg, n - 1)
             start, expected = pos, seg.base_offset + rel
-        r = seg.scan(start, size, expected, next_base, False, False, self.index_interval)
+        r = seg.scan(start, size, expected, next_base, False, False, self.index_interval,
+                     allow_gaps=self.allow_gaps)
         seg.sealed_end = r["end_pos"]
         seg.sealed_index_count = n
         seg.sealed_timeindex_count = t
@@ -549,7 +567,8 @@ class Log(LogCore):
                 seg.close()
             written = max(s["written_end"], limit) if target is self._active else target.alloc_size
             target.zero(pos, written)
-            r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval)
+            r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval,
+                            allow_gaps=self.allow_gaps)
             self._segments = keep
             self._active = target
             gen = s["generation"] + 1
@@ -620,6 +639,13 @@ class Log(LogCore):
                 if not active and rec.offset + 1 >= self._next_base(seg):
                     break
         return None
+
+    def _base_after(self, base: int) -> int:
+        """Base offset of the segment after the one at ``base``, or -1."""
+        for seg in self._segments:
+            if seg.base_offset > base:
+                return seg.base_offset
+        return -1
 
     def _next_base(self, seg: Segment) -> int:
         i = self._segments.index(seg)
