@@ -15,6 +15,7 @@ a Broker and its Topics may be shared by threads.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -76,7 +77,7 @@ def _write_json_atomic(path: str, obj: dict) -> None:
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, "rb") as f:
+        with builtins.open(path, "rb") as f:     # this module defines its own open()
             obj = json.loads(f.read())
     except ValueError as e:
         raise CorruptRecord(f"{path} is not valid JSON: {e}", path) from None
