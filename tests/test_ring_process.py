@@ -218,7 +218,7 @@ def test_consumer_killed_mid_stream():
     print(f"seed={seed}")
     rng = random.Random(seed)
     ctx = mp.get_context("fork")
-    counter = ctx.Value("q", 0)
+    counter = ctx.RawValue("q", 0)    # no lock: a killed holder would wedge the test itself
     with Ring(1 << 10) as r:
         victim = run(ctx, w.consume_forever, r, counter)
         for i in range(rng.randrange(50, 2000)):
