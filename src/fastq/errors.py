@@ -27,6 +27,7 @@ __all__ = [
     "QueueEmpty",
     "Timeout",
     "LogNotFound",
+    "NotAssigned",
 ]
 
 
@@ -108,3 +109,7 @@ class QueueEmpty(FastqError, queue.Empty):
 
 class LogNotFound(FastqError, FileNotFoundError):
     """No log exists at the path and ``create=False`` was given."""
+
+
+class NotAssigned(FastqError, LookupError):
+    """A consumer was asked about or to commit a partition it does not own right now."""
