@@ -552,12 +552,12 @@ class Consumer:
         remove membership. Idempotent."""
         if self._closed:
             return
-        self._closed = True
         _LIVE.discard(self)
         try:
             if self._member is not None:
-                self._revoke(sorted(self._pos))
+                self._revoke(sorted(self._pos))   # on_revoke may still commit
         finally:
+            self._closed = True
             self._buf.clear()
             self._pos.clear()
             self._fetch.clear()

@@ -197,5 +197,11 @@ class OffsetStore:
             self._mm.close()
             self._mm = None
 
+    def __enter__(self) -> "OffsetStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"<fastq.OffsetStore {self.path!r}{' closed' if self._mm is None else ''}>"
