@@ -598,3 +598,15 @@ def test_offsets_file_grows_with_partitions(tmp_path):
     s.close()
     with pytest.raises(Closed):
         s.get(0)
+
+
+def test_unclosed_consumer_warns_and_leaves(broker):
+    import gc
+    t = broker.topic("t")
+    c = t.consumer("g")
+    mdir = os.path.join(broker.path, "groups", "g", "members", "t")
+    assert len(os.listdir(mdir)) == 1
+    with pytest.warns(ResourceWarning, match="unclosed fastq consumer"):
+        del c
+        gc.collect()
+    assert os.listdir(mdir) == []

@@ -20,6 +20,9 @@ from .topic import BatchMetadata, RecordMetadata, Topic  # noqa: E402
 
 open = _broker.open  # noqa: A001  (fastq.open(path) -> Broker, as the product sketch says)
 __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name"]
+from .consumer import Consumer  # noqa: E402
+
+__all__ += ["Consumer"]
 
 # --- ring buffer (issue: Cython ring buffer) ---
 from ._ring import Ring  # noqa: E402

@@ -279,7 +279,10 @@ class Consumer:
             p = parts[(start + i) % n]
             lg = self.topic.log(p)
             pos = self._fetch[p]
-            if lg.end_offset <= pos:
+            end = lg.end_offset
+            if end <= pos:
+                if end < pos:                   # the log was truncated under us
+                    self._set_position(p, self._reset_offset(p))
                 continue
             try:
                 rd = lg.read(pos)
@@ -586,10 +589,12 @@ class Consumer:
     def __del__(self):
         if not getattr(self, "_closed", True):
             try:
-                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
                 self.close()
             except Exception:
                 pass
+            finally:
+                warnings.warn(f"unclosed fastq consumer of topic {self.topic.name!r}",
+                              ResourceWarning, source=self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"partitions={sorted(self._pos)}"
