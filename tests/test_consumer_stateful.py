@@ -143,11 +143,11 @@ class GroupMachine(RuleBasedStateMachine):
         m = self.b if use_b and self.b is not None else self.a
         want = {p: self.log[p][off:] for p, off in m.pos.items()}
         got = {p: [] for p in m.pos}
+        m.polled = True
         while True:
             recs = m.c.poll(1000, timeout=0)
             if not recs:
                 break
-            m.polled = True
             for r in recs:
                 got[r.partition].append(bytes(r.value))
             self.check_records(m, recs)
