@@ -377,6 +377,19 @@ class Log(LogCore):
             self.start_offset = bases[0]
         self.recovery_point = min(self.recovery_point, r["next_offset"])
 
+    def _repair_locked(self) -> None:
+        """We stole the writer lock from a process that died holding it. Besides the
+        uncommitted bytes LogCore drops, a roller that died between creating the next
+        segment and committing the roll left that segment's files past the active one.
+        Remove them: once we append to the active segment and roll later, such a file
+        would sit inside the log as an empty segment and hide the offsets appended
+        meanwhile (reads skipped them; recovery cut the log at it)."""
+        LogCore._repair_locked(self)
+        active = self.snapshot()["active_base"]
+        for b in self._segment_bases():
+            if b > active:
+                self._unlink_segment_files(b)
+
     def _unlink_segment_files(self, base: int) -> None:
         name = os.path.join(self.path, segment_name(base))
         for ext in (".log", ".index", ".timeindex"):
