@@ -12,7 +12,9 @@ Consumer lines::
     J <t> <member_id>                  joined (its first A line may come before)
     A <t> <p,p,...>                    partitions assigned (ownership flock held)
     R <t> <p,p,...>                    partitions about to be released (already committed)
-    C <t> <p> <offset> <key> <value>   a record processed (written before it is committed)
+    C <t> <p> <offset> <key> <value>   a record processed (logged before it is committed;
+                                       commits come every `commit_every` batches and in
+                                       on_revoke, so a SIGKILL leaves an uncommitted range)
     X <t>                              closed cleanly
 
 Producer lines::
@@ -32,7 +34,8 @@ def _writer(path: str):
     return fd, (lambda line: os.write(fd, line.encode()))
 
 
-def consumer_worker(path: str, topic: str, group: str, out: str, stop, session_timeout_ms: int) -> None:
+def consumer_worker(path: str, topic: str, group: str, out: str, stop, session_timeout_ms: int,
+                    commit_every: int = 1) -> None:
     fd, log = _writer(out)
     now = time.monotonic_ns
     try:
@@ -52,13 +55,16 @@ def consumer_worker(path: str, topic: str, group: str, out: str, stop, session_t
                            on_assign=on_assign, on_revoke=on_revoke)
             holder["c"] = c
             log(f"J {now()} {c.member_id}\n")
+            batches = 0
             while not stop.is_set():
-                recs = c.poll(200, timeout=0.05)
+                recs = c.poll(50, timeout=0.05)
                 if recs:
                     t_ns = now()
                     log("".join(f"C {t_ns} {r.partition} {r.offset} {bytes(r.key).decode()} "
                                 f"{bytes(r.value).decode()}\n" for r in recs))
-                    c.commit()
+                    batches += 1
+                    if batches % commit_every == 0:   # leave ranges uncommitted on purpose
+                        c.commit()
                 del recs
             c.close()
             log(f"X {now()}\n")

@@ -94,7 +94,7 @@ def test_group_across_processes(tmp_path, ctx_name, n_producers, partitions):
         return pr
 
     def start_consumer(i):
-        return start(consumer_worker, (path, TOPIC, GROUP, cfiles[i], stops[i], SESSION_MS))
+        return start(consumer_worker, (path, TOPIC, GROUP, cfiles[i], stops[i], SESSION_MS, 4))
 
     try:
         cons = [start_consumer(0), start_consumer(1)]
