@@ -544,7 +544,10 @@ cdef class LogCore:
         rc = fq_log_snapshot_read(self.st, &s, 1000000000)
         if rc < 0:
             raise_status(rc, "read log state")
-        if s.generation != self._gen:
+        while s.generation != self._gen:
+            # Loop: a writer may roll again between our refresh and this snapshot; a
+            # segment list older than the snapshot would treat the new active segment's
+            # predecessor as sealed at a stale end and end the read early.
             self._refresh()
             rc = fq_log_snapshot_read(self.st, &s, 1000000000)
             if rc < 0:
