@@ -96,6 +96,13 @@ cdef class LogReader:
                     f"read offset {self.next_offset}: batch at position {self.pos} of "
                     f"{self.seg.path} has base offset {info.base_offset}, expected {self.expect}",
                     self.seg.path, self.pos)
+            if self.expect < 0 and info.base_offset > self.next_offset and not self.log.allow_gaps:
+                # the batch found for next_offset starts after it: its base offset (outside
+                # the CRC) is damaged, and its records would surface at wrong offsets
+                raise CorruptRecord(
+                    f"read offset {self.next_offset}: batch at position {self.pos} of "
+                    f"{self.seg.path} starts at offset {info.base_offset}",
+                    self.seg.path, self.pos)
             if info.attributes & FQ_ATTR_COMPRESSION_MASK:
                 raise CorruptRecord(f"batch at position {self.pos} of {self.seg.path} is "
                                     f"compressed (codec {info.attributes & 7}); fastq stores "
