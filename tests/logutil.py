@@ -99,13 +99,16 @@ def op_tuples(op, first_offset: int):
     return [(first_offset + i, ts, k, v, list(h)) for i, (k, v, h, ts) in enumerate(op[1])]
 
 
-def fork_child(body) -> int:
+def fork_child(body, close_fds=()) -> int:
     """Run body() in a forked child that leaves with os._exit (0 on success, 1 on an
-    exception, which is printed). The child must open its own Log."""
+    exception, which is printed). The child first closes `close_fds` (other children's
+    pipe ends, so EOF still means what the parent thinks). It must open its own Log."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            for fd in close_fds:
+                os.close(fd)
             body()
             code = 0
         except BaseException:
