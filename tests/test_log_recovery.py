@@ -147,7 +147,8 @@ def test_flip_every_bit_of_first_4k(fast_dir, unclean):
                     with Log(path) as log:
                         got = read_all(log)
                         end = log.end_offset
-                except CorruptRecord:
+                except CorruptRecord as e:
+                    assert e.path and e.path in str(e), "CorruptRecord must name the file"
                     outcomes["corrupt"] += 1
                 else:
                     assert got == records[:len(got)]
