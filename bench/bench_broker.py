@@ -1,0 +1,108 @@
+"""Broker benchmarks: cross-process publish -> consume, latency, consumer groups.
+
+Measured, with 100-byte messages, one producer process and one consumer process (started
+before the timed region, released together):
+- throughput with one ``Topic.publish`` per message, and with ``publish_many`` batches
+  of 1,000, the consumer tailing with ``Log.wait`` (futex) and reading in batches;
+- the same workloads through ``multiprocessing.Queue`` (one ``put`` per message, and
+  lists of 1,000 per ``put``), measured in the same run: the ratio fastq / Queue;
+- paced publishing at 5,000 messages/s for one second: end-to-end latency percentiles
+  (CLOCK_MONOTONIC stamps, shared by all processes) in ``extra_info``;
+- consumer-group throughput: 4 partitions, 2 consumer processes in one group.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+import fastq
+from conftest import add_ratio, record
+from xproc import CTX, FastqPipe, MPQueuePipe, fastq_group_consumer, percentiles
+
+N = 200_000
+SIZE = 100
+ROUNDS = 3
+
+add_ratio("xproc one-by-one: fastq publish / mp.Queue put", "xproc_fastq_one", "xproc_mpqueue_one", 15.0)
+add_ratio("xproc batched: fastq publish_many / mp.Queue put(list)", "xproc_fastq_batch", "xproc_mpqueue_batch", 15.0)
+
+
+def _pedantic(benchmark, pipe):
+    benchmark.pedantic(pipe.run, setup=pipe.setup, teardown=lambda *a, **k: pipe.teardown(),
+                       rounds=ROUNDS, iterations=1)
+
+
+def test_xproc_fastq_one(benchmark):
+    _pedantic(benchmark, FastqPipe(N, SIZE))
+    record(benchmark, "xproc_fastq_one", N, SIZE)
+
+
+def test_xproc_fastq_batch(benchmark):
+    _pedantic(benchmark, FastqPipe(N * 5, SIZE, batch=1000))
+    record(benchmark, "xproc_fastq_batch", N * 5, SIZE)
+
+
+def test_xproc_mpqueue_one(benchmark):
+    _pedantic(benchmark, MPQueuePipe(N // 4, SIZE))
+    record(benchmark, "xproc_mpqueue_one", N // 4, SIZE)
+
+
+def test_xproc_mpqueue_batch(benchmark):
+    _pedantic(benchmark, MPQueuePipe(N, SIZE, batch=1000))
+    record(benchmark, "xproc_mpqueue_batch", N, SIZE)
+
+
+def test_xproc_latency_paced(benchmark):
+    pipe = FastqPipe(5000, SIZE, rate=5000, latency=True)
+    _pedantic(benchmark, pipe)
+    lat = pipe.result[2]
+    benchmark.extra_info.update(percentiles(lat))
+    benchmark.extra_info["rate_per_s"] = 5000
+    print("paced latency", percentiles(lat))
+
+
+def _group_setup(state, parts, members, n):
+    state["dir"] = d = tempfile.mkdtemp(prefix="fastq-bench-")
+    with fastq.open(d) as b:
+        t = b.topic("g", partitions=parts)
+        msgs = [b"x" * SIZE] * 1000
+        per = n // parts
+        for p in range(parts):
+            for i in range(0, per, 1000):
+                t.publish_many(msgs, partition=p)
+    state["go"], state["done"] = CTX.Event(), CTX.Queue()
+    readies = [CTX.Event() for _ in range(members)]
+    state["procs"] = [CTX.Process(target=fastq_group_consumer,
+                                  args=(d, "g", "bench", n, state["go"], r, state["done"]))
+                      for r in readies]
+    for p in state["procs"]:
+        p.start()
+    for r in readies:
+        r.wait(30)
+    return (), {}
+
+
+def test_group_consume_4p_2c(benchmark):
+    """Consumer-group throughput: 4 partitions pre-filled, 2 member processes."""
+    n = 400_000
+    state = {}
+
+    def run():
+        state["go"].set()
+        got = 0
+        while got < n:
+            got += state["done"].get(timeout=120)[1]
+
+    def teardown(*a, **k):
+        for p in state["procs"]:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shutil.rmtree(state["dir"], ignore_errors=True)
+
+    benchmark.pedantic(run, setup=lambda: _group_setup(state, 4, 2, n), teardown=teardown,
+                       rounds=ROUNDS, iterations=1)
+    record(benchmark, "group_consume_4p_2c", n, SIZE)

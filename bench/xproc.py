@@ -1,0 +1,228 @@
+"""Cross-process workloads for the benchmarks: one producer process, one or more consumer
+processes, started before the timed region and released together by an Event.
+
+Each workload returns (setup, run, teardown) pieces for ``benchmark.pedantic``: ``setup``
+starts the processes and waits until they are ready, the timed ``run`` releases them and
+waits until every consumer has received every message, ``teardown`` reaps them.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import struct
+import tempfile
+import time
+
+import fastq
+
+CTX = mp.get_context("fork")
+STAMP = struct.Struct("<q")
+
+
+def payload(size: int) -> bytes:
+    return b"x" * size
+
+
+def _report(q, msg) -> None:
+    """Send a result and exit the child at once (skipping atexit and the parent's
+    inherited handlers). The queue's feeder thread must flush before os._exit."""
+    if msg is not None:
+        q.put(msg)
+    q.close()
+    q.join_thread()
+    os._exit(0)
+
+
+# -- fastq ---------------------------------------------------------------------------------
+
+def fastq_producer(path, topic, n, size, batch, rate, go, done):
+    pad = b"p" * (size - STAMP.size)
+    with fastq.open(path) as b:
+        t = b.topic(topic)
+        go.wait()
+        if rate:
+            interval = 1.0 / rate
+            nxt = time.perf_counter()
+            for _ in range(n):
+                while time.perf_counter() < nxt:
+                    pass
+                t.publish(STAMP.pack(time.monotonic_ns()) + pad, partition=0)
+                nxt += interval
+        elif batch > 1:
+            msg = payload(size)
+            msgs = [msg] * batch
+            for i in range(0, n, batch):
+                t.publish_many(msgs[: min(batch, n - i)], partition=0)
+        else:
+            msg = payload(size)
+            publish = t.publish
+            for _ in range(n):
+                publish(msg, partition=0)
+    _report(done, ("producer", n))
+
+
+def fastq_consumer(path, topic, n, go, ready, done, latency):
+    lat = []
+    with fastq.open(path) as b:
+        t = b.topic(topic)
+        lg = t.log(0)
+        ready.set()
+        go.wait()
+        pos = lg.start_offset
+        got = 0
+        while got < n:
+            if not lg.wait(pos, timeout=30):
+                break
+            rd = lg.read(pos)
+            while True:
+                recs = rd.read_many(4096)
+                if not recs:
+                    break
+                if latency:
+                    now = time.monotonic_ns()
+                    for r in recs:
+                        lat.append(now - STAMP.unpack_from(r.value)[0])
+                got += len(recs)
+                pos = recs[-1].offset + 1
+                del recs
+    _report(done, ("consumer", got, lat))
+
+
+def fastq_group_consumer(path, topic, group, total, go, ready, done):
+    got = 0
+    with fastq.open(path) as b:
+        t = b.topic(topic)
+        c = t.consumer(group=group, from_="earliest", session_timeout_ms=5000)
+        ready.set()
+        go.wait()
+        # each member reports what it got; the parent sums until `total`
+        idle_since = None
+        while True:
+            recs = c.poll(4096, timeout=0.2)
+            if recs:
+                got += len(recs)
+                idle_since = None
+                done.put(("consumer", len(recs), []))
+                del recs
+            else:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 2.0:
+                    break
+        c.close()
+    _report(done, None)
+
+
+class FastqPipe:
+    """setup/run/teardown for fastq: 1 producer -> 1 consumer on a 1-partition topic."""
+
+    def __init__(self, n, size, batch=1, rate=0, latency=False):
+        self.n, self.size, self.batch, self.rate, self.latency = n, size, batch, rate, latency
+        self.result = None
+
+    def setup(self):
+        self.dir = tempfile.mkdtemp(prefix="fastq-bench-")
+        with fastq.open(self.dir) as b:
+            b.topic("bench", partitions=1)
+        self.go, ready, self.done = CTX.Event(), CTX.Event(), CTX.Queue()
+        self.procs = [
+            CTX.Process(target=fastq_consumer, args=(self.dir, "bench", self.n, self.go, ready, self.done, self.latency)),
+            CTX.Process(target=fastq_producer, args=(self.dir, "bench", self.n, self.size, self.batch, self.rate,
+                                                     self.go, self.done)),
+        ]
+        for p in self.procs:
+            p.start()
+        ready.wait(30)
+        return (), {}
+
+    def run(self):
+        self.go.set()
+        got = None
+        for _ in range(2):
+            msg = self.done.get(timeout=600)
+            if msg[0] == "consumer":
+                got = msg
+        self.result = got
+        assert got[1] == self.n, f"consumer got {got[1]} of {self.n}"
+
+    def teardown(self):
+        for p in self.procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- multiprocessing.Queue ---------------------------------------------------------------
+
+def mpq_producer(q, n, size, batch, go):
+    msg = payload(size)
+    go.wait()
+    if batch > 1:
+        msgs = [msg] * batch
+        for i in range(0, n, batch):
+            q.put(msgs[: min(batch, n - i)])
+    else:
+        put = q.put
+        for _ in range(n):
+            put(msg)
+    q.close()
+    q.join_thread()
+    os._exit(0)
+
+
+def mpq_consumer(q, n, batch, go, ready, done):
+    ready.set()
+    go.wait()
+    got = 0
+    get = q.get
+    while got < n:
+        item = get()
+        got += len(item) if batch > 1 else 1
+    _report(done, ("consumer", got, []))
+
+
+class MPQueuePipe:
+    """The same workload through multiprocessing.Queue (pickled, through a pipe)."""
+
+    def __init__(self, n, size, batch=1):
+        self.n, self.size, self.batch = n, size, batch
+
+    def setup(self):
+        self.q = CTX.Queue()
+        self.go, ready, self.done = CTX.Event(), CTX.Event(), CTX.Queue()
+        self.procs = [
+            CTX.Process(target=mpq_consumer, args=(self.q, self.n, self.batch, self.go, ready, self.done)),
+            CTX.Process(target=mpq_producer, args=(self.q, self.n, self.size, self.batch, self.go)),
+        ]
+        for p in self.procs:
+            p.start()
+        ready.wait(30)
+        return (), {}
+
+    def run(self):
+        self.go.set()
+        msg = self.done.get(timeout=600)
+        assert msg[1] == self.n
+
+    def teardown(self):
+        for p in self.procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self.q.close()
+        self.q.join_thread()
+
+
+def percentiles(values_ns, qs=(50, 90, 99, 99.9)):
+    v = sorted(values_ns)
+    if not v:
+        return {}
+    out = {}
+    for q in qs:
+        i = min(len(v) - 1, max(0, int(round(q / 100 * (len(v) - 1)))))
+        out[f"p{q:g}_us"] = round(v[i] / 1000, 2)
+    out["max_us"] = round(v[-1] / 1000, 2)
+    return out
