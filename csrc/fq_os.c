@@ -38,6 +38,19 @@ int fq_unmap(void *addr, size_t len) {
     return 0;
 }
 
+int fq_prefault_write(void *addr, size_t len) {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)addr;
+    uintptr_t start = a & ~((uintptr_t)pg - 1);
+    if (madvise((void *)start, len + (a - start), MADV_POPULATE_WRITE) != 0) return -errno;
+    return 0;
+#else
+    (void)addr; (void)len;
+    return 0;
+#endif
+}
+
 int fq_map_anon(size_t len, void **out) {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return -errno;

@@ -15,6 +15,10 @@
  * raises SIGBUS, so callers only touch bytes below what they allocated. */
 int fq_map(int fd, size_t len, int writable, void **out);
 int fq_unmap(void *addr, size_t len);
+/* Prefault [addr, addr+len) of a writable shared mapping so later stores do not take a
+ * page fault each (Linux >= 5.14: madvise(MADV_POPULATE_WRITE); elsewhere a no-op).
+ * Best effort: returns 0 or -errno, and callers may ignore failures. */
+int fq_prefault_write(void *addr, size_t len);
 /* Anonymous shared memory (inherited over fork). */
 int fq_map_anon(size_t len, void **out);
 

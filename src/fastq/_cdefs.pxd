@@ -22,6 +22,7 @@ cdef extern from "fq_os.h" nogil:
     int fq_map(int fd, size_t len, int writable, void **out)
     int fq_unmap(void *addr, size_t len)
     int fq_map_anon(size_t len, void **out)
+    int fq_prefault_write(void *addr, size_t len)
     int fq_preallocate(int fd, int64_t len)
     int64_t fq_file_size(int fd)
     int fq_datasync(int fd)

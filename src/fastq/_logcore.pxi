@@ -567,9 +567,13 @@ cdef class LogCore:
             return seg, s.end_pos, s.index_count
         return seg, seg.sealed_end, seg.sealed_index_count
 
-    def read(self, int64_t offset=0, end=None):
+    def read(self, int64_t offset=0, end=None, bint follow=False):
         """Iterate records from `offset` up to `end` (exclusive; default: the log end
-        now). Raises OffsetOutOfRange when offset is outside [start, end]."""
+        now). Raises OffsetOutOfRange when offset is outside [start, end].
+
+        With ``follow=True`` the reader has no end: at the log end iteration stops (or
+        ``read_many``/``read_values`` return an empty list), and the same reader picks
+        up where it left off once more records exist (pair it with ``wait``)."""
         cdef LogReader rd
         cdef int64_t hi = self.end_offset
         cdef int64_t lo = self.st.log_start_offset
@@ -579,7 +583,10 @@ cdef class LogCore:
         rd.log = self
         rd.seg = None
         rd.next_offset = offset
-        rd.end = hi if end is None else min(<int64_t>end, INT64_MAX)
+        if follow:
+            rd.end = INT64_MAX
+        else:
+            rd.end = hi if end is None else min(<int64_t>end, INT64_MAX)
         rd.expect = -1
         rd.remaining = 0
         return rd
