@@ -5,6 +5,7 @@ the mapping's lifetime, the buffer protocol, GIL release and the status → exce
 """
 import os
 import re
+import struct
 import tempfile
 import warnings
 
@@ -17,12 +18,15 @@ from libc.string cimport memcpy
 
 from fastq._cdefs cimport (FQ_ECLOSED, FQ_ECORRUPT, FQ_EEMPTY, FQ_EFULL, FQ_EINVAL, FQ_EMAGIC,
                            FQ_ETIMEDOUT, FQ_ETOOBIG, fq_getpid, fq_has_futex, fq_load_acquire_u32,
-                           fq_map, fq_preallocate, fq_sleep_ns, fq_unmap)
+                           fq_map, fq_preallocate, fq_realtime_ms, fq_sleep_ns, fq_unmap)
 
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout)
 
 __all__ = ["Ring"]
+
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
 
 # Copies up to this many bytes run with the GIL held: releasing and re-taking the GIL costs
 # more than copying a few kilobytes. Larger copies, and every wait, release it.
@@ -30,6 +34,8 @@ cdef enum:
     GIL_COPY_MAX = 16384
     OP_PUT = 0
     OP_GET = 1
+    REC_FIXED = 24     # framed record header (see Ring._put_record)
+    REC_STACK = 512    # framed records up to this size are built on the stack
 
 DEF_SPIN_NS = {"futex": 20_000, "yield": 5_000, "spin": 0}
 _WAITS = {"spin": FQ_RING_WAIT_SPIN, "yield": FQ_RING_WAIT_YIELD, "futex": FQ_RING_WAIT_FUTEX}
@@ -709,6 +715,157 @@ cdef class Ring:
         self._view_active = False
         fq_ring_read_commit(&self._r)
 
+    # ---- framed records (the producer's accumulator and memory topics)
+    #
+    # One ring message per record, native byte order (the memory never leaves the machine):
+    #   0  u32 partition   4  i32 key_len (-1: null)   8  i32 value_len (-1: null)
+    #   12 u32 headers_len 16 i64 timestamp (ms)       24 key, value, headers bytes
+    # headers: u32 count, then per header u32 key_len, key (UTF-8), i32 value_len (-1:
+    # null), value. A zero-length message is a wake-up and is skipped by _get_records.
+
+    def _put_record(self, uint32_t partition, value, key=None, headers=None, timestamp=None,
+                    bint block=False, timeout=None):
+        """Frame one record (see above) and put it; returns its timestamp. Raises RingFull
+        (full and not blocking / timed out), RecordTooLarge, InvalidArgument."""
+        cdef int64_t tmo = _timeout_ns(block, timeout)
+        cdef int64_t ts
+        cdef const uint8_t *kp = NULL
+        cdef const uint8_t *vp = NULL
+        cdef const uint8_t *hp = NULL
+        cdef int32_t klen = -1, vlen = -1
+        cdef uint32_t hlen = 0
+        cdef uint64_t total
+        cdef uint8_t stack[REC_STACK]
+        cdef uint8_t *buf = stack
+        cdef uint8_t *w
+        cdef int rc = FQ_RING_EBUSY
+        cdef fq_ring *r = &self._r
+        cdef object hb = None
+        if timestamp is None:
+            ts = fq_realtime_ms()
+        elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= (1 << 62):
+            ts = timestamp
+        else:
+            raise InvalidArgument(f"timestamp must be an int of milliseconds >= 0, got {timestamp!r}")
+        if type(value) is not bytes and value is not None:
+            value = _as_bytes(value, "value")
+        if type(key) is not bytes and key is not None:
+            key = _as_bytes(key, "key")
+        if value is not None:
+            vp = <const uint8_t *>PyBytes_AS_STRING(value)
+            vlen = <int32_t>min(PyBytes_GET_SIZE(value), 0x7FFFFFFF)
+        if key is not None:
+            kp = <const uint8_t *>PyBytes_AS_STRING(key)
+            klen = <int32_t>min(PyBytes_GET_SIZE(key), 0x7FFFFFFF)
+        if headers:
+            hb = _encode_headers(headers)
+            hp = <const uint8_t *>PyBytes_AS_STRING(hb)
+            hlen = <uint32_t>PyBytes_GET_SIZE(hb)
+        total = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+        self._enter()
+        try:
+            if total > r.max_message:
+                raise RecordTooLarge(f"a record of {total} bytes (framed) exceeds this ring's "
+                                     f"max_message_size of {r.max_message} bytes")
+            if total > REC_STACK:
+                buf = <uint8_t *>PyMem_Malloc(total)
+                if buf == NULL:
+                    raise MemoryError()
+            try:
+                (<uint32_t *>buf)[0] = partition
+                (<int32_t *>(buf + 4))[0] = klen
+                (<int32_t *>(buf + 8))[0] = vlen
+                (<uint32_t *>(buf + 12))[0] = hlen
+                (<int64_t *>(buf + 16))[0] = ts
+                w = buf + REC_FIXED
+                if klen > 0:
+                    memcpy(w, kp, klen)
+                    w += klen
+                if vlen > 0:
+                    memcpy(w, vp, vlen)
+                    w += vlen
+                if hlen:
+                    memcpy(w, hp, hlen)
+                if total <= GIL_COPY_MAX:
+                    rc = fq_ring_put(r, buf, <uint32_t>total, 0, 1)
+                if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
+                    with nogil:
+                        rc = fq_ring_put(r, buf, <uint32_t>total, tmo, 0)
+                if rc < 0:
+                    _raise_status(rc, OP_PUT, f"a {total}-byte record")
+            finally:
+                if buf != stack:
+                    PyMem_Free(buf)
+        finally:
+            self._leave()
+        return ts
+
+    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, bint grouped=False):
+        """Take up to `max_messages` framed records (waiting for the first only if
+        `block`). Returns a list of ``(partition, value, key, headers, timestamp)``, or
+        with ``grouped=True`` a dict ``{partition: [(value, key, headers, timestamp)]}``
+        in ring order (what ``Log.append_batch`` takes). Empty when there is nothing
+        (never RingEmpty unless blocking timed out)."""
+        if max_messages < 1:
+            raise InvalidArgument(f"max_messages must be >= 1, got {max_messages!r}")
+        cdef int64_t tmo = _timeout_ns(block, timeout)
+        cdef Py_ssize_t limit = min(max_messages, 2**62), got = 0
+        cdef const uint8_t *m = NULL
+        cdef int64_t n
+        cdef list out = []
+        cdef dict groups = {}
+        cdef fq_ring *r = &self._r
+        self._enter_read()
+        try:
+            n = fq_ring_read_begin(r, 0, 1, &m)
+            if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
+                with nogil:
+                    n = fq_ring_read_begin(r, tmo, 0, &m)
+            if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
+                return groups if grouped else out
+            if n < 0:
+                _raise_status(n, OP_GET, "_get_records")
+            try:
+                while True:
+                    if n > 0:
+                        _decode_record(m, n, out, groups, grouped)
+                        got += 1
+                        if got >= limit:
+                            break
+                    n = fq_ring_read_next(r, &m)
+                    if n == FQ_EEMPTY:
+                        break
+                    if n < 0:
+                        _raise_status(n, OP_GET, "_get_records")
+            except BaseException:
+                fq_ring_read_abort(r)
+                raise
+            fq_ring_read_commit(r)
+            return groups if grouped else out
+        finally:
+            self._leave()
+
+    def _wait_readable(self, timeout=None):
+        """Wait until the ring holds a message without taking it. True if one is there."""
+        cdef int64_t tmo = _timeout_ns(True, timeout)
+        cdef const uint8_t *m = NULL
+        cdef int64_t n
+        cdef fq_ring *r = &self._r
+        self._enter_read()
+        try:
+            n = fq_ring_read_begin(r, 0, 1, &m)
+            if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
+                with nogil:
+                    n = fq_ring_read_begin(r, tmo, 0, &m)
+            if n >= 0:
+                fq_ring_read_abort(r)
+                return True
+            if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
+                return False
+            _raise_status(n, OP_GET, "wait")
+        finally:
+            self._leave()
+
     # ---- test hooks
 
     def _debug_hold_lock(self, which):
@@ -721,6 +878,116 @@ cdef class Ring:
             rc = fq_ring_debug_hold_lock(r, w)
         if rc < 0:
             _raise_status(rc, OP_GET, "holding a lock")
+
+
+# ---- framed-record helpers (Ring._put_record / Ring._get_records)
+
+cdef bytes _as_bytes(object obj, str what):
+    if isinstance(obj, str):
+        raise InvalidArgument(f"{what} must be bytes-like, not str (encode it first)")
+    try:
+        return bytes(memoryview(obj))
+    except TypeError:
+        raise InvalidArgument(f"{what} must be bytes-like or None, got {type(obj).__name__}") from None
+
+
+cdef bytes _encode_headers(object headers):
+    """u32 count, then (u32 key_len, key, i32 value_len | -1, value) per header."""
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    try:
+        items = list(headers)
+    except TypeError:
+        raise InvalidArgument(f"headers must be a list of (str, bytes) pairs or a dict, "
+                              f"got {type(headers).__name__}") from None
+    parts = [_U32.pack(len(items))]
+    for i, item in enumerate(items):
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidArgument(f"header {i} must be a (str, bytes) pair, got {item!r:.60}")
+        k, v = item
+        if isinstance(k, str):
+            k = k.encode("utf-8", "surrogateescape")
+        elif not isinstance(k, bytes):
+            raise InvalidArgument(f"header key must be str, got {type(k).__name__}")
+        parts.append(_U32.pack(len(k)))
+        parts.append(k)
+        if v is None:
+            parts.append(_I32.pack(-1))
+        else:
+            if type(v) is not bytes:
+                v = _as_bytes(v, "header value")
+            parts.append(_I32.pack(len(v)))
+            parts.append(v)
+    return b"".join(parts)
+
+
+cdef object _decode_headers(const uint8_t *p, uint32_t n):
+    cdef uint32_t count, i, kl
+    cdef int32_t vl
+    cdef const uint8_t *end = p + n
+    if n < 4:
+        raise CorruptRecord("framed record: truncated headers")
+    count = (<const uint32_t *>p)[0]
+    p += 4
+    out = []
+    for i in range(count):
+        if end - p < 4:
+            raise CorruptRecord("framed record: truncated header key")
+        kl = (<const uint32_t *>p)[0]
+        p += 4
+        if <uint64_t>(end - p) < <uint64_t>kl + 4:
+            raise CorruptRecord("framed record: truncated header")
+        k = (<const char *>p)[:kl].decode("utf-8", "surrogateescape")
+        p += kl
+        vl = (<const int32_t *>p)[0]
+        p += 4
+        if vl < 0:
+            out.append((k, None))
+        else:
+            if end - p < vl:
+                raise CorruptRecord("framed record: truncated header value")
+            out.append((k, PyBytes_FromStringAndSize(<const char *>p, vl)))
+            p += vl
+    return out
+
+
+cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint grouped) except -1:
+    cdef uint32_t part, hlen
+    cdef int32_t klen, vlen
+    cdef int64_t ts
+    cdef uint64_t need
+    cdef const uint8_t *p
+    if n < REC_FIXED:
+        raise CorruptRecord(f"framed record of {n} bytes is shorter than its {REC_FIXED}-byte header")
+    part = (<const uint32_t *>m)[0]
+    klen = (<const int32_t *>(m + 4))[0]
+    vlen = (<const int32_t *>(m + 8))[0]
+    hlen = (<const uint32_t *>(m + 12))[0]
+    ts = (<const int64_t *>(m + 16))[0]
+    need = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+    if need != <uint64_t>n or klen < -1 or vlen < -1:
+        raise CorruptRecord(f"framed record: lengths (key {klen}, value {vlen}, headers {hlen}) "
+                            f"do not add up to its {n} bytes")
+    p = m + REC_FIXED
+    if klen < 0:
+        key = None
+    else:
+        key = PyBytes_FromStringAndSize(<const char *>p, klen)
+        p += klen
+    if vlen < 0:
+        value = None
+    else:
+        value = PyBytes_FromStringAndSize(<const char *>p, vlen)
+        p += vlen
+    headers = _decode_headers(p, hlen) if hlen else None
+    if grouped:
+        lst = groups.get(part)
+        if lst is None:
+            groups[part] = lst = []
+        (<list>lst).append((value, key, headers, ts))
+    else:
+        out.append((part, value, key, headers, ts))
+    return 0
 
 
 cdef class _RingView:

@@ -1,7 +1,16 @@
-"""The batching producer: accumulate records per partition, append them as batches.
+"""The batching producer: accumulate records in a ring, append them to the log as batches.
 
 Thread-safety: ``send`` may be called from any number of threads. Process-safety: each
 process has its own producers; their batches interleave safely in the partition logs.
+
+The accumulator is an anonymous in-process :class:`fastq.Ring`: ``send`` frames the
+record (partition, key, value, headers, timestamp; see ``Ring._put_record``) and puts it
+with one CAS-guarded copy — no Python lock, no per-partition lists. Whoever drains (the
+linger thread, ``flush``, or a ``send`` that found the accumulator full or
+``batch_size`` reached) takes the ring's records in one lock round trip, already grouped
+per partition in ring order by ``Ring._get_records(grouped=True)``, and appends one
+RecordBatch per partition with ``Log.append_batch``. Draining is serialized by one lock,
+so a partition's batches reach the log in the order their records were sent.
 """
 from __future__ import annotations
 
@@ -9,48 +18,72 @@ import threading
 import time
 from typing import Callable
 
-from .errors import Closed, InvalidArgument
-from .topic import RecordMetadata
+from . import _storage
+from ._ring import Ring
+from .errors import Closed, InvalidArgument, RecordTooLarge, RingFull
+from .topic import STICKY_BATCH_BYTES, RecordMetadata, _key_bytes
 
 __all__ = ["Producer"]
 
+MIN_BUFFER_BYTES = 1 << 16
+DEFAULT_BUFFER_BYTES = 4 << 20
+MAX_BUFFER_BYTES = 1 << 30
+_IDLE_WAIT_S = 1.0          # the linger thread re-checks for close at least this often
+
 
 class Producer:
-    """Accumulates records per partition and appends each partition's pending records
-    as one RecordBatch when ``batch_size`` bytes are waiting or ``linger_ms`` has passed
-    since the first of them (a background thread flushes on time). ``flush()`` appends
-    everything now; leaving the ``with`` block flushes and stops the thread.
+    """Accumulates records in a ring and appends each partition's pending records as one
+    RecordBatch once ``linger_ms`` has passed since the drainer saw the first of them
+    (a background thread), or inline in ``send`` once ``batch_size`` bytes per partition
+    in use are waiting. ``flush()`` appends everything sent before it now; leaving the
+    ``with`` block flushes and stops the thread.
 
     ``send`` returns nothing; pass ``on_delivery(meta: RecordMetadata)`` to learn each
-    record's offset, or use ``Topic.publish`` for a synchronous answer. An error in a
-    background flush is raised by the next ``send``/``flush``/``close``. With more than
-    ``max_pending`` records waiting, ``send`` flushes inline (back pressure) instead of
-    growing without bound.
+    record's offset (called from whichever thread appended the batch, in offset order
+    per partition), or use ``Topic.publish`` for a synchronous answer. An error in a
+    background flush is raised by the next ``send``/``flush``/``close``.
+
+    Back pressure: the accumulator holds at most ``max_pending`` records and
+    ``buffer_bytes`` bytes (a power of two, default 4 MiB). A ``send`` that finds it full
+    appends everything pending inline (it never waits for another thread, and never
+    drops). A record too large for the accumulator (over a quarter of ``buffer_bytes``)
+    is appended directly, after everything sent before it.
     """
 
     def __init__(self, topic, *, linger_ms: float = 5.0, batch_size: int = 16384, max_pending: int = 100_000,
-                 on_delivery: Callable[[RecordMetadata], None] | None = None):
-        if not isinstance(linger_ms, (int, float)) or linger_ms < 0:
-            raise InvalidArgument(f"linger_ms must be >= 0, got {linger_ms!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+                 on_delivery: Callable[[RecordMetadata], None] | None = None,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES):
+        if not isinstance(linger_ms, (int, float)) or isinstance(linger_ms, bool) or not 0 <= linger_ms <= 3.6e6:
+            raise InvalidArgument(f"linger_ms must be a number in [0, 3600000], got {linger_ms!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgument(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(max_pending, int) or max_pending < 1:
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
             raise InvalidArgument(f"max_pending must be a positive int, got {max_pending!r}")
+        if (not isinstance(buffer_bytes, int) or isinstance(buffer_bytes, bool)
+                or not MIN_BUFFER_BYTES <= buffer_bytes <= MAX_BUFFER_BYTES):
+            raise InvalidArgument(f"buffer_bytes must be an int in [{MIN_BUFFER_BYTES}, {MAX_BUFFER_BYTES}], "
+                                  f"got {buffer_bytes!r}")
+        if on_delivery is not None and not callable(on_delivery):
+            raise InvalidArgument(f"on_delivery must be callable or None, got {type(on_delivery).__name__}")
         self.topic = topic
         self.linger = linger_ms / 1000.0
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.on_delivery = on_delivery
-        self._pending: dict[int, list] = {}
-        self._bytes: dict[int, int] = {}
-        self._since: dict[int, float] = {}
-        self._count = 0
-        self._cond = threading.Condition()
-        self._append_lock = threading.Lock()
+        self._closed = True
+        self._thread = None
+        capacity = 1 << (buffer_bytes - 1).bit_length()
+        # a record over a quarter of the ring bypasses it: keeps the ring's slack small
+        self._ring = Ring(capacity, max_message_size=capacity // 4, max_messages=max_pending)
+        self._max_record = capacity // 4
+        # drain inline once this many bytes wait: batch_size for each partition in use,
+        # but never more than half the ring (leave room for other senders meanwhile)
+        self._drain_at = min(batch_size * min(topic.partitions, 16), capacity // 2)
+        self._drain_lock = threading.Lock()
+        self._stop = threading.Event()         # set by close(): cuts a linger sleep short
         self._error: BaseException | None = None
         self._closed = False
         self.sent = 0          # records appended so far
-        self._thread = None
         if self.linger > 0:
             self._thread = threading.Thread(target=self._run, name=f"fastq-producer-{topic.name}", daemon=True)
             self._thread.start()
@@ -65,106 +98,97 @@ class Producer:
         """Queue one record for its partition (chosen as by ``Topic.publish``)."""
         if self._closed:
             raise Closed("producer is closed")
-        self._raise_pending_error()
-        if value is not None and not isinstance(value, (bytes, bytearray, memoryview)):
-            if isinstance(value, str):
-                raise InvalidArgument("value must be bytes-like, not str (encode it first)")
-            try:
-                value = bytes(memoryview(value))
-            except TypeError:
-                raise InvalidArgument(f"value must be bytes-like or None, got {type(value).__name__}") from None
-        size = 0 if value is None else len(value)
-        if timestamp is None:
-            timestamp = int(time.time() * 1000)
-        flush_now = False
-        with self._cond:
-            p = self.topic.choose_partition(key, partition, size)
-            lst = self._pending.get(p)
-            if lst is None:
-                lst = self._pending[p] = []
-                self._bytes[p] = 0
-                self._since[p] = time.monotonic()
-                self._cond.notify()
-            lst.append((value, key, headers, timestamp))
-            self._bytes[p] += size + 16
-            self._count += 1
-            if self._bytes[p] >= self.batch_size or self.linger == 0:
-                flush_now = True
-            elif self._count >= self.max_pending:
-                flush_now = True
-                p = None
-        if flush_now:
-            # take and append under one lock, so batches of a partition reach the log
-            # in the order their records were sent (per-key order)
-            with self._append_lock:
-                with self._cond:
-                    work = self._take(p) if p is not None else self._take_all()
-                if work:
-                    self._append(work)
+        if self._error is not None:
+            self._raise_pending_error()
+        topic = self.topic
+        if partition is None and key is None:
+            # sticky partition, inlined as in Topic.publish: this is the hot path
+            topic._sticky_bytes += len(value) if type(value) is bytes else STICKY_BATCH_BYTES
+            if topic._sticky_bytes >= STICKY_BATCH_BYTES:
+                topic.choose_partition(None, None, 0)
+            p = topic._sticky
+        elif partition is None:
+            key = _key_bytes(key)
+            p = _storage.kafka_partition(key, topic.partitions)
+        else:
+            p = topic._check_partition(partition)
+        ring = self._ring
+        try:
+            ring._put_record(p, value, key, headers, timestamp)
+        except RecordTooLarge:
+            # over a quarter of the ring: straight to the log (which enforces its own limit)
+            self._append_direct(p, value, key, headers, timestamp)
+            return
+        except RingFull:
+            self._drain()                  # back pressure: append inline, then retry
+            ring._put_record(p, value, key, headers, timestamp)
+        if self.linger == 0 or ring.used_bytes >= self._drain_at:
+            self._drain()
 
-    def _take(self, p: int) -> list:
-        lst = self._pending.pop(p, None)
-        self._bytes.pop(p, None)
-        self._since.pop(p, None)
-        if lst:
-            self._count -= len(lst)
-            return [(p, lst)]
-        return []
-
-    def _take_all(self) -> list:
-        out = []
-        for p in list(self._pending):
-            out.extend(self._take(p))
-        return out
-
-    def _append(self, work: list) -> int:
-        n = 0
-        for p, records in work:
-            base = self.topic.log(p).append_batch(records)
-            n += len(records)
+    def _append_direct(self, p: int, value, key, headers, timestamp) -> None:
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        with self._drain_lock:
+            self._drain_locked(None)
+            base = self.topic.log(p).append_batch([(value, key, headers, ts)])
+            self.sent += 1
             if self.on_delivery is not None:
+                self.on_delivery(RecordMetadata(self.topic.name, p, base, ts))
+
+    def _drain(self, limit: int | None = None) -> int:
+        with self._drain_lock:
+            return self._drain_locked(limit)
+
+    def _drain_locked(self, limit: int | None) -> int:
+        """Append what the ring holds (at most `limit` records). Holds _drain_lock."""
+        n = 0
+        ring = self._ring
+        while limit is None or n < limit:
+            groups = ring._get_records(self.max_pending if limit is None else limit - n, grouped=True)
+            if not groups:
+                break
+            n += self._append(groups)
+        return n
+
+    def _append(self, groups: dict) -> int:
+        # on an error the rest of this drain is lost and the error goes to the caller
+        n = 0
+        topic = self.topic
+        cb = self.on_delivery
+        for p, records in groups.items():
+            base = topic.log(p).append_batch(records)
+            n += len(records)
+            self.sent += len(records)
+            if cb is not None:
+                name = topic.name
                 for i, rec in enumerate(records):
-                    self.on_delivery(RecordMetadata(self.topic.name, p, base + i, rec[3]))
-        self.sent += n
+                    cb(RecordMetadata(name, p, base + i, rec[3]))
         return n
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                if not any(now - t >= self.linger for t in self._since.values()):
-                    wait = None
-                    if self._since:
-                        wait = max(0.0, min(self._since.values()) + self.linger - now)
-                    self._cond.wait(wait)
+        ring = self._ring
+        while not self._closed:
+            try:
+                if not ring._wait_readable(_IDLE_WAIT_S):
                     continue
-            with self._append_lock:
-                with self._cond:
-                    now = time.monotonic()
-                    work = []
-                    for p in [p for p, t in self._since.items() if now - t >= self.linger]:
-                        work.extend(self._take(p))
-                try:
-                    if work:
-                        self._append(work)
-                except BaseException as e:  # reported to the caller on its next call
-                    self._error = e
+                if self._stop.wait(self.linger):
+                    return                       # close() drains what is left
+                self._drain()
+            except Closed:
+                return
+            except BaseException as e:  # reported to the caller on its next call
+                self._error = e
 
     def flush(self) -> int:
-        """Append every pending record now; returns how many were appended."""
+        """Append every record sent before this call now; returns how many were appended."""
         self._raise_pending_error()
-        with self._append_lock:
-            with self._cond:
-                work = self._take_all()
-            n = self._append(work) if work else 0
+        n = self._drain(len(self._ring) or None) if len(self._ring) else 0
         self._raise_pending_error()
         return n
 
     @property
     def pending(self) -> int:
-        return self._count
+        """Records sent but not yet appended (a snapshot)."""
+        return 0 if self._ring.closed else len(self._ring)
 
     def close(self) -> None:
         """Flush and stop the linger thread. Idempotent."""
@@ -173,14 +197,21 @@ class Producer:
         try:
             self.flush()
         finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
+            self._closed = True
+            self._stop.set()
+            try:
+                self._ring.put_nowait(b"")       # wake the linger thread (skipped as a record)
+            except RingFull:
+                pass                             # not empty: the thread is not asleep
             if self._thread is not None:
                 self._thread.join()
+            self._drain()                        # sends that raced with close
+            self._ring.close()
 
     def __enter__(self) -> "Producer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+

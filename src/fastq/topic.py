@@ -162,14 +162,15 @@ class Topic:
         return BatchMetadata(self.name, p, base, n, timestamp)
 
     def producer(self, *, linger_ms: float = 5.0, batch_size: int = 16384, max_pending: int = 100_000,
-                 on_delivery=None):
-        """A batching producer: ``send()`` accumulates records per partition and appends
-        each partition's records as one batch when ``batch_size`` bytes are waiting or
-        ``linger_ms`` has passed; ``flush()`` appends everything now."""
+                 on_delivery=None, buffer_bytes: int = 4 << 20):
+        """A batching producer: ``send()`` accumulates records in a ring buffer and the
+        records of each partition are appended as one batch when ``batch_size`` bytes per
+        partition are waiting or ``linger_ms`` has passed; ``flush()`` appends everything
+        now (see :class:`fastq.Producer`)."""
         from .producer import Producer
 
         return Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
-                        on_delivery=on_delivery)
+                        on_delivery=on_delivery, buffer_bytes=buffer_bytes)
 
     # -- reading ------------------------------------------------------------------------
 
