@@ -990,6 +990,58 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint
     return 0
 
 
+def _frame_record(uint32_t partition, value, key=None, headers=None, timestamp=None):
+    """The framed bytes ``Ring._put_record`` would put (for all-or-nothing ``put_many``
+    of several records). Returns ``(frame, timestamp)``."""
+    cdef int64_t ts
+    cdef int32_t klen = -1, vlen = -1
+    cdef uint32_t hlen = 0
+    cdef uint64_t total
+    cdef uint8_t *w
+    cdef object hb = None
+    if timestamp is None:
+        ts = fq_realtime_ms()
+    elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= (1 << 62):
+        ts = timestamp
+    else:
+        raise InvalidArgument(f"timestamp must be an int of milliseconds >= 0, got {timestamp!r}")
+    if type(value) is not bytes and value is not None:
+        value = _as_bytes(value, "value")
+    if type(key) is not bytes and key is not None:
+        key = _as_bytes(key, "key")
+    if value is not None:
+        if PyBytes_GET_SIZE(value) > FQ_RING_MAX_MESSAGE:
+            raise RecordTooLarge(f"value of {len(value)} bytes is larger than a ring message can be")
+        vlen = <int32_t>PyBytes_GET_SIZE(value)
+    if key is not None:
+        if PyBytes_GET_SIZE(key) > FQ_RING_MAX_MESSAGE:
+            raise RecordTooLarge(f"key of {len(key)} bytes is larger than a ring message can be")
+        klen = <int32_t>PyBytes_GET_SIZE(key)
+    if headers:
+        hb = _encode_headers(headers)
+        hlen = <uint32_t>PyBytes_GET_SIZE(hb)
+    total = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+    if total > FQ_RING_MAX_MESSAGE:
+        raise RecordTooLarge(f"a record of {total} bytes (framed) is larger than a ring message can be")
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    w = <uint8_t *>PyBytes_AS_STRING(out)
+    (<uint32_t *>w)[0] = partition
+    (<int32_t *>(w + 4))[0] = klen
+    (<int32_t *>(w + 8))[0] = vlen
+    (<uint32_t *>(w + 12))[0] = hlen
+    (<int64_t *>(w + 16))[0] = ts
+    w += REC_FIXED
+    if klen > 0:
+        memcpy(w, PyBytes_AS_STRING(key), klen)
+        w += klen
+    if vlen > 0:
+        memcpy(w, PyBytes_AS_STRING(value), vlen)
+        w += vlen
+    if hlen:
+        memcpy(w, PyBytes_AS_STRING(hb), hlen)
+    return out, ts
+
+
 cdef class _RingView:
     """Buffer exporter behind Ring.get_view(): one export, consumed on release."""
 

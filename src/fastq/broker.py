@@ -47,6 +47,9 @@ TOPIC_DEFAULTS: dict[str, Any] = {
     "max_record_bytes": 1 << 20,
     "compact": False,
     "delete_retention_ms": 24 * 3600 * 1000,  # how long tombstones survive compaction
+    "storage": "log",            # "log" (durable) or "memory" (a shared ring; fastq.memtopic)
+    "overflow": "block",         # memory topics: block | reject | drop-oldest | spill
+    "capacity_bytes": 16 << 20,  # memory topics: ring size (rounded up to a power of two)
 }
 _ALTERABLE = {"partitions", "durability", "retention_ms", "retention_bytes", "compact",
               "delete_retention_ms"}
@@ -105,6 +108,15 @@ def _validate_topic_config(cfg: dict) -> None:
     _check_int("delete_retention_ms", cfg["delete_retention_ms"], 0, 1 << 62)
     if not isinstance(cfg["compact"], bool):
         raise InvalidArgument(f"compact must be a bool, got {cfg['compact']!r}")
+    from .memtopic import MAX_CAPACITY_BYTES, MIN_CAPACITY_BYTES, OVERFLOW_MODES, STORAGE_MODES
+
+    if cfg["storage"] not in STORAGE_MODES:
+        raise InvalidArgument(f"storage={cfg['storage']!r}: expected one of {', '.join(STORAGE_MODES)}")
+    if cfg["overflow"] not in OVERFLOW_MODES:
+        raise InvalidArgument(f"overflow={cfg['overflow']!r}: expected one of {', '.join(OVERFLOW_MODES)}")
+    _check_int("capacity_bytes", cfg["capacity_bytes"], MIN_CAPACITY_BYTES, MAX_CAPACITY_BYTES)
+    if cfg["storage"] == "memory" and cfg["partitions"] != 1:
+        raise InvalidArgument(f"a memory topic has one partition, got partitions={cfg['partitions']}")
 
 
 class _DirLock:
@@ -176,9 +188,13 @@ class Broker:
     def topic(self, name: str, *, partitions: int | None = None, durability: str | None = None,
               retention_ms: int | None = None, retention_bytes: int | None = None,
               segment_bytes: int | None = None, max_record_bytes: int | None = None,
-              compact: bool | None = None, create: bool = True):
+              compact: bool | None = None, create: bool = True, storage: str | None = None,
+              overflow: str | None = None, capacity_bytes: int | None = None):
         """Get or create a topic. For an existing topic the stored configuration wins
-        over these arguments (change it with :meth:`alter_topic`)."""
+        over these arguments (change it with :meth:`alter_topic`). ``storage="memory"``
+        makes a memory topic (a shared ring; ``overflow``, ``capacity_bytes``: see
+        :mod:`fastq.memtopic`)."""
+        from .memtopic import MemoryTopic
         from .topic import Topic
 
         self._check_open()
@@ -189,9 +205,10 @@ class Broker:
                 return t
             args = {"partitions": partitions, "durability": durability, "retention_ms": retention_ms,
                     "retention_bytes": retention_bytes, "segment_bytes": segment_bytes,
-                    "max_record_bytes": max_record_bytes, "compact": compact}
+                    "max_record_bytes": max_record_bytes, "compact": compact, "storage": storage,
+                    "overflow": overflow, "capacity_bytes": capacity_bytes}
             cfg = self._load_or_create_topic(name, args, create)
-            t = Topic(self, name, cfg)
+            t = (MemoryTopic if cfg["storage"] == "memory" else Topic)(self, name, cfg)
             self._topics[name] = t
             return t
 
