@@ -802,7 +802,7 @@ cdef class Ring:
 
     def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, bint grouped=False):
         """Take up to `max_messages` framed records (waiting for the first only if
-        `block`). Returns a list of ``(partition, value, key, headers, timestamp)``, or
+        `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``, or
         with ``grouped=True`` a dict ``{partition: [(value, key, headers, timestamp)]}``
         in ring order (what ``Log.append_batch`` takes). Empty when there is nothing
         (never RingEmpty unless blocking timed out)."""
@@ -979,14 +979,15 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint
     else:
         value = PyBytes_FromStringAndSize(<const char *>p, vlen)
         p += vlen
-    headers = _decode_headers(p, hlen) if hlen else None
     if grouped:
+        headers = _decode_headers(p, hlen) if hlen else None
         lst = groups.get(part)
         if lst is None:
             groups[part] = lst = []
         (<list>lst).append((value, key, headers, ts))
     else:
-        out.append((part, value, key, headers, ts))
+        # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
+        out.append((part, -1, ts, key, value, _decode_headers(p, hlen) if hlen else []))
     return 0
 
 

@@ -51,7 +51,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from . import _storage
 from ._ring import Ring, _frame_record
@@ -84,25 +84,18 @@ def ring_name(broker_path: str, topic: str) -> str:
     return f"memtopic-{h}"
 
 
-class MemoryRecord:
-    """A record taken from a memory topic. ``key``/``value`` are bytes (copies), so it
-    pins nothing. ``offset`` is -1 for a record from the ring, the log offset for a
-    spilled one."""
+class MemoryRecord(NamedTuple):
+    """A record taken from a memory topic (a tuple, built without Python code per record).
+    ``key``/``value`` are bytes (copies), so it pins nothing. ``offset`` is -1 for a
+    record from the ring, the log offset for a spilled one. ``topic`` is a class
+    attribute of the per-topic subclass."""
 
-    __slots__ = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
-
-    def __init__(self, topic, partition, offset, timestamp, key, value, headers):
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.timestamp = timestamp
-        self.key = key
-        self.value = value
-        self.headers = headers if headers is not None else []
-
-    def __repr__(self) -> str:
-        return (f"MemoryRecord(topic={self.topic!r}, offset={self.offset}, timestamp={self.timestamp}, "
-                f"key={self.key!r:.40}, value={self.value!r:.40})")
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list
 
 
 class _State:
@@ -185,6 +178,8 @@ class MemoryTopic(Topic):
         self.dropped = 0            # records this process discarded (overflow="drop-oldest")
         self._ring: Ring | None = None
         self._users_fd = -1
+        self._record_type = type("MemoryRecord", (MemoryRecord,), {"__slots__": (), "topic": name})
+        self._make_record = self._record_type._make
         self._state = _State(self.dir)
         try:
             self._open_ring()
@@ -230,9 +225,10 @@ class MemoryTopic(Topic):
         waits for room (default forever), then RingFull."""
         if partition is not None:
             self._check_partition(partition)
-        ring = self._ring_or_closed()
-        st = self._state
-        if st.map[_MODE_AT] == MODE_RING:
+        ring = self._ring
+        if ring is None:
+            raise Closed(f"topic {self.name!r} is closed")
+        if self._state.map[_MODE_AT] == MODE_RING:
             try:
                 ts = ring._put_record(0, value, key, headers, timestamp)
                 return RecordMetadata(self.name, 0, -1, ts)
@@ -344,10 +340,9 @@ class MemoryTopic(Topic):
     def _take(self, max_records: int) -> list[MemoryRecord]:
         """Take up to max_records: from the ring, else (SPILL mode, ring empty) the log."""
         ring = self._ring_or_closed()
-        name = self.name
         got = ring._get_records(max_records)
         if got:
-            return [MemoryRecord(name, 0, -1, ts, k, v, h) for _, v, k, h, ts in got]
+            return list(map(self._make_record, got))
         st = self._state
         if st.map[_MODE_AT] != MODE_SPILL:
             return []
@@ -358,7 +353,7 @@ class MemoryTopic(Topic):
             end = lg.end_offset                      # sampled before the ring check
             got = ring._get_records(max_records)
             if got:
-                return [MemoryRecord(name, 0, -1, ts, k, v, h) for _, v, k, h, ts in got]
+                return list(map(self._make_record, got))
             cur = max(st.cursor, lg.start_offset)
             if cur >= end:
                 st.cursor = cur
@@ -366,9 +361,9 @@ class MemoryTopic(Topic):
                 return []
             out = []
             for rec in lg.read(cur, end):
-                out.append(MemoryRecord(name, 0, rec.offset, rec.timestamp,
-                                        None if rec.key is None else bytes(rec.key),
-                                        None if rec.value is None else bytes(rec.value), rec.headers))
+                out.append(self._make_record((0, rec.offset, rec.timestamp,
+                                              None if rec.key is None else bytes(rec.key),
+                                              None if rec.value is None else bytes(rec.value), rec.headers)))
                 if len(out) >= max_records:
                     break
             rec = None
