@@ -265,7 +265,7 @@ cdef class LogCore:
     cdef int _prepare_locked(self, int64_t size) except -1:
         """Make room for `size` bytes at the end of the active segment (refresh after
         another process changed segments, roll when full or old, grow the file).
-        Returns the position to write at."""
+        The caller writes at st.end_pos."""
         cdef int64_t pos
         cdef Segment seg
         if self.st.generation != self._gen:
@@ -282,24 +282,21 @@ cdef class LogCore:
             self.st.written_end = pos + size
         return 0
 
-    cdef int64_t _commit_batch_locked(self, int64_t pos, int64_t size, int64_t max_ts,
-                                      int32_t n) except -1:
-        """Publish a batch written at `pos`, adding index entries as due."""
-        cdef fq_log_snapshot s
-        cdef fq_log_state *st = self.st
+    cdef void _stage_locked(self, fq_log_snapshot *s, int64_t pos, int64_t size, int64_t max_ts,
+                            int32_t n) noexcept:
+        """Account for a batch of `n` records written at `pos` in the pending commit
+        group `s` (offsets, end, max timestamp), adding index entries as due. The
+        entries are written before the commit publishes them, so readers never see an
+        entry for uncommitted bytes."""
         cdef Segment seg = self._active
-        cdef int64_t base = st.next_offset
+        cdef int64_t base = s.next_offset
         cdef int64_t ts
         cdef uint32_t r
         s.next_offset = base + n
         s.end_pos = pos + size
-        s.active_base = st.active_base
-        s.max_timestamp = max_ts if max_ts > st.max_timestamp else st.max_timestamp
-        s.index_count = st.index_count
-        s.timeindex_count = st.timeindex_count
-        s.bytes_since_index = st.bytes_since_index + size
-        s.written_end = st.written_end
-        s.generation = st.generation
+        if max_ts > s.max_timestamp:
+            s.max_timestamp = max_ts
+        s.bytes_since_index += size
         if s.bytes_since_index > self.index_interval:
             if s.index_count < seg.idx_cap:
                 fq_index_put(seg.idx, s.index_count, <uint32_t>(base - seg.base_offset), <uint32_t>pos)
@@ -313,21 +310,59 @@ cdef class LogCore:
                                      <uint32_t>(base + n - 1 - seg.base_offset))
                     s.timeindex_count += 1
             s.bytes_since_index = 0
-        fq_log_commit(st, &s)
-        fq_log_notify(st)
+
+    cdef void _begin_locked(self, fq_log_snapshot *s) noexcept:
+        """The pending commit group starts as the current one (writer lock held)."""
+        cdef fq_log_state *st = self.st
+        s.next_offset = st.next_offset
+        s.end_pos = st.end_pos
+        s.active_base = st.active_base
+        s.max_timestamp = st.max_timestamp
+        s.index_count = st.index_count
+        s.timeindex_count = st.timeindex_count
+        s.bytes_since_index = st.bytes_since_index
+        s.written_end = st.written_end
+        s.generation = st.generation
+
+    cdef void _publish_locked(self, fq_log_snapshot *s) noexcept:
+        """Publish the commit group and wake tailing readers."""
+        fq_log_commit(self.st, s)
+        fq_log_notify(self.st)
         if self._notifier is not None:
             fq_notify_bump(self._notifier.words, self._notifier.words + 1)
-        return base
+
+    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, int32_t i, int32_t k, int64_t size) except -1:
+        """Encode recs[i:i+k] as one batch at the pending end; stage it."""
+        cdef int64_t pos = s.end_pos
+        cdef int64_t rc, max_ts
+        cdef int32_t j
+        cdef Segment seg = self._active
+        rc = fq_batch_encode(seg.data + pos, <size_t>size, s.next_offset, 0, self.recs + i, k)
+        if rc < 0:
+            raise_status(rc, "encode batch")
+        max_ts = self.recs[i].timestamp
+        for j in range(i + 1, i + k):
+            if self.recs[j].timestamp > max_ts:
+                max_ts = self.recs[j].timestamp
+        self._stage_locked(s, pos, size, max_ts, k)
+        return 0
 
     cdef int64_t _append_recs(self, int32_t n) except -1:
-        """Append self.recs[0:n] as one batch (or several if larger than
-        max_record_bytes) under one hold of the writer lock. Returns the first offset."""
-        cdef int64_t size, pos, first = -1, rc, base, max_ts, done_offset
+        """Append self.recs[0:n] under one hold of the writer lock; returns the first
+        offset. Records that do not fit one batch (max_record_bytes) are split into
+        several, and still published by one commit — all or nothing to readers and to
+        recovery — unless together they exceed a whole segment (then each batch is
+        committed as it is written)."""
+        cdef int64_t size, first, total = 0, done_offset
         cdef int32_t i = 0, k
-        cdef Segment seg
-        # split into batches that fit
-        self._lock()
-        try:
+        cdef fq_log_snapshot s
+        cdef list plan = None
+        # plan the batches before taking the lock
+        size = fq_batch_size(self.recs, n)
+        if size < 0:
+            raise_status(size, "encode batch")
+        if size > self.max_record_bytes:
+            plan = []
             while i < n:
                 k = n - i
                 while True:
@@ -340,21 +375,33 @@ cdef class LogCore:
                         raise RecordTooLarge(
                             f"record of {size} encoded bytes exceeds max_record_bytes={self.max_record_bytes}")
                     k = (k + 1) // 2
-                pos = self._prepare_locked(size)
-                pos = self.st.end_pos
-                seg = self._active
-                base = self.st.next_offset
-                rc = fq_batch_encode(seg.data + pos, <size_t>size, base, 0, self.recs + i, k)
-                if rc < 0:
-                    raise_status(rc, "encode batch")
-                max_ts = self.recs[i].timestamp
-                for j in range(i + 1, i + k):
-                    if self.recs[j].timestamp > max_ts:
-                        max_ts = self.recs[j].timestamp
-                self._commit_batch_locked(pos, size, max_ts, k)
-                if first < 0:
-                    first = base
+                plan.append((i, k, size))
+                total += size
                 i += k
+        self._lock()
+        try:
+            if plan is None:
+                self._prepare_locked(size)
+                self._begin_locked(&s)
+                first = s.next_offset
+                self._write_chunk_locked(&s, 0, n, size)
+                self._publish_locked(&s)
+            elif total <= self.segment_bytes:
+                self._prepare_locked(total)          # rolls first if they would not fit
+                self._begin_locked(&s)
+                first = s.next_offset
+                for i, k, size in plan:
+                    self._write_chunk_locked(&s, i, k, size)
+                self._publish_locked(&s)
+            else:
+                first = -1
+                for i, k, size in plan:
+                    self._prepare_locked(size)
+                    self._begin_locked(&s)
+                    if first < 0:
+                        first = s.next_offset
+                    self._write_chunk_locked(&s, i, k, size)
+                    self._publish_locked(&s)
             done_offset = self.st.next_offset
         finally:
             self._unlock()

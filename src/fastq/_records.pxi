@@ -67,9 +67,23 @@ cdef class LogReader:
         cdef fq_batch_info info
         cdef int rc
         cdef int64_t p
+        cdef fq_log_snapshot snap
         while True:
             if self.next_offset >= self.end:
                 return 0
+            if (self.seg is not None and self.seg.sealed_end < 0 and self.pos >= 0
+                    and self.pos + FQ_BATCH_LOG_OVERHEAD > self.limit and self.log.st != NULL):
+                # Tailing fast path: still reading the active segment, so just re-read
+                # its committed end (a seqlock read) instead of locating from scratch.
+                if fq_log_snapshot_read(self.log.st, &snap, 1000000000) == 0 \
+                        and snap.generation == self.log._gen \
+                        and snap.active_base == self.seg.base_offset:
+                    if snap.next_offset <= self.next_offset:
+                        return 0
+                    if snap.end_pos > self.limit:
+                        if self.seg.alloc_size < snap.end_pos:
+                            self.seg.refresh_size()
+                        self.limit = snap.end_pos
             if self.seg is None or self.pos + FQ_BATCH_LOG_OVERHEAD > self.limit or self.pos < 0:
                 self.seg, self.limit, idx_count = self.log._locate(self.next_offset)
                 if self.seg is None:

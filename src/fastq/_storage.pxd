@@ -151,8 +151,11 @@ cdef class LogCore:
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept
     cdef int _prepare_locked(self, int64_t size) except -1
-    cdef int64_t _commit_batch_locked(self, int64_t pos, int64_t size, int64_t max_ts,
-                                      int32_t n) except -1
+    cdef void _stage_locked(self, fq_log_snapshot *s, int64_t pos, int64_t size, int64_t max_ts,
+                            int32_t n) noexcept
+    cdef void _begin_locked(self, fq_log_snapshot *s) noexcept
+    cdef void _publish_locked(self, fq_log_snapshot *s) noexcept
+    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, int32_t i, int32_t k, int64_t size) except -1
     cdef int _check_open(self) except -1
     cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1
     cdef int64_t _append_recs(self, int32_t n) except -1
