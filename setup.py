@@ -65,6 +65,20 @@ extensions = [
 if os.path.exists("src/fastq/_ring.pyx"):
     extensions.append(ext("fastq._ring", ["src/fastq/_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]))
 
+# Cython regenerates a .c only when its .pyx changes, so switching between debug,
+# sanitizer and release builds must force it, or a release build could keep bounds
+# checks (or lose them) silently. Remember the flags of the last generation.
+_FLAGS = f"debug={int(DEBUG)} sanitize={int(SANITIZE)}"
+_FLAGS_FILE = os.path.join("build", "fastq-cython-flags")
+try:
+    with open(_FLAGS_FILE) as f:
+        _force = f.read().strip() != _FLAGS
+except OSError:
+    _force = DEBUG or SANITIZE
+os.makedirs("build", exist_ok=True)
+with open(_FLAGS_FILE, "w") as f:
+    f.write(_FLAGS)
+
 # FASTQ_ONLY=fastq._ring,fastq._codec builds just those modules (handy while one is broken)
 only = [n for n in os.environ.get("FASTQ_ONLY", "").split(",") if n]
 if only:
@@ -75,8 +89,7 @@ setup(
         extensions,
         compiler_directives=directives,
         annotate=os.environ.get("FASTQ_ANNOTATE") == "1",
-        # directives differ between debug/sanitize and release builds: regenerate the C
-        force=DEBUG or SANITIZE,
+        force=_force,
         gdb_debug=False,
     ),
 )
