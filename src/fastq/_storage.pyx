@@ -217,6 +217,13 @@ cdef class Segment:
             self.tidx_fd = open_file(self.timeindex_path, O_RDWR | O_CLOEXEC | O_CREAT)
             self.tidx = <uint8_t *>map_index(self.tidx_fd, index_cap * FQ_TIMEINDEX_ENTRY,
                                              self.timeindex_path)
+            # The index files are preallocated in full and never grow: their mappings
+            # outlive the descriptors, so close them (a log with many segments would
+            # otherwise hold three descriptors per segment).
+            c_close(self.idx_fd)
+            self.idx_fd = -1
+            c_close(self.tidx_fd)
+            self.tidx_fd = -1
         except BaseException:
             self.close()
             raise
