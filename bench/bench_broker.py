@@ -54,13 +54,19 @@ def test_xproc_mpqueue_batch(benchmark):
     record(benchmark, "xproc_mpqueue_batch", N, SIZE)
 
 
-def test_xproc_latency_paced(benchmark):
-    pipe = FastqPipe(5000, SIZE, rate=5000, latency=True)
+@pytest.mark.parametrize("spin_us", [50, 1000])
+def test_xproc_latency_paced(benchmark, spin_us):
+    """Paced 5,000/s. spin_us=50 (the default): the consumer spins 50 µs, then sleeps on
+    the futex, so at this rate most records arrive to a sleeping consumer and pay the
+    futex wake-up. spin_us=1000: it spins past the 200 µs gap between records (one busy
+    core), so it sees them without a wake-up."""
+    pipe = FastqPipe(5000, SIZE, rate=5000, latency=True, spin_us=spin_us)
     _pedantic(benchmark, pipe)
     lat = pipe.result[2]
     benchmark.extra_info.update(percentiles(lat))
     benchmark.extra_info["rate_per_s"] = 5000
-    print("paced latency", percentiles(lat))
+    benchmark.extra_info["spin_us"] = spin_us
+    print(f"paced latency (spin {spin_us} us)", percentiles(lat))
 
 
 def _group_setup(state, parts, members, n):

@@ -62,7 +62,7 @@ def fastq_producer(path, topic, n, size, batch, rate, go, done):
     _report(done, ("producer", n))
 
 
-def fastq_consumer(path, topic, n, go, ready, done, latency):
+def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
     lat = []
     with fastq.open(path) as b:
         t = b.topic(topic)
@@ -72,7 +72,7 @@ def fastq_consumer(path, topic, n, go, ready, done, latency):
         rd = lg.read(lg.start_offset, follow=True)    # one reader, tailing
         got = 0
         while got < n:
-            if not lg.wait(rd.next_offset, timeout=30):
+            if not lg.wait(rd.next_offset, timeout=30, spin_us=spin_us):
                 break
             while True:
                 values = rd.read_values(4096)          # bytes copies: what a Queue hands out
@@ -113,8 +113,9 @@ def fastq_group_consumer(path, topic, group, total, go, ready, done):
 class FastqPipe:
     """setup/run/teardown for fastq: 1 producer -> 1 consumer on a 1-partition topic."""
 
-    def __init__(self, n, size, batch=1, rate=0, latency=False):
+    def __init__(self, n, size, batch=1, rate=0, latency=False, spin_us=50.0):
         self.n, self.size, self.batch, self.rate, self.latency = n, size, batch, rate, latency
+        self.spin_us = spin_us
         self.result = None
 
     def setup(self):
@@ -123,7 +124,8 @@ class FastqPipe:
             b.topic("bench", partitions=1)
         self.go, ready, self.done = CTX.Event(), CTX.Event(), CTX.Queue()
         self.procs = [
-            CTX.Process(target=fastq_consumer, args=(self.dir, "bench", self.n, self.go, ready, self.done, self.latency)),
+            CTX.Process(target=fastq_consumer, args=(self.dir, "bench", self.n, self.go, ready, self.done, self.latency,
+                                                     self.spin_us)),
             CTX.Process(target=fastq_producer, args=(self.dir, "bench", self.n, self.size, self.batch, self.rate,
                                                      self.go, self.done)),
         ]
