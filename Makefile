@@ -15,7 +15,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "setuptools>=68" wheel "Cython>=3.1"
 	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
-	    "pytest-benchmark>=4" "faster-fifo>=1.4"
+	    "pytest-benchmark>=4" "faster-fifo>=1.4" "jsonschema>=4" "matplotlib>=3.7"
 	touch $@
 
 $(STAMP): $(VENV)/.deps $(SOURCES)
@@ -25,7 +25,7 @@ $(STAMP): $(VENV)/.deps $(SOURCES)
 build: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m fastq.demo
+	$(VENV)/bin/fastq bench --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 tests
@@ -33,9 +33,17 @@ test: $(STAMP)
 torture: $(STAMP)
 	FASTQ_TORTURE=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests
 
+# Saves each run under .benchmarks/<machine id>/ and, once that holds an earlier run, fails
+# when a benchmark's mean got more than BENCH_THRESHOLD percent slower than in the last one.
+BENCH_THRESHOLD ?= 25
+BENCH_STORAGE   ?= .benchmarks
 bench: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only \
-	    --benchmark-autosave --benchmark-storage=.benchmarks -o python_files='bench_*.py'
+	@hist=$(BENCH_STORAGE)/$$($(PY) -c "from pytest_benchmark.utils import get_machine_id as m; print(m())"); \
+	if ls $$hist/*.json >/dev/null 2>&1; then \
+	    cmp="--benchmark-compare --benchmark-compare-fail=mean:$(BENCH_THRESHOLD)%"; \
+	else cmp=""; echo "bench: no earlier run in $$hist; this run is saved, nothing to compare"; fi; \
+	set -x; $(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only -o python_files='bench_*.py' \
+	    --benchmark-autosave --benchmark-storage=$(BENCH_STORAGE) $$cmp
 
 # Rebuilds with debug or sanitizer flags; the stamp is removed so the next plain
 # `make build/test` rebuilds optimized.

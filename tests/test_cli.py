@@ -1,0 +1,147 @@
+"""The ``fastq`` command line: every bench scenario runs (tiny sizes, no timing asserted),
+--json validates against the documented schema, --compare reports missing peers as
+skipped with a reason, --plot draws a PNG, bad options are usage errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from fastq import _benchpeers, benchmarks
+from fastq.cli import cli
+
+TINY = ["--messages", "300", "--seconds", "2", "--latency-seconds", "0.02", "--rate", "1000",
+        "--partitions", "2", "--consumers", "2"]
+
+
+def run(*args, ok=True):
+    res = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def validate(doc):
+    jsonschema.validate(doc, benchmarks.RESULT_SCHEMA,
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_every_scenario_runs_and_json_validates(tmp_path):
+    out = tmp_path / "r.json"
+    res = run("bench", *TINY, "--dir", str(tmp_path / "data"), "--json", str(out))
+    doc = json.loads(out.read_text())
+    validate(doc)
+    assert [s["name"] for s in doc["scenarios"]] == list(benchmarks.SCENARIOS)
+    assert doc["peers"] == [] and doc["ratios"] == []
+    for s in doc["scenarios"]:
+        assert s["messages"] > 0 and s["messages_per_s"] > 0, s
+        assert s["name"] in res.output
+    lat = {s["name"]: s["latency"] for s in doc["scenarios"]}
+    assert lat["e2e"]["count"] > 0 and lat["ring"]["count"] > 0 and lat["publish"] is None
+    assert len(lat["e2e"]["cdf_us"]) == 101
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["fastq_version"]
+    assert list((tmp_path / "data").iterdir()) == []      # scenario directories are removed
+
+
+def test_json_to_stdout_and_producers(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", *TINY, "--scenario", "e2e", "--scenario", "durability-group",
+                                   "--producers", "2", "--json", "-"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    validate(doc)
+    assert [s["name"] for s in doc["scenarios"]] == ["e2e", "durability-group"]
+    assert doc["scenarios"][0]["extra"]["producers"] == 2
+
+
+class _Missing(benchmarks.Transport):
+    name = "no-such-peer"
+    description = "a peer whose client library is not installed"
+    compare_with = ["e2e"]
+    module = "fastq_no_such_module_for_tests"
+
+
+class _Broken(benchmarks.Transport):
+    name = "broken-peer"
+    description = "a peer that fails in setup"
+    compare_with = ["e2e"]
+
+    def setup(self, workdir, cfg):
+        raise OSError("cannot start")
+
+
+def test_compare_reports_missing_and_failed_peers(tmp_path, monkeypatch):
+    monkeypatch.setattr(_benchpeers, "PEERS", [_benchpeers.MPQueue, _Missing, _Broken])
+    out = tmp_path / "r.json"
+    res = run("bench", *TINY, "--scenario", "e2e", "--compare", "--json", str(out))
+    doc = json.loads(out.read_text())
+    validate(doc)
+    peers = {p["name"]: p for p in doc["peers"]}
+    assert set(peers) == {"multiprocessing.Queue", "no-such-peer", "broken-peer"}
+    assert peers["no-such-peer"]["status"] == "skipped"
+    assert "fastq_no_such_module_for_tests" in peers["no-such-peer"]["reason"]
+    assert peers["broken-peer"]["status"] == "failed" and "cannot start" in peers["broken-peer"]["reason"]
+    assert peers["multiprocessing.Queue"]["status"] == "ok"
+    assert [(r["scenario"], r["peer"]) for r in doc["ratios"]] == [("e2e", "multiprocessing.Queue")]
+    assert "skipped" in res.output and "no-such-peer" in res.output
+
+
+def test_missing_server_binary_is_skipped(monkeypatch):
+    monkeypatch.setattr(_benchpeers, "_which", lambda binary: None)
+    reason = _benchpeers.availability(_benchpeers.RedisStreams)
+    if reason and "not importable" in reason:
+        pytest.skip(f"redis client missing, checked elsewhere: {reason}")
+    assert reason == "redis-server is not on PATH"
+    cfg = benchmarks.quick_config(messages=10)
+    r = _benchpeers.run_peer(_benchpeers.NatsJetStream, cfg, "/nonexistent")
+    assert r["status"] == "skipped" and r["reason"]
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'fastq-broker[plot]')")
+    png = tmp_path / "b.png"
+    run("bench", *TINY, "--scenario", "publish", "--scenario", "ring", "--plot", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--messages", "0"], "--messages"),
+    (["--size", "4"], "--size"),
+    (["--partitions", "x"], "--partitions"),
+    (["--scenario", "nope"], "--scenario"),
+    (["--peer", "nope"], "--peer"),
+    (["--bogus"], "--bogus"),
+])
+def test_bad_options_are_usage_errors(args, needle):
+    res = run("bench", *args, ok=False)
+    assert res.exit_code == 2, res.output
+    assert "Usage:" in res.output and needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_list_info_and_help():
+    res = run("bench", "--list")
+    for name in benchmarks.SCENARIOS:
+        assert name in res.output
+    for name in _benchpeers.peer_names():
+        assert name in res.output
+    doc = json.loads(run("info", "--json").output)
+    assert doc["cores"] >= 1 and "cpu_model" in doc
+    assert "--compare" in run("bench", "--help").output
+
+
+def test_console_entry_point_runs():
+    # python -m fastq is the console script's twin; a subprocess proves it starts cleanly
+    res = subprocess.run([sys.executable, "-m", "fastq", "bench", *TINY, "--scenario", "publish"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "publish" in res.stdout and "msg/s" in res.stdout
+
+
+def test_schema_rejects_a_skipped_peer_without_reason():
+    doc = {"name": "x", "status": "skipped", "reason": None, "compare_with": []}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, benchmarks.PEER_SCHEMA)
