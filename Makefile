@@ -13,7 +13,7 @@ SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd) setup.p
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "setuptools>=68" wheel "Cython>=3.1"
+	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.1"
 	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
 	    "pytest-benchmark>=4" "faster-fifo>=1.4" "jsonschema>=4" "matplotlib>=3.7"
 	touch $@
