@@ -1,7 +1,11 @@
-"""Broker benchmarks: cross-process publish -> consume, latency, consumer groups.
+"""Broker benchmarks: publish and consume in one process, cross-process publish -> consume,
+latency, consumer groups.
 
-Measured, with 100-byte messages, one producer process and one consumer process (started
-before the timed region, released together):
+Measured, with 100-byte messages, in one process on a 4-partition topic (durability "os"):
+- ``Topic.publish`` one message per call, and ``publish_many`` batches of 1,000;
+- a consumer (no group) polling a pre-filled topic back, 4,096 records per poll;
+and with one producer process and one consumer process (started before the timed region,
+released together):
 - throughput with one ``Topic.publish`` per message, and with ``publish_many`` batches
   of 1,000, the consumer tailing with ``Log.wait`` (futex) and reading in batches;
 - the same workloads through ``multiprocessing.Queue`` (one ``put`` per message, and
@@ -62,12 +66,67 @@ def test_xproc_latency_paced(benchmark, spin_us):
     core), so it sees them without a wake-up."""
     pipe = FastqPipe(5000, SIZE, rate=5000, latency=True, spin_us=spin_us)
     _pedantic(benchmark, pipe)
+    record(benchmark, f"xproc_latency_paced[spin {spin_us}]", 5000, SIZE)   # ~ the pacing rate, by design
     lat = pipe.result[2]
     benchmark.extra_info.update(percentiles(lat))
     benchmark.extra_info["rate_per_s"] = 5000
     benchmark.extra_info["spin_us"] = spin_us
     print(f"paced latency (spin {spin_us} us)", percentiles(lat))
 
+
+# -- in one process -------------------------------------------------------------------------
+
+@pytest.fixture
+def topic4():
+    d = tempfile.mkdtemp(prefix="fastq-bench-")
+    b = fastq.open(d)
+    yield b.topic("t", partitions=4)
+    b.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_publish_one(benchmark, topic4):
+    msg = b"x" * SIZE
+
+    def run():
+        publish = topic4.publish
+        for _ in range(N):
+            publish(msg)
+
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    record(benchmark, "publish_one", N, SIZE)
+
+
+def test_publish_batch(benchmark, topic4):
+    msgs = [b"x" * SIZE] * 1000
+
+    def run():
+        for _ in range(N // 1000):
+            topic4.publish_many(msgs)
+
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    record(benchmark, "publish_batch", N, SIZE)
+
+
+def test_consume_poll(benchmark, topic4):
+    msgs = [b"x" * SIZE] * 1000
+    for i in range(N // 1000):
+        topic4.publish_many(msgs, partition=i % 4)
+
+    def run():
+        with topic4.consumer(from_="earliest") as c:
+            got = 0
+            while got < N:
+                recs = c.poll(4096, timeout=5)
+                assert recs, f"got {got} of {N}"
+                got += len(recs)
+                del recs
+
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    record(benchmark, "consume_poll", N, SIZE)
+
+
+# -- consumer groups ---------------------------------------------------------------------------
 
 def _group_setup(state, parts, members, n):
     state["dir"] = d = tempfile.mkdtemp(prefix="fastq-bench-")

@@ -16,8 +16,9 @@ which has no other mode):
   Producer and consumer are pinned to different CPUs; the producer sleeps most of each
   gap (multiprocessing.Queue's feeder thread needs the GIL) and spins the last 100 µs.
 
-Results go to ``benchmark.extra_info`` (msgs_per_s, MB_per_s, p50_us, p99_us) and so into
-the pytest-benchmark JSON, which also records the machine. Speed is reported, never asserted.
+Results go to ``benchmark.extra_info`` (messages_per_s and mb_per_s through conftest's
+``record()``, plus p50_us/p99_us/max_us for latency) and so into the pytest-benchmark JSON,
+which also records the machine. Speed is reported, never asserted.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import time
 
 import pytest
 
+from conftest import record as record_rate
 from fastq import Ring
 
 try:
@@ -82,10 +84,7 @@ def get_batch(kind, q):
 
 
 def record(benchmark, n):
-    secs = benchmark.stats.stats.median
-    benchmark.extra_info["messages"] = n
-    benchmark.extra_info["msgs_per_s"] = round(n / secs)
-    benchmark.extra_info["MB_per_s"] = round(n * len(MSG) / secs / 1e6, 1)
+    record_rate(benchmark, "ring_" + benchmark.name.removeprefix("test_"), n, len(MSG))
 
 
 # ---------------------------------------------------------------- in-process
@@ -233,6 +232,7 @@ def test_latency_paced(benchmark, kind):
 
     try:
         benchmark.pedantic(run, rounds=1, iterations=1)
+        record(benchmark, PACED_N)
         lat.sort()
         benchmark.extra_info["p50_us"] = round(lat[len(lat) // 2] / 1e3, 1)
         benchmark.extra_info["p99_us"] = round(lat[int(len(lat) * 0.99)] / 1e3, 1)

@@ -7,10 +7,9 @@ as a ratio (printed at the end of the session and stored in the JSON under
 """
 from __future__ import annotations
 
-import os
-import platform
-
 import pytest
+
+from fastq.benchmarks import machine_info  # shared with `fastq bench`
 
 _RESULTS: dict[str, float] = {}
 
@@ -32,42 +31,8 @@ def rates():
     return _RESULTS
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gib() -> float:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        return 0.0
-
-
-def machine_info() -> dict:
-    import fastq
-    from fastq import _storage
-
-    return {
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": _memory_gib(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "fastq_version": fastq.__version__,
-        "fastq_debug_build": _storage.DEBUG_BUILD,
-        "crc32c_hardware": _storage.CRC_HW,
-    }
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info.update({"fastq": globals()["machine_info"]()})
+    machine_info.update({"fastq": globals()["machine_info"]()})  # the hook's argument shadows the import
 
 
 RATIOS = [
