@@ -14,7 +14,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.errno cimport ENOSPC
+from libc.errno cimport ENOSPC, EDQUOT
 from libc.stdint cimport INT16_MAX, INT16_MIN, INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
@@ -82,7 +82,7 @@ cdef object status_error(int64_t rc, str what, object position):
         return FastqError(f"{what}: not supported on this platform")
     if -4096 < rc < 0:
         err = <int>-rc
-        if err == ENOSPC:
+        if err == ENOSPC or err == EDQUOT:
             return DiskFull(err, f"{what}: {os.strerror(err)}")
         return StorageError(err, f"{what}: {os.strerror(err)}")
     return FastqError(f"{what}: unknown status {rc}")

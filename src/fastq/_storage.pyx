@@ -20,6 +20,7 @@ from libc.stdint cimport INT32_MAX, INT64_MAX
 cimport cython
 
 from fastq._cdefs cimport *
+from fastq._codec cimport status_error
 
 import os
 import warnings
@@ -51,28 +52,13 @@ cdef enum:
 # ---------------------------------------------------------------------------------------
 
 cdef int raise_status(int64_t rc, str what, str path=None, int64_t pos=-1) except -1:
-    """Raise the exception for a negative status code from csrc/."""
-    cdef int e
-    if rc == FQ_ECORRUPT or rc == FQ_EMAGIC or rc == FQ_ETRUNCATED:
-        kind = {FQ_ECORRUPT: "invalid", FQ_EMAGIC: "wrong magic", FQ_ETRUNCATED: "truncated"}[rc]
-        where = f" in {path}" if path else ""
-        at = f" at position {pos}" if pos >= 0 else ""
-        raise CorruptRecord(f"{what}: {kind} record batch{where}{at}", path, pos if pos >= 0 else None)
-    if rc == FQ_ETOOBIG:
-        raise RecordTooLarge(f"{what}: too large")
-    if rc == FQ_EINVAL:
-        raise InvalidArgument(f"{what}: invalid argument")
-    if rc == FQ_ETIMEDOUT:
-        raise Timeout(f"{what}: timed out")
-    if rc == FQ_ECLOSED:
-        raise Closed(f"{what}: closed")
-    if rc < 0 and rc > -4096:
-        e = <int>(-rc)
-        msg = f"{what}: {os.strerror(e)}" + (f" ({path})" if path else "")
-        if e == ENOSPC or e == EDQUOT:
-            raise DiskFull(e, msg)
-        raise StorageError(e, msg)
-    raise StorageError(f"{what}: status {rc}")
+    """Raise the exception for a negative status code from csrc/, naming the file and
+    position. The mapping itself is fastq._codec.status_error (the one place)."""
+    where = (f" in {path}" if path else "") + (f" at position {pos}" if pos >= 0 else "")
+    err = status_error(rc, what + where, pos if pos >= 0 else None)
+    if isinstance(err, CorruptRecord):
+        err.path = path
+    raise err
 
 
 cdef inline int64_t round_up(int64_t n, int64_t to) noexcept nogil:

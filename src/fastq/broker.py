@@ -27,7 +27,8 @@ from typing import Any
 
 from . import _storage
 from .errors import Closed, CorruptRecord, InvalidArgument, InvalidName, UnknownTopic
-from .log import DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
+from .log import (DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+                  write_json_atomic as _write_json_atomic)
 
 __all__ = ["Broker", "open", "validate_name", "MAX_PARTITIONS"]
 
@@ -63,19 +64,6 @@ def validate_name(kind: str, name) -> str:
         raise InvalidName(f"invalid {kind} name {name!r}: use 1-249 characters from "
                           f"[A-Za-z0-9._-], not '.' or '..'")
     return name
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _storage.fsync_dir(os.path.dirname(path))
 
 
 def _read_json(path: str) -> dict:

@@ -129,12 +129,7 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
             if emptied:
                 _ensure_mark(log)
                 for b in emptied:
-                    name = os.path.join(log.path, segment_name(b))
-                    for ext in (".log", ".index", ".timeindex"):
-                        try:
-                            os.unlink(name + ext)
-                        except FileNotFoundError:
-                            pass
+                    log._unlink_segment_files(b)
                 _storage.fsync_dir(log.path)
             log._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
                         s["index_count"], s["timeindex_count"], s["bytes_since_index"],

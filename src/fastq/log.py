@@ -83,9 +83,9 @@ def _boot_id() -> bytes:
         return boot.to_bytes(16, "little", signed=True)
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
+def write_json_atomic(path: str, obj: dict) -> None:
     """temp -> fsync -> rename -> fsync(dir): a metadata file is old or new, never torn."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     data = json.dumps(obj, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -187,7 +187,7 @@ class Log(LogCore):
             for k, v in defaults.items():
                 cfg[k] = args[k] if args[k] is not None else v
             self._validate_config(cfg)
-            _write_json_atomic(path, cfg)
+            write_json_atomic(path, cfg)
         else:
             for k, v in defaults.items():
                 cfg.setdefault(k, v)
