@@ -91,10 +91,12 @@ def test_compare_reports_missing_and_failed_peers(tmp_path, monkeypatch):
 
 def test_missing_server_binary_is_skipped(monkeypatch):
     monkeypatch.setattr(_benchpeers, "_which", lambda binary: None)
-    reason = _benchpeers.availability(_benchpeers.RedisStreams)
-    if reason and "not importable" in reason:
-        pytest.skip(f"redis client missing, checked elsewhere: {reason}")
-    assert reason == "redis-server is not on PATH"
+    # with its client importable (a stand-in module), a peer is still skipped for a
+    # missing server binary, and the reason says so
+    monkeypatch.setattr(_benchpeers.RedisStreams, "module", "json")
+    assert _benchpeers.availability(_benchpeers.RedisStreams) == "redis-server is not on PATH"
+    monkeypatch.setattr(_benchpeers.RedisStreams, "module", "fastq_no_such_client_module")
+    assert "not importable" in _benchpeers.availability(_benchpeers.RedisStreams)
     cfg = benchmarks.quick_config(messages=10)
     r = _benchpeers.run_peer(_benchpeers.NatsJetStream, cfg, "/nonexistent")
     assert r["status"] == "skipped" and r["reason"]
