@@ -127,10 +127,19 @@ int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t sp
     int64_t now = fq_monotonic_ns();
     int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
     if (spin_ns > 0) {
+        /* Spin on the notify word, not on next_offset: the writer bumps notify after
+         * every commit, and keeping our reads off the commit group's cache line leaves
+         * it exclusive to the writer while it fills it in. */
         int64_t spin_end = now + spin_ns;
         if (deadline >= 0 && deadline < spin_end) spin_end = deadline;
+        uint32_t seen = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
         for (unsigned i = 0;; i++) {
-            if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
+            uint32_t cur = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
+            if (cur != seen) {
+                if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
+                seen = cur;
+            }
             fq_cpu_relax();
             if ((i & 63) == 63 && fq_monotonic_ns() >= spin_end) break;
         }
