@@ -11,6 +11,16 @@ STATUS_CORRUPT: int  # scan status: a complete batch failed validation
 
 HeaderList = Union[Sequence[tuple[str, Optional[Buffer]]], dict[str, Optional[Buffer]]]
 
+def murmur2(data: Buffer) -> int:
+    """Kafka's murmur2 hash (signed 32-bit, as Java computes it)."""
+
+def kafka_partition(key: Buffer, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``."""
+
+def write_single_batch(seg: Segment, pos: int, offset: int, timestamp: int, key: Optional[Buffer],
+                       value: Optional[Buffer], headers: Optional[Sequence[tuple[str, Optional[Buffer]]]] = None) -> int:
+    """Encode one record as its own batch at ``pos`` (compaction); returns its size."""
+
 def segment_name(base_offset: int) -> str:
     """``%020d`` of the base offset: the stem of a segment's file names."""
 
@@ -61,11 +71,37 @@ class Segment:
         """Zero-copy view of raw segment bytes (e.g. to serve a Kafka fetch)."""
     def close(self) -> None: ...
 
+class RecordMetadata:
+    """Where a published record landed; behaves like a 4-tuple."""
+
+    topic: Optional[str]
+    partition: int
+    offset: int
+    timestamp: int
+    def __init__(self, topic: Optional[str], partition: int, offset: int, timestamp: int) -> None: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> Any: ...
+    def _asdict(self) -> dict[str, Any]: ...
+
+class Notifier:
+    """A topic-wide futex word in a shared file (see Topic.wait_any)."""
+
+    path: str
+    def __init__(self, path: str) -> None: ...
+    @property
+    def value(self) -> int: ...
+    def bump(self) -> None: ...
+    def wait(self, seen: int, timeout: Optional[float] = None, spin_us: float = 50.0) -> bool: ...
+    def close(self) -> None: ...
+
 class Record:
     """One record. ``key``/``value`` are read-only zero-copy memoryviews (None if null)."""
 
     offset: int
     timestamp: int
+    topic: Optional[str]
+    partition: int
     @property
     def key(self) -> Optional[memoryview]: ...
     @property
@@ -81,6 +117,8 @@ class LogReader(Iterator[Record]):
     def __iter__(self) -> LogReader: ...
     def __next__(self) -> Record: ...
     def read_many(self, max_records: int) -> list[Record]: ...
+    def read_values(self, max_records: int) -> list[Optional[bytes]]:
+        """Values only, as bytes copies (nothing pinned)."""
 
 class LogCore:
     """Shared state of a log plus the append/read hot path (see fastq.log.Log)."""
@@ -91,6 +129,9 @@ class LogCore:
     index_interval: int
     recovery_point: int
     start_offset: int
+    topic_name: Optional[str]
+    partition_id: int
+    allow_gaps: bool
     @property
     def end_offset(self) -> int: ...
     def snapshot(self) -> dict[str, int]: ...
@@ -99,6 +140,8 @@ class LogCore:
     def append_many(self, values: Sequence[Optional[Buffer]], key: Optional[Buffer] = None,
                     headers: Optional[HeaderList] = None, timestamp: Optional[int] = None) -> int: ...
     def append_batch(self, records: Sequence[tuple[Any, ...]]) -> int: ...
-    def read(self, offset: int = 0, end: Optional[int] = None) -> LogReader: ...
+    def publish(self, value: Optional[Buffer], key: Optional[Buffer] = None,
+                headers: Optional[HeaderList] = None, timestamp: Optional[int] = None) -> RecordMetadata: ...
+    def read(self, offset: int = 0, end: Optional[int] = None, follow: bool = False) -> LogReader: ...
     def get(self, offset: int) -> Record: ...
     def wait(self, offset: int, timeout: Optional[float] = None, spin_us: float = 50.0) -> bool: ...
