@@ -30,7 +30,11 @@ SIZE = 100
 ROUNDS = 3
 
 add_ratio("xproc one-by-one: fastq publish / mp.Queue put", "xproc_fastq_one", "xproc_mpqueue_one", 15.0)
-add_ratio("xproc batched: fastq publish_many / mp.Queue put(list)", "xproc_fastq_batch", "xproc_mpqueue_batch", 15.0)
+add_ratio("xproc one send per message: fastq Producer.send / mp.Queue put", "xproc_fastq_producer",
+          "xproc_mpqueue_one", 15.0)
+add_ratio("xproc batched: fastq publish_many / mp.Queue put", "xproc_fastq_batch", "xproc_mpqueue_one", 15.0)
+add_ratio("xproc batched: fastq publish_many / mp.Queue put(list of 1,000)", "xproc_fastq_batch",
+          "xproc_mpqueue_batch", 15.0)
 
 
 def _pedantic(benchmark, pipe):
@@ -41,6 +45,12 @@ def _pedantic(benchmark, pipe):
 def test_xproc_fastq_one(benchmark):
     _pedantic(benchmark, FastqPipe(N, SIZE))
     record(benchmark, "xproc_fastq_one", N, SIZE)
+
+
+def test_xproc_fastq_producer(benchmark):
+    """One Producer.send per message (the batching producer appends batches)."""
+    _pedantic(benchmark, FastqPipe(N * 2, SIZE, batch=-1))
+    record(benchmark, "xproc_fastq_producer", N * 2, SIZE)
 
 
 def test_xproc_fastq_batch(benchmark):

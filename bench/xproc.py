@@ -24,6 +24,13 @@ def payload(size: int) -> bytes:
     return b"x" * size
 
 
+def pin(cpu: int) -> None:
+    """Pin this process to one CPU (index into the allowed set) so a paced producer and a
+    tailing consumer never share a core; as bench_ring does. No-op with < 2 CPUs."""
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[cpu]})
+
+
 def _report(q, msg) -> None:
     """Send a result and exit the child at once (skipping atexit and the parent's
     inherited handlers). The queue's feeder thread must flush before os._exit."""
@@ -42,6 +49,7 @@ def fastq_producer(path, topic, n, size, batch, rate, go, done):
         t = b.topic(topic)
         go.wait()
         if rate:
+            pin(0)
             interval = 1.0 / rate
             nxt = time.perf_counter()
             for _ in range(n):
@@ -54,6 +62,12 @@ def fastq_producer(path, topic, n, size, batch, rate, go, done):
                     pass
                 t.publish(STAMP.pack(time.monotonic_ns()) + pad, partition=0)
                 nxt += interval
+        elif batch == -1:                       # the batching producer: one send() per message
+            msg = payload(size)
+            with t.producer(linger_ms=1) as prod:
+                send = prod.send
+                for _ in range(n):
+                    send(msg, partition=0)
         elif batch > 1:
             msg = payload(size)
             msgs = [msg] * batch
@@ -74,6 +88,8 @@ def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
         lg = t.log(0)
         ready.set()
         go.wait()
+        if latency:
+            pin(1)
         rd = lg.read(lg.start_offset, follow=True)    # one reader, tailing
         got = 0
         while got < n:
