@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
-SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd src/fastq/*.pxi) setup.py pyproject.toml
 
 .PHONY: run test bench build clean debug sanitize sanitize-test torture
 

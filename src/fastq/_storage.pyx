@@ -603,3 +603,4 @@ def timeindex_entry(Segment seg, int64_t i):
 
 include "_records.pxi"
 include "_logcore.pxi"
+include "_topicsupport.pxi"
