@@ -128,6 +128,55 @@ def _attach_fd(dupfd, wait, spin_ns):
     return r
 
 
+cdef inline int64_t _record_ts(object timestamp) except -1:
+    """A framed record's timestamp: now for None, else an int of ms in [0, 2**62]."""
+    if timestamp is None:
+        return fq_realtime_ms()
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= (1 << 62):
+        return timestamp
+    raise InvalidArgument(f"timestamp must be an int of milliseconds >= 0, got {timestamp!r}")
+
+
+cdef inline object _record_bytes(object obj, str what):
+    """`obj` as bytes (None stays None), no longer than a ring message can be."""
+    if obj is None:
+        return None
+    if type(obj) is not bytes:
+        obj = _as_bytes(obj, what)
+    if PyBytes_GET_SIZE(obj) > FQ_RING_MAX_MESSAGE:
+        raise RecordTooLarge(f"{what} of {PyBytes_GET_SIZE(obj)} bytes is larger than a ring message can be")
+    return obj
+
+
+cdef inline uint64_t _frame_size(object key, object value, object hb) noexcept:
+    return (REC_FIXED + <uint64_t>(0 if key is None else PyBytes_GET_SIZE(key))
+            + <uint64_t>(0 if value is None else PyBytes_GET_SIZE(value))
+            + <uint64_t>(0 if hb is None else PyBytes_GET_SIZE(hb)))
+
+
+cdef void _write_frame(uint8_t *w, uint32_t partition, int64_t ts, object key, object value,
+                       object hb) noexcept:
+    """Write one framed record (layout above Ring._put_record) at `w`; the caller sized it
+    with _frame_size and normalized key/value/headers with _record_bytes/_encode_headers."""
+    cdef Py_ssize_t klen = -1 if key is None else PyBytes_GET_SIZE(key)
+    cdef Py_ssize_t vlen = -1 if value is None else PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t hlen = 0 if hb is None else PyBytes_GET_SIZE(hb)
+    (<uint32_t *>w)[0] = partition
+    (<int32_t *>(w + 4))[0] = <int32_t>klen
+    (<int32_t *>(w + 8))[0] = <int32_t>vlen
+    (<uint32_t *>(w + 12))[0] = <uint32_t>hlen
+    (<int64_t *>(w + 16))[0] = ts
+    w += REC_FIXED
+    if klen > 0:
+        memcpy(w, PyBytes_AS_STRING(key), klen)
+        w += klen
+    if vlen > 0:
+        memcpy(w, PyBytes_AS_STRING(value), vlen)
+        w += vlen
+    if hlen:
+        memcpy(w, PyBytes_AS_STRING(hb), hlen)
+
+
 cdef class Ring:
     """A bounded ring of bytes messages in shared memory, for threads and processes.
 
@@ -728,40 +777,16 @@ cdef class Ring:
         """Frame one record (see above) and put it; returns its timestamp. Raises RingFull
         (full and not blocking / timed out), RecordTooLarge, InvalidArgument."""
         cdef int64_t tmo = _timeout_ns(block, timeout)
-        cdef int64_t ts
-        cdef const uint8_t *kp = NULL
-        cdef const uint8_t *vp = NULL
-        cdef const uint8_t *hp = NULL
-        cdef int32_t klen = -1, vlen = -1
-        cdef uint32_t hlen = 0
+        cdef int64_t ts = _record_ts(timestamp)
         cdef uint64_t total
         cdef uint8_t stack[REC_STACK]
         cdef uint8_t *buf = stack
-        cdef uint8_t *w
         cdef int rc = FQ_RING_EBUSY
         cdef fq_ring *r = &self._r
-        cdef object hb = None
-        if timestamp is None:
-            ts = fq_realtime_ms()
-        elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= (1 << 62):
-            ts = timestamp
-        else:
-            raise InvalidArgument(f"timestamp must be an int of milliseconds >= 0, got {timestamp!r}")
-        if type(value) is not bytes and value is not None:
-            value = _as_bytes(value, "value")
-        if type(key) is not bytes and key is not None:
-            key = _as_bytes(key, "key")
-        if value is not None:
-            vp = <const uint8_t *>PyBytes_AS_STRING(value)
-            vlen = <int32_t>min(PyBytes_GET_SIZE(value), 0x7FFFFFFF)
-        if key is not None:
-            kp = <const uint8_t *>PyBytes_AS_STRING(key)
-            klen = <int32_t>min(PyBytes_GET_SIZE(key), 0x7FFFFFFF)
-        if headers:
-            hb = _encode_headers(headers)
-            hp = <const uint8_t *>PyBytes_AS_STRING(hb)
-            hlen = <uint32_t>PyBytes_GET_SIZE(hb)
-        total = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+        value = _record_bytes(value, "value")
+        key = _record_bytes(key, "key")
+        hb = _encode_headers(headers) if headers else None
+        total = _frame_size(key, value, hb)
         self._enter()
         try:
             if total > r.max_message:
@@ -772,20 +797,7 @@ cdef class Ring:
                 if buf == NULL:
                     raise MemoryError()
             try:
-                (<uint32_t *>buf)[0] = partition
-                (<int32_t *>(buf + 4))[0] = klen
-                (<int32_t *>(buf + 8))[0] = vlen
-                (<uint32_t *>(buf + 12))[0] = hlen
-                (<int64_t *>(buf + 16))[0] = ts
-                w = buf + REC_FIXED
-                if klen > 0:
-                    memcpy(w, kp, klen)
-                    w += klen
-                if vlen > 0:
-                    memcpy(w, vp, vlen)
-                    w += vlen
-                if hlen:
-                    memcpy(w, hp, hlen)
+                _write_frame(buf, partition, ts, key, value, hb)
                 if total <= GIL_COPY_MAX:
                     rc = fq_ring_put(r, buf, <uint32_t>total, 0, 1)
                 if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
@@ -994,52 +1006,15 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint
 def _frame_record(uint32_t partition, value, key=None, headers=None, timestamp=None):
     """The framed bytes ``Ring._put_record`` would put (for all-or-nothing ``put_many``
     of several records). Returns ``(frame, timestamp)``."""
-    cdef int64_t ts
-    cdef int32_t klen = -1, vlen = -1
-    cdef uint32_t hlen = 0
-    cdef uint64_t total
-    cdef uint8_t *w
-    cdef object hb = None
-    if timestamp is None:
-        ts = fq_realtime_ms()
-    elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= (1 << 62):
-        ts = timestamp
-    else:
-        raise InvalidArgument(f"timestamp must be an int of milliseconds >= 0, got {timestamp!r}")
-    if type(value) is not bytes and value is not None:
-        value = _as_bytes(value, "value")
-    if type(key) is not bytes and key is not None:
-        key = _as_bytes(key, "key")
-    if value is not None:
-        if PyBytes_GET_SIZE(value) > FQ_RING_MAX_MESSAGE:
-            raise RecordTooLarge(f"value of {len(value)} bytes is larger than a ring message can be")
-        vlen = <int32_t>PyBytes_GET_SIZE(value)
-    if key is not None:
-        if PyBytes_GET_SIZE(key) > FQ_RING_MAX_MESSAGE:
-            raise RecordTooLarge(f"key of {len(key)} bytes is larger than a ring message can be")
-        klen = <int32_t>PyBytes_GET_SIZE(key)
-    if headers:
-        hb = _encode_headers(headers)
-        hlen = <uint32_t>PyBytes_GET_SIZE(hb)
-    total = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+    cdef int64_t ts = _record_ts(timestamp)
+    value = _record_bytes(value, "value")
+    key = _record_bytes(key, "key")
+    hb = _encode_headers(headers) if headers else None
+    cdef uint64_t total = _frame_size(key, value, hb)
     if total > FQ_RING_MAX_MESSAGE:
         raise RecordTooLarge(f"a record of {total} bytes (framed) is larger than a ring message can be")
     out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
-    w = <uint8_t *>PyBytes_AS_STRING(out)
-    (<uint32_t *>w)[0] = partition
-    (<int32_t *>(w + 4))[0] = klen
-    (<int32_t *>(w + 8))[0] = vlen
-    (<uint32_t *>(w + 12))[0] = hlen
-    (<int64_t *>(w + 16))[0] = ts
-    w += REC_FIXED
-    if klen > 0:
-        memcpy(w, PyBytes_AS_STRING(key), klen)
-        w += klen
-    if vlen > 0:
-        memcpy(w, PyBytes_AS_STRING(value), vlen)
-        w += vlen
-    if hlen:
-        memcpy(w, PyBytes_AS_STRING(hb), hlen)
+    _write_frame(<uint8_t *>PyBytes_AS_STRING(out), partition, ts, key, value, hb)
     return out, ts
 
 
