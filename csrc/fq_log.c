@@ -118,57 +118,27 @@ void fq_log_repair(fq_log_state *st) {
     if (seq & 1u) __atomic_store_n(&st->seq, seq + 1, __ATOMIC_RELEASE);
 }
 
-void fq_log_notify(fq_log_state *st) {
-    __atomic_fetch_add(&st->notify, 1u, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&st->waiters, __ATOMIC_SEQ_CST) != 0) fq_wake(&st->notify, INT_MAX);
-}
+void fq_log_notify(fq_log_state *st) { fq_notify_bump(&st->notify, &st->waiters); }
 
 int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns) {
-    int64_t now = fq_monotonic_ns();
-    int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
-    if (spin_ns > 0) {
-        /* Spin on the notify word, not on next_offset: the writer bumps notify after
-         * every commit, and keeping our reads off the commit group's cache line leaves
-         * it exclusive to the writer while it fills it in. */
-        int64_t spin_end = now + spin_ns;
-        if (deadline >= 0 && deadline < spin_end) spin_end = deadline;
+    /* Every commit bumps `notify` after publishing next_offset, so: read notify, check
+     * the offset, then wait for notify to move (fq_notify_wait registers as a waiter and
+     * re-checks before sleeping). A commit after our check changes the word, so no wakeup
+     * is lost. Spinning watches the notify word, not next_offset, which leaves the commit
+     * group's cache line to the writer. */
+    int64_t deadline = timeout_ns >= 0 ? fq_monotonic_ns() + timeout_ns : -1;
+    for (;;) {
         uint32_t seen = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
-        for (unsigned i = 0;; i++) {
-            uint32_t cur = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
-            if (cur != seen) {
-                if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
-                seen = cur;
-            }
-            fq_cpu_relax();
-            if ((i & 63) == 63 && fq_monotonic_ns() >= spin_end) break;
-        }
-    }
-    for (;;) {
-        if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
-        /* Register as a waiter, then re-check, then sleep on the notify word: a writer
-         * that commits after our re-check bumps notify (so the futex returns at once)
-         * and sees waiters != 0 (so it wakes us). No wakeup can be lost. */
-        uint32_t seen = __atomic_load_n(&st->notify, __ATOMIC_SEQ_CST);
-        __atomic_fetch_add(&st->waiters, 1u, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&st->next_offset, __ATOMIC_SEQ_CST) > offset) {
-            __atomic_fetch_sub(&st->waiters, 1u, __ATOMIC_SEQ_CST);
-            return 1;
-        }
         int64_t left = -1;
         if (deadline >= 0) {
             left = deadline - fq_monotonic_ns();
-            if (left <= 0) {
-                __atomic_fetch_sub(&st->waiters, 1u, __ATOMIC_SEQ_CST);
-                return 0;
-            }
+            if (left <= 0) return 0;
         }
-        /* Sleep in slices of at most 100 ms so a waiter whose peer died mid-wake still
-         * re-checks; a killed waiter leaves `waiters` too high, which only costs
-         * writers an unneeded wake syscall. */
+        /* sliced, so a waiter whose waker died mid-wake still re-checks */
         if (left < 0 || left > 100000000LL) left = 100000000LL;
-        fq_wait(&st->notify, seen, left);
-        __atomic_fetch_sub(&st->waiters, 1u, __ATOMIC_SEQ_CST);
+        fq_notify_wait(&st->notify, &st->waiters, seen, left, spin_ns);
+        spin_ns = 0;   /* spin once, on the first wait only */
     }
 }
 
