@@ -41,24 +41,22 @@ def _fresh_log(base, mode, counter=[0]):
     return Log(os.path.join(base, f"log{counter[0]}"), durability=mode)
 
 
+def _on_fresh_logs(benchmark, base, mode, run):
+    """Time run(log) for ROUNDS rounds, each on a new empty log closed after its round."""
+    benchmark.pedantic(run, setup=lambda: ((_fresh_log(base, mode),), {}),
+                       teardown=lambda log: log.close(), rounds=ROUNDS, iterations=1)
+
+
 @pytest.mark.parametrize("mode", ["os", "group", "always"])
 def test_log_append_one(benchmark, tmpdir_fast, mode):
     n = N_SYNC[mode]
-    logs = []
-
-    def setup():
-        log = _fresh_log(tmpdir_fast, mode)
-        logs.append(log)
-        return (log,), {}
 
     def run(log):
         append = log.append
         for _ in range(n):
             append(PAYLOAD)
 
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
-    for log in logs:
-        log.close()
+    _on_fresh_logs(benchmark, tmpdir_fast, mode, run)
     record(benchmark, f"log_append_one[{mode}]", n, SIZE)
 
 
@@ -66,21 +64,13 @@ def test_log_append_one(benchmark, tmpdir_fast, mode):
 def test_log_append_batch(benchmark, tmpdir_fast, mode):
     n = N_FAST if mode == "os" else 30_000
     batch = [PAYLOAD] * 1000
-    logs = []
-
-    def setup():
-        log = _fresh_log(tmpdir_fast, mode)
-        logs.append(log)
-        return (log,), {}
 
     def run(log):
         append_many = log.append_many
         for _ in range(n // 1000):
             append_many(batch)
 
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
-    for log in logs:
-        log.close()
+    _on_fresh_logs(benchmark, tmpdir_fast, mode, run)
     record(benchmark, f"log_append_batch[{mode}]", n, SIZE)
 
 

@@ -38,7 +38,8 @@ try:
     FF_SKIP = None
 except ImportError as e:  # optional bench dependency
     faster_fifo = None
-    FF_SKIP = f"faster-fifo is not importable ({e}); pip install faster-fifo to compare"
+    FF_SKIP = (f"faster-fifo, the optional peer of this comparison, is not importable ({e}); "
+               f"pip install 'fastq-broker[bench]' to measure it beside fastq.Ring")
 
 MSG = b"x" * 100
 BATCH = 100

@@ -255,7 +255,8 @@ def test_kill9_writer(fast_dir, mode):
 
 
 @pytest.mark.torture
-@pytest.mark.skipif(not TORTURE, reason="set FASTQ_TORTURE=1")
+@pytest.mark.skipif(not TORTURE, reason="torture run: 300 kill -9 loops per durability mode (~5 min); "
+                    "the default suite runs 51 of them — set FASTQ_TORTURE=1 to run this one")
 @pytest.mark.parametrize("mode", ["os", "group", "always"])
 def test_kill9_writer_torture(fast_dir, mode):
     rng = random.Random(seed_for(f"kill9_writer_torture[{mode}]"))

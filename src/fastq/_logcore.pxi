@@ -438,12 +438,10 @@ cdef class LogCore:
             self._ensure_recs(1, 0)
         r = self.recs
         r.timestamp = check_ts(timestamp)
-        if type(value) is bytes:
+        if type(value) is bytes and PyBytes_GET_SIZE(value) < INT32_MAX - 1024:
             r.value = <const uint8_t *>PyBytes_AS_STRING(value)
-            r.value_len = <int32_t>PyBytes_GET_SIZE(value) if PyBytes_GET_SIZE(value) < INT32_MAX - 1024 else -2
-            if r.value_len == -2:
-                raise RecordTooLarge(f"value of {len(value)} bytes is larger than a record can be")
-        else:
+            r.value_len = <int32_t>PyBytes_GET_SIZE(value)
+        else:                      # other buffers, None, or too large: set_field says which
             keep = []
             set_field(value, &r.value, &r.value_len, keep, "value")
         if key is None:
