@@ -637,7 +637,8 @@ class Log(LogCore):
         if self.snapshot()["generation"] != self._gen:
             self._refresh()
         s = self.snapshot()
-        for seg in list(self._segments):
+        segs = list(self._segments)
+        for i, seg in enumerate(segs):
             active = seg.base_offset == s["active_base"]
             maxts = s["max_timestamp"] if active else seg.sealed_max_timestamp
             if maxts < timestamp:
@@ -645,12 +646,13 @@ class Log(LogCore):
             tcount = s["timeindex_count"] if active else seg.sealed_timeindex_count
             rel = seg.timeindex_floor(tcount, timestamp - 1)
             start = max(seg.base_offset + rel + 1 if rel >= 0 else seg.base_offset, self.start_offset)
-            end = s["next_offset"] if active else None
+            # scan this segment only: its max timestamp says the answer is in it
+            end = s["next_offset"] if active else segs[i + 1].base_offset
+            if start >= end:
+                continue
             for rec in self.read(start, end):
                 if rec.timestamp >= timestamp:
                     return rec.offset
-                if not active and rec.offset + 1 >= self._next_base(seg):
-                    break
         return None
 
     def _base_after(self, base: int) -> int:
@@ -659,10 +661,6 @@ class Log(LogCore):
             if seg.base_offset > base:
                 return seg.base_offset
         return -1
-
-    def _next_base(self, seg: Segment) -> int:
-        i = self._segments.index(seg)
-        return self._segments[i + 1].base_offset if i + 1 < len(self._segments) else self.end_offset
 
     def read_from_timestamp(self, timestamp: int, end: int | None = None) -> Iterator[Record]:
         """Iterate from the first record with timestamp >= ``timestamp``."""
