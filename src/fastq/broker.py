@@ -28,7 +28,7 @@ from typing import Any
 from . import _storage
 from .errors import Closed, CorruptRecord, InvalidArgument, InvalidName, UnknownTopic
 from .log import (DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
-                  write_json_atomic as _write_json_atomic)
+                  check_int as _check_int, write_json_atomic as _write_json_atomic)
 
 __all__ = ["Broker", "open", "validate_name", "MAX_PARTITIONS"]
 
@@ -75,14 +75,6 @@ def _read_json(path: str) -> dict:
     if not isinstance(obj, dict):
         raise CorruptRecord(f"{path} does not hold a JSON object", path)
     return obj
-
-
-def _check_int(name: str, value, lo: int, hi: int, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InvalidArgument(f"{name}={value!r}: expected an int in [{lo}, {hi}]")
-    return value
 
 
 def _validate_topic_config(cfg: dict) -> None:

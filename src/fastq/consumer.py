@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from .broker import validate_name
 from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange
 from .group import GroupMember
-from .log import Record
+from .log import Record, check_int as _check_int
 from .offsets import OffsetStore
 
 if TYPE_CHECKING:
@@ -54,12 +54,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InvalidArgument(f"{name}={value!r}: expected an int in [{lo}, {hi}]")
-    return value
 
 
 class Consumer:

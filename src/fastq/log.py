@@ -97,11 +97,13 @@ def write_json_atomic(path: str, obj: dict) -> None:
     _storage.fsync_dir(os.path.dirname(path) or ".")
 
 
-def _check_positive(name: str, value, lo: int, hi: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise InvalidArgument(f"{name}={value} out of range [{lo}, {hi}]")
+def check_int(name: str, value, lo: int, hi: int, allow_none: bool = False):
+    """``value`` if it is an int in [lo, hi] (or None when allowed), else InvalidArgument
+    naming the setting and the range. The one range check every fastq module uses."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidArgument(f"{name}={value!r}: expected an int in [{lo}, {hi}]")
     return value
 
 
@@ -203,13 +205,13 @@ class Log(LogCore):
     def _validate_config(cfg: dict) -> None:
         if cfg["durability"] not in DURABILITY_MODES:
             raise InvalidArgument(f"durability={cfg['durability']!r}: expected one of {sorted(DURABILITY_MODES)}")
-        _check_positive("segment_bytes", cfg["segment_bytes"], MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
-        _check_positive("max_record_bytes", cfg["max_record_bytes"], 128, MAX_RECORD_BYTES_CAP)
-        _check_positive("index_interval", cfg["index_interval"], 64, 1 << 30)
-        _check_positive("segment_ms", cfg["segment_ms"], 0, 1 << 62)
+        check_int("segment_bytes", cfg["segment_bytes"], MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
+        check_int("max_record_bytes", cfg["max_record_bytes"], 128, MAX_RECORD_BYTES_CAP)
+        check_int("index_interval", cfg["index_interval"], 64, 1 << 30)
+        check_int("segment_ms", cfg["segment_ms"], 0, 1 << 62)
         for k in ("retention_ms", "retention_bytes"):
             if cfg[k] is not None:
-                _check_positive(k, cfg[k], 0, 1 << 62)
+                check_int(k, cfg[k], 0, 1 << 62)
         if not isinstance(cfg["compact"], bool):
             raise InvalidArgument(f"compact must be a bool, got {cfg['compact']!r}")
 
