@@ -132,3 +132,59 @@ def test_reader_in_other_process_sees_appends_promptly(fast_dir):
         os.close(w2)
     print(f"wake-up lag ms: median {sorted(lags)[10]:.3f}, max {max(lags):.3f}")
     assert sorted(lags)[10] < 50
+
+
+def threaded_writer(path, w, threads, n):
+    """`threads` threads appending through ONE Log object of this process; thread t's
+    values are b"w<w>.<t>:<i>". Appends take turns with the other process's for the
+    writer lock, and small segments make rolls (Python code, under the lock) frequent."""
+    def body():
+        import threading
+        log = Log(path)
+        errors = []
+
+        def run(t):
+            try:
+                for i in range(n):
+                    v = b"w%d.%d:%d:" % (w, t, i) + b"x" * (i % 300)
+                    if i % 3 == 0:
+                        log.append(v, headers=[("i", b"%d" % i)])
+                    elif i % 3 == 1:
+                        log.append_many([v])
+                    else:
+                        log.append(v)
+            except BaseException as e:        # reported through the exit status
+                errors.append(e)
+        ths = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        log.close()
+        assert not errors, errors
+    return body
+
+
+def test_threads_sharing_one_log_while_another_process_appends(fast_dir):
+    """One Log object used by 4 threads in each of 2 processes: an append that waits
+    for the writer lock (GIL released) or rolls (Python code) while another thread of
+    the same process appends must still write its own records, whole, exactly once."""
+    path = os.path.join(fast_dir, "log")
+    with Log(path, segment_bytes=8192, max_record_bytes=4096):
+        pass
+    threads, n = 4, 1500
+    pids = [fork_child(threaded_writer(path, w, threads, n)) for w in range(2)]
+    for pid in pids:
+        assert wait_child(pid, timeout=120) == 0
+    with Log(path) as log:
+        got = read_all(log)
+    assert [g[0] for g in got] == list(range(2 * threads * n)), "offsets are not dense"
+    last = {}
+    for off, ts, key, value, headers in got:
+        who, i, pad = value.split(b":")
+        i = int(i)
+        assert pad == b"x" * (i % 300), f"record {off} torn"
+        assert last.get(who, -1) == i - 1, f"{who!r}: record {i} after {last.get(who)} (lost or doubled)"
+        assert headers == ([("i", b"%d" % i)] if i % 3 == 0 else [])
+        last[who] = i
+    assert sorted(last.values()) == [n - 1] * (2 * threads)

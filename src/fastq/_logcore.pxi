@@ -43,6 +43,35 @@ cdef inline int set_field(object obj, const uint8_t **ptr, int32_t *length, list
     return 0
 
 
+@cython.final
+cdef class RecScratch:
+    """Per-call arrays of records and headers for one append. Per call, not per log:
+    an append may wait for the writer lock (or roll) with the GIL released, and another
+    thread appending meanwhile must not write over the records being planned."""
+
+    def __dealloc__(self):
+        PyMem_Free(self.recs)
+        PyMem_Free(self.hdrs)
+
+    cdef int reserve(self, Py_ssize_t n, Py_ssize_t nh) except -1:
+        """Room for n records and nh headers (existing entries kept; pointers into
+        hdrs are invalidated when it grows, so size it before filling)."""
+        cdef void *p
+        if n > self.recs_cap:
+            p = PyMem_Realloc(self.recs, n * sizeof(fq_record_in))
+            if p == NULL:
+                raise MemoryError()
+            self.recs = <fq_record_in *>p
+            self.recs_cap = n
+        if nh > self.hdrs_cap:
+            p = PyMem_Realloc(self.hdrs, nh * sizeof(fq_header))
+            if p == NULL:
+                raise MemoryError()
+            self.hdrs = <fq_header *>p
+            self.hdrs_cap = nh
+        return 0
+
+
 cdef class LogCore:
     """Shared state of one log directory plus the append/read hot path.
 
@@ -52,15 +81,14 @@ cdef class LogCore:
 
     Process-safety: appends from any number of processes are serialized by the writer
     lock in the shared state; readers never lock. Thread-safety: one LogCore may be
-    shared by threads (the GIL serializes its Python-level state; the shared lock is
-    taken without the GIL when contended).
+    shared by threads: the records of an append live in per-call memory (the stack or a
+    RecScratch), never in the LogCore, because the shared lock is taken without the GIL
+    when contended and a roll runs Python code, so another thread may append meanwhile.
     """
 
     def __cinit__(self):
         self.st = NULL
         self.state_fd = -1
-        self.recs = NULL
-        self.hdrs = NULL
         self._segments = []
         self._durability = 0
         self.segment_bytes = 1 << 26
@@ -246,22 +274,6 @@ cdef class LogCore:
             raise Closed("log is closed")
         return 0
 
-    cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1:
-        cdef void *p
-        if n > self.recs_cap:
-            p = PyMem_Realloc(self.recs, n * sizeof(fq_record_in))
-            if p == NULL:
-                raise MemoryError()
-            self.recs = <fq_record_in *>p
-            self.recs_cap = <int32_t>n
-        if nh > self.hdrs_cap:
-            p = PyMem_Realloc(self.hdrs, nh * sizeof(fq_header))
-            if p == NULL:
-                raise MemoryError()
-            self.hdrs = <fq_header *>p
-            self.hdrs_cap = <int32_t>nh
-        return 0
-
     cdef int _prepare_locked(self, int64_t size) except -1:
         """Make room for `size` bytes at the end of the active segment (refresh after
         another process changed segments, roll when full or old, grow the file).
@@ -331,24 +343,25 @@ cdef class LogCore:
         if self._notifier is not None:
             fq_notify_bump(self._notifier.words, self._notifier.words + 1)
 
-    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, int32_t i, int32_t k, int64_t size) except -1:
-        """Encode recs[i:i+k] as one batch at the pending end; stage it."""
+    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, const fq_record_in *recs, int32_t k,
+                                     int64_t size) except -1:
+        """Encode recs[0:k] as one batch at the pending end; stage it."""
         cdef int64_t pos = s.end_pos
         cdef int64_t rc, max_ts
         cdef int32_t j
         cdef Segment seg = self._active
-        rc = fq_batch_encode(seg.data + pos, <size_t>size, s.next_offset, 0, self.recs + i, k)
+        rc = fq_batch_encode(seg.data + pos, <size_t>size, s.next_offset, 0, recs, k)
         if rc < 0:
             raise_status(rc, "encode batch")
-        max_ts = self.recs[i].timestamp
-        for j in range(i + 1, i + k):
-            if self.recs[j].timestamp > max_ts:
-                max_ts = self.recs[j].timestamp
+        max_ts = recs[0].timestamp
+        for j in range(1, k):
+            if recs[j].timestamp > max_ts:
+                max_ts = recs[j].timestamp
         self._stage_locked(s, pos, size, max_ts, k)
         return 0
 
-    cdef int64_t _append_recs(self, int32_t n) except -1:
-        """Append self.recs[0:n] under one hold of the writer lock; returns the first
+    cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1:
+        """Append recs[0:n] (memory the caller owns until this returns) under one hold of the writer lock; returns the first
         offset. Records that do not fit one batch (max_record_bytes) are split into
         several, and still published by one commit — all or nothing to readers and to
         recovery — unless together they exceed a whole segment (then each batch is
@@ -358,7 +371,7 @@ cdef class LogCore:
         cdef fq_log_snapshot s
         cdef list plan = None
         # plan the batches before taking the lock
-        size = fq_batch_size(self.recs, n)
+        size = fq_batch_size(recs, n)
         if size < 0:
             raise_status(size, "encode batch")
         if size > self.max_record_bytes:
@@ -366,7 +379,7 @@ cdef class LogCore:
             while i < n:
                 k = n - i
                 while True:
-                    size = fq_batch_size(self.recs + i, k)
+                    size = fq_batch_size(recs + i, k)
                     if size < 0:
                         raise_status(size, "encode batch")
                     if size <= self.max_record_bytes:
@@ -384,14 +397,14 @@ cdef class LogCore:
                 self._prepare_locked(size)
                 self._begin_locked(&s)
                 first = s.next_offset
-                self._write_chunk_locked(&s, 0, n, size)
+                self._write_chunk_locked(&s, recs, n, size)
                 self._publish_locked(&s)
             elif total <= self.segment_bytes:
                 self._prepare_locked(total)          # rolls first if they would not fit
                 self._begin_locked(&s)
                 first = s.next_offset
                 for i, k, size in plan:
-                    self._write_chunk_locked(&s, i, k, size)
+                    self._write_chunk_locked(&s, recs + i, k, size)
                 self._publish_locked(&s)
             else:
                 first = -1
@@ -400,7 +413,7 @@ cdef class LogCore:
                     self._begin_locked(&s)
                     if first < 0:
                         first = s.next_offset
-                    self._write_chunk_locked(&s, i, k, size)
+                    self._write_chunk_locked(&s, recs + i, k, size)
                     self._publish_locked(&s)
             done_offset = self.st.next_offset
         finally:
@@ -430,13 +443,12 @@ cdef class LogCore:
         ``(str, bytes | None)`` or a dict; ``timestamp`` integer ms (default now).
         Returns once the record is committed and, per the log's durability, synced."""
         cdef list keep = None
-        cdef fq_record_in *r
+        cdef fq_record_in rec
+        cdef fq_record_in *r = &rec
+        cdef RecScratch sc = None
         cdef int32_t nh = 0
         if self._closed:
             self._check_open()
-        if self.recs_cap < 1:
-            self._ensure_recs(1, 0)
-        r = self.recs
         r.timestamp = check_ts(timestamp)
         if type(value) is bytes and PyBytes_GET_SIZE(value) < INT32_MAX - 1024:
             r.value = <const uint8_t *>PyBytes_AS_STRING(value)
@@ -454,13 +466,13 @@ cdef class LogCore:
         if headers:
             if keep is None:
                 keep = []
-            nh = self._fill_headers(headers, 0, keep)
-            r = self.recs   # _fill_headers may not move recs, but be safe
-            r.headers = self.hdrs
+            sc = RecScratch.__new__(RecScratch)
+            nh = self._fill_headers(headers, sc, 0, keep)
+            r.headers = sc.hdrs
         else:
             r.headers = NULL
         r.n_headers = nh
-        return self._append_recs(1)
+        return self._append_recs(r, 1)
 
     def publish(self, value, key=None, headers=None, timestamp=None):
         """``append`` that returns a :class:`RecordMetadata` (topic, partition, offset,
@@ -473,7 +485,9 @@ cdef class LogCore:
         m.timestamp = ts
         return m
 
-    cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1:
+    cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1:
+        """Fill sc.hdrs[at:at+n] from a header list or dict; returns n. Grows sc.hdrs,
+        so pointers into it are taken only after every header list is filled."""
         cdef Py_ssize_t i, n
         if isinstance(headers, dict):
             headers = list(headers.items())
@@ -482,7 +496,7 @@ cdef class LogCore:
         except TypeError as e:
             raise InvalidArgument(str(e)) from None
         n = PySequence_Fast_GET_SIZE(seq)
-        self._ensure_recs(1, at + n)
+        sc.reserve(0, at + n)
         for i in range(n):
             item = <object>PySequence_Fast_GET_ITEM(seq, i)
             if not isinstance(item, tuple) or len(item) != 2:
@@ -493,9 +507,9 @@ cdef class LogCore:
             elif not isinstance(k, bytes):
                 raise InvalidArgument(f"header key must be str, got {type(k).__name__}")
             keep.append(k)
-            self.hdrs[at + i].key = <const uint8_t *>PyBytes_AS_STRING(k)
-            self.hdrs[at + i].key_len = <int32_t>PyBytes_GET_SIZE(k)
-            set_field(v, &self.hdrs[at + i].value, &self.hdrs[at + i].value_len, keep, "header value")
+            sc.hdrs[at + i].key = <const uint8_t *>PyBytes_AS_STRING(k)
+            sc.hdrs[at + i].key_len = <int32_t>PyBytes_GET_SIZE(k)
+            set_field(v, &sc.hdrs[at + i].value, &sc.hdrs[at + i].value_len, keep, "header value")
         return <int32_t>n
 
     def append_many(self, values, key=None, headers=None, timestamp=None):
@@ -508,6 +522,7 @@ cdef class LogCore:
         cdef const uint8_t *kp = NULL
         cdef int32_t klen = -1, nh = 0
         cdef fq_record_in *r
+        cdef RecScratch sc = RecScratch.__new__(RecScratch)
         self._check_open()
         try:
             seq = PySequence_Fast(values, "values must be a sequence of bytes-like objects")
@@ -521,11 +536,11 @@ cdef class LogCore:
         ts = check_ts(timestamp)
         set_field(key, &kp, &klen, keep, "key")
         if headers:
-            nh = self._fill_headers(headers, 0, keep)
-        self._ensure_recs(n, 0)
+            nh = self._fill_headers(headers, sc, 0, keep)
+        sc.reserve(n, 0)
         for i in range(n):
             v = <object>PySequence_Fast_GET_ITEM(seq, i)
-            r = self.recs + i
+            r = sc.recs + i
             if type(v) is bytes and PyBytes_GET_SIZE(v) < INT32_MAX - 1024:
                 r.value = <const uint8_t *>PyBytes_AS_STRING(v)
                 r.value_len = <int32_t>PyBytes_GET_SIZE(v)
@@ -534,15 +549,16 @@ cdef class LogCore:
             r.timestamp = ts
             r.key = kp
             r.key_len = klen
-            r.headers = self.hdrs if nh else NULL
+            r.headers = sc.hdrs if nh else NULL
             r.n_headers = nh
-        return self._append_recs(<int32_t>n)
+        return self._append_recs(sc.recs, <int32_t>n)
 
     def append_batch(self, records):
         """Append records given as ``(value, key, headers, timestamp)`` tuples (any
         trailing items may be omitted) in one batch. Returns the first offset."""
         cdef Py_ssize_t i, n, nh_total = 0, at = 0
         cdef list keep = []
+        cdef RecScratch sc = RecScratch.__new__(RecScratch)
         cdef list items
         cdef fq_record_in *r
         cdef int32_t nh
@@ -560,22 +576,22 @@ cdef class LogCore:
             if len(it) > 2 and it[2]:
                 h = it[2]
                 nh_total += len(h)
-        self._ensure_recs(n, nh_total)
+        sc.reserve(n, nh_total)
         for i in range(n):
             it = items[i]
-            r = self.recs + i
+            r = sc.recs + i
             set_field(it[0], &r.value, &r.value_len, keep, f"value {i}")
             set_field(it[1] if len(it) > 1 else None, &r.key, &r.key_len, keep, f"key {i}")
             r.timestamp = check_ts(it[3] if len(it) > 3 else None)
             if len(it) > 2 and it[2]:
-                nh = self._fill_headers(it[2], at, keep)
-                r.headers = self.hdrs + at
+                nh = self._fill_headers(it[2], sc, at, keep)
+                r.headers = sc.hdrs + at
                 r.n_headers = nh
                 at += nh
             else:
                 r.headers = NULL
                 r.n_headers = 0
-        return self._append_recs(<int32_t>n)
+        return self._append_recs(sc.recs, <int32_t>n)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -682,8 +698,6 @@ cdef class LogCore:
             fq_unmap(self.st, FQ_STATE_SIZE)
         if self.state_fd >= 0:
             c_close(self.state_fd)
-        PyMem_Free(self.recs)
-        PyMem_Free(self.hdrs)
 
 
 def _base_of(Segment s):

@@ -123,6 +123,16 @@ cdef class Notifier:
     cdef readonly str path      # its path
 
 
+cdef class RecScratch:
+    """Per-call record and header arrays for one append (see _logcore.pxi)."""
+    cdef fq_record_in *recs             # records (PyMem), recs_cap of them
+    cdef fq_header *hdrs                # headers the records point into, hdrs_cap of them
+    cdef Py_ssize_t recs_cap
+    cdef Py_ssize_t hdrs_cap
+
+    cdef int reserve(self, Py_ssize_t n, Py_ssize_t nh) except -1
+
+
 cdef class LogCore:
     """The shared state of a log and its append/read hot path (see fastq.log.Log)."""
     cdef fq_log_state *st               # the mapped fastq.state file
@@ -138,10 +148,6 @@ cdef class LogCore:
     cdef public int64_t index_interval  # bytes between .index entries
     cdef public bint _closed            # close() has run (or the log failed)
     cdef public object _failure         # why the log failed (a failed fsync), else None
-    cdef fq_record_in *recs             # scratch array for batch appends
-    cdef fq_header *hdrs                # scratch array for headers
-    cdef int32_t recs_cap               # capacity of recs
-    cdef int32_t hdrs_cap               # capacity of hdrs
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None
     cdef public int32_t partition_id    # partition number (-1 for a bare log)
@@ -155,11 +161,11 @@ cdef class LogCore:
                             int32_t n) noexcept
     cdef void _begin_locked(self, fq_log_snapshot *s) noexcept
     cdef void _publish_locked(self, fq_log_snapshot *s) noexcept
-    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, int32_t i, int32_t k, int64_t size) except -1
+    cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, const fq_record_in *recs, int32_t k,
+                                     int64_t size) except -1
     cdef int _check_open(self) except -1
-    cdef int _ensure_recs(self, Py_ssize_t n, Py_ssize_t nh) except -1
-    cdef int64_t _append_recs(self, int32_t n) except -1
-    cdef int32_t _fill_headers(self, object headers, Py_ssize_t at, list keep) except -1
+    cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
+    cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
 
 
 cdef class Record:
