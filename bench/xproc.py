@@ -4,6 +4,10 @@ processes, started before the timed region and released together by an Event.
 Each workload returns (setup, run, teardown) pieces for ``benchmark.pedantic``: ``setup``
 starts the processes and waits until they are ready, the timed ``run`` releases them and
 waits until every consumer has received every message, ``teardown`` reaps them.
+
+The timed region ends when the consumer has the last message, for fastq as for the
+Queue: each side reports before it shuts down, so a fastq broker's close (which fsyncs
+the log, as a clean close does) is no more timed than the Queue's feeder-thread join.
 """
 from __future__ import annotations
 
@@ -78,7 +82,8 @@ def fastq_producer(path, topic, n, size, batch, rate, go, done):
             publish = t.publish
             for _ in range(n):
                 publish(msg, partition=0)
-    _report(done, ("producer", n))
+        done.put(("producer", n))               # every record is appended; close() follows
+    _report(done, None)
 
 
 def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
@@ -104,7 +109,8 @@ def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
                     for v in values:
                         lat.append(now - STAMP.unpack_from(v)[0])
                 got += len(values)
-    _report(done, ("consumer", got, lat))
+        done.put(("consumer", got, lat))        # the clock stops here, not after close()
+    _report(done, None)
 
 
 def fastq_group_consumer(path, topic, group, total, go, ready, done):
@@ -157,11 +163,10 @@ class FastqPipe:
 
     def run(self):
         self.go.set()
-        got = None
-        for _ in range(2):
-            msg = self.done.get(timeout=600)
-            if msg[0] == "consumer":
-                got = msg
+        while True:                 # the producer's report may come first; the consumer's ends it
+            got = self.done.get(timeout=600)
+            if got[0] == "consumer":
+                break
         self.result = got
         assert got[1] == self.n, f"consumer got {got[1]} of {self.n}"
 

@@ -57,6 +57,15 @@ cdef extern from "fq_ring.h" nogil:
     int fq_ring_debug_hold_lock(fq_ring *r, int which)
 
 
+cdef enum:
+    OP_PUT = 0         # _raise_status: which side a status came from
+    OP_GET = 1
+    REC_FIXED = 24     # framed record header (see Ring._put_record; read by fastq._producer)
+
+
+cdef int _raise_status(int64_t rc, int op, str what) except -1
+
+
 cdef class Ring:
     cdef fq_ring _r               # C handle: pointers into the mapping, wait strategy, read state
     cdef void *_mem               # start of the mapping; NULL once closed (or never opened)
@@ -78,6 +87,12 @@ cdef class Ring:
     cdef bytes _take(self, const uint8_t *m, int64_t n)
     cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1
     cdef void _release_view(self) noexcept
+    cdef int64_t _read_first(self, const uint8_t **m) noexcept
+    cdef int64_t _read_next(self, const uint8_t **m) noexcept
+    cdef void _read_commit(self) noexcept
+    cdef uint64_t _used(self) noexcept
+    cdef int64_t _put_rec(self, uint32_t partition, object value, object key, object headers,
+                          object timestamp, int64_t tmo) except -1
 
 
 cdef class _RingView:

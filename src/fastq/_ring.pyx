@@ -32,9 +32,6 @@ _I32 = struct.Struct("=i")
 # more than copying a few kilobytes. Larger copies, and every wait, release it.
 cdef enum:
     GIL_COPY_MAX = 16384
-    OP_PUT = 0
-    OP_GET = 1
-    REC_FIXED = 24     # framed record header (see Ring._put_record)
     REC_STACK = 512    # framed records up to this size are built on the stack
 
 DEF_SPIN_NS = {"futex": 20_000, "yield": 5_000, "spin": 0}
@@ -776,7 +773,11 @@ cdef class Ring:
                     bint block=False, timeout=None):
         """Frame one record (see above) and put it; returns its timestamp. Raises RingFull
         (full and not blocking / timed out), RecordTooLarge, InvalidArgument."""
-        cdef int64_t tmo = _timeout_ns(block, timeout)
+        return self._put_rec(partition, value, key, headers, timestamp, _timeout_ns(block, timeout))
+
+    cdef int64_t _put_rec(self, uint32_t partition, object value, object key, object headers,
+                          object timestamp, int64_t tmo) except -1:
+        """_put_record for C callers (fastq._producer); returns the record's timestamp."""
         cdef int64_t ts = _record_ts(timestamp)
         cdef uint64_t total
         cdef uint8_t stack[REC_STACK]
@@ -812,12 +813,32 @@ cdef class Ring:
             self._leave()
         return ts
 
-    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, bint grouped=False):
+    # ---- a batch read for fastq._producer's drain. These go through this module because
+    # fq_ring.c must be linked once: its pid cache (lock words) is per copy.
+
+    cdef int64_t _read_first(self, const uint8_t **m) noexcept:
+        """Begin a read without waiting for a message: the first message's length, or a
+        status (FQ_EEMPTY, ...). Waits (GIL released) only for a busy consumer lock."""
+        cdef fq_ring *r = &self._r
+        cdef int64_t n = fq_ring_read_begin(r, 0, 1, m)
+        if n == FQ_RING_EBUSY:
+            with nogil:
+                n = fq_ring_read_begin(r, 0, 0, m)
+        return n
+
+    cdef int64_t _read_next(self, const uint8_t **m) noexcept:
+        return fq_ring_read_next(&self._r, m)
+
+    cdef void _read_commit(self) noexcept:
+        fq_ring_read_commit(&self._r)
+
+    cdef uint64_t _used(self) noexcept:
+        return fq_ring_used(&self._r)
+
+    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None):
         """Take up to `max_messages` framed records (waiting for the first only if
-        `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``, or
-        with ``grouped=True`` a dict ``{partition: [(value, key, headers, timestamp)]}``
-        in ring order (what ``Log.append_batch`` takes). Empty when there is nothing
-        (never RingEmpty unless blocking timed out)."""
+        `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``;
+        empty when there is nothing (never RingEmpty unless blocking timed out)."""
         if max_messages < 1:
             raise InvalidArgument(f"max_messages must be >= 1, got {max_messages!r}")
         cdef int64_t tmo = _timeout_ns(block, timeout)
@@ -825,7 +846,6 @@ cdef class Ring:
         cdef const uint8_t *m = NULL
         cdef int64_t n
         cdef list out = []
-        cdef dict groups = {}
         cdef fq_ring *r = &self._r
         self._enter_read()
         try:
@@ -834,13 +854,13 @@ cdef class Ring:
                 with nogil:
                     n = fq_ring_read_begin(r, tmo, 0, &m)
             if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
-                return groups if grouped else out
+                return out
             if n < 0:
                 _raise_status(n, OP_GET, "_get_records")
             try:
                 while True:
                     if n > 0:
-                        _decode_record(m, n, out, groups, grouped)
+                        _decode_record(m, n, out)
                         got += 1
                         if got >= limit:
                             break
@@ -853,7 +873,7 @@ cdef class Ring:
                 fq_ring_read_abort(r)
                 raise
             fq_ring_read_commit(r)
-            return groups if grouped else out
+            return out
         finally:
             self._leave()
 
@@ -892,7 +912,8 @@ cdef class Ring:
             _raise_status(rc, OP_GET, "holding a lock")
 
 
-# ---- framed-record helpers (Ring._put_record / Ring._get_records)
+# ---- framed-record helpers (Ring._put_record / Ring._get_records; fastq._producer reads
+# frames itself, into RecordBatch fields)
 
 cdef bytes _as_bytes(object obj, str what):
     if isinstance(obj, str):
@@ -963,7 +984,7 @@ cdef object _decode_headers(const uint8_t *p, uint32_t n):
     return out
 
 
-cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint grouped) except -1:
+cdef int _decode_record(const uint8_t *m, int64_t n, list out) except -1:
     cdef uint32_t part, hlen
     cdef int32_t klen, vlen
     cdef int64_t ts
@@ -991,15 +1012,8 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out, dict groups, bint
     else:
         value = PyBytes_FromStringAndSize(<const char *>p, vlen)
         p += vlen
-    if grouped:
-        headers = _decode_headers(p, hlen) if hlen else None
-        lst = groups.get(part)
-        if lst is None:
-            groups[part] = lst = []
-        (<list>lst).append((value, key, headers, ts))
-    else:
-        # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
-        out.append((part, -1, ts, key, value, _decode_headers(p, hlen) if hlen else []))
+    # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
+    out.append((part, -1, ts, key, value, _decode_headers(p, hlen) if hlen else []))
     return 0
 
 

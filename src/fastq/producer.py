@@ -3,14 +3,16 @@
 Thread-safety: ``send`` may be called from any number of threads. Process-safety: each
 process has its own producers; their batches interleave safely in the partition logs.
 
-The accumulator is an anonymous in-process :class:`fastq.Ring`: ``send`` frames the
-record (partition, key, value, headers, timestamp; see ``Ring._put_record``) and puts it
-with one CAS-guarded copy — no Python lock, no per-partition lists. Whoever drains (the
+The accumulator is an anonymous in-process :class:`fastq.Ring`. The hot path is compiled
+(``fastq._producer.ProducerCore``): ``send`` picks the partition and frames the record
+(partition, key, value, headers, timestamp; see ``Ring._put_record``) into the ring with
+one CAS-guarded copy — no Python lock, no per-partition lists. Whoever drains (the
 linger thread, ``flush``, or a ``send`` that found the accumulator full or
-``batch_size`` reached) takes the ring's records in one lock round trip, already grouped
-per partition in ring order by ``Ring._get_records(grouped=True)``, and appends one
-RecordBatch per partition with ``Log.append_batch``. Draining is serialized by one lock,
-so a partition's batches reach the log in the order their records were sent.
+``batch_size`` reached) takes the ring's records in one read and appends each
+partition's records as one RecordBatch whose fields point straight into the ring memory
+(``ProducerCore._drain_ring``): no Python object per record. Draining is serialized by
+one lock, so a partition's batches reach the log in the order their records were sent.
+This module keeps the policy: the linger thread, flush, close, callbacks, errors.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ import threading
 import time
 from typing import Callable
 
-from . import _storage
+from ._producer import ProducerCore
 from ._ring import Ring
-from .errors import Closed, InvalidArgument, RecordTooLarge, RingFull
-from .topic import STICKY_BATCH_BYTES, RecordMetadata, _key_bytes
+from .errors import Closed, InvalidArgument, RingFull
+from .topic import RecordMetadata
 
 __all__ = ["Producer"]
 
@@ -31,12 +33,16 @@ MAX_BUFFER_BYTES = 1 << 30
 _IDLE_WAIT_S = 1.0          # the linger thread re-checks for close at least this often
 
 
-class Producer:
+class Producer(ProducerCore):
     """Accumulates records in a ring and appends each partition's pending records as one
     RecordBatch once ``linger_ms`` has passed since the drainer saw the first of them
     (a background thread), or inline in ``send`` once ``batch_size`` bytes per partition
     in use are waiting. ``flush()`` appends everything sent before it now; leaving the
     ``with`` block flushes and stops the thread.
+
+    Unkeyed records without a partition stick to one partition for ~16 KiB
+    (``batch.size``), then move to another, chosen at random — per producer, as in
+    Kafka's sticky partitioner.
 
     ``send`` returns nothing; pass ``on_delivery(meta: RecordMetadata)`` to learn each
     record's offset (called from whichever thread appended the batch, in offset order
@@ -65,20 +71,16 @@ class Producer:
                                   f"got {buffer_bytes!r}")
         if on_delivery is not None and not callable(on_delivery):
             raise InvalidArgument(f"on_delivery must be callable or None, got {type(on_delivery).__name__}")
-        self.topic = topic
-        self.linger = linger_ms / 1000.0
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.on_delivery = on_delivery
-        self._closed = True
         self._thread = None
         capacity = 1 << (buffer_bytes - 1).bit_length()
         # a record over a quarter of the ring bypasses it: keeps the ring's slack small
-        self._ring = Ring(capacity, max_message_size=capacity // 4, max_messages=max_pending)
-        self._max_record = capacity // 4
+        ring = Ring(capacity, max_message_size=capacity // 4, max_messages=max_pending)
         # drain inline once this many bytes wait: batch_size for each partition in use,
         # but never more than half the ring (leave room for other senders meanwhile)
-        self._drain_at = min(batch_size * min(topic.partitions, 16), capacity // 2)
+        self._init_core(topic, ring, linger_ms / 1000.0, min(batch_size * min(topic.partitions, 16), capacity // 2))
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()         # set by close(): cuts a linger sleep short
         self._error: BaseException | None = None
@@ -92,38 +94,6 @@ class Producer:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-
-    def send(self, value, *, key=None, headers=None, partition: int | None = None,
-             timestamp: int | None = None) -> None:
-        """Queue one record for its partition (chosen as by ``Topic.publish``)."""
-        if self._closed:
-            raise Closed("producer is closed")
-        if self._error is not None:
-            self._raise_pending_error()
-        topic = self.topic
-        if partition is None and key is None:
-            # sticky partition, inlined as in Topic.publish: this is the hot path
-            topic._sticky_bytes += len(value) if type(value) is bytes else STICKY_BATCH_BYTES
-            if topic._sticky_bytes >= STICKY_BATCH_BYTES:
-                topic.choose_partition(None, None, 0)
-            p = topic._sticky
-        elif partition is None:
-            key = _key_bytes(key)
-            p = _storage.kafka_partition(key, topic.partitions)
-        else:
-            p = topic._check_partition(partition)
-        ring = self._ring
-        try:
-            ring._put_record(p, value, key, headers, timestamp)
-        except RecordTooLarge:
-            # over a quarter of the ring: straight to the log (which enforces its own limit)
-            self._append_direct(p, value, key, headers, timestamp)
-            return
-        except RingFull:
-            self._drain()                  # back pressure: append inline, then retry
-            ring._put_record(p, value, key, headers, timestamp)
-        if self.linger == 0 or ring.used_bytes >= self._drain_at:
-            self._drain()
 
     def _append_direct(self, p: int, value, key, headers, timestamp) -> None:
         ts = int(time.time() * 1000) if timestamp is None else timestamp
@@ -139,29 +109,25 @@ class Producer:
             return self._drain_locked(limit)
 
     def _drain_locked(self, limit: int | None) -> int:
-        """Append what the ring holds (at most `limit` records). Holds _drain_lock."""
+        """Append what the ring holds (at most `limit` records). Holds _drain_lock.
+        On an error the rest of that drain is lost and the error goes to the caller,
+        after the callbacks for what was appended."""
         n = 0
-        ring = self._ring
-        while limit is None or n < limit:
-            groups = ring._get_records(self.max_pending if limit is None else limit - n, grouped=True)
-            if not groups:
-                break
-            n += self._append(groups)
-        return n
-
-    def _append(self, groups: dict) -> int:
-        # on an error the rest of this drain is lost and the error goes to the caller
-        n = 0
-        topic = self.topic
         cb = self.on_delivery
-        for p, records in groups.items():
-            base = topic.log(p).append_batch(records)
-            n += len(records)
-            self.sent += len(records)
-            if cb is not None:
-                name = topic.name
-                for i, rec in enumerate(records):
-                    cb(RecordMetadata(name, p, base + i, rec[3]))
+        while limit is None or n < limit:
+            appended: list = []
+            try:
+                taken = self._drain_ring(self.max_pending if limit is None else limit - n, cb is not None, appended)
+            finally:
+                for p, base, count, stamps in appended:
+                    self.sent += count
+                    if cb is not None:
+                        name = self.topic.name
+                        for i, ts in enumerate(stamps):
+                            cb(RecordMetadata(name, p, base + i, ts))
+            if not taken:
+                break
+            n += taken
         return n
 
     def _run(self) -> None:

@@ -1,0 +1,18 @@
+# Stub for the compiled module fastq._producer (src/fastq/_producer.pyx): the batching
+# producer's hot path. fastq.producer.Producer subclasses ProducerCore.
+from typing import Any
+
+from ._ring import Ring
+
+class ProducerCore:
+    topic: Any                  # the fastq.Topic records go to
+    _ring: Ring                 # the accumulator
+    linger: float               # seconds; 0 = append inside every send
+    _drain_at: int              # ring bytes in use that make send drain inline
+    _closed: bool
+    _error: BaseException | None
+    def _init_core(self, topic: Any, ring: Ring, linger: float, drain_at: int) -> None: ...
+    def send(self, value: Any, *, key: Any = None, headers: Any = None, partition: int | None = None,
+             timestamp: int | None = None) -> None: ...
+    def _drain_ring(self, limit: int, want_timestamps: bool,
+                    out: list[tuple[int, int, int, list[int] | None]]) -> int: ...

@@ -1,0 +1,281 @@
+"""ProducerCore: the batching producer's hot path (fastq.producer.Producer adds the policy).
+
+``send`` picks the partition and frames the record into the producer's ring with one C
+call (``Ring._put_rec``). ``_drain_ring`` takes the ring's framed records in one read and
+appends each partition's records with ``LogCore._append_recs``, the record fields pointing
+straight into the ring's memory: no Python object per record on either side. The ring's
+read stays open until the appends return, so the producers cannot reuse that memory
+meanwhile. The frame layout is the one above ``Ring._put_record`` in fastq/_ring.pyx.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+from fastq._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_header, fq_record_in
+from fastq._ring cimport OP_GET, REC_FIXED, Ring, _raise_status
+from fastq._storage cimport LogCore, RecScratch, fq_kafka_partition
+
+import random
+
+from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull
+from fastq.topic import STICKY_BATCH_BYTES, _key_bytes
+
+__all__ = ["ProducerCore"]
+
+cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
+
+
+cdef struct Frame:
+    const uint8_t *m      # the framed record in the ring
+    uint32_t len          # its length
+    uint32_t partition
+    uint32_t n_headers
+
+
+@cython.final
+cdef class _Frames:
+    """A growable array of Frame (one drain's worth)."""
+    cdef Frame *f
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        PyMem_Free(self.f)
+
+    cdef Frame *next(self) except NULL:
+        cdef void *p
+        if self.n == self.cap:
+            p = PyMem_Realloc(self.f, (self.cap * 2 + 256) * sizeof(Frame))
+            if p == NULL:
+                raise MemoryError()
+            self.f = <Frame *>p
+            self.cap = self.cap * 2 + 256
+        return self.f + self.n
+
+
+cdef int _parse(const uint8_t *m, uint32_t n, uint32_t nparts, Frame *out) except -1:
+    """Check one frame's lengths and partition; fill `out`."""
+    cdef int32_t klen, vlen
+    cdef uint32_t hlen
+    cdef uint64_t need
+    if n < REC_FIXED:
+        raise CorruptRecord(f"framed record of {n} bytes is shorter than its {REC_FIXED}-byte header")
+    klen = (<const int32_t *>(m + 4))[0]
+    vlen = (<const int32_t *>(m + 8))[0]
+    hlen = (<const uint32_t *>(m + 12))[0]
+    need = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+    if need != n or klen < -1 or vlen < -1 or (hlen != 0 and hlen < 4):
+        raise CorruptRecord(f"framed record: lengths (key {klen}, value {vlen}, headers {hlen}) "
+                            f"do not add up to its {n} bytes")
+    out.m = m
+    out.len = n
+    out.partition = (<const uint32_t *>m)[0]
+    if out.partition >= nparts:
+        raise CorruptRecord(f"framed record for partition {out.partition} of a {nparts}-partition topic")
+    out.n_headers = (<const uint32_t *>(m + REC_FIXED + (klen if klen > 0 else 0)
+                                        + (vlen if vlen > 0 else 0)))[0] if hlen else 0
+    return 0
+
+
+cdef int _fill(const Frame *f, fq_record_in *r, fq_header *h) except -1:
+    """Point `r` (and h[0:f.n_headers]) at the frame's key, value and headers."""
+    cdef const uint8_t *p = f.m + REC_FIXED
+    cdef const uint8_t *end = f.m + f.len
+    cdef int32_t klen = (<const int32_t *>(f.m + 4))[0]
+    cdef int32_t vlen = (<const int32_t *>(f.m + 8))[0]
+    cdef uint32_t i, kl
+    cdef int32_t vl
+    r.timestamp = (<const int64_t *>(f.m + 16))[0]
+    r.key = p if klen >= 0 else NULL
+    r.key_len = klen
+    p += klen if klen > 0 else 0
+    r.value = p if vlen >= 0 else NULL
+    r.value_len = vlen
+    p += vlen if vlen > 0 else 0
+    r.headers = h if f.n_headers else NULL
+    r.n_headers = <int32_t>f.n_headers
+    if f.n_headers:
+        p += 4                                   # the count, read by _parse
+        for i in range(f.n_headers):
+            if end - p < 4:
+                raise CorruptRecord("framed record: truncated headers")
+            kl = (<const uint32_t *>p)[0]
+            p += 4
+            if <uint64_t>(end - p) < <uint64_t>kl + 4:
+                raise CorruptRecord("framed record: truncated header key")
+            h[i].key = p
+            h[i].key_len = <int32_t>kl
+            p += kl
+            vl = (<const int32_t *>p)[0]
+            p += 4
+            if vl < -1 or (vl > 0 and end - p < vl):
+                raise CorruptRecord("framed record: truncated header value")
+            h[i].value = p if vl >= 0 else NULL
+            h[i].value_len = vl
+            p += vl if vl > 0 else 0
+    return 0
+
+
+cdef class ProducerCore:
+    """The state ``send`` and the drain share (see fastq.producer.Producer).
+
+    ``send`` and ``_drain_ring`` run with the GIL held from the start of a record's
+    framing to the end of its put, and from a drain's read of the ring to its commit
+    (except while a contended writer lock is awaited, see LogCore); draining is
+    serialized by the subclass's lock."""
+    cdef public object topic             # the fastq.Topic records go to
+    cdef public Ring _ring               # the accumulator
+    cdef public double linger            # seconds; 0 = append inside every send
+    cdef public int64_t _drain_at        # ring bytes in use that make send drain inline
+    cdef public bint _closed
+    cdef public object _error            # from a background drain, raised by the next call
+    cdef int32_t _sticky                 # this producer's sticky partition (unkeyed records)
+    cdef int64_t _sticky_bytes           # bytes sent to it since it was chosen
+    cdef object _log_of                  # topic.log
+
+    def __cinit__(self, *args, **kwargs):     # the Python subclass takes the arguments
+        self._closed = True
+        self._sticky = -1
+
+    def _init_core(self, topic, Ring ring, double linger, int64_t drain_at):
+        self.topic = topic
+        self._log_of = topic.log
+        self._ring = ring
+        self.linger = linger
+        self._drain_at = drain_at
+        self._sticky = -1
+
+    cdef int32_t _next_sticky(self, int32_t nparts) except -1:
+        """Kafka's sticky partitioner: after ~batch.size bytes, move to another partition."""
+        cdef int32_t nxt
+        self._sticky_bytes = 0
+        if nparts <= 1:
+            self._sticky = 0
+        elif self._sticky < 0 or self._sticky >= nparts:
+            self._sticky = random.randrange(nparts)
+        else:
+            nxt = random.randrange(nparts - 1)
+            self._sticky = nxt if nxt < self._sticky else nxt + 1
+        return self._sticky
+
+    def send(self, value, *, key=None, headers=None, partition=None, timestamp=None):
+        """Queue one record for its partition: ``partition`` if given, else Kafka's
+        default partitioner for a key (murmur2, positive modulo), else this producer's
+        sticky partition. Returns nothing (see ``on_delivery``)."""
+        cdef int32_t p, nparts
+        cdef Ring ring = self._ring
+        if self._closed:
+            raise Closed("producer is closed")
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if partition is None and key is None:
+            self._sticky_bytes += PyBytes_GET_SIZE(value) if type(value) is bytes else _STICKY_BYTES
+            if self._sticky < 0 or self._sticky_bytes >= _STICKY_BYTES:
+                self._next_sticky(self.topic.partitions)
+            p = self._sticky
+        elif partition is None:
+            if type(key) is not bytes:
+                key = _key_bytes(key)
+            p = fq_kafka_partition(<const uint8_t *>PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key),
+                                   self.topic.partitions)
+        else:
+            nparts = self.topic.partitions
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise InvalidArgument(f"partition must be an int, got {type(partition).__name__}")
+            if not 0 <= partition < nparts:
+                raise InvalidArgument(f"partition {partition} out of range: topic {self.topic.name!r} has "
+                                      f"partitions 0..{nparts - 1}")
+            p = partition
+        try:
+            ring._put_rec(<uint32_t>p, value, key, headers, timestamp, 0)
+        except RecordTooLarge:
+            # over a quarter of the ring: straight to the log (which enforces its own limit)
+            self._append_direct(p, value, key, headers, timestamp)
+            return
+        except RingFull:
+            self._drain()                  # back pressure: append inline, then retry
+            ring._put_rec(<uint32_t>p, value, key, headers, timestamp, 0)
+        if self.linger == 0 or <int64_t>ring._used() >= self._drain_at:
+            self._drain()
+
+    def _drain_ring(self, Py_ssize_t limit, bint want_timestamps, list out):
+        """Take up to `limit` records from the ring and append them, one batch (or, past
+        max_record_bytes, several committed together) per partition, in ring order
+        within each partition; returns how many records were taken. Appends
+        ``(partition, base_offset, count, timestamps or None)`` to `out` for each
+        partition appended, so a caller still learns of those when a later append
+        raises. The ring's read is committed even then: the records not appended are
+        dropped and the error goes to the caller."""
+        cdef Ring ring = self._ring
+        cdef const uint8_t *m = NULL
+        cdef int64_t n
+        cdef Py_ssize_t i
+        cdef uint32_t nparts = <uint32_t>self.topic.partitions
+        cdef uint32_t part, first_part = 0
+        cdef bint mixed = False
+        cdef _Frames fr = _Frames.__new__(_Frames)
+        cdef Frame *f
+        if limit < 1:
+            return 0
+        ring._enter_read()
+        try:
+            n = ring._read_first(&m)
+            if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
+                return 0
+            if n < 0:
+                _raise_status(n, OP_GET, "drain")
+            try:
+                # 1. the frames, checked (a zero-length message is a wake-up: skipped)
+                while True:
+                    if n > 0:
+                        f = fr.next()
+                        _parse(m, <uint32_t>n, nparts, f)
+                        if fr.n == 0:
+                            first_part = f.partition
+                        elif f.partition != first_part:
+                            mixed = True
+                        fr.n += 1
+                        if fr.n >= limit:
+                            break
+                    n = ring._read_next(&m)
+                    if n == FQ_EEMPTY:
+                        break
+                    if n < 0:
+                        _raise_status(n, OP_GET, "drain")
+                # 2. one append per partition, ascending, each in ring order
+                if not mixed:
+                    if fr.n:
+                        out.append(self._append_frames(fr, first_part, want_timestamps))
+                else:
+                    for part in sorted({fr.f[i].partition for i in range(fr.n)}):
+                        out.append(self._append_frames(fr, part, want_timestamps))
+            finally:
+                ring._read_commit()
+        finally:
+            ring._leave()
+        return fr.n
+
+    cdef tuple _append_frames(self, _Frames fr, uint32_t part, bint want_ts):
+        cdef Py_ssize_t i, k = 0, nh = 0, at = 0
+        cdef const Frame *frames = fr.f
+        cdef Py_ssize_t nf = fr.n
+        cdef RecScratch sc = RecScratch.__new__(RecScratch)
+        cdef LogCore lg
+        cdef int64_t base
+        for i in range(nf):
+            if frames[i].partition == part:
+                k += 1
+                nh += frames[i].n_headers
+        sc.reserve(k, nh)
+        k = 0
+        for i in range(nf):
+            if frames[i].partition == part:
+                _fill(frames + i, sc.recs + k, sc.hdrs + at)
+                at += frames[i].n_headers
+                k += 1
+        lg = self._log_of(part)
+        lg._check_open()
+        base = lg._append_recs(sc.recs, <int32_t>k)
+        return (part, base, k, [sc.recs[i].timestamp for i in range(k)] if want_ts else None)
+
