@@ -120,7 +120,7 @@ void fq_log_repair(fq_log_state *st) {
 
 void fq_log_notify(fq_log_state *st) { fq_notify_bump(&st->notify, &st->waiters); }
 
-int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns) {
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) {
     /* Every commit bumps `notify` after publishing next_offset, so: read notify, check
      * the offset, then wait for notify to move (fq_notify_wait registers as a waiter and
      * re-checks before sleeping). A commit after our check changes the word, so no wakeup
@@ -137,8 +137,9 @@ int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t sp
         }
         /* sliced, so a waiter whose waker died mid-wake still re-checks */
         if (left < 0 || left > 100000000LL) left = 100000000LL;
-        fq_notify_wait(&st->notify, &st->waiters, seen, left, spin_ns);
+        fq_notify_wait(&st->notify, &st->waiters, seen, left, spin_ns, pace);
         spin_ns = 0;   /* spin once, on the first wait only */
+        pace = NULL;   /* and pace it once: a commit to an offset below ours is not an arrival */
     }
 }
 
@@ -147,36 +148,95 @@ void fq_notify_bump(uint32_t *notify, uint32_t *waiters) {
     if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST) != 0) fq_wake(notify, INT_MAX);
 }
 
-int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                   int64_t spin_ns) {
+/* Gaps longer than this are idle periods, not the arrival rate. */
+#define FQ_PACE_MAX_GAP_NS 1000000000LL
+
+void fq_pace_arrived(fq_pace *pace, int64_t now_ns) {
+    if (pace->last_ns > 0) {
+        int64_t gap = now_ns - pace->last_ns;
+        if (gap > 0 && gap < FQ_PACE_MAX_GAP_NS)
+            pace->gap_ns = pace->gap_ns > 0 ? pace->gap_ns + (gap - pace->gap_ns) / 8 : gap;
+    }
+    pace->last_ns = now_ns;
+}
+
+/* Spin until *notify != seen (1) or the monotonic clock passes `until` (0). */
+static int spin_until(const uint32_t *notify, uint32_t seen, int64_t until) {
+    for (unsigned i = 0;; i++) {
+        if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;
+        fq_cpu_relax();
+        if ((i & 63) == 63 && fq_monotonic_ns() >= until) return 0;
+    }
+}
+
+/* Register as a waiter and sleep on the futex until *notify != seen (1) or `left_ns`
+ * passes (0); left_ns < 0 waits one 100 ms slice. */
+static int sleep_once(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t left_ns) {
+    __atomic_fetch_add(waiters, 1u, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(notify, __ATOMIC_SEQ_CST) != seen) {
+        __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
+        return 1;
+    }
+    if (left_ns < 0 || left_ns > 100000000LL) left_ns = 100000000LL;
+    fq_wait(notify, seen, left_ns);
+    __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen;
+}
+
+/* The paced part of a wait: 1 if the word changed by the end of the spin window around
+ * the expected arrival, 0 if not (or there is no estimate yet). */
+static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t deadline, fq_pace *pace) {
+    int64_t now = fq_monotonic_ns();
+    int64_t expected = pace->last_ns + pace->gap_ns;
+    int64_t margin = pace->margin_ns;
+    int64_t early = expected - margin, until = expected + margin;
+    if (deadline >= 0 && until > deadline) until = deadline;
+    if (now >= until) return 0;                      /* the window is behind us */
+    if (now < early) {
+        /* timer slack (50 us by default) would make the timed sleep overshoot the window */
+        int64_t slack = fq_timer_slack(1000);
+        while (now < early) {
+            if (sleep_once(notify, waiters, seen, early - now)) {
+                fq_timer_slack(slack);
+                return 1;
+            }
+            now = fq_monotonic_ns();
+        }
+        fq_timer_slack(slack);
+    }
+    return spin_until(notify, seen, until);
+}
+
+static int notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                       int64_t spin_ns, fq_pace *pace) {
     int64_t now = fq_monotonic_ns();
     int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
+    if (pace != NULL && pace->last_ns > 0 && pace->gap_ns > spin_ns && pace->margin_ns > 0) {
+        if (paced(notify, waiters, seen, deadline, pace)) {
+            pace->early++;
+            return 1;
+        }
+        spin_ns = 0;                                 /* the window was the spin */
+        pace->late++;
+    }
     if (spin_ns > 0) {
         int64_t spin_end = now + spin_ns;
         if (deadline >= 0 && deadline < spin_end) spin_end = deadline;
-        for (unsigned i = 0;; i++) {
-            if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;
-            fq_cpu_relax();
-            if ((i & 63) == 63 && fq_monotonic_ns() >= spin_end) break;
-        }
+        if (spin_until(notify, seen, spin_end)) return 1;
     }
     for (;;) {
-        __atomic_fetch_add(waiters, 1u, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(notify, __ATOMIC_SEQ_CST) != seen) {
-            __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
-            return 1;
-        }
         int64_t left = -1;
         if (deadline >= 0) {
             left = deadline - fq_monotonic_ns();
-            if (left <= 0) {
-                __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
-                return 0;
-            }
+            if (left <= 0) return __atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen;
         }
-        if (left < 0 || left > 100000000LL) left = 100000000LL;
-        fq_wait(notify, seen, left);
-        __atomic_fetch_sub(waiters, 1u, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;
+        if (sleep_once(notify, waiters, seen, left)) return 1;
     }
+}
+
+int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                   int64_t spin_ns, fq_pace *pace) {
+    int rc = notify_wait(notify, waiters, seen, timeout_ns, spin_ns, pace);
+    if (rc == 1 && pace != NULL) fq_pace_arrived(pace, fq_monotonic_ns());
+    return rc;
 }

@@ -17,6 +17,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <limits.h>
 #endif
@@ -172,6 +173,18 @@ int fq_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
         if (deadline >= 0 && fq_monotonic_ns() >= deadline) return FQ_ETIMEDOUT;
         fq_sleep_ns(50000);
     }
+#endif
+}
+
+int64_t fq_timer_slack(int64_t ns) {
+#if defined(__linux__)
+    if (ns <= 0) return -1;
+    int prev = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    if (prev < 0 || prctl(PR_SET_TIMERSLACK, (unsigned long)ns, 0, 0, 0) < 0) return -1;
+    return prev;
+#else
+    (void)ns;
+    return -1;
 #endif
 }
 

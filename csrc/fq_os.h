@@ -54,6 +54,10 @@ int32_t fq_getpid(void);
  * fq_wait returns 0 when woken or the word changed, FQ_ETIMEDOUT on timeout
  * (timeout_ns < 0 waits forever). Spurious wakeups are possible: callers re-check. */
 int fq_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+/* Set this thread's timer slack (how late the kernel may end a timed sleep, 50 us by
+ * default on Linux) to ns; returns the previous value, or -1 where there is no such
+ * setting (then nothing changes, and fq_timer_slack(-1) is a no-op). */
+int64_t fq_timer_slack(int64_t ns);
 int fq_wake(uint32_t *addr, int n);   /* n = INT32_MAX wakes all */
 int fq_has_futex(void);
 

@@ -68,12 +68,40 @@ def test_bad_group_name(broker, name):
 @pytest.mark.parametrize("kw", [
     {"from_": "beginning"}, {"session_timeout_ms": 5}, {"session_timeout_ms": 1.5},
     {"max_poll_records": 0}, {"spin_us": -1}, {"on_assign": 3}, {"on_revoke": "x"},
-    {"auto_commit": 1},
+    {"auto_commit": 1}, {"wait": "spin"}, {"wait": None},
 ])
 def test_bad_options(broker, kw):
     t = broker.topic("t")
     with pytest.raises(InvalidArgument):
         t.consumer("g", **kw)
+
+
+def test_adaptive_wait_consumer_gets_every_record_and_learns_the_rate(broker):
+    """wait="adaptive": the consumer paces its waits with a fastq.Pacer; a producer
+    thread publishing every ~2 ms still has each record delivered, in order."""
+    import threading
+    t = broker.topic("paced", partitions=2)
+    c = t.consumer(wait="adaptive", from_="earliest")
+    assert isinstance(c.pacer, fastq.Pacer)
+    with t.consumer() as plain:
+        assert plain.pacer is None
+
+    def produce():
+        for i in range(200):
+            time.sleep(0.002)
+            t.publish(b"%d" % i, key=b"k")
+    th = threading.Thread(target=produce)
+    th.start()
+    got = []
+    while len(got) < 200:
+        recs = c.poll(100, timeout=5)
+        assert recs, f"nothing after {len(got)} records"
+        got += [int(bytes(r.value)) for r in recs]
+        del recs
+    th.join()
+    assert got == list(range(200))
+    assert c.pacer.gap_us is not None and c.pacer.stats["early"] > 0, c.pacer
+    c.close()
 
 
 def test_auto_commit_needs_a_group(broker):

@@ -9,9 +9,9 @@ __version__ = "0.1.0"
 __all__ = ["__version__", *_errors_all]
 
 # --- storage core (issue: compiled storage core) ---
-from .log import DURABILITY_MODES, Log, LogReader, Record, open_log  # noqa: E402
+from .log import DURABILITY_MODES, Log, LogReader, Pacer, Record, open_log  # noqa: E402
 
-__all__ += ["Log", "LogReader", "Record", "open_log", "DURABILITY_MODES"]
+__all__ += ["Log", "LogReader", "Record", "Pacer", "open_log", "DURABILITY_MODES"]
 # --- broker (issue: embedded broker) ---
 from . import broker as _broker  # noqa: E402
 from .broker import Broker, validate_name  # noqa: E402

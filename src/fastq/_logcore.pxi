@@ -278,7 +278,7 @@ cdef class LogCore:
         """Make room for `size` bytes at the end of the active segment (refresh after
         another process changed segments, roll when full or old, grow the file).
         The caller writes at st.end_pos."""
-        cdef int64_t pos
+        cdef int64_t pos, need
         cdef Segment seg
         if self.st.generation != self._gen:
             self._refresh()
@@ -288,10 +288,15 @@ cdef class LogCore:
             self._roll_locked()
             pos = self.st.end_pos
         seg = self._active
-        if pos + size > seg.alloc_size:
-            seg._grow(pos + size)
-        if pos + size > self.st.written_end:
-            self.st.written_end = pos + size
+        need = pos + size
+        if need + PRETOUCH_AHEAD > seg.alloc_size:
+            # allocate ahead, so the pretoucher can populate ahead (never past the mapping)
+            seg._grow(need if need >= seg.map_size else min(need + PRETOUCH_AHEAD, seg.map_size))
+        if need > self.st.written_end:
+            self.st.written_end = need
+        if need + PRETOUCH_LOW > seg.populated and not seg.pf_requested and self._pretouch is not None:
+            seg.pf_requested = True
+            self._pretouch(seg, need + PRETOUCH_AHEAD)
         return 0
 
     cdef void _stage_locked(self, fq_log_snapshot *s, int64_t pos, int64_t size, int64_t max_ts,
@@ -442,6 +447,10 @@ cdef class LogCore:
         ``value`` and ``key`` are bytes-like or None; ``headers`` a list of
         ``(str, bytes | None)`` or a dict; ``timestamp`` integer ms (default now).
         Returns once the record is committed and, per the log's durability, synced."""
+        return self._append_one(value, key, headers, check_ts(timestamp))
+
+    cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1:
+        """append() for C callers (LogCore.publish, TopicCore.publish): `ts` checked."""
         cdef list keep = None
         cdef fq_record_in rec
         cdef fq_record_in *r = &rec
@@ -449,7 +458,7 @@ cdef class LogCore:
         cdef int32_t nh = 0
         if self._closed:
             self._check_open()
-        r.timestamp = check_ts(timestamp)
+        r.timestamp = ts
         if type(value) is bytes and PyBytes_GET_SIZE(value) < INT32_MAX - 1024:
             r.value = <const uint8_t *>PyBytes_AS_STRING(value)
             r.value_len = <int32_t>PyBytes_GET_SIZE(value)
@@ -479,7 +488,7 @@ cdef class LogCore:
         timestamp) — the broker's publish hot path."""
         cdef RecordMetadata m = RecordMetadata.__new__(RecordMetadata)
         cdef int64_t ts = check_ts(timestamp)
-        m.offset = self.append(value, key, headers, ts)
+        m.offset = self._append_one(value, key, headers, ts)
         m.topic = self.topic_name
         m.partition = self.partition_id
         m.timestamp = ts
@@ -662,19 +671,22 @@ cdef class LogCore:
             return rec
         raise CorruptRecord(f"offset {offset} is missing from the log")
 
-    def wait(self, int64_t offset, timeout=None, double spin_us=50.0):
+    def wait(self, int64_t offset, timeout=None, double spin_us=50.0, Pacer pacer=None):
         """Block until a record at `offset` exists (end_offset > offset) or `timeout`
         seconds pass; returns True if it exists. Spins for up to `spin_us` µs, then
         sleeps on a futex in the shared state that every commit bumps (a 50 µs
-        sleep-poll off Linux) — not by polling."""
+        sleep-poll off Linux) — not by polling. With a :class:`fastq.Pacer` (the same
+        one on every call), sleeps through the learned gap between arrivals and spins
+        around the next expected one instead (lower latency, some CPU; see Pacer)."""
         cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
         cdef int64_t spin = <int64_t>(spin_us * 1000.0)
         cdef int rc
+        cdef fq_pace *pp = NULL if pacer is None else &pacer.p
         self._check_open()
         if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
             return True
         with nogil:
-            rc = fq_log_wait(self.st, offset, t, spin)
+            rc = fq_log_wait(self.st, offset, t, spin, pp)
         return rc == 1
 
     # -- lifetime -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fastq._storage cimport LogCore, RecScratch, fq_kafka_partition
 import random
 
 from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull
-from fastq.topic import STICKY_BATCH_BYTES, _key_bytes
+from fastq._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
 
 __all__ = ["ProducerCore"]
 

@@ -53,10 +53,17 @@ cdef extern from "fq_log.h" nogil:
     void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s)
     void fq_log_repair(fq_log_state *st)
     void fq_log_notify(fq_log_state *st)
-    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns)
+    ctypedef struct fq_pace:
+        int64_t last_ns
+        int64_t gap_ns
+        int64_t margin_ns
+        int64_t early
+        int64_t late
+
+    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace)
     void fq_notify_bump(uint32_t *notify, uint32_t *waiters)
     int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                       int64_t spin_ns)
+                       int64_t spin_ns, fq_pace *pace)
 
 
 cdef extern from "fq_hash.h" nogil:
@@ -100,6 +107,9 @@ cdef class Segment:
     cdef public int64_t sealed_max_timestamp    # largest timestamp once sealed (-1 none)
     cdef public bint deleted            # unlinked by retention/truncation; mapping lives on for readers
     cdef public object inode            # st_ino of the .log file when opened (compaction swaps files)
+    cdef readonly int64_t populated     # page tables of this mapping populated for [0, populated)
+    cdef public bint pf_requested       # a pretouch of this segment is queued (see fastq.log)
+    cdef int pf_active                  # a prefault runs without the GIL: close() waits for it
 
     cdef int _grow(self, int64_t needed) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
@@ -114,6 +124,11 @@ cdef class RecordMetadata:
     cdef readonly int32_t partition   # partition number
     cdef readonly int64_t offset      # offset in the partition
     cdef readonly int64_t timestamp   # record timestamp, ms since the epoch
+
+
+cdef class Pacer:
+    """Adaptive waiting state for one waiter (see fq_pace in csrc/fq_log.h)."""
+    cdef fq_pace p
 
 
 cdef class Notifier:
@@ -153,6 +168,7 @@ cdef class LogCore:
     cdef public int32_t partition_id    # partition number (-1 for a bare log)
     cdef public Notifier _notifier      # topic-wide notifier bumped after every commit, or None
     cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
+    cdef public object _pretouch        # callable(segment, upto) queueing a prefault, or None
 
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept
@@ -165,7 +181,17 @@ cdef class LogCore:
                                      int64_t size) except -1
     cdef int _check_open(self) except -1
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
+    cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
     cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
+
+
+cdef class TopicCore:
+    """A topic's partition logs and its publish hot path (see _topicsupport.pxi)."""
+    cdef public object name             # the topic's name (str)
+    cdef public int32_t partitions      # number of partitions
+    cdef public list _logs              # partition -> fastq.log.Log, or None until opened
+    cdef public int32_t _sticky         # the sticky partition of unkeyed records
+    cdef public int64_t _sticky_bytes   # bytes sent to it since it was chosen
 
 
 cdef class Record:

@@ -17,6 +17,23 @@ def murmur2(data: Buffer) -> int:
 def kafka_partition(key: Buffer, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
 
+def key_bytes(key: Buffer) -> bytes:
+    """A record key as bytes (bytes-like objects copied; str refused: encode it first)."""
+
+STICKY_BATCH_BYTES: int    # Kafka's batch.size: unkeyed records stick to a partition this long
+
+class TopicCore:
+    """The compiled publish path of fastq.Topic (which subclasses it)."""
+
+    name: str
+    partitions: int
+    _logs: list[Optional[LogCore]]
+    _sticky: int
+    _sticky_bytes: int
+    def publish(self, value: Optional[Buffer], *, key: Optional[Buffer] = None,
+                headers: Optional[HeaderList] = None, partition: Optional[int] = None,
+                timestamp: Optional[int] = None) -> RecordMetadata: ...
+
 def write_single_batch(seg: Segment, pos: int, offset: int, timestamp: int, key: Optional[Buffer],
                        value: Optional[Buffer], headers: Optional[Sequence[tuple[str, Optional[Buffer]]]] = None) -> int:
     """Encode one record as its own batch at ``pos`` (compaction); returns its size."""
@@ -47,6 +64,9 @@ class Segment:
     sealed_timeindex_count: int
     sealed_max_timestamp: int
     deleted: bool
+    populated: int          # page tables populated for [0, populated) in this mapping
+    pf_requested: bool      # a pretouch is queued (fastq.log's pretoucher)
+    def prefault(self, upto: int) -> int: ...
     def __init__(self, directory: str, base_offset: int, map_size: int, index_cap: int,
                  create: bool = False, grow_chunk: int = 0) -> None: ...
     @property
@@ -84,6 +104,19 @@ class RecordMetadata:
     def __getitem__(self, i: int) -> Any: ...
     def _asdict(self) -> dict[str, Any]: ...
 
+class Pacer:
+    """Adaptive waiting state for one waiter: sleeps through the learned gap between
+    arrivals and spins ``margin_us`` on each side of the next expected one."""
+
+    def __init__(self, margin_us: float = 50.0) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def margin_us(self) -> float: ...
+    @property
+    def gap_us(self) -> Optional[float]: ...
+    @property
+    def stats(self) -> dict[str, int]: ...
+
 class Notifier:
     """A topic-wide futex word in a shared file (see Topic.wait_any)."""
 
@@ -92,7 +125,8 @@ class Notifier:
     @property
     def value(self) -> int: ...
     def bump(self) -> None: ...
-    def wait(self, seen: int, timeout: Optional[float] = None, spin_us: float = 50.0) -> bool: ...
+    def wait(self, seen: int, timeout: Optional[float] = None, spin_us: float = 50.0,
+             pacer: Optional[Pacer] = None) -> bool: ...
     def close(self) -> None: ...
 
 class Record:
@@ -144,4 +178,5 @@ class LogCore:
                 headers: Optional[HeaderList] = None, timestamp: Optional[int] = None) -> RecordMetadata: ...
     def read(self, offset: int = 0, end: Optional[int] = None, follow: bool = False) -> LogReader: ...
     def get(self, offset: int) -> Record: ...
-    def wait(self, offset: int, timeout: Optional[float] = None, spin_us: float = 50.0) -> bool: ...
+    def wait(self, offset: int, timeout: Optional[float] = None, spin_us: float = 50.0,
+             pacer: Optional[Pacer] = None) -> bool: ...

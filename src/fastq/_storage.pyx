@@ -45,6 +45,11 @@ cdef extern from "errno.h":
 cdef enum:
     PAGE = 4096
     GROW_MIN = 1 << 20
+    # The writer keeps the file allocated, and asks the pretoucher to populate the
+    # mapping, PRETOUCH_AHEAD bytes past what it writes, whenever fewer than
+    # PRETOUCH_LOW bytes ahead are populated (see LogCore._prepare_locked).
+    PRETOUCH_AHEAD = 1 << 20
+    PRETOUCH_LOW = 1 << 19
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,8 +201,6 @@ cdef class Segment:
             if rc < 0:
                 raise_status(rc, "map segment", self.path)
             self.data = <uint8_t *>p
-            if create:
-                fq_prefault_write(self.data, <size_t>self.alloc_size)
             self.idx_fd = open_file(self.index_path, O_RDWR | O_CLOEXEC | O_CREAT)
             self.idx = <uint8_t *>map_index(self.idx_fd, index_cap * FQ_INDEX_ENTRY, self.index_path)
             self.tidx_fd = open_file(self.timeindex_path, O_RDWR | O_CLOEXEC | O_CREAT)
@@ -241,9 +244,6 @@ cdef class Segment:
         target = min(self.map_size, round_up(max(needed, self.alloc_size + self.grow_chunk), PAGE))
         with nogil:
             rc = fq_preallocate(self.fd, target)
-            if rc == 0:
-                # one madvise instead of a page fault per 4 KiB on the append path
-                fq_prefault_write(self.data + self.alloc_size, <size_t>(target - self.alloc_size))
         if rc < 0:
             raise_status(rc, "preallocate segment", self.path)
         self.alloc_size = target
@@ -251,6 +251,29 @@ cdef class Segment:
 
     def grow(self, int64_t needed):
         self._grow(needed)
+
+    def prefault(self, int64_t upto):
+        """Populate this mapping's page tables, writable, for [populated, upto) within
+        the allocated file (MADV_POPULATE_WRITE, GIL released): the page faults a
+        writer would otherwise take once per 4 KiB — ext4's page_mkwrite, a fresh
+        page, tens of µs on a VM — happen here instead. Run by the pretoucher thread
+        (fastq.log); close() waits for it. Returns the new populated end."""
+        cdef int64_t start = self.populated
+        cdef int64_t end = min(upto, self.alloc_size) // PAGE * PAGE
+        cdef uint8_t *data = self.data
+        if data == NULL or self.pf_active or end <= start:
+            return self.populated
+        self.pf_active = 1
+        try:
+            with nogil:
+                fq_prefault_write(data + start, <size_t>(end - start))
+        finally:
+            self.pf_active = 0
+        # also on failure (an old kernel without MADV_POPULATE_WRITE): faults then
+        # happen on the append path, as they would without a pretoucher
+        if end > self.populated:
+            self.populated = end
+        return self.populated
 
     def refresh_size(self):
         """Re-read the allocated size (another process may have grown the file)."""
@@ -472,9 +495,13 @@ cdef class Segment:
         return make_view(self, self.data + start, <int32_t>(end - start))
 
     def close(self):
-        """Unmap and close. Refuses with BufferError while memoryviews are alive."""
+        """Unmap and close. Refuses with BufferError while memoryviews are alive; waits
+        for a prefault in progress (another thread) to finish."""
         if self.exports > 0:
             raise BufferError(f"cannot close {self.path}: {self.exports} record view(s) still alive")
+        while self.pf_active:
+            with nogil:
+                fq_sleep_ns(100000)
         if self.data != NULL:
             fq_unmap(self.data, <size_t>self.map_size)
             self.data = NULL

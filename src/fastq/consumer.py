@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from .broker import validate_name
 from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange
 from .group import GroupMember
-from .log import Record, check_int as _check_int
+from .log import Pacer, Record, check_int as _check_int
 from .offsets import OffsetStore
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["Consumer", "FROM_CHOICES"]
 
 FROM_CHOICES = ("committed", "earliest", "latest")
+# "futex": spin spin_us, then sleep until a commit wakes us (the default: no CPU while idle)
+# "adaptive": learn the arrival rate; sleep through the gap, spin around the next arrival
+WAIT_CHOICES = ("futex", "adaptive")
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 3_600_000
 MAX_POLL_RECORDS_CAP = 1_000_000
@@ -96,7 +99,7 @@ class Consumer:
 
     def __init__(self, topic: "Topic", group: str | None = None, *, auto_commit: bool = False,
                  from_: str = "committed", session_timeout_ms: int = 10_000,
-                 max_poll_records: int = 500, spin_us: float = 50.0,
+                 max_poll_records: int = 500, spin_us: float = 50.0, wait: str = "futex",
                  on_assign: Callable[[list[int]], None] | None = None,
                  on_revoke: Callable[[list[int]], None] | None = None):
         self._closed = True
@@ -115,6 +118,8 @@ class Consumer:
         _check_int("max_poll_records", max_poll_records, 1, MAX_POLL_RECORDS_CAP)
         if not isinstance(spin_us, (int, float)) or isinstance(spin_us, bool) or not 0 <= spin_us <= 1e6:
             raise InvalidArgument(f"spin_us={spin_us!r}: expected a number in [0, 1e6]")
+        if wait not in WAIT_CHOICES:
+            raise InvalidArgument(f"wait={wait!r}: expected one of {', '.join(WAIT_CHOICES)}")
         for name, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
             if cb is not None and not callable(cb):
                 raise InvalidArgument(f"{name} must be callable or None, got {type(cb).__name__}")
@@ -127,6 +132,8 @@ class Consumer:
         self.session_timeout_ms = session_timeout_ms
         self.max_poll_records = max_poll_records
         self.spin_us = float(spin_us)
+        #: the :class:`fastq.Pacer` of ``wait="adaptive"`` (its ``stats``), else None
+        self.pacer = Pacer() if wait == "adaptive" else None
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._pos: dict[int, int] = {}         # owned partition -> next offset to hand out
@@ -303,7 +310,7 @@ class Consumer:
             slice_s = m.sweep_interval_ns / 1e9
             timeout = slice_s if timeout is None else min(timeout, slice_s)
         if self._fetch:
-            self.topic.wait_any(dict(self._fetch), timeout, self.spin_us)
+            self.topic.wait_any(dict(self._fetch), timeout, self.spin_us, self.pacer)
         elif m is not None:
             m.wait(timeout)
 

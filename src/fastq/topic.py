@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Topic", "RecordMetadata", "BatchMetadata"]
 
-STICKY_BATCH_BYTES = 16384   # Kafka's batch.size: unkeyed records stick to a partition this long
+STICKY_BATCH_BYTES = _storage.STICKY_BATCH_BYTES   # Kafka's batch.size: unkeyed records stick this long
 
 
 RecordMetadata = _storage.RecordMetadata   # (topic, partition, offset, timestamp), tuple-like
@@ -45,23 +45,16 @@ class BatchMetadata(NamedTuple):
         return [RecordMetadata(self.topic, self.partition, o, self.timestamp) for o in self.offsets]
 
 
-def _key_bytes(key) -> bytes:
-    if type(key) is bytes:
-        return key
-    if isinstance(key, str):
-        raise InvalidArgument("key must be bytes-like, not str (encode it first)")
-    try:
-        return bytes(memoryview(key))
-    except TypeError:
-        raise InvalidArgument(f"key must be bytes-like or None, got {type(key).__name__}") from None
+_key_bytes = _storage.key_bytes
 
 
-class Topic:
+class Topic(_storage.TopicCore):
     """A topic of a :class:`fastq.Broker`: ``partitions`` logs under one name.
 
-    Publishing: ``publish`` (one record), ``publish_many`` (one batch), ``producer()``
-    (a batching producer). Reading: ``read(partition, offset | timestamp)`` replays a
-    partition; ``consumer(group=...)`` consumes with committed offsets.
+    Publishing: ``publish`` (one record; compiled, see ``TopicCore.publish``),
+    ``publish_many`` (one batch), ``producer()`` (a batching producer). Reading:
+    ``read(partition, offset | timestamp)`` replays a partition; ``consumer(group=...)``
+    consumes with committed offsets.
     """
 
     def __init__(self, broker: "Broker", name: str, config: dict):
@@ -127,24 +120,6 @@ class Topic:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, value, *, key=None, headers=None, partition: int | None = None,
-                timestamp: int | None = None) -> RecordMetadata:
-        """Append one record; returns its :class:`RecordMetadata` once it is committed
-        (and synced, per the topic's durability). ``headers``: list of (str, bytes)
-        pairs or a dict. ``timestamp``: integer ms since the epoch (default now)."""
-        if partition is None and key is None:
-            # sticky partition, inlined: this is the hot path
-            self._sticky_bytes += len(value) if type(value) is bytes else STICKY_BATCH_BYTES
-            if self._sticky_bytes >= STICKY_BATCH_BYTES:
-                self.choose_partition(None, None, 0)
-            p = self._sticky
-        else:
-            p = self.choose_partition(key, partition, 0)
-        lg = self._logs[p]
-        if lg is None:
-            lg = self.log(p)
-        return lg.publish(value, key, headers, timestamp)
-
     def publish_many(self, values: Sequence, *, key=None, headers=None, partition: int | None = None,
                      timestamp: int | None = None) -> BatchMetadata:
         """Append many values as one batch to one partition (chosen as for ``publish``
@@ -205,10 +180,12 @@ class Topic:
         """{partition: first offset with timestamp >= ``timestamp``, or None}."""
         return {p: self.log(p).offset_for_timestamp(timestamp) for p in range(self.partitions)}
 
-    def wait_any(self, positions: dict[int, int], timeout: float | None = None, spin_us: float = 50.0) -> bool:
+    def wait_any(self, positions: dict[int, int], timeout: float | None = None, spin_us: float = 50.0,
+                 pacer: _storage.Pacer | None = None) -> bool:
         """Block until some partition p in ``positions`` has a record at or after
         ``positions[p]`` (True), or ``timeout`` seconds pass (False). One futex for the
-        whole topic: every commit to any of its partitions bumps it."""
+        whole topic: every commit to any of its partitions bumps it. ``pacer``: adaptive
+        waiting (see :class:`fastq.Pacer`); it learns the topic's commit rate."""
         deadline = None if timeout is None else time.monotonic() + timeout
         logs = [(self.log(p), off) for p, off in positions.items()]
         while True:
@@ -221,7 +198,7 @@ class Topic:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-            self._notifier.wait(seen, left, spin_us)
+            self._notifier.wait(seen, left, spin_us, pacer)
 
     def consumer(self, group: str | None = None, **options):
         """A consumer of this topic (see :class:`fastq.consumer.Consumer`)."""
