@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -166,6 +167,11 @@ class GroupMachine(RuleBasedStateMachine):
         if not m.last:
             return
         rec = m.last[i % len(m.last)]
+        if rec.partition not in m.pos:
+            # a rebalance since the poll moved its partition to another member
+            with pytest.raises(NotAssigned):
+                m.c.commit(rec)
+            return
         m.c.commit(rec)
         self.committed[rec.partition] = rec.offset + 1
 

@@ -138,6 +138,7 @@ class Consumer:
         self._on_revoke = on_revoke
         self._pos: dict[int, int] = {}         # owned partition -> next offset to hand out
         self._fetch: dict[int, int] = {}       # owned partition -> next offset to read
+        self._readers: dict = {}               # owned partition -> tailing LogReader at _fetch[p]
         self._last_commit: dict[int, int | None] = {}   # owned partition -> committed offset
         self._target: set[int] = set()         # this member's share of the current view
         self._pending: dict[int, tuple] = {}   # seeks made before the first poll
@@ -234,6 +235,7 @@ class Consumer:
             for p in parts:
                 self._pos.pop(p, None)
                 self._fetch.pop(p, None)
+                self._readers.pop(p, None)
                 self._last_commit.pop(p, None)
                 if self._store is not None:
                     self._store.forget(p)
@@ -276,6 +278,7 @@ class Consumer:
         start = self._rr % n
         self._rr += 1
         got = 0
+        readers = self._readers
         for i in range(n):
             p = parts[(start + i) % n]
             lg = self.topic.log(p)
@@ -286,9 +289,16 @@ class Consumer:
                     self._set_position(p, self._reset_offset(p))
                 continue
             try:
-                rd = lg.read(pos)
+                if pos < lg.start_offset:
+                    raise OffsetOutOfRange(f"offset {pos} was deleted by retention")
+                # one tailing reader per partition, kept while the position only moves by
+                # reading: no segment lookup and index search per poll
+                rd = readers.get(p)
+                if rd is None or rd.next_offset != pos:
+                    rd = readers[p] = lg.read(pos, follow=True)
                 recs = rd.read_many(max_records - got)
             except OffsetOutOfRange:            # retention deleted our position
+                readers.pop(p, None)
                 off = self._reset_offset(p)
                 self._set_position(p, off)
                 continue
@@ -309,7 +319,10 @@ class Consumer:
         if m is not None:
             slice_s = m.sweep_interval_ns / 1e9
             timeout = slice_s if timeout is None else min(timeout, slice_s)
-        if self._fetch:
+        if len(self._fetch) == 1:             # one partition: wait on its log's own futex word
+            (p, off), = self._fetch.items()
+            self.topic.log(p).wait(off, timeout, self.spin_us, self.pacer)
+        elif self._fetch:
             self.topic.wait_any(dict(self._fetch), timeout, self.spin_us, self.pacer)
         elif m is not None:
             m.wait(timeout)
@@ -565,6 +578,7 @@ class Consumer:
             self._buf.clear()
             self._pos.clear()
             self._fetch.clear()
+            self._readers.clear()
             if self._member is not None:
                 self._member.leave()
             if self._store is not None:
