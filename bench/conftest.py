@@ -12,6 +12,13 @@ import pytest
 from fastq.benchmarks import machine_info  # shared with `fastq bench`
 
 _RESULTS: dict[str, float] = {}
+_LATENCY: dict[str, tuple[list[dict], tuple[float, float] | None]] = {}
+
+
+def record_latency(label: str, rounds: list[dict], bar: tuple[float, float] | None = None) -> None:
+    """Keep each round's latency percentiles (``percentiles()`` dicts) for the summary;
+    ``bar``: (p50, p99) limits in µs to mark each round against."""
+    _LATENCY[label] = (rounds, bar)
 
 
 def record(benchmark, name: str, messages: int, size: int) -> None:
@@ -64,6 +71,7 @@ def add_ratio(label: str, num: str, den: str, bar: float) -> None:
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["fastq_rates"] = {k: round(v) for k, v in _RESULTS.items()}
+    output_json["fastq_latency"] = {k: r for k, (r, _) in _LATENCY.items()}
     output_json["fastq_ratios"] = compute_ratios()
 
 
@@ -80,6 +88,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for r in ratios:
             tr.write_line(f"  {r['ratio']:<48} {r['value']:>8.2f}x  (bar {r['bar']}x: "
                           f"{'met' if r['met'] else 'MISSED'})")
+    if _LATENCY:
+        tr.section("fastq: latency per round, p50 / p99 / p99.9 (µs)")
+        for label, (rounds, bar) in _LATENCY.items():
+            cells = []
+            for r in rounds:
+                met = "" if bar is None else (" ✓" if r["p50_us"] <= bar[0] and r["p99_us"] <= bar[1] else " ✗")
+                cells.append(f"{r['p50_us']:.1f} / {r['p99_us']:.1f} / {r['p99.9_us']:.0f}{met}")
+            tail = "" if bar is None else f"   (bar p50 ≤ {bar[0]:g}, p99 ≤ {bar[1]:g})"
+            tr.write_line(f"  {label:<34} " + " | ".join(cells) + tail)
     info = machine_info()
     tr.write_line(f"  machine: {info['cpu_model']}, {info['cores']} cores, {info['memory_gib']} GiB, "
                   f"{info['os']}, Python {info['python']}")

@@ -86,8 +86,13 @@ def fastq_producer(path, topic, n, size, batch, rate, go, done):
     _report(done, None)
 
 
-def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
+def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0, wait="futex"):
+    """Tail partition 0 with a LogReader and Log.wait (wait="adaptive": with a Pacer),
+    or, for wait="consumer" / "consumer-adaptive", through the public Consumer API."""
+    if wait.startswith("consumer"):
+        return fastq_api_consumer(path, topic, n, go, ready, done, latency, spin_us, wait)
     lat = []
+    pacer = fastq.Pacer() if wait == "adaptive" else None
     with fastq.open(path) as b:
         t = b.topic(topic)
         lg = t.log(0)
@@ -98,7 +103,7 @@ def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
         rd = lg.read(lg.start_offset, follow=True)    # one reader, tailing
         got = 0
         while got < n:
-            if not lg.wait(rd.next_offset, timeout=30, spin_us=spin_us):
+            if not lg.wait(rd.next_offset, timeout=30, spin_us=spin_us, pacer=pacer):
                 break
             while True:
                 values = rd.read_values(4096)          # bytes copies: what a Queue hands out
@@ -110,6 +115,31 @@ def fastq_consumer(path, topic, n, go, ready, done, latency, spin_us=50.0):
                         lat.append(now - STAMP.unpack_from(v)[0])
                 got += len(values)
         done.put(("consumer", got, lat))        # the clock stops here, not after close()
+    _report(done, None)
+
+
+def fastq_api_consumer(path, topic, n, go, ready, done, latency, spin_us, wait):
+    lat = []
+    with fastq.open(path) as b:
+        c = b.topic(topic).consumer(from_="earliest", spin_us=spin_us,
+                                    wait="adaptive" if wait == "consumer-adaptive" else "futex")
+        ready.set()
+        go.wait()
+        if latency:
+            pin(1)
+        got = 0
+        while got < n:
+            recs = c.poll(4096, timeout=30)
+            if not recs:
+                break
+            if latency:
+                now = time.monotonic_ns()
+                for r in recs:
+                    lat.append(now - STAMP.unpack_from(r.value)[0])
+            got += len(recs)
+            del recs
+        done.put(("consumer", got, lat))
+        c.close()
     _report(done, None)
 
 
@@ -140,9 +170,9 @@ def fastq_group_consumer(path, topic, group, total, go, ready, done):
 class FastqPipe:
     """setup/run/teardown for fastq: 1 producer -> 1 consumer on a 1-partition topic."""
 
-    def __init__(self, n, size, batch=1, rate=0, latency=False, spin_us=50.0):
+    def __init__(self, n, size, batch=1, rate=0, latency=False, spin_us=50.0, wait="futex"):
         self.n, self.size, self.batch, self.rate, self.latency = n, size, batch, rate, latency
-        self.spin_us = spin_us
+        self.spin_us, self.wait = spin_us, wait
         self.result = None
 
     def setup(self):
@@ -152,7 +182,7 @@ class FastqPipe:
         self.go, ready, self.done = CTX.Event(), CTX.Event(), CTX.Queue()
         self.procs = [
             CTX.Process(target=fastq_consumer, args=(self.dir, "bench", self.n, self.go, ready, self.done, self.latency,
-                                                     self.spin_us)),
+                                                     self.spin_us, self.wait)),
             CTX.Process(target=fastq_producer, args=(self.dir, "bench", self.n, self.size, self.batch, self.rate,
                                                      self.go, self.done)),
         ]
