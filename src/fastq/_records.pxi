@@ -236,3 +236,52 @@ cdef class LogReader:
                 break
             out.append(r)
         return out
+
+
+def tail_read(out, dict fetch, dict readers, list logs, Py_ssize_t start, Py_ssize_t first,
+              Py_ssize_t max_records):
+    """The common case of ``Consumer._read_into`` in one call, for a consumer woken by a
+    commit. The partitions are those of ``fetch`` in rotation from index ``start``; from
+    the ``first``-th of them on, for each partition p whose tailing reader ``readers[p]``
+    stands at ``fetch[p]`` inside the log, append its new records to ``out`` (up to
+    ``max_records`` in all) and advance ``fetch[p]``. Stops at the first partition it
+    cannot serve that way — no reader at the position, a position outside the log
+    (truncated, or deleted by retention), a closed log — for the caller's Python path,
+    so the rotation order holds. Returns ``(records read, index of that partition in
+    the rotation, or the number of partitions when there is none)``."""
+    cdef list parts = list(fetch)
+    cdef Py_ssize_t n = len(parts), i, got = 0, before
+    cdef LogCore lg
+    cdef LogReader rd
+    cdef Record r
+    cdef int64_t pos, end
+    for i in range(first, n):
+        if got >= max_records:
+            return got, n
+        p = parts[(start + i) % n]
+        lgo = logs[p] if 0 <= <Py_ssize_t>p < len(logs) else None
+        rdo = readers.get(p)
+        if lgo is None or rdo is None or (<LogCore>lgo)._closed or (<LogCore>lgo).st == NULL:
+            return got, i
+        lg = <LogCore>lgo
+        rd = <LogReader>rdo
+        pos = fetch[p]
+        end = <int64_t>fq_load_acquire_u64(<uint64_t *>&lg.st.next_offset)
+        if end == pos:
+            continue                                 # nothing new: the common idle case
+        if end < pos or rd.next_offset != pos or pos < lg.st.log_start_offset:
+            return got, i
+        before = got
+        r = None
+        while got < max_records:
+            nxt = rd._next()
+            if nxt is None:
+                break
+            r = nxt
+            out.append(r)
+            got += 1
+        if got > before:
+            fetch[p] = r.offset + 1
+        elif rd.next_offset > pos:                   # nothing but a gap (compaction)
+            fetch[p] = rd.next_offset
+    return got, n

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from .broker import validate_name
 from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange
 from .group import GroupMember
+from ._storage import tail_read as _tail_read
 from .log import Pacer, Record, check_int as _check_int
 from .offsets import OffsetStore
 
@@ -270,47 +271,54 @@ class Consumer:
 
     def _read_into(self, out, max_records: int) -> int:
         """Read up to max_records from owned partitions into ``out``, starting at a
-        rotating partition so a busy partition cannot starve the others."""
-        parts = list(self._fetch)
-        n = len(parts)
+        rotating partition so a busy partition cannot starve the others. The common case
+        (a tailing reader at the position) is one compiled call, ``_storage.tail_read``;
+        the partitions it leaves come here."""
+        n = len(self._fetch)
         if not n:
             return 0
         start = self._rr % n
         self._rr += 1
-        got = 0
-        readers = self._readers
-        for i in range(n):
-            p = parts[(start + i) % n]
-            lg = self.topic.log(p)
-            pos = self._fetch[p]
-            end = lg.end_offset
-            if end <= pos:
-                if end < pos:                   # the log was truncated under us
-                    self._set_position(p, self._reset_offset(p))
-                continue
-            try:
-                if pos < lg.start_offset:
-                    raise OffsetOutOfRange(f"offset {pos} was deleted by retention")
-                # one tailing reader per partition, kept while the position only moves by
-                # reading: no segment lookup and index search per poll
-                rd = readers.get(p)
-                if rd is None or rd.next_offset != pos:
-                    rd = readers[p] = lg.read(pos, follow=True)
-                recs = rd.read_many(max_records - got)
-            except OffsetOutOfRange:            # retention deleted our position
-                readers.pop(p, None)
-                off = self._reset_offset(p)
-                self._set_position(p, off)
-                continue
-            if recs:
-                self._fetch[p] = recs[-1].offset + 1
-                out.extend(recs)
-                got += len(recs)
-                if got >= max_records:
-                    break
-            elif rd.next_offset > pos:          # nothing but a gap (compaction)
-                self._fetch[p] = rd.next_offset
-        return got
+        got = i = 0
+        while True:
+            k, i = _tail_read(out, self._fetch, self._readers, self.topic._logs, start, i, max_records - got)
+            got += k
+            if i >= n or got >= max_records:
+                return got
+            p = list(self._fetch)[(start + i) % n]       # the one tail_read left to us
+            got += self._read_partition(out, p, max_records - got)
+            i += 1
+
+    def _read_partition(self, out, p: int, max_records: int) -> int:
+        """Read up to max_records of partition p into ``out``, (re)opening its tailing
+        reader and resetting a position the log no longer has."""
+        lg = self.topic.log(p)
+        pos = self._fetch[p]
+        end = lg.end_offset
+        if end <= pos:
+            if end < pos:                       # the log was truncated under us
+                self._readers.pop(p, None)
+                self._set_position(p, self._reset_offset(p))
+            return 0
+        try:
+            if pos < lg.start_offset:
+                raise OffsetOutOfRange(f"offset {pos} was deleted by retention")
+            # one tailing reader per partition, kept while the position only moves by
+            # reading: no segment lookup and index search per poll
+            rd = self._readers.get(p)
+            if rd is None or rd.next_offset != pos:
+                rd = self._readers[p] = lg.read(pos, follow=True)
+            recs = rd.read_many(max_records)
+        except OffsetOutOfRange:                # retention deleted our position
+            self._readers.pop(p, None)
+            self._set_position(p, self._reset_offset(p))
+            return 0
+        if recs:
+            self._fetch[p] = recs[-1].offset + 1
+            out.extend(recs)
+        elif rd.next_offset > pos:              # nothing but a gap (compaction)
+            self._fetch[p] = rd.next_offset
+        return len(recs)
 
     def _wait(self, timeout: float | None) -> None:
         """Block until an owned partition has data past our read position, the group
@@ -345,16 +353,17 @@ class Consumer:
         self._polled = True
         if self.auto_commit:
             self._commit_positions(list(self._pos))
+        member = self._member
         while True:
-            now = _monotonic_ns()
-            self._maintain(now)
+            if member is not None:               # group view, heartbeat (a no-op without a group)
+                self._maintain(_monotonic_ns())
             if self._buf:
                 return self._take_buffered(max_records)
             out: list[Record] = []
-            self._read_into(out, max_records)
-            self._sync_positions()
-            if out:
+            if self._read_into(out, max_records):
+                self._pos.update(self._fetch)    # _sync_positions, inlined: the wake-up path
                 return out
+            self._sync_positions()
             if timeout is None:
                 self._wait(None)
             else:
