@@ -17,6 +17,10 @@ def murmur2(data: Buffer) -> int:
 def kafka_partition(key: Buffer, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
 
+def tail_read(out: Any, fetch: dict[int, int], readers: dict[int, LogReader], logs: list[Optional[LogCore]],
+              start: int, first: int, max_records: int) -> tuple[int, int]:
+    """Consumer._read_into's common case: (records read, rotation index left to the caller)."""
+
 def key_bytes(key: Buffer) -> bytes:
     """A record key as bytes (bytes-like objects copied; str refused: encode it first)."""
 
