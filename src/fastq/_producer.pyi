@@ -16,3 +16,6 @@ class ProducerCore:
              timestamp: int | None = None) -> None: ...
     def _drain_ring(self, limit: int, want_timestamps: bool,
                     out: list[tuple[int, int, int, list[int] | None]]) -> int: ...
+
+def ring_publish(ring: Ring, name: str, value: Any, key: Any, headers: Any,
+                 timestamp: int | None) -> Any: ...   # RecordMetadata, or None when the ring is full

@@ -1,4 +1,5 @@
-"""ProducerCore: the batching producer's hot path (fastq.producer.Producer adds the policy).
+"""ProducerCore: the batching producer's hot path (fastq.producer.Producer adds the policy);
+ring_publish: a memory topic's publish. Both join a ring to the broker's types.
 
 ``send`` picks the partition and frames the record into the producer's ring with one C
 call (``Ring._put_rec``). ``_drain_ring`` takes the ring's framed records in one read and
@@ -14,14 +15,14 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from fastq._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_header, fq_record_in
 from fastq._ring cimport OP_GET, REC_FIXED, Ring, _raise_status
-from fastq._storage cimport LogCore, RecScratch, fq_kafka_partition
+from fastq._storage cimport LogCore, RecordMetadata, RecScratch, fq_kafka_partition
 
 import random
 
 from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull
 from fastq._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
 
-__all__ = ["ProducerCore"]
+__all__ = ["ProducerCore", "ring_publish"]
 
 cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
 
@@ -279,3 +280,22 @@ cdef class ProducerCore:
         base = lg._append_recs(sc.recs, <int32_t>k)
         return (part, base, k, [sc.recs[i].timestamp for i in range(k)] if want_ts else None)
 
+
+
+def ring_publish(Ring ring, name, value, key, headers, timestamp):
+    """The fast path of ``MemoryTopic.publish`` (fastq.memtopic): frame the record into
+    the topic's ring and return its ``RecordMetadata(name, 0, -1, timestamp)``, or None
+    when the ring is full (the caller applies the overflow policy). Raises what
+    ``Ring._put_record`` raises for a bad record."""
+    cdef int64_t ts
+    cdef RecordMetadata m
+    try:
+        ts = ring._put_rec(0, value, key, headers, timestamp, 0)
+    except RingFull:
+        return None
+    m = RecordMetadata.__new__(RecordMetadata)
+    m.topic = name
+    m.partition = 0
+    m.offset = -1
+    m.timestamp = ts
+    return m

@@ -13,6 +13,8 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, Py
                              PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -835,12 +837,19 @@ cdef class Ring:
     cdef uint64_t _used(self) noexcept:
         return fq_ring_used(&self._r)
 
-    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None):
+    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, record_type=None):
         """Take up to `max_messages` framed records (waiting for the first only if
-        `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``;
-        empty when there is nothing (never RingEmpty unless blocking timed out)."""
+        `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``
+        tuples — instances of ``record_type`` if given, a tuple subclass without
+        instance fields (a NamedTuple with those six fields); empty when there is nothing
+        (never RingEmpty unless blocking timed out)."""
         if max_messages < 1:
             raise InvalidArgument(f"max_messages must be >= 1, got {max_messages!r}")
+        if record_type is not None and not (isinstance(record_type, type) and issubclass(record_type, tuple)
+                                            and record_type.__basicsize__ == tuple.__basicsize__
+                                            and record_type.__itemsize__ == tuple.__itemsize__):
+            raise InvalidArgument(f"record_type must be a tuple subclass without instance fields, "
+                                  f"got {record_type!r}")
         cdef int64_t tmo = _timeout_ns(block, timeout)
         cdef Py_ssize_t limit = min(max_messages, 2**62), got = 0
         cdef const uint8_t *m = NULL
@@ -860,7 +869,7 @@ cdef class Ring:
             try:
                 while True:
                     if n > 0:
-                        _decode_record(m, n, out)
+                        _decode_record(m, n, out, record_type)
                         got += 1
                         if got >= limit:
                             break
@@ -984,7 +993,32 @@ cdef object _decode_headers(const uint8_t *p, uint32_t n):
     return out
 
 
-cdef int _decode_record(const uint8_t *m, int64_t n, list out) except -1:
+cdef extern from "Python.h":
+    ctypedef struct PyTypeObject:
+        pass
+    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
+
+
+cdef inline object _record_tuple(object cls, object a, object b, object c, object d, object e, object f):
+    """An instance of the tuple subclass `cls` (checked by _get_records: no fields of its
+    own) holding (a..f), built without calling Python code: tuple.__new__ by hand."""
+    cdef object t = PyType_GenericAlloc(<PyTypeObject *>cls, 6)
+    Py_INCREF(a)
+    PyTuple_SET_ITEM(t, 0, a)
+    Py_INCREF(b)
+    PyTuple_SET_ITEM(t, 1, b)
+    Py_INCREF(c)
+    PyTuple_SET_ITEM(t, 2, c)
+    Py_INCREF(d)
+    PyTuple_SET_ITEM(t, 3, d)
+    Py_INCREF(e)
+    PyTuple_SET_ITEM(t, 4, e)
+    Py_INCREF(f)
+    PyTuple_SET_ITEM(t, 5, f)
+    return t
+
+
+cdef int _decode_record(const uint8_t *m, int64_t n, list out, object record_type) except -1:
     cdef uint32_t part, hlen
     cdef int32_t klen, vlen
     cdef int64_t ts
@@ -1013,7 +1047,11 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out) except -1:
         value = PyBytes_FromStringAndSize(<const char *>p, vlen)
         p += vlen
     # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
-    out.append((part, -1, ts, key, value, _decode_headers(p, hlen) if hlen else []))
+    headers = _decode_headers(p, hlen) if hlen else []
+    if record_type is None:
+        out.append((part, -1, ts, key, value, headers))
+    else:
+        out.append(_record_tuple(record_type, part, -1, ts, key, value, headers))
     return 0
 
 

@@ -54,6 +54,7 @@ from collections import deque
 from typing import Iterator, NamedTuple, Sequence
 
 from . import _storage
+from ._producer import ring_publish as _ring_publish
 from ._ring import Ring, _frame_record
 from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError
 from .topic import BatchMetadata, RecordMetadata, Topic
@@ -230,12 +231,11 @@ class MemoryTopic(Topic):
             raise Closed(f"topic {self.name!r} is closed")
         if self._state.map[_MODE_AT] == MODE_RING:
             try:
-                ts = ring._put_record(0, value, key, headers, timestamp)
-                return RecordMetadata(self.name, 0, -1, ts)
-            except RingFull:
-                pass
+                meta = _ring_publish(ring, self.name, value, key, headers, timestamp)
             except RecordTooLarge as e:
                 raise RecordTooLarge(f"memory topic {self.name!r}: {e}") from None
+            if meta is not None:
+                return meta                          # else full: the overflow policy below
         ov = self.overflow
         if ov == "spill":
             return self._spill_one(value, key, headers, timestamp)
@@ -340,9 +340,9 @@ class MemoryTopic(Topic):
     def _take(self, max_records: int) -> list[MemoryRecord]:
         """Take up to max_records: from the ring, else (SPILL mode, ring empty) the log."""
         ring = self._ring_or_closed()
-        got = ring._get_records(max_records)
+        got = ring._get_records(max_records, record_type=self._record_type)
         if got:
-            return list(map(self._make_record, got))
+            return got
         st = self._state
         if st.map[_MODE_AT] != MODE_SPILL:
             return []
@@ -351,9 +351,9 @@ class MemoryTopic(Topic):
                 return []
             lg = self.log(0)
             end = lg.end_offset                      # sampled before the ring check
-            got = ring._get_records(max_records)
+            got = ring._get_records(max_records, record_type=self._record_type)
             if got:
-                return list(map(self._make_record, got))
+                return got
             cur = max(st.cursor, lg.start_offset)
             if cur >= end:
                 st.cursor = cur
