@@ -19,11 +19,8 @@ uint64_t fq_log_lock_word(uint32_t nonce) {
 
 int fq_log_trylock(fq_log_state *st, uint64_t me) {
     if (__atomic_load_n(&st->lock, __ATOMIC_RELAXED) != 0) return 0;
-    if (fq_cas_u64(&st->lock, 0, me)) {
-        st->lock_acquired_ns = fq_monotonic_ns();
-        return 1;
-    }
-    return 0;
+    /* uncontended: no clock read (lock_acquired_ns records waited-for and stolen locks) */
+    return fq_cas_u64(&st->lock, 0, me) ? 1 : 0;
 }
 
 int fq_log_lock(fq_log_state *st, uint64_t me, int64_t timeout_ns) {

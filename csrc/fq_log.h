@@ -10,7 +10,8 @@
  *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | pad u32 | created_ms i64 |
  *        boot_id [16]u8 (which boot of the machine last opened the log)
  *   64   lock u64 (0 = free, else owner pid in the low 32 bits, a nonce in the high 32)
- *        lock_acquired_ns i64 (monotonic time the owner took it; diagnostic)
+ *        lock_acquired_ns i64 (monotonic time the lock was last taken after a wait or
+ *                         a steal; diagnostic — an uncontended take skips the clock)
  *   128  seq u64            seqlock over the commit group below (odd = update in progress)
  *        next_offset i64    committed log end offset: every offset below it is readable
  *        end_pos i64        committed byte end inside the active segment

@@ -221,6 +221,16 @@ int64_t fq_realtime_ms(void) {
     return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+int64_t fq_realtime_coarse_ms(void) {
+    struct timespec ts;
+#if defined(CLOCK_REALTIME_COARSE)
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+#else
+    clock_gettime(CLOCK_REALTIME, &ts);
+#endif
+    return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
 void fq_sleep_ns(int64_t ns) {
     struct timespec ts;
     ts.tv_sec = (time_t)(ns / 1000000000LL);

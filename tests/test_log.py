@@ -594,3 +594,17 @@ def test_pacer_bad_margin(margin):
     from fastq import Pacer
     with pytest.raises(InvalidArgument):
         Pacer(margin_us=margin)
+
+
+def test_roll_by_age(tmp_path):
+    """segment_ms: an append to a segment older than that rolls first (the age is read
+    from a coarse clock, at the kernel tick's resolution)."""
+    with Log(tmp_path / "l", segment_ms=100) as lg:
+        lg.append(b"a")
+        lg.append(b"b")
+        assert len(lg.segments()) == 1
+        time.sleep(0.25)
+        lg.append(b"c")
+        segs = lg.segments()
+        assert [s["base_offset"] for s in segs] == [0, 2]
+        assert [bytes(r.value) for r in lg.read(0)] == [b"a", b"b", b"c"]

@@ -39,6 +39,7 @@ cdef extern from "fq_os.h" nogil:
     void fq_yield()
     int64_t fq_monotonic_ns()
     int64_t fq_realtime_ms()
+    int64_t fq_realtime_coarse_ms()
     void fq_sleep_ns(int64_t ns)
     uint64_t fq_load_acquire_u64(const uint64_t *p)
     void fq_store_release_u64(uint64_t *p, uint64_t v)

@@ -284,7 +284,7 @@ cdef class LogCore:
             self._refresh()
         pos = self.st.end_pos
         if pos > 0 and (pos + size > self.segment_bytes or
-                        (self.segment_ms > 0 and fq_realtime_ms() - self._active_created_ms >= self.segment_ms)):
+                        (self.segment_ms > 0 and fq_realtime_coarse_ms() - self._active_created_ms >= self.segment_ms)):
             self._roll_locked()
             pos = self.st.end_pos
         seg = self._active
