@@ -93,6 +93,12 @@ class Consumer:
     Records' ``key`` and ``value`` are zero-copy memoryviews (see the module docstring:
     copy with ``bytes(rec.value)`` to keep one past closing).
 
+    Waiting for records: ``spin_us`` (default 50) of spinning, then a futex sleep until a
+    commit wakes it (``wait="futex"``, the default: no CPU while idle). ``wait="adaptive"``
+    paces the waits with a :class:`fastq.Pacer` (``consumer.pacer``): it learns the gap
+    between arrivals, sleeps through it and spins 50 µs either side of the next expected
+    one — lower latency at a steady rate, at up to 100 µs of CPU per arrival.
+
     Process-safety: any number of consumers in any processes may join the same group.
     Thread-safety: none — use a consumer from one thread. After ``fork()`` a consumer
     inherited by the child is closed there (the parent keeps its partitions).
