@@ -117,6 +117,9 @@ void fq_log_repair(fq_log_state *st) {
 
 void fq_log_notify(fq_log_state *st) { fq_notify_bump(&st->notify, &st->waiters); }
 
+static int paced_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                      int64_t spin_ns, fq_pace *pace, int pace_window);
+
 int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) {
     /* Every commit bumps `notify` after publishing next_offset, so: read notify, check
      * the offset, then wait for notify to move (fq_notify_wait registers as a waiter and
@@ -124,6 +127,7 @@ int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t sp
      * is lost. Spinning watches the notify word, not next_offset, which leaves the commit
      * group's cache line to the writer. */
     int64_t deadline = timeout_ns >= 0 ? fq_monotonic_ns() + timeout_ns : -1;
+    int first = 1;
     for (;;) {
         uint32_t seen = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
@@ -134,9 +138,9 @@ int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t sp
         }
         /* sliced, so a waiter whose waker died mid-wake still re-checks */
         if (left < 0 || left > 100000000LL) left = 100000000LL;
-        fq_notify_wait(&st->notify, &st->waiters, seen, left, spin_ns, pace);
-        spin_ns = 0;   /* spin once, on the first wait only */
-        pace = NULL;   /* and pace it once: a commit to an offset below ours is not an arrival */
+        paced_wait(&st->notify, &st->waiters, seen, left, spin_ns, pace, first);
+        spin_ns = 0;   /* spin once, and run the paced phase once, on the first slice only; */
+        first = 0;     /* every slice still tells the pacer when a commit came */
     }
 }
 
@@ -188,6 +192,7 @@ static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t dea
     int64_t margin = pace->margin_ns;
     int64_t early = expected - margin, until = expected + margin;
     if (deadline >= 0 && until > deadline) until = deadline;
+    if (deadline >= 0 && early > deadline) early = deadline;   /* never sleep past the timeout */
     if (now >= until) return 0;                      /* the window is behind us */
     if (now < early) {
         /* timer slack (50 us by default) would make the timed sleep overshoot the window */
@@ -204,11 +209,13 @@ static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t dea
     return spin_until(notify, seen, until);
 }
 
+/* `pace_window`: run the paced phase (only on the first slice of a wait: later slices
+ * are past the expected arrival anyway). */
 static int notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                       int64_t spin_ns, fq_pace *pace) {
+                       int64_t spin_ns, fq_pace *pace, int pace_window) {
     int64_t now = fq_monotonic_ns();
     int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
-    if (pace != NULL && pace->last_ns > 0 && pace->gap_ns > spin_ns && pace->margin_ns > 0) {
+    if (pace != NULL && pace_window && pace->last_ns > 0 && pace->gap_ns > spin_ns && pace->margin_ns > 0) {
         if (paced(notify, waiters, seen, deadline, pace)) {
             pace->early++;
             return 1;
@@ -231,9 +238,14 @@ static int notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64
     }
 }
 
-int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                   int64_t spin_ns, fq_pace *pace) {
-    int rc = notify_wait(notify, waiters, seen, timeout_ns, spin_ns, pace);
+static int paced_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                      int64_t spin_ns, fq_pace *pace, int pace_window) {
+    int rc = notify_wait(notify, waiters, seen, timeout_ns, spin_ns, pace, pace_window);
     if (rc == 1 && pace != NULL) fq_pace_arrived(pace, fq_monotonic_ns());
     return rc;
+}
+
+int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
+                   int64_t spin_ns, fq_pace *pace) {
+    return paced_wait(notify, waiters, seen, timeout_ns, spin_ns, pace, 1);
 }

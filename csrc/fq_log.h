@@ -124,7 +124,9 @@ void fq_log_notify(fq_log_state *st);
  * before the next expected arrival (a record that comes earlier still wakes it), then
  * spins until `margin_ns` after it; a record later than that is waited for on the futex
  * as usual. Cost: up to 2 * margin_ns of spinning per arrival (at 5,000 arrivals/s and a
- * 50 us margin, at most half a core). Owned by one waiter; not shared. */
+ * 50 us margin, at most half a core). The paced phase runs in a wait's first 100 ms
+ * slice, so it helps for gaps up to ~100 ms; a wait never sleeps past its timeout.
+ * Owned by one waiter; not shared. */
 typedef struct fq_pace {
     int64_t last_ns;      /* monotonic time the previous wait ended with new data (0: none) */
     int64_t gap_ns;       /* moving average of the gaps between those times (0: unknown) */

@@ -608,3 +608,26 @@ def test_roll_by_age(tmp_path):
         segs = lg.segments()
         assert [s["base_offset"] for s in segs] == [0, 2]
         assert [bytes(r.value) for r in lg.read(0)] == [b"a", b"b", b"c"]
+
+
+def test_paced_wait_keeps_its_timeout_when_the_learned_gap_is_longer(tmp_path):
+    """A Pacer that learned an ~80 ms gap sleeps toward the next expected arrival, but a
+    wait with a shorter timeout (20 ms) still ends at that timeout, not at the arrival."""
+    import threading
+    from fastq import Pacer
+    with Log(tmp_path / "l") as lg:
+        def writer():
+            for _ in range(5):
+                time.sleep(0.08)
+                lg.append(b"x")
+        th = threading.Thread(target=writer)
+        pacer = Pacer()
+        th.start()
+        for off in range(5):                # each record arrives while we wait for it
+            assert lg.wait(off, timeout=2, pacer=pacer)
+        th.join()
+        assert pacer.gap_us is not None and pacer.gap_us > 60_000, pacer
+        t0 = time.monotonic()
+        assert not lg.wait(5, timeout=0.02, pacer=pacer)
+        took = time.monotonic() - t0
+        assert 0.015 < took < 0.05, f"a 20 ms wait took {took * 1000:.1f} ms"

@@ -62,7 +62,10 @@ cdef class Pacer:
     until ``margin_us`` after it. A record later than that is waited for as usual.
 
     Cost: up to ``2 * margin_us`` of spinning per arrival — at 5,000 records/s and the
-    default 50 µs, at most half of one core. Not shared between threads."""
+    default 50 µs, at most half of one core. Pacing applies to gaps up to 100 ms (a
+    wait sleeps in 100 ms slices; the paced phase runs in the first); longer gaps are
+    waited for as usual. Gaps over 1 s count as idle time, not rate. Not shared between
+    threads."""
 
     def __init__(self, double margin_us=50.0):
         if not 0 < margin_us <= 100_000:
