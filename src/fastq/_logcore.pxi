@@ -284,7 +284,8 @@ cdef class LogCore:
             self._refresh()
         pos = self.st.end_pos
         if pos > 0 and (pos + size > self.segment_bytes or
-                        (self.segment_ms > 0 and fq_realtime_coarse_ms() - self._active_created_ms >= self.segment_ms)):
+                        (self.segment_ms > 0
+                         and fq_realtime_coarse_ms() - self._active_created_ms >= self.segment_ms)):
             self._roll_locked()
             pos = self.st.end_pos
         seg = self._active
@@ -366,11 +367,11 @@ cdef class LogCore:
         return 0
 
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1:
-        """Append recs[0:n] (memory the caller owns until this returns) under one hold of the writer lock; returns the first
-        offset. Records that do not fit one batch (max_record_bytes) are split into
-        several, and still published by one commit — all or nothing to readers and to
-        recovery — unless together they exceed a whole segment (then each batch is
-        committed as it is written)."""
+        """Append recs[0:n] (memory the caller owns until this returns) under one hold
+        of the writer lock; returns the first offset. Records that do not fit one batch
+        (max_record_bytes) are split into several, and still published by one commit —
+        all or nothing to readers and to recovery — unless together they exceed a whole
+        segment (then each batch is committed as it is written)."""
         cdef int64_t size, first, total = 0, done_offset
         cdef int32_t i = 0, k
         cdef fq_log_snapshot s
