@@ -6,7 +6,8 @@ call (``Ring._put_rec``). ``_drain_ring`` takes the ring's framed records in one
 appends each partition's records with ``LogCore._append_recs``, the record fields pointing
 straight into the ring's memory: no Python object per record on either side. The ring's
 read stays open until the appends return, so the producers cannot reuse that memory
-meanwhile. The frame layout is the one above ``Ring._put_record`` in fastq/_ring.pyx.
+meanwhile. Frames are read with _ring's _frame_view/_frame_header, the one reader of the
+layout (described above ``Ring._put_record`` in fastq/_ring.pyx).
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -14,7 +15,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from fastq._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_header, fq_record_in
-from fastq._ring cimport OP_GET, REC_FIXED, Ring, _raise_status
+from fastq._ring cimport OP_GET, FrameView, Ring, _frame_header, _frame_view, _raise_status
 from fastq._storage cimport LogCore, RecordMetadata, RecScratch, fq_kafka_partition
 
 import random
@@ -27,93 +28,38 @@ __all__ = ["ProducerCore", "ring_publish"]
 cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
 
 
-cdef struct Frame:
-    const uint8_t *m      # the framed record in the ring
-    uint32_t len          # its length
-    uint32_t partition
-    uint32_t n_headers
-
-
 @cython.final
 cdef class _Frames:
-    """A growable array of Frame (one drain's worth)."""
-    cdef Frame *f
+    """A growable array of FrameView (one drain's worth)."""
+    cdef FrameView *f
     cdef Py_ssize_t n, cap
 
     def __dealloc__(self):
         PyMem_Free(self.f)
 
-    cdef Frame *next(self) except NULL:
+    cdef FrameView *next(self) except NULL:
         cdef void *p
         if self.n == self.cap:
-            p = PyMem_Realloc(self.f, (self.cap * 2 + 256) * sizeof(Frame))
+            p = PyMem_Realloc(self.f, (self.cap * 2 + 256) * sizeof(FrameView))
             if p == NULL:
                 raise MemoryError()
-            self.f = <Frame *>p
+            self.f = <FrameView *>p
             self.cap = self.cap * 2 + 256
         return self.f + self.n
 
 
-cdef int _parse(const uint8_t *m, uint32_t n, uint32_t nparts, Frame *out) except -1:
-    """Check one frame's lengths and partition; fill `out`."""
-    cdef int32_t klen, vlen
-    cdef uint32_t hlen
-    cdef uint64_t need
-    if n < REC_FIXED:
-        raise CorruptRecord(f"framed record of {n} bytes is shorter than its {REC_FIXED}-byte header")
-    klen = (<const int32_t *>(m + 4))[0]
-    vlen = (<const int32_t *>(m + 8))[0]
-    hlen = (<const uint32_t *>(m + 12))[0]
-    need = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
-    if need != n or klen < -1 or vlen < -1 or (hlen != 0 and hlen < 4):
-        raise CorruptRecord(f"framed record: lengths (key {klen}, value {vlen}, headers {hlen}) "
-                            f"do not add up to its {n} bytes")
-    out.m = m
-    out.len = n
-    out.partition = (<const uint32_t *>m)[0]
-    if out.partition >= nparts:
-        raise CorruptRecord(f"framed record for partition {out.partition} of a {nparts}-partition topic")
-    out.n_headers = (<const uint32_t *>(m + REC_FIXED + (klen if klen > 0 else 0)
-                                        + (vlen if vlen > 0 else 0)))[0] if hlen else 0
-    return 0
-
-
-cdef int _fill(const Frame *f, fq_record_in *r, fq_header *h) except -1:
+cdef int _fill(FrameView *f, fq_record_in *r, fq_header *h) except -1:
     """Point `r` (and h[0:f.n_headers]) at the frame's key, value and headers."""
-    cdef const uint8_t *p = f.m + REC_FIXED
-    cdef const uint8_t *end = f.m + f.len
-    cdef int32_t klen = (<const int32_t *>(f.m + 4))[0]
-    cdef int32_t vlen = (<const int32_t *>(f.m + 8))[0]
-    cdef uint32_t i, kl
-    cdef int32_t vl
-    r.timestamp = (<const int64_t *>(f.m + 16))[0]
-    r.key = p if klen >= 0 else NULL
-    r.key_len = klen
-    p += klen if klen > 0 else 0
-    r.value = p if vlen >= 0 else NULL
-    r.value_len = vlen
-    p += vlen if vlen > 0 else 0
+    cdef uint32_t i
+    r.timestamp = f.timestamp
+    r.key = f.key
+    r.key_len = f.key_len
+    r.value = f.value
+    r.value_len = f.value_len
     r.headers = h if f.n_headers else NULL
     r.n_headers = <int32_t>f.n_headers
-    if f.n_headers:
-        p += 4                                   # the count, read by _parse
-        for i in range(f.n_headers):
-            if end - p < 4:
-                raise CorruptRecord("framed record: truncated headers")
-            kl = (<const uint32_t *>p)[0]
-            p += 4
-            if <uint64_t>(end - p) < <uint64_t>kl + 4:
-                raise CorruptRecord("framed record: truncated header key")
-            h[i].key = p
-            h[i].key_len = <int32_t>kl
-            p += kl
-            vl = (<const int32_t *>p)[0]
-            p += 4
-            if vl < -1 or (vl > 0 and end - p < vl):
-                raise CorruptRecord("framed record: truncated header value")
-            h[i].value = p if vl >= 0 else NULL
-            h[i].value_len = vl
-            p += vl if vl > 0 else 0
+    for i in range(f.n_headers):
+        _frame_header(f, h + i)
     return 0
 
 
@@ -216,7 +162,7 @@ cdef class ProducerCore:
         cdef uint32_t part, first_part = 0
         cdef bint mixed = False
         cdef _Frames fr = _Frames.__new__(_Frames)
-        cdef Frame *f
+        cdef FrameView *f
         if limit < 1:
             return 0
         ring._enter_read()
@@ -231,7 +177,10 @@ cdef class ProducerCore:
                 while True:
                     if n > 0:
                         f = fr.next()
-                        _parse(m, <uint32_t>n, nparts, f)
+                        _frame_view(m, n, f)
+                        if f.partition >= nparts:
+                            raise CorruptRecord(f"framed record for partition {f.partition} of a "
+                                                f"{nparts}-partition topic")
                         if fr.n == 0:
                             first_part = f.partition
                         elif f.partition != first_part:
@@ -259,7 +208,7 @@ cdef class ProducerCore:
 
     cdef tuple _append_frames(self, _Frames fr, uint32_t part, bint want_ts):
         cdef Py_ssize_t i, k = 0, nh = 0, at = 0
-        cdef const Frame *frames = fr.f
+        cdef FrameView *frames = fr.f
         cdef Py_ssize_t nf = fr.n
         cdef RecScratch sc = RecScratch.__new__(RecScratch)
         cdef LogCore lg

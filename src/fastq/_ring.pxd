@@ -1,6 +1,8 @@
 # Declarations for the shared-memory ring (csrc/fq_ring.h) and its Cython class.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from fastq._cdefs cimport fq_header
+
 
 cdef extern from "fq_ring.h" nogil:
     enum:
@@ -64,6 +66,25 @@ cdef enum:
 
 
 cdef int _raise_status(int64_t rc, int op, str what) except -1
+
+
+# One framed record, read in place (layout above Ring._put_record in _ring.pyx): the one
+# reader of the frame layout, for Ring._get_records and fastq._producer's drain.
+cdef struct FrameView:
+    const uint8_t *m          # the framed record
+    uint32_t len              # its length
+    uint32_t partition
+    int64_t timestamp
+    const uint8_t *key        # NULL for a null key (key_len -1)
+    int32_t key_len
+    const uint8_t *value      # NULL for a null value (value_len -1)
+    int32_t value_len
+    uint32_t n_headers
+    const uint8_t *hp         # the next header not yet read by _frame_header
+    const uint8_t *hend       # the end of the header area
+
+cdef int _frame_view(const uint8_t *m, int64_t n, FrameView *out) except -1
+cdef int _frame_header(FrameView *f, fq_header *h) except -1
 
 
 cdef class Ring:

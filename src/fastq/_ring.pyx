@@ -963,34 +963,59 @@ cdef bytes _encode_headers(object headers):
     return b"".join(parts)
 
 
-cdef object _decode_headers(const uint8_t *p, uint32_t n):
-    cdef uint32_t count, i, kl
+cdef int _frame_view(const uint8_t *m, int64_t n, FrameView *out) except -1:
+    """Check one framed record's lengths and point `out` at its fields (no copies)."""
+    cdef int32_t klen, vlen
+    cdef uint32_t hlen
+    cdef const uint8_t *p
+    if n < REC_FIXED:
+        raise CorruptRecord(f"framed record of {n} bytes is shorter than its {REC_FIXED}-byte header")
+    klen = (<const int32_t *>(m + 4))[0]
+    vlen = (<const int32_t *>(m + 8))[0]
+    hlen = (<const uint32_t *>(m + 12))[0]
+    if (REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
+            != <uint64_t>n or klen < -1 or vlen < -1 or (hlen != 0 and hlen < 4)):
+        raise CorruptRecord(f"framed record: lengths (key {klen}, value {vlen}, headers {hlen}) "
+                            f"do not add up to its {n} bytes")
+    out.m = m
+    out.len = <uint32_t>n
+    out.partition = (<const uint32_t *>m)[0]
+    out.timestamp = (<const int64_t *>(m + 16))[0]
+    p = m + REC_FIXED
+    out.key = p if klen >= 0 else NULL
+    out.key_len = klen
+    p += klen if klen > 0 else 0
+    out.value = p if vlen >= 0 else NULL
+    out.value_len = vlen
+    p += vlen if vlen > 0 else 0
+    out.hend = p + hlen
+    out.n_headers = (<const uint32_t *>p)[0] if hlen else 0
+    out.hp = p + 4 if hlen else p
+    return 0
+
+
+cdef int _frame_header(FrameView *f, fq_header *h) except -1:
+    """Read the next header of `f` into `h` (pointers into the frame), checking bounds."""
+    cdef const uint8_t *p = f.hp
+    cdef uint32_t kl
     cdef int32_t vl
-    cdef const uint8_t *end = p + n
-    if n < 4:
+    if f.hend - p < 4:
         raise CorruptRecord("framed record: truncated headers")
-    count = (<const uint32_t *>p)[0]
+    kl = (<const uint32_t *>p)[0]
     p += 4
-    out = []
-    for i in range(count):
-        if end - p < 4:
-            raise CorruptRecord("framed record: truncated header key")
-        kl = (<const uint32_t *>p)[0]
-        p += 4
-        if <uint64_t>(end - p) < <uint64_t>kl + 4:
-            raise CorruptRecord("framed record: truncated header")
-        k = (<const char *>p)[:kl].decode("utf-8", "surrogateescape")
-        p += kl
-        vl = (<const int32_t *>p)[0]
-        p += 4
-        if vl < 0:
-            out.append((k, None))
-        else:
-            if end - p < vl:
-                raise CorruptRecord("framed record: truncated header value")
-            out.append((k, PyBytes_FromStringAndSize(<const char *>p, vl)))
-            p += vl
-    return out
+    if <uint64_t>(f.hend - p) < <uint64_t>kl + 4:
+        raise CorruptRecord("framed record: truncated header key")
+    h.key = p
+    h.key_len = <int32_t>kl
+    p += kl
+    vl = (<const int32_t *>p)[0]
+    p += 4
+    if vl < -1 or (vl > 0 and f.hend - p < vl):
+        raise CorruptRecord("framed record: truncated header value")
+    h.value = p if vl >= 0 else NULL
+    h.value_len = vl
+    f.hp = p + (vl if vl > 0 else 0)
+    return 0
 
 
 cdef extern from "Python.h":
@@ -999,59 +1024,42 @@ cdef extern from "Python.h":
     object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
 
 
+cdef inline void _set_item(object t, Py_ssize_t i, object x):
+    Py_INCREF(x)                  # PyTuple_SET_ITEM steals a reference
+    PyTuple_SET_ITEM(t, i, x)
+
+
 cdef inline object _record_tuple(object cls, object a, object b, object c, object d, object e, object f):
     """An instance of the tuple subclass `cls` (checked by _get_records: no fields of its
     own) holding (a..f), built without calling Python code: tuple.__new__ by hand."""
     cdef object t = PyType_GenericAlloc(<PyTypeObject *>cls, 6)
-    Py_INCREF(a)
-    PyTuple_SET_ITEM(t, 0, a)
-    Py_INCREF(b)
-    PyTuple_SET_ITEM(t, 1, b)
-    Py_INCREF(c)
-    PyTuple_SET_ITEM(t, 2, c)
-    Py_INCREF(d)
-    PyTuple_SET_ITEM(t, 3, d)
-    Py_INCREF(e)
-    PyTuple_SET_ITEM(t, 4, e)
-    Py_INCREF(f)
-    PyTuple_SET_ITEM(t, 5, f)
+    _set_item(t, 0, a)
+    _set_item(t, 1, b)
+    _set_item(t, 2, c)
+    _set_item(t, 3, d)
+    _set_item(t, 4, e)
+    _set_item(t, 5, f)
     return t
 
 
 cdef int _decode_record(const uint8_t *m, int64_t n, list out, object record_type) except -1:
-    cdef uint32_t part, hlen
-    cdef int32_t klen, vlen
-    cdef int64_t ts
-    cdef uint64_t need
-    cdef const uint8_t *p
-    if n < REC_FIXED:
-        raise CorruptRecord(f"framed record of {n} bytes is shorter than its {REC_FIXED}-byte header")
-    part = (<const uint32_t *>m)[0]
-    klen = (<const int32_t *>(m + 4))[0]
-    vlen = (<const int32_t *>(m + 8))[0]
-    hlen = (<const uint32_t *>(m + 12))[0]
-    ts = (<const int64_t *>(m + 16))[0]
-    need = REC_FIXED + <uint64_t>(klen if klen > 0 else 0) + <uint64_t>(vlen if vlen > 0 else 0) + hlen
-    if need != <uint64_t>n or klen < -1 or vlen < -1:
-        raise CorruptRecord(f"framed record: lengths (key {klen}, value {vlen}, headers {hlen}) "
-                            f"do not add up to its {n} bytes")
-    p = m + REC_FIXED
-    if klen < 0:
-        key = None
-    else:
-        key = PyBytes_FromStringAndSize(<const char *>p, klen)
-        p += klen
-    if vlen < 0:
-        value = None
-    else:
-        value = PyBytes_FromStringAndSize(<const char *>p, vlen)
-        p += vlen
+    cdef FrameView f
+    cdef fq_header h
+    cdef uint32_t i
+    _frame_view(m, n, &f)
+    key = None if f.key == NULL else PyBytes_FromStringAndSize(<const char *>f.key, f.key_len)
+    value = None if f.value == NULL else PyBytes_FromStringAndSize(<const char *>f.value, f.value_len)
+    headers = []
+    for i in range(f.n_headers):
+        _frame_header(&f, &h)
+        headers.append(((<const char *>h.key)[:h.key_len].decode("utf-8", "surrogateescape"),
+                        None if h.value == NULL else PyBytes_FromStringAndSize(<const char *>h.value,
+                                                                               h.value_len)))
     # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
-    headers = _decode_headers(p, hlen) if hlen else []
     if record_type is None:
-        out.append((part, -1, ts, key, value, headers))
+        out.append((f.partition, -1, f.timestamp, key, value, headers))
     else:
-        out.append(_record_tuple(record_type, part, -1, ts, key, value, headers))
+        out.append(_record_tuple(record_type, f.partition, -1, f.timestamp, key, value, headers))
     return 0
 
 
