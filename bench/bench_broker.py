@@ -26,7 +26,7 @@ import pytest
 
 import fastq
 from conftest import add_ratio, record, record_latency
-from xproc import CTX, FastqPipe, MPQueuePipe, fastq_group_consumer, percentiles
+from xproc import CTX, FastqPipe, MPQueuePipe, fastq_group_consumer, percentiles, reap
 
 N = 200_000
 SIZE = 100
@@ -192,11 +192,7 @@ def test_group_consume_4p_2c(benchmark):
             got += state["done"].get(timeout=120)[1]
 
     def teardown(*a, **k):
-        for p in state["procs"]:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        reap(state["procs"])
         shutil.rmtree(state["dir"], ignore_errors=True)
 
     benchmark.pedantic(run, setup=lambda: _group_setup(state, 4, 2, n), teardown=teardown,

@@ -35,6 +35,22 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[cpu]})
 
 
+def start(procs, ready) -> None:
+    """Start the workload's processes and wait until the consumer says it is ready."""
+    for p in procs:
+        p.start()
+    ready.wait(30)
+
+
+def reap(procs) -> None:
+    """Join the processes (kill one that does not finish within 30 s)."""
+    for p in procs:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _report(q, msg) -> None:
     """Send a result and exit the child at once (skipping atexit and the parent's
     inherited handlers). The queue's feeder thread must flush before os._exit."""
@@ -186,9 +202,7 @@ class FastqPipe:
             CTX.Process(target=fastq_producer, args=(self.dir, "bench", self.n, self.size, self.batch, self.rate,
                                                      self.go, self.done)),
         ]
-        for p in self.procs:
-            p.start()
-        ready.wait(30)
+        start(self.procs, ready)
         return (), {}
 
     def run(self):
@@ -201,11 +215,7 @@ class FastqPipe:
         assert got[1] == self.n, f"consumer got {got[1]} of {self.n}"
 
     def teardown(self):
-        for p in self.procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        reap(self.procs)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -251,9 +261,7 @@ class MPQueuePipe:
             CTX.Process(target=mpq_consumer, args=(self.q, self.n, self.batch, self.go, ready, self.done)),
             CTX.Process(target=mpq_producer, args=(self.q, self.n, self.size, self.batch, self.go)),
         ]
-        for p in self.procs:
-            p.start()
-        ready.wait(30)
+        start(self.procs, ready)
         return (), {}
 
     def run(self):
@@ -262,11 +270,7 @@ class MPQueuePipe:
         assert msg[1] == self.n
 
     def teardown(self):
-        for p in self.procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        reap(self.procs)
         self.q.close()
         self.q.join_thread()
 
