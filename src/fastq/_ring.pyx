@@ -519,6 +519,23 @@ cdef class Ring:
 
     # ---- producing
 
+    cdef int _put_bytes(self, const void *p, uint64_t n, int64_t tmo, str what) except -1:
+        """Put n bytes as one message (the caller is inside _enter): with the GIL held for
+        a small copy into a free ring, else — contended, or waiting for room — without."""
+        cdef int rc = FQ_RING_EBUSY
+        cdef fq_ring *r = &self._r
+        if n > r.max_message:
+            raise RecordTooLarge(f"{what} of {n} bytes exceeds this ring's "
+                                 f"max_message_size of {r.max_message} bytes")
+        if n <= GIL_COPY_MAX:
+            rc = fq_ring_put(r, p, <uint32_t>n, 0, 1)
+        if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
+            with nogil:
+                rc = fq_ring_put(r, p, <uint32_t>n, tmo, 0)
+        if rc < 0:
+            _raise_status(rc, OP_PUT, f"a {n}-byte {what}")
+        return 0
+
     def put(self, msg, bint block=True, timeout=None):
         """Append one bytes-like message; wait for room unless block=False (RingFull)."""
         cdef int64_t tmo = _timeout_ns(block, timeout)
@@ -526,8 +543,6 @@ cdef class Ring:
         cdef bint have_view = False
         cdef const char *p
         cdef Py_ssize_t n
-        cdef int rc = FQ_RING_EBUSY
-        cdef fq_ring *r = &self._r
         if type(msg) is bytes:
             p = PyBytes_AS_STRING(msg)
             n = PyBytes_GET_SIZE(msg)
@@ -539,16 +554,7 @@ cdef class Ring:
         try:
             self._enter()
             try:
-                if n > r.max_message:
-                    raise RecordTooLarge(f"message of {n} bytes exceeds this ring's "
-                                         f"max_message_size of {r.max_message} bytes")
-                if n <= GIL_COPY_MAX:
-                    rc = fq_ring_put(r, p, <uint32_t>n, 0, 1)
-                if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
-                    with nogil:
-                        rc = fq_ring_put(r, p, <uint32_t>n, tmo, 0)
-                if rc < 0:
-                    _raise_status(rc, OP_PUT, f"a {n}-byte message")
+                self._put_bytes(p, <uint64_t>n, tmo, "message")
             finally:
                 self._leave()
         finally:
@@ -784,30 +790,22 @@ cdef class Ring:
         cdef uint64_t total
         cdef uint8_t stack[REC_STACK]
         cdef uint8_t *buf = stack
-        cdef int rc = FQ_RING_EBUSY
-        cdef fq_ring *r = &self._r
         value = _record_bytes(value, "value")
         key = _record_bytes(key, "key")
         hb = _encode_headers(headers) if headers else None
         total = _frame_size(key, value, hb)
         self._enter()
         try:
-            if total > r.max_message:
+            if total > self._r.max_message:         # before allocating for it
                 raise RecordTooLarge(f"a record of {total} bytes (framed) exceeds this ring's "
-                                     f"max_message_size of {r.max_message} bytes")
+                                     f"max_message_size of {self._r.max_message} bytes")
             if total > REC_STACK:
                 buf = <uint8_t *>PyMem_Malloc(total)
                 if buf == NULL:
                     raise MemoryError()
             try:
                 _write_frame(buf, partition, ts, key, value, hb)
-                if total <= GIL_COPY_MAX:
-                    rc = fq_ring_put(r, buf, <uint32_t>total, 0, 1)
-                if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
-                    with nogil:
-                        rc = fq_ring_put(r, buf, <uint32_t>total, tmo, 0)
-                if rc < 0:
-                    _raise_status(rc, OP_PUT, f"a {total}-byte record")
+                self._put_bytes(buf, total, tmo, "record")
             finally:
                 if buf != stack:
                     PyMem_Free(buf)
