@@ -537,8 +537,54 @@ def test_pretoucher_keeps_page_faults_off_the_append_path(tmp_path):
             faults += _minor_faults() - before
             pages += 100 * 170 // 4096
         assert lg._active.populated >= lg.snapshot()["end_pos"]
+        assert lg.pretouch_window == 1 << 20          # a writer it keeps up with: no wider
     # without pretouching this is ~1 fault per page written (800 here)
     assert faults < pages // 10, f"{faults} page faults for ~{pages} pages appended"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE pretouching is Linux-only")
+def test_pretouch_window_widens_for_a_writer_that_outruns_it(tmp_path):
+    """The pretoucher thread needs the GIL to pick a request up and again to report it
+    done, so a writer holding the GIL in a tight loop writes on meanwhile. A writer that
+    asks again and finds itself past the populated end gets a window twice as wide (at
+    most 16 MiB); one the pretoucher keeps up with keeps 1 MiB. The pretoucher is
+    replaced here by a queue the test serves, so who is ahead is decided, not raced."""
+    with Log(tmp_path / "l", segment_bytes=256 << 20) as lg:
+        asked = []
+        lg._pretouch = lambda seg, upto: asked.append((seg, upto))
+
+        def serve():                           # the pretoucher's work, done now
+            seg, upto = asked.pop()
+            seg.prefault(upto)
+            seg.pf_requested = False
+            return seg.populated                 # upto, rounded down to a page
+
+        rec = b"z" * 4000                      # ~4 KiB per append
+        lg.append(rec)
+        assert lg.pretouch_window == 1 << 20 and len(asked) == 1
+        populated = serve()
+        while not asked:                       # kept up with: the writer asks again when
+            lg.append(rec)                     # half a window is left, window unchanged
+        assert lg.snapshot()["end_pos"] + (1 << 19) > populated
+        assert lg.pretouch_window == 1 << 20
+        serve()
+        for want in (2 << 20, 4 << 20, 8 << 20, 16 << 20, 16 << 20):
+            while not asked:
+                lg.append(rec)
+            upto = asked[0][1]
+            while lg.snapshot()["end_pos"] <= upto:    # not served: the writer runs past it
+                lg.append(rec)
+            assert len(asked) == 1             # one request at a time
+            serve()                            # reported late
+            lg.append(rec)                     # so the next request widens the window
+            assert lg.pretouch_window == want and len(asked) == 1
+            assert asked[0][1] == lg.snapshot()["end_pos"] + want
+            assert lg._active.alloc_size >= asked[0][1]
+            serve()
+        n = lg.end_offset
+    with Log(tmp_path / "l") as lg:
+        assert lg.end_offset == n
+        assert all(len(r.value) == 4000 for r in lg.read(0))
 
 
 def test_pretoucher_and_close_race(tmp_path):

@@ -96,6 +96,7 @@ cdef class LogCore:
         self.index_interval = 4096
         self.lockword = fq_log_lock_word(<uint32_t>_random.getrandbits(32))
         self.partition_id = -1
+        self.pretouch_window = PRETOUCH_MIN
 
     # -- shared state -------------------------------------------------------------------
 
@@ -278,7 +279,8 @@ cdef class LogCore:
         """Make room for `size` bytes at the end of the active segment (refresh after
         another process changed segments, roll when full or old, grow the file).
         The caller writes at st.end_pos."""
-        cdef int64_t pos, need
+        cdef int64_t pos, need, win
+        cdef bint ask
         cdef Segment seg
         if self.st.generation != self._gen:
             self._refresh()
@@ -290,14 +292,22 @@ cdef class LogCore:
             pos = self.st.end_pos
         seg = self._active
         need = pos + size
-        if need + PRETOUCH_AHEAD > seg.alloc_size:
+        win = self.pretouch_window
+        ask = (need + win // 2 > seg.populated and not seg.pf_requested
+               and self._pretouch is not None)
+        if ask and 0 < seg.populated < need and win < PRETOUCH_MAX:
+            # the writer passed the end of the last window before the pretoucher was
+            # back (it waits for the GIL, up to a switch interval, twice per window):
+            # a fast writer gets a wider window, a slow one keeps 1 MiB
+            win = self.pretouch_window = win * 2
+        if need + win > seg.alloc_size:
             # allocate ahead, so the pretoucher can populate ahead (never past the mapping)
-            seg._grow(need if need >= seg.map_size else min(need + PRETOUCH_AHEAD, seg.map_size))
+            seg._grow(need if need >= seg.map_size else min(need + win, seg.map_size))
         if need > self.st.written_end:
             self.st.written_end = need
-        if need + PRETOUCH_LOW > seg.populated and not seg.pf_requested and self._pretouch is not None:
+        if ask:
             seg.pf_requested = True
-            self._pretouch(seg, need + PRETOUCH_AHEAD)
+            self._pretouch(seg, need + win)
         return 0
 
     cdef void _stage_locked(self, fq_log_snapshot *s, int64_t pos, int64_t size, int64_t max_ts,

@@ -169,6 +169,7 @@ cdef class LogCore:
     cdef public Notifier _notifier      # topic-wide notifier bumped after every commit, or None
     cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
     cdef public object _pretouch        # callable(segment, upto) queueing a prefault, or None
+    cdef readonly int64_t pretouch_window  # bytes populated ahead of the writer (grows, see _prepare_locked)
 
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept

@@ -171,6 +171,10 @@ class LogCore:
     partition_id: int
     allow_gaps: bool
     @property
+    def pretouch_window(self) -> int:
+        """Bytes the pretoucher populates ahead of this process's writer: 1 MiB,
+        doubling up to 16 MiB while the writer outruns it."""
+    @property
     def end_offset(self) -> int: ...
     def snapshot(self) -> dict[str, int]: ...
     def append(self, value: Optional[Buffer], key: Optional[Buffer] = None,

@@ -46,10 +46,11 @@ cdef enum:
     PAGE = 4096
     GROW_MIN = 1 << 20
     # The writer keeps the file allocated, and asks the pretoucher to populate the
-    # mapping, PRETOUCH_AHEAD bytes past what it writes, whenever fewer than
-    # PRETOUCH_LOW bytes ahead are populated (see LogCore._prepare_locked).
-    PRETOUCH_AHEAD = 1 << 20
-    PRETOUCH_LOW = 1 << 19
+    # mapping a window past what it writes, whenever fewer than half the window ahead
+    # is populated (see LogCore._prepare_locked). The window starts at PRETOUCH_MIN and
+    # doubles, up to PRETOUCH_MAX, each time the writer outruns the pretoucher.
+    PRETOUCH_MIN = 1 << 20
+    PRETOUCH_MAX = 16 << 20
 
 
 # ---------------------------------------------------------------------------------------

@@ -114,8 +114,11 @@ class _Pretoucher:
     4 KiB page pays the page fault — ext4's page_mkwrite and a fresh page, measured at
     ~45 µs on a KVM guest, on every 24th 100-byte append — which is what set the p99 of
     paced publish → tail latency. The writer asks (``LogCore._prepare_locked``) when
-    fewer than 512 KiB ahead of its position are populated; the thread populates up to
-    1 MiB ahead. A writer faster than the thread faults the rest itself, as before.
+    less than half a window ahead of its position is populated; the thread populates a
+    window ahead. The window (``Log.pretouch_window``) starts at 1 MiB and doubles, up
+    to 16 MiB, each time the writer has outrun the thread, which waits for the GIL to
+    take a request and to finish one: a writer in a tight loop holds the GIL for a
+    switch interval at a time.
 
     Set FASTQ_PRETOUCH=0 to turn it off (every append then faults its own pages)."""
 
