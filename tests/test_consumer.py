@@ -154,6 +154,17 @@ def test_poll_timeout_and_bad_arguments(broker):
         for bad in ({"max_records": 0}, {"max_records": "1"}, {"timeout": -1}, {"timeout": "1"}):
             with pytest.raises(InvalidArgument):
                 c.poll(**bad)
+        # with a record ready (poll's compiled path would hand it out): still refused,
+        # and the record is not lost
+        t.publish(b"r", partition=0)
+        for bad in ({"max_records": 0}, {"max_records": True}, {"max_records": 1.0},
+                    {"max_records": 10**7}, {"timeout": -1}, {"timeout": True},
+                    {"timeout": float("nan")}, {"timeout": -float("inf")}, {"timeout": "1"}):
+            with pytest.raises(InvalidArgument):
+                c.poll(**bad)
+        recs = c.poll(timeout=float("inf"))            # no limit: as None
+        assert [bytes(r.value) for r in recs] == [b"r"]
+        del recs
 
 
 def test_iteration_blocks_until_a_record_arrives(broker):

@@ -238,50 +238,113 @@ cdef class LogReader:
         return out
 
 
-def tail_read(out, dict fetch, dict readers, list logs, Py_ssize_t start, Py_ssize_t first,
-              Py_ssize_t max_records):
-    """The common case of ``Consumer._read_into`` in one call, for a consumer woken by a
-    commit. The partitions are those of ``fetch`` in rotation from index ``start``; from
-    the ``first``-th of them on, for each partition p whose tailing reader ``readers[p]``
-    stands at ``fetch[p]`` inside the log, append its new records to ``out`` (up to
-    ``max_records`` in all) and advance ``fetch[p]``. Stops at the first partition it
-    cannot serve that way — no reader at the position, a position outside the log
-    (truncated, or deleted by retention), a closed log — for the caller's Python path,
-    so the rotation order holds. Returns ``(records read, index of that partition in
-    the rotation, or the number of partitions when there is none)``."""
-    cdef list parts = list(fetch)
-    cdef Py_ssize_t n = len(parts), i, got = 0, before
-    cdef LogCore lg
-    cdef LogReader rd
-    cdef Record r
-    cdef int64_t pos, end
-    for i in range(first, n):
-        if got >= max_records:
-            return got, n
-        p = parts[(start + i) % n]
-        lgo = logs[p] if 0 <= <Py_ssize_t>p < len(logs) else None
-        rdo = readers.get(p)
-        if lgo is None or rdo is None or (<LogCore>lgo)._closed or (<LogCore>lgo).st == NULL:
-            return got, i
-        lg = <LogCore>lgo
-        rd = <LogReader>rdo
-        pos = fetch[p]
-        end = <int64_t>fq_load_acquire_u64(<uint64_t *>&lg.st.next_offset)
-        if end == pos:
-            continue                                 # nothing new: the common idle case
-        if end < pos or rd.next_offset != pos or pos < lg.st.log_start_offset:
-            return got, i
-        before = got
-        r = None
-        while got < max_records:
-            nxt = rd._next()
-            if nxt is None:
-                break
-            r = nxt
-            out.append(r)
-            got += 1
-        if got > before:
-            fetch[p] = r.offset + 1
-        elif rd.next_offset > pos:                   # nothing but a gap (compaction)
-            fetch[p] = rd.next_offset
-    return got, n
+# The most records one Consumer.poll hands out (its max_records cap).
+MAX_POLL_RECORDS_CAP = 1_000_000
+
+
+cdef class ConsumerCore:
+    """The read hot path of :class:`fastq.consumer.Consumer`, which subclasses it and
+    keeps the policy (groups, commits, seeks, waiting) in Python.
+
+    ``poll`` serves the common case — no group, no auto-commit, nothing buffered, and a
+    tailing reader standing at each owned partition's position — without running
+    Python code; everything else, waiting included, is ``Consumer._poll``. A woken
+    consumer's read (``_read_into``) is compiled too: the Python left between a wake-up
+    and the records handed out is a few lines of ``_poll``."""
+
+    def __cinit__(self, *args, **kwargs):   # the Python subclass takes the arguments
+        self._fetch = {}
+        self._readers = {}
+        self._pos = {}
+        self._closed = True
+
+    def poll(self, max_records=500, timeout=None):
+        """Up to ``max_records`` records from the partitions this consumer owns, waiting
+        up to ``timeout`` seconds (None: until there is one; 0: do not wait) for the
+        first. Returns [] on timeout. With ``auto_commit`` it first commits what earlier
+        polls handed out."""
+        cdef list out
+        if (not self._closed and not self.auto_commit and self._member is None and not self._buf
+                and type(max_records) is int and 0 < max_records <= MAX_POLL_RECORDS_CAP
+                and (timeout is None or ((type(timeout) is float or type(timeout) is int)
+                                         and timeout >= 0))):
+            self._polled = True
+            out = []
+            if self._read_ready(out, max_records):
+                self._pos.update(self._fetch)
+                return out
+        return self._poll(max_records, timeout)     # checks, groups, buffers, waiting
+
+    def _read_into(self, out, Py_ssize_t max_records):
+        """Read up to max_records from owned partitions into ``out`` (a list or deque)
+        and advance their fetch positions; returns how many."""
+        return self._read_ready(out, max_records)
+
+    cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1:
+        """``_read_into``, starting at a rotating partition so a busy partition cannot
+        starve the others. Each partition whose tailing reader stands at its position
+        is read here; the others (no reader yet, a position the log no longer has, a
+        closed log) go to the Python ``_read_partition``, in the same rotation order."""
+        cdef Py_ssize_t n = len(self._fetch), start, i = 0, got = 0
+        cdef list parts
+        if n == 0:
+            return 0
+        start = self._rr % n
+        self._rr += 1
+        parts = list(self._fetch)
+        while True:
+            got += self._tail_read(out, parts, start, &i, max_records - got)
+            if i >= n or got >= max_records:
+                return got
+            got += self._read_partition(out, parts[(start + i) % n], max_records - got)
+            i += 1
+
+    cdef Py_ssize_t _tail_read(self, object out, list parts, Py_ssize_t start, Py_ssize_t *first,
+                               Py_ssize_t max_records) except -1:
+        """From the ``first[0]``-th partition of the rotation on, for each partition p
+        whose tailing reader ``_readers[p]`` stands at ``_fetch[p]`` inside the log,
+        append its new records to ``out`` (up to ``max_records`` in all) and advance
+        ``_fetch[p]``. Stops at the first partition it cannot serve that way, leaving
+        its index in ``first[0]`` (the number of partitions when there is none).
+        Returns the records read."""
+        cdef Py_ssize_t n = len(parts), i, got = 0, before
+        cdef list logs = (<TopicCore>self.topic)._logs
+        cdef dict fetch = self._fetch
+        cdef LogCore lg
+        cdef LogReader rd
+        cdef Record r
+        cdef int64_t pos, end
+        for i in range(first[0], n):
+            if got >= max_records:
+                first[0] = n
+                return got
+            p = parts[(start + i) % n]
+            lgo = logs[p] if 0 <= <Py_ssize_t>p < len(logs) else None
+            rdo = self._readers.get(p)
+            if lgo is None or rdo is None or (<LogCore>lgo)._closed or (<LogCore>lgo).st == NULL:
+                first[0] = i
+                return got
+            lg = <LogCore>lgo
+            rd = <LogReader>rdo
+            pos = fetch[p]
+            end = <int64_t>fq_load_acquire_u64(<uint64_t *>&lg.st.next_offset)
+            if end == pos:
+                continue                                 # nothing new: the common idle case
+            if end < pos or rd.next_offset != pos or pos < lg.st.log_start_offset:
+                first[0] = i
+                return got
+            before = got
+            r = None
+            while got < max_records:
+                nxt = rd._next()
+                if nxt is None:
+                    break
+                r = nxt
+                out.append(r)
+                got += 1
+            if got > before:
+                fetch[p] = r.offset + 1
+            elif rd.next_offset > pos:                   # nothing but a gap (compaction)
+                fetch[p] = rd.next_offset
+        first[0] = n
+        return got

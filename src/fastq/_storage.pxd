@@ -228,3 +228,21 @@ cdef class LogReader:
 
     cdef int _next_batch(self) except -1
     cdef Record _next(self)
+
+
+cdef class ConsumerCore:
+    """The read hot path of fastq.consumer.Consumer (see _records.pxi)."""
+    cdef public object topic            # the Topic read (a TopicCore)
+    cdef public dict _fetch             # owned partition -> next offset to read
+    cdef public dict _readers           # owned partition -> tailing LogReader at _fetch[p]
+    cdef public dict _pos               # owned partition -> next offset to hand out
+    cdef public object _buf             # deque: read but not yet handed out (iteration)
+    cdef public object _member          # GroupMember, or None without a group
+    cdef public bint _closed
+    cdef public bint auto_commit
+    cdef public bint _polled            # poll/iteration has run (seeks apply at once)
+    cdef public Py_ssize_t _rr          # rotation counter: where the next read starts
+
+    cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1
+    cdef Py_ssize_t _tail_read(self, object out, list parts, Py_ssize_t start, Py_ssize_t *first,
+                               Py_ssize_t max_records) except -1

@@ -17,9 +17,25 @@ def murmur2(data: Buffer) -> int:
 def kafka_partition(key: Buffer, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
 
-def tail_read(out: Any, fetch: dict[int, int], readers: dict[int, LogReader], logs: list[Optional[LogCore]],
-              start: int, first: int, max_records: int) -> tuple[int, int]:
-    """Consumer._read_into's common case: (records read, rotation index left to the caller)."""
+MAX_POLL_RECORDS_CAP: int  # the most records one Consumer.poll hands out
+
+class ConsumerCore:
+    """The compiled read path of fastq.Consumer (which subclasses it)."""
+
+    topic: Any
+    _fetch: dict[int, int]
+    _readers: dict[int, LogReader]
+    _pos: dict[int, int]
+    _buf: Any
+    _member: Any
+    _closed: bool
+    auto_commit: bool
+    _polled: bool
+    _rr: int
+    def poll(self, max_records: int = 500, timeout: Optional[float] = None) -> list[Record]:
+        """Records ready at the tailing readers, compiled; else Consumer._poll."""
+    def _read_into(self, out: Any, max_records: int) -> int:
+        """Read up to max_records from owned partitions into out; returns how many."""
 
 def key_bytes(key: Buffer) -> bytes:
     """A record key as bytes (bytes-like objects copied; str refused: encode it first)."""

@@ -19,6 +19,7 @@ Group protocol (membership files, flocks, range assignment; see docs/ARCHITECTUR
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from .broker import validate_name
 from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange
 from .group import GroupMember
-from ._storage import tail_read as _tail_read
+from ._storage import MAX_POLL_RECORDS_CAP, ConsumerCore
 from .log import Pacer, Record, check_int as _check_int
 from .offsets import OffsetStore
 
@@ -44,7 +45,6 @@ FROM_CHOICES = ("committed", "earliest", "latest")
 WAIT_CHOICES = ("futex", "adaptive")
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 3_600_000
-MAX_POLL_RECORDS_CAP = 1_000_000
 _CHECK_NS = 10_000_000          # during busy consumption, look at the group every 10 ms
 _monotonic_ns = time.monotonic_ns
 
@@ -60,7 +60,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Consumer:
+class Consumer(ConsumerCore):
     """Consumes one topic: alone (``group=None``: every partition, no committed offsets)
     or as a member of consumer group ``group`` (each partition owned by exactly one
     member at a time, across processes; committed offsets).
@@ -275,26 +275,6 @@ class Consumer:
             raise Closed(f"consumer of topic {self.topic.name!r}"
                          f"{'' if self.group is None else f' (group {self.group!r})'} is closed")
 
-    def _read_into(self, out, max_records: int) -> int:
-        """Read up to max_records from owned partitions into ``out``, starting at a
-        rotating partition so a busy partition cannot starve the others. The common case
-        (a tailing reader at the position) is one compiled call, ``_storage.tail_read``;
-        the partitions it leaves come here."""
-        n = len(self._fetch)
-        if not n:
-            return 0
-        start = self._rr % n
-        self._rr += 1
-        got = i = 0
-        while True:
-            k, i = _tail_read(out, self._fetch, self._readers, self.topic._logs, start, i, max_records - got)
-            got += k
-            if i >= n or got >= max_records:
-                return got
-            p = list(self._fetch)[(start + i) % n]       # the one tail_read left to us
-            got += self._read_partition(out, p, max_records - got)
-            i += 1
-
     def _read_partition(self, out, p: int, max_records: int) -> int:
         """Read up to max_records of partition p into ``out``, (re)opening its tailing
         reader and resetting a position the log no longer has."""
@@ -345,17 +325,21 @@ class Consumer:
         """With nothing buffered, everything read has been handed out (or skipped)."""
         self._pos.update(self._fetch)
 
-    def poll(self, max_records: int = 500, timeout: float | None = None) -> list[Record]:
-        """Up to ``max_records`` records from the partitions this consumer owns, waiting
-        up to ``timeout`` seconds (None: until there is one; 0: do not wait) for the
-        first. Returns [] on timeout. With ``auto_commit`` it first commits what earlier
-        polls handed out."""
+    # poll(max_records=500, timeout=None) is ConsumerCore.poll: records ready at the
+    # tailing readers are handed out there, compiled; every other case comes here.
+
+    def _poll(self, max_records: int, timeout: float | None) -> list[Record]:
+        """The whole of ``poll``: argument checks, auto-commit, group maintenance,
+        buffered records, and waiting up to ``timeout`` for the first record."""
         self._check_open()
         _check_int("max_records", max_records, 1, MAX_POLL_RECORDS_CAP)
         if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
                 raise InvalidArgument(f"timeout={timeout!r}: expected None or a number >= 0")
-            deadline = _monotonic_ns() + int(timeout * 1e9)
+            if timeout == math.inf:
+                timeout = None
+            else:
+                deadline = _monotonic_ns() + int(timeout * 1e9)
         self._polled = True
         if self.auto_commit:
             self._commit_positions(list(self._pos))
