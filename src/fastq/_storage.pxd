@@ -120,7 +120,7 @@ cdef class Segment:
 
 cdef class RecordMetadata:
     """Where a published record landed (see _logcore.pxi)."""
-    cdef readonly object topic        # topic name (str) or None for a bare log
+    cdef readonly str topic           # topic name, or None for a bare log
     cdef readonly int32_t partition   # partition number
     cdef readonly int64_t offset      # offset in the partition
     cdef readonly int64_t timestamp   # record timestamp, ms since the epoch
@@ -199,7 +199,7 @@ cdef class Record:
     """One record read from a log (see _records.pxi)."""
     cdef readonly int64_t offset      # the record's offset in its log
     cdef readonly int64_t timestamp   # milliseconds since the epoch
-    cdef readonly object topic        # topic name (str) or None for a bare log
+    cdef readonly str topic           # topic name, or None for a bare log
     cdef readonly int32_t partition   # partition number (-1 for a bare log)
     cdef Segment seg                  # keeps the mapping alive
     cdef const uint8_t *kp            # key bytes in the mapping

@@ -5,6 +5,7 @@
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc            # holds a str and numbers only: no reference cycle through it
 cdef class RecordMetadata:
     """Where a published record landed: ``topic, partition, offset, timestamp``.
 
