@@ -120,14 +120,15 @@ void fq_log_notify(fq_log_state *st) { fq_notify_bump(&st->notify, &st->waiters)
 static int paced_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
                       int64_t spin_ns, fq_pace *pace, int pace_window);
 
-int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) {
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace,
+                int pace_window) {
     /* Every commit bumps `notify` after publishing next_offset, so: read notify, check
      * the offset, then wait for notify to move (fq_notify_wait registers as a waiter and
      * re-checks before sleeping). A commit after our check changes the word, so no wakeup
      * is lost. Spinning watches the notify word, not next_offset, which leaves the commit
      * group's cache line to the writer. */
     int64_t deadline = timeout_ns >= 0 ? fq_monotonic_ns() + timeout_ns : -1;
-    int first = 1;
+    int first = pace_window;
     for (;;) {
         uint32_t seen = __atomic_load_n(&st->notify, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&st->next_offset, __ATOMIC_ACQUIRE) > offset) return 1;
@@ -246,6 +247,6 @@ static int paced_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_
 }
 
 int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                   int64_t spin_ns, fq_pace *pace) {
-    return paced_wait(notify, waiters, seen, timeout_ns, spin_ns, pace, 1);
+                   int64_t spin_ns, fq_pace *pace, int pace_window) {
+    return paced_wait(notify, waiters, seen, timeout_ns, spin_ns, pace, pace_window);
 }

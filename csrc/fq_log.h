@@ -137,18 +137,22 @@ typedef struct fq_pace {
 
 /* Wait until next_offset > offset or timeout. Spins (cpu_relax, no syscall) for up to
  * spin_ns first — a tailing reader at high rates then never sleeps, and one that does
- * sleep wakes through the futex. With a `pace` (may be NULL), waits as described above.
+ * sleep wakes through the futex. With a `pace` (may be NULL), waits as described above;
+ * `pace_window` 0 skips the paced phase (a caller waiting in slices passes 1 on its first
+ * slice only; every slice still tells the pacer when data came).
  * Returns 1 if data is there, 0 on timeout. */
-int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace);
+int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace,
+                int pace_window);
 
 /* The same bump/wake and wait protocol on any (notify, waiters) word pair in shared
  * memory — e.g. a topic-wide word that commits to every partition bump, so a consumer
  * of several partitions sleeps on one futex. */
 void fq_notify_bump(uint32_t *notify, uint32_t *waiters);
 /* Sleep until *notify != seen or timeout (spinning up to spin_ns first; paced when
- * `pace` is not NULL). Returns 1 when the word changed, 0 on timeout. */
+ * `pace` is not NULL and `pace_window`, as fq_log_wait). Returns 1 when the word changed,
+ * 0 on timeout. */
 int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                   int64_t spin_ns, fq_pace *pace);
+                   int64_t spin_ns, fq_pace *pace, int pace_window);
 /* Tell `pace` new data was seen at monotonic time now_ns, after a wait that found none. */
 void fq_pace_arrived(fq_pace *pace, int64_t now_ns);
 

@@ -649,3 +649,93 @@ def test_unclosed_consumer_warns_and_leaves(broker):
         del c
         gc.collect()
     assert os.listdir(mdir) == []
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def interrupt_after():
+    """interrupt_after(s): raise _Interrupted in the main thread after s seconds, from a
+    signal handler (as Ctrl-C raises KeyboardInterrupt), while it blocks in a wait."""
+    import signal
+
+    def handler(signum, frame):
+        raise _Interrupted()
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    timers = []
+
+    def arm(s):
+        th = threading.Timer(s, os.kill, (os.getpid(), signal.SIGUSR1))
+        timers.append(th)
+        th.start()
+
+    yield arm
+    for th in timers:
+        th.join()
+    signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("wait", ["futex", "adaptive"])
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_a_blocking_poll_runs_signal_handlers(broker, interrupt_after, wait, partitions):
+    """poll() with no timeout sleeps with the GIL released; it used to sleep through
+    Ctrl-C until a record came. It now wakes to run signal handlers (every 100 ms)."""
+    t = broker.topic("t", partitions=partitions)
+    with t.consumer(wait=wait) as c:
+        interrupt_after(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(_Interrupted):
+            c.poll()
+        assert 0.15 < time.monotonic() - t0 < 2.0
+        t.publish(b"after", partition=0)
+        assert [bytes(r.value) for r in c.poll(timeout=5)] == [b"after"]
+
+
+def test_log_and_topic_waits_run_signal_handlers(broker, interrupt_after):
+    t = broker.topic("t", partitions=2)
+    interrupt_after(0.1)
+    with pytest.raises(_Interrupted):
+        t.log(0).wait(0)
+    interrupt_after(0.1)
+    with pytest.raises(_Interrupted):
+        t.wait_any({0: 0, 1: 0})
+    for bad in (-1, -0.5, "1", True, float("nan")):
+        with pytest.raises(InvalidArgument):
+            t.log(0).wait(0, timeout=bad)
+    assert t.log(0).wait(0, timeout=0) is False
+    t.publish(b"x", partition=1)
+    assert t.log(1).wait(0, timeout=float("inf")) is True
+
+
+@pytest.mark.parametrize("wait", ["futex", "adaptive"])
+def test_a_one_partition_consumer_wakes_for_each_record(broker, wait):
+    """A consumer of one partition waits in the compiled poll; records published by
+    another thread, paced, wake it one by one, in order, and a timeout still ends an
+    empty wait."""
+    t = broker.topic("t")
+    n = 40
+
+    def writer():
+        for i in range(n):
+            time.sleep(0.003)
+            t.publish(b"%d" % i)
+
+    with t.consumer(wait=wait) as c:
+        th = threading.Thread(target=writer)
+        th.start()
+        got = []
+        while len(got) < n:
+            recs = c.poll(timeout=5)
+            assert recs, f"woke with nothing after {len(got)} records"
+            got.extend(int(bytes(r.value)) for r in recs)
+            del recs
+        th.join()
+        assert got == list(range(n))
+        assert c.position(0) == n
+        t0 = time.monotonic()
+        assert c.poll(timeout=0.05) == []
+        assert 0.04 <= time.monotonic() - t0 < 1.0

@@ -7,6 +7,22 @@ from bisect import bisect_right
 import random as _random
 
 
+cdef int64_t timeout_ns(object timeout) except -2:
+    """A wait's ``timeout`` in seconds (None or inf: no limit, -1) as nanoseconds."""
+    cdef double d
+    if timeout is None:
+        return -1
+    if type(timeout) is float:
+        d = timeout
+        if d >= 0:
+            return -1 if d >= 1e9 else <int64_t>(d * 1e9)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
+        raise InvalidArgument(f"timeout={timeout!r}: expected None or a number of seconds >= 0")
+    if timeout >= 1e9:                     # ~31 years, and inf: no limit
+        return -1
+    return <int64_t>(timeout * 1e9)
+
+
 cdef inline int64_t check_ts(object timestamp) except -2:
     cdef int64_t ts
     if timestamp is None:
@@ -688,17 +704,42 @@ cdef class LogCore:
         sleeps on a futex in the shared state that every commit bumps (a 50 µs
         sleep-poll off Linux) — not by polling. With a :class:`fastq.Pacer` (the same
         one on every call), sleeps through the learned gap between arrivals and spins
-        around the next expected one instead (lower latency, some CPU; see Pacer)."""
-        cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
-        cdef int64_t spin = <int64_t>(spin_us * 1000.0)
-        cdef int rc
-        cdef fq_pace *pp = NULL if pacer is None else &pacer.p
+        around the next expected one instead (lower latency, some CPU; see Pacer).
+        Signal handlers run while it waits (Ctrl-C raises KeyboardInterrupt)."""
+        return self._wait(offset, timeout_ns(timeout), <int64_t>(spin_us * 1000.0),
+                          NULL if pacer is None else &pacer.p) == 1
+
+    cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1:
+        """``wait`` for C callers: 1 when a record at `offset` exists, 0 after
+        `timeout_ns` (< 0: no limit). Sleeps in WAIT_SLICE_NS slices with the GIL
+        released and runs the signal handlers between them; the paced phase and the
+        spin belong to the first slice."""
+        cdef int64_t deadline = -1, left
+        cdef int rc, first = 1
         self._check_open()
         if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
-            return True
-        with nogil:
-            rc = fq_log_wait(self.st, offset, t, spin, pp)
-        return rc == 1
+            return 1                        # there already: no clock read
+        if timeout_ns >= 0:
+            deadline = fq_monotonic_ns() + timeout_ns
+        while True:
+            if not first:
+                self._check_open()
+                if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
+                    return 1
+            left = WAIT_SLICE_NS
+            if deadline >= 0:
+                left = deadline - fq_monotonic_ns()
+                if left <= 0:
+                    return 0
+                if left > WAIT_SLICE_NS:
+                    left = WAIT_SLICE_NS
+            with nogil:
+                rc = fq_log_wait(self.st, offset, left, spin_ns, pace, first)
+            if rc == 1:
+                return 1
+            first = 0
+            spin_ns = 0
+            PyErr_CheckSignals()
 
     # -- lifetime -----------------------------------------------------------------------
 

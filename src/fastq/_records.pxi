@@ -248,9 +248,10 @@ cdef class ConsumerCore:
 
     ``poll`` serves the common case — no group, no auto-commit, nothing buffered, and a
     tailing reader standing at each owned partition's position — without running
-    Python code; everything else, waiting included, is ``Consumer._poll``. A woken
-    consumer's read (``_read_into``) is compiled too: the Python left between a wake-up
-    and the records handed out is a few lines of ``_poll``."""
+    Python code, and for a consumer of one partition it also waits there (on that
+    log's futex word) and reads once woken. Everything else (argument errors, groups,
+    auto-commit, iteration buffers, waiting on several partitions) is
+    ``Consumer._poll``, whose reads go through the compiled ``_read_into`` too."""
 
     def __cinit__(self, *args, **kwargs):   # the Python subclass takes the arguments
         self._fetch = {}
@@ -264,6 +265,7 @@ cdef class ConsumerCore:
         first. Returns [] on timeout. With ``auto_commit`` it first commits what earlier
         polls handed out."""
         cdef list out
+        cdef int64_t t
         if (not self._closed and not self.auto_commit and self._member is None and not self._buf
                 and type(max_records) is int and 0 < max_records <= MAX_POLL_RECORDS_CAP
                 and (timeout is None or ((type(timeout) is float or type(timeout) is int)
@@ -273,7 +275,40 @@ cdef class ConsumerCore:
             if self._read_ready(out, max_records):
                 self._pos.update(self._fetch)
                 return out
+            t = timeout_ns(timeout)
+            if t == 0:
+                return out
+            if len(self._fetch) == 1:
+                return self._wait_read(out, max_records, t)
         return self._poll(max_records, timeout)     # checks, groups, buffers, waiting
+
+    cdef object _wait_read(self, list out, Py_ssize_t max_records, int64_t timeout_ns):
+        """The rest of ``poll`` for a consumer of one partition with nothing ready: wait
+        on that log's futex word (``LogCore._wait``: spin, pacer, signal handlers) and
+        read once woken, with no Python frame between the wake-up and the records."""
+        cdef int64_t deadline = -1, left = -1
+        cdef int rc
+        cdef LogCore lg
+        cdef list logs = (<TopicCore>self.topic)._logs
+        cdef fq_pace *pace = NULL if self.pacer is None else &self.pacer.p
+        for p in self._fetch:
+            break
+        if not 0 <= <Py_ssize_t>p < len(logs) or logs[p] is None:
+            return self._poll(max_records, None if timeout_ns < 0 else timeout_ns / 1e9)
+        lg = <LogCore>logs[p]
+        if timeout_ns >= 0:
+            deadline = fq_monotonic_ns() + timeout_ns
+        while True:
+            if deadline >= 0:
+                left = deadline - fq_monotonic_ns()
+                if left <= 0:
+                    return out
+            rc = lg._wait(self._fetch[p], left, <int64_t>(self.spin_us * 1000.0), pace)
+            if self._read_ready(out, max_records):
+                self._pos.update(self._fetch)
+                return out
+            if rc == 0:
+                return out
 
     def _read_into(self, out, Py_ssize_t max_records):
         """Read up to max_records from owned partitions into ``out`` (a list or deque)

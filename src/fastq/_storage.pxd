@@ -60,10 +60,11 @@ cdef extern from "fq_log.h" nogil:
         int64_t early
         int64_t late
 
-    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace)
+    int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace,
+                    int pace_window)
     void fq_notify_bump(uint32_t *notify, uint32_t *waiters)
     int fq_notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t timeout_ns,
-                       int64_t spin_ns, fq_pace *pace)
+                       int64_t spin_ns, fq_pace *pace, int pace_window)
 
 
 cdef extern from "fq_hash.h" nogil:
@@ -183,6 +184,7 @@ cdef class LogCore:
     cdef int _check_open(self) except -1
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
+    cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1
     cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
 
 
@@ -242,7 +244,10 @@ cdef class ConsumerCore:
     cdef public bint auto_commit
     cdef public bint _polled            # poll/iteration has run (seeks apply at once)
     cdef public Py_ssize_t _rr          # rotation counter: where the next read starts
+    cdef public double spin_us          # how long a wait spins before it sleeps
+    cdef public Pacer pacer             # wait="adaptive": paces the waits; else None
 
     cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1
     cdef Py_ssize_t _tail_read(self, object out, list parts, Py_ssize_t start, Py_ssize_t *first,
                                Py_ssize_t max_records) except -1
+    cdef object _wait_read(self, list out, Py_ssize_t max_records, int64_t timeout_ns)

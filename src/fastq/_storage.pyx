@@ -14,6 +14,7 @@
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memset, memcpy
 from libc.errno cimport ENOSPC, EDQUOT
 from libc.stdint cimport INT32_MAX, INT64_MAX
@@ -51,6 +52,10 @@ cdef enum:
     # doubles, up to PRETOUCH_MAX, each time the writer outruns the pretoucher.
     PRETOUCH_MIN = 1 << 20
     PRETOUCH_MAX = 16 << 20
+
+# A blocking wait (Log.wait, a consumer's poll) sleeps with the GIL released in slices of
+# this long, running the signal handlers between them: Ctrl-C interrupts it.
+cdef int64_t WAIT_SLICE_NS = 100_000_000
 
 
 # ---------------------------------------------------------------------------------------
