@@ -1,12 +1,14 @@
 """Helpers shared by the storage-engine tests (tests/test_log*.py): seeds, a fast
 scratch directory, a record-tuple view of a log, random append operations and forked
-children. Not a test module."""
+children, and an interrupter for blocking waits. Not a test module."""
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 
 import pytest
 
@@ -19,6 +21,31 @@ def seed_for(name: str) -> int:
     seed = int(os.environ.get("FASTQ_SEED", random.randrange(2**32)))
     print(f"{name}: seed={seed} (replay with FASTQ_SEED={seed})")
     return seed
+
+
+class Interrupted(Exception):
+    """Raised by the interrupt_after fixture's signal handler."""
+
+
+@pytest.fixture
+def interrupt_after():
+    """interrupt_after(s): after s seconds, a signal handler raises Interrupted in the
+    main thread — as Ctrl-C raises KeyboardInterrupt — while it blocks in a wait."""
+    def handler(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    timers = []
+
+    def arm(s):
+        th = threading.Timer(s, os.kill, (os.getpid(), signal.SIGUSR1))
+        timers.append(th)
+        th.start()
+
+    yield arm
+    for th in timers:
+        th.join()
+    signal.signal(signal.SIGUSR1, old)
 
 
 @pytest.fixture

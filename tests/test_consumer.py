@@ -11,6 +11,7 @@ import fastq
 from fastq import group as fgroup
 from fastq import offsets as foffsets
 from fastq.consumer import Consumer
+from logutil import Interrupted, interrupt_after  # noqa: F401 (a fixture)
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           NotAssigned, OffsetOutOfRange)
 
@@ -651,32 +652,6 @@ def test_unclosed_consumer_warns_and_leaves(broker):
     assert os.listdir(mdir) == []
 
 
-class _Interrupted(Exception):
-    pass
-
-
-@pytest.fixture
-def interrupt_after():
-    """interrupt_after(s): raise _Interrupted in the main thread after s seconds, from a
-    signal handler (as Ctrl-C raises KeyboardInterrupt), while it blocks in a wait."""
-    import signal
-
-    def handler(signum, frame):
-        raise _Interrupted()
-
-    old = signal.signal(signal.SIGUSR1, handler)
-    timers = []
-
-    def arm(s):
-        th = threading.Timer(s, os.kill, (os.getpid(), signal.SIGUSR1))
-        timers.append(th)
-        th.start()
-
-    yield arm
-    for th in timers:
-        th.join()
-    signal.signal(signal.SIGUSR1, old)
-
 
 @pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("wait", ["futex", "adaptive"])
@@ -688,7 +663,7 @@ def test_a_blocking_poll_runs_signal_handlers(broker, interrupt_after, wait, par
     with t.consumer(wait=wait) as c:
         interrupt_after(0.2)
         t0 = time.monotonic()
-        with pytest.raises(_Interrupted):
+        with pytest.raises(Interrupted):
             c.poll()
         assert 0.15 < time.monotonic() - t0 < 2.0
         t.publish(b"after", partition=0)
@@ -698,10 +673,10 @@ def test_a_blocking_poll_runs_signal_handlers(broker, interrupt_after, wait, par
 def test_log_and_topic_waits_run_signal_handlers(broker, interrupt_after):
     t = broker.topic("t", partitions=2)
     interrupt_after(0.1)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         t.log(0).wait(0)
     interrupt_after(0.1)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         t.wait_any({0: 0, 1: 0})
     for bad in (-1, -0.5, "1", True, float("nan")):
         with pytest.raises(InvalidArgument):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fastq import Closed, InvalidArgument, RecordTooLarge, Ring, RingEmpty, RingFull
+from logutil import Interrupted, interrupt_after  # noqa: F401 (a fixture)
 from ring_reference import REC_HDR, ReferenceRing, record_size
 
 
@@ -309,3 +310,39 @@ def test_threads_mpmc_exactly_once_in_order(make):
         for p in range(n_prod):
             seq = [i for (q, i) in g if q == p]
             assert seq == sorted(seq)
+
+
+def _fill(r):
+    while True:
+        try:
+            r.put(b"f" * 1000, block=False)
+        except RingFull:
+            return
+
+
+@pytest.mark.parametrize("call", ["get", "get_into", "get_many", "wait_readable", "put", "put_many"])
+def test_a_blocking_call_runs_signal_handlers(interrupt_after, call):
+    """A get() on an empty ring (a put() on a full one) with no timeout waits with the
+    GIL released; it used to wait through Ctrl-C until a message (or room) came. It now
+    runs signal handlers every 100 ms, and the ring is unchanged by the interruption."""
+    r = Ring(1 << 16)
+    try:
+        if call.startswith("put"):
+            _fill(r)
+        before = len(r)
+        fn = {"get": r.get, "get_into": lambda: r.get_into(bytearray(2000)),
+              "get_many": lambda: r._get_records(10, block=True),
+              "wait_readable": r._wait_readable, "put": lambda: r.put(b"p" * 1000),
+              "put_many": lambda: r.put_many([b"p" * 1000, b"q"])}[call]
+        interrupt_after(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            fn()
+        assert 0.15 < time.monotonic() - t0 < 2.0
+        assert len(r) == before
+        t0 = time.monotonic()                     # a timeout still ends a sliced wait
+        with pytest.raises(RingFull if call.startswith("put") else RingEmpty):
+            (r.put(b"p" * 1000, timeout=0.25) if call.startswith("put") else r.get(timeout=0.25))
+        assert 0.2 <= time.monotonic() - t0 < 2.0
+    finally:
+        r.close()

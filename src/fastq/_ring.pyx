@@ -12,6 +12,7 @@ import warnings
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
@@ -20,7 +21,8 @@ from libc.string cimport memcpy
 
 from fastq._cdefs cimport (FQ_ECLOSED, FQ_ECORRUPT, FQ_EEMPTY, FQ_EFULL, FQ_EINVAL, FQ_EMAGIC,
                            FQ_ETIMEDOUT, FQ_ETOOBIG, fq_getpid, fq_has_futex, fq_load_acquire_u32,
-                           fq_map, fq_preallocate, fq_realtime_ms, fq_sleep_ns, fq_unmap)
+                           fq_map, fq_monotonic_ns, fq_preallocate, fq_realtime_ms, fq_sleep_ns,
+                           fq_unmap)
 
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout)
@@ -107,6 +109,36 @@ cdef int64_t _timeout_ns(bint block, object timeout) except? -2:
         return -1
     cdef int64_t ns = <int64_t>(t * 1e9)
     return 1 if (ns == 0 and t > 0) else ns
+
+
+# A blocking call waits with the GIL released in slices of this long and runs the signal
+# handlers between them, so Ctrl-C interrupts a get() or put() that would wait forever.
+cdef int64_t WAIT_SLICE_NS = 100_000_000
+
+
+cdef inline int64_t _deadline(int64_t tmo) noexcept:
+    """The monotonic end of a wait of tmo ns (as _timeout_ns gives it), -1 for none."""
+    return -1 if tmo < 0 else fq_monotonic_ns() + tmo
+
+
+cdef inline int64_t _slice(int64_t tmo, int64_t deadline) noexcept:
+    """The timeout to pass to the next nogil call of a wait (0 stays 0: do not wait)."""
+    cdef int64_t left
+    if tmo == 0:
+        return 0
+    if deadline < 0:
+        return WAIT_SLICE_NS
+    left = deadline - fq_monotonic_ns()
+    return 1 if left < 1 else (WAIT_SLICE_NS if left > WAIT_SLICE_NS else left)
+
+
+cdef int _again(int64_t rc, int64_t deadline) except -1:
+    """After a slice of a wait: 1 to wait another slice (it timed out before the wait's
+    own end), having run the signal handlers, which may raise (KeyboardInterrupt)."""
+    if rc != FQ_ETIMEDOUT or (deadline >= 0 and fq_monotonic_ns() >= deadline):
+        return 0
+    PyErr_CheckSignals()
+    return 1
 
 
 def _attach_path(path, wait, spin_ns):
@@ -522,6 +554,7 @@ cdef class Ring:
     cdef int _put_bytes(self, const void *p, uint64_t n, int64_t tmo, str what) except -1:
         """Put n bytes as one message (the caller is inside _enter): with the GIL held for
         a small copy into a free ring, else — contended, or waiting for room — without."""
+        cdef int64_t deadline, sl
         cdef int rc = FQ_RING_EBUSY
         cdef fq_ring *r = &self._r
         if n > r.max_message:
@@ -530,8 +563,13 @@ cdef class Ring:
         if n <= GIL_COPY_MAX:
             rc = fq_ring_put(r, p, <uint32_t>n, 0, 1)
         if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
-            with nogil:
-                rc = fq_ring_put(r, p, <uint32_t>n, tmo, 0)
+            deadline = _deadline(tmo)
+            while True:
+                sl = _slice(tmo, deadline)
+                with nogil:
+                    rc = fq_ring_put(r, p, <uint32_t>n, sl, 0)
+                if not _again(rc, deadline):
+                    break
         if rc < 0:
             _raise_status(rc, OP_PUT, f"a {n}-byte {what}")
         return 0
@@ -569,6 +607,7 @@ cdef class Ring:
         """Append a batch all or nothing, published with one store. Waits until the whole
         batch fits (RingFull on timeout or with block=False; nothing written then).
         RecordTooLarge if one message exceeds max_message_size or the batch can never fit."""
+        cdef int64_t deadline, sl
         cdef tuple seq = msgs if type(msgs) is tuple else tuple(msgs)
         cdef Py_ssize_t n = len(seq), i, nbufs = 0
         cdef int64_t tmo = _timeout_ns(block, timeout)
@@ -615,8 +654,13 @@ cdef class Ring:
                 if total <= GIL_COPY_MAX:
                     rc = fq_ring_put_many(r, iov, n, 0, 1)
                 if rc == FQ_RING_EBUSY or (rc == FQ_EFULL and tmo != 0):
-                    with nogil:
-                        rc = fq_ring_put_many(r, iov, n, tmo, 0)
+                    deadline = _deadline(tmo)
+                    while True:
+                        sl = _slice(tmo, deadline)
+                        with nogil:
+                            rc = fq_ring_put_many(r, iov, n, sl, 0)
+                        if not _again(rc, deadline):
+                            break
                 if rc < 0:
                     _raise_status(rc, OP_PUT, f"a batch of {n} messages ({total} bytes)")
             finally:
@@ -641,11 +685,17 @@ cdef class Ring:
         return out
 
     cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1:
+        cdef int64_t deadline, sl
         cdef int64_t n = fq_ring_read_begin(&self._r, 0, 1, m)
         cdef fq_ring *r = &self._r
         if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-            with nogil:
-                n = fq_ring_read_begin(r, tmo, 0, m)
+            deadline = _deadline(tmo)
+            while True:
+                sl = _slice(tmo, deadline)
+                with nogil:
+                    n = fq_ring_read_begin(r, sl, 0, m)
+                if not _again(n, deadline):
+                    break
         if n < 0:
             if n == FQ_EINVAL:
                 raise InvalidArgument("two threads read a single_consumer ring through one "
@@ -710,6 +760,7 @@ cdef class Ring:
     def get_into(self, buffer, bint block=True, timeout=None):
         """Copy the oldest message into a writable buffer and return its length. If it does
         not fit, RecordTooLarge names the size needed and the message stays in the ring."""
+        cdef int64_t deadline, sl
         cdef int64_t tmo = _timeout_ns(block, timeout)
         cdef Py_buffer view
         cdef int64_t n = FQ_RING_EBUSY
@@ -722,8 +773,13 @@ cdef class Ring:
                 if view.len <= GIL_COPY_MAX:
                     n = fq_ring_get(r, view.buf, <uint64_t>view.len, 0, 1, &needed)
                 if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-                    with nogil:
-                        n = fq_ring_get(r, view.buf, <uint64_t>view.len, tmo, 0, &needed)
+                    deadline = _deadline(tmo)
+                    while True:
+                        sl = _slice(tmo, deadline)
+                        with nogil:
+                            n = fq_ring_get(r, view.buf, <uint64_t>view.len, sl, 0, &needed)
+                        if not _again(n, deadline):
+                            break
                 if n == FQ_ETOOBIG:
                     raise RecordTooLarge(f"the next message has {needed} bytes; the buffer "
                                          f"holds {view.len}")
@@ -848,6 +904,7 @@ cdef class Ring:
                                             and record_type.__itemsize__ == tuple.__itemsize__):
             raise InvalidArgument(f"record_type must be a tuple subclass without instance fields, "
                                   f"got {record_type!r}")
+        cdef int64_t deadline, sl
         cdef int64_t tmo = _timeout_ns(block, timeout)
         cdef Py_ssize_t limit = min(max_messages, 2**62), got = 0
         cdef const uint8_t *m = NULL
@@ -858,8 +915,13 @@ cdef class Ring:
         try:
             n = fq_ring_read_begin(r, 0, 1, &m)
             if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-                with nogil:
-                    n = fq_ring_read_begin(r, tmo, 0, &m)
+                deadline = _deadline(tmo)
+                while True:
+                    sl = _slice(tmo, deadline)
+                    with nogil:
+                        n = fq_ring_read_begin(r, sl, 0, &m)
+                    if not _again(n, deadline):
+                        break
             if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
                 return out
             if n < 0:
@@ -886,6 +948,7 @@ cdef class Ring:
 
     def _wait_readable(self, timeout=None):
         """Wait until the ring holds a message without taking it. True if one is there."""
+        cdef int64_t deadline, sl
         cdef int64_t tmo = _timeout_ns(True, timeout)
         cdef const uint8_t *m = NULL
         cdef int64_t n
@@ -894,8 +957,13 @@ cdef class Ring:
         try:
             n = fq_ring_read_begin(r, 0, 1, &m)
             if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-                with nogil:
-                    n = fq_ring_read_begin(r, tmo, 0, &m)
+                deadline = _deadline(tmo)
+                while True:
+                    sl = _slice(tmo, deadline)
+                    with nogil:
+                        n = fq_ring_read_begin(r, sl, 0, &m)
+                    if not _again(n, deadline):
+                        break
             if n >= 0:
                 fq_ring_read_abort(r)
                 return True
