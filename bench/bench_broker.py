@@ -14,7 +14,8 @@ released together):
   (CLOCK_MONOTONIC stamps, shared by all processes) in ``extra_info``, for each way of
   waiting: a tail reader (``Log.wait``) sleeping on the futex after a 50 µs spin (the
   default), spinning through the gap, or paced by a ``fastq.Pacer``; and a ``Consumer``
-  (default, and ``wait="adaptive"``);
+  (default, and ``wait="adaptive"``) — and, as the baseline, ``multiprocessing.Queue``
+  (a blocking ``get()``) on the same paced workload;
 - consumer-group throughput: 4 partitions, 2 consumer processes in one group.
 """
 from __future__ import annotations
@@ -103,6 +104,23 @@ def test_xproc_latency_paced(benchmark, wait, spin_us):
     benchmark.extra_info["spin_us"] = spin_us
     record_latency(f"paced 5,000/s {label}", rounds, (10.0, 50.0))
     print(f"paced latency ({label})", rounds)
+
+
+def test_xproc_latency_paced_mpqueue(benchmark):
+    """The baseline: the same paced 5,000/s workload through multiprocessing.Queue
+    (a blocking get() in the other process)."""
+    rounds = []
+    pipe = MPQueuePipe(5000, SIZE, rate=5000, latency=True)
+
+    def run():
+        pipe.run()
+        rounds.append(percentiles(pipe.result[2]))
+    benchmark.pedantic(run, setup=pipe.setup, teardown=lambda *a, **k: pipe.teardown(),
+                       rounds=ROUNDS, iterations=1)
+    record(benchmark, "xproc_latency_paced[mp.Queue]", 5000, SIZE)
+    benchmark.extra_info.update(sorted(rounds, key=lambda r: r["p99_us"])[len(rounds) // 2])
+    benchmark.extra_info["rounds"] = rounds
+    record_latency("paced 5,000/s multiprocessing.Queue (baseline)", rounds)
 
 
 # -- in one process -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the log, as a clean close does) is no more timed than the Queue's feeder-thread 
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -51,6 +52,25 @@ def reap(procs) -> None:
             p.join()
 
 
+def paced_send(n: int, rate: float, size: int, send) -> None:
+    """Call send(msg) n times at `rate` per second from CPU 0, each `size`-byte msg
+    starting with the monotonic ns it was sent at. Sleeps most of each gap and spins
+    the last 100 us: a sender spinning the whole gap would take a core from the
+    receiver on a 2-core machine."""
+    pad = b"p" * (size - STAMP.size)
+    pin(0)
+    interval = 1.0 / rate
+    nxt = time.perf_counter()
+    for _ in range(n):
+        left = nxt - time.perf_counter()
+        if left > 150e-6:
+            time.sleep(left - 100e-6)
+        while time.perf_counter() < nxt:
+            pass
+        send(STAMP.pack(time.monotonic_ns()) + pad)
+        nxt += interval
+
+
 def _report(q, msg) -> None:
     """Send a result and exit the child at once (skipping atexit and the parent's
     inherited handlers). The queue's feeder thread must flush before os._exit."""
@@ -64,24 +84,11 @@ def _report(q, msg) -> None:
 # -- fastq ---------------------------------------------------------------------------------
 
 def fastq_producer(path, topic, n, size, batch, rate, go, done):
-    pad = b"p" * (size - STAMP.size)
     with fastq.open(path) as b:
         t = b.topic(topic)
         go.wait()
         if rate:
-            pin(0)
-            interval = 1.0 / rate
-            nxt = time.perf_counter()
-            for _ in range(n):
-                # sleep most of the gap, spin the last 100 us: a producer spinning the
-                # whole gap would take a core from the consumer on a 2-core machine
-                left = nxt - time.perf_counter()
-                if left > 150e-6:
-                    time.sleep(left - 100e-6)
-                while time.perf_counter() < nxt:
-                    pass
-                t.publish(STAMP.pack(time.monotonic_ns()) + pad, partition=0)
-                nxt += interval
+            paced_send(n, rate, size, functools.partial(t.publish, partition=0))
         elif batch == -1:                       # the batching producer: one send() per message
             msg = payload(size)
             with t.producer(linger_ms=1) as prod:
@@ -221,10 +228,12 @@ class FastqPipe:
 
 # -- multiprocessing.Queue ---------------------------------------------------------------
 
-def mpq_producer(q, n, size, batch, go):
+def mpq_producer(q, n, size, batch, go, rate=0):
     msg = payload(size)
     go.wait()
-    if batch > 1:
+    if rate:
+        paced_send(n, rate, size, q.put)
+    elif batch > 1:
         msgs = [msg] * batch
         for i in range(0, n, batch):
             q.put(msgs[: min(batch, n - i)])
@@ -237,29 +246,39 @@ def mpq_producer(q, n, size, batch, go):
     os._exit(0)
 
 
-def mpq_consumer(q, n, batch, go, ready, done):
+def mpq_consumer(q, n, batch, go, ready, done, latency=False):
     ready.set()
     go.wait()
     got = 0
     get = q.get
+    lat = []
+    if latency:
+        pin(1)
+        while got < n:
+            item = get()
+            lat.append(time.monotonic_ns() - STAMP.unpack_from(item)[0])
+            got += 1
     while got < n:
         item = get()
         got += len(item) if batch > 1 else 1
-    _report(done, ("consumer", got, []))
+    _report(done, ("consumer", got, lat))
 
 
 class MPQueuePipe:
-    """The same workload through multiprocessing.Queue (pickled, through a pipe)."""
+    """The same workload through multiprocessing.Queue (pickled, through a pipe);
+    ``rate``/``latency`` as FastqPipe's."""
 
-    def __init__(self, n, size, batch=1):
-        self.n, self.size, self.batch = n, size, batch
+    def __init__(self, n, size, batch=1, rate=0, latency=False):
+        self.n, self.size, self.batch, self.rate, self.latency = n, size, batch, rate, latency
+        self.result = None
 
     def setup(self):
         self.q = CTX.Queue()
         self.go, ready, self.done = CTX.Event(), CTX.Event(), CTX.Queue()
         self.procs = [
-            CTX.Process(target=mpq_consumer, args=(self.q, self.n, self.batch, self.go, ready, self.done)),
-            CTX.Process(target=mpq_producer, args=(self.q, self.n, self.size, self.batch, self.go)),
+            CTX.Process(target=mpq_consumer, args=(self.q, self.n, self.batch, self.go, ready, self.done,
+                                                   self.latency)),
+            CTX.Process(target=mpq_producer, args=(self.q, self.n, self.size, self.batch, self.go, self.rate)),
         ]
         start(self.procs, ready)
         return (), {}
@@ -268,6 +287,7 @@ class MPQueuePipe:
         self.go.set()
         msg = self.done.get(timeout=600)
         assert msg[1] == self.n
+        self.result = msg
 
     def teardown(self):
         reap(self.procs)
