@@ -166,6 +166,12 @@ def test_poll_timeout_and_bad_arguments(broker):
         recs = c.poll(timeout=float("inf"))            # no limit: as None
         assert [bytes(r.value) for r in recs] == [b"r"]
         del recs
+    with t.consumer("g") as c:                          # the Python path (a group)
+        for forever in (float("inf"), 1e300):
+            recs = c.poll(timeout=forever)
+            assert [bytes(r.value) for r in recs] == [b"r"]
+            del recs
+            c.seek_to_beginning()
 
 
 def test_iteration_blocks_until_a_record_arrives(broker):

@@ -106,6 +106,7 @@ cdef class Ring:
     cdef int _enter_read(self) except -1
     cdef void _leave(self) noexcept
     cdef bytes _take(self, const uint8_t *m, int64_t n)
+    cdef int64_t _read_begin(self, int64_t tmo, const uint8_t **m) except? -2
     cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1
     cdef void _release_view(self) noexcept
     cdef int _put_bytes(self, const void *p, uint64_t n, int64_t tmo, str what) except -1

@@ -684,7 +684,10 @@ cdef class Ring:
             memcpy(dst, m, n)
         return out
 
-    cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1:
+    cdef int64_t _read_begin(self, int64_t tmo, const uint8_t **m) except? -2:
+        """fq_ring_read_begin, waiting up to tmo ns for a message (with the GIL held
+        for a free lock and a ready message, else without it, in signal-checked
+        slices). Returns its status: the message size, FQ_EEMPTY, FQ_ETIMEDOUT, ..."""
         cdef int64_t deadline, sl
         cdef int64_t n = fq_ring_read_begin(&self._r, 0, 1, m)
         cdef fq_ring *r = &self._r
@@ -696,6 +699,10 @@ cdef class Ring:
                     n = fq_ring_read_begin(r, sl, 0, m)
                 if not _again(n, deadline):
                     break
+        return n
+
+    cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1:
+        cdef int64_t n = self._read_begin(tmo, m)
         if n < 0:
             if n == FQ_EINVAL:
                 raise InvalidArgument("two threads read a single_consumer ring through one "
@@ -904,7 +911,6 @@ cdef class Ring:
                                             and record_type.__itemsize__ == tuple.__itemsize__):
             raise InvalidArgument(f"record_type must be a tuple subclass without instance fields, "
                                   f"got {record_type!r}")
-        cdef int64_t deadline, sl
         cdef int64_t tmo = _timeout_ns(block, timeout)
         cdef Py_ssize_t limit = min(max_messages, 2**62), got = 0
         cdef const uint8_t *m = NULL
@@ -913,15 +919,7 @@ cdef class Ring:
         cdef fq_ring *r = &self._r
         self._enter_read()
         try:
-            n = fq_ring_read_begin(r, 0, 1, &m)
-            if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-                deadline = _deadline(tmo)
-                while True:
-                    sl = _slice(tmo, deadline)
-                    with nogil:
-                        n = fq_ring_read_begin(r, sl, 0, &m)
-                    if not _again(n, deadline):
-                        break
+            n = self._read_begin(tmo, &m)
             if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
                 return out
             if n < 0:
@@ -948,22 +946,13 @@ cdef class Ring:
 
     def _wait_readable(self, timeout=None):
         """Wait until the ring holds a message without taking it. True if one is there."""
-        cdef int64_t deadline, sl
         cdef int64_t tmo = _timeout_ns(True, timeout)
         cdef const uint8_t *m = NULL
         cdef int64_t n
         cdef fq_ring *r = &self._r
         self._enter_read()
         try:
-            n = fq_ring_read_begin(r, 0, 1, &m)
-            if n == FQ_RING_EBUSY or (n == FQ_EEMPTY and tmo != 0):
-                deadline = _deadline(tmo)
-                while True:
-                    sl = _slice(tmo, deadline)
-                    with nogil:
-                        n = fq_ring_read_begin(r, sl, 0, &m)
-                    if not _again(n, deadline):
-                        break
+            n = self._read_begin(tmo, &m)
             if n >= 0:
                 fq_ring_read_abort(r)
                 return True

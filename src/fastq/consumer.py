@@ -19,7 +19,6 @@ Group protocol (membership files, flocks, range assignment; see docs/ARCHITECTUR
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -336,7 +335,7 @@ class Consumer(ConsumerCore):
         if timeout is not None:
             if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
                 raise InvalidArgument(f"timeout={timeout!r}: expected None or a number >= 0")
-            if timeout == math.inf:
+            if timeout >= 1e9:                   # ~31 years, or inf: no limit
                 timeout = None
             else:
                 deadline = _monotonic_ns() + int(timeout * 1e9)
