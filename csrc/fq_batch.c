@@ -85,6 +85,24 @@ int64_t fq_batch_size(const fq_record_in *recs, int32_t n) {
     return total;
 }
 
+int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int64_t *size) {
+    if (n < 1 || !recs || !size) return FQ_EINVAL;
+    int64_t total = FQ_BATCH_HEADER_SIZE;
+    int64_t base_ts = recs[0].timestamp;
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        int64_t sz = fq_record_size(&recs[i], wrap_sub(recs[i].timestamp, base_ts), i);
+        if (sz < 0) return (int32_t)sz;
+        if (total + sz > max_bytes || total + sz - FQ_BATCH_LOG_OVERHEAD > INT32_MAX) {
+            if (i == 0) total += sz;        /* the first record alone is too large: its size */
+            break;
+        }
+        total += sz;
+    }
+    *size = total;
+    return i;
+}
+
 static inline uint8_t *put_bytes(uint8_t *p, const uint8_t *src, int32_t len) {
     p += vi_put(p, len);
     if (len > 0) {

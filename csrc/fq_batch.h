@@ -108,6 +108,12 @@ int64_t fq_record_size(const fq_record_in *r, int64_t timestamp_delta, int32_t o
  * Returns FQ_EINVAL for n < 1 or negative lengths below -1. */
 int64_t fq_batch_size(const fq_record_in *recs, int32_t n);
 
+/* How many of recs[0:n], from the first, fit one batch of at most max_bytes: k >= 1 with
+ * that batch's size in *size, or 0 when recs[0] alone is larger (its batch size in
+ * *size). Linear in k: the greedy split of a large append. Negative status on bad
+ * records (as fq_batch_size). */
+int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int64_t *size);
+
 /* Encode n records as one batch into dst (cap bytes). Writes baseOffset, all header
  * fields and the CRC. base timestamp = recs[0].timestamp, maxTimestamp = the largest.
  * producerId/epoch/baseSequence = -1, leader epoch 0. Timestamp deltas wrap modulo 2^64

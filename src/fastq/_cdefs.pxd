@@ -138,6 +138,7 @@ cdef extern from "fq_batch.h" nogil:
 
     int64_t fq_record_size(const fq_record_in *r, int64_t timestamp_delta, int32_t offset_delta)
     int64_t fq_batch_size(const fq_record_in *recs, int32_t n)
+    int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int64_t *size)
     int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                             const fq_record_in *recs, int32_t n)
     void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset)

@@ -407,19 +407,14 @@ cdef class LogCore:
         if size < 0:
             raise_status(size, "encode batch")
         if size > self.max_record_bytes:
-            plan = []
+            plan = []                                # greedy: the longest batch that fits, in turn
             while i < n:
-                k = n - i
-                while True:
-                    size = fq_batch_size(recs + i, k)
-                    if size < 0:
-                        raise_status(size, "encode batch")
-                    if size <= self.max_record_bytes:
-                        break
-                    if k == 1:
-                        raise RecordTooLarge(
-                            f"record of {size} encoded bytes exceeds max_record_bytes={self.max_record_bytes}")
-                    k = (k + 1) // 2
+                k = fq_batch_fit(recs + i, n - i, self.max_record_bytes, &size)
+                if k < 0:
+                    raise_status(k, "encode batch")
+                if k == 0:
+                    raise RecordTooLarge(
+                        f"record of {size} encoded bytes exceeds max_record_bytes={self.max_record_bytes}")
                 plan.append((i, k, size))
                 total += size
                 i += k
