@@ -3,6 +3,7 @@
 
 @cython.final
 @cython.freelist(256)
+@cython.no_gc            # refers to a Segment only, which refers to no record: no cycle
 cdef class Record:
     """One record read from a log.
 

@@ -85,6 +85,7 @@ cdef char *FMT_B = "B"
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc            # refers to a Segment only: no cycle (one per key/value view handed out)
 cdef class _View:
     """Buffer exporter for a slice of a segment mapping; counts as a live export."""
     cdef Segment seg
