@@ -17,5 +17,10 @@ class ProducerCore:
     def _drain_ring(self, limit: int, want_timestamps: bool,
                     out: list[tuple[int, int, int, list[int] | None]]) -> int: ...
 
-def ring_publish(ring: Ring, name: str, value: Any, key: Any, headers: Any,
-                 timestamp: int | None) -> Any: ...   # RecordMetadata, or None when the ring is full
+MEMORY_MODE_AT: int     # memory.state: offset of the mode byte
+MEMORY_MODE_RING: int   # mode: publishers put into the ring
+MEMORY_MODE_SPILL: int  # mode: publishers append to the topic's log
+
+def memory_publish(self: Any, value: Any, *, key: Any = None, headers: Any = None,
+                   partition: int | None = None, timestamp: int | None = None,
+                   timeout: float | None = None) -> Any: ...   # MemoryTopic.publish: RecordMetadata

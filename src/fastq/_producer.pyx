@@ -1,5 +1,5 @@
 """ProducerCore: the batching producer's hot path (fastq.producer.Producer adds the policy);
-ring_publish: a memory topic's publish. Both join a ring to the broker's types.
+memory_publish: a memory topic's publish. Both join a ring to the broker's types.
 
 ``send`` picks the partition and frames the record into the producer's ring with one C
 call (``Ring._put_rec``). ``_drain_ring`` takes the ring's framed records in one read and
@@ -23,7 +23,7 @@ import random
 from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull
 from fastq._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
 
-__all__ = ["ProducerCore", "ring_publish"]
+__all__ = ["ProducerCore", "memory_publish"]
 
 cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
 
@@ -231,20 +231,41 @@ cdef class ProducerCore:
 
 
 
-def ring_publish(Ring ring, name, value, key, headers, timestamp):
-    """The fast path of ``MemoryTopic.publish`` (fastq.memtopic): frame the record into
-    the topic's ring and return its ``RecordMetadata(name, 0, -1, timestamp)``, or None
-    when the ring is full (the caller applies the overflow policy). Raises what
-    ``Ring._put_record`` raises for a bad record."""
+# memory.state of a memory topic (fastq.memtopic imports these): the mode byte's place
+# and values. RING: publishers put into the ring; SPILL: into the topic's log.
+cdef Py_ssize_t _MODE_AT = 8
+cdef int _MODE_RING = 0
+MEMORY_MODE_AT = _MODE_AT
+MEMORY_MODE_RING = _MODE_RING
+MEMORY_MODE_SPILL = 1
+
+
+def memory_publish(self, value, *, key=None, headers=None, partition=None, timestamp=None,
+                   timeout=None):
+    """Put one record into the ring (or the spill log); returns its RecordMetadata
+    (offset -1 for a record held in memory). ``timeout``: how long ``overflow="block"``
+    waits for room (default forever), then RingFull."""
+    # MemoryTopic.publish: the common case — ring mode, room in the ring — compiled;
+    # a full ring goes to the topic's overflow policy (MemoryTopic._publish_full)
     cdef int64_t ts
     cdef RecordMetadata m
-    try:
-        ts = ring._put_rec(0, value, key, headers, timestamp, 0)
-    except RingFull:
-        return None
-    m = RecordMetadata.__new__(RecordMetadata)
-    m.topic = name
-    m.partition = 0
-    m.offset = -1
-    m.timestamp = ts
-    return m
+    if partition is not None:
+        self._check_partition(partition)
+    ring = self._ring
+    if ring is None:
+        raise Closed(f"topic {self.name!r} is closed")
+    if self._state.map[_MODE_AT] == _MODE_RING:
+        try:
+            ts = (<Ring>ring)._put_rec(0, value, key, headers, timestamp, 0)
+        except RingFull:
+            pass
+        except RecordTooLarge as e:
+            raise RecordTooLarge(f"memory topic {self.name!r}: {e}") from None
+        else:
+            m = RecordMetadata.__new__(RecordMetadata)
+            m.topic = self.name
+            m.partition = 0
+            m.offset = -1
+            m.timestamp = ts
+            return m
+    return self._publish_full(value, key, headers, timestamp, timeout)

@@ -54,7 +54,8 @@ from collections import deque
 from typing import Iterator, NamedTuple, Sequence
 
 from . import _storage
-from ._producer import ring_publish as _ring_publish
+from ._producer import MEMORY_MODE_AT as _MODE_AT, MEMORY_MODE_RING as MODE_RING, MEMORY_MODE_SPILL as MODE_SPILL
+from ._producer import memory_publish as _memory_publish
 from ._ring import Ring, _frame_record
 from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError
 from .topic import BatchMetadata, RecordMetadata, Topic
@@ -71,10 +72,7 @@ DEFAULT_CAPACITY_BYTES = 16 << 20
 # memory.state, little-endian: magic 8 bytes, mode u8 at 8, spill cursor i64 at 16
 STATE_MAGIC = b"FQMEMST1"
 STATE_SIZE = 64
-_MODE_AT = 8
 _CURSOR_AT = 16
-MODE_RING = 0
-MODE_SPILL = 1
 _CURSOR = struct.Struct("<q")
 _WAIT_SLICE_S = 1.0
 
@@ -219,23 +217,12 @@ class MemoryTopic(Topic):
             raise Closed(f"topic {self.name!r} is closed")
         return ring
 
-    def publish(self, value, *, key=None, headers=None, partition: int | None = None,
-                timestamp: int | None = None, timeout: float | None = None) -> RecordMetadata:
-        """Put one record into the ring (or the spill log); returns its RecordMetadata
-        (offset -1 for a record held in memory). ``timeout``: how long ``overflow="block"``
-        waits for room (default forever), then RingFull."""
-        if partition is not None:
-            self._check_partition(partition)
-        ring = self._ring
-        if ring is None:
-            raise Closed(f"topic {self.name!r} is closed")
-        if self._state.map[_MODE_AT] == MODE_RING:
-            try:
-                meta = _ring_publish(ring, self.name, value, key, headers, timestamp)
-            except RecordTooLarge as e:
-                raise RecordTooLarge(f"memory topic {self.name!r}: {e}") from None
-            if meta is not None:
-                return meta                          # else full: the overflow policy below
+    publish = _memory_publish        # compiled (fastq._producer); a full ring comes here:
+
+    def _publish_full(self, value, key, headers, timestamp, timeout) -> RecordMetadata:
+        """publish() when the ring is full or the topic is in SPILL mode: the overflow
+        policy."""
+        ring = self._ring_or_closed()
         ov = self.overflow
         if ov == "spill":
             return self._spill_one(value, key, headers, timestamp)
