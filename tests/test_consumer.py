@@ -11,9 +11,9 @@ import fastq
 from fastq import group as fgroup
 from fastq import offsets as foffsets
 from fastq.consumer import Consumer
-from logutil import Interrupted, interrupt_after  # noqa: F401 (a fixture)
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           NotAssigned, OffsetOutOfRange)
+from logutil import Interrupted, interrupt_after  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -656,7 +656,6 @@ def test_unclosed_consumer_warns_and_leaves(broker):
         del c
         gc.collect()
     assert os.listdir(mdir) == []
-
 
 
 @pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="POSIX signals")

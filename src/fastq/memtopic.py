@@ -54,7 +54,9 @@ from collections import deque
 from typing import Iterator, NamedTuple, Sequence
 
 from . import _storage
-from ._producer import MEMORY_MODE_AT as _MODE_AT, MEMORY_MODE_RING as MODE_RING, MEMORY_MODE_SPILL as MODE_SPILL
+from ._producer import MEMORY_MODE_AT as _MODE_AT
+from ._producer import MEMORY_MODE_RING as MODE_RING
+from ._producer import MEMORY_MODE_SPILL as MODE_SPILL
 from ._producer import memory_publish as _memory_publish
 from ._ring import Ring, _frame_record
 from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError
