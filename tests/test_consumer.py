@@ -2,6 +2,7 @@
 committed offsets (format, torn and garbage files, reopen), eviction, fork."""
 import os
 import struct
+import sys
 import threading
 import time
 
@@ -719,3 +720,53 @@ def test_a_one_partition_consumer_wakes_for_each_record(broker, wait):
         t0 = time.monotonic()
         assert c.poll(timeout=0.05) == []
         assert 0.04 <= time.monotonic() - t0 < 1.0
+
+
+_CLOSE_WHILE_WAITING = r"""
+import sys, tempfile, threading, time
+import fastq
+from fastq.errors import Closed
+kind, parts = sys.argv[1], int(sys.argv[2])
+b = fastq.open(tempfile.mkdtemp())
+t = b.topic("t", partitions=parts)
+c = t.consumer(wait="adaptive" if kind == "consumer-adaptive" else "futex")
+out = []
+def waiter():
+    try:
+        if kind == "log":
+            out.append(t.log(0).wait(0, timeout=10))
+        elif kind == "wait_any":
+            out.append(t.wait_any({p: 0 for p in range(parts)}, timeout=10))
+        else:
+            out.append(c.poll(timeout=10))
+    except Closed:
+        out.append("Closed")
+th = threading.Thread(target=waiter)
+th.start()
+time.sleep(0.3)                       # the waiter is asleep in the futex (GIL released)
+t0 = time.monotonic()
+if kind.startswith("consumer"):
+    c.close()
+b.close()                             # unmaps the logs' shared state under the waiter
+closed_in = time.monotonic() - t0
+th.join(10)
+print(out, "alive" if th.is_alive() else "joined", round(closed_in, 3))
+"""
+
+
+@pytest.mark.parametrize("kind,parts", [("log", 1), ("wait_any", 3), ("consumer", 1), ("consumer", 3),
+                                        ("consumer-adaptive", 1)])
+def test_closing_the_broker_under_a_waiting_thread(kind, parts):
+    """A thread asleep in a wait on a log (or on a topic's notifier) while another thread
+    closes the broker: the close used to unmap the shared state under the sleeper, which
+    then crashed the process (SIGSEGV) when it woke. Now the sleeper raises Closed and
+    the last one out unmaps; close does not wait for it. In a child process, so a crash
+    fails this test instead of ending the run."""
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_WAITING, kind, str(parts)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
+    got, state, closed_in = r.stdout.split("] ")[0] + "]", *r.stdout.split("] ")[1].split()
+    assert state == "joined"
+    assert got == "['Closed']", r.stdout
+    assert float(closed_in) < 1.0

@@ -728,19 +728,39 @@ cdef class LogCore:
                     return 0
                 if left > WAIT_SLICE_NS:
                     left = WAIT_SLICE_NS
+            self._in_wait += 1
             with nogil:
                 rc = fq_log_wait(self.st, offset, left, spin_ns, pace, first)
+            self._wait_done()
             if rc == 1:
                 return 1
             first = 0
             spin_ns = 0
             PyErr_CheckSignals()
 
+    cdef int _wait_done(self) except -1:
+        """A thread is back from the nogil part of _wait. If the log was closed meanwhile,
+        the last such thread unmaps the shared state (close leaves it mapped while anyone
+        sleeps on it), and each raises Closed."""
+        self._in_wait -= 1
+        if self._st_unmap != NULL and self._in_wait == 0:
+            fq_unmap(self._st_unmap, FQ_STATE_SIZE)
+            self._st_unmap = NULL
+        if self.st == NULL:
+            self._check_open()
+        return 0
+
     # -- lifetime -----------------------------------------------------------------------
 
     def _release_state(self):
         if self.st != NULL:
-            fq_unmap(self.st, FQ_STATE_SIZE)
+            if self._in_wait:
+                # threads of this process sleep on this mapping (Log.wait, a consumer's
+                # poll): wake them; the last one out unmaps it (_wait_done)
+                self._st_unmap = self.st
+                fq_log_notify(self.st)
+            else:
+                fq_unmap(self.st, FQ_STATE_SIZE)
             self.st = NULL
         if self.state_fd >= 0:
             c_close(self.state_fd)
@@ -755,6 +775,8 @@ cdef class LogCore:
                     pass
         if self.st != NULL:
             fq_unmap(self.st, FQ_STATE_SIZE)
+        if self._st_unmap != NULL:
+            fq_unmap(self._st_unmap, FQ_STATE_SIZE)
         if self.state_fd >= 0:
             c_close(self.state_fd)
 

@@ -137,6 +137,8 @@ cdef class Notifier:
     cdef uint32_t *words        # [0] notify, [1] waiters
     cdef int fd                 # the mapped file (-1 when closed)
     cdef readonly str path      # its path
+    cdef int _in_wait           # threads of this process asleep in wait (GIL released)
+    cdef uint32_t *_unmap       # mapping close left to the last of them to unmap
 
 
 cdef class RecScratch:
@@ -171,6 +173,8 @@ cdef class LogCore:
     cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
     cdef public object _pretouch        # callable(segment, upto) queueing a prefault, or None
     cdef readonly int64_t pretouch_window  # bytes populated ahead of the writer (grows, see _prepare_locked)
+    cdef int _in_wait                   # threads of this process asleep in _wait (GIL released)
+    cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
 
     cdef int _lock(self) except -1
     cdef inline void _unlock(self) noexcept
@@ -185,6 +189,7 @@ cdef class LogCore:
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
     cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1
+    cdef int _wait_done(self) except -1
     cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
 
 

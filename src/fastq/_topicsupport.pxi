@@ -157,8 +157,13 @@ cdef class Notifier:
                     return fq_load_acquire_u32(self.words) != seen
                 if left > WAIT_SLICE_NS:
                     left = WAIT_SLICE_NS
+            self._in_wait += 1
             with nogil:
                 rc = fq_notify_wait(self.words, self.words + 1, seen, left, spin, pp, first)
+            self._in_wait -= 1
+            if self._unmap != NULL and self._in_wait == 0:   # closed meanwhile: the last
+                fq_unmap(self._unmap, PAGE)                  # one out unmaps (see close)
+                self._unmap = NULL
             if rc == 1:
                 return True
             first = 0
@@ -166,8 +171,14 @@ cdef class Notifier:
             PyErr_CheckSignals()
 
     def close(self):
+        """Close. Threads of this process asleep in wait() are woken (they raise Closed);
+        the last of them unmaps the word, so close never pulls it from under one."""
         if self.words != NULL:
-            fq_unmap(self.words, PAGE)
+            if self._in_wait:
+                self._unmap = self.words
+                fq_notify_bump(self.words, self.words + 1)
+            else:
+                fq_unmap(self.words, PAGE)
             self.words = NULL
         if self.fd >= 0:
             c_close(self.fd)
@@ -176,6 +187,8 @@ cdef class Notifier:
     def __dealloc__(self):
         if self.words != NULL:
             fq_unmap(self.words, PAGE)
+        if self._unmap != NULL:
+            fq_unmap(self._unmap, PAGE)
         if self.fd >= 0:
             c_close(self.fd)
 
