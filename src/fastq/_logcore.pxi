@@ -709,25 +709,20 @@ cdef class LogCore:
         `timeout_ns` (< 0: no limit). Sleeps in WAIT_SLICE_NS slices with the GIL
         released and runs the signal handlers between them; the paced phase and the
         spin belong to the first slice."""
-        cdef int64_t deadline = -1, left
+        cdef int64_t deadline, left
         cdef int rc, first = 1
         self._check_open()
         if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
             return 1                        # there already: no clock read
-        if timeout_ns >= 0:
-            deadline = fq_monotonic_ns() + timeout_ns
+        deadline = wait_deadline(timeout_ns)
         while True:
             if not first:
                 self._check_open()
                 if fq_load_acquire_u64(<uint64_t *>&self.st.next_offset) > <uint64_t>offset:
                     return 1
-            left = WAIT_SLICE_NS
-            if deadline >= 0:
-                left = deadline - fq_monotonic_ns()
-                if left <= 0:
-                    return 0
-                if left > WAIT_SLICE_NS:
-                    left = WAIT_SLICE_NS
+            left = wait_slice(deadline)
+            if left == 0:
+                return 0
             self._in_wait += 1
             with nogil:
                 rc = fq_log_wait(self.st, offset, left, spin_ns, pace, first)

@@ -287,7 +287,7 @@ cdef class ConsumerCore:
         """The rest of ``poll`` for a consumer of one partition with nothing ready: wait
         on that log's futex word (``LogCore._wait``: spin, pacer, signal handlers) and
         read once woken, with no Python frame between the wake-up and the records."""
-        cdef int64_t deadline = -1, left = -1
+        cdef int64_t deadline, left = -1
         cdef int rc
         cdef LogCore lg
         cdef list logs = (<TopicCore>self.topic)._logs
@@ -297,8 +297,7 @@ cdef class ConsumerCore:
         if not 0 <= <Py_ssize_t>p < len(logs) or logs[p] is None:
             return self._poll(max_records, None if timeout_ns < 0 else timeout_ns / 1e9)
         lg = <LogCore>logs[p]
-        if timeout_ns >= 0:
-            deadline = fq_monotonic_ns() + timeout_ns
+        deadline = wait_deadline(timeout_ns)
         while True:
             if deadline >= 0:
                 left = deadline - fq_monotonic_ns()

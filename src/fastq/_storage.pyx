@@ -58,6 +58,21 @@ cdef enum:
 cdef int64_t WAIT_SLICE_NS = 100_000_000
 
 
+cdef inline int64_t wait_deadline(int64_t timeout_ns) noexcept:
+    """The monotonic end of a wait of `timeout_ns` (< 0: no limit, -1)."""
+    return -1 if timeout_ns < 0 else fq_monotonic_ns() + timeout_ns
+
+
+cdef inline int64_t wait_slice(int64_t deadline) noexcept:
+    """How long the next nogil slice of a wait ending at `deadline` (-1: never) sleeps:
+    at most WAIT_SLICE_NS; 0 once the deadline has passed."""
+    cdef int64_t left
+    if deadline < 0:
+        return WAIT_SLICE_NS
+    left = deadline - fq_monotonic_ns()
+    return 0 if left <= 0 else (WAIT_SLICE_NS if left > WAIT_SLICE_NS else left)
+
+
 # ---------------------------------------------------------------------------------------
 # status -> exception, in one place
 # ---------------------------------------------------------------------------------------

@@ -141,22 +141,16 @@ cdef class Notifier:
     def wait(self, uint32_t seen, timeout=None, double spin_us=50.0, Pacer pacer=None):
         """Wait until the word differs from `seen` (True) or `timeout` s pass (False);
         paced by `pacer` if given (see Log.wait). Signal handlers run while it waits."""
-        cdef int64_t t = timeout_ns(timeout), deadline = -1, left
+        cdef int64_t deadline = wait_deadline(timeout_ns(timeout)), left
         cdef int64_t spin = <int64_t>(spin_us * 1000.0)
         cdef int rc, first = 1
         cdef fq_pace *pp = NULL if pacer is None else &pacer.p
-        if t >= 0:
-            deadline = fq_monotonic_ns() + t
         while True:                     # in slices, as LogCore._wait
             if self.words == NULL:
                 raise Closed("notifier is closed")
-            left = WAIT_SLICE_NS
-            if deadline >= 0:
-                left = deadline - fq_monotonic_ns()
-                if left <= 0:
-                    return fq_load_acquire_u32(self.words) != seen
-                if left > WAIT_SLICE_NS:
-                    left = WAIT_SLICE_NS
+            left = wait_slice(deadline)
+            if left == 0:
+                return fq_load_acquire_u32(self.words) != seen
             self._in_wait += 1
             with nogil:
                 rc = fq_notify_wait(self.words, self.words + 1, seen, left, spin, pp, first)
