@@ -659,7 +659,6 @@ def test_unclosed_consumer_warns_and_leaves(broker):
     assert os.listdir(mdir) == []
 
 
-@pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("wait", ["futex", "adaptive"])
 @pytest.mark.parametrize("partitions", [1, 3])
 def test_a_blocking_poll_runs_signal_handlers(broker, interrupt_after, wait, partitions):

@@ -515,7 +515,9 @@ def _minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE pretouching is Linux-only")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the pretoucher uses MADV_POPULATE_WRITE, which only Linux has; "
+                           "elsewhere there is no pretoucher and appends fault their own pages")
 def test_pretoucher_keeps_page_faults_off_the_append_path(tmp_path):
     """Writing into a fresh page of a file mapping is a page fault (ext4's page_mkwrite,
     a fresh page): ~45 µs on a VM, once per 4 KiB, which is what the append that
@@ -542,7 +544,9 @@ def test_pretoucher_keeps_page_faults_off_the_append_path(tmp_path):
     assert faults < pages // 10, f"{faults} page faults for ~{pages} pages appended"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE pretouching is Linux-only")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the pretoucher uses MADV_POPULATE_WRITE, which only Linux has; "
+                           "elsewhere there is no pretoucher and appends fault their own pages")
 def test_pretouch_window_widens_for_a_writer_that_outruns_it(tmp_path):
     """The pretoucher thread needs the GIL to pick a request up and again to report it
     done, so a writer holding the GIL in a tight loop writes on meanwhile. A writer that
