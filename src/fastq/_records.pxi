@@ -267,21 +267,21 @@ cdef class ConsumerCore:
         polls handed out."""
         cdef list out
         cdef int64_t t
-        if (not self._closed and not self.auto_commit and self._member is None and not self._buf
-                and type(max_records) is int and 0 < max_records <= MAX_POLL_RECORDS_CAP
-                and (timeout is None or ((type(timeout) is float or type(timeout) is int)
-                                         and timeout >= 0))):
+        if self._closed:
+            self._check_open()                       # raises Closed (says why)
+        t = timeout_ns(timeout)                      # InvalidArgument for a bad timeout
+        if (not self.auto_commit and self._member is None and not self._buf
+                and type(max_records) is int and 0 < max_records <= MAX_POLL_RECORDS_CAP):
             self._polled = True
             out = []
             if self._read_ready(out, max_records):
                 self._pos.update(self._fetch)
                 return out
-            t = timeout_ns(timeout)
             if t == 0:
                 return out
             if len(self._fetch) == 1:
                 return self._wait_read(out, max_records, t)
-        return self._poll(max_records, timeout)     # checks, groups, buffers, waiting
+        return self._poll(max_records, t)            # groups, buffers, waiting, bad max_records
 
     cdef object _wait_read(self, list out, Py_ssize_t max_records, int64_t timeout_ns):
         """The rest of ``poll`` for a consumer of one partition with nothing ready: wait
@@ -295,7 +295,7 @@ cdef class ConsumerCore:
         for p in self._fetch:
             break
         if not 0 <= <Py_ssize_t>p < len(logs) or logs[p] is None:
-            return self._poll(max_records, None if timeout_ns < 0 else timeout_ns / 1e9)
+            return self._poll(max_records, timeout_ns)
         lg = <LogCore>logs[p]
         deadline = wait_deadline(timeout_ns)
         while True:

@@ -327,18 +327,14 @@ class Consumer(ConsumerCore):
     # poll(max_records=500, timeout=None) is ConsumerCore.poll: records ready at the
     # tailing readers are handed out there, compiled; every other case comes here.
 
-    def _poll(self, max_records: int, timeout: float | None) -> list[Record]:
-        """The whole of ``poll``: argument checks, auto-commit, group maintenance,
-        buffered records, and waiting up to ``timeout`` for the first record."""
+    def _poll(self, max_records: int, timeout_ns: int) -> list[Record]:
+        """The whole of ``poll`` past its timeout check (``timeout_ns``: the timeout,
+        checked, in ns; -1 for none): max_records, auto-commit, group maintenance,
+        buffered records, and waiting for the first record."""
         self._check_open()
         _check_int("max_records", max_records, 1, MAX_POLL_RECORDS_CAP)
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0:
-                raise InvalidArgument(f"timeout={timeout!r}: expected None or a number >= 0")
-            if timeout >= 1e9:                   # ~31 years, or inf: no limit
-                timeout = None
-            else:
-                deadline = _monotonic_ns() + int(timeout * 1e9)
+        if timeout_ns >= 0:
+            deadline = _monotonic_ns() + timeout_ns
         self._polled = True
         if self.auto_commit:
             self._commit_positions(list(self._pos))
@@ -353,7 +349,7 @@ class Consumer(ConsumerCore):
                 self._pos.update(self._fetch)    # _sync_positions, inlined: the wake-up path
                 return out
             self._sync_positions()
-            if timeout is None:
+            if timeout_ns < 0:
                 self._wait(None)
             else:
                 left = deadline - _monotonic_ns()
