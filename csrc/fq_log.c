@@ -153,13 +153,38 @@ void fq_notify_bump(uint32_t *notify, uint32_t *waiters) {
 /* Gaps longer than this are idle periods, not the arrival rate. */
 #define FQ_PACE_MAX_GAP_NS 1000000000LL
 
-void fq_pace_arrived(fq_pace *pace, int64_t now_ns) {
-    if (pace->last_ns > 0) {
-        int64_t gap = now_ns - pace->last_ns;
-        if (gap > 0 && gap < FQ_PACE_MAX_GAP_NS)
-            pace->gap_ns = pace->gap_ns > 0 ? pace->gap_ns + (gap - pace->gap_ns) / 8 : gap;
+/* The median of the last FQ_PACE_GAPS gaps: one stall (a gap of several periods, or a
+ * record the reader found already there, so no wait saw it arrive) must not move the
+ * expected arrival of the next several records, as a moving average would. */
+static int64_t gap_median(const fq_pace *pace) {
+    int n = pace->ngaps < FQ_PACE_GAPS ? (int)pace->ngaps : FQ_PACE_GAPS;
+    int64_t v[FQ_PACE_GAPS];
+    for (int i = 0; i < n; i++) {          /* insertion sort: at most 8 values */
+        int64_t x = pace->gaps[i];
+        int j = i;
+        for (; j > 0 && v[j - 1] > x; j--) v[j] = v[j - 1];
+        v[j] = x;
     }
-    pace->last_ns = now_ns;
+    return v[n / 2];
+}
+
+void fq_pace_arrived(fq_pace *pace, int64_t now_ns) {
+    /* A record seen while spinning after the expected time may have been sent late;
+     * the sender's next one will most likely come on its old beat, so the pace moves
+     * by at most half a margin per arrival (cap_ns). A pace that really moved later
+     * ends up after the window, and that arrival re-anchors it at once. */
+    int64_t at = now_ns;
+    if (pace->cap_ns > 0 && at > pace->cap_ns) at = pace->cap_ns;
+    pace->cap_ns = 0;
+    if (pace->last_ns > 0) {
+        int64_t gap = at - pace->last_ns;
+        if (gap > 0 && gap < FQ_PACE_MAX_GAP_NS) {
+            pace->gaps[pace->ngaps % FQ_PACE_GAPS] = gap;
+            pace->ngaps++;
+            pace->gap_ns = gap_median(pace);
+        }
+    }
+    pace->last_ns = at;
 }
 
 /* Spin until *notify != seen (1) or the monotonic clock passes `until` (0). */
@@ -185,13 +210,25 @@ static int sleep_once(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_
     return __atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen;
 }
 
-/* The paced part of a wait: 1 if the word changed by the end of the spin window around
- * the expected arrival, 0 if not (or there is no estimate yet). */
+/* The paced part of a wait: 2 if the word changed while we spun (so now is when it
+ * came, within a spin step: an exact anchor for the next expected arrival), 1 if it
+ * changed while we slept or before we looked (seen late, by a wake-up's worth), 0 if
+ * not by the end of the window. After an arrival seen late (or after the window) the
+ * pace is off by up to a wake-up, and a plain margin would make the next sleep end after
+ * the next arrival again, so one late wake-up would pull the next one late (on a busy
+ * VM wake-ups of 50-150 us are common, more than the margin). `resync` makes the next
+ * window start earlier, half a gap (at most 8 margins) before the expected arrival, so
+ * the next record is seen while spinning and anchors the pace again. */
 static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t deadline, fq_pace *pace) {
     int64_t now = fq_monotonic_ns();
     int64_t expected = pace->last_ns + pace->gap_ns;
-    int64_t margin = pace->margin_ns;
-    int64_t early = expected - margin, until = expected + margin;
+    int64_t margin = pace->margin_ns, lead = margin;
+    if (pace->resync) {
+        lead = pace->gap_ns / 2;
+        if (lead > 8 * margin) lead = 8 * margin;
+        if (lead < margin) lead = margin;
+    }
+    int64_t early = expected - lead, until = expected + margin;
     if (deadline >= 0 && until > deadline) until = deadline;
     if (deadline >= 0 && early > deadline) early = deadline;   /* never sleep past the timeout */
     if (now >= until) return 0;                      /* the window is behind us */
@@ -207,7 +244,10 @@ static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t dea
         }
         fq_timer_slack(slack);
     }
-    return spin_until(notify, seen, until);
+    if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;   /* came during the sleep */
+    if (!spin_until(notify, seen, until)) return 0;
+    pace->cap_ns = expected + margin / 2;
+    return 2;
 }
 
 /* `pace_window`: run the paced phase (only on the first slice of a wait: later slices
@@ -217,8 +257,11 @@ static int notify_wait(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64
     int64_t now = fq_monotonic_ns();
     int64_t deadline = timeout_ns >= 0 ? now + timeout_ns : -1;
     if (pace != NULL && pace_window && pace->last_ns > 0 && pace->gap_ns > spin_ns && pace->margin_ns > 0) {
-        if (paced(notify, waiters, seen, deadline, pace)) {
+        int rc = paced(notify, waiters, seen, deadline, pace);
+        pace->resync = rc != 2;
+        if (rc) {
             pace->early++;
+            if (rc == 1) pace->woken++;
             return 1;
         }
         spin_ns = 0;                                 /* the window was the spin */

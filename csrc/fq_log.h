@@ -119,20 +119,31 @@ void fq_log_notify(fq_log_state *st);
 /* Adaptive ("paced") waiting, for readers that want low latency without spinning all
  * the time. A waiter that sleeps pays the wake-up: on a VM, 10-50 us for a vCPU to come
  * out of halt, whether a futex wake or a timer ends the sleep. A fq_pace learns the gap
- * between arrivals (a moving average of the times waits ended with new data) and, when
- * that gap is longer than the plain spin, sleeps on the futex only until `margin_ns`
- * before the next expected arrival (a record that comes earlier still wakes it), then
- * spins until `margin_ns` after it; a record later than that is waited for on the futex
- * as usual. Cost: up to 2 * margin_ns of spinning per arrival (at 5,000 arrivals/s and a
- * 50 us margin, at most half a core). The paced phase runs in a wait's first 100 ms
- * slice, so it helps for gaps up to ~100 ms; a wait never sleeps past its timeout.
- * Owned by one waiter; not shared. */
+ * between arrivals (the median of the last 8 gaps between the times waits ended with new
+ * data) and, when that gap is longer than the plain spin, sleeps on the futex only until
+ * `margin_ns` before the next expected arrival (a record that comes earlier still wakes
+ * it), then spins until `margin_ns` after it; a record later than that is waited for on
+ * the futex as usual. Cost: up to 2 * margin_ns of spinning per arrival (at 5,000
+ * arrivals/s and a 50 us margin, at most half a core).
+ * Robust to a sender's jitter and to slow wake-ups (see paced() and fq_pace_arrived() in
+ * fq_log.c): a record seen late in the window moves the pace by at most half a margin;
+ * after an arrival seen late (it came during the sleep, or after the window) the next
+ * window opens half a gap (at most 8 margins) before the expected arrival.
+ * The paced phase runs in a wait's first 100 ms slice, so it helps for gaps up to
+ * ~100 ms; a wait never sleeps past its timeout. Owned by one waiter; not shared.
+ * Zero it all but margin_ns to start (or forget) a pace. */
+#define FQ_PACE_GAPS 8
 typedef struct fq_pace {
-    int64_t last_ns;      /* monotonic time the previous wait ended with new data (0: none) */
-    int64_t gap_ns;       /* moving average of the gaps between those times (0: unknown) */
+    int64_t last_ns;      /* monotonic time the previous arrival is reckoned at (0: none) */
+    int64_t gap_ns;       /* median of the last gaps between arrivals (0: unknown) */
     int64_t margin_ns;    /* spin window on each side of the expected arrival */
     int64_t early;        /* arrivals seen in the spin window or earlier (statistics) */
     int64_t late;         /* arrivals that came after the window, through the futex */
+    int64_t woken;        /* of the early ones, those that came while it slept (seen late) */
+    int64_t resync;       /* 1: the last arrival was seen late; the next window opens early */
+    int64_t cap_ns;       /* set by a wait that saw its record while spinning (else 0) */
+    int64_t gaps[FQ_PACE_GAPS];   /* the last gaps, a ring */
+    int64_t ngaps;        /* gaps recorded so far */
 } fq_pace;
 
 /* Wait until next_offset > offset or timeout. Spins (cpu_relax, no syscall) for up to

@@ -636,7 +636,41 @@ def test_pacer_learns_the_gap_and_misses_nothing(tmp_path):
         assert not lg.wait(off, timeout=0.05, pacer=pacer)
         assert 0.04 < time.monotonic() - t0 < 1.0
         pacer.reset()
-        assert pacer.gap_us is None and pacer.stats == {"early": 0, "late": 0}
+        assert pacer.gap_us is None and pacer.stats == {"early": 0, "late": 0, "woken": 0}
+
+
+def test_pacer_reanchors_after_an_arrival_seen_late(tmp_path):
+    """An arrival that comes while a Pacer sleeps (before its spin window) wakes it
+    through the futex, so it is seen a wake-up late, and the next expected arrival is
+    reckoned from that late moment. On a busy VM a wake-up often takes longer than the
+    margin, and the pacer used to sleep past every following arrival the same way. Now
+    the window after an arrival seen late opens early (half a gap, at most 8 margins,
+    before the expected arrival), so the next record is caught while spinning and
+    anchors the pace again. Here, with a 5 ms margin and a 100 ms writer: one record
+    comes 50 ms early (it wakes the pacer), and the next 70 ms after it, ~24 ms before
+    the expected arrival: inside the early-opened window (caught spinning), but ~19 ms
+    before a plain window would open (it would wake the pacer again)."""
+    import threading
+    from fastq import Pacer
+    schedule_ms = [100 * k for k in range(1, 11)] + [1050, 1120]
+    with Log(tmp_path / "l") as lg:
+        t0 = time.monotonic()
+
+        def writer():
+            for i, at in enumerate(schedule_ms):
+                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
+                lg.append(b"%d" % i)
+        th = threading.Thread(target=writer)
+        pacer = Pacer(margin_us=5000)
+        th.start()
+        seen = []
+        for off in range(len(schedule_ms)):
+            assert lg.wait(off, timeout=2, pacer=pacer), f"record {off} never came"
+            seen.append(dict(pacer.stats))
+        th.join()
+    before, early, after = seen[9], seen[10], seen[11]
+    assert early == {**before, "early": before["early"] + 1, "woken": before["woken"] + 1}, seen
+    assert after == {**early, "early": early["early"] + 1}, seen
 
 
 @pytest.mark.parametrize("margin", [0, -1, 1e9, float("nan")])

@@ -59,6 +59,8 @@ cdef extern from "fq_log.h" nogil:
         int64_t margin_ns
         int64_t early
         int64_t late
+        int64_t woken
+        int64_t resync
 
     int fq_log_wait(fq_log_state *st, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace,
                     int pace_window)

@@ -57,16 +57,28 @@ cdef class Pacer:
 
     A waiter that sleeps on the futex pays the wake-up when a record comes: 10-50 µs
     on a VM whose idle vCPU must leave halt. A Pacer learns the gap between arrivals
-    (a moving average over the waits that ended with new data) and, once that gap is
-    longer than the plain spin, sleeps only until ``margin_us`` before the next
-    expected arrival (an earlier record still wakes it through the futex), then spins
-    until ``margin_us`` after it. A record later than that is waited for as usual.
+    (the median of the last 8) and, once that gap is longer than the plain spin,
+    sleeps only until ``margin_us`` before the next expected arrival (an earlier
+    record still wakes it through the futex), then spins until ``margin_us`` after
+    it. A record later than that is waited for as usual.
+
+    It keeps its beat through a sender's jitter and slow wake-ups:
+
+    - a record seen while spinning but after the expected moment (sent late) moves
+      the next expected arrival by at most ``margin_us / 2``; a stall or a record
+      found already there does not move the median gap;
+    - a record that came while the Pacer slept, or after its window, was seen a
+      wake-up late, and the next expected arrival is reckoned from that late moment.
+      When wake-ups take longer than the margin (common on a busy VM) that would
+      repeat for every later record, so the next window opens early instead: half a
+      gap, at most ``8 * margin_us``, before the expected arrival. The next record is
+      then seen while spinning, which anchors the pace again.
 
     Cost: up to ``2 * margin_us`` of spinning per arrival — at 5,000 records/s and the
-    default 50 µs, at most half of one core. Pacing applies to gaps up to 100 ms (a
-    wait sleeps in 100 ms slices; the paced phase runs in the first); longer gaps are
-    waited for as usual. Gaps over 1 s count as idle time, not rate. Not shared between
-    threads."""
+    default 50 µs, at most half of one core — and up to ``7 * margin_us`` more after
+    an arrival seen late. Pacing applies to gaps up to 100 ms (a wait sleeps in
+    100 ms slices; the paced phase runs in the first); longer gaps are waited for as
+    usual. Gaps over 1 s count as idle time, not rate. Not shared between threads."""
 
     def __init__(self, double margin_us=50.0):
         if not 0 < margin_us <= 100_000:
@@ -76,10 +88,9 @@ cdef class Pacer:
 
     def reset(self):
         """Forget the learned gap (e.g. after a pause the rate will not resume from)."""
-        self.p.last_ns = 0
-        self.p.gap_ns = 0
-        self.p.early = 0
-        self.p.late = 0
+        cdef int64_t margin = self.p.margin_ns
+        memset(&self.p, 0, sizeof(fq_pace))
+        self.p.margin_ns = margin
 
     @property
     def margin_us(self):
@@ -93,9 +104,11 @@ cdef class Pacer:
 
     @property
     def stats(self):
-        """``{"early": n, "late": n}``: paced waits whose record came before the end of
-        the spin window (early), or after it, through the futex (late)."""
-        return {"early": self.p.early, "late": self.p.late}
+        """``{"early": n, "late": n, "woken": n}``: paced waits whose record came
+        before the end of the spin window (early), or after it, through the futex
+        (late); ``woken`` counts the early ones that came while the Pacer still slept
+        and woke it (seen a wake-up late, not while spinning)."""
+        return {"early": self.p.early, "late": self.p.late, "woken": self.p.woken}
 
     def __repr__(self):
         return f"Pacer(margin_us={self.margin_us:g}, gap_us={self.gap_us!r}, stats={self.stats})"
