@@ -673,6 +673,34 @@ def test_pacer_reanchors_after_an_arrival_seen_late(tmp_path):
     assert after == {**early, "early": early["early"] + 1}, seen
 
 
+def test_pacer_gap_ignores_a_stall(tmp_path):
+    """The learned gap is the median of the last 8: one stall of 5 periods (a writer
+    that paused, or a record the reader found already there) leaves it at the beat.
+    A moving average with 1/8 weight moved it by half a period and kept the next
+    windows off for several records."""
+    import threading
+    from fastq import Pacer
+    schedule_ms = [20 * k for k in range(1, 11)] + [300, 320]
+    with Log(tmp_path / "l") as lg:
+        t0 = time.monotonic()
+
+        def writer():
+            for i, at in enumerate(schedule_ms):
+                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
+                lg.append(b"%d" % i)
+        th = threading.Thread(target=writer)
+        pacer = Pacer(margin_us=3000)
+        th.start()
+        gaps = []
+        for off in range(len(schedule_ms)):
+            assert lg.wait(off, timeout=2, pacer=pacer), f"record {off} never came"
+            gaps.append(pacer.gap_us)
+        th.join()
+    assert 15_000 < gaps[9] < 25_000, gaps       # the beat
+    assert 15_000 < gaps[10] < 25_000, gaps      # after the 100 ms gap: still the beat
+    assert 15_000 < gaps[11] < 25_000, gaps
+
+
 @pytest.mark.parametrize("margin", [0, -1, 1e9, float("nan")])
 def test_pacer_bad_margin(margin):
     from fastq import Pacer
