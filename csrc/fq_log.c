@@ -70,6 +70,11 @@ void fq_log_unlock(fq_log_state *st, uint64_t me) {
     __atomic_compare_exchange_n(&st->lock, &expected, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
 }
 
+void fq_log_abandon(fq_log_state *st, uint64_t me) {
+    uint64_t expected = me;
+    __atomic_compare_exchange_n(&st->lock, &expected, FQ_LOCK_GONE, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+}
+
 int fq_log_snapshot_read(const fq_log_state *st, fq_log_snapshot *out, int64_t timeout_ns) {
     int64_t start = -1;
     for (;;) {

@@ -45,6 +45,7 @@
 #define FQ_STATE_VERSION 1
 #define FQ_STATE_FLAG_CLEAN 0x1u      /* the last process closed the log cleanly */
 #define FQ_LOCK_CHECK_NS 1000000LL    /* check the owner's liveness every 1 ms of waiting */
+#define FQ_LOCK_GONE (1ull << 32)     /* a lock word whose owner (pid 0) never exists */
 
 typedef struct fq_log_state {
     /* line 0: identity */
@@ -104,6 +105,10 @@ int fq_log_trylock(fq_log_state *st, uint64_t me);
  * owner: the caller must repair before appending), FQ_ETIMEDOUT. Call without the GIL. */
 int fq_log_lock(fq_log_state *st, uint64_t me, int64_t timeout_ns);
 void fq_log_unlock(fq_log_state *st, uint64_t me);
+/* Give up a lock taken by stealing (fq_log_lock returned 1) without repairing: it goes
+ * to FQ_LOCK_GONE, an owner that does not exist, so the next taker steals it in turn and
+ * repairs. For a handle closed while it waited for the lock. */
+void fq_log_abandon(fq_log_state *st, uint64_t me);
 /* A lock word for this process: pid | nonce << 32. */
 uint64_t fq_log_lock_word(uint32_t nonce);
 

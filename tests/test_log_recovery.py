@@ -380,6 +380,120 @@ def test_lock_of_dead_holder_is_stolen(fast_dir):
         assert [bytes(r.value) for r in log.read(0)] == [b"before", b"after"]
 
 
+_CLOSE_WHILE_LOCKING = r"""
+import os, signal, sys, tempfile, threading, time
+from fastq import Log
+from fastq.errors import Closed
+how = sys.argv[1]
+path = os.path.join(tempfile.mkdtemp(), "log")
+log = Log(path)
+log.append(b"before")
+if how == "alive":
+    other = Log(path)                 # a second handle in this process, its own lock word
+    other._lock_py()
+else:                                 # another process holds the lock, and dies holding it
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        holder = Log(path)
+        holder._lock_py()
+        os.write(w, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(r, 1)
+out = []
+def writer():
+    try:
+        out.append(log.append(b"blocked"))
+    except Closed:
+        out.append("Closed")
+th = threading.Thread(target=writer)
+th.start()
+time.sleep(0.3)                       # the writer waits for the lock (GIL released)
+log.close()                           # unmaps the shared state under it
+if how == "alive":
+    other._unlock_py()
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+th.join(10)
+with Log(path) as again:              # the lock was released, or left to the next taker
+    t0 = time.monotonic()
+    off = again.append(b"after")
+    took = time.monotonic() - t0
+    vals = [bytes(r.value) for r in again.read(0)]
+if how == "alive":
+    other.close()
+print(out, "alive" if th.is_alive() else "joined", off, vals, round(took, 3))
+"""
+
+
+@pytest.mark.parametrize("holder", ["alive", "dies"])
+def test_closing_a_log_under_a_thread_waiting_for_the_writer_lock(holder):
+    """A thread waits for the writer lock (another handle holds it: in this process, or
+    in a process that then dies holding it) while another thread closes the log. The
+    close used to unmap the shared state under the waiter, which crashed the process
+    (SIGSEGV). Now the waiter raises Closed, and the lock it ends up with is released
+    (or, when it stole it from the dead holder, left for the next taker to repair), so
+    the next writer appends at once. In a child process, so a crash fails this test."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_LOCKING, holder],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
+    assert r.stdout.split() == ["['Closed']", "joined", "1", "[b'before',", "b'after']",
+                                r.stdout.split()[-1]], r.stdout
+    assert float(r.stdout.split()[-1]) < 1.0, r.stdout
+
+
+_CLOSE_WHILE_APPENDING = r"""
+import os, sys, tempfile, threading, time
+from fastq import Log
+from fastq.errors import Closed
+rounds = int(sys.argv[1])
+for k in range(rounds):
+    path = os.path.join(tempfile.mkdtemp(), "log")
+    log = Log(path, segment_bytes=16 << 10)          # a roll every ~10 appends
+    acked, out = [0, 0, 0], []
+    def writer(i):
+        try:
+            while True:
+                log.append(b"%d" % i + b"x" * 1500)
+                acked[i] += 1
+        except Closed:
+            out.append("Closed")
+        except Exception as e:
+            out.append(repr(e))
+    ths = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    for th in ths:
+        th.start()
+    time.sleep(0.005 + (k % 10) / 1000)
+    log.close()
+    for th in ths:
+        th.join(10)
+    assert out == ["Closed"] * 3 and not any(th.is_alive() for th in ths), (k, out)
+    with Log(path) as again:                          # every acknowledged append is there
+        vals = [bytes(r.value[:1]) for r in again.read(0)]
+    assert [vals.count(b"%d" % i) for i in range(3)] == acked, (k, acked, len(vals))
+print("ok", rounds)
+"""
+
+
+def test_closing_a_log_under_appending_threads():
+    """Three threads append (rolling every ~10 appends) while another closes the log.
+    A roll runs Python code under the writer lock, so close could run in the middle of
+    an append and unmap the segment and state under it: the process crashed (SIGSEGV;
+    5 runs of 20 rounds all crashed). Now close waits for the thread holding the lock,
+    and a thread that takes it afterwards raises Closed. Every acknowledged append is
+    in the reopened log. In a child process, so a crash fails this test."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_APPENDING, "20"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
+    assert r.stdout.split() == ["ok", "20"], r.stdout
+
+
 # -- lost or damaged files --------------------------------------------------------------
 
 def _multi_segment_log(path, rng):

@@ -241,30 +241,73 @@ cdef class LogCore:
 
     cdef int _lock(self) except -1:
         cdef int rc
-        if fq_log_trylock(self.st, self.lockword):
+        cdef fq_log_state *st = self.st
+        if st == NULL or self._closing:
+            self._check_open()
+            raise Closed("log is closing")
+        if fq_log_trylock(st, self.lockword):
             return 0
+        self._in_wait += 1                  # close leaves the mapping to us (_wait_done)
         with nogil:
-            rc = fq_log_lock(self.st, self.lockword, -1)
+            rc = fq_log_lock(st, self.lockword, -1)
+        self._lock_done(st, rc, False)
         if rc < 0:
             raise_status(rc, "take the log's writer lock")
         if rc == 1:
             self._repair_locked()
         return 0
 
+    cdef int _lock_done(self, fq_log_state *st, int rc, bint closer) except -1:
+        """Back from waiting for the writer lock (rc from fq_log_lock). When the log was
+        closed meanwhile (or is closing, for anyone but close itself), give the lock up
+        before the mapping goes and raise Closed: release it, or, when it was stolen
+        from a dead holder, leave it to a gone owner so the next taker repairs what that
+        holder left."""
+        cdef bint gone = self.st == NULL or (self._closing and not closer)
+        if gone:
+            if rc == 0:
+                fq_log_unlock(st, self.lockword)
+            elif rc == 1:
+                fq_log_abandon(st, self.lockword)
+        self._wait_done()                   # the last one out unmaps; raises Closed if closed
+        if gone:
+            raise Closed("log is closing")
+        return 0
+
     cdef inline void _unlock(self) noexcept:
         fq_log_unlock(self.st, self.lockword)
 
-    def _lock_py(self, timeout=None):
-        """Take the writer lock from Python (roll, retention, truncation)."""
+    def _lock_py(self, timeout=None, closer=False):
+        """Take the writer lock from Python (roll, retention, truncation; close passes
+        closer=True, the only caller allowed while the log is closing)."""
         cdef int rc
         cdef int64_t t = -1 if timeout is None else <int64_t>(timeout * 1e9)
+        cdef fq_log_state *st
         self._check_open()
+        if self._closing and not closer:
+            raise Closed("log is closing")
+        st = self.st
+        self._in_wait += 1
         with nogil:
-            rc = fq_log_lock(self.st, self.lockword, t)
+            rc = fq_log_lock(st, self.lockword, t)
+        self._lock_done(st, rc, closer)
         if rc < 0:
             raise_status(rc, "take the log's writer lock")
         if rc == 1:
             self._repair_locked()
+
+    def _await_writer(self, double timeout):
+        """For close: wait until no thread of this process holds the writer lock (one
+        may be mid-append, mid-roll or mid-retention; each needs the GIL to finish, so
+        this naps with it released). Set _closing first: a thread that takes the lock
+        after that gives it up at once. Returns False after `timeout` seconds."""
+        cdef int64_t deadline = fq_monotonic_ns() + <int64_t>(timeout * 1e9)
+        while self.st != NULL and fq_load_acquire_u64(&self.st.lock) == self.lockword:
+            if fq_monotonic_ns() >= deadline:
+                return False
+            with nogil:
+                fq_sleep_ns(500000)
+        return True
 
     def _unlock_py(self):
         fq_log_unlock(self.st, self.lockword)
@@ -734,7 +777,8 @@ cdef class LogCore:
             PyErr_CheckSignals()
 
     cdef int _wait_done(self) except -1:
-        """A thread is back from the nogil part of _wait. If the log was closed meanwhile,
+        """A thread is back from the nogil part of _wait (or of a wait for the writer
+        lock, _lock_done). If the log was closed meanwhile,
         the last such thread unmaps the shared state (close leaves it mapped while anyone
         sleeps on it), and each raises Closed."""
         self._in_wait -= 1
@@ -751,7 +795,8 @@ cdef class LogCore:
         if self.st != NULL:
             if self._in_wait:
                 # threads of this process sleep on this mapping (Log.wait, a consumer's
-                # poll): wake them; the last one out unmaps it (_wait_done)
+                # poll) or wait for its writer lock: wake the sleepers; the last one out
+                # unmaps it (_wait_done)
                 self._st_unmap = self.st
                 fq_log_notify(self.st)
             else:

@@ -48,6 +48,7 @@ cdef extern from "fq_log.h" nogil:
     int fq_log_trylock(fq_log_state *st, uint64_t me)
     int fq_log_lock(fq_log_state *st, uint64_t me, int64_t timeout_ns)
     void fq_log_unlock(fq_log_state *st, uint64_t me)
+    void fq_log_abandon(fq_log_state *st, uint64_t me)
     uint64_t fq_log_lock_word(uint32_t nonce)
     int fq_log_snapshot_read(const fq_log_state *st, fq_log_snapshot *out, int64_t timeout_ns)
     void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s)
@@ -167,6 +168,7 @@ cdef class LogCore:
     cdef public int64_t max_record_bytes  # largest encoded batch accepted
     cdef public int64_t index_interval  # bytes between .index entries
     cdef public bint _closed            # close() has run (or the log failed)
+    cdef public bint _closing           # close() has begun: appends and lock takers raise Closed
     cdef public object _failure         # why the log failed (a failed fsync), else None
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None
@@ -175,7 +177,7 @@ cdef class LogCore:
     cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
     cdef public object _pretouch        # callable(segment, upto) queueing a prefault, or None
     cdef readonly int64_t pretouch_window  # bytes populated ahead of the writer (grows, see _prepare_locked)
-    cdef int _in_wait                   # threads of this process asleep in _wait (GIL released)
+    cdef int _in_wait                   # threads of this process in _wait or waiting for the lock (GIL released)
     cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
 
     cdef int _lock(self) except -1
@@ -192,6 +194,7 @@ cdef class LogCore:
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
     cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1
     cdef int _wait_done(self) except -1
+    cdef int _lock_done(self, fq_log_state *st, int rc, bint closer) except -1
     cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
 
 

@@ -51,6 +51,7 @@ from .errors import (
     InvalidName,
     LogNotFound,
     OffsetOutOfRange,
+    Timeout,
 )
 
 __all__ = ["Log", "open_log", "Record", "LogReader", "Pacer", "DURABILITY_MODES"]
@@ -777,13 +778,22 @@ class Log(LogCore):
                 raise BufferError(f"cannot close {self.path}: {seg.exports} record view(s) into "
                                   f"{seg.path} still alive; release them (or copy with bytes())")
         failed = self._failure is not None
+        # Another thread of this process may be appending (or rolling, or applying
+        # retention) with the writer lock held; tearing the mappings down under it
+        # crashed the process. From here on, a thread that takes the lock gives it up
+        # and raises Closed; wait for the one that holds it to finish.
+        self._closing = True
+        if not self._await_writer(10.0):
+            self._closing = False
+            raise Timeout(f"cannot close {self.path}: another thread of this process has held "
+                          "its writer lock for 10 s")
         _storage.flock(self._lock_fd, True, True)
         try:
             if not failed and self.state_fd >= 0 and _storage.flock(self.state_fd, True, False):
                 # last one out: take the writer lock (stealing it from a dead holder
                 # repairs what that holder left), fsync, and mark clean
                 self._closed = False
-                self._lock_py(timeout=5.0)
+                self._lock_py(timeout=5.0, closer=True)
                 try:
                     if self.snapshot()["generation"] != self._gen:
                         self._refresh()
