@@ -602,6 +602,21 @@ def test_pretoucher_and_close_race(tmp_path):
             assert lg.end_offset == 3000
 
 
+def test_a_closed_log_raises_closed_for_its_state(tmp_path):
+    """Every property and call that reads the shared state raises Closed after close
+    (recovery_point read the unmapped state and crashed the process)."""
+    lg = Log(tmp_path / "l")
+    lg.append(b"x")
+    lg.close()
+    for name in ("recovery_point", "start_offset", "end_offset"):
+        with pytest.raises(Closed):
+            getattr(lg, name)
+    for call in (lg.snapshot, lg.flush, lambda: lg.append(b"y"), lambda: lg.read(0),
+                 lambda: lg.get(0), lambda: lg.wait(0, timeout=0)):
+        with pytest.raises(Closed):
+            call()
+
+
 def test_pacer_learns_the_gap_and_misses_nothing(tmp_path):
     """A reader waiting with a Pacer on a log written every ~2 ms: every record is
     seen (a paced wait that sleeps until just before the expected arrival still wakes

@@ -158,51 +158,52 @@ cdef class LogCore:
         self.st.created_ms = created_ms
         self.st.max_timestamp = -1
 
+    cdef fq_log_state *_state(self) except NULL:
+        """The mapped shared state; Closed once close() released it (a property read
+        from another thread after, or during, a close must not touch the mapping)."""
+        if self.st == NULL:
+            self._check_open()
+            raise Closed("log is closed")
+        return self.st
+
     def _state_raw(self):
-        return PyBytes_FromStringAndSize(<char *>self.st, FQ_STATE_SIZE)
+        return PyBytes_FromStringAndSize(<char *>self._state(), FQ_STATE_SIZE)
 
     property _flags:
-        def __get__(self): return self.st.flags
-        def __set__(self, uint32_t v): self.st.flags = v
+        def __get__(self): return self._state().flags
+        def __set__(self, uint32_t v): self._state().flags = v
 
     property _boot_id:
-        def __get__(self): return PyBytes_FromStringAndSize(<char *>self.st.boot_id, 16)
+        def __get__(self): return PyBytes_FromStringAndSize(<char *>self._state().boot_id, 16)
         def __set__(self, bytes v):
             if len(v) != 16:
                 raise InvalidArgument("boot id must be 16 bytes")
-            memcpy(self.st.boot_id, <char *>v, 16)
+            memcpy(self._state().boot_id, <char *>v, 16)
 
     property _opens:
-        def __get__(self): return self.st.opens
-        def __set__(self, uint64_t v): self.st.opens = v
+        def __get__(self): return self._state().opens
+        def __set__(self, uint64_t v): self._state().opens = v
 
     property recovery_point:
         """Every offset below this has been fsynced (the durable watermark)."""
-        def __get__(self): return self.st.recovery_point
-        def __set__(self, int64_t v): self.st.recovery_point = v
+        def __get__(self): return self._state().recovery_point
+        def __set__(self, int64_t v): self._state().recovery_point = v
 
     property start_offset:
         """The first offset still in the log (raised by retention)."""
-        def __get__(self):
-            if self.st == NULL:
-                self._check_open()
-            return self.st.log_start_offset
-        def __set__(self, int64_t v): self.st.log_start_offset = v
+        def __get__(self): return self._state().log_start_offset
+        def __set__(self, int64_t v): self._state().log_start_offset = v
 
     @property
     def end_offset(self):
         """The offset the next appended record will get (Kafka's log end offset)."""
-        if self.st == NULL:
-            self._check_open()
-        return fq_load_acquire_u64(<uint64_t *>&self.st.next_offset)
+        return fq_load_acquire_u64(<uint64_t *>&self._state().next_offset)
 
     def snapshot(self):
         """A consistent copy of the commit group as a dict."""
         cdef fq_log_snapshot s
         cdef int rc
-        if self.st == NULL:
-            self._check_open()
-        rc = fq_log_snapshot_read(self.st, &s, 1000000000)
+        rc = fq_log_snapshot_read(self._state(), &s, 1000000000)
         if rc < 0:
             raise_status(rc, "read log state")
         return {"next_offset": s.next_offset, "end_pos": s.end_pos, "active_base": s.active_base,
@@ -232,9 +233,10 @@ cdef class LogCore:
     def _raise_recovery_point(self, int64_t v):
         """recovery_point = max(recovery_point, v), atomically across processes."""
         cdef uint64_t cur
+        cdef fq_log_state *st = self._state()
         while True:
-            cur = fq_load_acquire_u64(<uint64_t *>&self.st.recovery_point)
-            if <int64_t>cur >= v or fq_cas_u64(<uint64_t *>&self.st.recovery_point, cur, <uint64_t>v):
+            cur = fq_load_acquire_u64(<uint64_t *>&st.recovery_point)
+            if <int64_t>cur >= v or fq_cas_u64(<uint64_t *>&st.recovery_point, cur, <uint64_t>v):
                 return
 
     # -- writer lock --------------------------------------------------------------------
@@ -683,13 +685,13 @@ cdef class LogCore:
             # Loop: a writer may roll again between our refresh and this snapshot; a
             # segment list older than the snapshot would treat the new active segment's
             # predecessor as sealed at a stale end and end the read early.
-            self._refresh()
-            rc = fq_log_snapshot_read(self.st, &s, 1000000000)
+            self._refresh()                  # Python: another thread may close meanwhile
+            rc = fq_log_snapshot_read(self._state(), &s, 1000000000)
             if rc < 0:
                 raise_status(rc, "read log state")
         if offset >= s.next_offset:
             return None, 0, 0
-        if offset < self.st.log_start_offset:
+        if offset < self._state().log_start_offset:
             raise OffsetOutOfRange(f"offset {offset} is below the log start: valid offsets are "
                                    f"[{self.st.log_start_offset}, {s.next_offset}]")
         i = bisect_right(self._segments, offset, key=_base_of) - 1
@@ -711,7 +713,7 @@ cdef class LogCore:
         up where it left off once more records exist (pair it with ``wait``)."""
         cdef LogReader rd
         cdef int64_t hi = self.end_offset
-        cdef int64_t lo = self.st.log_start_offset
+        cdef int64_t lo = self._state().log_start_offset
         if offset < lo or offset > hi:
             raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi}]")
         rd = LogReader.__new__(LogReader)
@@ -729,7 +731,7 @@ cdef class LogCore:
     def get(self, int64_t offset):
         """The record at `offset` (OffsetOutOfRange if there is none)."""
         cdef int64_t hi = self.end_offset
-        cdef int64_t lo = self.st.log_start_offset
+        cdef int64_t lo = self._state().log_start_offset
         if offset < lo or offset >= hi:
             raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi})")
         for rec in self.read(offset, offset + 1):

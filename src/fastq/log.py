@@ -652,7 +652,13 @@ class Log(LogCore):
         arrive becomes the leader and fsyncs everything committed so far; callers that
         arrive meanwhile wait and share the next fsync (group commit)."""
         with self._gc:
-            while self._synced < offset and self.recovery_point < offset:
+            while self._synced < offset:
+                if self._closing or self._closed:
+                    raise Closed(f"{self.path} was closed before an fsync covered offset {offset}: the "
+                                 "record was appended, and is durable if that close was the last one "
+                                 "(which fsyncs)")
+                if self.recovery_point >= offset:
+                    break
                 if self._syncing:
                     self._gc.wait()
                     continue
@@ -787,6 +793,9 @@ class Log(LogCore):
             self._closing = False
             raise Timeout(f"cannot close {self.path}: another thread of this process has held "
                           "its writer lock for 10 s")
+        with self._gc:                      # and for a group-commit fsync in progress
+            while self._syncing:
+                self._gc.wait()
         _storage.flock(self._lock_fd, True, True)
         try:
             if not failed and self.state_fd >= 0 and _storage.flock(self.state_fd, True, False):
