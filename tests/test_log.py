@@ -617,6 +617,24 @@ def test_a_closed_log_raises_closed_for_its_state(tmp_path):
             call()
 
 
+def test_a_reader_of_a_closed_log_raises_closed(tmp_path):
+    """A LogReader kept past close (inside a batch, or between two) raises Closed; it
+    used to read on from the unmapped segment and crash the process."""
+    lg = Log(tmp_path / "l")
+    lg.append_many([b"a", b"b", b"c"])
+    lg.append(b"d")
+    inside, between = lg.read(0), lg.read(0)
+    assert bytes(next(inside).value) == b"a"         # 2 records left in this batch
+    assert between.read_values(3) == [b"a", b"b", b"c"]
+    lg.close()
+    with pytest.raises(Closed):
+        next(inside)
+    with pytest.raises(Closed):
+        inside.read_values(5)
+    with pytest.raises(Closed):
+        between.read_values(5)
+
+
 def test_pacer_learns_the_gap_and_misses_nothing(tmp_path):
     """A reader waiting with a Pacer on a log written every ~2 ms: every record is
     seen (a paced wait that sleeps until just before the expected arrival still wakes

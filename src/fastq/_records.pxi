@@ -72,6 +72,8 @@ cdef class LogReader:
         while True:
             if self.next_offset >= self.end:
                 return 0
+            if self.seg is not None and self.seg.data == NULL:
+                self.seg = None                  # closed under us: locate afresh (see _recheck)
             if (self.seg is not None and self.seg.sealed_end < 0 and self.pos >= 0
                     and self.pos + FQ_BATCH_LOG_OVERHEAD > self.limit and self.log.st != NULL):
                 # Tailing fast path: still reading the active segment, so just re-read
@@ -153,12 +155,22 @@ cdef class LogReader:
             raise StopIteration
         return r
 
+    cdef void _recheck(self) noexcept:
+        """Forget the position inside a batch when its segment was closed under this
+        reader (the log was closed, or truncated past it): the next batch is located
+        afresh, which raises Closed for a closed log. Reading on from the unmapped
+        batch crashed the process."""
+        if self.remaining > 0 and self.seg.data == NULL:
+            self.remaining = 0
+            self.seg = None
+
     cdef Record _next(self):
         """The next record, or None at the end."""
         cdef fq_record_view v
         cdef int rc
         cdef int64_t off
         cdef Record r
+        self._recheck()
         while True:
             if self.remaining <= 0:
                 if not self._next_batch():
@@ -201,6 +213,7 @@ cdef class LogReader:
         cdef int rc
         cdef int64_t off
         cdef Py_ssize_t n = 0
+        self._recheck()
         while n < max_records:
             if self.remaining <= 0:
                 if not self._next_batch():

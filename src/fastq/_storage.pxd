@@ -115,6 +115,7 @@ cdef class Segment:
     cdef public bint pf_requested       # a pretouch of this segment is queued (see fastq.log)
     cdef int pf_active                  # a prefault runs without the GIL: close() waits for it
 
+    cdef int _live(self) except -1
     cdef int _grow(self, int64_t needed) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
@@ -240,6 +241,7 @@ cdef class LogReader:
     cdef int64_t base_ts      # base timestamp of the current batch
 
     cdef int _next_batch(self) except -1
+    cdef void _recheck(self) noexcept
     cdef Record _next(self)
 
 

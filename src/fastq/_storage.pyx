@@ -243,6 +243,13 @@ cdef class Segment:
     def closed(self):
         return self.data == NULL
 
+    cdef int _live(self) except -1:
+        """Closed once the segment is unmapped (its log was closed, or truncated past
+        it, possibly by another thread meanwhile): nothing may touch the mappings."""
+        if self.data == NULL:
+            raise Closed(f"segment {self.path} is closed")
+        return 0
+
     @property
     def index_capacity(self):
         return self.idx_cap
@@ -254,6 +261,7 @@ cdef class Segment:
         cdef int rc
         if needed <= self.alloc_size:
             return 0
+        self._live()
         if needed > self.map_size:
             raise RecordTooLarge(f"batch would end at byte {needed}, past the segment's "
                                  f"mapped size {self.map_size}")
@@ -312,6 +320,7 @@ cdef class Segment:
         cdef uint32_t r, p
         cdef fq_batch_info info
         cdef int rc
+        self._live()
         if rel < 0:
             rel = 0
         if idx_count > 0 and rel <= 0xFFFFFFFF:
@@ -427,6 +436,7 @@ cdef class Segment:
         cdef int64_t i, n = 0, t = 0
         cdef uint32_t r, p, pr = 0, pp = 0
         cdef int64_t ts, pts = -1
+        self._live()
         for i in range(self.idx_cap):
             fq_index_get(self.idx, i, &r, &p)
             if p >= limit or (i > 0 and (r <= pr or p <= pp)) or (i == 0 and r == 0 and p == 0):
@@ -448,14 +458,17 @@ cdef class Segment:
         cdef uint32_t r
         if count <= 0:
             return None
+        self._live()
         fq_timeindex_get(self.tidx, count - 1, &ts, &r)
         return ts, r
 
     def timeindex_floor(self, int64_t count, int64_t ts):
         """Relative offset of the last time-index entry with timestamp <= ts, or -1."""
-        cdef int64_t i = fq_timeindex_floor(self.tidx, count, ts)
+        cdef int64_t i
         cdef int64_t t
         cdef uint32_t r
+        self._live()
+        i = fq_timeindex_floor(self.tidx, count, ts)
         if i < 0:
             return -1
         fq_timeindex_get(self.tidx, i, &t, &r)
@@ -471,6 +484,7 @@ cdef class Segment:
             memset(self.data + start, 0, <size_t>(end - start))
 
     def zero_index(self, int64_t index_from, int64_t timeindex_from):
+        self._live()
         if index_from < self.idx_cap:
             memset(self.idx + index_from * FQ_INDEX_ENTRY, 0,
                    <size_t>((self.idx_cap - index_from) * FQ_INDEX_ENTRY))
