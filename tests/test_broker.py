@@ -295,3 +295,51 @@ def _publisher(path, n, count):
             else:
                 t.publish(b"%d-%d" % (n, i), partition=0)
     os._exit(0)
+
+
+_CLOSE_UNDER_CLIENTS = r"""
+import sys, tempfile, threading, time
+import fastq
+from fastq.errors import FastqError
+rounds = int(sys.argv[1])
+for k in range(rounds):
+    b = fastq.open(tempfile.mkdtemp())
+    t = b.topic("t", partitions=3, segment_bytes=1 << 16)    # rolls every ~250 records
+    c = t.consumer(from_="earliest")
+    p = t.producer(linger_ms=1)
+    out = []
+    def run(step):
+        try:
+            while True:
+                step()
+        except FastqError as e:
+            out.append(type(e).__name__)
+        except Exception as e:
+            out.append(repr(e))
+    steps = [lambda: t.publish(b"x" * 200), lambda: p.send(b"y" * 200),
+             lambda: c.poll(100, timeout=0.01)]
+    ths = [threading.Thread(target=run, args=(s,)) for s in steps]
+    for th in ths:
+        th.start()
+    time.sleep(0.005 + (k % 10) / 1000)
+    b.close()
+    for th in ths:
+        th.join(10)
+    assert out == ["Closed"] * 3 and not any(th.is_alive() for th in ths), (k, out)
+print("ok", rounds)
+"""
+
+
+def test_closing_the_broker_under_publishing_and_polling_threads():
+    """Threads publish, send through a producer and poll while another closes the
+    broker — a shutdown with clients still running. It crashed the process with
+    SIGSEGV (3 runs of 10 rounds, all crashed before 2026-11-28: a roll under the
+    writer lock let close unmap the log mid-append, and readers read on from unmapped
+    segments). Now each client raises Closed. In a child process, so a crash fails
+    this test instead of ending the run."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _CLOSE_UNDER_CLIENTS, "10"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
+    assert r.stdout.split() == ["ok", "10"], r.stdout
