@@ -60,6 +60,47 @@ def test_publish_consume_roundtrip_and_stored_config(broker, bpath):
     assert isinstance(t2, MemoryTopic) and t2.overflow == "block"
 
 
+def test_memory_records_behave_as_the_named_tuple(broker):
+    """Records taken from a memory topic are compiled objects (not tracked by the GC)
+    with the interface of the named tuple they used to be: fields, indexing,
+    unpacking, len, comparison with tuples, _asdict, _replace, pickling; headers is a
+    new list on each access, so changing it changes nothing in the record."""
+    import gc
+    import pickle
+    from fastq.memtopic import MemoryRecord
+    t = broker.topic("nt", storage="memory", capacity_bytes=SMALL)
+    t.publish(b"v", key=b"k", headers={"h": b"1"}, timestamp=7)
+    t.publish(b"w", timestamp=8)
+    r, r2 = _drain(t.consumer())
+    assert isinstance(r, MemoryRecord) and not gc.is_tracked(r)
+    assert r.topic == "nt" and r._fields == ("partition", "offset", "timestamp", "key", "value", "headers")
+    tup = (0, -1, 7, b"k", b"v", [("h", b"1")])
+    assert tuple(r) == tup and len(r) == 6 and r[4] == b"v" and r[-1] == [("h", b"1")] and r[1:3] == (-1, 7)
+    partition, offset, ts, key, value, headers = r
+    assert (partition, offset, ts, key, value, headers) == tup
+    assert r == tup and tup == r and r != r2 and r2 == (0, -1, 8, None, b"w", [])
+    assert r < r2 and sorted([r2, r]) == [r, r2]
+    assert r._asdict() == dict(zip(r._fields, tup))
+    assert r.count(-1) == 1 and r.index(b"v") == 4
+    assert repr(r) == "MemoryRecord(partition=0, offset=-1, timestamp=7, key=b'k', value=b'v', headers=[('h', b'1')])"
+    r.headers.append(("x", b"y"))                 # a copy: the record keeps its headers
+    assert r.headers == [("h", b"1")]
+    s = r._replace(value=b"z", headers=[])
+    assert (s.topic, s.value, s.headers, s.key) == ("nt", b"z", [], b"k") and r.value == b"v"
+    with pytest.raises(InvalidArgument):
+        r._replace(nope=1)
+    p = pickle.loads(pickle.dumps(r))
+    assert p == r and p.topic == "nt" and isinstance(p, MemoryRecord)
+    with pytest.raises(TypeError):
+        hash(r)                                   # as the tuple: headers is a list
+    with pytest.raises(AttributeError):
+        r.value = b"other"                        # read-only, as a tuple's fields
+    with pytest.raises(InvalidArgument):
+        MemoryRecord("nt", 0, -1, 0, "not bytes", None)
+    with pytest.raises(InvalidArgument):
+        MemoryRecord("nt", 0, -1, 0, None, None, [(1, b"x")])
+
+
 def test_iteration_and_producer_interface(broker):
     t = broker.topic("it", storage="memory", capacity_bytes=SMALL)
     delivered = []

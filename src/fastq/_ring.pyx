@@ -9,13 +9,13 @@ import struct
 import tempfile
 import warnings
 
+cimport cython
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_SET_ITEM
+from cpython.object cimport PyObject_RichCompare
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -849,19 +849,15 @@ cdef class Ring:
     cdef uint64_t _used(self) noexcept:
         return fq_ring_used(&self._r)
 
-    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, record_type=None):
+    def _get_records(self, max_messages=2**31 - 1, bint block=False, timeout=None, topic=None):
         """Take up to `max_messages` framed records (waiting for the first only if
         `block`). Returns a list of ``(partition, -1, timestamp, key, value, headers)``
-        tuples — instances of ``record_type`` if given, a tuple subclass without
-        instance fields (a NamedTuple with those six fields); empty when there is nothing
-        (never RingEmpty unless blocking timed out)."""
+        tuples, or of :class:`MemoryRecord` of `topic` when a topic name is given;
+        empty when there is nothing (never RingEmpty unless blocking timed out)."""
         if max_messages < 1:
             raise InvalidArgument(f"max_messages must be >= 1, got {max_messages!r}")
-        if record_type is not None and not (isinstance(record_type, type) and issubclass(record_type, tuple)
-                                            and record_type.__basicsize__ == tuple.__basicsize__
-                                            and record_type.__itemsize__ == tuple.__itemsize__):
-            raise InvalidArgument(f"record_type must be a tuple subclass without instance fields, "
-                                  f"got {record_type!r}")
+        if topic is not None and type(topic) is not str:
+            raise InvalidArgument(f"topic must be a str or None, got {topic!r}")
         cdef int64_t tmo = _timeout_ns(block, timeout)
         cdef Py_ssize_t limit = min(max_messages, 2**62), got = 0
         cdef const uint8_t *m = NULL
@@ -878,7 +874,7 @@ cdef class Ring:
             try:
                 while True:
                     if n > 0:
-                        _decode_record(m, n, out, record_type)
+                        _decode_record(m, n, out, topic)
                         got += 1
                         if got >= limit:
                             break

@@ -1,7 +1,8 @@
 # The framed records of memory topics and the producer's accumulator (included by
 # _ring.pyx): the layout is described above Ring._put_record. Writing (_write_frame,
 # _frame_record), reading (_frame_view, _frame_header — fastq._producer reads frames
-# with these into RecordBatch fields) and decoding into record tuples (_decode_record).
+# with these into RecordBatch fields) and decoding into MemoryRecord objects or tuples
+# (_decode_record).
 
 
 cdef inline int64_t _record_ts(object timestamp) except -1:
@@ -147,34 +148,125 @@ cdef int _frame_header(FrameView *f, fq_header *h) except -1:
     return 0
 
 
-cdef extern from "Python.h":
-    ctypedef struct PyTypeObject:
-        pass
-    object PyType_GenericAlloc(PyTypeObject *t, Py_ssize_t nitems)
+_MEMORY_RECORD_FIELDS = ("partition", "offset", "timestamp", "key", "value", "headers")
 
 
-cdef inline void _set_item(object t, Py_ssize_t i, object x):
-    Py_INCREF(x)                  # PyTuple_SET_ITEM steals a reference
-    PyTuple_SET_ITEM(t, i, x)
+@cython.freelist(256)
+@cython.no_gc            # holds a str, bytes, ints and a tuple of (str, bytes) pairs: no cycle
+cdef class MemoryRecord:
+    """A record taken from a memory topic. Behaves as the named tuple
+    ``(partition, offset, timestamp, key, value, headers)``: attribute access, indexing,
+    unpacking, ``len``, comparison with tuples and other records, ``_asdict()``,
+    ``_replace()``, ``_fields``; plus ``topic``. ``key``/``value`` are bytes copies (or
+    None), so it pins nothing; ``headers`` is a new list of ``(str, bytes)`` pairs on
+    each access. ``offset`` is -1 for a record from the ring, the log offset for a
+    spilled one. Not a ``tuple`` subclass: a compiled object the garbage collector does
+    not track (taking records out of the ring used to build a tuple and a list per
+    record, both tracked, which cost more than the rest of the take)."""
+
+    cdef readonly str topic
+    cdef readonly uint32_t partition
+    cdef readonly int64_t offset
+    cdef readonly int64_t timestamp
+    cdef readonly object key
+    cdef readonly object value
+    cdef tuple _headers
+
+    _fields = _MEMORY_RECORD_FIELDS
+
+    def __init__(self, str topic, uint32_t partition, int64_t offset, int64_t timestamp, key, value,
+                 headers=()):
+        if key is not None and type(key) is not bytes:
+            raise InvalidArgument(f"key must be bytes or None, got {type(key).__name__}")
+        if value is not None and type(value) is not bytes:
+            raise InvalidArgument(f"value must be bytes or None, got {type(value).__name__}")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.key = key
+        self.value = value
+        self._headers = _header_pairs(headers)
+
+    @property
+    def headers(self):
+        """A new list of ``(str, bytes)`` pairs (empty when the record has none)."""
+        return list(self._headers)
+
+    cdef tuple _astuple(self):
+        return (self.partition, self.offset, self.timestamp, self.key, self.value, list(self._headers))
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return self._astuple()[i]
+
+    def __iter__(self):
+        return iter(self._astuple())
+
+    def __richcmp__(self, other, int op):
+        if isinstance(other, MemoryRecord):
+            other = (<MemoryRecord>other)._astuple()
+        elif not isinstance(other, tuple):
+            return NotImplemented
+        return PyObject_RichCompare(self._astuple(), other, op)
+
+    def __hash__(self):
+        return hash(self._astuple())         # TypeError, as for the tuple: headers is a list
+
+    def __reduce__(self):
+        return (MemoryRecord, (self.topic, self.partition, self.offset, self.timestamp, self.key,
+                               self.value, self._headers))
+
+    def count(self, x):
+        return self._astuple().count(x)
+
+    def index(self, x, *args):
+        return self._astuple().index(x, *args)
+
+    def _asdict(self):
+        return dict(zip(_MEMORY_RECORD_FIELDS, self._astuple()))
+
+    def _replace(self, **changes):
+        d = self._asdict()
+        bad = set(changes) - set(_MEMORY_RECORD_FIELDS)
+        if bad:
+            raise InvalidArgument(f"unknown field(s) {sorted(bad)!r}; fields are {_MEMORY_RECORD_FIELDS!r}")
+        d.update(changes)
+        return MemoryRecord(self.topic, d["partition"], d["offset"], d["timestamp"], d["key"], d["value"],
+                            d["headers"])
+
+    def __repr__(self):
+        return (f"MemoryRecord(partition={self.partition}, offset={self.offset}, "
+                f"timestamp={self.timestamp}, key={self.key!r}, value={self.value!r}, "
+                f"headers={list(self._headers)!r})")
 
 
-cdef inline object _record_tuple(object cls, object a, object b, object c, object d, object e, object f):
-    """An instance of the tuple subclass `cls` (checked by _get_records: no fields of its
-    own) holding (a..f), built without calling Python code: tuple.__new__ by hand."""
-    cdef object t = PyType_GenericAlloc(<PyTypeObject *>cls, 6)
-    _set_item(t, 0, a)
-    _set_item(t, 1, b)
-    _set_item(t, 2, c)
-    _set_item(t, 3, d)
-    _set_item(t, 4, e)
-    _set_item(t, 5, f)
-    return t
+cdef tuple _header_pairs(object headers):
+    """Headers as a tuple of (str, bytes | None) pairs (a dict is accepted too)."""
+    if not headers:
+        return ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    out = []
+    for h in headers:
+        k, v = h
+        if type(k) is not str:
+            raise InvalidArgument(f"header keys must be str, got {type(k).__name__}")
+        if v is not None and type(v) is not bytes:
+            v = _as_bytes(v, "header value")
+        out.append((k, v))
+    return tuple(out)
 
 
-cdef int _decode_record(const uint8_t *m, int64_t n, list out, object record_type) except -1:
+cdef int _decode_record(const uint8_t *m, int64_t n, list out, str topic) except -1:
+    """Append the framed record at m: a MemoryRecord of `topic`, or a plain tuple when
+    topic is None."""
     cdef FrameView f
     cdef fq_header h
     cdef uint32_t i
+    cdef MemoryRecord r
     _frame_view(m, n, &f)
     key = None if f.key == NULL else PyBytes_FromStringAndSize(<const char *>f.key, f.key_len)
     value = None if f.value == NULL else PyBytes_FromStringAndSize(<const char *>f.value, f.value_len)
@@ -184,11 +276,18 @@ cdef int _decode_record(const uint8_t *m, int64_t n, list out, object record_typ
         headers.append(((<const char *>h.key)[:h.key_len].decode("utf-8", "surrogateescape"),
                         None if h.value == NULL else PyBytes_FromStringAndSize(<const char *>h.value,
                                                                                h.value_len)))
-    # the field order of fastq.memtopic.MemoryRecord (offset -1: not from a log)
-    if record_type is None:
+    if topic is None:
         out.append((f.partition, -1, f.timestamp, key, value, headers))
-    else:
-        out.append(_record_tuple(record_type, f.partition, -1, f.timestamp, key, value, headers))
+        return 0
+    r = MemoryRecord.__new__(MemoryRecord)
+    r.topic = topic
+    r.partition = f.partition
+    r.offset = -1
+    r.timestamp = f.timestamp
+    r.key = key
+    r.value = value
+    r._headers = tuple(headers) if f.n_headers else ()
+    out.append(r)
     return 0
 
 

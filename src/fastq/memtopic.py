@@ -51,14 +51,14 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 from . import _storage
 from ._producer import MEMORY_MODE_AT as _MODE_AT
 from ._producer import MEMORY_MODE_RING as MODE_RING
 from ._producer import MEMORY_MODE_SPILL as MODE_SPILL
 from ._producer import memory_publish as _memory_publish
-from ._ring import Ring, _frame_record
+from ._ring import MemoryRecord, Ring, _frame_record
 from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError
 from .topic import BatchMetadata, RecordMetadata, Topic
 
@@ -83,20 +83,6 @@ def ring_name(broker_path: str, topic: str) -> str:
     """The shared-memory ring name of a memory topic: a hash of broker path and topic."""
     h = hashlib.sha1(f"{os.path.abspath(broker_path)}\0{topic}".encode()).hexdigest()[:32]
     return f"memtopic-{h}"
-
-
-class MemoryRecord(NamedTuple):
-    """A record taken from a memory topic (a tuple, built without Python code per record).
-    ``key``/``value`` are bytes (copies), so it pins nothing. ``offset`` is -1 for a
-    record from the ring, the log offset for a spilled one. ``topic`` is a class
-    attribute of the per-topic subclass."""
-
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list
 
 
 class _State:
@@ -179,8 +165,6 @@ class MemoryTopic(Topic):
         self.dropped = 0            # records this process discarded (overflow="drop-oldest")
         self._ring: Ring | None = None
         self._users_fd = -1
-        self._record_type = type("MemoryRecord", (MemoryRecord,), {"__slots__": (), "topic": name})
-        self._make_record = self._record_type._make
         self._state = _State(self.dir)
         try:
             self._open_ring()
@@ -329,7 +313,7 @@ class MemoryTopic(Topic):
     def _take(self, max_records: int) -> list[MemoryRecord]:
         """Take up to max_records: from the ring, else (SPILL mode, ring empty) the log."""
         ring = self._ring_or_closed()
-        got = ring._get_records(max_records, record_type=self._record_type)
+        got = ring._get_records(max_records, topic=self.name)
         if got:
             return got
         st = self._state
@@ -340,7 +324,7 @@ class MemoryTopic(Topic):
                 return []
             lg = self.log(0)
             end = lg.end_offset                      # sampled before the ring check
-            got = ring._get_records(max_records, record_type=self._record_type)
+            got = ring._get_records(max_records, topic=self.name)
             if got:
                 return got
             cur = max(st.cursor, lg.start_offset)
@@ -350,9 +334,9 @@ class MemoryTopic(Topic):
                 return []
             out = []
             for rec in lg.read(cur, end):
-                out.append(self._make_record((0, rec.offset, rec.timestamp,
-                                              None if rec.key is None else bytes(rec.key),
-                                              None if rec.value is None else bytes(rec.value), rec.headers)))
+                out.append(MemoryRecord(self.name, 0, rec.offset, rec.timestamp,
+                                        None if rec.key is None else bytes(rec.key),
+                                        None if rec.value is None else bytes(rec.value), rec.headers))
                 if len(out) >= max_records:
                     break
             rec = None
