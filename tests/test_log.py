@@ -672,6 +672,29 @@ def test_pacer_learns_the_gap_and_misses_nothing(tmp_path):
         assert pacer.gap_us is None and pacer.stats == {"early": 0, "late": 0, "woken": 0}
 
 
+def _paced_reads(tmp_path, schedule_ms, margin_us, observe):
+    """A thread appends record i at schedule_ms[i] (ms after the start); this thread
+    waits for each with one Pacer(margin_us) and collects observe(pacer) after each."""
+    import threading
+    from fastq import Pacer
+    with Log(tmp_path / "l") as lg:
+        t0 = time.monotonic()
+
+        def writer():
+            for i, at in enumerate(schedule_ms):
+                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
+                lg.append(b"%d" % i)
+        th = threading.Thread(target=writer)
+        pacer = Pacer(margin_us=margin_us)
+        th.start()
+        out = []
+        for off in range(len(schedule_ms)):
+            assert lg.wait(off, timeout=2, pacer=pacer), f"record {off} never came"
+            out.append(observe(pacer))
+        th.join()
+    return out
+
+
 def test_pacer_reanchors_after_an_arrival_seen_late(tmp_path):
     """An arrival that comes while a Pacer sleeps (before its spin window) wakes it
     through the futex, so it is seen a wake-up late, and the next expected arrival is
@@ -683,24 +706,8 @@ def test_pacer_reanchors_after_an_arrival_seen_late(tmp_path):
     comes 50 ms early (it wakes the pacer), and the next 70 ms after it, ~24 ms before
     the expected arrival: inside the early-opened window (caught spinning), but ~19 ms
     before a plain window would open (it would wake the pacer again)."""
-    import threading
-    from fastq import Pacer
-    schedule_ms = [100 * k for k in range(1, 11)] + [1050, 1120]
-    with Log(tmp_path / "l") as lg:
-        t0 = time.monotonic()
-
-        def writer():
-            for i, at in enumerate(schedule_ms):
-                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
-                lg.append(b"%d" % i)
-        th = threading.Thread(target=writer)
-        pacer = Pacer(margin_us=5000)
-        th.start()
-        seen = []
-        for off in range(len(schedule_ms)):
-            assert lg.wait(off, timeout=2, pacer=pacer), f"record {off} never came"
-            seen.append(dict(pacer.stats))
-        th.join()
+    seen = _paced_reads(tmp_path, [100 * k for k in range(1, 11)] + [1050, 1120], 5000,
+                        lambda pacer: dict(pacer.stats))
     before, early, after = seen[9], seen[10], seen[11]
     assert early == {**before, "early": before["early"] + 1, "woken": before["woken"] + 1}, seen
     assert after == {**early, "early": early["early"] + 1}, seen
@@ -711,24 +718,8 @@ def test_pacer_gap_ignores_a_stall(tmp_path):
     that paused, or a record the reader found already there) leaves it at the beat.
     A moving average with 1/8 weight moved it by half a period and kept the next
     windows off for several records."""
-    import threading
-    from fastq import Pacer
-    schedule_ms = [20 * k for k in range(1, 11)] + [300, 320]
-    with Log(tmp_path / "l") as lg:
-        t0 = time.monotonic()
-
-        def writer():
-            for i, at in enumerate(schedule_ms):
-                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
-                lg.append(b"%d" % i)
-        th = threading.Thread(target=writer)
-        pacer = Pacer(margin_us=3000)
-        th.start()
-        gaps = []
-        for off in range(len(schedule_ms)):
-            assert lg.wait(off, timeout=2, pacer=pacer), f"record {off} never came"
-            gaps.append(pacer.gap_us)
-        th.join()
+    gaps = _paced_reads(tmp_path, [20 * k for k in range(1, 11)] + [300, 320], 3000,
+                        lambda pacer: pacer.gap_us)
     assert 15_000 < gaps[9] < 25_000, gaps       # the beat
     assert 15_000 < gaps[10] < 25_000, gaps      # after the 100 ms gap: still the beat
     assert 15_000 < gaps[11] < 25_000, gaps
