@@ -237,7 +237,8 @@ static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t dea
     if (deadline >= 0 && until > deadline) until = deadline;
     if (deadline >= 0 && early > deadline) early = deadline;   /* never sleep past the timeout */
     if (now >= until) return 0;                      /* the window is behind us */
-    if (now < early) {
+    int slept = now < early;
+    if (slept) {
         /* timer slack (50 us by default) would make the timed sleep overshoot the window */
         int64_t slack = fq_timer_slack(1000);
         while (now < early) {
@@ -249,7 +250,7 @@ static int paced(uint32_t *notify, uint32_t *waiters, uint32_t seen, int64_t dea
         }
         fq_timer_slack(slack);
     }
-    if (__atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;   /* came during the sleep */
+    if (slept && __atomic_load_n(notify, __ATOMIC_ACQUIRE) != seen) return 1;   /* came during the sleep */
     if (!spin_until(notify, seen, until)) return 0;
     pace->cap_ns = expected + margin / 2;
     return 2;

@@ -475,9 +475,9 @@ for k in range(rounds):
     with Log(path) as again:                          # every acknowledged append is there
         vals = [bytes(r.value[:1]) for r in again.read(0)]
     counts = [vals.count(b"%d" % i) for i in range(3)]
-    # "os": an append either returned or raised Closed before writing. "group": the one
-    # a thread had in flight may be there, unacknowledged (Closed came while it waited
-    # for its fsync), as with any append that raises after it was written.
+    # "os": an append either returned or raised Closed before writing. "group" and
+    # "always": the one a thread had in flight may be there, unacknowledged (Closed came
+    # before its fsync), as with any append that raises after it was written.
     extra = [c - a for c, a in zip(counts, acked)]
     assert all(e == 0 for e in extra) if durability == "os" else all(e in (0, 1) for e in extra), \
         (k, acked, counts)
@@ -485,15 +485,16 @@ print("ok", rounds)
 """
 
 
-@pytest.mark.parametrize("durability", ["os", "group"])
+@pytest.mark.parametrize("durability", ["os", "group", "always"])
 def test_closing_a_log_under_appending_threads(durability):
     """Three threads append (rolling every ~10 appends) while another closes the log.
     A roll runs Python code under the writer lock, so close could run in the middle of
     an append and unmap the segment and state under it: the process crashed (SIGSEGV;
     5 runs of 20 rounds all crashed). With "group" durability an append's group-commit
-    fsync, outside the lock, read the unmapped state after the close (SIGSEGV too).
-    Now close waits for the thread holding the lock and for an fsync in progress; a
-    thread that takes the lock afterwards, or still waits for its fsync, raises Closed.
+    fsync, outside the lock, read the unmapped state after the close (SIGSEGV too), and
+    with "always" an fsync could run on a descriptor close had just closed. Now close
+    waits for the thread holding the lock and for fsyncs in progress; a thread that
+    takes the lock afterwards, or has yet to fsync its append, raises Closed.
     Every acknowledged append is in the reopened log. In a child process, so a crash
     fails this test."""
     import subprocess

@@ -499,7 +499,11 @@ cdef class LogCore:
         log for good (fsyncgate): every later call raises FsyncFailed."""
         try:
             if self._durability == 2:
-                self._active.sync()
+                seg = self._active
+                if seg is None or self._closing:
+                    raise Closed(f"log closed before the append at offset {done_offset - 1} was "
+                                 "fsynced (it was appended)")
+                seg.sync()                       # raises Closed if the log closes first
                 self._raise_recovery_point(done_offset)
             else:
                 self._group_sync(done_offset)

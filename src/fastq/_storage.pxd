@@ -114,6 +114,7 @@ cdef class Segment:
     cdef readonly int64_t populated     # page tables of this mapping populated for [0, populated)
     cdef public bint pf_requested       # a pretouch of this segment is queued (see fastq.log)
     cdef int pf_active                  # a prefault runs without the GIL: close() waits for it
+    cdef int sync_active                # fsyncs/msyncs running without the GIL: close() waits for them
 
     cdef int _live(self) except -1
     cdef int _grow(self, int64_t needed) except -1

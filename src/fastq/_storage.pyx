@@ -497,8 +497,12 @@ cdef class Segment:
         cdef int rc
         if self.fd < 0:
             raise Closed(f"segment {self.path} is closed")
-        with nogil:
-            rc = fq_datasync(self.fd)
+        self.sync_active += 1                # close() waits: the fd stays open until we are done
+        try:
+            with nogil:
+                rc = fq_datasync(self.fd)
+        finally:
+            self.sync_active -= 1
         if rc < 0:
             raise FsyncFailed(-rc, f"fsync {self.path}: {os.strerror(-rc)}")
 
@@ -508,8 +512,12 @@ cdef class Segment:
             raise Closed(f"segment {self.path} is closed")
         if end <= start:
             return
-        with nogil:
-            rc = fq_msync(self.data + start, <size_t>(end - start))
+        self.sync_active += 1                # close() waits: the mapping stays until we are done
+        try:
+            with nogil:
+                rc = fq_msync(self.data + start, <size_t>(end - start))
+        finally:
+            self.sync_active -= 1
         if rc < 0:
             raise FsyncFailed(-rc, f"msync {self.path}: {os.strerror(-rc)}")
 
@@ -532,10 +540,10 @@ cdef class Segment:
 
     def close(self):
         """Unmap and close. Refuses with BufferError while memoryviews are alive; waits
-        for a prefault in progress (another thread) to finish."""
+        for a prefault or sync in progress (another thread) to finish."""
         if self.exports > 0:
             raise BufferError(f"cannot close {self.path}: {self.exports} record view(s) still alive")
-        while self.pf_active:
+        while self.pf_active or self.sync_active:
             with nogil:
                 fq_sleep_ns(100000)
         if self.data != NULL:
