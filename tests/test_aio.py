@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 import fastq
-from fastq.errors import Closed, UnknownTopic
+from fastq.errors import Closed, InvalidArgument, UnknownTopic
 
 
 def run(coro):
@@ -56,6 +56,39 @@ def test_consumer_async_iteration_and_commit(tmp_path):
             assert await c.lag() == {0: 0, 1: 0, 2: 0}
             await c.close()
             assert c.closed
+    run(main())
+
+
+def test_memory_topic_async_consumer(tmp_path):
+    """await topic.consumer() of a memory topic takes records (async for, poll), and
+    commit/close/lag/assignment work; its commit() after iteration used to raise
+    AttributeError (the async consumer assumed a log consumer's offsets)."""
+    async def main():
+        async with await fastq.open_async(tmp_path / "b") as b:
+            t = await b.topic("jobs", storage="memory")
+            for i in range(5):
+                await t.publish(b"%d" % i)
+            c = await t.consumer(group="workers")
+            assert isinstance(c, fastq.AsyncMemoryConsumer)
+            first = await c.__anext__()                  # fetches all 5 ahead, hands out 1
+            assert first.value == b"0" and first.offset == -1
+            await c.commit()                             # accepted: taking is consuming
+            assert await c.assignment() == [0] and await c.committed() == {0: None}
+            got = [r.value for r in await c.poll(10, timeout=1)]
+            assert got == [b"1", b"2", b"3", b"4"]
+            await t.publish(b"5")
+            assert await c.lag() == {0: 1}
+            async for r in c:
+                assert r.value == b"5"
+                break
+            with pytest.raises(InvalidArgument):
+                await c.seek(0, 0)
+            with pytest.raises(InvalidArgument):
+                await c.position(0)
+            await c.close()
+            assert c.closed
+            with pytest.raises(Closed):
+                c.sync.poll(timeout=0)
     run(main())
 
 

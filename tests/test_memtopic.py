@@ -101,6 +101,24 @@ def test_memory_records_behave_as_the_named_tuple(broker):
         MemoryRecord("nt", 0, -1, 0, None, None, [(1, b"x")])
 
 
+def test_memory_consumer_offset_calls(broker):
+    """A memory topic's consumer answers the Consumer calls that make sense for taken
+    records (assignment, lag, committed) and refuses the ones that need positions with
+    InvalidArgument (they were AttributeError)."""
+    t = broker.topic("oc", storage="memory", capacity_bytes=SMALL)
+    t.publish(b"a")
+    t.publish(b"b")
+    with t.consumer() as c:
+        assert c.assignment() == [0] and c.committed() == {0: None} and c.lag() == {0: 2}
+        assert [r.value for r in c.poll(1)] == [b"a"] and c.lag() == {0: 1}
+        for call in (lambda: c.position(0), lambda: c.seek(0, 0), c.seek_to_beginning, c.seek_to_end,
+                     lambda: c.seek_to_timestamp(0)):
+            with pytest.raises(InvalidArgument, match="memory topic"):
+                call()
+    with pytest.raises(Closed):
+        c.lag()
+
+
 def test_iteration_and_producer_interface(broker):
     t = broker.topic("it", storage="memory", capacity_bytes=SMALL)
     delivered = []

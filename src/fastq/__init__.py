@@ -18,11 +18,12 @@ from .broker import Broker, validate_name  # noqa: E402
 from .producer import Producer  # noqa: E402
 from .topic import BatchMetadata, RecordMetadata, Topic  # noqa: E402
 
-from .aio import AsyncBroker, AsyncConsumer, AsyncProducer, AsyncTopic, open_async  # noqa: E402
+from .aio import AsyncBroker, AsyncConsumer, AsyncMemoryConsumer, AsyncProducer, AsyncTopic, open_async  # noqa: E402
 
 open = _broker.open  # noqa: A001  (fastq.open(path) -> Broker, as the product sketch says)
 __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name",
-            "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncProducer"]
+            "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
+           "AsyncProducer"]
 from .consumer import Consumer  # noqa: E402
 
 __all__ += ["Consumer"]

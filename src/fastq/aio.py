@@ -21,7 +21,7 @@ from .broker import Broker
 from .errors import Closed
 from .topic import BatchMetadata, RecordMetadata, Topic
 
-__all__ = ["open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncProducer"]
+__all__ = ["open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer", "AsyncProducer"]
 
 _SLICE = 0.1
 
@@ -143,7 +143,10 @@ class AsyncTopic:
                 return True
 
     async def consumer(self, group: str | None = None, **options) -> "AsyncConsumer":
-        ac = AsyncConsumer.__new__(AsyncConsumer)
+        from .memtopic import MemoryTopic
+
+        cls = AsyncMemoryConsumer if isinstance(self.sync, MemoryTopic) else AsyncConsumer
+        ac = cls.__new__(cls)
         ac._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fastq-consumer-{self.name}")
         ac._buffer = []
         try:
@@ -274,6 +277,25 @@ class AsyncConsumer:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+class AsyncMemoryConsumer(AsyncConsumer):
+    """Async face of :class:`fastq.memtopic.MemoryConsumer` (what ``await
+    topic.consumer()`` returns for a memory topic): ``await poll()``, ``async for``,
+    ``commit()`` (accepted, does nothing), ``close()``. Records are *taken*: those
+    fetched ahead by ``async for`` (up to 500) and not handed out when the consumer
+    closes are lost, as with the sync consumer (at-most-once). ``position`` and the
+    ``seek*`` calls raise InvalidArgument."""
+
+    async def commit(self, what=None) -> None:
+        self.sync.commit(what)
+
+    async def close(self) -> None:
+        self._buffer = []
+        try:
+            await self._call(self.sync.close)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class AsyncProducer:

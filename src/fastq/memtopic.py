@@ -423,8 +423,11 @@ class MemoryProducer:
 
 class MemoryConsumer:
     """Takes records from a memory topic: ``poll(max_records, timeout)``, iteration
-    (blocks), ``commit()`` (accepted, does nothing: taking is consuming), ``close()``.
-    ``group`` is a label only: every consumer of the topic shares its ring."""
+    (blocks), ``commit()`` (accepted, does nothing: taking is consuming), ``close()``;
+    ``assignment()`` is ``[0]``, ``lag()`` the records waiting, ``committed()``
+    ``{0: None}``; ``position`` and the ``seek*`` calls raise InvalidArgument (records
+    are taken, there is no position). ``group`` is a label only: every consumer of the
+    topic shares its ring."""
 
     _ACCEPTED = {"auto_commit", "from_", "session_timeout_ms", "spin_us", "on_assign", "on_revoke"}
 
@@ -490,6 +493,40 @@ class MemoryConsumer:
     def commit(self, what=None) -> None:
         """Accepted for API compatibility; a taken record is already consumed."""
         self._check_open()
+
+    def committed(self) -> dict[int, int | None]:
+        """``{0: None}``: a memory topic keeps no committed offsets."""
+        self._check_open()
+        return {0: None}
+
+    def assignment(self) -> list[int]:
+        """``[0]``: every consumer of a memory topic takes from its one partition."""
+        self._check_open()
+        return [0]
+
+    def lag(self) -> dict[int, int]:
+        """``{0: records waiting}`` (ring plus untaken spill backlog, a snapshot)."""
+        self._check_open()
+        return {0: self.topic.qsize()}
+
+    def _no_offsets(self, what: str):
+        raise InvalidArgument(f"{what}: a memory topic's consumer takes records, which have no "
+                              "positions to seek to (offsets are for log topics)")
+
+    def position(self, partition: int) -> int:
+        self._no_offsets("position")
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._no_offsets("seek")
+
+    def seek_to_beginning(self, partitions=None) -> None:
+        self._no_offsets("seek_to_beginning")
+
+    def seek_to_end(self, partitions=None) -> None:
+        self._no_offsets("seek_to_end")
+
+    def seek_to_timestamp(self, timestamp: int, partitions=None) -> None:
+        self._no_offsets("seek_to_timestamp")
 
     @property
     def closed(self) -> bool:
