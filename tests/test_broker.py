@@ -2,6 +2,7 @@
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -335,11 +336,36 @@ def test_closing_the_broker_under_publishing_and_polling_threads():
     broker — a shutdown with clients still running. It crashed the process with
     SIGSEGV (3 runs of 10 rounds, all crashed before 2026-11-28: a roll under the
     writer lock let close unmap the log mid-append, and readers read on from unmapped
-    segments). Now each client raises Closed. In a child process, so a crash fails
-    this test instead of ending the run."""
+    segments; and a producer's drain could reopen a partition's log while the topic
+    closed, then bump the topic's closed notifier). Now each client raises Closed. In
+    a child process, so a crash fails this test instead of ending the run."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", _CLOSE_UNDER_CLIENTS, "10"],
+    r = subprocess.run([sys.executable, "-c", _CLOSE_UNDER_CLIENTS, "30"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
-    assert r.stdout.split() == ["ok", "10"], r.stdout
+    assert r.stdout.split() == ["ok", "30"], r.stdout
+
+
+def test_a_partition_log_is_not_reopened_by_a_call_racing_close(broker):
+    """topic.log(p) for a partition not opened yet, called while another thread closes
+    the topic: it waits for the topic's mutex, which close holds, and used to open the
+    log afterwards, on a closed topic (a leaked log whose appends bumped the topic's
+    unmapped notifier: SIGSEGV). It now raises Closed."""
+    t = broker.topic("race", partitions=2)
+    t.log(0)
+    got = []
+
+    def opener():
+        try:
+            got.append(t.log(1))
+        except Closed as e:
+            got.append(e)
+    with t._mutex:                       # as close() does; the opener queues behind it
+        th = threading.Thread(target=opener)
+        th.start()
+        time.sleep(0.2)                  # the opener is past its first check, at the mutex
+        t.close()                        # re-entrant: the opener is still waiting
+    th.join(5)
+    assert len(got) == 1 and isinstance(got[0], Closed), got
+    assert t._logs == [None, None]

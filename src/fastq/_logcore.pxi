@@ -227,7 +227,7 @@ cdef class LogCore:
         s.generation = generation
         fq_log_commit(self.st, &s)
         fq_log_notify(self.st)
-        if self._notifier is not None:
+        if self._notifier is not None and self._notifier.words != NULL:   # NULL: topic closed
             fq_notify_bump(self._notifier.words, self._notifier.words + 1)
 
     def _raise_recovery_point(self, int64_t v):
@@ -417,7 +417,7 @@ cdef class LogCore:
         """Publish the commit group and wake tailing readers."""
         fq_log_commit(self.st, s)
         fq_log_notify(self.st)
-        if self._notifier is not None:
+        if self._notifier is not None and self._notifier.words != NULL:   # NULL: topic closed
             fq_notify_bump(self._notifier.words, self._notifier.words + 1)
 
     cdef int64_t _write_chunk_locked(self, fq_log_snapshot *s, const fq_record_in *recs, int32_t k,

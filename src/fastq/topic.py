@@ -90,6 +90,8 @@ class Topic(_storage.TopicCore):
             return lg
         self._check_partition(partition)
         with self._mutex:
+            if self._closed:                 # closed while we waited for the mutex
+                raise Closed(f"topic {self.name!r} is closed")
             lg = self._logs[partition]
             if lg is None:
                 cfg = self.config
