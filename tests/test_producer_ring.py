@@ -140,3 +140,27 @@ def test_flush_and_close_semantics_and_bad_arguments(broker):
             q.send(b"x", timestamp="now")
         with pytest.raises(InvalidArgument):
             q.send(b"x", headers=[("k",)])
+
+
+def test_closing_the_broker_appends_what_its_producers_hold(tmp_path):
+    """Records sent to a producer and still lingering when the broker (or the topic)
+    closes are appended by that close, and the producer is closed with it. They used to
+    be dropped without an error: the linger thread met the closed topic, took the
+    records out of its ring and returned quietly."""
+    b = fastq.open(tmp_path / "b")
+    t = b.topic("t", partitions=2)
+    acked = []
+    p = t.producer(linger_ms=60_000, on_delivery=acked.append)     # nothing lingers out
+    for i in range(10):
+        p.send(b"%d" % i, partition=i % 2)
+    assert p.pending == 10
+    b.close()
+    assert p.pending == 0 and len(acked) == 10
+    with pytest.raises(Closed):
+        p.send(b"late")
+    with pytest.raises(Closed):
+        t.producer()
+    with fastq.open(tmp_path / "b") as again:
+        t2 = again.topic("t")
+        assert sorted(bytes(r.value) for part in (0, 1) for r in t2.read(part)) == \
+            sorted(b"%d" % i for i in range(10))

@@ -139,7 +139,9 @@ class Producer(ProducerCore):
                 if self._stop.wait(self.linger):
                     return                       # close() drains what is left
                 self._drain()
-            except Closed:
+            except Closed as e:
+                if not self._closed:             # the topic closed under us: records the
+                    self._error = e              # drain took were not appended; say so
                 return
             except BaseException as e:  # reported to the caller on its next call
                 self._error = e

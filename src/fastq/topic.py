@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from . import _storage
@@ -68,6 +69,7 @@ class Topic(_storage.TopicCore):
         self._mutex = threading.RLock()
         self._closed = False
         self._notifier = _storage.Notifier(os.path.join(self.dir, "notify"))
+        self._producers: weakref.WeakSet = weakref.WeakSet()   # closed (flushed) by close()
         self._sticky = random.randrange(self.partitions)
         self._sticky_bytes = 0
 
@@ -146,8 +148,12 @@ class Topic(_storage.TopicCore):
         now (see :class:`fastq.Producer`)."""
         from .producer import Producer
 
-        return Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
-                        on_delivery=on_delivery, buffer_bytes=buffer_bytes)
+        if self._closed:
+            raise Closed(f"topic {self.name!r} is closed")
+        p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
+                     on_delivery=on_delivery, buffer_bytes=buffer_bytes)
+        self._producers.add(p)
+        return p
 
     # -- reading ------------------------------------------------------------------------
 
@@ -228,7 +234,18 @@ class Topic(_storage.TopicCore):
         return self._closed
 
     def close(self) -> None:
-        """Close the partition logs opened through this topic. Idempotent."""
+        """Close the partition logs opened through this topic. Idempotent. Producers of
+        the topic that are still open are closed first, which appends what they hold
+        (their records used to be dropped without an error when the topic closed under
+        them)."""
+        if self._closed:
+            return
+        failed = []
+        for p in list(self._producers):      # outside the mutex: their linger threads may
+            try:                             # need it to open a partition's log
+                p.close()
+            except Exception as e:           # the topic still closes; then this is raised
+                failed.append(e)
         with self._mutex:
             if self._closed:
                 return
@@ -245,6 +262,8 @@ class Topic(_storage.TopicCore):
                 raise errors[0]
             self._notifier.close()
             self._closed = True
+        if failed:
+            raise failed[0]
 
     def __repr__(self) -> str:
         return f"<fastq.Topic {self.name!r} partitions={self.partitions}>"
