@@ -152,7 +152,8 @@ class Topic(_storage.TopicCore):
             raise Closed(f"topic {self.name!r} is closed")
         p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
                      on_delivery=on_delivery, buffer_bytes=buffer_bytes)
-        self._producers.add(p)
+        with self._mutex:
+            self._producers.add(p)
         return p
 
     # -- reading ------------------------------------------------------------------------
@@ -241,7 +242,9 @@ class Topic(_storage.TopicCore):
         if self._closed:
             return
         failed = []
-        for p in list(self._producers):      # outside the mutex: their linger threads may
+        with self._mutex:
+            producers = list(self._producers)
+        for p in producers:                  # outside the mutex: their linger threads may
             try:                             # need it to open a partition's log
                 p.close()
             except Exception as e:           # the topic still closes; then this is raised
