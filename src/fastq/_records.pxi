@@ -160,7 +160,7 @@ cdef class LogReader:
         reader (the log was closed, or truncated past it): the next batch is located
         afresh, which raises Closed for a closed log. Reading on from the unmapped
         batch crashed the process."""
-        if self.remaining > 0 and self.seg.data == NULL:
+        if self.remaining > 0 and (self.seg is None or self.seg.data == NULL):
             self.remaining = 0
             self.seg = None
 
