@@ -52,6 +52,13 @@ def interrupt_after():
     signal.signal(signal.SIGUSR1, old)
 
 
+def child_env(tmp_path) -> dict:
+    """The environment for a test's child Python process: TMPDIR points into the test's
+    tmp_path, so what the child creates with tempfile goes with the test's scratch
+    directory instead of piling up in /tmp."""
+    return {**os.environ, "TMPDIR": str(tmp_path)}
+
+
 @pytest.fixture
 def fast_dir(tmp_path):
     """A scratch directory on tmpfs when there is one (/dev/shm on Linux): the

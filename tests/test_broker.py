@@ -10,6 +10,7 @@ import fastq
 from fastq import _storage
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, UnknownTopic)
+from logutil import child_env
 
 
 def _kafka_partitioner():
@@ -331,7 +332,7 @@ print("ok", rounds)
 """
 
 
-def test_closing_the_broker_under_publishing_and_polling_threads():
+def test_closing_the_broker_under_publishing_and_polling_threads(tmp_path):
     """Threads publish, send through a producer and poll while another closes the
     broker — a shutdown with clients still running. It crashed the process with
     SIGSEGV (3 runs of 10 rounds, all crashed before 2026-11-28: a roll under the
@@ -342,7 +343,7 @@ def test_closing_the_broker_under_publishing_and_polling_threads():
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", _CLOSE_UNDER_CLIENTS, "30"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, env=child_env(tmp_path), timeout=120)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
     assert r.stdout.split() == ["ok", "30"], r.stdout
 

@@ -14,7 +14,7 @@ from fastq import offsets as foffsets
 from fastq.consumer import Consumer
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           NotAssigned, OffsetOutOfRange)
-from logutil import Interrupted, interrupt_after  # noqa: F401 (a fixture)
+from logutil import Interrupted, child_env, interrupt_after  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -755,7 +755,7 @@ print(out, "alive" if th.is_alive() else "joined", round(closed_in, 3))
 
 @pytest.mark.parametrize("kind,parts", [("log", 1), ("wait_any", 3), ("consumer", 1), ("consumer", 3),
                                         ("consumer-adaptive", 1)])
-def test_closing_the_broker_under_a_waiting_thread(kind, parts):
+def test_closing_the_broker_under_a_waiting_thread(kind, parts, tmp_path):
     """A thread asleep in a wait on a log (or on a topic's notifier) while another thread
     closes the broker: the close used to unmap the shared state under the sleeper, which
     then crashed the process (SIGSEGV) when it woke. Now the sleeper raises Closed and
@@ -763,7 +763,7 @@ def test_closing_the_broker_under_a_waiting_thread(kind, parts):
     fails this test instead of ending the run."""
     import subprocess
     r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_WAITING, kind, str(parts)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, env=child_env(tmp_path), timeout=60)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
     got, state, closed_in = r.stdout.split("] ")[0] + "]", *r.stdout.split("] ")[1].split()
     assert state == "joined"

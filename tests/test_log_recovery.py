@@ -18,7 +18,7 @@ import pytest
 from fastq import Log
 from fastq.errors import CorruptRecord
 from logutil import (  # noqa: F401
-    TORTURE, apply_op, fast_dir, fork_child, op_tuples, random_op, read_all, seed_for,
+    TORTURE, apply_op, child_env, fast_dir, fork_child, op_tuples, random_op, read_all, seed_for,
     wait_child,
 )
 
@@ -429,7 +429,7 @@ print(out, "alive" if th.is_alive() else "joined", off, vals, round(took, 3))
 
 
 @pytest.mark.parametrize("holder", ["alive", "dies"])
-def test_closing_a_log_under_a_thread_waiting_for_the_writer_lock(holder):
+def test_closing_a_log_under_a_thread_waiting_for_the_writer_lock(holder, tmp_path):
     """A thread waits for the writer lock (another handle holds it: in this process, or
     in a process that then dies holding it) while another thread closes the log. The
     close used to unmap the shared state under the waiter, which crashed the process
@@ -439,7 +439,7 @@ def test_closing_a_log_under_a_thread_waiting_for_the_writer_lock(holder):
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_LOCKING, holder],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, env=child_env(tmp_path), timeout=60)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
     assert r.stdout.split() == ["['Closed']", "joined", "1", "[b'before',", "b'after']",
                                 r.stdout.split()[-1]], r.stdout
@@ -486,7 +486,7 @@ print("ok", rounds)
 
 
 @pytest.mark.parametrize("durability", ["os", "group", "always"])
-def test_closing_a_log_under_appending_threads(durability):
+def test_closing_a_log_under_appending_threads(durability, tmp_path):
     """Three threads append (rolling every ~10 appends) while another closes the log.
     A roll runs Python code under the writer lock, so close could run in the middle of
     an append and unmap the segment and state under it: the process crashed (SIGSEGV;
@@ -500,7 +500,7 @@ def test_closing_a_log_under_appending_threads(durability):
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_APPENDING, "20", durability],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, env=child_env(tmp_path), timeout=120)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
     assert r.stdout.split() == ["ok", "20"], r.stdout
 
@@ -552,7 +552,7 @@ print("ok", rounds)
 """
 
 
-def test_closing_a_log_under_reading_threads():
+def test_closing_a_log_under_reading_threads(tmp_path):
     """Three threads read (a LogReader's read_values, Records, get and
     offset_for_timestamp) while another closes the log. A reader that was inside a
     batch, or between batches of a segment, read on from the unmapped segment, and a
@@ -561,7 +561,7 @@ def test_closing_a_log_under_reading_threads():
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_READING, "10"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, env=child_env(tmp_path), timeout=120)
     assert r.returncode == 0, f"child died with {r.returncode}: {r.stderr[-2000:]}"
     assert r.stdout.split() == ["ok", "10"], r.stdout
 
