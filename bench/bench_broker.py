@@ -4,6 +4,9 @@ latency, consumer groups.
 Measured, with 100-byte messages, in one process on a 4-partition topic (durability "os"):
 - ``Topic.publish`` one message per call, and ``publish_many`` batches of 1,000;
 - a consumer (no group) polling a pre-filled topic back, 4,096 records per poll;
+- what a tailing consumer pays per wake-up: ``Consumer.poll`` handing out one ready
+  record per call, against the bare tail reader (``Log.wait`` + ``read_many(1)``) on a
+  1-partition topic; and ``poll(timeout=0)`` with nothing new on 4 partitions;
 and with one producer process and one consumer process (started before the timed region,
 released together):
 - throughput with one ``Topic.publish`` per message, and with ``publish_many`` batches
@@ -39,6 +42,9 @@ add_ratio("xproc one send per message: fastq Producer.send / mp.Queue put", "xpr
 add_ratio("xproc batched: fastq publish_many / mp.Queue put", "xproc_fastq_batch", "xproc_mpqueue_one", 15.0)
 add_ratio("xproc batched: fastq publish_many / mp.Queue put(list of 1,000)", "xproc_fastq_batch",
           "xproc_mpqueue_batch", 15.0)
+# a poll does more than the bare tail reader (positions, ownership, the Python fallbacks);
+# this bar keeps that extra from growing back
+add_ratio("one record per wake-up: Consumer.poll / tail reader", "poll_one_ready", "tail_one_ready", 0.6)
 
 
 def _pedantic(benchmark, pipe):
@@ -173,6 +179,72 @@ def test_consume_poll(benchmark, topic4):
 
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     record(benchmark, "consume_poll", N, SIZE)
+
+
+@pytest.fixture
+def topic1():
+    d = tempfile.mkdtemp(prefix="fastq-bench-")
+    b = fastq.open(d)
+    t = b.topic("t")
+    msgs = [b"x" * SIZE] * 1000
+    for _ in range(N // 1000):
+        t.publish_many(msgs)
+    yield t
+    b.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_poll_one_ready(benchmark, topic1):
+    """What a tailing consumer pays per wake-up: ``Consumer.poll(1, 0)`` with one record
+    ready, N times. The baseline (``tail_one_ready``) is the bare tail reader doing the
+    same: ``Log.wait(next, 0)`` and ``LogReader.read_many(1)``."""
+    c = topic1.consumer(from_="earliest")
+
+    def run():
+        poll = c.poll
+        for _ in range(N):
+            poll(1, 0)
+
+    benchmark.pedantic(run, setup=lambda: c.seek_to_beginning(), rounds=7, iterations=1)
+    assert c.position(0) == N
+    c.close()
+    record(benchmark, "poll_one_ready", N, SIZE)
+
+
+def test_tail_one_ready(benchmark, topic1):
+    lg = topic1.log(0)
+    state = {}
+
+    def setup():
+        state["rd"] = lg.read(0, follow=True)
+
+    def run():
+        rd = state["rd"]
+        wait, read_many = lg.wait, rd.read_many
+        for _ in range(N):
+            wait(rd.next_offset, 0)
+            read_many(1)
+
+    benchmark.pedantic(run, setup=setup, rounds=7, iterations=1)
+    assert state["rd"].next_offset == N
+    record(benchmark, "tail_one_ready", N, SIZE)
+
+
+def test_poll_idle(benchmark, topic4):
+    """``Consumer.poll(timeout=0)`` of a 4-partition topic with nothing new (one
+    partition read to its end, three never written): the cost of asking."""
+    topic4.publish(b"x" * SIZE, partition=0)
+    c = topic4.consumer(from_="earliest")
+    assert len(c.poll(10, 0)) == 1
+
+    def run():
+        poll = c.poll
+        for _ in range(N):
+            poll(1, 0)
+
+    benchmark.pedantic(run, rounds=7, iterations=1)
+    c.close()
+    record(benchmark, "poll_idle_4p", N, SIZE)
 
 
 # -- consumer groups ---------------------------------------------------------------------------

@@ -175,6 +175,51 @@ def test_poll_timeout_and_bad_arguments(broker):
             c.seek_to_beginning()
 
 
+def test_int_timeouts_are_seconds(broker):
+    """An int timeout (poll's fast path converts it without a float) means seconds, as
+    a float does; a huge one means no limit."""
+    t = broker.topic("t")
+    with t.consumer() as c:
+        t0 = time.monotonic()
+        assert c.poll(timeout=1) == []
+        assert 0.9 <= time.monotonic() - t0 < 5.0
+        t0 = time.monotonic()
+        assert t.log(0).wait(0, timeout=1) is False
+        assert 0.9 <= time.monotonic() - t0 < 5.0
+        t.publish(b"r")
+        for forever in (10**30, 999_999_999, 2**63):
+            recs = c.poll(timeout=forever)
+            assert [bytes(r.value) for r in recs] == [b"r"]
+            del recs
+            c.seek_to_beginning()
+        assert t.log(0).wait(0, timeout=10**30) is True
+
+
+def test_idle_partitions_are_polled_and_then_read(broker):
+    """Partitions with nothing new are passed over on the compiled path, also before the
+    consumer has a reader there; a record arriving later in any of them is handed out,
+    and a partition truncated under the consumer's position resets."""
+    t = broker.topic("t", partitions=3)
+    t.publish(b"a", partition=0)
+    with t.consumer(from_="earliest") as c:
+        assert [bytes(r.value) for r in c.poll(10, 0)] == [b"a"]
+        for _ in range(50):                          # idle, never-written partitions 1 and 2
+            assert c.poll(10, 0) == []
+        assert c.position(1) == c.position(2) == 0
+        t.publish(b"b", partition=2)
+        t.publish(b"c", partition=1)
+        t.publish(b"d", partition=0)
+        recs = c.poll(10, 0)
+        assert sorted((r.partition, bytes(r.value)) for r in recs) == [(0, b"d"), (1, b"c"), (2, b"b")]
+        del recs
+        assert [c.position(p) for p in range(3)] == [2, 1, 1]
+        t.log(0).truncate(1)                         # below our position 2: reset (from_)
+        assert c.poll(10, 0) == []
+        assert c.position(0) == 0
+        t.publish(b"e", partition=0)
+        assert [bytes(r.value) for r in c.poll(10, 0)] == [b"a", b"e"]
+
+
 def test_iteration_blocks_until_a_record_arrives(broker):
     t = broker.topic("t", partitions=2)
     with t.consumer("g") as c:

@@ -2,6 +2,7 @@
 
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_GET_ITEM
 from cpython.ref cimport PyObject
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from bisect import bisect_right
 
 import random as _random
@@ -10,9 +11,15 @@ import random as _random
 cdef int64_t timeout_ns(object timeout) except -2:
     """A wait's ``timeout`` in seconds (None or inf: no limit, -1) as nanoseconds."""
     cdef double d
+    cdef long long i
+    cdef int overflow = 0
     if timeout is None:
         return -1
-    if type(timeout) is float:
+    if type(timeout) is int:              # poll(n, 0), wait(off, 30): no float on the way
+        i = PyLong_AsLongLongAndOverflow(timeout, &overflow)
+        if overflow == 0 and 0 <= i < 1_000_000_000:
+            return i * 1_000_000_000
+    elif type(timeout) is float:
         d = timeout
         if d >= 0:
             return -1 if d >= 1e9 else <int64_t>(d * 1e9)

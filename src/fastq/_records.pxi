@@ -1,5 +1,7 @@
 # Records handed out by reads, and the sequential reader (included by _storage.pyx).
 
+from cpython.dict cimport PyDict_Next, PyDict_Update
+
 
 @cython.final
 @cython.freelist(256)
@@ -255,6 +257,10 @@ cdef class LogReader:
 # The most records one Consumer.poll hands out (its max_records cap).
 MAX_POLL_RECORDS_CAP = 1_000_000
 
+# ConsumerCore._tail_one: this partition needs the Python _read_partition.
+cdef enum:
+    NOT_SERVED = -2
+
 
 cdef class ConsumerCore:
     """The read hot path of :class:`fastq.consumer.Consumer`, which subclasses it and
@@ -288,7 +294,7 @@ cdef class ConsumerCore:
             self._polled = True
             out = []
             if self._read_ready(out, max_records):
-                self._pos.update(self._fetch)
+                PyDict_Update(self._pos, self._fetch)
                 return out
             if t == 0:
                 return out
@@ -318,7 +324,7 @@ cdef class ConsumerCore:
                     return out
             rc = lg._wait(self._fetch[p], left, <int64_t>(self.spin_us * 1000.0), pace)
             if self._read_ready(out, max_records):
-                self._pos.update(self._fetch)
+                PyDict_Update(self._pos, self._fetch)
                 return out
             if rc == 0:
                 return out
@@ -331,68 +337,72 @@ cdef class ConsumerCore:
     cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1:
         """``_read_into``, starting at a rotating partition so a busy partition cannot
         starve the others. Each partition whose tailing reader stands at its position
-        is read here; the others (no reader yet, a position the log no longer has, a
-        closed log) go to the Python ``_read_partition``, in the same rotation order."""
-        cdef Py_ssize_t n = len(self._fetch), start, i = 0, got = 0
+        (or that has nothing new) is read here; the others (no reader yet, a position
+        the log no longer has, a closed log) go to the Python ``_read_partition``, in
+        the same rotation order."""
+        cdef Py_ssize_t n = len(self._fetch), start, i, got = 0, k
         cdef list parts
+        cdef Py_ssize_t pos = 0
+        cdef PyObject *key
+        cdef PyObject *val
         if n == 0:
             return 0
+        if n == 1:                       # one partition: no rotation, no list of keys
+            PyDict_Next(self._fetch, &pos, &key, &val)
+            p = <object>key
+            got = self._tail_one(out, p, max_records)
+            if got == NOT_SERVED:
+                got = self._read_partition(out, p, max_records)
+            return got
         start = self._rr % n
         self._rr += 1
         parts = list(self._fetch)
-        while True:
-            got += self._tail_read(out, parts, start, &i, max_records - got)
-            if i >= n or got >= max_records:
-                return got
-            got += self._read_partition(out, parts[(start + i) % n], max_records - got)
-            i += 1
+        for i in range(n):
+            if got >= max_records:
+                break
+            p = parts[(start + i) % n]
+            k = self._tail_one(out, p, max_records - got)
+            if k == NOT_SERVED:
+                k = self._read_partition(out, p, max_records - got)
+            got += k
+        return got
 
-    cdef Py_ssize_t _tail_read(self, object out, list parts, Py_ssize_t start, Py_ssize_t *first,
-                               Py_ssize_t max_records) except -1:
-        """From the ``first[0]``-th partition of the rotation on, for each partition p
-        whose tailing reader ``_readers[p]`` stands at ``_fetch[p]`` inside the log,
-        append its new records to ``out`` (up to ``max_records`` in all) and advance
-        ``_fetch[p]``. Stops at the first partition it cannot serve that way, leaving
-        its index in ``first[0]`` (the number of partitions when there is none).
-        Returns the records read."""
-        cdef Py_ssize_t n = len(parts), i, got = 0, before
+    cdef Py_ssize_t _tail_one(self, object out, object p, Py_ssize_t max_records) except -1:
+        """If partition p has nothing new, 0; if its tailing reader ``_readers[p]``
+        stands at ``_fetch[p]`` inside the log, append up to ``max_records`` of its new
+        records to ``out``, advance ``_fetch[p]`` and return how many. Otherwise (no
+        reader yet, a position the log no longer has, a log not open here or closed)
+        NOT_SERVED, for the Python ``_read_partition``."""
         cdef list logs = (<TopicCore>self.topic)._logs
         cdef dict fetch = self._fetch
         cdef LogCore lg
         cdef LogReader rd
-        cdef Record r
+        cdef Record r = None
         cdef int64_t pos, end
-        for i in range(first[0], n):
-            if got >= max_records:
-                first[0] = n
-                return got
-            p = parts[(start + i) % n]
-            lgo = logs[p] if 0 <= <Py_ssize_t>p < len(logs) else None
-            rdo = self._readers.get(p)
-            if lgo is None or rdo is None or (<LogCore>lgo)._closed or (<LogCore>lgo).st == NULL:
-                first[0] = i
-                return got
-            lg = <LogCore>lgo
-            rd = <LogReader>rdo
-            pos = fetch[p]
-            end = <int64_t>fq_load_acquire_u64(<uint64_t *>&lg.st.next_offset)
-            if end == pos:
-                continue                                 # nothing new: the common idle case
-            if end < pos or rd.next_offset != pos or pos < lg.st.log_start_offset:
-                first[0] = i
-                return got
-            before = got
-            r = None
-            while got < max_records:
-                nxt = rd._next()
-                if nxt is None:
-                    break
-                r = nxt
-                out.append(r)
-                got += 1
-            if got > before:
-                fetch[p] = r.offset + 1
-            elif rd.next_offset > pos:                   # nothing but a gap (compaction)
-                fetch[p] = rd.next_offset
-        first[0] = n
+        cdef Py_ssize_t got = 0
+        lgo = logs[p] if 0 <= <Py_ssize_t>p < len(logs) else None
+        if lgo is None or (<LogCore>lgo)._closed or (<LogCore>lgo).st == NULL:
+            return NOT_SERVED
+        lg = <LogCore>lgo
+        pos = fetch[p]
+        end = <int64_t>fq_load_acquire_u64(<uint64_t *>&lg.st.next_offset)
+        if end == pos:
+            return 0                                     # nothing new: the common idle case
+        rdo = self._readers.get(p)
+        if rdo is None or end < pos or pos < lg.st.log_start_offset:
+            return NOT_SERVED
+        rd = <LogReader>rdo
+        if rd.next_offset != pos:
+            return NOT_SERVED
+        while got < max_records:
+            nxt = rd._next()
+            if nxt is None:
+                break
+            r = nxt
+            out.append(r)
+            got += 1
+        if got:
+            fetch[p] = r.offset + 1
+        elif rd.next_offset > pos:                       # nothing but a gap (compaction)
+            fetch[p] = rd.next_offset
         return got

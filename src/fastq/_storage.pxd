@@ -262,6 +262,5 @@ cdef class ConsumerCore:
     cdef public Pacer pacer             # wait="adaptive": paces the waits; else None
 
     cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1
-    cdef Py_ssize_t _tail_read(self, object out, list parts, Py_ssize_t start, Py_ssize_t *first,
-                               Py_ssize_t max_records) except -1
+    cdef Py_ssize_t _tail_one(self, object out, object p, Py_ssize_t max_records) except -1
     cdef object _wait_read(self, list out, Py_ssize_t max_records, int64_t timeout_ns)
