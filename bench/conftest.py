@@ -89,12 +89,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tr.write_line(f"  {r['ratio']:<48} {r['value']:>8.2f}x  (bar {r['bar']}x: "
                           f"{'met' if r['met'] else 'MISSED'})")
     if _LATENCY:
-        tr.section("fastq: latency per round, p50 / p99 / p99.9 (µs)")
+        tr.section("fastq: latency per round, p50 / p99 / p99.9 (µs); st: ms the hypervisor stole")
         for label, (rounds, bar) in _LATENCY.items():
             cells = []
             for r in rounds:
                 met = "" if bar is None else (" ✓" if r["p50_us"] <= bar[0] and r["p99_us"] <= bar[1] else " ✗")
-                cells.append(f"{r['p50_us']:.1f} / {r['p99_us']:.1f} / {r['p99.9_us']:.0f}{met}")
+                stolen = "" if r.get("steal_ms") is None else f" (st {r['steal_ms']:g})"
+                cells.append(f"{r['p50_us']:.1f} / {r['p99_us']:.1f} / {r['p99.9_us']:.0f}{met}{stolen}")
             tail = "" if bar is None else f"   (bar p50 ≤ {bar[0]:g}, p99 ≤ {bar[1]:g})"
             tr.write_line(f"  {label:<34} " + " | ".join(cells) + tail)
     info = machine_info()

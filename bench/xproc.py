@@ -36,6 +36,19 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[cpu]})
 
 
+def steal_ms() -> float | None:
+    """CPU time the hypervisor took from this guest (all CPUs, ms since boot; Linux's
+    /proc/stat "steal", in clock ticks), or None where there is no such count. The
+    latency benchmarks report it per round: a round with time stolen under it has stalls
+    no waiting strategy can hide."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def start(procs, ready) -> None:
     """Start the workload's processes and wait until the consumer says it is ready."""
     for p in procs:
@@ -213,12 +226,14 @@ class FastqPipe:
         return (), {}
 
     def run(self):
+        before = steal_ms()
         self.go.set()
         while True:                 # the producer's report may come first; the consumer's ends it
             got = self.done.get(timeout=600)
             if got[0] == "consumer":
                 break
         self.result = got
+        self.steal_ms = _stolen(before)
         assert got[1] == self.n, f"consumer got {got[1]} of {self.n}"
 
     def teardown(self):
@@ -284,15 +299,22 @@ class MPQueuePipe:
         return (), {}
 
     def run(self):
+        before = steal_ms()
         self.go.set()
         msg = self.done.get(timeout=600)
         assert msg[1] == self.n
         self.result = msg
+        self.steal_ms = _stolen(before)
 
     def teardown(self):
         reap(self.procs)
         self.q.close()
         self.q.join_thread()
+
+
+def _stolen(before: float | None) -> float | None:
+    after = steal_ms()
+    return None if before is None or after is None else round(after - before, 1)
 
 
 def percentiles(values_ns, qs=(50, 90, 99, 99.9)):
