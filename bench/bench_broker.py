@@ -3,7 +3,8 @@ latency, consumer groups.
 
 Measured, with 100-byte messages, in one process on a 4-partition topic (durability "os"):
 - ``Topic.publish`` one message per call, and ``publish_many`` batches of 1,000;
-- a consumer (no group) polling a pre-filled topic back, 4,096 records per poll;
+- a consumer (no group) polling a pre-filled topic back, 4,096 records per poll, and
+  iterating it back (``for rec in consumer``);
 - what a tailing consumer pays per wake-up: ``Consumer.poll`` handing out one ready
   record per call, against the bare tail reader (``Log.wait`` + ``read_many(1)``) on a
   1-partition topic; and ``poll(timeout=0)`` with nothing new on 4 partitions;
@@ -47,6 +48,8 @@ add_ratio("xproc batched: fastq publish_many / mp.Queue put(list of 1,000)", "xp
 # a poll does more than the bare tail reader (positions, ownership, the Python fallbacks);
 # this bar keeps that extra from growing back
 add_ratio("one record per wake-up: Consumer.poll / tail reader", "poll_one_ready", "tail_one_ready", 0.6)
+# iteration hands out read-ahead records one per __next__; poll(4096) a list at a time
+add_ratio("in-process: iteration / poll(4096)", "consume_iter", "consume_poll", 0.3)
 
 
 def _pedantic(benchmark, pipe):
@@ -181,6 +184,25 @@ def test_consume_poll(benchmark, topic4):
 
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     record(benchmark, "consume_poll", N, SIZE)
+
+
+def test_consume_iter(benchmark, topic4):
+    """The same pre-filled topic read back by iteration (``for rec in consumer``), the
+    README's way to consume: one record per ``__next__``."""
+    msgs = [b"x" * SIZE] * 1000
+    for i in range(N // 1000):
+        topic4.publish_many(msgs, partition=i % 4)
+
+    def run():
+        with topic4.consumer(from_="earliest") as c:
+            got = 0
+            for _ in c:
+                got += 1
+                if got == N:
+                    break
+
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    record(benchmark, "consume_iter", N, SIZE)
 
 
 @pytest.fixture

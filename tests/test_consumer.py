@@ -554,6 +554,45 @@ def test_new_member_gets_partitions_from_a_polling_member_quickly(broker):
         c1.close()
 
 
+def test_a_member_iterating_read_ahead_records_still_rebalances(broker):
+    """Iteration hands out records read ahead without reading or polling; a member doing
+    that still looks at the group (heartbeat, view) and gives a partition up to a new
+    member, dropping that partition's read-ahead records."""
+    t = broker.topic("t", partitions=2)
+    for p in (0, 1):
+        t.publish_many([b"x"] * 20_000, partition=p)    # more than the test can iterate
+    stop = threading.Event()
+    c1 = t.consumer("g", from_="earliest", max_poll_records=100_000, session_timeout_ms=1000)
+    seen = []
+
+    def iterate():
+        for rec in c1:                       # one refill reads all 40,000; then read-ahead only
+            seen.append(rec.partition)
+            time.sleep(0.0005)
+            if stop.is_set():
+                return
+    th = threading.Thread(target=iterate)
+    th.start()
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with t.consumer("g", session_timeout_ms=1000) as c2:
+            while not c2.assignment() and time.monotonic() - t0 < 5:
+                c2.poll(timeout=0.05)
+            assert c2.assignment() == [1], time.monotonic() - t0
+            assert time.monotonic() - t0 < 1.5
+            n = len(seen)
+            time.sleep(0.2)
+            stop.set()
+            th.join()
+            assert set(seen[n + 5:]) == {0}   # read-ahead records of partition 1 were dropped
+            assert c1.assignment() == [0]     # still a member: not evicted, just rebalanced
+    finally:
+        stop.set()
+        th.join()
+        c1.close()
+
+
 def test_stale_member_is_evicted_and_rejoins(broker):
     t = broker.topic("t", partitions=2)
     fill(t, 2)

@@ -257,6 +257,12 @@ cdef class LogReader:
 # The most records one Consumer.poll hands out (its max_records cap).
 MAX_POLL_RECORDS_CAP = 1_000_000
 
+# The clock of Consumer's group checks (and of fastq.group's heartbeats).
+from time import monotonic_ns as _time_monotonic_ns
+# deque.popleft, looked up once: ConsumerCore.__next__ calls it per record
+from collections import deque as _deque
+cdef object _popleft = _deque.popleft
+
 # ConsumerCore._tail_one: this partition needs the Python _read_partition.
 cdef enum:
     NOT_SERVED = -2
@@ -278,6 +284,21 @@ cdef class ConsumerCore:
         self._readers = {}
         self._pos = {}
         self._closed = True
+
+    def __next__(self):
+        """The next record (iteration blocks until there is one). A record already
+        read ahead is handed out here; refilling, waiting, auto-commit and, when a
+        group check is due, the group's heartbeat are ``Consumer._next_slow``."""
+        cdef Record rec
+        buf = self._buf
+        if self._closed or not buf:
+            return self._next_slow()
+        if self._member is not None and _time_monotonic_ns() >= self._next_check:
+            return self._next_slow()
+        self._polled = True
+        rec = <Record?>_popleft(buf)
+        self._pos[rec.partition] = rec.offset + 1
+        return rec
 
     def poll(self, max_records=500, timeout=None):
         """Up to ``max_records`` records from the partitions this consumer owns, waiting

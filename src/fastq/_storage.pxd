@@ -260,6 +260,8 @@ cdef class ConsumerCore:
     cdef public Py_ssize_t _rr          # rotation counter: where the next read starts
     cdef public double spin_us          # how long a wait spins before it sleeps
     cdef public Pacer pacer             # wait="adaptive": paces the waits; else None
+    cdef public int64_t _next_check     # time.monotonic_ns() at which iteration next
+                                        # looks at the group (heartbeat, view changes)
 
     cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1
     cdef Py_ssize_t _tail_one(self, object out, object p, Py_ssize_t max_records) except -1

@@ -32,6 +32,11 @@ class ConsumerCore:
     auto_commit: bool
     _polled: bool
     _rr: int
+    spin_us: float
+    pacer: Optional[Pacer]
+    _next_check: int
+    def __next__(self) -> Record:
+        """A record already read ahead, compiled; else Consumer._next_slow."""
     def poll(self, max_records: int = 500, timeout: Optional[float] = None) -> list[Record]:
         """Records ready at the tailing readers, compiled; else Consumer._poll."""
     def _read_into(self, out: Any, max_records: int) -> int:

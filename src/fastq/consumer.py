@@ -368,7 +368,10 @@ class Consumer(ConsumerCore):
     def __iter__(self) -> Iterator[Record]:
         return self
 
-    def __next__(self) -> Record:
+    # __next__ is ConsumerCore.__next__: a record already read ahead is handed out
+    # there, compiled; refilling the buffer, waiting and group checks come here.
+
+    def _next_slow(self) -> Record:
         if self._closed:
             self._check_open()
         self._polled = True
