@@ -794,3 +794,54 @@ def test_a_large_append_is_split_greedily(tmp_path):
     # greedy: every batch but the last was full up to less than one more record
     # (the largest record here encodes in < 360 bytes)
     assert all(s > 4096 - 360 for s in sizes[:-1]), sizes
+
+
+def test_a_reader_refresh_cannot_leave_the_writer_a_view_older_than_a_roll(tmp_path):
+    """A thread that sees a new generation rebuilds the segment list (``_refresh``)
+    without the writer lock. When it read the shared state before another thread's
+    roll and finished after it, it left the previous segment as the active one, and the
+    append in progress wrote its batch at position 0 of the previous segment's file,
+    over its first records (found 2026-11-28 with publish, producer and poll threads on
+    one topic). The interleaving is forced: the refresh pauses after listing the
+    segments until the writer, past its roll, asks the pretoucher for the new segment."""
+    import threading
+    with Log(tmp_path, segment_bytes=4096, max_record_bytes=1024) as log:
+        values = [b"%03d" % i + b"v" * 300 for i in range(11)]
+        for v in values[:10]:
+            log.append(v)                        # ~3.7 KB: the 11th append rolls
+        assert len(log.segments()) == 1
+        paused, in_append, refreshed = threading.Event(), threading.Event(), threading.Event()
+        list_bases = log._segment_bases
+
+        def paused_bases():
+            out = list_bases()
+            paused.set()
+            in_append.wait(1.0)                  # with the fix the roll waits for us instead
+            return out
+
+        def refresh():
+            try:
+                log._refresh()
+            finally:
+                refreshed.set()
+
+        log._segment_bases = paused_bases
+        th = threading.Thread(target=refresh)
+        th.start()
+        assert paused.wait(5)
+        log._segment_bases = list_bases
+        pretouch = log._pretouch
+
+        def pretouch_after_refresh(seg, upto):
+            in_append.set()
+            refreshed.wait(1.0)
+            if pretouch is not None:
+                pretouch(seg, upto)
+
+        log._pretouch = pretouch_after_refresh
+        assert log.append(values[10]) == 10
+        th.join()
+        log._pretouch = pretouch
+        assert in_append.is_set()                # the interleaving happened as intended
+        assert len(log.segments()) == 2
+        assert [(r[0], r[3]) for r in read_all(log)] == list(enumerate(values))

@@ -705,10 +705,11 @@ cdef class LogCore:
         if offset < self._state().log_start_offset:
             raise OffsetOutOfRange(f"offset {offset} is below the log start: valid offsets are "
                                    f"[{self.st.log_start_offset}, {s.next_offset}]")
-        i = bisect_right(self._segments, offset, key=_base_of) - 1
+        segs = self._segments               # one list: another thread's _refresh may swap it
+        i = bisect_right(segs, offset, key=_base_of) - 1
         if i < 0:
             raise OffsetOutOfRange(f"offset {offset} is before the first segment")
-        seg = self._segments[i]
+        seg = segs[i]
         if seg.base_offset == s.active_base:
             if seg.alloc_size < s.end_pos:
                 seg.refresh_size()

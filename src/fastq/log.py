@@ -182,6 +182,11 @@ class Log(LogCore):
         self._failure = None
         self._lock_fd = -1
         self._gc = threading.Condition()
+        # Guards this process's view of the segments (_segments, _active, _gen): a
+        # reader's _refresh (no writer lock) must not interleave with a roll,
+        # retention or truncation that commits a new generation and then updates
+        # the view, or it can leave a view older than the shared state.
+        self._seg_lock = threading.RLock()
         self._synced = 0
         self._syncing = False
         if not os.path.isdir(self.path):
@@ -455,41 +460,45 @@ class Log(LogCore):
     def _refresh(self) -> None:
         """Bring the segment list in line with the directory and the shared state (after
         this or another process rolled, deleted, truncated or compacted)."""
-        if not self.allow_gaps and os.path.exists(os.path.join(self.path, COMPACTED_MARK)):
-            self.allow_gaps = True
-        s = self.snapshot()
-        start = self.start_offset
-        bases = [b for b in self._segment_bases() if start <= b <= s["active_base"] or b == s["active_base"]]
-        if s["active_base"] not in bases:
-            raise CorruptRecord(f"active segment {segment_name(s['active_base'])}.log is missing from {self.path}",
-                                self.path)
-        old = {seg.base_offset: seg for seg in self._segments}
-        segs = []
-        for b in bases:
-            seg = old.pop(b, None)
-            if seg is not None and seg.base_offset != s["active_base"] and self.allow_gaps:
-                # compaction swaps a sealed segment's file: reopen to see the new one
-                try:
-                    if os.stat(seg.path).st_ino != seg.inode:
-                        seg.deleted = True
-                        seg = None
-                except FileNotFoundError:
-                    pass
-            if seg is None:
-                seg = self._open_segment(b)
-            segs.append(seg)
-        for seg in old.values():
-            seg.deleted = True       # mapping lives on for readers that still hold it
-        for i, seg in enumerate(segs):
-            if seg.base_offset == s["active_base"]:
-                seg.sealed_end = -1
-                continue
-            if seg.sealed_end < 0:
-                self._seal_info(seg, segs[i + 1].base_offset)
-        self._segments = segs
-        self._active = segs[-1]
-        self._gen = s["generation"]
-        self._active_created_ms = self._first_timestamp(self._active)
+        with self._seg_lock:
+            if self._closed:                # closed while this thread waited for the lock
+                raise Closed(f"log {self.path} is closed")
+            if not self.allow_gaps and os.path.exists(os.path.join(self.path, COMPACTED_MARK)):
+                self.allow_gaps = True
+            s = self.snapshot()
+            start = self.start_offset
+            bases = [b for b in self._segment_bases()
+                     if start <= b <= s["active_base"] or b == s["active_base"]]
+            if s["active_base"] not in bases:
+                raise CorruptRecord(f"active segment {segment_name(s['active_base'])}.log is missing "
+                                    f"from {self.path}", self.path)
+            old = {seg.base_offset: seg for seg in self._segments}
+            segs = []
+            for b in bases:
+                seg = old.pop(b, None)
+                if seg is not None and seg.base_offset != s["active_base"] and self.allow_gaps:
+                    # compaction swaps a sealed segment's file: reopen to see the new one
+                    try:
+                        if os.stat(seg.path).st_ino != seg.inode:
+                            seg.deleted = True
+                            seg = None
+                    except FileNotFoundError:
+                        pass
+                if seg is None:
+                    seg = self._open_segment(b)
+                segs.append(seg)
+            for seg in old.values():
+                seg.deleted = True       # mapping lives on for readers that still hold it
+            for i, seg in enumerate(segs):
+                if seg.base_offset == s["active_base"]:
+                    seg.sealed_end = -1
+                    continue
+                if seg.sealed_end < 0:
+                    self._seal_info(seg, segs[i + 1].base_offset)
+            self._segments = segs
+            self._active = segs[-1]
+            self._gen = s["generation"]
+            self._active_created_ms = self._first_timestamp(self._active)
 
     def _seal_info(self, seg: Segment, next_base: int) -> None:
         """Find a sealed segment's data end and max timestamp from its indexes."""
@@ -516,28 +525,29 @@ class Log(LogCore):
 
     def _roll_locked(self) -> None:
         """Seal the active segment and start a new one at the log end (writer lock held)."""
-        s = self.snapshot()
-        old = self._active
-        if self._durability:
-            old.sync()
-        seg = self._open_segment(s["next_offset"], create=True)
-        if any(seg.read_bytes(0, 12)):
-            seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
-        if self._durability:
-            _storage.fsync_dir(self.path)
-        old.sealed_end = s["end_pos"]
-        old.sealed_index_count = s["index_count"]
-        old.sealed_timeindex_count = s["timeindex_count"]
-        old.sealed_max_timestamp = s["max_timestamp"]
-        gen = s["generation"] + 1
-        self._commit(s["next_offset"], 0, seg.base_offset, -1, 0, 0, 0, 0, gen)
-        if self._durability:
-            self._raise_recovery_point(s["next_offset"])
-        self._segments.append(seg)
-        self._active = seg
-        self._gen = gen
-        self._active_created_ms = int(time.time() * 1000)
-        self._enforce_retention_locked()
+        with self._seg_lock:
+            s = self.snapshot()
+            old = self._active
+            if self._durability:
+                old.sync()
+            seg = self._open_segment(s["next_offset"], create=True)
+            if any(seg.read_bytes(0, 12)):
+                seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
+            if self._durability:
+                _storage.fsync_dir(self.path)
+            old.sealed_end = s["end_pos"]
+            old.sealed_index_count = s["index_count"]
+            old.sealed_timeindex_count = s["timeindex_count"]
+            old.sealed_max_timestamp = s["max_timestamp"]
+            gen = s["generation"] + 1
+            self._commit(s["next_offset"], 0, seg.base_offset, -1, 0, 0, 0, 0, gen)
+            if self._durability:
+                self._raise_recovery_point(s["next_offset"])
+            self._segments.append(seg)
+            self._active = seg
+            self._gen = gen
+            self._active_created_ms = int(time.time() * 1000)
+            self._enforce_retention_locked()
 
     def roll(self) -> None:
         """Seal the active segment now (if it holds any data) and start a new one."""
@@ -565,35 +575,36 @@ class Log(LogCore):
             self._unlock_py()
 
     def _enforce_retention_locked(self, now_ms: int | None = None) -> int:
-        if self.retention_bytes is None and self.retention_ms is None:
-            return 0
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        s = self.snapshot()
-        sealed = self._segments[:-1]
-        total = sum(seg.sealed_end for seg in sealed) + s["end_pos"]
-        doomed = []
-        for seg in sealed:
-            too_big = self.retention_bytes is not None and total > self.retention_bytes
-            too_old = (self.retention_ms is not None and seg.sealed_max_timestamp >= 0
-                       and seg.sealed_max_timestamp < now_ms - self.retention_ms)
-            if not (too_big or too_old):
-                break
-            doomed.append(seg)
-            total -= seg.sealed_end
-        if not doomed:
-            return 0
-        new_start = self._segments[len(doomed)].base_offset
-        self.start_offset = new_start
-        gen = s["generation"] + 1
-        self._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
-                     s["index_count"], s["timeindex_count"], s["bytes_since_index"],
-                     s["written_end"], gen)
-        for seg in doomed:
-            self._unlink_segment_files(seg.base_offset)
-            seg.deleted = True
-        self._segments = self._segments[len(doomed):]
-        self._gen = gen
-        return len(doomed)
+        with self._seg_lock:
+            if self.retention_bytes is None and self.retention_ms is None:
+                return 0
+            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            s = self.snapshot()
+            sealed = self._segments[:-1]
+            total = sum(seg.sealed_end for seg in sealed) + s["end_pos"]
+            doomed = []
+            for seg in sealed:
+                too_big = self.retention_bytes is not None and total > self.retention_bytes
+                too_old = (self.retention_ms is not None and seg.sealed_max_timestamp >= 0
+                           and seg.sealed_max_timestamp < now_ms - self.retention_ms)
+                if not (too_big or too_old):
+                    break
+                doomed.append(seg)
+                total -= seg.sealed_end
+            if not doomed:
+                return 0
+            new_start = self._segments[len(doomed)].base_offset
+            self.start_offset = new_start
+            gen = s["generation"] + 1
+            self._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
+                         s["index_count"], s["timeindex_count"], s["bytes_since_index"],
+                         s["written_end"], gen)
+            for seg in doomed:
+                self._unlink_segment_files(seg.base_offset)
+                seg.deleted = True
+            self._segments = self._segments[len(doomed):]
+            self._gen = gen
+            return len(doomed)
 
     def truncate(self, offset: int) -> None:
         """Remove every record at ``offset`` and after (``offset`` must start a batch).
@@ -603,45 +614,46 @@ class Log(LogCore):
         processes positioned past ``offset`` see OffsetOutOfRange or new data."""
         self._lock_py()
         try:
-            s = self.snapshot()
-            if s["generation"] != self._gen:
-                self._refresh()
-            if not self.start_offset <= offset <= s["next_offset"]:
-                raise OffsetOutOfRange(f"cannot truncate to {offset}: valid offsets are "
-                                       f"[{self.start_offset}, {s['next_offset']}]")
-            if offset == s["next_offset"]:
-                return
-            keep = [seg for seg in self._segments if seg.base_offset <= offset]
-            # never drop the first segment entirely: truncating to its base empties it
-            target = keep[-1]
-            drop = [seg for seg in self._segments if seg.base_offset > offset]
-            for seg in drop + [target]:
-                if seg.exports:
-                    raise BufferError(f"cannot truncate {seg.path}: {seg.exports} record view(s) alive")
-            limit = s["end_pos"] if target is self._active else target.sealed_end
-            n, _ = target.valid_index_prefix(limit)
-            pos = target.find_position(offset, limit, n)
-            if pos < 0:
-                raise OffsetOutOfRange(f"offset {offset} not found")
-            head = target.read_bytes(pos, pos + 12)
-            if int.from_bytes(head[:8], "big") != offset:
-                raise InvalidArgument(f"offset {offset} is inside a batch; truncate to a batch boundary")
-            for seg in drop:
-                self._unlink_segment_files(seg.base_offset)
-                seg.deleted = True
-                seg.close()
-            written = max(s["written_end"], limit) if target is self._active else target.alloc_size
-            target.zero(pos, written)
-            r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval,
-                            allow_gaps=self.allow_gaps)
-            self._segments = keep
-            self._active = target
-            gen = s["generation"] + 1
-            self._commit(offset, pos, target.base_offset, r["max_timestamp"], r["index_count"],
-                         r["timeindex_count"], r["bytes_since_index"], pos, gen)
-            target.sealed_end = -1
-            self._gen = gen
-            self.recovery_point = min(self.recovery_point, offset)
+            with self._seg_lock:     # the view changes before the commit
+                s = self.snapshot()
+                if s["generation"] != self._gen:
+                    self._refresh()
+                if not self.start_offset <= offset <= s["next_offset"]:
+                    raise OffsetOutOfRange(f"cannot truncate to {offset}: valid offsets are "
+                                           f"[{self.start_offset}, {s['next_offset']}]")
+                if offset == s["next_offset"]:
+                    return
+                keep = [seg for seg in self._segments if seg.base_offset <= offset]
+                # never drop the first segment entirely: truncating to its base empties it
+                target = keep[-1]
+                drop = [seg for seg in self._segments if seg.base_offset > offset]
+                for seg in drop + [target]:
+                    if seg.exports:
+                        raise BufferError(f"cannot truncate {seg.path}: {seg.exports} record view(s) alive")
+                limit = s["end_pos"] if target is self._active else target.sealed_end
+                n, _ = target.valid_index_prefix(limit)
+                pos = target.find_position(offset, limit, n)
+                if pos < 0:
+                    raise OffsetOutOfRange(f"offset {offset} not found")
+                head = target.read_bytes(pos, pos + 12)
+                if int.from_bytes(head[:8], "big") != offset:
+                    raise InvalidArgument(f"offset {offset} is inside a batch; truncate to a batch boundary")
+                for seg in drop:
+                    self._unlink_segment_files(seg.base_offset)
+                    seg.deleted = True
+                    seg.close()
+                written = max(s["written_end"], limit) if target is self._active else target.alloc_size
+                target.zero(pos, written)
+                r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval,
+                                allow_gaps=self.allow_gaps)
+                self._segments = keep
+                self._active = target
+                gen = s["generation"] + 1
+                self._commit(offset, pos, target.base_offset, r["max_timestamp"], r["index_count"],
+                             r["timeindex_count"], r["bytes_since_index"], pos, gen)
+                target.sealed_end = -1
+                self._gen = gen
+                self.recovery_point = min(self.recovery_point, offset)
         finally:
             self._unlock_py()
 
@@ -813,10 +825,11 @@ class Log(LogCore):
                     self._unlock_py()
         finally:
             self._closed = True
-            for seg in self._segments:
-                seg.close()
-            self._segments = []
-            self._active = None
+            with self._seg_lock:            # not under a reader's _refresh
+                for seg in self._segments:
+                    seg.close()
+                self._segments = []
+                self._active = None
             self._release_state()
             _storage.funlock(self._lock_fd)
             os.close(self._lock_fd)
