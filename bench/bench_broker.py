@@ -168,10 +168,15 @@ def test_publish_batch(benchmark, topic4):
     record(benchmark, "publish_batch", N, SIZE)
 
 
-def test_consume_poll(benchmark, topic4):
+def _fill(topic):
+    """N records of SIZE bytes, spread over the topic's 4 partitions in batches of 1,000."""
     msgs = [b"x" * SIZE] * 1000
     for i in range(N // 1000):
-        topic4.publish_many(msgs, partition=i % 4)
+        topic.publish_many(msgs, partition=i % 4)
+
+
+def test_consume_poll(benchmark, topic4):
+    _fill(topic4)
 
     def run():
         with topic4.consumer(from_="earliest") as c:
@@ -189,9 +194,7 @@ def test_consume_poll(benchmark, topic4):
 def test_consume_iter(benchmark, topic4):
     """The same pre-filled topic read back by iteration (``for rec in consumer``), the
     README's way to consume: one record per ``__next__``."""
-    msgs = [b"x" * SIZE] * 1000
-    for i in range(N // 1000):
-        topic4.publish_many(msgs, partition=i % 4)
+    _fill(topic4)
 
     def run():
         with topic4.consumer(from_="earliest") as c:
