@@ -164,3 +164,24 @@ def test_closing_the_broker_appends_what_its_producers_hold(tmp_path):
         t2 = again.topic("t")
         assert sorted(bytes(r.value) for part in (0, 1) for r in t2.read(part)) == \
             sorted(b"%d" % i for i in range(10))
+
+
+def test_a_producer_failing_at_close_does_not_keep_the_topic_open(tmp_path):
+    """Topic.close closes every producer and then the logs even when one producer's
+    close raises (here its on_delivery callback); the error reaches the caller after."""
+    with fastq.open(tmp_path / "b") as b:
+        t = b.topic("t")
+
+        def boom(meta):
+            raise RuntimeError("callback failed")
+        bad = t.producer(linger_ms=60_000, on_delivery=boom)
+        good = t.producer(linger_ms=60_000)
+        bad.send(b"a")
+        good.send(b"b")
+        with pytest.raises(RuntimeError, match="callback failed"):
+            t.close()
+        assert t.closed and good.pending == 0
+        with pytest.raises(Closed):
+            t.publish(b"late")
+    with fastq.open(tmp_path / "b") as again:
+        assert sorted(bytes(r.value) for r in again.topic("t").read(0)) == [b"a", b"b"]

@@ -6,6 +6,7 @@ Thread-safety: a Topic may be shared by threads.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -241,14 +242,14 @@ class Topic(_storage.TopicCore):
         them)."""
         if self._closed:
             return
-        failed = []
         with self._mutex:
             producers = list(self._producers)
-        for p in producers:                  # outside the mutex: their linger threads may
-            try:                             # need it to open a partition's log
-                p.close()
-            except Exception as e:           # the topic still closes; then this is raised
-                failed.append(e)
+        with contextlib.ExitStack() as stack:   # every close runs, then an error propagates
+            stack.callback(self._close_logs)     # last, also after a producer's close failed
+            for p in producers:                  # outside the mutex: their linger threads may
+                stack.callback(p.close)          # need it to open a partition's log
+
+    def _close_logs(self) -> None:
         with self._mutex:
             if self._closed:
                 return
@@ -265,8 +266,6 @@ class Topic(_storage.TopicCore):
                 raise errors[0]
             self._notifier.close()
             self._closed = True
-        if failed:
-            raise failed[0]
 
     def __repr__(self) -> str:
         return f"<fastq.Topic {self.name!r} partitions={self.partitions}>"
