@@ -14,15 +14,15 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.errno cimport ENOSPC, EDQUOT
+from libc.errno cimport EACCES, EDQUOT, EMFILE, ENFILE, ENOSPC, EPERM, EROFS
 from libc.stdint cimport INT16_MAX, INT16_MIN, INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from fastq._cdefs cimport *
 
 from fastq.errors import (
-    Closed, CorruptRecord, DiskFull, FastqError, InvalidArgument, RecordTooLarge, RingEmpty,
-    RingFull, StorageError, Timeout,
+    Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, PermissionDenied,
+    ReadOnly, RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout, TooManyOpenFiles,
 )
 
 __all__ = [
@@ -58,40 +58,102 @@ BatchInfo.__module__ = "fastq._codec"
 
 
 # ---- status codes -> exceptions (the one place) ---------------------------------------
+#
+# Every C status (FQ_E... or -errno) and every OSError of the pure-Python modules becomes
+# an exception here, as uvloop's convert_error does: _storage and _ring cimport
+# status_error, Python modules call os_error (through fastq.errors._os_errors). The
+# operation passes in as context (`op`), so a ring's FULL/EMPTY/TIMEDOUT and an fsync's
+# failure are meanings of the caller, not second tables. docs/ARCHITECTURE.md, "Errors",
+# has the table.
 
-cdef object status_error(int64_t rc, str what, object position):
+_OPS = {"": ERR_OP_NONE, "put": ERR_OP_PUT, "get": ERR_OP_GET, "sync": ERR_OP_SYNC}
+
+
+cdef str _fd_limit_hint(int err):
+    if err == ENFILE:
+        return ("the system-wide limit of open files is reached (sysctl fs.file-max); "
+                "close files elsewhere or raise it")
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        now = f" (now {soft}, hard limit {hard})"
+    except (ImportError, OSError, ValueError):
+        now = ""
+    return (f"this process reached its limit of open file descriptors, RLIMIT_NOFILE{now}; "
+            "each open partition holds 3 (segment, state, lock): raise it with `ulimit -n N` "
+            "or resource.setrlimit(resource.RLIMIT_NOFILE, (N, hard)), or open fewer partitions")
+
+
+cdef object status_error(int64_t rc, str what, object path=None, object position=None,
+                         int op=ERR_OP_NONE):
+    cdef str where = ""
+    if path is not None:
+        where = f" {path}" if position is None else f" {path} at byte {position}"
+    elif position is not None:
+        where = f" at byte {position}"
     if rc == FQ_ECORRUPT:
-        return CorruptRecord(f"{what}: corrupt", position=position)
+        return CorruptRecord(f"{what}{where}: corrupt", path, position)
     if rc == FQ_ETRUNCATED:
-        return CorruptRecord(f"{what}: truncated", position=position)
+        return CorruptRecord(f"{what}{where}: truncated", path, position)
     if rc == FQ_EMAGIC:
-        return CorruptRecord(f"{what}: unknown magic byte / format version", position=position)
+        return CorruptRecord(f"{what}{where}: unknown magic byte / format version", path, position)
     if rc == FQ_ETOOBIG:
-        return RecordTooLarge(f"{what}: too large")
+        return RecordTooLarge(f"{what}{where}: too large")
     if rc == FQ_EINVAL:
-        return InvalidArgument(f"{what}: invalid argument")
-    if rc == FQ_EFULL:
-        return RingFull(f"{what}: full")
-    if rc == FQ_EEMPTY:
-        return RingEmpty(f"{what}: empty")
+        return InvalidArgument(f"{what}{where}: invalid argument")
+    if rc == FQ_EFULL or (rc == FQ_ETIMEDOUT and op == ERR_OP_PUT):
+        if op == ERR_OP_PUT or op == ERR_OP_GET:
+            return RingFull(f"ring full: no room for {what}" +
+                            (" before the timeout" if rc == FQ_ETIMEDOUT else ""))
+        return FastqError(f"{what}{where}: no room")
+    if rc == FQ_EEMPTY or (rc == FQ_ETIMEDOUT and op == ERR_OP_GET):
+        if op == ERR_OP_PUT or op == ERR_OP_GET:
+            return RingEmpty(f"ring empty: no {what or 'message'}" +
+                             (" before the timeout" if rc == FQ_ETIMEDOUT else ""))
+        return FastqError(f"{what}{where}: nothing there")
     if rc == FQ_ETIMEDOUT:
-        return Timeout(f"{what}: timed out")
+        return Timeout(f"{what}{where}: timed out")
     if rc == FQ_ECLOSED:
-        return Closed(f"{what}: closed")
+        if op == ERR_OP_PUT or op == ERR_OP_GET:
+            return Closed(f"the ring was closed while this call waited ({what})")
+        return Closed(f"{what}{where}: closed while the call waited")
     if rc == FQ_EUNSUPPORTED:
-        return FastqError(f"{what}: not supported on this platform")
+        return FastqError(f"{what}{where}: not supported on this platform")
     if -4096 < rc < 0:
         err = <int>-rc
+        msg = f"{what}: {os.strerror(err)}"
+        if op == ERR_OP_SYNC:
+            return FsyncFailed(err, msg + " (a failed fsync is final: the log must be reopened)", path)
         if err == ENOSPC or err == EDQUOT:
-            return DiskFull(err, f"{what}: {os.strerror(err)}")
-        return StorageError(err, f"{what}: {os.strerror(err)}")
-    return FastqError(f"{what}: unknown status {rc}")
+            return DiskFull(err, msg, path)
+        if err == EROFS:
+            return ReadOnly(err, msg + " (read-only filesystem: open with readonly=True to read it)",
+                            path)
+        if err == EACCES or err == EPERM:
+            return PermissionDenied(err, msg, path)
+        if err == EMFILE or err == ENFILE:
+            return TooManyOpenFiles(err, f"{msg}: {_fd_limit_hint(err)}", path)
+        return StorageError(err, msg, path)
+    return FastqError(f"{what}{where}: unknown status {rc}")
 
 
 cdef int check_status(int64_t rc, str what, object position=None) except -1:
     if rc >= 0:
         return 0
-    raise status_error(rc, what, position)
+    raise status_error(rc, what, None, position)
+
+
+def os_error(exc, str what, path=None):
+    """The fastq exception for an ``OSError`` raised by Python code (same table as the C
+    statuses): ``what`` names the operation, ``path`` the file (default: the error's)."""
+    if isinstance(exc, FastqError) or not isinstance(exc, OSError) or not exc.errno:
+        return exc
+    return status_error(-<int64_t>exc.errno, what, path if path is not None else exc.filename)
+
+
+def _status_error(int64_t rc, str what, path=None, position=None, str op=""):
+    """status_error from Python (tests, tools): ``op`` is "", "put", "get" or "sync"."""
+    return status_error(rc, what, path, position, _OPS[op])
 
 
 # ---- buffers ------------------------------------------------------------------------
@@ -517,7 +579,7 @@ cdef object batch_error(int rc, const uint8_t *b, Py_ssize_t avail, bint check_c
             f"batch header corrupt: batchLength={length}, recordCount="
             f"{<int32_t>fq_be_get32(b + FQ_BATCH_OFF_RECORD_COUNT)}, lastOffsetDelta="
             f"{<int32_t>fq_be_get32(b + FQ_BATCH_OFF_LAST_OFFSET_DELTA)}", position=0)
-    return status_error(rc, "batch", 0)
+    return status_error(rc, "batch", None, 0)
 
 
 # ---- indexes ------------------------------------------------------------------------

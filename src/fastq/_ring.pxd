@@ -62,6 +62,7 @@ cdef extern from "fq_ring.h" nogil:
 cdef enum:
     OP_PUT = 0         # _raise_status: which side a status came from
     OP_GET = 1
+    OP_NONE = 2        # _raise_status: neither (create, attach, lock)
     REC_FIXED = 24     # framed record header (see Ring._put_record; read by fastq._producer)
 
 

@@ -24,6 +24,8 @@ from fastq._cdefs cimport (FQ_ECLOSED, FQ_ECORRUPT, FQ_EEMPTY, FQ_EFULL, FQ_EINV
                            fq_map, fq_monotonic_ns, fq_preallocate, fq_realtime_ms, fq_sleep_ns,
                            fq_unmap)
 
+from fastq._codec cimport ERR_OP_GET, ERR_OP_NONE, ERR_OP_PUT, status_error
+
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout)
 
@@ -74,26 +76,19 @@ def ring_path(name):
 
 
 cdef int _raise_status(int64_t rc, int op, str what) except -1:
-    """The one place a C status becomes a Python exception."""
-    if rc == FQ_EFULL or (rc == FQ_ETIMEDOUT and op == OP_PUT):
-        raise RingFull(f"ring full: no room for {what}")
-    if rc == FQ_EEMPTY or (rc == FQ_ETIMEDOUT and op == OP_GET):
-        raise RingEmpty(f"ring empty: no message{what}")
-    if rc == FQ_ETOOBIG:
-        raise RecordTooLarge(what)
-    if rc == FQ_ECLOSED:
-        raise Closed("the ring was closed while this call waited")
-    if rc == FQ_ECORRUPT:
-        raise CorruptRecord(f"ring memory is inconsistent ({what}): another process wrote over it")
-    if rc == FQ_EMAGIC:
-        raise CorruptRecord(f"not a fastq ring (bad magic or version): {what}")
-    if rc == FQ_EINVAL:
-        raise InvalidArgument(what)
-    if rc == FQ_ETIMEDOUT:
-        raise Timeout(what)
-    if -4096 < rc < 0:
-        raise StorageError(<int>-rc, f"{os.strerror(<int>-rc)} ({what})")
-    raise FastqError(f"unexpected status {rc} ({what})")
+    """Raise fastq._codec.status_error (the one mapping) for a ring status: `op` says whether
+    it came from a put (FULL/TIMEDOUT: RingFull), a get (EMPTY/TIMEDOUT: RingEmpty) or
+    neither (OP_NONE: creating, attaching, a lock)."""
+    raise status_error(rc, what, None, None,
+                       ERR_OP_PUT if op == OP_PUT else ERR_OP_GET if op == OP_GET else ERR_OP_NONE)
+
+
+def _status_error(int64_t rc, str op, str what):
+    """The exception _raise_status would raise; `op` is "put", "get" or "" (tests)."""
+    try:
+        _raise_status(rc, OP_PUT if op == "put" else OP_GET if op == "get" else OP_NONE, what)
+    except Exception as e:
+        return e
 
 
 cdef int64_t _timeout_ns(bint block, object timeout) except? -2:
@@ -298,16 +293,16 @@ cdef class Ring:
                                           f"max_message_size {max_message}")
                 rc = fq_preallocate(fd, <int64_t>size)
                 if rc < 0:
-                    _raise_status(rc, OP_PUT, f"allocating {size} bytes of shared memory")
+                    _raise_status(rc, OP_NONE, f"allocating {size} bytes of shared memory")
                 rc = fq_map(fd, size, 1, &mem)
                 if rc < 0:
-                    _raise_status(rc, OP_PUT, f"mapping {size} bytes")
+                    _raise_status(rc, OP_NONE, f"mapping {size} bytes")
                 rc = fq_ring_format(mem, size, capacity, max_message, max_messages, flags, fq_getpid())
                 if rc == 0:
                     rc = fq_ring_attach(&self._r, mem, size, wait, spin_ns)
                 if rc < 0:
                     fq_unmap(mem, size)
-                    _raise_status(rc, OP_PUT, "formatting the ring")
+                    _raise_status(rc, OP_NONE, "formatting the ring")
             else:
                 # the creator may still be sizing and formatting the file: wait for its magic
                 deadline = <int64_t>((time.monotonic() + _ATTACH_WAIT_S) * 1e9)
@@ -317,7 +312,7 @@ cdef class Ring:
                     if size >= FQ_RING_HDR_SIZE:
                         rc = fq_map(fd, size, 1, &mem)
                         if rc < 0:
-                            _raise_status(rc, OP_GET, f"mapping {size} bytes")
+                            _raise_status(rc, OP_NONE, f"mapping {size} bytes")
                         rc = fq_ring_attach(&self._r, mem, size, wait, spin_ns)
                         if rc < 0:
                             fq_unmap(mem, size)
@@ -325,7 +320,7 @@ cdef class Ring:
                     if rc == 0:
                         break
                     if rc != FQ_EMAGIC or time.monotonic() * 1e9 > deadline:
-                        _raise_status(rc, OP_GET, f"{size}-byte file")
+                        _raise_status(rc, OP_NONE, f"attaching to the {size}-byte ring file")
                     time.sleep(0.001)
         except BaseException:
             os.close(fd)
@@ -658,7 +653,7 @@ cdef class Ring:
             if n == FQ_EINVAL:
                 raise InvalidArgument("two threads read a single_consumer ring through one "
                                       "handle at the same time")
-            _raise_status(n, OP_GET, "")
+            _raise_status(n, OP_GET, "message")
         return n
 
     def get(self, bint block=True, timeout=None):
@@ -704,7 +699,7 @@ cdef class Ring:
                     if n == FQ_EEMPTY:
                         break
                     if n < 0:
-                        _raise_status(n, OP_GET, "get_many")
+                        _raise_status(n, OP_GET, "message for get_many")
                     out.append(self._take(m, n))
                     got += 1
             except BaseException:
@@ -742,7 +737,7 @@ cdef class Ring:
                     raise RecordTooLarge(f"the next message has {needed} bytes; the buffer "
                                          f"holds {view.len}")
                 if n < 0:
-                    _raise_status(n, OP_GET, "")
+                    _raise_status(n, OP_GET, "message")
                 return n
             finally:
                 self._leave()
@@ -870,7 +865,7 @@ cdef class Ring:
             if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
                 return out
             if n < 0:
-                _raise_status(n, OP_GET, "_get_records")
+                _raise_status(n, OP_GET, "record")
             try:
                 while True:
                     if n > 0:
@@ -882,7 +877,7 @@ cdef class Ring:
                     if n == FQ_EEMPTY:
                         break
                     if n < 0:
-                        _raise_status(n, OP_GET, "_get_records")
+                        _raise_status(n, OP_GET, "record")
             except BaseException:
                 fq_ring_read_abort(r)
                 raise
@@ -905,7 +900,7 @@ cdef class Ring:
                 return True
             if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
                 return False
-            _raise_status(n, OP_GET, "wait")
+            _raise_status(n, OP_GET, "message to wait for")
         finally:
             self._leave()
 
@@ -920,7 +915,7 @@ cdef class Ring:
         with nogil:
             rc = fq_ring_debug_hold_lock(r, w)
         if rc < 0:
-            _raise_status(rc, OP_GET, "holding a lock")
+            _raise_status(rc, OP_NONE, "holding a lock")
 
 
 cdef class _RingView:

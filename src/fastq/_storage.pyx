@@ -16,12 +16,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memset, memcpy
-from libc.errno cimport ENOSPC, EDQUOT
 from libc.stdint cimport INT32_MAX, INT64_MAX
 cimport cython
 
 from fastq._cdefs cimport *
-from fastq._codec cimport status_error
+from fastq._codec cimport ERR_OP_NONE, ERR_OP_SYNC, status_error
 
 import os
 import warnings
@@ -77,14 +76,19 @@ cdef inline int64_t wait_slice(int64_t deadline) noexcept:
 # status -> exception, in one place
 # ---------------------------------------------------------------------------------------
 
-cdef int raise_status(int64_t rc, str what, str path=None, int64_t pos=-1) except -1:
+cdef int raise_status(int64_t rc, str what, str path=None, int64_t pos=-1,
+                      int op=ERR_OP_NONE) except -1:
     """Raise the exception for a negative status code from csrc/, naming the file and
     position. The mapping itself is fastq._codec.status_error (the one place)."""
-    where = (f" in {path}" if path else "") + (f" at position {pos}" if pos >= 0 else "")
-    err = status_error(rc, what + where, pos if pos >= 0 else None)
-    if isinstance(err, CorruptRecord):
-        err.path = path
-    raise err
+    raise status_error(rc, what, path, pos if pos >= 0 else None, op)
+
+
+def _status_error(int64_t rc, str what, str path=None, int64_t pos=-1):
+    """The exception raise_status would raise (tests: the one mapping, seen from here)."""
+    try:
+        raise_status(rc, what, path, pos)
+    except Exception as e:
+        return e
 
 
 cdef inline int64_t round_up(int64_t n, int64_t to) noexcept nogil:
@@ -504,7 +508,7 @@ cdef class Segment:
         finally:
             self.sync_active -= 1
         if rc < 0:
-            raise FsyncFailed(-rc, f"fsync {self.path}: {os.strerror(-rc)}")
+            raise_status(rc, "fsync", self.path, -1, ERR_OP_SYNC)
 
     def sync_range(self, int64_t start, int64_t end):
         cdef int rc
@@ -519,7 +523,7 @@ cdef class Segment:
         finally:
             self.sync_active -= 1
         if rc < 0:
-            raise FsyncFailed(-rc, f"msync {self.path}: {os.strerror(-rc)}")
+            raise_status(rc, "msync", self.path, -1, ERR_OP_SYNC)
 
     def read_bytes(self, int64_t start, int64_t end):
         """Copy of raw data bytes [start, end) (tools and tests)."""
@@ -613,7 +617,7 @@ def fsync_dir(str path):
     with nogil:
         rc = fq_fsync_dir(cp)
     if rc < 0:
-        raise FsyncFailed(-rc, f"fsync directory {path}: {os.strerror(-rc)}")
+        raise_status(rc, "fsync directory", path, -1, ERR_OP_SYNC)
 
 
 def flock(int fd, bint exclusive, bint wait):
@@ -640,7 +644,7 @@ def truncate_file(str path, int64_t length):
     try:
         os.truncate(path, length)
     except OSError as e:
-        raise StorageError(e.errno, f"truncate {path}: {e.strerror}") from None
+        raise_status(-e.errno, "truncate", path)
 
 
 def msync_state(LogCore log):
@@ -650,7 +654,7 @@ def msync_state(LogCore log):
         return
     rc = fq_msync(log.st, FQ_STATE_SIZE)
     if rc < 0:
-        raise FsyncFailed(-rc, f"msync state: {os.strerror(-rc)}")
+        raise_status(rc, "msync state", None, -1, ERR_OP_SYNC)
 
 
 def index_entry(Segment seg, int64_t i):

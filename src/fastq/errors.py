@@ -6,6 +6,7 @@ already means the same thing, the fastq class subclasses it too, so code written
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 
 __all__ = [
@@ -16,6 +17,9 @@ __all__ = [
     "CorruptRecord",
     "StorageError",
     "DiskFull",
+    "ReadOnly",
+    "PermissionDenied",
+    "TooManyOpenFiles",
     "FsyncFailed",
     "Closed",
     "OffsetOutOfRange",
@@ -48,11 +52,30 @@ class RecordTooLarge(InvalidArgument):
 
 
 class StorageError(FastqError, OSError):
-    """An operating-system failure while reading or writing the log."""
+    """An operating-system failure while reading or writing fastq's files or shared
+    memory. ``errno`` is the OS error number and ``filename`` the file, when known.
+    The status -> exception table is ``fastq._codec.status_error`` (docs/ARCHITECTURE.md,
+    "Errors")."""
 
 
 class DiskFull(StorageError):
-    """The disk has no room to preallocate a segment or index."""
+    """The filesystem (or /dev/shm, or a quota) has no room: ENOSPC or EDQUOT. fastq
+    preallocates what it maps, so a full disk is this error at create/grow time, never a
+    crash at a later write."""
+
+
+class ReadOnly(StorageError):
+    """A write was refused: the filesystem is read-only (EROFS), or the log or broker was
+    opened with ``readonly=True``. Archived logs can be read with ``readonly=True``."""
+
+
+class PermissionDenied(StorageError, PermissionError):
+    """The OS refused access to a file (EACCES or EPERM)."""
+
+
+class TooManyOpenFiles(StorageError):
+    """The process (EMFILE, ``RLIMIT_NOFILE``) or the system (ENFILE) ran out of file
+    descriptors; the message says which limit and how to raise it."""
 
 
 class FsyncFailed(StorageError):
@@ -113,3 +136,18 @@ class LogNotFound(FastqError, FileNotFoundError):
 
 class NotAssigned(FastqError, LookupError):
     """A consumer was asked about or to commit a partition it does not own right now."""
+
+
+@contextlib.contextmanager
+def _os_errors(what: str, path: str | None = None):
+    """Turn a raw ``OSError`` raised inside the block into the fastq exception for its
+    errno (the one table, ``fastq._codec.status_error``), naming ``what`` and ``path``.
+    For cold paths (open, create, join) of the pure-Python modules."""
+    try:
+        yield
+    except FastqError:
+        raise
+    except OSError as e:
+        from ._codec import os_error  # errors.py is imported by _codec: import late
+
+        raise os_error(e, what, path) from e
