@@ -438,3 +438,17 @@ def test_new_exception_classes_are_public_and_catchable_as_stdlib_errors():
     assert issubclass(fastq.ReadOnly, StorageError) and issubclass(fastq.ReadOnly, OSError)
     assert issubclass(fastq.PermissionDenied, PermissionError)
     assert issubclass(fastq.TooManyOpenFiles, StorageError)
+
+
+def test_segment_file_names_are_matched_whole(tmp_path):
+    with Log(tmp_path / "l", segment_bytes=1 << 16) as lg:
+        lg.append(b"x")
+    (tmp_path / "l" / ("0" * 19 + "5.log\n")).write_bytes(b"")
+    with Log(tmp_path / "l") as lg:
+        assert lg._segment_bases() == [0]          # "$" took the newline name for segment 5
+        assert [r.value.tobytes() for r in lg.read(0)] == [b"x"]
+    odd = "\u0665" * 20 + ".log"                   # Arabic-Indic digits: \d matched them
+    (tmp_path / "l" / odd).write_bytes(b"")
+    with pytest.raises(CorruptRecord) as ei:
+        Log(tmp_path / "l")
+    assert repr(odd) in str(ei.value)

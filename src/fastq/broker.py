@@ -37,7 +37,7 @@ BROKER_LOCK = "broker.lock"
 TOPIC_FILE = "topic.json"
 BROKER_VERSION = 1
 MAX_PARTITIONS = 4096
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")   # used with fullmatch: "$" admits a trailing "\n"
 
 TOPIC_DEFAULTS: dict[str, Any] = {
     "partitions": 1,
@@ -60,7 +60,7 @@ def validate_name(kind: str, name) -> str:
     """Topic and group names: ``[A-Za-z0-9._-]``, 1–249 characters, not ``.`` or ``..``."""
     if not isinstance(name, str):
         raise InvalidName(f"{kind} name must be a str, got {type(name).__name__}")
-    if not _NAME_RE.match(name) or name in (".", ".."):
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
         raise InvalidName(f"invalid {kind} name {name!r}: use 1-249 characters from "
                           f"[A-Za-z0-9._-], not '.' or '..'")
     return name
@@ -227,7 +227,7 @@ class Broker:
         self._check_open()
         root = os.path.join(self.path, "topics")
         return sorted(n for n in os.listdir(root)
-                      if _NAME_RE.match(n) and n not in (".", "..")
+                      if _NAME_RE.fullmatch(n) and n not in (".", "..")
                       and os.path.exists(os.path.join(root, n, TOPIC_FILE)))
 
     def alter_topic(self, name: str, **changes) -> dict:

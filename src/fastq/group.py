@@ -46,7 +46,7 @@ MEMBER_SIZE = 64
 _MEMBER = struct.Struct("<8sIIQQ32x")
 _U64 = struct.Struct("<Q")
 _HEARTBEAT_AT = 16
-_ID_RE = re.compile(r"^[0-9a-f]{16}-[0-9]+-[0-9a-f]{8}$")
+_ID_RE = re.compile(r"[0-9a-f]{16}-[0-9]+-[0-9a-f]{8}")   # fullmatch ("$" admits "\n")
 _TMP_MAX_AGE_S = 60.0          # a joiner's temp file older than this, unlocked, is debris
 
 
@@ -190,7 +190,7 @@ class GroupMember:
             if name == self.member_id:
                 live.append(name)
                 continue
-            if not _ID_RE.match(name):
+            if not _ID_RE.fullmatch(name):
                 if name.startswith(".join-"):
                     self._clean_debris(os.path.join(self.members_dir, name))
                 continue

@@ -70,7 +70,7 @@ MIN_SEGMENT_BYTES = 4096
 MAX_SEGMENT_BYTES = 1 << 31            # positions in .index entries are u32
 MAX_RECORD_BYTES_CAP = 256 << 20
 
-_SEGMENT_RE = re.compile(r"^(\d{20})\.(log|index|timeindex)$")
+_SEGMENT_RE = re.compile(r"([0-9]{20})\.(log|index|timeindex)")   # fullmatch: "$" admits a trailing "\n"
 _FLAG_CLEAN = 1
 
 
@@ -320,7 +320,7 @@ class Log(LogCore):
 
     def _check_directory(self):
         for name in os.listdir(self.path):
-            if name.endswith((".log", ".index", ".timeindex")) and not _SEGMENT_RE.match(name):
+            if name.endswith((".log", ".index", ".timeindex")) and not _SEGMENT_RE.fullmatch(name):
                 raise CorruptRecord(f"unexpected file {name!r} in log directory {self.path}: "
                                     f"segment files are named %020d.log/.index/.timeindex",
                                     os.path.join(self.path, name))
@@ -328,7 +328,7 @@ class Log(LogCore):
     def _segment_bases(self) -> list[int]:
         bases = set()
         for name in os.listdir(self.path):
-            m = _SEGMENT_RE.match(name)
+            m = _SEGMENT_RE.fullmatch(name)
             if m and m.group(2) == "log":
                 bases.add(int(m.group(1)))
         return sorted(bases)
