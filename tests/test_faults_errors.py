@@ -452,3 +452,18 @@ def test_segment_file_names_are_matched_whole(tmp_path):
     with pytest.raises(CorruptRecord) as ei:
         Log(tmp_path / "l")
     assert repr(odd) in str(ei.value)
+
+
+def test_shared_state_setters_refuse_without_the_writer_lock(tmp_path):
+    with Log(tmp_path / "l") as lg:
+        lg.append(b"x")
+        with pytest.raises(AssertionError, match="writer lock"):
+            lg._store_start_offset(1)
+        with pytest.raises(AssertionError, match="writer lock"):
+            lg._store_recovery_point(0)
+        assert (lg.start_offset, lg.recovery_point) == (0, lg.recovery_point)
+        lg._lock_py()
+        try:
+            lg._store_recovery_point(lg.recovery_point)      # holder may
+        finally:
+            lg._unlock_py()

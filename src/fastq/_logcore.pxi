@@ -191,15 +191,36 @@ cdef class LogCore:
         def __get__(self): return self._state().opens
         def __set__(self, uint64_t v): self._state().opens = v
 
-    property recovery_point:
-        """Every offset below this has been fsynced (the durable watermark)."""
-        def __get__(self): return self._state().recovery_point
-        def __set__(self, int64_t v): self._state().recovery_point = v
+    @property
+    def recovery_point(self):
+        """Every offset below this has been fsynced (the durable watermark). Read-only:
+        the log moves it (shared state, written under the writer lock)."""
+        return self._state().recovery_point
 
-    property start_offset:
-        """The first offset still in the log (raised by retention)."""
-        def __get__(self): return self._state().log_start_offset
-        def __set__(self, int64_t v): self._state().log_start_offset = v
+    @property
+    def start_offset(self):
+        """The first offset still in the log (raised by retention). Read-only: the log
+        moves it (shared state, written under the writer lock)."""
+        return self._state().log_start_offset
+
+    cdef int _check_writer(self, str what) except -1:
+        """Shared state is written only by the writer-lock holder, or by the process that
+        opens the log alone (recovery under the exclusive state flock)."""
+        cdef fq_log_state *st = self._state()
+        if not self._exclusive and fq_load_acquire_u64(&st.lock) != self.lockword:
+            raise AssertionError(f"{what} of {getattr(self, 'path', '?')} written without the "
+                                 "writer lock")
+        return 0
+
+    def _store_recovery_point(self, int64_t v):
+        """Set recovery_point (writer lock held, or alone at open; see _check_writer)."""
+        self._check_writer("recovery_point")
+        self.st.recovery_point = v
+
+    def _store_start_offset(self, int64_t v):
+        """Set start_offset (writer lock held, or alone at open; see _check_writer)."""
+        self._check_writer("start_offset")
+        self.st.log_start_offset = v
 
     @property
     def end_offset(self):

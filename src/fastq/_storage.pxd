@@ -171,6 +171,7 @@ cdef class LogCore:
     cdef public int64_t index_interval  # bytes between .index entries
     cdef public bint _closed            # close() has run (or the log failed)
     cdef public bint _closing           # close() has begun: appends and lock takers raise Closed
+    cdef public bint _exclusive         # opening alone (exclusive state flock): may write state unlocked
     cdef public object _failure         # why the log failed (a failed fsync), else None
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None
@@ -183,6 +184,7 @@ cdef class LogCore:
     cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
 
     cdef int _lock(self) except -1
+    cdef int _check_writer(self, str what) except -1
     cdef inline void _unlock(self) noexcept
     cdef int _prepare_locked(self, int64_t size) except -1
     cdef void _stage_locked(self, fq_log_snapshot *s, int64_t pos, int64_t size, int64_t max_ts,

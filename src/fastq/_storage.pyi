@@ -186,8 +186,10 @@ class LogCore:
     segment_ms: int
     max_record_bytes: int
     index_interval: int
-    recovery_point: int
-    start_offset: int
+    @property
+    def recovery_point(self) -> int: ...  # read-only: the log moves it under its writer lock
+    @property
+    def start_offset(self) -> int: ...  # read-only: retention / truncation move it
     topic_name: Optional[str]
     partition_id: int
     allow_gaps: bool

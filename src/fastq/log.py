@@ -291,6 +291,7 @@ class Log(LogCore):
         self._check_directory()
         size = self._map_state(os.path.join(self.path, STATE_FILE))
         first = _storage.flock(self.state_fd, True, False)
+        self._exclusive = first          # alone: recovery may write the shared state
         boot = _boot_id()
         if size == 0 or not self._state_valid():
             if size != 0:
@@ -309,6 +310,7 @@ class Log(LogCore):
             self._boot_id = boot
             self._opens = self._opens + 1
             _storage.msync_state(self)
+            self._exclusive = False
             _storage.flock(self.state_fd, False, True)   # EX -> SH: we stay a live user
         else:
             _storage.flock(self.state_fd, False, True)
@@ -362,8 +364,8 @@ class Log(LogCore):
             seg = self._open_segment(start, create=True)
             seg.close()
             self._commit(start, 0, start, -1, 0, 0, 0, 0, s["generation"] + 1)
-            self.start_offset = start
-            self.recovery_point = start
+            self._store_start_offset(start)
+            self._store_recovery_point(start)
             return
         if trust_state:
             watermark = s["next_offset"]
@@ -429,10 +431,10 @@ class Log(LogCore):
         self._commit(r["next_offset"], r["end_pos"], base, r["max_timestamp"], r["index_count"],
                      r["timeindex_count"], r["bytes_since_index"], r["end_pos"], s["generation"] + 1)
         if not have_state:
-            self.start_offset = bases[0]
+            self._store_start_offset(bases[0])
         elif self.start_offset < bases[0]:
-            self.start_offset = bases[0]
-        self.recovery_point = min(self.recovery_point, r["next_offset"])
+            self._store_start_offset(bases[0])
+        self._store_recovery_point(min(self.recovery_point, r["next_offset"]))
 
     def _repair_locked(self) -> None:
         """We stole the writer lock from a process that died holding it. Besides the
@@ -594,7 +596,7 @@ class Log(LogCore):
             if not doomed:
                 return 0
             new_start = self._segments[len(doomed)].base_offset
-            self.start_offset = new_start
+            self._store_start_offset(new_start)
             gen = s["generation"] + 1
             self._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
                          s["index_count"], s["timeindex_count"], s["bytes_since_index"],
@@ -653,7 +655,7 @@ class Log(LogCore):
                              r["timeindex_count"], r["bytes_since_index"], pos, gen)
                 target.sealed_end = -1
                 self._gen = gen
-                self.recovery_point = min(self.recovery_point, offset)
+                self._store_recovery_point(min(self.recovery_point, offset))
         finally:
             self._unlock_py()
 
