@@ -173,7 +173,9 @@ def test_fastq_open_on_full_disk_is_disk_full(tmpfs_dir):
         release()
 
 
-def test_group_join_on_full_disk_is_disk_full(tmpfs_dir):
+@pytest.mark.parametrize("fs", ["tmpfs_dir", "ext4_dir"])
+def test_group_join_on_full_disk_is_disk_full(request, fs):
+    tmpfs_dir = request.getfixturevalue(fs)
     with fastq.open(os.path.join(tmpfs_dir, "b")) as b:
         t = b.topic("t", segment_bytes=1 << 16)
         t.publish(b"x")

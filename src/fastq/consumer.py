@@ -159,7 +159,6 @@ class Consumer(ConsumerCore):
                 self._take(p)
         else:
             gdir = os.path.join(topic.broker.path, "groups", group)
-            os.makedirs(os.path.join(gdir, "offsets"), exist_ok=True)
             self._store = OffsetStore(os.path.join(gdir, "offsets", f"{topic.name}.offsets"),
                                       topic.partitions, sync=topic.durability in ("group", "always"))
             try:

@@ -37,7 +37,7 @@ import struct
 import time
 
 from . import _storage
-from .errors import Closed
+from .errors import Closed, _os_errors
 
 __all__ = ["GroupMember", "range_assign", "MEMBER_SIZE"]
 
@@ -87,8 +87,9 @@ class GroupMember:
         self.session_timeout_ms = session_timeout_ms
         self.members_dir = os.path.join(group_dir, "members", topic)
         self.partitions_dir = os.path.join(group_dir, "partitions")
-        os.makedirs(self.members_dir, exist_ok=True)
-        os.makedirs(self.partitions_dir, exist_ok=True)
+        with _os_errors("join group: create its directories", group_dir):
+            os.makedirs(self.members_dir, exist_ok=True)
+            os.makedirs(self.partitions_dir, exist_ok=True)
         self.heartbeat_interval_ns = max(session_timeout_ms * 1_000_000 // 5, 1_000_000)
         self.sweep_interval_ns = min(100_000_000, session_timeout_ms * 1_000_000 // 4)
         self.member_id = ""
@@ -103,7 +104,8 @@ class GroupMember:
         self._next_sweep = 0
         self.notifier = _storage.Notifier(os.path.join(group_dir, "notify"))
         try:
-            self._join()
+            with _os_errors("join group: write the member file", self.members_dir):
+                self._join()
         except BaseException:
             self.notifier.close()
             raise
@@ -152,10 +154,12 @@ class GroupMember:
         os.close(self._fd)
         self._fd = -1
         self.needs_rejoin = False
-        self._join()
+        with _os_errors("rejoin group: write the member file", self.members_dir):
+            self._join()
 
     def heartbeat(self, now: int) -> None:
-        os.pwrite(self._fd, _U64.pack(now), _HEARTBEAT_AT)
+        with _os_errors("heartbeat", os.path.join(self.members_dir, self.member_id)):
+            os.pwrite(self._fd, _U64.pack(now), _HEARTBEAT_AT)
         self._next_heartbeat = now + self.heartbeat_interval_ns
 
     def refresh(self, now: int | None = None) -> bool:
@@ -201,6 +205,9 @@ class GroupMember:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     continue
+                except OSError as e:          # EMFILE, EACCES, ...: not a vanished member
+                    with _os_errors("open a group member's file", path):
+                        raise e
                 self._peer_fds[name] = fd
             if _storage.flock(fd, True, False):
                 self._remove_peer(name, path, fd)   # dead: its holder is gone
@@ -275,7 +282,8 @@ class GroupMember:
             return True
         fd = self._lock_fds.get(p)
         if fd is None:
-            fd = self._lock_fds[p] = _open_rw(self.lock_path(p))
+            with _os_errors("open partition ownership lock", self.lock_path(p)):
+                fd = self._lock_fds[p] = _open_rw(self.lock_path(p))
         if _storage.flock(fd, True, False):
             self._owned.add(p)
             return True

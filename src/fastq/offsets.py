@@ -16,7 +16,10 @@ File ``<broker>/groups/<group>/offsets/<topic>.offsets``, all integers little-en
         20  reserved   12 bytes zero
 
 The file holds ``(size - 64) / 64`` slots; it grows (never shrinks: others have it
-mapped) when a topic gains partitions. A commit writes the half *not* holding the newest
+mapped) when a topic gains partitions. Every byte mapped is allocated on disk first
+(``posix_fallocate``, or zeros written where the filesystem cannot): a commit is a store
+into the mapping, and a store into an unallocated page of a full disk is a SIGBUS, so a
+full disk must be :class:`DiskFull` when the file is created, grown or opened instead. A commit writes the half *not* holding the newest
 commit, so a process killed mid-store tears at most the half being written and the other
 half still holds the previous commit: a commit is atomic.
 
@@ -37,6 +40,7 @@ after taking ownership and before its first :meth:`OffsetStore.put`. Thread-safe
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -44,7 +48,7 @@ import struct
 from . import _storage
 from ._codec import crc32c
 from .broker import MAX_PARTITIONS
-from .errors import Closed, CorruptRecord, InvalidArgument
+from .errors import Closed, CorruptRecord, InvalidArgument, _os_errors
 
 __all__ = ["OffsetStore", "HEADER_SIZE", "SLOT_SIZE", "MAGIC"]
 
@@ -66,6 +70,24 @@ def _check(seq: int, offset: int, partition: int) -> int:
     return crc32c(_CHECKED.pack(seq, offset, partition))
 
 
+def _allocate(fd: int, start: int, end: int) -> None:
+    """Make sure bytes [start, end) of the file have disk blocks, extending it to ``end``
+    (the mapping's stores then never fault on a full disk). Raises OSError (ENOSPC)."""
+    try:
+        os.posix_fallocate(fd, start, end - start)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    # No fallocate on this filesystem: write zeros, but only past the end of the file —
+    # below it another process may be storing a commit through its mapping right now.
+    start = max(start, os.fstat(fd).st_size)
+    zeros = bytes(max(end - start, 0))
+    done = 0
+    while done < len(zeros):
+        done += os.pwrite(fd, zeros[done:], start + done)
+
+
 class OffsetStore:
     """The committed offsets of one (group, topic): ``get(p)``, ``put(p, offset)``,
     ``sync()``. See the module docstring for the format and the single-writer rule."""
@@ -77,17 +99,19 @@ class OffsetStore:
         self._mm: mmap.mmap | None = None
         self._state: dict[int, tuple[int, int]] = {}   # p -> (newest seq, half holding it)
         need = HEADER_SIZE + SLOT_SIZE * partitions
-        if not os.path.exists(path):
-            self._create(need)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            if size < need and size >= HEADER_SIZE:
-                size = self._grow(fd, need)
-            self._check_size(size)
-            self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        with _os_errors("open offsets file", path):
+            if not os.path.exists(path):
+                self._create(need)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                if size < need and size >= HEADER_SIZE:
+                    size = self._grow(fd, need)
+                self._check_size(size)
+                _allocate(fd, 0, size)         # files of older versions were sparse
+                self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
         magic, version, slot_size = _HEADER.unpack_from(self._mm, 0)
         if magic != MAGIC or version != FORMAT_VERSION or slot_size != SLOT_SIZE:
             self.close()
@@ -96,18 +120,20 @@ class OffsetStore:
 
     def _create(self, size: int) -> None:
         """temp -> fsync -> rename -> fsync(dir): the file appears complete or not at all."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.tmp.{os.getpid()}.{id(self):x}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, _HEADER.pack(MAGIC, FORMAT_VERSION, SLOT_SIZE))
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, self.path)            # never replaces a file another process made
-        except FileExistsError:
-            pass
+            try:
+                os.pwrite(fd, _HEADER.pack(MAGIC, FORMAT_VERSION, SLOT_SIZE), 0)
+                _allocate(fd, HEADER_SIZE, size)   # slots: zero (empty) and allocated
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)        # never replaces a file another process made
+            except FileExistsError:
+                pass
         finally:
             os.unlink(tmp)
         _storage.fsync_dir(os.path.dirname(self.path))
@@ -117,7 +143,7 @@ class OffsetStore:
         try:
             size = os.fstat(fd).st_size
             if size < need:
-                os.ftruncate(fd, need)         # new slots read as zero: empty
+                _allocate(fd, size, need)      # new slots: zero (empty) and allocated
                 os.fsync(fd)
                 size = need
             return size
