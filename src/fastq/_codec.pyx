@@ -143,12 +143,14 @@ cdef int check_status(int64_t rc, str what, object position=None) except -1:
     raise status_error(rc, what, None, position)
 
 
-def os_error(exc, str what, path=None):
+def os_error(exc, str what, path=None, str op=""):
     """The fastq exception for an ``OSError`` raised by Python code (same table as the C
-    statuses): ``what`` names the operation, ``path`` the file (default: the error's)."""
+    statuses): ``what`` names the operation, ``path`` the file (default: the error's),
+    ``op`` is "" or "sync" (an fsync: FsyncFailed)."""
     if isinstance(exc, FastqError) or not isinstance(exc, OSError) or not exc.errno:
         return exc
-    return status_error(-<int64_t>exc.errno, what, path if path is not None else exc.filename)
+    return status_error(-<int64_t>exc.errno, what, path if path is not None else exc.filename,
+                        None, _OPS[op])
 
 
 def _status_error(int64_t rc, str what, path=None, position=None, str op=""):

@@ -149,6 +149,37 @@ cdef class LogCore:
         self.st = <fq_log_state *>p
         return size
 
+    def _map_state_copy(self, str path):
+        """readonly=True: read the state file into private memory instead of mapping it.
+        Nothing is ever written to the file; what readers store in the state (waiter
+        counts) stays in this copy. Returns the file's size."""
+        cdef void *p
+        cdef int rc
+        self.state_fd = open_file(path, O_RDONLY | O_CLOEXEC)
+        size = fq_file_size(self.state_fd)
+        if size < 0:
+            raise_status(size, "stat state", path)
+        if size != FQ_STATE_SIZE:
+            raise CorruptRecord(f"{path} is {size} bytes, not a fastq state file "
+                                f"({FQ_STATE_SIZE} bytes)", path, size)
+        try:
+            data = os.pread(self.state_fd, FQ_STATE_SIZE, 0)
+        except OSError as e:
+            raise_status(-e.errno, "read state", path)
+        if len(data) != FQ_STATE_SIZE:
+            raise CorruptRecord(f"{path}: short read of the state file", path, len(data))
+        rc = fq_map_anon(FQ_STATE_SIZE, &p)
+        if rc < 0:
+            raise_status(rc, "map a private copy of the state", path)
+        memcpy(p, <char *>data, FQ_STATE_SIZE)
+        self.st = <fq_log_state *>p
+        self._readonly = True
+        return size
+
+    def _refuse_write(self):
+        raise ReadOnly(f"log {getattr(self, 'path', '?')} was opened with readonly=True: "
+                       "appends, rolls, retention and truncation are refused")
+
     @property
     def state_fd(self):
         return self.state_fd
@@ -275,6 +306,8 @@ cdef class LogCore:
         if st == NULL or self._closing:
             self._check_open()
             raise Closed("log is closing")
+        if self._readonly:
+            self._refuse_write()
         if fq_log_trylock(st, self.lockword):
             return 0
         self._in_wait += 1                  # close leaves the mapping to us (_wait_done)
@@ -316,6 +349,8 @@ cdef class LogCore:
         self._check_open()
         if self._closing and not closer:
             raise Closed("log is closing")
+        if self._readonly:
+            self._refuse_write()
         st = self.st
         self._in_wait += 1
         with nogil:

@@ -25,6 +25,7 @@ from fastq._cdefs cimport (FQ_ECLOSED, FQ_ECORRUPT, FQ_EEMPTY, FQ_EFULL, FQ_EINV
                            fq_unmap)
 
 from fastq._codec cimport ERR_OP_GET, ERR_OP_NONE, ERR_OP_PUT, status_error
+from fastq._codec import os_error
 
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout)
@@ -251,6 +252,8 @@ cdef class Ring:
             except FileExistsError as e:
                 raise StorageError(e.errno, f"ring {name!r} already exists ({path}); "
                                             f"pass create=False to attach to it") from None
+            except OSError as e:
+                raise os_error(e, f"create ring {name!r}", path) from None
             try:
                 self._open_fd(fd, True, cap, max_message_size, max_messages, flags,
                               _WAITS[wait], spin_ns)
@@ -273,6 +276,8 @@ cdef class Ring:
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise StorageError(2, f"no ring named {name!r} ({path})") from None
+        except OSError as e:
+            raise os_error(e, f"attach to ring {name!r}", path) from None
         self._open_fd(fd, False, 0, 0, 0, 0, wait, spin_ns)
         self._path = path
         self._name = name

@@ -115,6 +115,7 @@ cdef class Segment:
     cdef public bint pf_requested       # a pretouch of this segment is queued (see fastq.log)
     cdef int pf_active                  # a prefault runs without the GIL: close() waits for it
     cdef int sync_active                # fsyncs/msyncs running without the GIL: close() waits for them
+    cdef readonly bint readonly         # opened for reading only: files O_RDONLY, mappings PROT_READ
 
     cdef int _live(self) except -1
     cdef int _grow(self, int64_t needed) except -1
@@ -172,6 +173,7 @@ cdef class LogCore:
     cdef public bint _closed            # close() has run (or the log failed)
     cdef public bint _closing           # close() has begun: appends and lock takers raise Closed
     cdef public bint _exclusive         # opening alone (exclusive state flock): may write state unlocked
+    cdef public bint _readonly          # readonly=True: state is a private copy; the writer lock refuses
     cdef public object _failure         # why the log failed (a failed fsync), else None
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None

@@ -26,13 +26,14 @@ import os
 import warnings
 
 from fastq.errors import (
-    Closed, CorruptRecord, DiskFull, FsyncFailed, InvalidArgument, OffsetOutOfRange,
+    Closed, CorruptRecord, DiskFull, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
     RecordTooLarge, StorageError, Timeout,
 )
 
 cdef extern from "fcntl.h" nogil:
     int c_open "open"(const char *path, int flags, int mode)
     enum:
+        O_RDONLY
         O_RDWR
         O_CREAT
         O_CLOEXEC
@@ -155,18 +156,24 @@ cdef int open_file(str path, int flags) except -1:
     return fd
 
 
-cdef void *map_index(int fd, int64_t nbytes, str path) except NULL:
-    """Map an index file, preallocated (zero-filled) to hold `nbytes`."""
+cdef void *map_index(int fd, int64_t nbytes, str path, bint readonly=False) except NULL:
+    """Map an index file, preallocated (zero-filled) to hold `nbytes` (`readonly`: map it
+    for reading, as it is; shorter than that is CorruptRecord, never a SIGBUS later)."""
     cdef void *p
     cdef int rc
     cdef int64_t size = fq_file_size(fd)
     if size < 0:
         raise_status(size, "stat index", path)
     nbytes = round_up(max(nbytes, size, PAGE), PAGE)
-    rc = fq_preallocate(fd, nbytes)
-    if rc < 0:
-        raise_status(rc, "preallocate index", path)
-    rc = fq_map(fd, <size_t>nbytes, 1, &p)
+    if readonly:
+        if size < nbytes:
+            raise CorruptRecord(f"index file {path} is {size} bytes, shorter than the {nbytes} "
+                                "its log's configuration gives it", path, size)
+    else:
+        rc = fq_preallocate(fd, nbytes)
+        if rc < 0:
+            raise_status(rc, "preallocate index", path)
+    rc = fq_map(fd, <size_t>nbytes, not readonly, &p)
     if rc < 0:
         raise_status(rc, "map index", path)
     return p
@@ -196,9 +203,11 @@ cdef class Segment:
         self.sealed_max_timestamp = -1
 
     def __init__(self, str directory, int64_t base_offset, int64_t map_size, int64_t index_cap,
-                 bint create=False, int64_t grow_chunk=0):
-        """Open (or with ``create``, create empty) the segment at ``base_offset``."""
-        cdef int flags = O_RDWR | O_CLOEXEC | (O_CREAT if create else 0)
+                 bint create=False, int64_t grow_chunk=0, bint readonly=False):
+        """Open (or with ``create``, create empty) the segment at ``base_offset``;
+        ``readonly``: open and map its files for reading only (nothing is written)."""
+        cdef int flags = (O_RDONLY if readonly else O_RDWR) | O_CLOEXEC | (O_CREAT if create else 0)
+        cdef int iflags = (O_RDONLY if readonly else O_RDWR | O_CREAT) | O_CLOEXEC
         cdef int rc
         cdef void *p
         cdef int64_t size
@@ -223,15 +232,17 @@ cdef class Segment:
                 size = min(self.grow_chunk, self.map_size)
             self.alloc_size = size
             self.inode = os.fstat(self.fd).st_ino
-            rc = fq_map(self.fd, <size_t>self.map_size, 1, &p)
+            self.readonly = readonly
+            rc = fq_map(self.fd, <size_t>self.map_size, not readonly, &p)
             if rc < 0:
                 raise_status(rc, "map segment", self.path)
             self.data = <uint8_t *>p
-            self.idx_fd = open_file(self.index_path, O_RDWR | O_CLOEXEC | O_CREAT)
-            self.idx = <uint8_t *>map_index(self.idx_fd, index_cap * FQ_INDEX_ENTRY, self.index_path)
-            self.tidx_fd = open_file(self.timeindex_path, O_RDWR | O_CLOEXEC | O_CREAT)
+            self.idx_fd = open_file(self.index_path, iflags)
+            self.idx = <uint8_t *>map_index(self.idx_fd, index_cap * FQ_INDEX_ENTRY, self.index_path,
+                                            readonly)
+            self.tidx_fd = open_file(self.timeindex_path, iflags)
             self.tidx = <uint8_t *>map_index(self.tidx_fd, index_cap * FQ_TIMEINDEX_ENTRY,
-                                             self.timeindex_path)
+                                             self.timeindex_path, readonly)
             # The index files are preallocated in full and never grow: their mappings
             # outlive the descriptors, so close them (a log with many segments would
             # otherwise hold three descriptors per segment).
@@ -266,6 +277,8 @@ cdef class Segment:
         if needed <= self.alloc_size:
             return 0
         self._live()
+        if self.readonly:
+            raise ReadOnly(f"cannot grow {self.path}: opened with readonly=True")
         if needed > self.map_size:
             raise RecordTooLarge(f"batch would end at byte {needed}, past the segment's "
                                  f"mapped size {self.map_size}")
@@ -295,7 +308,7 @@ cdef class Segment:
         cdef int64_t start = self.populated
         cdef int64_t end = min(upto, self.alloc_size) // PAGE * PAGE
         cdef uint8_t *data = self.data
-        if data == NULL or self.pf_active or end <= start:
+        if data == NULL or self.pf_active or end <= start or self.readonly:
             return self.populated
         self.pf_active = 1
         try:
@@ -426,6 +439,8 @@ cdef class Segment:
             expected = self.base_offset
         if rebuild and start != 0:
             raise InvalidArgument("index rebuild must scan from position 0")
+        if rebuild and self.readonly:
+            raise ReadOnly(f"cannot rebuild the indexes of {self.path}: opened with readonly=True")
         self._scan(start, limit, expected, stop_offset, check, rebuild, interval, max_size, allow_gaps, &r)
         return {
             "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
@@ -483,12 +498,16 @@ cdef class Segment:
         tail; the file never shrinks because other processes may have it mapped)."""
         if self.data == NULL:
             raise Closed(f"segment {self.path} is closed")
+        if self.readonly:
+            raise ReadOnly(f"cannot write {self.path}: opened with readonly=True")
         end = min(end, self.alloc_size)
         if end > start >= 0:
             memset(self.data + start, 0, <size_t>(end - start))
 
     def zero_index(self, int64_t index_from, int64_t timeindex_from):
         self._live()
+        if self.readonly:
+            raise ReadOnly(f"cannot write {self.index_path}: opened with readonly=True")
         if index_from < self.idx_cap:
             memset(self.idx + index_from * FQ_INDEX_ENTRY, 0,
                    <size_t>((self.idx_cap - index_from) * FQ_INDEX_ENTRY))

@@ -127,10 +127,18 @@ cdef class Notifier:
         self.words = NULL
         self.fd = -1
 
-    def __init__(self, str path):
+    def __init__(self, str path, bint readonly=False):
+        """``readonly``: a private word in anonymous memory, the file untouched (a read-only
+        topic sees no new commits to be woken for)."""
         cdef void *p
         cdef int rc
         self.path = path
+        if readonly:
+            rc = fq_map_anon(PAGE, &p)
+            if rc < 0:
+                raise_status(rc, "map a private notifier", path)
+            self.words = <uint32_t *>p
+            return
         self.fd = open_file(path, O_RDWR | O_CREAT | O_CLOEXEC)
         rc = fq_preallocate(self.fd, PAGE)
         if rc < 0:

@@ -26,7 +26,8 @@ import uuid
 from typing import Any
 
 from . import _storage
-from .errors import Closed, CorruptRecord, InvalidArgument, InvalidName, UnknownTopic
+from .errors import (Closed, CorruptRecord, InvalidArgument, InvalidName, LogNotFound, ReadOnly,
+                     UnknownTopic, _os_errors)
 from .log import (DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
                   check_int as _check_int, write_json_atomic as _write_json_atomic)
 
@@ -107,8 +108,14 @@ class _DirLock:
         self.fd = -1
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        _storage.flock(self.fd, True, True)
+        with _os_errors("open the broker lock", self.path):
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _storage.flock(self.fd, True, True)
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -122,36 +129,52 @@ class Broker:
 
     ``topic(name, ...)`` gets or creates a topic; ``topics()`` lists them;
     ``alter_topic`` changes a stored configuration; ``delete_topic`` removes one.
-    Use as a context manager or call ``close()``.
+    Use as a context manager or call ``close()``. ``readonly=True``: see :func:`open`.
     """
 
-    def __init__(self, path, *, durability: str = "os", create: bool = True):
+    def __init__(self, path, *, durability: str = "os", create: bool = True, readonly: bool = False):
         self.path = os.path.abspath(os.fspath(path))
         if durability not in DURABILITY_MODES:
             raise InvalidArgument(f"durability={durability!r}: expected one of {sorted(DURABILITY_MODES)}")
         self._closed = False
         self._mutex = threading.RLock()
         self._topics: dict[str, Any] = {}
+        self.readonly = bool(readonly)
         if not os.path.isdir(self.path):
             if os.path.exists(self.path):
                 raise InvalidArgument(f"{self.path} exists and is not a directory")
-            if not create:
-                from .errors import LogNotFound
+            if not create or readonly:
                 raise LogNotFound(f"no broker at {self.path}")
-        os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
-        os.makedirs(os.path.join(self.path, "groups"), exist_ok=True)
         meta_path = os.path.join(self.path, BROKER_FILE)
-        with self._lock_dir():
-            if os.path.exists(meta_path):
-                meta = _read_json(meta_path)
-                if meta.get("version") != BROKER_VERSION:
-                    raise CorruptRecord(f"{meta_path}: unknown broker version {meta.get('version')!r}", meta_path)
-            else:
-                meta = {"version": BROKER_VERSION, "durability": durability,
-                        "created_ms": int(time.time() * 1000)}
-                _write_json_atomic(meta_path, meta)
+        if readonly:
+            if not os.path.exists(meta_path):
+                raise LogNotFound(f"no broker at {self.path}: {BROKER_FILE} is missing")
+            with _os_errors("open broker", self.path):
+                meta = self._read_meta(meta_path)
+        else:
+            with _os_errors("open broker", self.path):
+                os.makedirs(os.path.join(self.path, "topics"), exist_ok=True)
+                os.makedirs(os.path.join(self.path, "groups"), exist_ok=True)
+                with self._lock_dir():
+                    if os.path.exists(meta_path):
+                        meta = self._read_meta(meta_path)
+                    else:
+                        meta = {"version": BROKER_VERSION, "durability": durability,
+                                "created_ms": int(time.time() * 1000)}
+                        _write_json_atomic(meta_path, meta)
         self.meta = meta
         self.durability = durability
+
+    @staticmethod
+    def _read_meta(meta_path: str) -> dict:
+        meta = _read_json(meta_path)
+        if meta.get("version") != BROKER_VERSION:
+            raise CorruptRecord(f"{meta_path}: unknown broker version {meta.get('version')!r}", meta_path)
+        return meta
+
+    def _refuse_if_readonly(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnly(f"broker {self.path} was opened with readonly=True: cannot {what}")
 
     # -- topics -------------------------------------------------------------------------
 
@@ -188,6 +211,8 @@ class Broker:
                     "max_record_bytes": max_record_bytes, "compact": compact, "storage": storage,
                     "overflow": overflow, "capacity_bytes": capacity_bytes}
             cfg = self._load_or_create_topic(name, args, create)
+            if cfg["storage"] == "memory":
+                self._refuse_if_readonly(f"open memory topic {name!r} (a shared ring, written by every user)")
             t = (MemoryTopic if cfg["storage"] == "memory" else Topic)(self, name, cfg)
             self._topics[name] = t
             return t
@@ -199,6 +224,7 @@ class Broker:
             return self._read_topic_config(path)
         if not create:
             raise UnknownTopic(name)
+        self._refuse_if_readonly(f"create topic {name!r}")
         with self._lock_dir():
             if os.path.exists(path):                 # another process won the race
                 return self._read_topic_config(path)
@@ -207,8 +233,15 @@ class Broker:
             _validate_topic_config(cfg)
             cfg["version"] = 1
             cfg["created_ms"] = int(time.time() * 1000)
-            os.makedirs(d, exist_ok=True)
-            _write_json_atomic(path, cfg)
+            made = not os.path.isdir(d)
+            try:
+                with _os_errors(f"create topic {name!r}", d):
+                    os.makedirs(d, exist_ok=True)
+                    _write_json_atomic(path, cfg)
+            except BaseException:
+                if made:                             # no half-made topic directory left
+                    shutil.rmtree(d, ignore_errors=True)
+                raise
             return cfg
 
     @staticmethod
@@ -237,6 +270,7 @@ class Broker:
         partitions opened afterwards (reopen the topic in running processes)."""
         self._check_open()
         validate_name("topic", name)
+        self._refuse_if_readonly(f"alter topic {name!r}")
         unknown = set(changes) - _ALTERABLE
         if unknown:
             raise InvalidArgument(f"cannot alter {sorted(unknown)}: alterable settings are {sorted(_ALTERABLE)}")
@@ -261,6 +295,7 @@ class Broker:
         """Delete a topic and its data. Processes still using it get errors."""
         self._check_open()
         validate_name("topic", name)
+        self._refuse_if_readonly(f"delete topic {name!r}")
         d = self._topic_dir(name)
         with self._lock_dir():
             if not os.path.exists(os.path.join(d, TOPIC_FILE)):
@@ -309,6 +344,19 @@ class Broker:
         return f"<fastq.Broker {self.path!r}{' closed' if self._closed else ''}>"
 
 
-def open(path, *, durability: str = "os", create: bool = True) -> Broker:  # noqa: A001
-    """Open (creating if missing) the broker in directory ``path``."""
-    return Broker(path, durability=durability, create=create)
+def open(path, *, durability: str = "os", create: bool = True, readonly: bool = False) -> Broker:  # noqa: A001
+    """Open (creating if missing, unless ``create=False``) the broker in directory ``path``.
+
+    ``readonly=True`` opens an existing broker to read without writing anything — for
+    archived logs, read-only media or another user's files: no directory, lock, config or
+    state file is created or changed, partition logs are mapped read-only (see
+    :class:`fastq.Log`), topics are read with ``Topic.read`` or a consumer without a
+    group, and anything that would write (publish, producers, group consumers, topic
+    creation, alteration, deletion, retention, memory topics) raises
+    :class:`fastq.ReadOnly`. A missing broker is :class:`fastq.LogNotFound`.
+
+    Errors: a full disk is :class:`fastq.DiskFull`; a read-only filesystem opened without
+    ``readonly=True`` is :class:`fastq.ReadOnly`; running out of file descriptors is
+    :class:`fastq.TooManyOpenFiles`, which names the limit to raise.
+    """
+    return Broker(path, durability=durability, create=create, readonly=readonly)

@@ -43,6 +43,7 @@ import time
 from typing import Iterator
 
 from . import _storage
+from ._codec import os_error
 from ._storage import LogCore, LogReader, Pacer, Record, Segment, segment_name
 from .errors import (
     Closed,
@@ -51,7 +52,9 @@ from .errors import (
     InvalidName,
     LogNotFound,
     OffsetOutOfRange,
+    ReadOnly,
     Timeout,
+    _os_errors,
 )
 
 __all__ = ["Log", "open_log", "Record", "LogReader", "Pacer", "DURABILITY_MODES"]
@@ -85,16 +88,31 @@ def _boot_id() -> bytes:
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
-    """temp -> fsync -> rename -> fsync(dir): a metadata file is old or new, never torn."""
+    """temp -> fsync -> rename -> fsync(dir): a metadata file is old or new, never torn.
+    A failure (a full disk: DiskFull; EROFS: ReadOnly; ...) removes the temp file and
+    raises the fastq error naming ``path``; a failed fsync is FsyncFailed."""
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data = memoryview(json.dumps(obj, indent=1, sort_keys=True).encode())
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with _os_errors("write", path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                done = 0
+                while done < len(data):            # os.write may write less than asked
+                    done += os.write(fd, data[done:])
+                try:
+                    os.fsync(fd)
+                except OSError as e:
+                    raise os_error(e, "fsync", tmp, "sync") from e
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     _storage.fsync_dir(os.path.dirname(path) or ".")
 
 
@@ -169,12 +187,21 @@ class Log(LogCore):
     when uncontended) that survives the kill of its holder (stolen after the holder's
     pid is gone, checked every millisecond). Thread-safety: a Log may be shared by
     threads. After ``fork()``, open a new Log in the child; do not use the parent's.
+
+    ``readonly=True`` reads a log without writing anything (archives, read-only media,
+    another user's files): files are opened and mapped read-only, the shared state is
+    read into a private copy, and no lock file, config or recovery is written. The log
+    is seen as it was when opened; appends, rolls, retention and truncation raise
+    :class:`fastq.ReadOnly`. A log that was not closed cleanly before a reboot needs
+    recovery first (``ReadOnly`` says so); a missing log is :class:`fastq.LogNotFound`.
+    Without ``readonly=True``, a log on a read-only filesystem raises ``ReadOnly``.
     """
 
     def __init__(self, path, *, durability: str | None = None, segment_bytes: int | None = None,
                  segment_ms: int | None = None, max_record_bytes: int | None = None,
                  index_interval: int | None = None, retention_ms: int | None = None,
-                 retention_bytes: int | None = None, compact: bool | None = None, create: bool = True):
+                 retention_bytes: int | None = None, compact: bool | None = None, create: bool = True,
+                 readonly: bool = False):
         self.path = os.fspath(path)
         if not isinstance(self.path, str):
             raise InvalidArgument("path must be a str or os.PathLike[str]")
@@ -192,17 +219,25 @@ class Log(LogCore):
         if not os.path.isdir(self.path):
             if os.path.exists(self.path):
                 raise InvalidArgument(f"{self.path} exists and is not a directory")
-            if not create:
+            if not create or readonly:
                 raise LogNotFound(f"no log at {self.path}")
-            os.makedirs(self.path, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            with _os_errors("create log directory", self.path):
+                os.makedirs(self.path, exist_ok=True)
+        args = dict(durability=durability, segment_bytes=segment_bytes, segment_ms=segment_ms,
+                    max_record_bytes=max_record_bytes, index_interval=index_interval,
+                    retention_ms=retention_ms, retention_bytes=retention_bytes, compact=compact)
         try:
-            _storage.flock(self._lock_fd, True, True)
-            try:
-                self._open_locked(durability, segment_bytes, segment_ms, max_record_bytes,
-                                  index_interval, retention_ms, retention_bytes, compact)
-            finally:
-                _storage.funlock(self._lock_fd)
+            with _os_errors("open log", self.path):
+                if readonly:
+                    self._open_readonly(args)
+                    return
+                self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE),
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                _storage.flock(self._lock_fd, True, True)
+                try:
+                    self._open_locked(args)
+                finally:
+                    _storage.funlock(self._lock_fd)
         except BaseException:
             self._abort_open()
             raise
@@ -223,7 +258,7 @@ class Log(LogCore):
             self._lock_fd = -1
         self._closed = True
 
-    def _load_config(self, args: dict) -> dict:
+    def _load_config(self, args: dict, readonly: bool = False) -> dict:
         path = os.path.join(self.path, CONFIG_FILE)
         try:
             with open(path, "rb") as f:
@@ -231,6 +266,8 @@ class Log(LogCore):
             if not isinstance(cfg, dict) or cfg.get("version") != CONFIG_VERSION:
                 raise ValueError("unknown version")
         except FileNotFoundError:
+            if readonly:
+                raise LogNotFound(f"no log at {self.path}: {CONFIG_FILE} is missing") from None
             cfg = None
         except ValueError as e:
             raise CorruptRecord(f"{path} is not a fastq log config: {e}", path) from None
@@ -269,12 +306,39 @@ class Log(LogCore):
         if not isinstance(cfg["compact"], bool):
             raise InvalidArgument(f"compact must be a bool, got {cfg['compact']!r}")
 
-    def _open_locked(self, durability, segment_bytes, segment_ms, max_record_bytes,
-                     index_interval, retention_ms, retention_bytes, compact):
-        cfg = self._load_config(dict(durability=durability, segment_bytes=segment_bytes,
-                                     segment_ms=segment_ms, max_record_bytes=max_record_bytes,
-                                     index_interval=index_interval, retention_ms=retention_ms,
-                                     retention_bytes=retention_bytes, compact=compact))
+    def _open_readonly(self, args: dict) -> None:
+        """readonly=True: map nothing writable and write nothing — no lock file, log.json
+        or state is created, the state is a private copy (``LogCore._map_state_copy``),
+        no recovery runs. For archives and read-only media: the log is read as it was
+        when opened (appends made afterwards by other processes are not seen)."""
+        try:
+            self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._lock_fd = -1
+        if self._lock_fd >= 0:          # not while another process opens or recovers it
+            _storage.flock(self._lock_fd, True, True)
+        try:
+            self._apply_config(self._load_config(args, readonly=True))
+            self._check_directory()
+            state = os.path.join(self.path, STATE_FILE)
+            if not os.path.exists(state):
+                raise LogNotFound(f"no log at {self.path}: {STATE_FILE} is missing")
+            self._map_state_copy(state)
+            if not self._state_valid():
+                raise CorruptRecord(f"{state} is not a fastq state file", state, 0)
+            if not (self._flags & _FLAG_CLEAN or self._boot_id == _boot_id()):
+                raise ReadOnly(f"log {self.path} was not closed cleanly before a reboot: its tail "
+                               "needs recovery, which writes; open it once without readonly=True")
+            self._closed = False
+            self._gen = -1 & 0xFFFFFFFFFFFFFFFF
+            self._refresh()
+            self._synced = self.recovery_point
+            self._pretouch = None
+        finally:
+            if self._lock_fd >= 0:
+                _storage.funlock(self._lock_fd)
+
+    def _apply_config(self, cfg: dict) -> None:
         self.config = cfg
         self._durability = DURABILITY_MODES[cfg["durability"]]
         self.segment_bytes = cfg["segment_bytes"]
@@ -288,6 +352,8 @@ class Log(LogCore):
         self._map_size = self.segment_bytes + self.max_record_bytes
         self._index_cap = self._map_size // self.index_interval + 2
 
+    def _open_locked(self, args: dict) -> None:
+        self._apply_config(self._load_config(args))
         self._check_directory()
         size = self._map_state(os.path.join(self.path, STATE_FILE))
         first = _storage.flock(self.state_fd, True, False)
@@ -337,7 +403,7 @@ class Log(LogCore):
 
     def _open_segment(self, base: int, create: bool = False) -> Segment:
         return Segment(self.path, base, self._map_size, self._index_cap, create,
-                       max(1 << 20, self.segment_bytes // 16))
+                       max(1 << 20, self.segment_bytes // 16), readonly=self._readonly)
 
     def _active_exists(self) -> bool:
         return os.path.exists(os.path.join(self.path, segment_name(self.snapshot()["active_base"]) + ".log"))
@@ -690,8 +756,11 @@ class Log(LogCore):
                 self._raise_recovery_point(target)
 
     def flush(self) -> None:
-        """fsync everything appended so far, whatever the durability mode."""
+        """fsync everything appended so far, whatever the durability mode (nothing to do
+        for a log opened with readonly=True)."""
         self._check_open_py()
+        if self._readonly:
+            return
         target = self.end_offset
         for seg in list(self._segments):
             if seg.base_offset >= 0 and not seg.closed:
@@ -758,6 +827,11 @@ class Log(LogCore):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def readonly(self) -> bool:
+        """Opened with ``readonly=True``: reads only, nothing written (see ``Log``)."""
+        return self._readonly
+
     def segments(self) -> list[dict]:
         """One dict per segment: base_offset, path, bytes, sealed."""
         self._check_open_py()
@@ -797,6 +871,18 @@ class Log(LogCore):
             if seg.exports:
                 raise BufferError(f"cannot close {self.path}: {seg.exports} record view(s) into "
                                   f"{seg.path} still alive; release them (or copy with bytes())")
+        if self._readonly:                  # wrote nothing, holds no lock: just let go
+            self._closed = True
+            with self._seg_lock:
+                for seg in self._segments:
+                    seg.close()
+                self._segments = []
+                self._active = None
+            self._release_state()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            return
         failed = self._failure is not None
         # Another thread of this process may be appending (or rolling, or applying
         # retention) with the writer lock held; tearing the mappings down under it

@@ -59,7 +59,7 @@ from ._producer import MEMORY_MODE_RING as MODE_RING
 from ._producer import MEMORY_MODE_SPILL as MODE_SPILL
 from ._producer import memory_publish as _memory_publish
 from ._ring import MemoryRecord, Ring, _frame_record
-from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError
+from .errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, StorageError, _os_errors
 from .topic import BatchMetadata, RecordMetadata, Topic
 
 __all__ = ["MemoryTopic", "MemoryConsumer", "MemoryProducer", "MemoryRecord", "OVERFLOW_MODES",
@@ -89,17 +89,27 @@ class _State:
     """The mapped memory.state file plus the cross-process lock (memory.lock)."""
 
     def __init__(self, d: str):
-        self.lock_fd = os.open(os.path.join(d, "memory.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with _os_errors("open memory topic lock", os.path.join(d, "memory.lock")):
+            self.lock_fd = os.open(os.path.join(d, "memory.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.tlock = threading.RLock()
         self.depth = 0
         path = os.path.join(d, "memory.state")
         try:
-            with self:
+            with self, _os_errors("open memory topic state", path):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 try:
                     size = os.fstat(fd).st_size
                     if size == 0:
-                        os.write(fd, STATE_MAGIC + bytes(STATE_SIZE - len(STATE_MAGIC)))
+                        # written whole (not ftruncate'd): the mapped page is allocated, a
+                        # full disk fails here and not as a SIGBUS at a later store
+                        try:
+                            n = os.pwrite(fd, STATE_MAGIC + bytes(STATE_SIZE - len(STATE_MAGIC)), 0)
+                        except OSError:
+                            os.ftruncate(fd, 0)      # an empty file is rewritten next time
+                            raise
+                        if n != STATE_SIZE:
+                            os.ftruncate(fd, 0)
+                            raise CorruptRecord(f"{path}: short write ({n} of {STATE_SIZE} bytes)", path)
                     elif size != STATE_SIZE:
                         raise CorruptRecord(f"{path}: {size} bytes, expected {STATE_SIZE}", path)
                     self.map = mmap.mmap(fd, STATE_SIZE)
@@ -177,7 +187,8 @@ class MemoryTopic(Topic):
         name = ring_name(self.broker.path, self.name)
         cap = 1 << (self.capacity_bytes - 1).bit_length()
         max_msg = min(self.config["max_record_bytes"] + 4096, cap - 8)
-        fd = os.open(os.path.join(self.dir, "memory.users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with _os_errors("open memory topic users file", os.path.join(self.dir, "memory.users")):
+            fd = os.open(os.path.join(self.dir, "memory.users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             with self._state:
                 if _storage.flock(fd, True, False):          # nobody else: start fresh

@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from . import _storage
-from .errors import Closed, InvalidArgument, OffsetOutOfRange
+from .errors import Closed, InvalidArgument, OffsetOutOfRange, ReadOnly
 from .log import Log, Record
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class Topic(_storage.TopicCore):
         self._logs: list[Log | None] = [None] * self.partitions
         self._mutex = threading.RLock()
         self._closed = False
-        self._notifier = _storage.Notifier(os.path.join(self.dir, "notify"))
+        self.readonly: bool = broker.readonly      # opened through fastq.open(readonly=True)
+        self._notifier = _storage.Notifier(os.path.join(self.dir, "notify"), self.readonly)
         self._producers: weakref.WeakSet = weakref.WeakSet()   # closed (flushed) by close()
         self._sticky = random.randrange(self.partitions)
         self._sticky_bytes = 0
@@ -100,7 +101,8 @@ class Topic(_storage.TopicCore):
                 cfg = self.config
                 lg = Log(os.path.join(self.dir, str(partition)), durability=self.durability,
                          segment_bytes=cfg["segment_bytes"], max_record_bytes=cfg["max_record_bytes"],
-                         retention_ms=cfg["retention_ms"], retention_bytes=cfg["retention_bytes"])
+                         retention_ms=cfg["retention_ms"], retention_bytes=cfg["retention_bytes"],
+                         readonly=self.readonly)
                 lg.topic_name = self.name
                 lg.partition_id = partition
                 lg._notifier = self._notifier
@@ -151,6 +153,7 @@ class Topic(_storage.TopicCore):
 
         if self._closed:
             raise Closed(f"topic {self.name!r} is closed")
+        self._refuse_if_readonly("a producer")
         p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
                      on_delivery=on_delivery, buffer_bytes=buffer_bytes)
         with self._mutex:
@@ -214,13 +217,21 @@ class Topic(_storage.TopicCore):
         """A consumer of this topic (see :class:`fastq.consumer.Consumer`)."""
         from .consumer import Consumer
 
+        if group is not None:
+            self._refuse_if_readonly(f"a consumer in group {group!r} (it commits offsets)")
         return Consumer(self, group, **options)
+
+    def _refuse_if_readonly(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnly(f"topic {self.name!r} was opened read-only (fastq.open(readonly=True)): "
+                           f"{what} would write; read with Topic.read or a consumer without a group")
 
     # -- maintenance and lifetime -------------------------------------------------------
 
     def maintain(self, now_ms: int | None = None) -> int:
         """Apply retention (and compaction, for ``compact=True`` topics) to every
         partition. Returns the number of segments deleted."""
+        self._refuse_if_readonly("retention and compaction")
         deleted = 0
         for p in range(self.partitions):
             lg = self.log(p)
