@@ -30,6 +30,16 @@ cdef int64_t timeout_ns(object timeout) except -2:
     return <int64_t>(timeout * 1e9)
 
 
+cdef inline int check_offset_arg(object v, str what) except -1:
+    """An offset argument must be an int (bool is not); one that does not fit in 64 bits
+    is OffsetOutOfRange here, where Cython's conversion would raise OverflowError."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgument(f"{what} must be an int, got {type(v).__name__}")
+    if what != "end" and not INT64_MIN <= v <= INT64_MAX:    # a huge end just means no end
+        raise OffsetOutOfRange(f"{what} {v} out of range: offsets are 64-bit integers")
+    return 0
+
+
 cdef inline int64_t check_ts(object timestamp) except -2:
     cdef int64_t ts
     if timestamp is None:
@@ -772,7 +782,7 @@ cdef class LogCore:
             return seg, s.end_pos, s.index_count
         return seg, seg.sealed_end, seg.sealed_index_count
 
-    def read(self, int64_t offset=0, end=None, bint follow=False):
+    def read(self, offset=0, end=None, bint follow=False):
         """Iterate records from `offset` up to `end` (exclusive; default: the log end
         now). Raises OffsetOutOfRange when offset is outside [start, end].
 
@@ -782,8 +792,12 @@ cdef class LogCore:
         cdef LogReader rd
         cdef int64_t hi = self.end_offset
         cdef int64_t lo = self._state().log_start_offset
+        check_offset_arg(offset, "offset")
         if offset < lo or offset > hi:
             raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi}]")
+        if end is not None:
+            check_offset_arg(end, "end")
+            end = min(max(end, offset), INT64_MAX)   # past 2**63 - 1: no end; below offset: empty
         rd = LogReader.__new__(LogReader)
         rd.log = self
         rd.seg = None
@@ -791,22 +805,23 @@ cdef class LogCore:
         if follow:
             rd.end = INT64_MAX
         else:
-            rd.end = hi if end is None else min(<int64_t>end, INT64_MAX)
+            rd.end = hi if end is None else <int64_t>end
         rd.expect = -1
         rd.remaining = 0
         return rd
 
-    def get(self, int64_t offset):
+    def get(self, offset):
         """The record at `offset` (OffsetOutOfRange if there is none)."""
         cdef int64_t hi = self.end_offset
         cdef int64_t lo = self._state().log_start_offset
+        check_offset_arg(offset, "offset")
         if offset < lo or offset >= hi:
             raise OffsetOutOfRange(f"offset {offset} out of range: valid offsets are [{lo}, {hi})")
         for rec in self.read(offset, offset + 1):
             return rec
         raise CorruptRecord(f"offset {offset} is missing from the log")
 
-    def wait(self, int64_t offset, timeout=None, double spin_us=50.0, Pacer pacer=None):
+    def wait(self, offset, timeout=None, double spin_us=50.0, Pacer pacer=None):
         """Block until a record at `offset` exists (end_offset > offset) or `timeout`
         seconds pass; returns True if it exists. Spins for up to `spin_us` µs, then
         sleeps on a futex in the shared state that every commit bumps (a 50 µs
@@ -814,6 +829,9 @@ cdef class LogCore:
         one on every call), sleeps through the learned gap between arrivals and spins
         around the next expected one instead (lower latency, some CPU; see Pacer).
         Signal handlers run while it waits (Ctrl-C raises KeyboardInterrupt)."""
+        check_offset_arg(offset, "offset")
+        if offset < 0 or offset > INT64_MAX:
+            raise OffsetOutOfRange(f"cannot wait for offset {offset}: offsets are in [0, 2**63)")
         return self._wait(offset, timeout_ns(timeout), <int64_t>(spin_us * 1000.0),
                           NULL if pacer is None else &pacer.p) == 1
 

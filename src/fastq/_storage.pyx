@@ -16,7 +16,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memset, memcpy
-from libc.stdint cimport INT32_MAX, INT64_MAX
+from libc.stdint cimport INT32_MAX, INT64_MAX, INT64_MIN
 cimport cython
 
 from fastq._cdefs cimport *

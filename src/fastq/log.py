@@ -774,6 +774,9 @@ class Log(LogCore):
         offsetsForTimes), or None if no record is that late."""
         if not isinstance(timestamp, int):
             raise InvalidArgument("timestamp must be an int of milliseconds")
+        # Stored timestamps lie in [-2**62, 2**62) (appends check it): clamping keeps the
+        # answer and keeps the index search in 64 bits (no OverflowError for 2**64).
+        timestamp = min(max(timestamp, -(1 << 62)), 1 << 62)
         self._check_open_py()
         if self.snapshot()["generation"] != self._gen:
             self._refresh()
