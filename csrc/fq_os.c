@@ -73,7 +73,23 @@ int fq_preallocate(int fd, int64_t len) {
     int rc = posix_fallocate(fd, 0, (off_t)len);
     if (rc == 0) return 0;
     if (rc != EOPNOTSUPP && rc != EINVAL) return -rc;
-    /* filesystems without fallocate: fall through to ftruncate (sparse) */
+    /* No fallocate here (musl, some FUSE/NFS): ftruncate alone would leave a hole, and a
+     * store into a hole of a full disk through the mapping is a SIGBUS. Write zeros over
+     * [cur, len) instead: past the old end nobody has stored anything. */
+    {
+        static const char zeros[65536];
+        int64_t at = cur;
+        while (at < len) {
+            size_t n = (size_t)(len - at < (int64_t)sizeof zeros ? len - at : (int64_t)sizeof zeros);
+            ssize_t w = pwrite(fd, zeros, n, (off_t)at);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                return -errno;
+            }
+            at += w;
+        }
+        return 0;
+    }
 #elif defined(__APPLE__)
     fstore_t fst = {F_ALLOCATECONTIG, F_PEOFPOSMODE, 0, (off_t)(len - cur), 0};
     if (fcntl(fd, F_PREALLOCATE, &fst) == -1) {

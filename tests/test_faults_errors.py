@@ -474,3 +474,62 @@ def test_shared_state_setters_refuse_without_the_writer_lock(tmp_path):
             lg._store_recovery_point(lg.recovery_point)      # holder may
         finally:
             lg._unlock_py()
+
+
+_SWEEP = """
+    import os, shutil
+    import fastq
+    from fastq.errors import DiskFull
+    from faultfs import fill, free_bytes
+    root = {d!r}
+
+    def scenario(d):
+        with fastq.open(d) as b:
+            t = b.topic("t", partitions=3, segment_bytes=1 << 16)
+            for p in range(3):
+                t.publish(b"x" * 100, partition=p)
+            with t.consumer(group="g") as c:
+                c.poll(timeout=0)
+                c.commit()
+            m = b.topic("m", storage="memory", capacity_bytes=1 << 16)
+            m.publish(b"y")
+            return free_bytes(root)
+
+    before = free_bytes(root)
+    used = before - scenario(os.path.join(root, "probe"))
+    shutil.rmtree(os.path.join(root, "probe"))
+    # every allocation of the scenario, the small late ones (offsets, member and memory
+    # state files, topic.json) included: leave 0 .. used + 8 KiB, finest near the end
+    leaves = sorted({{0, 4096, used // 4, used // 2}} | set(range(max(used - 96 * 1024, 0), used + 8192, 1024)))
+    outcomes = []
+    for leave in leaves:
+        d = os.path.join(root, "b%d" % leave)
+        release = fill(root, leave=leave)
+        try:
+            scenario(d)
+            outcomes.append("ok")
+        except DiskFull:
+            outcomes.append("DiskFull")
+        finally:
+            release()
+            shutil.rmtree(d, ignore_errors=True)
+    print(used)
+    print(" ".join("%d:%s" % x for x in zip(leaves, outcomes)))
+"""
+
+
+def test_full_disk_at_any_point_of_open_and_first_use_is_disk_full_never_a_signal(ext4_dir):
+    """Fill the disk to leave 0 B up to just more than what opening a broker, a
+    3-partition topic, a committing group consumer and a memory topic needs (1 KiB
+    steps over the last 96 KiB, where the small files are made), and run them: every
+    file fastq maps (state, notifier, indexes, segments, offsets, memory state) is
+    allocated before it is mapped, so each run either works or raises DiskFull; none
+    dies of SIGBUS or raises a raw OSError."""
+    r = _child(_SWEEP.format(d=ext4_dir), timeout=300)
+    assert r.returncode >= 0, f"killed by signal {-r.returncode}: {r.stderr[-2000:]}"
+    assert r.returncode == 0, r.stderr[-2000:]
+    used, runs = r.stdout.splitlines()
+    outcomes = [x.split(":")[1] for x in runs.split()]
+    print(f"the scenario allocates {used} bytes; outcomes by bytes left: {runs}")
+    assert set(outcomes) <= {"ok", "DiskFull"}
+    assert outcomes[0] == "DiskFull" and outcomes[-1] == "ok"
