@@ -102,3 +102,7 @@ def timeindex_put(buf: Union[bytearray, memoryview], i: int, ts: int, rel: int) 
 
 def timeindex_get(buf: Buffer, i: int) -> Tuple[int, int]:
     """Time-index entry ``i`` as ``(timestamp, relativeOffset)``."""
+
+def os_error(exc: BaseException, what: str, path: Optional[str] = None, op: str = "") -> BaseException:
+    """The fastq exception for an OSError (the one status table; op "" or "sync")."""
+    ...

@@ -211,7 +211,7 @@ cdef class LogCore:
         from another thread after, or during, a close must not touch the mapping)."""
         if self.st == NULL:
             self._check_open()
-            raise Closed("log is closed")
+            raise Closed(f"log {getattr(self, 'path', '?')} is closed")
         return self.st
 
     def _state_raw(self):
@@ -315,7 +315,7 @@ cdef class LogCore:
         cdef fq_log_state *st = self.st
         if st == NULL or self._closing:
             self._check_open()
-            raise Closed("log is closing")
+            raise Closed(f"log {getattr(self, 'path', '?')} is closing")
         if self._readonly:
             self._refuse_write()
         if fq_log_trylock(st, self.lockword):
@@ -344,7 +344,7 @@ cdef class LogCore:
                 fq_log_abandon(st, self.lockword)
         self._wait_done()                   # the last one out unmaps; raises Closed if closed
         if gone:
-            raise Closed("log is closing")
+            raise Closed(f"log {getattr(self, 'path', '?')} is closing")
         return 0
 
     cdef inline void _unlock(self) noexcept:
@@ -358,7 +358,7 @@ cdef class LogCore:
         cdef fq_log_state *st
         self._check_open()
         if self._closing and not closer:
-            raise Closed("log is closing")
+            raise Closed(f"log {getattr(self, 'path', '?')} is closing")
         if self._readonly:
             self._refuse_write()
         st = self.st
@@ -406,7 +406,7 @@ cdef class LogCore:
         if self._closed or self.st == NULL:
             if self._failure is not None:
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
-            raise Closed("log is closed")
+            raise Closed(f"log {getattr(self, 'path', '?')} is closed")
         return 0
 
     cdef int _prepare_locked(self, int64_t size) except -1:

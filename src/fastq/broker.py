@@ -223,7 +223,7 @@ class Broker:
         if os.path.exists(path):
             return self._read_topic_config(path)
         if not create:
-            raise UnknownTopic(name)
+            raise UnknownTopic(f"no topic {name!r} in broker {self.path}")
         self._refuse_if_readonly(f"create topic {name!r}")
         with self._lock_dir():
             if os.path.exists(path):                 # another process won the race
@@ -277,7 +277,7 @@ class Broker:
         path = os.path.join(self._topic_dir(name), TOPIC_FILE)
         with self._lock_dir():
             if not os.path.exists(path):
-                raise UnknownTopic(name)
+                raise UnknownTopic(f"no topic {name!r} in broker {self.path}")
             cfg = self._read_topic_config(path)
             if "partitions" in changes and changes["partitions"] < cfg["partitions"]:
                 raise InvalidArgument(f"partitions can only grow: {name} has {cfg['partitions']}, "
@@ -299,7 +299,7 @@ class Broker:
         d = self._topic_dir(name)
         with self._lock_dir():
             if not os.path.exists(os.path.join(d, TOPIC_FILE)):
-                raise UnknownTopic(name)
+                raise UnknownTopic(f"no topic {name!r} in broker {self.path}")
             with self._mutex:
                 t = self._topics.pop(name, None)
             if t is not None:

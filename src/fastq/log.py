@@ -204,7 +204,7 @@ class Log(LogCore):
                  readonly: bool = False):
         self.path = os.fspath(path)
         if not isinstance(self.path, str):
-            raise InvalidArgument("path must be a str or os.PathLike[str]")
+            raise InvalidArgument(f"path must be a str or os.PathLike[str], got {type(self.path).__name__}")
         self._closed = True
         self._failure = None
         self._lock_fd = -1
@@ -773,7 +773,7 @@ class Log(LogCore):
         """The first offset whose record timestamp is >= ``timestamp`` (Kafka's
         offsetsForTimes), or None if no record is that late."""
         if not isinstance(timestamp, int):
-            raise InvalidArgument("timestamp must be an int of milliseconds")
+            raise InvalidArgument(f"timestamp must be an int of milliseconds, got {timestamp!r:.60}")
         # Stored timestamps lie in [-2**62, 2**62) (appends check it): clamping keeps the
         # answer and keeps the index search in 64 bits (no OverflowError for 2**64).
         timestamp = min(max(timestamp, -(1 << 62)), 1 << 62)

@@ -407,7 +407,7 @@ class MemoryProducer:
     def send(self, value, *, key=None, headers=None, partition: int | None = None,
              timestamp: int | None = None) -> None:
         if self._closed:
-            raise Closed("producer is closed")
+            raise Closed(f"producer of memory topic {self.topic.name!r} is closed")
         meta = self.topic.publish(value, key=key, headers=headers, partition=partition, timestamp=timestamp)
         self.sent += 1
         if self.on_delivery is not None:
@@ -415,7 +415,7 @@ class MemoryProducer:
 
     def flush(self) -> int:
         if self._closed:
-            raise Closed("producer is closed")
+            raise Closed(f"producer of memory topic {self.topic.name!r} is closed")
         return 0
 
     @property
@@ -464,7 +464,7 @@ class MemoryConsumer:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Closed("consumer is closed")
+            raise Closed(f"consumer of memory topic {self.topic.name!r} is closed")
 
     def poll(self, max_records: int | None = None, timeout: float | None = None) -> list[MemoryRecord]:
         """Take up to ``max_records`` records, waiting up to ``timeout`` seconds (None:
