@@ -569,3 +569,19 @@ def test_readonly_broker_refuses_every_write_with_read_only(tmp_path):
         assert b.topics() == ["m", "t"]
     with fastq.open(bdir) as b:                       # and nothing changed for writers
         assert [r.value.tobytes() for r in b.topic("t").read(0)] == [b"x"]
+
+
+def test_os_errors_maps_by_errno_and_names_the_file():
+    from fastq.errors import _os_errors
+    with pytest.raises(DiskFull) as ei:
+        with _os_errors("write", "/x/topic.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert ei.value.filename == "/x/topic.json" and "write" in str(ei.value)
+    assert isinstance(ei.value.__cause__, OSError)
+    with pytest.raises(OSError) as ei:               # no errno: left as it is
+        with _os_errors("write", "/x"):
+            raise OSError("no errno")
+    assert type(ei.value) is OSError
+    with pytest.raises(Closed):                      # fastq errors pass through
+        with _os_errors("write", "/x"):
+            raise Closed("closed")

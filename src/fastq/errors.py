@@ -150,4 +150,7 @@ def _os_errors(what: str, path: str | None = None):
     except OSError as e:
         from ._codec import os_error  # errors.py is imported by _codec: import late
 
-        raise os_error(e, what, path) from e
+        mapped = os_error(e, what, path)
+        if mapped is e:                 # no errno: nothing to map
+            raise
+        raise mapped from e
