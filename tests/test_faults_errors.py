@@ -346,12 +346,16 @@ def test_huge_offsets_and_timestamps_are_invalid_argument_not_overflow(tmp_path,
             "Topic.publish timestamp": lambda: t.publish(b"x", timestamp=big),
             "Topic.publish_many timestamp": lambda: t.publish_many([b"x"], timestamp=big),
             "Topic.publish partition": lambda: t.publish(b"x", partition=big),
+            "LogReader.read_many": lambda: [r.offset for r in lg.read(0).read_many(big)],
+            "LogReader.read_values": lambda: lg.read(0).read_values(big),
         }
         # calls where a huge value has a meaning: an end past 2**63 is no end; no record
         # is later than 2**63 ms, every record is later than -2**63
         answers = {"Log.read end": [0] if big > 0 else [],
                    "Log.offset_for_timestamp": None if big > 0 else 0,
-                   "Topic.read timestamp": [] if big > 0 else [0]}
+                   "Topic.read timestamp": [] if big > 0 else [0],
+                   "LogReader.read_many": [0] if big > 0 else [],       # a huge count: no limit
+                   "LogReader.read_values": [b"x"] if big > 0 else []}
         for what, call in calls.items():
             try:
                 r = call()

@@ -55,6 +55,14 @@ cdef class Record:
                 f"value_len={self.vlen})")
 
 
+cdef inline Py_ssize_t count_arg(object n) except -1:
+    """A record count argument: an int (not bool); past PY_SSIZE_T_MAX means no limit
+    (Cython's conversion would raise OverflowError), below 0 means none."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise InvalidArgument(f"max_records must be an int, got {type(n).__name__}")
+    return 0 if n < 0 else (PY_SSIZE_T_MAX if n > PY_SSIZE_T_MAX else n)
+
+
 cdef class LogReader:
     """Iterator over a log's records from an offset to an end offset.
 
@@ -206,7 +214,7 @@ cdef class LogReader:
             self.next_offset = off + 1
             return r
 
-    def read_values(self, Py_ssize_t max_records):
+    def read_values(self, max_records):
         """Up to max_records record values as a list of ``bytes`` copies (None for a
         tombstone) — the fastest way to drain a log when keys, headers and offsets are
         not needed; nothing stays pinned. ``next_offset`` tells where it stopped."""
@@ -215,8 +223,9 @@ cdef class LogReader:
         cdef int rc
         cdef int64_t off
         cdef Py_ssize_t n = 0
+        cdef Py_ssize_t limit = count_arg(max_records)
         self._recheck()
-        while n < max_records:
+        while n < limit:
             if self.remaining <= 0:
                 if not self._next_batch():
                     break
@@ -241,8 +250,9 @@ cdef class LogReader:
             n += 1
         return out
 
-    def read_many(self, Py_ssize_t max_records):
+    def read_many(self, max_records):
         """Up to max_records records as a list (an empty list at the end)."""
+        max_records = count_arg(max_records)
         cdef list out = []
         cdef Record r
         cdef Py_ssize_t i

@@ -17,6 +17,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memset, memcpy
 from libc.stdint cimport INT32_MAX, INT64_MAX, INT64_MIN
+from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport cython
 
 from fastq._cdefs cimport *
