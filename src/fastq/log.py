@@ -334,8 +334,11 @@ class Log(LogCore):
         return sorted(bases)
 
     def _open_segment(self, base: int, create: bool = False) -> Segment:
+        # Allocated as written (64 KiB, doubling up to segment_bytes/16 per step, never
+        # ahead past segment_bytes), indexes sized to match: see Segment and
+        # docs/ARCHITECTURE.md "What a topic costs".
         return Segment(self.path, base, self._map_size, self._index_cap, create,
-                       max(1 << 20, self.segment_bytes // 16))
+                       max(1 << 20, self.segment_bytes // 16), self.index_interval, self.segment_bytes)
 
     def _active_exists(self) -> bool:
         return os.path.exists(os.path.join(self.path, segment_name(self.snapshot()["active_base"]) + ".log"))
@@ -495,6 +498,7 @@ class Log(LogCore):
                     continue
                 if seg.sealed_end < 0:
                     self._seal_info(seg, segs[i + 1].base_offset)
+                    seg.release_fd()         # sealed: the mapping is enough
             self._segments = segs
             self._active = segs[-1]
             self._gen = s["generation"]
@@ -539,6 +543,7 @@ class Log(LogCore):
             old.sealed_index_count = s["index_count"]
             old.sealed_timeindex_count = s["timeindex_count"]
             old.sealed_max_timestamp = s["max_timestamp"]
+            old.release_fd()                     # sealed: the mapping is enough
             gen = s["generation"] + 1
             self._commit(s["next_offset"], 0, seg.base_offset, -1, 0, 0, 0, 0, gen)
             if self._durability:
