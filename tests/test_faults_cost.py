@@ -253,3 +253,111 @@ def test_pretouch_window_shrinks_for_a_writer_gone_slow(tmp_path):
                 lg.append(rec)
             serve()
         assert lg.pretouch_window == wide // 8
+
+
+# -- timestamps ---------------------------------------------------------------------------
+
+def test_far_future_timestamp_is_rejected_with_the_limit_named(tmp_path):
+    """One record stamped far in the future kept its segment (and every later one) from
+    time retention for as long as the clock took to catch up. As Kafka does (KIP-937,
+    log.message.timestamp.after.max.ms), an append more than max_timestamp_ahead_ms
+    (default one hour) ahead of the clock is refused, naming the timestamp and limit."""
+    now = int(time.time() * 1000)
+    far = now + 10 * 365 * 86_400_000
+    with Log(tmp_path / "l") as lg:
+        assert lg.max_timestamp_ahead_ms == 3_600_000
+        assert lg.append(b"ok", timestamp=now + 1_800_000) == 0
+        for call in (lambda: lg.append(b"x", timestamp=far),
+                     lambda: lg.append_many([b"x", b"y"], timestamp=far),
+                     lambda: lg.append_batch([(b"x", None, None, now), (b"y", None, None, far)]),
+                     lambda: lg.publish(b"x", timestamp=far)):
+            with pytest.raises(InvalidArgument) as ei:
+                call()
+            assert str(far) in str(ei.value) and "3600000" in str(ei.value)
+        assert lg.end_offset == 1                       # nothing half-appended
+    with fastq.open(tmp_path / "b") as b:
+        t = b.topic("t")
+        with pytest.raises(InvalidArgument, match=str(far)):
+            t.publish(b"x", timestamp=far)
+        with pytest.raises(InvalidArgument, match=str(far)):
+            t.publish_many([b"x"], timestamp=far)
+
+
+def test_timestamp_ahead_limit_is_per_log_and_can_be_disabled(tmp_path):
+    now = int(time.time() * 1000)
+    with Log(tmp_path / "l", max_timestamp_ahead_ms=1000) as lg:
+        with pytest.raises(InvalidArgument, match="max_timestamp_ahead_ms=1000"):
+            lg.append(b"x", timestamp=now + 60_000)
+    with Log(tmp_path / "l") as lg:                 # stored in log.json
+        assert lg.max_timestamp_ahead_ms == 1000
+    with Log(tmp_path / "l", max_timestamp_ahead_ms=None) as lg:
+        assert lg.max_timestamp_ahead_ms is None
+        assert lg.append(b"x", timestamp=now + 10**12) == 0
+    for bad in (-1, "1h", 1.5, True):
+        with pytest.raises(InvalidArgument, match="max_timestamp_ahead_ms"):
+            Log(tmp_path / "m", max_timestamp_ahead_ms=bad)
+
+
+def test_negative_and_default_timestamps(tmp_path):
+    """timestamp=None stamps the clock (never refused by the limit); a negative one is
+    refused by name (Kafka's -1 'no timestamp' is not accepted on append)."""
+    with Log(tmp_path / "l", max_timestamp_ahead_ms=0) as lg:
+        before = int(time.time() * 1000)
+        lg.append(b"now")
+        lg.append_many([b"a", b"b"])
+        lg.append_batch([(b"c",)])
+        after = int(time.time() * 1000)
+        assert all(before <= r.timestamp <= after for r in lg.read(0))
+        for bad in (-1, -(2**63)):
+            with pytest.raises(InvalidArgument, match=str(bad)):
+                lg.append(b"x", timestamp=bad)
+        with pytest.raises(InvalidArgument):
+            lg.append(b"x", timestamp=2**64)
+
+
+def test_far_future_timestamp_cannot_pin_time_retention_when_the_limit_is_off(tmp_path):
+    """With the limit disabled a far-future record is accepted; time retention then
+    judges a segment whose newest timestamp is still in the future by when its file was
+    last written, so it (and the segments after it) still expire."""
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    with Log(tmp_path / "l", segment_bytes=4096, max_timestamp_ahead_ms=None,
+             retention_ms=day) as lg:
+        for i in range(20):
+            lg.append(b"p" * 300, timestamp=now)
+        lg.append(b"future", timestamp=now + 1000 * day)
+        for i in range(40):
+            lg.append(b"q" * 300, timestamp=now)
+        sealed = len(lg.segments()) - 1
+        assert sealed >= 4
+        assert lg.enforce_retention(now_ms=now + day // 2) == 0
+        # two days on, by the record timestamps alone the future one pinned everything
+        # from its segment on; by the files' write times all sealed segments expire
+        assert lg.enforce_retention(now_ms=now + 2 * day) == sealed
+
+
+def test_producer_refuses_a_far_future_timestamp_at_send(tmp_path):
+    """A producer queues records and appends them later: refusing a far-future one only
+    at the drain would fail the whole drain (the records queued with it were dropped).
+    send() checks it against the partition's limit, so the others are appended."""
+    far = int(time.time() * 1000) + 400 * 86_400_000
+    with fastq.open(tmp_path / "b") as b:
+        t = b.topic("t", partitions=1)
+        with t.producer(linger_ms=60_000) as p:
+            p.send(b"a")
+            with pytest.raises(InvalidArgument, match=str(far)):
+                p.send(b"x", timestamp=far)
+            p.send(b"b")
+            p.flush()
+        assert [bytes(r.value) for r in t.log(0).read(0)] == [b"a", b"b"]
+
+
+def test_far_future_first_record_does_not_stop_segment_ms_rolls(tmp_path):
+    """segment_ms measures the active segment's age from its first record's timestamp
+    when a process picks the segment up: one stamped far ahead made it "younger than
+    now" for years, so the segment never rolled by time. It counts as now at most."""
+    far = int(time.time() * 1000) + 400 * 86_400_000
+    with Log(tmp_path / "l", segment_ms=60_000, max_timestamp_ahead_ms=None) as lg:
+        lg.append(b"future", timestamp=far)
+    with Log(tmp_path / "l") as lg:
+        assert lg._active_created_ms <= int(time.time() * 1000)

@@ -466,6 +466,13 @@ cdef class LogCore:
         cdef int32_t i = 0, k
         cdef fq_log_snapshot s
         cdef list plan = None
+        if self._ts_ahead_ms >= 0:
+            # one compare per record against a bound that only moves when a timestamp
+            # passes it (no clock read while records are stamped "now")
+            for i in range(n):
+                if recs[i].timestamp > self._ts_bound:
+                    self._check_ahead(recs[i].timestamp)
+            i = 0
         # plan the batches before taking the lock
         size = fq_batch_size(recs, n)
         if size < 0:
@@ -512,6 +519,24 @@ cdef class LogCore:
         if self._durability:
             self._after_append(done_offset)
         return first
+
+    cdef int _check_ahead(self, int64_t ts) except -1:
+        """Refuse `ts` if it is more than max_timestamp_ahead_ms ahead of the clock
+        (Kafka's KIP-937): a far-future timestamp would hold its segment, and every
+        later one, back from time retention until the clock caught up."""
+        cdef int64_t now = fq_realtime_ms()
+        self._ts_bound = now + self._ts_ahead_ms
+        if ts > self._ts_bound:
+            raise InvalidArgument(
+                f"timestamp {ts} is {ts - now} ms ahead of the clock ({now}), more than "
+                f"max_timestamp_ahead_ms={self._ts_ahead_ms}: a far-future timestamp would hold "
+                f"back time-based retention (fix the clock that stamped it, or raise the limit)")
+        return 0
+
+    def _set_ts_ahead(self, int64_t ms):
+        """Set max_timestamp_ahead_ms (-1: off); see fastq.log.Log."""
+        self._ts_ahead_ms = ms
+        self._ts_bound = -1
 
     def _after_append(self, int64_t done_offset):
         """Durability after an append (see fastq.log.Log). A failed fsync fails the

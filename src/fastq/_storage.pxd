@@ -204,6 +204,7 @@ cdef class LogCore:
     cdef int _check_open(self) except -1
     cdef fq_log_state *_state(self) except NULL
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
+    cdef int _check_ahead(self, int64_t ts) except -1
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
     cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1
     cdef int _wait_done(self) except -1
