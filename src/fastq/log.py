@@ -24,6 +24,10 @@ Durability (``durability=``), what each loses on power failure:
 ``"always"``
     Every append calls fsync before returning. Loses nothing acknowledged.
 
+Timestamps: an append stamped more than ``max_timestamp_ahead_ms`` (default one hour,
+Kafka's ``log.message.timestamp.after.max.ms``) ahead of the clock raises
+:class:`InvalidArgument`, or one far-future record would hold time retention back.
+
 Recovery: the last process to close a log marks it clean. An unclean log is recovered by
 the next process to open it, alone (under an exclusive lock): if the machine has not
 rebooted since the state was written, the shared state's committed end is exact — every
@@ -120,10 +124,12 @@ class _Pretoucher:
     ~45 µs on a KVM guest, on every 24th 100-byte append — which is what set the p99 of
     paced publish → tail latency. The writer asks (``LogCore._prepare_locked``) when
     less than half a window ahead of its position is populated; the thread populates a
-    window ahead. The window (``Log.pretouch_window``) starts at 1 MiB and doubles, up
+    window ahead. The window (``Log.pretouch_window``) starts at 32 KiB and doubles, up
     to 16 MiB, each time the writer has outrun the thread, which waits for the GIL to
     take a request and to finish one: a writer in a tight loop holds the GIL for a
-    switch interval at a time.
+    switch interval at a time. It halves again when a request comes more than a second
+    after the previous one: what is populated stays resident (and is written back as
+    zeros), so an idle topic should not hold more than a few pages ahead.
 
     Set FASTQ_PRETOUCH=0 to turn it off (every append then faults its own pages)."""
 
