@@ -80,7 +80,7 @@ cdef str _fd_limit_hint(int err):
     except (ImportError, OSError, ValueError):
         now = ""
     return (f"this process reached its limit of open file descriptors, RLIMIT_NOFILE{now}; "
-            "each open partition log holds 2 (state, lock) plus 1 per segment: raise it with `ulimit -n N` "
+            "each open partition log holds 3 (state, lock, active segment): raise it with `ulimit -n N` "
             "or resource.setrlimit(resource.RLIMIT_NOFILE, (N, hard)), or open fewer partitions")
 
 

@@ -130,6 +130,8 @@ cdef class LogCore:
         self.lockword = fq_log_lock_word(<uint32_t>_random.getrandbits(32))
         self.partition_id = -1
         self.pretouch_window = PRETOUCH_MIN
+        self._ts_ahead_ms = -1
+        self._ts_bound = -1
 
     # -- shared state -------------------------------------------------------------------
 
@@ -413,7 +415,7 @@ cdef class LogCore:
         """Make room for `size` bytes at the end of the active segment (refresh after
         another process changed segments, roll when full or old, grow the file).
         The caller writes at st.end_pos."""
-        cdef int64_t pos, need, win
+        cdef int64_t pos, need, win, now
         cdef bint ask
         cdef Segment seg
         if self.st.generation != self._gen:
@@ -429,14 +431,24 @@ cdef class LogCore:
         win = self.pretouch_window
         ask = (need + win // 2 > seg.populated and not seg.pf_requested
                and self._pretouch is not None)
-        if ask and 0 < seg.populated < need and win < PRETOUCH_MAX:
-            # the writer passed the end of the last window before the pretoucher was
-            # back (it waits for the GIL, up to a switch interval, twice per window):
-            # a fast writer gets a wider window, a slow one keeps 1 MiB
-            win = self.pretouch_window = win * 2
+        if ask:
+            now = fq_monotonic_ns()
+            if 0 < seg.populated < need and win < PRETOUCH_MAX:
+                # the writer passed the end of the last window before the pretoucher was
+                # back (it waits for the GIL, up to a switch interval, twice per window):
+                # a fast writer gets a wider window
+                win = self.pretouch_window = win * 2
+            elif (win > PRETOUCH_MIN and self._pretouch_asked_ns > 0
+                  and now - self._pretouch_asked_ns > PRETOUCH_IDLE_NS):
+                # a slow one (over a second per half window) a narrower one: what is
+                # populated stays resident, and a once-busy idle log should not hold
+                # 16 MiB per segment
+                win = self.pretouch_window = win // 2
+            self._pretouch_asked_ns = now
         if need + win > seg.alloc_size:
-            # allocate ahead, so the pretoucher can populate ahead (never past the mapping)
-            seg._grow(need if need >= seg.map_size else min(need + win, seg.map_size))
+            # allocate ahead, so the pretoucher can populate ahead (Segment._grow stops
+            # at segment_bytes and never passes the mapping)
+            seg._grow(need, need + win)
         if need > self.st.written_end:
             self.st.written_end = need
         if ask:
@@ -460,10 +472,10 @@ cdef class LogCore:
             s.max_timestamp = max_ts
         s.bytes_since_index += size
         if s.bytes_since_index > self.index_interval:
-            if s.index_count < seg.idx_cap:
+            if s.index_count < seg.idx_avail:
                 fq_index_put(seg.idx, s.index_count, <uint32_t>(base - seg.base_offset), <uint32_t>pos)
                 s.index_count += 1
-            if s.timeindex_count < seg.tidx_cap:
+            if s.timeindex_count < seg.idx_avail:
                 ts = -1
                 if s.timeindex_count > 0:
                     fq_timeindex_get(seg.tidx, s.timeindex_count - 1, &ts, &r)
@@ -520,6 +532,13 @@ cdef class LogCore:
         cdef int32_t i = 0, k
         cdef fq_log_snapshot s
         cdef list plan = None
+        if self._ts_ahead_ms >= 0:
+            # one compare per record against a bound that only moves when a timestamp
+            # passes it (no clock read while records are stamped "now")
+            for i in range(n):
+                if recs[i].timestamp > self._ts_bound:
+                    self._check_ahead(recs[i].timestamp)
+            i = 0
         # plan the batches before taking the lock
         size = fq_batch_size(recs, n)
         if size < 0:
@@ -566,6 +585,24 @@ cdef class LogCore:
         if self._durability:
             self._after_append(done_offset)
         return first
+
+    cdef int _check_ahead(self, int64_t ts) except -1:
+        """Refuse `ts` if it is more than max_timestamp_ahead_ms ahead of the clock
+        (Kafka's KIP-937): a far-future timestamp would hold its segment, and every
+        later one, back from time retention until the clock caught up."""
+        cdef int64_t now = fq_realtime_ms()
+        self._ts_bound = now + self._ts_ahead_ms
+        if ts > self._ts_bound:
+            raise InvalidArgument(
+                f"timestamp {ts} is {ts - now} ms ahead of the clock ({now}), more than "
+                f"max_timestamp_ahead_ms={self._ts_ahead_ms}: a far-future timestamp would hold "
+                f"back time-based retention (fix the clock that stamped it, or raise the limit)")
+        return 0
+
+    def _set_ts_ahead(self, int64_t ms):
+        """Set max_timestamp_ahead_ms (-1: off); see fastq.log.Log."""
+        self._ts_ahead_ms = ms
+        self._ts_bound = -1
 
     def _after_append(self, int64_t done_offset):
         """Durability after an append (see fastq.log.Log). A failed fsync fails the

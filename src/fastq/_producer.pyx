@@ -111,6 +111,7 @@ cdef class ProducerCore:
         sticky partition. Returns nothing (see ``on_delivery``)."""
         cdef int32_t p, nparts
         cdef Ring ring = self._ring
+        cdef LogCore lg
         if self._closed:
             raise Closed("producer is closed")
         if self._error is not None:
@@ -134,6 +135,11 @@ cdef class ProducerCore:
                 raise InvalidArgument(f"partition {partition} out of range: topic {self.topic.name!r} has "
                                       f"partitions 0..{nparts - 1}")
             p = partition
+        if timestamp is not None and type(timestamp) is int and 0 <= timestamp < (1 << 62):
+            # refused now, not at the drain (which would drop the records queued with it)
+            lg = self._log_of(p)
+            if lg._ts_ahead_ms >= 0:
+                lg._check_ahead(timestamp)
         try:
             ring._put_rec(<uint32_t>p, value, key, headers, timestamp, 0)
         except RecordTooLarge:

@@ -103,7 +103,10 @@ cdef class Segment:
     cdef int64_t idx_cap                # capacity of .index in entries
     cdef int64_t tidx_cap               # capacity of .timeindex in entries
     cdef readonly int64_t alloc_size    # bytes of the .log file known to be allocated on disk
-    cdef int64_t grow_chunk             # preallocation step
+    cdef int64_t grow_chunk             # largest preallocation step (steps double up to it)
+    cdef int64_t alloc_limit            # allocation ahead stops here (segment_bytes, page-rounded)
+    cdef int64_t interval               # index_interval the index files are sized by (0: in full)
+    cdef int64_t idx_avail              # entries both index files are known to hold
     cdef readonly int64_t exports       # live memoryviews into the data mapping
     cdef public int64_t sealed_end      # committed data end once sealed; -1 while active
     cdef public int64_t sealed_index_count      # valid .index entries once sealed
@@ -118,7 +121,11 @@ cdef class Segment:
     cdef readonly bint readonly         # opened for reading only: files O_RDONLY, mappings PROT_READ
 
     cdef int _live(self) except -1
-    cdef int _grow(self, int64_t needed) except -1
+    cdef int _grow(self, int64_t needed, int64_t wanted=*) except -1
+    cdef inline int64_t _entries_for(self, int64_t nbytes) noexcept
+    cdef int _set_alloc(self, int64_t size) except -1
+    cdef int _grow_indexes(self, int64_t log_size) except -1
+    cdef int _ensure_fd(self) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2
     cdef int _scan(self, int64_t start, int64_t limit, int64_t expected, int64_t stop_offset,
                    int check, int rebuild, int64_t interval, int64_t max_size, int allow_gaps,
@@ -182,6 +189,9 @@ cdef class LogCore:
     cdef public bint allow_gaps         # compacted log: batch offsets ascend but may skip
     cdef public object _pretouch        # callable(segment, upto) queueing a prefault, or None
     cdef readonly int64_t pretouch_window  # bytes populated ahead of the writer (grows, see _prepare_locked)
+    cdef public int64_t _pretouch_asked_ns  # monotonic time of the last pretouch request
+    cdef public int64_t _ts_ahead_ms    # refuse appends stamped more than this ahead of the clock (-1: off)
+    cdef int64_t _ts_bound              # a timestamp bound known to pass: coarse clock + _ts_ahead_ms, when read
     cdef int _in_wait                   # threads of this process in _wait or waiting for the lock (GIL released)
     cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
 
@@ -198,6 +208,7 @@ cdef class LogCore:
     cdef int _check_open(self) except -1
     cdef fq_log_state *_state(self) except NULL
     cdef int64_t _append_recs(self, const fq_record_in *recs, int32_t n) except -1
+    cdef int _check_ahead(self, int64_t ts) except -1
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1
     cdef int _wait(self, int64_t offset, int64_t timeout_ns, int64_t spin_ns, fq_pace *pace) except -1
     cdef int _wait_done(self) except -1

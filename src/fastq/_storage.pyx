@@ -47,12 +47,23 @@ cdef extern from "errno.h":
 cdef enum:
     PAGE = 4096
     GROW_MIN = 1 << 20
+    # A new segment's .log is preallocated FIRST_CHUNK bytes; each growth then adds as
+    # much as the file holds (doubling), at most the log's grow chunk
+    # (max(GROW_MIN, segment_bytes/16)), so a one-record topic costs 64 KiB of disk,
+    # not a grow chunk, and a busy one still grows in few fallocate calls.
+    FIRST_CHUNK = 64 << 10
     # The writer keeps the file allocated, and asks the pretoucher to populate the
     # mapping a window past what it writes, whenever fewer than half the window ahead
     # is populated (see LogCore._prepare_locked). The window starts at PRETOUCH_MIN and
-    # doubles, up to PRETOUCH_MAX, each time the writer outruns the pretoucher.
-    PRETOUCH_MIN = 1 << 20
+    # doubles, up to PRETOUCH_MAX, each time the writer outruns the pretoucher; it
+    # halves again when a request comes more than PRETOUCH_IDLE_NS after the last one.
+    PRETOUCH_MIN = 32 << 10
     PRETOUCH_MAX = 16 << 20
+
+cdef int64_t PRETOUCH_IDLE_NS = 1_000_000_000
+
+SEGMENT_FIRST_CHUNK = FIRST_CHUNK    # bytes a new segment's .log is preallocated
+PRETOUCH_MIN_BYTES = PRETOUCH_MIN    # the pretouch window of an idle log
 
 # A blocking wait (Log.wait, a consumer's poll) sleeps with the GIL released in slices of
 # this long, running the signal handlers between them: Ctrl-C interrupts it.
@@ -157,24 +168,33 @@ cdef int open_file(str path, int flags) except -1:
     return fd
 
 
-cdef void *map_index(int fd, int64_t nbytes, str path, bint readonly=False) except NULL:
-    """Map an index file, preallocated (zero-filled) to hold `nbytes` (`readonly`: map it
-    for reading, as it is; shorter than that is CorruptRecord, never a SIGBUS later)."""
+cdef inline int64_t index_bytes(int64_t entries, int64_t entry) noexcept nogil:
+    """File (and mapping) size of an index holding `entries` entries: whole pages."""
+    return round_up(max(entries * entry, PAGE), PAGE)
+
+
+cdef void *map_index(int fd, int64_t cap_bytes, int64_t alloc_bytes, str path,
+                     bint readonly=False) except NULL:
+    """Map an index file: `cap_bytes` of address space (a full segment's entries), of
+    which `alloc_bytes` are preallocated (zero-filled) now; the rest is allocated as the
+    .log grows (Segment._grow), before any entry there can be written. `readonly`: map
+    it for reading as it is; a file shorter than `alloc_bytes` is CorruptRecord (reading
+    its missing entries through the mapping would be a SIGBUS)."""
     cdef void *p
     cdef int rc
-    cdef int64_t size = fq_file_size(fd)
-    if size < 0:
-        raise_status(size, "stat index", path)
-    nbytes = round_up(max(nbytes, size, PAGE), PAGE)
+    cdef int64_t size
     if readonly:
-        if size < nbytes:
-            raise CorruptRecord(f"index file {path} is {size} bytes, shorter than the {nbytes} "
-                                "its log's configuration gives it", path, size)
+        size = fq_file_size(fd)
+        if size < 0:
+            raise_status(size, "stat index", path)
+        if size < min(alloc_bytes, cap_bytes):
+            raise CorruptRecord(f"index file {path} is {size} bytes, shorter than the "
+                                f"{min(alloc_bytes, cap_bytes)} its .log needs", path, size)
     else:
-        rc = fq_preallocate(fd, nbytes)
+        rc = fq_preallocate(fd, min(alloc_bytes, cap_bytes))
         if rc < 0:
             raise_status(rc, "preallocate index", path)
-    rc = fq_map(fd, <size_t>nbytes, not readonly, &p)
+    rc = fq_map(fd, <size_t>cap_bytes, not readonly, &p)
     if rc < 0:
         raise_status(rc, "map index", path)
     return p
@@ -204,9 +224,18 @@ cdef class Segment:
         self.sealed_max_timestamp = -1
 
     def __init__(self, str directory, int64_t base_offset, int64_t map_size, int64_t index_cap,
-                 bint create=False, int64_t grow_chunk=0, bint readonly=False):
-        """Open (or with ``create``, create empty) the segment at ``base_offset``;
-        ``readonly``: open and map its files for reading only (nothing is written)."""
+                 bint create=False, int64_t grow_chunk=0, int64_t index_interval=0,
+                 int64_t alloc_limit=0, bint readonly=False):
+        """Open (or with ``create``, create empty) the segment at ``base_offset``.
+
+        ``map_size`` bytes of address space are mapped for data and ``index_cap``
+        entries for each index. The .log is allocated as it is written: FIRST_CHUNK
+        when created, then doubling up to ``grow_chunk`` per step, never past
+        ``alloc_limit`` (segment_bytes) unless one batch needs it. With
+        ``index_interval`` the index files are allocated to what the allocated .log can
+        need (``alloc // index_interval + 2`` entries), grown before the .log; without
+        it they are allocated in full. ``readonly``: open and map the files for reading
+        only (nothing is written; growing raises ReadOnly)."""
         cdef int flags = (O_RDONLY if readonly else O_RDWR) | O_CLOEXEC | (O_CREAT if create else 0)
         cdef int iflags = (O_RDONLY if readonly else O_RDWR | O_CREAT) | O_CLOEXEC
         cdef int rc
@@ -219,34 +248,42 @@ cdef class Segment:
         self.timeindex_path = name + ".timeindex"
         self.idx_cap = index_cap
         self.tidx_cap = index_cap
-        self.grow_chunk = grow_chunk if grow_chunk > 0 else GROW_MIN
+        self.interval = index_interval
+        self.grow_chunk = max(grow_chunk if grow_chunk > 0 else GROW_MIN, FIRST_CHUNK)
         try:
             self.fd = open_file(self.path, flags)
             size = fq_file_size(self.fd)
             if size < 0:
                 raise_status(size, "stat segment", self.path)
             self.map_size = round_up(max(map_size, size, PAGE), PAGE)
+            self.alloc_limit = self.map_size if alloc_limit <= 0 else \
+                min(self.map_size, round_up(alloc_limit, PAGE))
             if create and size == 0:
-                rc = fq_preallocate(self.fd, min(self.grow_chunk, self.map_size))
+                size = min(FIRST_CHUNK, self.alloc_limit)
+                rc = fq_preallocate(self.fd, size)
                 if rc < 0:
                     raise_status(rc, "preallocate segment", self.path)
-                size = min(self.grow_chunk, self.map_size)
             self.alloc_size = size
+            self.idx_avail = self._entries_for(size)
             self.inode = os.fstat(self.fd).st_ino
             self.readonly = readonly
             rc = fq_map(self.fd, <size_t>self.map_size, not readonly, &p)
             if rc < 0:
                 raise_status(rc, "map segment", self.path)
             self.data = <uint8_t *>p
+            # Index files cover at least what the .log's size can need, in every
+            # process that sees that size (see _grow): make it so for this one too.
             self.idx_fd = open_file(self.index_path, iflags)
-            self.idx = <uint8_t *>map_index(self.idx_fd, index_cap * FQ_INDEX_ENTRY, self.index_path,
+            self.idx = <uint8_t *>map_index(self.idx_fd, index_bytes(index_cap, FQ_INDEX_ENTRY),
+                                            index_bytes(self.idx_avail, FQ_INDEX_ENTRY), self.index_path,
                                             readonly)
             self.tidx_fd = open_file(self.timeindex_path, iflags)
-            self.tidx = <uint8_t *>map_index(self.tidx_fd, index_cap * FQ_TIMEINDEX_ENTRY,
+            self.tidx = <uint8_t *>map_index(self.tidx_fd, index_bytes(index_cap, FQ_TIMEINDEX_ENTRY),
+                                             index_bytes(self.idx_avail, FQ_TIMEINDEX_ENTRY),
                                              self.timeindex_path, readonly)
-            # The index files are preallocated in full and never grow: their mappings
-            # outlive the descriptors, so close them (a log with many segments would
-            # otherwise hold three descriptors per segment).
+            # The index mappings outlive the descriptors (growth reopens the files by
+            # path, on the slow path): close them, or a log with many segments would
+            # hold three descriptors per segment.
             c_close(self.idx_fd)
             self.idx_fd = -1
             c_close(self.tidx_fd)
@@ -254,6 +291,65 @@ cdef class Segment:
         except BaseException:
             self.close()
             raise
+
+    cdef inline int64_t _entries_for(self, int64_t nbytes) noexcept:
+        """Index entries a .log of `nbytes` can need: an entry follows more than
+        `interval` bytes of batches, so fewer than nbytes // interval (+ 2 to spare)."""
+        if self.interval <= 0:
+            return self.idx_cap
+        return min(self.idx_cap, nbytes // self.interval + 2)
+
+    cdef int _set_alloc(self, int64_t size) except -1:
+        """The .log is known to be `size` bytes, so its indexes hold _entries_for(size)."""
+        self.alloc_size = size
+        self.idx_avail = max(self.idx_avail, self._entries_for(size))
+        return 0
+
+    cdef int _grow_indexes(self, int64_t log_size) except -1:
+        """Allocate both index files for a .log of `log_size` bytes (before the .log
+        grows: whoever sees the .log's size may use the entries that size can need)."""
+        cdef int64_t entries = self._entries_for(log_size)
+        cdef int fd, rc
+        if entries <= self.idx_avail:
+            return 0
+        for path, entry in ((self.index_path, FQ_INDEX_ENTRY), (self.timeindex_path, FQ_TIMEINDEX_ENTRY)):
+            fd = open_file(path, O_RDWR | O_CLOEXEC | O_CREAT)
+            with nogil:
+                rc = fq_preallocate(fd, index_bytes(entries, entry))
+            c_close(fd)
+            if rc < 0:
+                raise_status(rc, "preallocate index", path)
+        self.idx_avail = entries
+        return 0
+
+    cdef int _ensure_fd(self) except -1:
+        """Reopen the .log descriptor that release_fd closed (a sealed segment made
+        active again by truncation needs it to grow), checking it is the same file."""
+        cdef int fd
+        if self.fd >= 0:
+            return 0
+        self._live()
+        fd = open_file(self.path, O_RDWR | O_CLOEXEC)
+        if os.fstat(fd).st_ino != self.inode:
+            c_close(fd)
+            raise StorageError(0, f"{self.path} was replaced while mapped; reopen the log")
+        self.fd = fd
+        return 0
+
+    def release_fd(self):
+        """Close the .log descriptor of a sealed segment: reads use the mapping, sync()
+        then msyncs it, and it never grows unless truncation makes it active again
+        (_grow reopens it). Waits for an fsync in progress on it."""
+        while self.sync_active:
+            with nogil:
+                fq_sleep_ns(100000)
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+
+    @property
+    def has_fd(self):
+        return self.fd >= 0
 
     @property
     def closed(self):
@@ -270,12 +366,14 @@ cdef class Segment:
     def index_capacity(self):
         return self.idx_cap
 
-    cdef int _grow(self, int64_t needed) except -1:
-        """Preallocate the .log file to cover `needed` bytes (a full disk fails here,
-        never as a SIGBUS later)."""
-        cdef int64_t target, cur
+    cdef int _grow(self, int64_t needed, int64_t wanted=0) except -1:
+        """Preallocate the .log file to cover `needed` bytes, and ahead towards `wanted`
+        (a full disk fails here, never as a SIGBUS later). Each step adds as much as the
+        file holds (at least FIRST_CHUNK, at most grow_chunk), stopping at alloc_limit
+        unless `needed` itself is past it. The index files grow first."""
+        cdef int64_t target, cur, chunk
         cdef int rc
-        if needed <= self.alloc_size:
+        if needed <= self.alloc_size and (wanted <= self.alloc_size or self.alloc_size >= self.alloc_limit):
             return 0
         self._live()
         if self.readonly:
@@ -283,22 +381,33 @@ cdef class Segment:
         if needed > self.map_size:
             raise RecordTooLarge(f"batch would end at byte {needed}, past the segment's "
                                  f"mapped size {self.map_size}")
+        self._ensure_fd()
         cur = fq_file_size(self.fd)
         if cur < 0:
             raise_status(cur, "stat segment", self.path)
-        if cur >= needed:
-            self.alloc_size = cur
+        if cur > self.alloc_size:
+            self._set_alloc(cur)             # another process grew it
+        if needed <= self.alloc_size and (wanted <= self.alloc_size or self.alloc_size >= self.alloc_limit):
             return 0
-        target = min(self.map_size, round_up(max(needed, self.alloc_size + self.grow_chunk), PAGE))
+        chunk = min(max(self.alloc_size, FIRST_CHUNK), self.grow_chunk)
+        target = min(max(wanted, self.alloc_size + chunk), self.alloc_limit)
+        target = min(self.map_size, round_up(max(target, needed), PAGE))
+        self._grow_indexes(target)
         with nogil:
             rc = fq_preallocate(self.fd, target)
         if rc < 0:
             raise_status(rc, "preallocate segment", self.path)
-        self.alloc_size = target
+        self._set_alloc(target)
         return 0
 
-    def grow(self, int64_t needed):
-        self._grow(needed)
+    def grow(self, int64_t needed, int64_t wanted=0):
+        """Make sure `needed` bytes of the .log are allocated (see _grow)."""
+        self._grow(needed, wanted)
+
+    @property
+    def index_allocated(self):
+        """Entries both index files are known to hold (grown with the .log)."""
+        return self.idx_avail
 
     def prefault(self, int64_t upto):
         """Populate this mapping's page tables, writable, for [populated, upto) within
@@ -325,10 +434,17 @@ cdef class Segment:
 
     def refresh_size(self):
         """Re-read the allocated size (another process may have grown the file)."""
-        cdef int64_t cur = fq_file_size(self.fd)
-        if cur < 0:
-            raise_status(cur, "stat segment", self.path)
-        self.alloc_size = cur
+        cdef int64_t cur
+        if self.fd < 0:                      # released (sealed): the path names the file
+            try:
+                cur = os.stat(self.path).st_size
+            except OSError as e:
+                raise_status(-e.errno, "stat segment", self.path)
+        else:
+            cur = fq_file_size(self.fd)
+            if cur < 0:
+                raise_status(cur, "stat segment", self.path)
+        self._set_alloc(cur)
         return cur
 
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2:
@@ -399,11 +515,11 @@ cdef class Segment:
                 if rebuild:
                     bsi += info.total_size
                     if bsi > interval:
-                        if icount < self.idx_cap:
+                        if icount < self.idx_avail:
                             fq_index_put(self.idx, icount, <uint32_t>(info.base_offset - self.base_offset),
                                          <uint32_t>pos)
                             icount += 1
-                        if maxts > last_tts and tcount < self.tidx_cap:
+                        if maxts > last_tts and tcount < self.idx_avail:
                             fq_timeindex_put(self.tidx, tcount, maxts,
                                              <uint32_t>(info.base_offset + info.last_offset_delta - self.base_offset))
                             tcount += 1
@@ -414,11 +530,11 @@ cdef class Segment:
                 out.batches += 1
             if rebuild:
                 # clear stale entries after the rebuilt ones
-                if icount < self.idx_cap:
-                    memset(self.idx + icount * FQ_INDEX_ENTRY, 0, <size_t>((self.idx_cap - icount) * FQ_INDEX_ENTRY))
-                if tcount < self.tidx_cap:
+                if icount < self.idx_avail:
+                    memset(self.idx + icount * FQ_INDEX_ENTRY, 0, <size_t>((self.idx_avail - icount) * FQ_INDEX_ENTRY))
+                if tcount < self.idx_avail:
                     memset(self.tidx + tcount * FQ_TIMEINDEX_ENTRY, 0,
-                           <size_t>((self.tidx_cap - tcount) * FQ_TIMEINDEX_ENTRY))
+                           <size_t>((self.idx_avail - tcount) * FQ_TIMEINDEX_ENTRY))
         out.end_pos = pos
         out.next_offset = nxt
         out.max_timestamp = maxts
@@ -457,14 +573,14 @@ cdef class Segment:
         cdef uint32_t r, p, pr = 0, pp = 0
         cdef int64_t ts, pts = -1
         self._live()
-        for i in range(self.idx_cap):
+        for i in range(self.idx_avail):
             fq_index_get(self.idx, i, &r, &p)
             if p >= limit or (i > 0 and (r <= pr or p <= pp)) or (i == 0 and r == 0 and p == 0):
                 break
             pr = r
             pp = p
             n += 1
-        for i in range(self.tidx_cap):
+        for i in range(self.idx_avail):
             fq_timeindex_get(self.tidx, i, &ts, &r)
             if ts <= pts or (i == 0 and ts == 0 and r == 0):
                 break
@@ -509,22 +625,27 @@ cdef class Segment:
         self._live()
         if self.readonly:
             raise ReadOnly(f"cannot write {self.index_path}: opened with readonly=True")
-        if index_from < self.idx_cap:
+        if index_from < self.idx_avail:
             memset(self.idx + index_from * FQ_INDEX_ENTRY, 0,
-                   <size_t>((self.idx_cap - index_from) * FQ_INDEX_ENTRY))
-        if timeindex_from < self.tidx_cap:
+                   <size_t>((self.idx_avail - index_from) * FQ_INDEX_ENTRY))
+        if timeindex_from < self.idx_avail:
             memset(self.tidx + timeindex_from * FQ_TIMEINDEX_ENTRY, 0,
-                   <size_t>((self.tidx_cap - timeindex_from) * FQ_TIMEINDEX_ENTRY))
+                   <size_t>((self.idx_avail - timeindex_from) * FQ_TIMEINDEX_ENTRY))
 
     def sync(self):
-        """fdatasync the .log file. A failure is final: raise FsyncFailed, never retry."""
+        """fdatasync the .log file (msync of the mapping once release_fd closed the
+        descriptor: the same write-back on Linux). A failure is final: raise
+        FsyncFailed, never retry."""
         cdef int rc
-        if self.fd < 0:
+        cdef int fd = self.fd
+        cdef uint8_t *data = self.data
+        cdef size_t n = <size_t>self.alloc_size
+        if data == NULL:
             raise Closed(f"segment {self.path} is closed")
-        self.sync_active += 1                # close() waits: the fd stays open until we are done
+        self.sync_active += 1                # close()/release_fd() wait: fd and mapping stay
         try:
             with nogil:
-                rc = fq_datasync(self.fd)
+                rc = fq_datasync(fd) if fd >= 0 else (fq_msync(data, n) if n > 0 else 0)
         finally:
             self.sync_active -= 1
         if rc < 0:
@@ -680,7 +801,7 @@ def msync_state(LogCore log):
 def index_entry(Segment seg, int64_t i):
     """(relative offset, position) of .index entry i."""
     cdef uint32_t r, p
-    if seg.idx == NULL or not 0 <= i < seg.idx_cap:
+    if seg.idx == NULL or not 0 <= i < seg.idx_avail:
         raise InvalidArgument(f"index entry {i} out of range")
     fq_index_get(seg.idx, i, &r, &p)
     return r, p
@@ -690,7 +811,7 @@ def timeindex_entry(Segment seg, int64_t i):
     """(timestamp, relative offset) of .timeindex entry i."""
     cdef int64_t ts
     cdef uint32_t r
-    if seg.tidx == NULL or not 0 <= i < seg.tidx_cap:
+    if seg.tidx == NULL or not 0 <= i < seg.idx_avail:
         raise InvalidArgument(f"time index entry {i} out of range")
     fq_timeindex_get(seg.tidx, i, &ts, &r)
     return ts, r

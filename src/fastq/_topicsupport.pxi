@@ -147,6 +147,8 @@ cdef class Notifier:
         if rc < 0:
             raise_status(rc, "map notifier", path)
         self.words = <uint32_t *>p
+        c_close(self.fd)             # only ever used through the mapping: one fd less per topic
+        self.fd = -1
 
     @property
     def value(self):

@@ -24,6 +24,10 @@ Durability (``durability=``), what each loses on power failure:
 ``"always"``
     Every append calls fsync before returning. Loses nothing acknowledged.
 
+Timestamps: an append stamped more than ``max_timestamp_ahead_ms`` (default one hour,
+Kafka's ``log.message.timestamp.after.max.ms``) ahead of the clock raises
+:class:`InvalidArgument`, or one far-future record would hold time retention back.
+
 Recovery: the last process to close a log marks it clean. An unclean log is recovered by
 the next process to open it, alone (under an exclusive lock): if the machine has not
 rebooted since the state was written, the shared state's committed end is exact — every
@@ -72,6 +76,10 @@ DEFAULT_INDEX_INTERVAL = 4096
 MIN_SEGMENT_BYTES = 4096
 MAX_SEGMENT_BYTES = 1 << 31            # positions in .index entries are u32
 MAX_RECORD_BYTES_CAP = 256 << 20
+# Kafka's log.message.timestamp.after.max.ms (KIP-937): an append stamped further ahead
+# of the clock is refused, or it would hold time retention back until the clock caught up
+DEFAULT_MAX_TIMESTAMP_AHEAD_MS = 3_600_000
+_UNSET = object()                     # an argument not given (None means "off" for some)
 
 _SEGMENT_RE = re.compile(r"([0-9]{20})\.(log|index|timeindex)")   # fullmatch: "$" admits a trailing "\n"
 _FLAG_CLEAN = 1
@@ -134,10 +142,12 @@ class _Pretoucher:
     ~45 µs on a KVM guest, on every 24th 100-byte append — which is what set the p99 of
     paced publish → tail latency. The writer asks (``LogCore._prepare_locked``) when
     less than half a window ahead of its position is populated; the thread populates a
-    window ahead. The window (``Log.pretouch_window``) starts at 1 MiB and doubles, up
+    window ahead. The window (``Log.pretouch_window``) starts at 32 KiB and doubles, up
     to 16 MiB, each time the writer has outrun the thread, which waits for the GIL to
     take a request and to finish one: a writer in a tight loop holds the GIL for a
-    switch interval at a time.
+    switch interval at a time. It halves again when a request comes more than a second
+    after the previous one: what is populated stays resident (and is written back as
+    zeros), so an idle topic should not hold more than a few pages ahead.
 
     Set FASTQ_PRETOUCH=0 to turn it off (every append then faults its own pages)."""
 
@@ -201,7 +211,7 @@ class Log(LogCore):
                  segment_ms: int | None = None, max_record_bytes: int | None = None,
                  index_interval: int | None = None, retention_ms: int | None = None,
                  retention_bytes: int | None = None, compact: bool | None = None, create: bool = True,
-                 readonly: bool = False):
+                 max_timestamp_ahead_ms=_UNSET, readonly: bool = False):
         self.path = os.fspath(path)
         if not isinstance(self.path, str):
             raise InvalidArgument(f"path must be a str or os.PathLike[str], got {type(self.path).__name__}")
@@ -225,7 +235,8 @@ class Log(LogCore):
                 os.makedirs(self.path, exist_ok=True)
         args = dict(durability=durability, segment_bytes=segment_bytes, segment_ms=segment_ms,
                     max_record_bytes=max_record_bytes, index_interval=index_interval,
-                    retention_ms=retention_ms, retention_bytes=retention_bytes, compact=compact)
+                    retention_ms=retention_ms, retention_bytes=retention_bytes, compact=compact,
+                    max_timestamp_ahead_ms=max_timestamp_ahead_ms)
         try:
             with _os_errors("open log", self.path):
                 if readonly:
@@ -274,11 +285,15 @@ class Log(LogCore):
         defaults = {"durability": "os", "segment_bytes": DEFAULT_SEGMENT_BYTES, "segment_ms": 0,
                     "max_record_bytes": DEFAULT_MAX_RECORD_BYTES,
                     "index_interval": DEFAULT_INDEX_INTERVAL, "retention_ms": None,
-                    "retention_bytes": None, "compact": False}
+                    "retention_bytes": None, "compact": False,
+                    "max_timestamp_ahead_ms": DEFAULT_MAX_TIMESTAMP_AHEAD_MS}
+        # max_timestamp_ahead_ms=None turns the check off: only _UNSET means "not given"
+        given = {k: v for k, v in args.items()
+                 if v is not _UNSET and (v is not None or k == "max_timestamp_ahead_ms")}
         if cfg is None:
             cfg = {"version": CONFIG_VERSION}
             for k, v in defaults.items():
-                cfg[k] = args[k] if args[k] is not None else v
+                cfg[k] = given.get(k, v)
             self._validate_config(cfg)
             write_json_atomic(path, cfg)
         else:
@@ -286,9 +301,10 @@ class Log(LogCore):
                 cfg.setdefault(k, v)
             # Format settings are fixed at creation (every process must map segments
             # the same way); durability and retention may differ per open.
-            for k in ("durability", "retention_ms", "retention_bytes", "segment_ms", "compact"):
-                if args[k] is not None:
-                    cfg[k] = args[k]
+            for k in ("durability", "retention_ms", "retention_bytes", "segment_ms", "compact",
+                      "max_timestamp_ahead_ms"):
+                if k in given:
+                    cfg[k] = given[k]
             self._validate_config(cfg)
         return cfg
 
@@ -300,7 +316,7 @@ class Log(LogCore):
         check_int("max_record_bytes", cfg["max_record_bytes"], 128, MAX_RECORD_BYTES_CAP)
         check_int("index_interval", cfg["index_interval"], 64, 1 << 30)
         check_int("segment_ms", cfg["segment_ms"], 0, 1 << 62)
-        for k in ("retention_ms", "retention_bytes"):
+        for k in ("retention_ms", "retention_bytes", "max_timestamp_ahead_ms"):
             if cfg[k] is not None:
                 check_int(k, cfg[k], 0, 1 << 62)
         if not isinstance(cfg["compact"], bool):
@@ -347,6 +363,7 @@ class Log(LogCore):
         self.index_interval = cfg["index_interval"]
         self.retention_ms = cfg["retention_ms"]
         self.retention_bytes = cfg["retention_bytes"]
+        self.max_timestamp_ahead_ms = cfg["max_timestamp_ahead_ms"]
         # a log that was ever compacted keeps gaps in its offsets
         self.allow_gaps = bool(cfg["compact"]) or os.path.exists(os.path.join(self.path, COMPACTED_MARK))
         self._map_size = self.segment_bytes + self.max_record_bytes
@@ -402,8 +419,12 @@ class Log(LogCore):
         return sorted(bases)
 
     def _open_segment(self, base: int, create: bool = False) -> Segment:
+        # Allocated as written (64 KiB, doubling up to segment_bytes/16 per step, never
+        # ahead past segment_bytes), indexes sized to match: see Segment and
+        # docs/ARCHITECTURE.md "What a topic costs".
         return Segment(self.path, base, self._map_size, self._index_cap, create,
-                       max(1 << 20, self.segment_bytes // 16), readonly=self._readonly)
+                       max(1 << 20, self.segment_bytes // 16), self.index_interval, self.segment_bytes,
+                       readonly=self._readonly)
 
     def _active_exists(self) -> bool:
         return os.path.exists(os.path.join(self.path, segment_name(self.snapshot()["active_base"]) + ".log"))
@@ -563,6 +584,7 @@ class Log(LogCore):
                     continue
                 if seg.sealed_end < 0:
                     self._seal_info(seg, segs[i + 1].base_offset)
+                    seg.release_fd()         # sealed: the mapping is enough
             self._segments = segs
             self._active = segs[-1]
             self._gen = s["generation"]
@@ -586,10 +608,12 @@ class Log(LogCore):
 
     @staticmethod
     def _first_timestamp(seg: Segment) -> int:
+        now = int(time.time() * 1000)
         head = seg.read_bytes(0, 35)
         if len(head) == 35 and any(head[:12]):
-            return int.from_bytes(head[27:35], "big", signed=True)
-        return int(time.time() * 1000)
+            # never later than now: a far-future first record must not stop segment_ms
+            return min(int.from_bytes(head[27:35], "big", signed=True), now)
+        return now
 
     def _roll_locked(self) -> None:
         """Seal the active segment and start a new one at the log end (writer lock held)."""
@@ -607,6 +631,7 @@ class Log(LogCore):
             old.sealed_index_count = s["index_count"]
             old.sealed_timeindex_count = s["timeindex_count"]
             old.sealed_max_timestamp = s["max_timestamp"]
+            old.release_fd()                     # sealed: the mapping is enough
             gen = s["generation"] + 1
             self._commit(s["next_offset"], 0, seg.base_offset, -1, 0, 0, 0, 0, gen)
             if self._durability:
@@ -654,7 +679,7 @@ class Log(LogCore):
             for seg in sealed:
                 too_big = self.retention_bytes is not None and total > self.retention_bytes
                 too_old = (self.retention_ms is not None and seg.sealed_max_timestamp >= 0
-                           and seg.sealed_max_timestamp < now_ms - self.retention_ms)
+                           and self._segment_age_ts(seg, now_ms) < now_ms - self.retention_ms)
                 if not (too_big or too_old):
                     break
                 doomed.append(seg)
@@ -673,6 +698,22 @@ class Log(LogCore):
             self._segments = self._segments[len(doomed):]
             self._gen = gen
             return len(doomed)
+
+    @staticmethod
+    def _segment_age_ts(seg: Segment, now_ms: int) -> int:
+        """The time a sealed segment is as old as: its newest record's timestamp, unless
+        that is still in the future — a record stamped ahead of the clock (allowed up to
+        max_timestamp_ahead_ms, or with the limit off) — then when its file was last
+        written (mtime; with mmap writes it may lag the last write by the kernel's
+        write-back interval, ~30 s). One far-future record would otherwise keep its
+        segment, and every later one, until the clock caught up."""
+        ts = seg.sealed_max_timestamp
+        if ts > now_ms:
+            try:
+                ts = min(ts, os.stat(seg.path).st_mtime_ns // 1_000_000)
+            except FileNotFoundError:
+                pass
+        return ts
 
     def truncate(self, offset: int) -> None:
         """Remove every record at ``offset`` and after (``offset`` must start a batch).
@@ -821,6 +862,20 @@ class Log(LogCore):
                 from .errors import FsyncFailed
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
             raise Closed(f"log {self.path} is closed")
+
+    @property
+    def max_timestamp_ahead_ms(self) -> int | None:
+        """Appends stamped more than this many ms ahead of the clock raise
+        InvalidArgument (None: no limit). Default one hour, as Kafka's
+        ``log.message.timestamp.after.max.ms``: time retention judges a segment by its
+        newest timestamp, so a far-future one would keep it. Checked per record against
+        a cached bound (the clock is read only when a timestamp passes it)."""
+        return None if self._ts_ahead_ms < 0 else self._ts_ahead_ms
+
+    @max_timestamp_ahead_ms.setter
+    def max_timestamp_ahead_ms(self, value: int | None) -> None:
+        check_int("max_timestamp_ahead_ms", value, 0, 1 << 62, allow_none=True)
+        self._set_ts_ahead(-1 if value is None else value)
 
     @property
     def durability(self) -> str:
