@@ -589,3 +589,38 @@ def test_os_errors_maps_by_errno_and_names_the_file():
     with pytest.raises(Closed):                      # fastq errors pass through
         with _os_errors("write", "/x"):
             raise Closed("closed")
+
+
+def test_offset_store_grow_cut_short_by_a_full_disk_changes_nothing(ext4_dir):
+    """fallocate on a nearly full ext4 keeps what it got and extends the file by it
+    before ENOSPC: a failed grow puts the size back (the file is as before), and the
+    grow works once the disk has room."""
+    code = """
+        import os
+        from fastq.offsets import OffsetStore
+        from fastq.errors import DiskFull
+        from faultfs import fill
+        d = {d!r}
+        out = []
+        for leave in (3 * 1024, 10 * 1024, 50 * 1024):
+            path = os.path.join(d, "g%d.offsets" % leave)
+            with OffsetStore(path, 1) as s:
+                s.put(0, 5)
+            release = fill(d, leave=leave)
+            try:
+                OffsetStore(path, 4000).close()
+                out.append("opened")
+            except DiskFull:
+                out.append("DiskFull")
+            finally:
+                release()
+            out.append(str(os.path.getsize(path)))
+            with OffsetStore(path, 4000) as s:
+                assert s.get(0) == 5
+                s.put(3999, 9)
+            os.unlink(path)
+        print(" ".join(out))
+    """.format(d=ext4_dir)
+    r = _child(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["DiskFull", "128"] * 3      # 64-byte header + 1 slot, as before

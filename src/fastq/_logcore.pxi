@@ -150,8 +150,18 @@ cdef class LogCore:
         if size < 0:
             raise_status(size, "stat state", path)
         if 0 < size < FQ_STATE_SIZE:
-            raise CorruptRecord(f"{path} is {size} bytes, not a fastq state file "
-                                f"({FQ_STATE_SIZE} bytes)", path, size)
+            # A create that failed part-way leaves a short file of zeros (on a full disk
+            # fallocate keeps, and sizes the file to, what it got before ENOSPC); a written
+            # state never is one (its header is written once the whole page is
+            # allocated): start anew rather than refuse the log forever.
+            try:
+                head = os.pread(fd, <Py_ssize_t>size, 0)
+            except OSError as e:
+                raise_status(-e.errno, "read state", path)
+            if head.count(0) != len(head):
+                raise CorruptRecord(f"{path} is {size} bytes, not a fastq state file "
+                                    f"({FQ_STATE_SIZE} bytes)", path, size)
+            size = 0
         rc = fq_preallocate(fd, FQ_STATE_SIZE)
         if rc < 0:
             raise_status(rc, "preallocate state", path)

@@ -143,7 +143,14 @@ class OffsetStore:
         try:
             size = os.fstat(fd).st_size
             if size < need:
-                _allocate(fd, size, need)      # new slots: zero (empty) and allocated
+                try:
+                    _allocate(fd, size, need)  # new slots: zero (empty) and allocated
+                except OSError:
+                    # ENOSPC may leave the file extended by what fallocate got, which no
+                    # longer reads as whole slots: back to the old size (nobody maps
+                    # past it: growing is under this flock, mapping follows the size)
+                    os.ftruncate(fd, size)
+                    raise
                 os.fsync(fd)
                 size = need
             return size
