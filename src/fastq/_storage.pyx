@@ -653,6 +653,30 @@ def msync_state(LogCore log):
         raise FsyncFailed(-rc, f"msync state: {os.strerror(-rc)}")
 
 
+def scan_buffer(buf, int64_t base_offset, int64_t expected=-1, int64_t stop_offset=-1,
+                int64_t max_size=INT32_MAX, bint allow_gaps=False):
+    """Walk the valid batches of a segment's bytes held in any buffer (a read-only mmap:
+    ``fastq verify`` changes nothing) exactly as recovery does (Segment.scan with CRC
+    and record checks, no index rebuild). Returns the same dict as Segment.scan."""
+    cdef Py_buffer view
+    cdef ScanResult r
+    cdef Segment seg = Segment.__new__(Segment)     # borrows the buffer: never mapped
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        seg.data = <uint8_t *>view.buf
+        seg.base_offset = base_offset
+        seg._scan(0, view.len, base_offset if expected < 0 else expected, stop_offset, 1, 0,
+                  4096, max_size, allow_gaps, &r)
+    finally:
+        seg.data = NULL
+        PyBuffer_Release(&view)
+    return {
+        "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
+        "batches": r.batches, "status": r.status, "bad_pos": r.bad_pos if r.status else None,
+        "limit": view.len,
+    }
+
+
 def index_entry(Segment seg, int64_t i):
     """(relative offset, position) of .index entry i."""
     cdef uint32_t r, p

@@ -155,8 +155,12 @@ class Consumer(ConsumerCore):
         self._next_check = 0
         if group is None:
             self._closed = False
-            for p in range(topic.partitions):
-                self._take(p)
+            try:
+                for p in range(topic.partitions):
+                    self._take(p)           # opens the log: CorruptRecord for a damaged one
+            except BaseException:
+                self.close()
+                raise
         else:
             gdir = os.path.join(topic.broker.path, "groups", group)
             os.makedirs(os.path.join(gdir, "offsets"), exist_ok=True)

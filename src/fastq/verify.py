@@ -1,0 +1,444 @@
+"""Check a log's files for damage, and repair a damaged log without deleting anything.
+
+``verify_log(path)`` reads a log directory (read-only: segments are mapped read-only,
+nothing is created, locked or rewritten) and returns a :class:`Report` whose
+``problems`` each name the file, the byte position and the kind:
+
+``crc-mismatch``      a complete batch whose CRC-32C does not match its bytes
+``corrupt-batch``     a batch that fails another check (magic, framing, a record)
+``truncated-batch``   a batch that runs past the end of its file
+``offset-gap``        a segment ends before the next one begins (offsets in no file)
+``missing-segment``   a segment the state names (the first, the active) has no file
+``empty-segment``     a segment file with no data inside the log (a failed roll's leftover)
+``overlap``           a segment starts below the end of the one before it
+``index-entry``       an ``.index``/``.timeindex`` entry pointing at the wrong place
+``missing-index``     a segment without its ``.index`` or ``.timeindex`` (rebuilt on open)
+
+Damage is judged against what was acknowledged: the state's committed end when the
+state can be trusted (same boot, or closed cleanly), else its fsynced
+``recovery_point``. Bytes past that end of the last segment are a torn tail that was
+never acknowledged (recovery drops them), not a problem.
+
+``repair_log(path)`` makes a damaged log openable again, keeping every batch of each
+segment's intact prefix. What it cannot keep is **moved aside** into
+``<log>/damaged/<UTC time>-<pid>/`` (with a README.txt saying why), never deleted: a
+segment's bytes after its first bad batch, empty or overlapping segment files, the old
+``fastq.state``. Offsets never come back to life with other data: when offsets are lost
+inside the log or at its end, the log is marked as having gaps (as compaction does) and
+keeps its end offset, so the next append gets the offset it would have got. The log is
+then reopened, which rebuilds the state and every index. ``dry_run=True`` only reports.
+A repair needs the log closed everywhere (``LogLocked`` otherwise).
+
+``verify_broker(path)`` runs ``verify_log`` on every partition of a broker directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import struct
+import time
+
+from . import _storage
+from ._codec import crc32c
+from .errors import CorruptRecord, InvalidArgument, LogLocked
+from .log import (CONFIG_FILE, COMPACTED_MARK, DEFAULT_MAX_RECORD_BYTES, LOCK_FILE, STATE_FILE,
+                  _SEGMENT_RE, _boot_id, _FLAG_CLEAN, Log, segment_name, set_aside)
+
+__all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "repair_log"]
+
+_STATE_SIZE = 4096
+_BATCH_OVERHEAD = 12          # baseOffset i64 + batchLength i32
+_CRC_AT, _CRC_FROM = 17, 21   # the CRC field, and where the bytes it covers begin
+
+
+@dataclasses.dataclass
+class Problem:
+    """One piece of damage: its ``kind`` (see the module docstring), the ``path`` of the
+    file and the byte ``position`` in it (None when the file is missing), the
+    ``offsets`` [lo, hi) it affects when known, and a readable ``detail``."""
+    kind: str
+    path: str
+    position: int | None
+    detail: str
+    offsets: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass
+class Report:
+    """What :func:`verify_log` found in one log directory."""
+    path: str
+    problems: list[Problem]
+    start_offset: int | None = None      # first offset the files hold
+    end_offset: int | None = None        # offset after the last intact record
+    acked_end: int | None = None         # what the state says was acknowledged
+    segments: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+@dataclasses.dataclass
+class RepairReport:
+    """What :func:`repair_log` kept, moved aside and lost (``dry_run``: would)."""
+    path: str
+    dry_run: bool
+    kept: list[dict]                       # {"path", "bytes", "offsets": [lo, hi)} per segment
+    moved: list[dict]                      # {"path", "position", "why"}: set aside, never deleted
+    lost: list[tuple[int, int]]            # acknowledged offset ranges no intact batch holds
+    damaged_dir: str | None = None         # where the moved files went
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- reading a log's files without changing them --------------------------------------------
+
+def _read_state(path: str) -> dict | None:
+    """The state file's fields (docs/FORMAT.md), or None when missing or not a state."""
+    try:
+        with open(os.path.join(path, STATE_FILE), "rb") as f:
+            b = f.read(_STATE_SIZE)
+    except FileNotFoundError:
+        return None
+    if len(b) < _STATE_SIZE or b[:8] != b"FQSTATE1":
+        return None
+    q = lambda at: struct.unpack_from("<q", b, at)[0]  # noqa: E731
+    return {"flags": struct.unpack_from("<I", b, 16)[0], "boot_id": b[32:48],
+            "next_offset": q(136), "end_pos": q(144), "active_base": q(152),
+            "recovery_point": q(320), "start_offset": q(328)}
+
+
+def _config(path: str) -> dict:
+    try:
+        with open(os.path.join(path, CONFIG_FILE), "rb") as f:
+            cfg = json.loads(f.read())
+    except FileNotFoundError:
+        cfg = {}
+    except ValueError as e:
+        raise CorruptRecord(f"{os.path.join(path, CONFIG_FILE)} is not a fastq log config: {e}",
+                            os.path.join(path, CONFIG_FILE)) from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _bases(path: str) -> list[int]:
+    return sorted({int(m.group(1)) for m in map(_SEGMENT_RE.match, os.listdir(path))
+                   if m and m.group(2) == "log"})
+
+
+class _Mapped:
+    """A segment file mapped read-only (an empty file reads as b"")."""
+
+    def __init__(self, path: str):
+        self.f = open(path, "rb")
+        self.size = os.fstat(self.f.fileno()).st_size
+        self.buf = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
+
+    def close(self):
+        if self.size:
+            self.buf.close()
+        self.f.close()
+
+
+def _batch_problem(seg_path: str, buf, pos: int, status: int, offset: int) -> Problem:
+    if status == _storage.STATUS_TRUNCATED:
+        return Problem("truncated-batch", seg_path, pos,
+                       f"batch at position {pos} (offset {offset}) runs past the end of the file")
+    kind, why = "corrupt-batch", "fails validation"
+    if pos + _CRC_FROM <= len(buf):
+        length = int.from_bytes(buf[pos + 8:pos + 12], "big")
+        end = pos + _BATCH_OVERHEAD + length
+        if _CRC_FROM - _BATCH_OVERHEAD <= length and end <= len(buf):
+            stored = int.from_bytes(buf[pos + _CRC_AT:pos + _CRC_FROM], "big")
+            if crc32c(buf[pos + _CRC_FROM:end]) != stored:
+                kind, why = "crc-mismatch", "has a CRC-32C that does not match its bytes"
+    return Problem(kind, seg_path, pos, f"batch at position {pos} (offset {offset}) {why}")
+
+
+def _check_indexes(path: str, base: int, buf, data_end: int, last_offset: int, out: list) -> None:
+    """Entries of the sparse indexes that point at the wrong place (below data_end)."""
+    name = os.path.join(path, segment_name(base))
+    for ext in (".index", ".timeindex"):
+        if not os.path.exists(name + ext):
+            out.append(Problem("missing-index", name + ext, None,
+                               f"{name}{ext} is missing (rebuilt when the log is opened)"))
+    try:
+        with open(name + ".index", "rb") as f:
+            idx = f.read()
+    except FileNotFoundError:
+        idx = b""
+    prev = (-1, -1)
+    for i in range(len(idx) // 8):
+        rel, pos = struct.unpack_from(">II", idx, 8 * i)
+        if (rel, pos) == (0, 0) and i > 0 or (i == 0 and rel == 0 and pos == 0):
+            break                               # the zero-filled end of the entries
+        if pos >= data_end:
+            break                               # past the data: not trusted, never used
+        ok = (rel > prev[0] and pos > prev[1] and pos + 17 <= len(buf)
+              and int.from_bytes(buf[pos:pos + 8], "big") == base + rel and buf[pos + 16] == 2)
+        if not ok:
+            out.append(Problem("index-entry", name + ".index", 8 * i,
+                               f"entry {i} (offset {base + rel} at position {pos}) does not point at "
+                               f"the batch starting that offset"))
+            break
+        prev = (rel, pos)
+    try:
+        with open(name + ".timeindex", "rb") as f:
+            tidx = f.read()
+    except FileNotFoundError:
+        tidx = b""
+    pts = -1
+    for i in range(len(tidx) // 12):
+        ts, rel = struct.unpack_from(">qI", tidx, 12 * i)
+        if ts <= pts or (i == 0 and ts == 0 and rel == 0):
+            break
+        if base + rel >= last_offset:
+            break                               # past the data (the active's stale entries)
+        pts = ts
+
+
+def _scan_log(path: str) -> tuple[Report, list[dict]]:
+    """Verify, and also return per segment what a repair needs."""
+    if not os.path.isdir(path):
+        raise InvalidArgument(f"{path} is not a directory")
+    cfg = _config(path)
+    gaps = bool(cfg.get("compact")) or os.path.exists(os.path.join(path, COMPACTED_MARK))
+    max_size = cfg.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
+    st = _read_state(path)
+    acked = None
+    if st is not None:
+        trusted = st["flags"] & _FLAG_CLEAN or st["boot_id"] == _boot_id()
+        acked = st["next_offset"] if trusted else st["recovery_point"]
+    problems: list[Problem] = []
+    bases = _bases(path)
+    start = st["start_offset"] if st is not None else (bases[0] if bases else 0)
+    bases = [b for b in bases if b >= start]     # below the start: retention's leftovers
+    report = Report(path, problems, acked_end=acked, segments=len(bases))
+    if st is not None and st["active_base"] not in bases and acked is not None and acked > st["active_base"]:
+        missing = os.path.join(path, segment_name(st["active_base"]) + ".log")
+        problems.append(Problem("missing-segment", missing, None,
+                                f"active segment {missing} is missing", (st["active_base"], acked)))
+    if bases and acked is not None and bases[0] > start and not gaps:
+        missing = os.path.join(path, segment_name(start) + ".log")
+        problems.append(Problem("missing-segment", missing, None,
+                                f"first segment {missing} is missing: offsets [{start}, {bases[0]}) "
+                                f"are in no file", (start, bases[0])))
+    segs = []
+    expected = bases[0] if bases else start
+    for i, base in enumerate(bases):
+        seg_path = os.path.join(path, segment_name(base) + ".log")
+        last = i == len(bases) - 1
+        nxt = bases[i + 1] if not last else -1
+        m = _Mapped(seg_path)
+        try:
+            r = _storage.scan_buffer(m.buf, base, base, -1, max_size, gaps)
+            info = {"base": base, "path": seg_path, "size": m.size, "end_pos": r["end_pos"],
+                    "next_offset": r["next_offset"], "batches": r["batches"], "action": "keep"}
+            segs.append(info)
+            if r["batches"] == 0 and not last:
+                problems.append(Problem("empty-segment", seg_path, 0,
+                                        f"{seg_path} holds no data but the log goes on after it "
+                                        f"(left by a roll that failed)"))
+                info["action"] = "move"
+                continue
+            if base < expected and not gaps or (gaps and base < expected):
+                problems.append(Problem("overlap", seg_path, 0,
+                                        f"{seg_path} starts at offset {base}, below the end {expected} "
+                                        f"of the segment before it", (base, expected)))
+                info["action"] = "move"
+                continue
+            if base > expected and not gaps:
+                problems.append(Problem("offset-gap", segs[-2]["path"] if len(segs) > 1 else seg_path,
+                                        segs[-2]["end_pos"] if len(segs) > 1 else 0,
+                                        f"offsets [{expected}, {base}) are in no file: a segment was "
+                                        f"truncated or a segment file deleted", (expected, base)))
+            end_known = acked if last else nxt
+            if r["status"] != 0:
+                torn = last and (acked is None or r["next_offset"] >= acked)
+                if not torn:
+                    p = _batch_problem(seg_path, m.buf, r["bad_pos"], r["status"], r["next_offset"])
+                    p.offsets = (r["next_offset"], end_known if end_known is not None else r["next_offset"])
+                    problems.append(p)
+                    info["action"] = "cut"
+            elif not last and r["next_offset"] < nxt and not gaps and \
+                    not any(p.kind == "offset-gap" and p.offsets == (r["next_offset"], nxt) for p in problems):
+                problems.append(Problem("offset-gap", seg_path, r["end_pos"],
+                                        f"{seg_path} ends at offset {r['next_offset']} (position "
+                                        f"{r['end_pos']}) but the next segment starts at {nxt}",
+                                        (r["next_offset"], nxt)))
+                info["action"] = "cut"
+            elif last and acked is not None and r["next_offset"] < acked and not gaps:
+                problems.append(Problem("truncated-batch" if r["end_pos"] >= m.size else "offset-gap",
+                                        seg_path, r["end_pos"],
+                                        f"{seg_path} ends at offset {r['next_offset']} (position "
+                                        f"{r['end_pos']}) but the log was acknowledged up to {acked}",
+                                        (r["next_offset"], acked)))
+                info["action"] = "cut"
+            _check_indexes(path, base, m.buf, r["end_pos"], r["next_offset"], problems)
+            expected = r["next_offset"] if not gaps else max(expected, r["next_offset"])
+            if last and acked is not None and acked > r["next_offset"] and info["action"] == "keep":
+                info["action"] = "cut"
+        finally:
+            m.close()
+    if segs:
+        kept = [s for s in segs if s["action"] != "move"]
+        report.start_offset = kept[0]["base"] if kept else None
+        report.end_offset = kept[-1]["next_offset"] if kept else None
+    return report, segs
+
+
+def verify_log(path) -> Report:
+    """Check one log directory without changing it; see the module docstring."""
+    return _scan_log(os.fspath(path))[0]
+
+
+def verify_broker(path) -> list[Report]:
+    """:func:`verify_log` for every partition of every topic of a broker directory.
+    The result is a list with an ``ok`` attribute (no partition has a problem)."""
+    path = os.fspath(path)
+    topics = os.path.join(path, "topics")
+    if not os.path.isdir(topics):
+        raise InvalidArgument(f"{path} is not a fastq broker directory (no topics/)")
+    out = _Reports()
+    for t in sorted(os.listdir(topics)):
+        tdir = os.path.join(topics, t)
+        if not os.path.isdir(tdir):
+            continue
+        for p in sorted((n for n in os.listdir(tdir) if n.isdigit()), key=int):
+            out.append(verify_log(os.path.join(tdir, p)))
+    return out
+
+
+class _Reports(list):
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self)
+
+
+def is_broker(path) -> bool:
+    """Whether ``path`` is a broker directory (rather than one log)."""
+    return os.path.isdir(os.path.join(os.fspath(path), "topics"))
+
+
+# -- repair ---------------------------------------------------------------------------------
+
+def _lock_alone(path: str) -> list[int]:
+    """Take the log's open mutex and the exclusive state lock: no process may have it
+    open while it is repaired. Returns the descriptors to release."""
+    fds = []
+    try:
+        for name, wait in ((LOCK_FILE, True), (STATE_FILE, False)):
+            p = os.path.join(path, name)
+            if not os.path.exists(p):
+                continue
+            fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            if not _storage.flock(fd, True, wait):
+                raise LogLocked(f"{path} is open in another process; close it everywhere before "
+                                f"repairing")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def repair_log(path, *, dry_run: bool = False) -> RepairReport:
+    """Make the damaged log at ``path`` openable again, keeping every intact batch and
+    moving what it cannot keep aside; see the module docstring. Returns what it kept,
+    moved and lost (with ``dry_run``, what it would)."""
+    path = os.fspath(path)
+    fds = _lock_alone(path) if not dry_run else []
+    try:
+        report, segs = _scan_log(path)
+        st = _read_state(path)
+        out = RepairReport(path, dry_run, [], [], [], problems=report.problems)
+        if report.ok:
+            out.kept = [{"path": s["path"], "bytes": s["end_pos"], "offsets": [s["base"], s["next_offset"]]}
+                        for s in segs]
+            return out
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        why = {p.path: f"{p.kind}: {p.detail}" for p in reversed(report.problems)}
+        kept = [s for s in segs if s["action"] != "move"]
+        for s in segs:
+            name = segment_name(s["base"])
+            if s["action"] == "move":
+                out.moved.append({"path": s["path"], "position": 0,
+                                  "why": why.get(s["path"], "not part of the log")})
+                if not dry_run:
+                    out.damaged_dir = set_aside(path, [name + e for e in (".log", ".index", ".timeindex")],
+                                                why.get(s["path"], "not part of the log"))
+            elif s["action"] == "cut" and s["size"] > s["end_pos"]:
+                tail = f"{name}.log.from-{s['end_pos']}"
+                out.moved.append({"path": s["path"], "position": s["end_pos"],
+                                  "why": why.get(s["path"], "damaged tail") + f" (bytes from {s['end_pos']})"})
+                if not dry_run:
+                    _move_tail(path, s, tail, stamp)
+            if s["action"] != "move":
+                out.kept.append({"path": s["path"], "bytes": s["end_pos"],
+                                 "offsets": [s["base"], s["next_offset"]]})
+        # what was acknowledged and no kept batch holds
+        start = st["start_offset"] if st is not None else (kept[0]["base"] if kept else 0)
+        end = max([report.acked_end or 0] + [s["next_offset"] for s in kept])
+        at = start
+        for s in kept:
+            if s["base"] > at:
+                out.lost.append((at, s["base"]))
+            at = max(at, s["next_offset"])
+        if end > at:
+            out.lost.append((at, end))
+        gaps_inside = any(lo > start for lo, _ in out.lost)
+        if not dry_run:
+            if gaps_inside:
+                _mark_gaps(path)
+            if not kept or end > kept[-1]["next_offset"]:
+                # an empty segment at the old end: the next append gets the offset it
+                # would have got, so no offset is ever handed out twice
+                open(os.path.join(path, segment_name(end) + ".log"), "ab").close()
+            moved_state = set_aside(path, [STATE_FILE], "replaced by repair: rebuilt from the segments")
+            out.damaged_dir = out.damaged_dir or moved_state
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            with Log(path):                      # recovery from the segments: state, indexes
+                pass
+        return out
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _move_tail(path: str, s: dict, name: str, stamp: str) -> None:
+    """Copy a segment's bytes from its first bad batch into damaged/, then cut the
+    segment there (no process has it open: repair holds the log alone)."""
+    dest = os.path.join(path, "damaged", f"{stamp}-{os.getpid()}")
+    os.makedirs(dest, exist_ok=True)
+    with open(s["path"], "rb") as src, open(os.path.join(dest, name), "wb") as dst:
+        src.seek(s["end_pos"])
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    with open(os.path.join(dest, "README.txt"), "a") as f:
+        f.write(f"{name}: bytes of {os.path.basename(s['path'])} from position {s['end_pos']}, after "
+                f"its last intact batch\n")
+    _storage.fsync_dir(dest)
+    _storage.truncate_file(s["path"], s["end_pos"])
+
+
+def _mark_gaps(path: str) -> None:
+    """Record durably that this log's offsets may skip (what compaction writes)."""
+    mark = os.path.join(path, COMPACTED_MARK)
+    if not os.path.exists(mark):
+        with open(mark, "wb") as f:
+            f.write(b"offsets in this log may have gaps (fastq repair set damaged ranges aside)\n")
+            os.fsync(f.fileno())
+        _storage.fsync_dir(path)
