@@ -8,8 +8,9 @@
 # batches, back to back from position 0, followed by zero-filled preallocated space),
 # `%020d.index` (8-byte entries: relative offset u32 BE, position u32 BE) and
 # `%020d.timeindex` (12-byte entries: timestamp i64 BE, relative offset u32 BE).
-# Recovery rule: the log is the longest run of valid batches with dense offsets from the
-# start of the first segment; a zero length field ends the data of a segment.
+# A zero length field ends the data of a segment. Recovery rule (fastq/log.py, FORMAT.md):
+# every batch below what was acknowledged must be present and valid (else CorruptRecord);
+# only a torn tail past it is dropped.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize

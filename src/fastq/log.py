@@ -25,13 +25,23 @@ Durability (``durability=``), what each loses on power failure:
     Every append calls fsync before returning. Loses nothing acknowledged.
 
 Recovery: the last process to close a log marks it clean. An unclean log is recovered by
-the next process to open it, alone (under an exclusive lock): if the machine has not
-rebooted since the state was written, the shared state's committed end is exact — every
-batch below it must validate (else :class:`CorruptRecord`) and anything after it was never
-acknowledged and is discarded. After a reboot only the durable watermark
-(``recovery_point``, what fsync covered) is trusted: a complete batch that fails its CRC
-below it is reported as :class:`CorruptRecord`; from the first invalid or missing byte
-above it the tail is torn and truncated. Indexes are rebuilt for every scanned segment.
+the next process to open it, alone (under an exclusive lock). What was acknowledged is
+known from the shared state: if the machine has not rebooted since it was written, its
+committed end is exact; after a reboot only the durable watermark (``recovery_point``,
+what fsync covered) is. Every batch below that end must be there and validate: a
+missing segment file, a truncated file or a batch that fails its checks raises
+:class:`CorruptRecord` naming the file and position, and nothing is cut. Only bytes past
+it — a torn tail, never acknowledged — are dropped. Without a state file nothing is
+known, so every segment but the last must reach the next one (else CorruptRecord); the
+last one's torn tail is dropped. Recovery never unlinks a segment file that holds data:
+segments past the recovered end are moved into ``damaged/``; only an empty leftover of a
+roll that failed or died is removed. Indexes are rebuilt for every scanned segment.
+
+Every open also checks that segment files cover ``[start, end)`` (the first segment is
+there and each sealed segment reaches the next): a gap is CorruptRecord, never a moved
+start or a skipped range. :mod:`fastq.verify` reports such damage (``fastq verify``) and
+``repair_log`` (``fastq repair``) makes the log openable again, keeping every intact
+batch and moving the rest aside.
 """
 from __future__ import annotations
 

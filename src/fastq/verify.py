@@ -163,8 +163,10 @@ def _batch_problem(seg_path: str, buf, pos: int, status: int, offset: int) -> Pr
     return Problem(kind, seg_path, pos, f"batch at position {pos} (offset {offset}) {why}")
 
 
-def _check_indexes(path: str, base: int, buf, data_end: int, last_offset: int, out: list) -> None:
-    """Entries of the sparse indexes that point at the wrong place (below data_end)."""
+def _check_indexes(path: str, base: int, buf, data_end: int, out: list) -> None:
+    """Missing index files, and .index entries below data_end that do not point at the
+    batch starting their offset (the .timeindex is only a lower bound for searches, and
+    the open rebuilds both when missing)."""
     name = os.path.join(path, segment_name(base))
     for ext in (".index", ".timeindex"):
         if not os.path.exists(name + ext):
@@ -178,7 +180,7 @@ def _check_indexes(path: str, base: int, buf, data_end: int, last_offset: int, o
     prev = (-1, -1)
     for i in range(len(idx) // 8):
         rel, pos = struct.unpack_from(">II", idx, 8 * i)
-        if (rel, pos) == (0, 0) and i > 0 or (i == 0 and rel == 0 and pos == 0):
+        if rel == 0 and pos == 0:
             break                               # the zero-filled end of the entries
         if pos >= data_end:
             break                               # past the data: not trusted, never used
@@ -190,19 +192,6 @@ def _check_indexes(path: str, base: int, buf, data_end: int, last_offset: int, o
                                f"the batch starting that offset"))
             break
         prev = (rel, pos)
-    try:
-        with open(name + ".timeindex", "rb") as f:
-            tidx = f.read()
-    except FileNotFoundError:
-        tidx = b""
-    pts = -1
-    for i in range(len(tidx) // 12):
-        ts, rel = struct.unpack_from(">qI", tidx, 12 * i)
-        if ts <= pts or (i == 0 and ts == 0 and rel == 0):
-            break
-        if base + rel >= last_offset:
-            break                               # past the data (the active's stale entries)
-        pts = ts
 
 
 def _scan_log(path: str) -> tuple[Report, list[dict]]:
@@ -220,7 +209,8 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
     problems: list[Problem] = []
     bases = _bases(path)
     start = st["start_offset"] if st is not None else (bases[0] if bases else 0)
-    bases = [b for b in bases if b >= start]     # below the start: retention's leftovers
+    below = [b for b in bases if b < start]      # retention's leftovers (it died before unlinking)
+    bases = [b for b in bases if b >= start]
     report = Report(path, problems, acked_end=acked, segments=len(bases))
     if st is not None and st["active_base"] not in bases and acked is not None and acked > st["active_base"]:
         missing = os.path.join(path, segment_name(st["active_base"]) + ".log")
@@ -249,7 +239,7 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
                                         f"(left by a roll that failed)"))
                 info["action"] = "move"
                 continue
-            if base < expected and not gaps or (gaps and base < expected):
+            if base < expected:
                 problems.append(Problem("overlap", seg_path, 0,
                                         f"{seg_path} starts at offset {base}, below the end {expected} "
                                         f"of the segment before it", (base, expected)))
@@ -282,12 +272,15 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
                                         f"{r['end_pos']}) but the log was acknowledged up to {acked}",
                                         (r["next_offset"], acked)))
                 info["action"] = "cut"
-            _check_indexes(path, base, m.buf, r["end_pos"], r["next_offset"], problems)
+            _check_indexes(path, base, m.buf, r["end_pos"], problems)
             expected = r["next_offset"] if not gaps else max(expected, r["next_offset"])
             if last and acked is not None and acked > r["next_offset"] and info["action"] == "keep":
                 info["action"] = "cut"
         finally:
             m.close()
+    for b in below:
+        segs.insert(0, {"base": b, "path": os.path.join(path, segment_name(b) + ".log"), "size": 0,
+                        "end_pos": 0, "next_offset": b, "batches": 0, "action": "move", "below": True})
     if segs:
         kept = [s for s in segs if s["action"] != "move"]
         report.start_offset = kept[0]["base"] if kept else None
@@ -371,11 +364,12 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
         for s in segs:
             name = segment_name(s["base"])
             if s["action"] == "move":
-                out.moved.append({"path": s["path"], "position": 0,
-                                  "why": why.get(s["path"], "not part of the log")})
+                reason = "below the log start (retention had deleted it)" if s.get("below") else \
+                    why.get(s["path"], "not part of the log")
+                out.moved.append({"path": s["path"], "position": 0, "why": reason})
                 if not dry_run:
                     out.damaged_dir = set_aside(path, [name + e for e in (".log", ".index", ".timeindex")],
-                                                why.get(s["path"], "not part of the log"))
+                                                reason)
             elif s["action"] == "cut" and s["size"] > s["end_pos"]:
                 tail = f"{name}.log.from-{s['end_pos']}"
                 out.moved.append({"path": s["path"], "position": s["end_pos"],
