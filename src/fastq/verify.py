@@ -42,9 +42,10 @@ import time
 
 from . import _storage
 from ._codec import crc32c
+from ._recovery import set_aside
 from .errors import CorruptRecord, InvalidArgument, LogLocked
 from .log import (CONFIG_FILE, COMPACTED_MARK, DEFAULT_MAX_RECORD_BYTES, LOCK_FILE, STATE_FILE,
-                  _SEGMENT_RE, _boot_id, _FLAG_CLEAN, Log, segment_name, set_aside)
+                  _SEGMENT_RE, _boot_id, _FLAG_CLEAN, Log, segment_name)
 
 __all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "repair_log"]
 
