@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import pytest
 
@@ -357,3 +358,43 @@ def test_repair_refuses_a_log_open_elsewhere(tmp_path):
     with Log(path):
         with pytest.raises(fastq.errors.LogLocked):
             repair_log(path)
+
+
+# -- after a reboot: only the fsynced watermark is trusted ---------------------------------
+
+def _as_after_reboot(path, recovery_point):
+    """Make an unclean log's state look written before a reboot, with `recovery_point`."""
+    with open(os.path.join(path, STATE_FILE), "r+b") as f:
+        f.seek(32)
+        f.write(os.urandom(16))                   # another boot's id
+        f.seek(320)
+        f.write(recovery_point.to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize("where", ["below", "above"])
+def test_after_a_reboot_damage_below_the_watermark_raises_above_it_is_set_aside(tmp_path, where):
+    src, path = str(tmp_path / "src"), str(tmp_path / "log")
+    vals = [b"r%d" % i for i in range(300)]
+    with Log(src, segment_bytes=4096) as log:
+        for v in vals:
+            log.append(v.ljust(60, b"."))
+        segs = log.segments()
+        shutil.copytree(src, path)                # unclean, as after a power failure
+    watermark = segs[3]["base_offset"]
+    _as_after_reboot(path, watermark)
+    hit = segs[1] if where == "below" else segs[4]
+    hit_path = os.path.join(path, os.path.basename(hit["path"]))
+    os.truncate(hit_path, hit["bytes"] // 2)
+    later = [os.path.basename(s["path"]) for s in segs[5:]]
+    if where == "below":
+        with pytest.raises(CorruptRecord) as ei:
+            Log(path)
+        assert ei.value.path == hit_path
+        return
+    with Log(path) as log:
+        got = [bytes(r.value).rstrip(b".") for r in log.read(0)]
+        assert got == vals[:len(got)] and len(got) > segs[4]["base_offset"]
+        assert log.append(b"x") == len(got)
+    # the segments past the torn tail were never fsynced: dropped from the log, but
+    # moved aside with their data, not unlinked
+    assert set(later) <= {os.path.basename(n) for n in damaged_files(path)}
