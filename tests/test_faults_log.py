@@ -398,3 +398,37 @@ def test_after_a_reboot_damage_below_the_watermark_raises_above_it_is_set_aside(
     # the segments past the torn tail were never fsynced: dropped from the log, but
     # moved aside with their data, not unlinked
     assert set(later) <= {os.path.basename(n) for n in damaged_files(path)}
+
+
+def test_repair_keeps_the_intact_batches_after_a_damaged_one(tmp_path):
+    """A flipped bit inside one batch of a sealed segment loses that batch only: repair
+    keeps the batches after it in the same segment (found through the damaged batch's
+    length field), moves the damaged bytes aside, and the log's offsets stay put."""
+    rng = random.Random(seed_for("repair_bitflip"))
+    path = str(tmp_path / "log")
+    vals = build(path, 300, segment_bytes=4096)
+    with Log(path) as log:
+        seg = log.segments()[2]
+        base = seg["base_offset"]
+        victim = base + rng.randrange(5, 25)      # a batch inside the segment (one record each)
+        pos = log._segments[2].find_position(victim, seg["bytes"], 0)
+    with open(seg["path"], "r+b") as f:
+        f.seek(pos + 70)                          # inside the record, covered by the CRC
+        b = f.read(1)
+        f.seek(pos + 70)
+        f.write(bytes([b[0] ^ 0x01]))
+    with Log(path) as log:                        # the open does not scan CRCs of sealed segments...
+        with pytest.raises(CorruptRecord) as ei:  # ...reads do, naming file and position
+            read_all(log)
+        assert ei.value.path == seg["path"] and ei.value.position == pos
+    report = verify_log(path)
+    assert [(p.kind, p.path, p.position) for p in report.problems] == [("crc-mismatch", seg["path"], pos)]
+    rep = repair_log(path)
+    assert rep.lost == [(victim, victim + 1)]
+    assert any(n.startswith(os.path.basename(seg["path"]) + ".bytes-") for n in
+               (os.path.basename(x) for x in damaged_files(path)))
+    with Log(path) as log:
+        got = {r.offset: bytes(r.value) for r in log.read(0)}
+        assert log.end_offset == 300 and log.append(b"x") == 300
+    assert got == {o: v for o, v in enumerate(vals) if o != victim}
+    assert verify_log(path).ok

@@ -164,6 +164,35 @@ def _batch_problem(seg_path: str, buf, pos: int, status: int, offset: int) -> Pr
     return Problem(kind, seg_path, pos, f"batch at position {pos} (offset {offset}) {why}")
 
 
+def _resync(m: _Mapped, r: dict, max_size: int, stop: int, problems: list) -> list[tuple]:
+    """Runs of intact batches after a damaged one, found by trusting the damaged batch's
+    length field (a flipped bit elsewhere leaves it intact) and scanning on from the
+    position after it; each further damaged batch is reported and skipped the same way.
+    Returns [(start position, end position, first offset, next offset)]."""
+    runs = []
+    pos, status, expected = r["bad_pos"], r["status"], r["next_offset"]
+    with memoryview(m.buf) as mv:
+        while status not in (0, _storage.STATUS_TRUNCATED) and pos + _BATCH_OVERHEAD <= m.size:
+            length = int.from_bytes(mv[pos + 8:pos + 12], "big")
+            at = pos + _BATCH_OVERHEAD + length
+            if not 49 <= length <= max_size or at + _BATCH_OVERHEAD > m.size:
+                break
+            sub = mv[at:]
+            try:
+                r2 = _storage.scan_buffer(sub, 0, expected + 1, stop, max_size, True)
+                first = int.from_bytes(sub[:8], "big")
+            finally:
+                sub.release()
+            if r2["batches"] == 0:
+                break
+            runs.append((at, at + r2["end_pos"], first, r2["next_offset"]))
+            expected, status = r2["next_offset"], r2["status"]
+            if status != 0:
+                pos = at + r2["bad_pos"]
+                problems.append(_batch_problem(m.f.name, m.buf, pos, status, expected))
+    return runs
+
+
 def _check_indexes(path: str, base: int, buf, data_end: int, out: list) -> None:
     """Missing index files, and .index entries below data_end that do not point at the
     batch starting their offset (the .timeindex is only a lower bound for searches, and
@@ -232,9 +261,10 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
         try:
             r = _storage.scan_buffer(m.buf, base, base, -1, max_size, gaps)
             info = {"base": base, "path": seg_path, "size": m.size, "end_pos": r["end_pos"],
-                    "next_offset": r["next_offset"], "batches": r["batches"], "action": "keep"}
+                    "next_offset": r["next_offset"], "batches": r["batches"], "action": "keep",
+                    "runs": [(0, r["end_pos"], base, r["next_offset"])]}
             segs.append(info)
-            if r["batches"] == 0 and not last:
+            if r["batches"] == 0 and not last and not any(m.buf[:_BATCH_OVERHEAD]):
                 problems.append(Problem("empty-segment", seg_path, 0,
                                         f"{seg_path} holds no data but the log goes on after it "
                                         f"(left by a roll that failed)"))
@@ -255,10 +285,16 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
             if r["status"] != 0:
                 torn = last and (acked is None or r["next_offset"] >= acked)
                 if not torn:
+                    stop = (acked if acked is not None else -1) if last else nxt
+                    at_problem = len(problems)
+                    info["runs"] += _resync(m, r, max_size, stop, problems)
                     p = _batch_problem(seg_path, m.buf, r["bad_pos"], r["status"], r["next_offset"])
-                    p.offsets = (r["next_offset"], end_known if end_known is not None else r["next_offset"])
-                    problems.append(p)
+                    after = info["runs"][1][2] if len(info["runs"]) > 1 else end_known
+                    p.offsets = (r["next_offset"], after if after is not None else r["next_offset"])
+                    problems.insert(at_problem, p)
                     info["action"] = "cut"
+                    info["next_offset"] = info["runs"][-1][3]
+                    r = dict(r, next_offset=info["next_offset"])
             elif not last and r["next_offset"] < nxt and not gaps and \
                     not any(p.kind == "offset-gap" and p.offsets == (r["next_offset"], nxt) for p in problems):
                 problems.append(Problem("offset-gap", seg_path, r["end_pos"],
@@ -371,6 +407,12 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
                 if not dry_run:
                     out.damaged_dir = set_aside(path, [name + e for e in (".log", ".index", ".timeindex")],
                                                 reason)
+            elif s["action"] == "cut" and len(s["runs"]) > 1:
+                out.moved.append({"path": s["path"], "position": s["end_pos"],
+                                  "why": why.get(s["path"], "damaged batches") +
+                                  " (the damaged batches; the intact ones after them are kept)"})
+                if not dry_run:
+                    _rewrite(path, s, stamp)
             elif s["action"] == "cut" and s["size"] > s["end_pos"]:
                 tail = f"{name}.log.from-{s['end_pos']}"
                 out.moved.append({"path": s["path"], "position": s["end_pos"],
@@ -378,16 +420,18 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
                 if not dry_run:
                     _move_tail(path, s, tail, stamp)
             if s["action"] != "move":
-                out.kept.append({"path": s["path"], "bytes": s["end_pos"],
+                out.kept.append({"path": s["path"], "bytes": sum(e - b for b, e, _, _ in s["runs"]),
                                  "offsets": [s["base"], s["next_offset"]]})
         # what was acknowledged and no kept batch holds
         start = st["start_offset"] if st is not None else (kept[0]["base"] if kept else 0)
         end = max([report.acked_end or 0] + [s["next_offset"] for s in kept])
         at = start
         for s in kept:
-            if s["base"] > at:
-                out.lost.append((at, s["base"]))
-            at = max(at, s["next_offset"])
+            for i, (_, _, first, nxt_off) in enumerate(s["runs"]):
+                lo = s["base"] if i == 0 else first
+                if lo > at:
+                    out.lost.append((at, lo))
+                at = max(at, nxt_off)
         if end > at:
             out.lost.append((at, end))
         gaps_inside = any(lo > start for lo, _ in out.lost)
@@ -427,6 +471,35 @@ def _move_tail(path: str, s: dict, name: str, stamp: str) -> None:
                 f"its last intact batch\n")
     _storage.fsync_dir(dest)
     _storage.truncate_file(s["path"], s["end_pos"])
+
+
+def _rewrite(path: str, s: dict, stamp: str) -> None:
+    """Rewrite a segment as its intact runs back to back; the bytes between and after
+    them go into damaged/ first. temp -> fsync -> rename -> fsync(dir)."""
+    dest = os.path.join(path, "damaged", f"{stamp}-{os.getpid()}")
+    os.makedirs(dest, exist_ok=True)
+    name = os.path.basename(s["path"])
+    tmp = s["path"] + ".repair.tmp"
+    with open(s["path"], "rb") as src:
+        data = src.read()
+    cuts = [(e, b2) for (_, e, _, _), (b2, _, _, _) in zip(s["runs"], s["runs"][1:])]
+    cuts.append((s["runs"][-1][1], len(data)))
+    with open(os.path.join(dest, "README.txt"), "a") as f:
+        for lo, hi in cuts:
+            if hi > lo and any(data[lo:hi]):
+                with open(os.path.join(dest, f"{name}.bytes-{lo}-{hi}"), "wb") as piece:
+                    piece.write(data[lo:hi])
+                    piece.flush()
+                    os.fsync(piece.fileno())
+                f.write(f"{name}.bytes-{lo}-{hi}: damaged bytes of {name} between intact batches\n")
+    with open(tmp, "wb") as out:
+        for b, e, _, _ in s["runs"]:
+            out.write(data[b:e])
+        out.flush()
+        os.fsync(out.fileno())
+    _storage.fsync_dir(dest)
+    os.replace(tmp, s["path"])
+    _storage.fsync_dir(path)
 
 
 def _mark_gaps(path: str) -> None:
