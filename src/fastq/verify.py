@@ -19,11 +19,12 @@ state can be trusted (same boot, or closed cleanly), else its fsynced
 ``recovery_point``. Bytes past that end of the last segment are a torn tail that was
 never acknowledged (recovery drops them), not a problem.
 
-``repair_log(path)`` makes a damaged log openable again, keeping every batch of each
-segment's intact prefix. What it cannot keep is **moved aside** into
-``<log>/damaged/<UTC time>-<pid>/`` (with a README.txt saying why), never deleted: a
-segment's bytes after its first bad batch, empty or overlapping segment files, the old
-``fastq.state``. Offsets never come back to life with other data: when offsets are lost
+``repair_log(path)`` makes a damaged log openable again, keeping every intact batch: a
+segment's batches before a damaged one, and after it (found by following the damaged
+batch's length field; the segment is rewritten as its intact runs). What it cannot keep
+is **moved aside** into ``<log>/damaged/<UTC time>-<pid>/`` (with a README.txt saying
+why), never deleted: damaged bytes, empty or overlapping segment files, leftovers below
+the log start, the old ``fastq.state``. Offsets never come back to life with other data: when offsets are lost
 inside the log or at its end, the log is marked as having gaps (as compaction does) and
 keeps its end offset, so the next append gets the offset it would have got. The log is
 then reopened, which rebuilds the state and every index. ``dry_run=True`` only reports.
