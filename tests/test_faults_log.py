@@ -432,3 +432,23 @@ def test_repair_keeps_the_intact_batches_after_a_damaged_one(tmp_path):
         assert log.end_offset == 300 and log.append(b"x") == 300
     assert got == {o: v for o, v in enumerate(vals) if o != victim}
     assert verify_log(path).ok
+
+
+def test_deleted_active_segment_of_a_topic_is_refused_then_repaired(tmp_path):
+    """Item 3 through the broker: a topic whose partition lost its active segment refuses
+    to publish (CorruptRecord), instead of handing offset 0 out again."""
+    bpath = str(tmp_path / "b")
+    with fastq.open(bpath) as b:
+        t = b.topic("t", partitions=1)
+        for i in range(100):
+            t.publish(b"v%d" % i)
+    part = os.path.join(bpath, "topics", "t", "0")
+    os.unlink(os.path.join(part, SEG0 + ".log"))
+    with fastq.open(bpath) as b:
+        with pytest.raises(CorruptRecord, match="fastq repair"):
+            b.topic("t").publish(b"again")
+    assert [p.kind for r in verify_broker(bpath) for p in r.problems] == ["missing-segment"]
+    repair_log(part)
+    assert log_files(part) == ["%020d.index" % 100, "%020d.log" % 100, "%020d.timeindex" % 100]
+    with fastq.open(bpath) as b:
+        assert b.topic("t").publish(b"again").offset == 100

@@ -423,6 +423,14 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
             if s["action"] != "move":
                 out.kept.append({"path": s["path"], "bytes": sum(e - b for b, e, _, _ in s["runs"]),
                                  "offsets": [s["base"], s["next_offset"]]})
+        logs = {segment_name(s["base"]) for s in segs}
+        orphans = sorted(n for n in os.listdir(path) if (m := _SEGMENT_RE.match(n))
+                         and m.group(2) != "log" and m.group(1) not in logs)
+        if orphans:
+            out.moved += [{"path": os.path.join(path, n), "position": 0, "why": "index of a missing segment"}
+                          for n in orphans]
+            if not dry_run:
+                out.damaged_dir = set_aside(path, orphans, "index of a missing segment")
         # what was acknowledged and no kept batch holds
         start = st["start_offset"] if st is not None else (kept[0]["base"] if kept else 0)
         end = max([report.acked_end or 0] + [s["next_offset"] for s in kept])
