@@ -311,7 +311,13 @@ class Log(RecoveryMixin, LogCore):
             # A new log, or a state file lost before it was written: rebuild from the
             # segments themselves (the .log files are the source of truth).
             self._state_init(int(time.time() * 1000))
-            self._recover(trust_state=False, have_state=False)
+            try:
+                self._recover(trust_state=False, have_state=False)
+            except BaseException:
+                # leave no state behind: on the next open it would pass for one that
+                # was written, and the segments would be judged by it
+                os.unlink(os.path.join(self.path, STATE_FILE))
+                raise
         elif first:
             if not (self._flags & _FLAG_CLEAN and self._boot_id == boot and self._consistent()):
                 self._recover(trust_state=self._boot_id == boot, have_state=True)
