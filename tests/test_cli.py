@@ -185,7 +185,19 @@ def test_verify_and_repair_commands(tmp_path):
 
 
 def test_verify_and_repair_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
     for cmd in ("verify", "repair"):
-        res = CliRunner().invoke(cli, [cmd, str(tmp_path / "nope")])
-        assert res.exit_code == 2 and "Traceback" not in res.output
-        assert len(res.output.strip().splitlines()) == 1, res.output
+        for d in ("nope", "empty"):
+            res = CliRunner().invoke(cli, [cmd, str(tmp_path / d)])
+            assert res.exit_code == 2 and "Traceback" not in res.output
+            assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_repair_of_a_log_open_elsewhere_is_one_line(tmp_path):
+    from fastq import Log
+
+    with Log(tmp_path / "log") as log:
+        log.append(b"x")
+        res = CliRunner().invoke(cli, ["repair", str(tmp_path / "log")])
+    assert res.exit_code == 2 and "open in another process" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

@@ -229,6 +229,9 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
     """Verify, and also return per segment what a repair needs."""
     if not os.path.isdir(path):
         raise InvalidArgument(f"{path} is not a directory")
+    if not any(os.path.exists(os.path.join(path, n)) for n in (CONFIG_FILE, STATE_FILE, LOCK_FILE)):
+        raise InvalidArgument(f"{path} is not a fastq log directory (no {CONFIG_FILE}, {STATE_FILE} "
+                              f"or {LOCK_FILE}); give a log or a broker directory")
     cfg = _config(path)
     gaps = bool(cfg.get("compact")) or os.path.exists(os.path.join(path, COMPACTED_MARK))
     max_size = cfg.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
