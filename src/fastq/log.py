@@ -410,6 +410,7 @@ class Log(RecoveryMixin, LogCore):
                 segs.append(seg)
             for seg in old.values():
                 seg.deleted = True       # mapping lives on for readers that still hold it
+                self._sealed_next.pop(seg.base_offset, None)
             for i, seg in enumerate(segs):
                 if seg.base_offset == s["active_base"]:
                     seg.sealed_end = -1
