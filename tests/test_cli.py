@@ -147,3 +147,57 @@ def test_schema_rejects_a_skipped_peer_without_reason():
     doc = {"name": "x", "status": "skipped", "reason": None, "compare_with": []}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, benchmarks.PEER_SCHEMA)
+
+
+# -- verify / repair (fastq issue 12) -----------------------------------------------------
+
+def _damaged_broker(tmp_path):
+    import os
+
+    import fastq
+
+    bpath = tmp_path / "b"
+    with fastq.open(bpath) as b:
+        t = b.topic("t", partitions=2, segment_bytes=4096)
+        for i in range(400):
+            t.publish(b"v%d" % i, partition=i % 2)
+        segs = t.log(1).segments()
+    os.truncate(segs[1]["path"], segs[1]["bytes"] // 2 + 1)     # inside a batch
+    return bpath, segs[1]["path"]
+
+
+def test_verify_and_repair_commands(tmp_path):
+    bpath, seg = _damaged_broker(tmp_path)
+    res = run("verify", str(bpath), ok=False)
+    assert res.exit_code == 1 and seg in res.output and "fastq repair" in res.output
+    res = run("verify", str(bpath), "--json", ok=False)
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 1 and not doc["ok"]
+    assert any(p["path"] == seg for log in doc["logs"] for p in log["problems"])
+    res = run("repair", str(bpath), "--dry-run")
+    assert "would keep" in res.output and "would move" in res.output
+    assert run("verify", str(bpath), ok=False).exit_code == 1       # the dry run changed nothing
+    res = run("repair", str(bpath))
+    assert "lost  offsets" in res.output and "damaged" in res.output
+    res = run("verify", str(bpath))
+    assert "problem" not in res.output
+    assert run("verify", str(bpath / "topics" / "t" / "0")).exit_code == 0
+
+
+def test_verify_and_repair_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for cmd in ("verify", "repair"):
+        for d in ("nope", "empty"):
+            res = CliRunner().invoke(cli, [cmd, str(tmp_path / d)])
+            assert res.exit_code == 2 and "Traceback" not in res.output
+            assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_repair_of_a_log_open_elsewhere_is_one_line(tmp_path):
+    from fastq import Log
+
+    with Log(tmp_path / "log") as log:
+        log.append(b"x")
+        res = CliRunner().invoke(cli, ["repair", str(tmp_path / "log")])
+    assert res.exit_code == 2 and "open in another process" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

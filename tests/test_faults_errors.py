@@ -624,3 +624,22 @@ def test_offset_store_grow_cut_short_by_a_full_disk_changes_nothing(ext4_dir):
     r = _child(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["DiskFull", "128"] * 3      # 64-byte header + 1 slot, as before
+
+
+def test_readonly_open_of_a_log_whose_active_file_is_short_refuses_instead_of_sigbus(tmp_path):
+    with Log(tmp_path / "l", segment_bytes=1 << 16) as lg:
+        lg.append_many([b"a" * 500] * 20)
+        active = lg.segments()[-1]["path"]
+    os.truncate(active, 1024)                 # shorter than the committed end
+    code = """
+        from fastq.log import Log
+        from fastq.errors import ReadOnly
+        try:
+            with Log({d!r}, readonly=True) as lg:
+                print("read", sum(1 for _ in lg.read(0)))
+        except ReadOnly as e:
+            print("ReadOnly", e)
+    """.format(d=str(tmp_path / "l"))
+    r = _child(code)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.startswith("ReadOnly") and "needs recovery" in r.stdout

@@ -821,7 +821,15 @@ cdef class LogCore:
         segs = self._segments               # one list: another thread's _refresh may swap it
         i = bisect_right(segs, offset, key=_base_of) - 1
         if i < 0:
-            raise OffsetOutOfRange(f"offset {offset} is before the first segment")
+            if offset < self._state().log_start_offset:
+                raise OffsetOutOfRange(f"offset {offset} is below the log start: valid offsets are "
+                                       f"[{self.st.log_start_offset}, {s.next_offset}]")
+            # the state says the log starts at or below `offset`, yet no segment file
+            # holds it: the first segment was deleted under us (never a silent skip)
+            missing = os.path.join(getattr(self, "path", ""), "%020d.log" % self.st.log_start_offset)
+            raise CorruptRecord(f"read offset {offset}: {missing} is missing (the first segment "
+                                f"left starts at {segs[0].base_offset if segs else s.next_offset}); "
+                                f"run `fastq verify` / `fastq repair`", missing, 0)
         seg = segs[i]
         if seg.base_offset == s.active_base:
             if seg.alloc_size < s.end_pos:

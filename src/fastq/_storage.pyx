@@ -8,8 +8,9 @@
 # batches, back to back from position 0, followed by zero-filled preallocated space),
 # `%020d.index` (8-byte entries: relative offset u32 BE, position u32 BE) and
 # `%020d.timeindex` (12-byte entries: timestamp i64 BE, relative offset u32 BE).
-# Recovery rule: the log is the longest run of valid batches with dense offsets from the
-# start of the first segment; a zero length field ends the data of a segment.
+# A zero length field ends the data of a segment. Recovery rule (fastq/log.py, FORMAT.md):
+# every batch below what was acknowledged must be present and valid (else CorruptRecord);
+# only a torn tail past it is dropped.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -796,6 +797,30 @@ def msync_state(LogCore log):
     rc = fq_msync(log.st, FQ_STATE_SIZE)
     if rc < 0:
         raise_status(rc, "msync state", None, -1, ERR_OP_SYNC)
+
+
+def scan_buffer(buf, int64_t base_offset, int64_t expected=-1, int64_t stop_offset=-1,
+                int64_t max_size=INT32_MAX, bint allow_gaps=False):
+    """Walk the valid batches of a segment's bytes held in any buffer (a read-only mmap:
+    ``fastq verify`` changes nothing) exactly as recovery does (Segment.scan with CRC
+    and record checks, no index rebuild). Returns the same dict as Segment.scan."""
+    cdef Py_buffer view
+    cdef ScanResult r
+    cdef Segment seg = Segment.__new__(Segment)     # borrows the buffer: never mapped
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        seg.data = <uint8_t *>view.buf
+        seg.base_offset = base_offset
+        seg._scan(0, view.len, base_offset if expected < 0 else expected, stop_offset, 1, 0,
+                  4096, max_size, allow_gaps, &r)
+    finally:
+        seg.data = NULL
+        PyBuffer_Release(&view)
+    return {
+        "end_pos": r.end_pos, "next_offset": r.next_offset, "max_timestamp": r.max_timestamp,
+        "batches": r.batches, "status": r.status, "bad_pos": r.bad_pos if r.status else None,
+        "limit": view.len,
+    }
 
 
 def index_entry(Segment seg, int64_t i):

@@ -81,7 +81,10 @@ class Consumer(ConsumerCore):
     start at the first retained record / the log end regardless. Later assignments of
     the same partition resume from the committed offset. A position that falls out of
     the log (retention deleted it) is reset to the earliest record, or to the end for
-    ``from_="latest"``.
+    ``from_="latest"``. Records the log should hold but whose segment file is gone (deleted
+    by hand) raise :class:`CorruptRecord` from ``poll`` and from opening the partition —
+    never an empty poll loop; ``fastq repair`` moves the log start past them, and the
+    position is then reset as above.
 
     ``session_timeout_ms``: a member that does not poll for this long is evicted from
     the group and rejoins when it next polls; a member that dies is noticed within
@@ -155,8 +158,12 @@ class Consumer(ConsumerCore):
         self._next_check = 0
         if group is None:
             self._closed = False
-            for p in range(topic.partitions):
-                self._take(p)
+            try:
+                for p in range(topic.partitions):
+                    self._take(p)           # opens the log: CorruptRecord for a damaged one
+            except BaseException:
+                self.close()
+                raise
         else:
             gdir = os.path.join(topic.broker.path, "groups", group)
             self._store = OffsetStore(os.path.join(gdir, "offsets", f"{topic.name}.offsets"),

@@ -29,13 +29,23 @@ Kafka's ``log.message.timestamp.after.max.ms``) ahead of the clock raises
 :class:`InvalidArgument`, or one far-future record would hold time retention back.
 
 Recovery: the last process to close a log marks it clean. An unclean log is recovered by
-the next process to open it, alone (under an exclusive lock): if the machine has not
-rebooted since the state was written, the shared state's committed end is exact — every
-batch below it must validate (else :class:`CorruptRecord`) and anything after it was never
-acknowledged and is discarded. After a reboot only the durable watermark
-(``recovery_point``, what fsync covered) is trusted: a complete batch that fails its CRC
-below it is reported as :class:`CorruptRecord`; from the first invalid or missing byte
-above it the tail is torn and truncated. Indexes are rebuilt for every scanned segment.
+the next process to open it, alone (under an exclusive lock). What was acknowledged is
+known from the shared state: if the machine has not rebooted since it was written, its
+committed end is exact; after a reboot only the durable watermark (``recovery_point``,
+what fsync covered) is. Every batch below that end must be there and validate: a
+missing segment file, a truncated file or a batch that fails its checks raises
+:class:`CorruptRecord` naming the file and position, and nothing is cut. Only bytes past
+it — a torn tail, never acknowledged — are dropped. Without a state file nothing is
+known, so every segment but the last must reach the next one (else CorruptRecord); the
+last one's torn tail is dropped. Recovery never unlinks a segment file that holds data:
+segments past the recovered end are moved into ``damaged/``; only an empty leftover of a
+roll that failed or died is removed. Indexes are rebuilt for every scanned segment.
+
+Every open also checks that segment files cover ``[start, end)`` (the first segment is
+there and each sealed segment reaches the next): a gap is CorruptRecord, never a moved
+start or a skipped range. :mod:`fastq.verify` reports such damage (``fastq verify``) and
+``repair_log`` (``fastq repair``) makes the log openable again, keeping every intact
+batch and moving the rest aside.
 """
 from __future__ import annotations
 
@@ -48,6 +58,7 @@ from typing import Iterator
 
 from . import _storage
 from ._codec import os_error
+from ._recovery import RecoveryMixin
 from ._storage import LogCore, LogReader, Pacer, Record, Segment, segment_name
 from .errors import (
     Closed,
@@ -184,7 +195,7 @@ if _PRETOUCHER is not None and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_PRETOUCHER.__init__)
 
 
-class Log(LogCore):
+class Log(RecoveryMixin, LogCore):
     """A durable append-only log in one directory, shared by any number of processes.
 
     Offsets are dense integers from 0. ``append`` / ``append_many`` / ``append_batch``
@@ -224,6 +235,7 @@ class Log(LogCore):
         # retention or truncation that commits a new generation and then updates
         # the view, or it can leave a view older than the shared state.
         self._seg_lock = threading.RLock()
+        self._sealed_next: dict[int, int] = {}   # sealed segment base -> offset its data ends at
         self._synced = 0
         self._syncing = False
         if not os.path.isdir(self.path):
@@ -345,9 +357,14 @@ class Log(LogCore):
             if not (self._flags & _FLAG_CLEAN or self._boot_id == _boot_id()):
                 raise ReadOnly(f"log {self.path} was not closed cleanly before a reboot: its tail "
                                "needs recovery, which writes; open it once without readonly=True")
+            if not self._consistent():      # reading past a file's end would be a SIGBUS
+                raise ReadOnly(f"log {self.path}: its active segment does not match the state "
+                               "(shorter than the committed end, or an index is missing) and "
+                               "needs recovery, which writes; open it once without readonly=True")
             self._closed = False
             self._gen = -1 & 0xFFFFFFFFFFFFFFFF
             self._refresh()
+            self._check_complete()
             self._synced = self.recovery_point
             self._pretouch = None
         finally:
@@ -383,11 +400,16 @@ class Log(LogCore):
             # A new log, or a state file lost before it was written: rebuild from the
             # segments themselves (the .log files are the source of truth).
             self._state_init(int(time.time() * 1000))
-            self._recover(trust_state=False, have_state=False)
+            try:
+                self._recover(trust_state=False, have_state=False)
+            except BaseException:
+                # leave no state behind: on the next open it would pass for one that
+                # was written, and the segments would be judged by it
+                os.unlink(os.path.join(self.path, STATE_FILE))
+                raise
         elif first:
             if not (self._flags & _FLAG_CLEAN and self._boot_id == boot and self._consistent()):
-                self._recover(trust_state=self._boot_id == boot and self._active_exists(),
-                              have_state=True)
+                self._recover(trust_state=self._boot_id == boot, have_state=True)
         if first:
             self._flags = self._flags & ~_FLAG_CLEAN
             self._boot_id = boot
@@ -400,6 +422,7 @@ class Log(LogCore):
         self._closed = False
         self._gen = -1 & 0xFFFFFFFFFFFFFFFF
         self._refresh()
+        self._check_complete()
         self._synced = self.recovery_point
         self._pretouch = None if _PRETOUCHER is None else _PRETOUCHER.request
 
@@ -425,103 +448,6 @@ class Log(LogCore):
         return Segment(self.path, base, self._map_size, self._index_cap, create,
                        max(1 << 20, self.segment_bytes // 16), self.index_interval, self.segment_bytes,
                        readonly=self._readonly)
-
-    def _active_exists(self) -> bool:
-        return os.path.exists(os.path.join(self.path, segment_name(self.snapshot()["active_base"]) + ".log"))
-
-    def _consistent(self) -> bool:
-        """Cheap checks that a clean state matches the files."""
-        s = self.snapshot()
-        path = os.path.join(self.path, segment_name(s["active_base"]) + ".log")
-        try:
-            return os.path.getsize(path) >= s["end_pos"] and s["next_offset"] >= s["active_base"]
-        except OSError:
-            return False
-
-    # -- recovery -----------------------------------------------------------------------
-
-    def _recover(self, *, trust_state: bool, have_state: bool) -> None:
-        """Rebuild the committed end from the segment files (exclusive: no other process
-        has the log open). See the module docstring for the rules."""
-        bases = self._segment_bases()
-        s = self.snapshot()
-        start = self.start_offset if have_state else (bases[0] if bases else 0)
-        bases = [b for b in bases if b >= 0]
-        if not bases:
-            seg = self._open_segment(start, create=True)
-            seg.close()
-            self._commit(start, 0, start, -1, 0, 0, 0, 0, s["generation"] + 1)
-            self._store_start_offset(start)
-            self._store_recovery_point(start)
-            return
-        if trust_state:
-            watermark = s["next_offset"]
-            first_i = bases.index(s["active_base"])
-        else:
-            watermark = self.recovery_point if have_state else 0
-            first_i = 0
-            for i, b in enumerate(bases):
-                if b <= watermark:
-                    first_i = i
-        expected = bases[first_i]
-        cut_i = len(bases) - 1
-        result = None
-        for i in range(first_i, len(bases)):
-            base = bases[i]
-            nxt = bases[i + 1] if i + 1 < len(bases) else -1
-            seg = self._open_segment(base)
-            try:
-                if base != expected and not (self.allow_gaps and base > expected):
-                    # a gap between segments: everything from here on is unreachable
-                    cut_i = i - 1
-                    break
-                stop = nxt
-                if trust_state and nxt < 0:
-                    stop = s["next_offset"]       # bytes past the committed end were never acked
-                r = seg.scan(0, -1, base, stop, True, True, self.index_interval, self.max_record_bytes,
-                             self.allow_gaps)
-                if r["status"] != 0 and r["next_offset"] < watermark:
-                    bad = r["bad_pos"]
-                    if r["status"] != _storage.STATUS_TRUNCATED:
-                        raise CorruptRecord(
-                            f"corrupt record batch at position {bad} of {seg.path} (offset "
-                            f"{r['next_offset']}), below the durable watermark {watermark}",
-                            seg.path, bad)
-                result = (base, r)
-                expected = r["next_offset"]
-                if r["status"] != 0 or (nxt >= 0 and r["next_offset"] != nxt and not self.allow_gaps):
-                    cut_i = i
-                    break
-            finally:
-                seg.close()
-        if result is None:                 # the first scanned segment was itself a gap
-            cut_i = max(cut_i, first_i)
-            base = bases[cut_i]
-            seg = self._open_segment(base)
-            try:
-                r = seg.scan(0, -1, base, -1, True, True, self.index_interval, self.max_record_bytes,
-                             self.allow_gaps)
-            finally:
-                seg.close()
-            result = (base, r)
-        base, r = result
-        for b in bases[cut_i + 1:]:
-            self._unlink_segment_files(b)
-        # We are alone: shrink the active file to its data and preallocate again, which
-        # zero-fills whatever a dead writer or a torn write left past the end.
-        seg = self._open_segment(base)
-        try:
-            _storage.truncate_file(seg.path, r["end_pos"])
-            seg.grow(max(r["end_pos"], 1))
-        finally:
-            seg.close()
-        self._commit(r["next_offset"], r["end_pos"], base, r["max_timestamp"], r["index_count"],
-                     r["timeindex_count"], r["bytes_since_index"], r["end_pos"], s["generation"] + 1)
-        if not have_state:
-            self._store_start_offset(bases[0])
-        elif self.start_offset < bases[0]:
-            self._store_start_offset(bases[0])
-        self._store_recovery_point(min(self.recovery_point, r["next_offset"]))
 
     def _repair_locked(self) -> None:
         """We stole the writer lock from a process that died holding it. Besides the
@@ -578,6 +504,7 @@ class Log(LogCore):
                 segs.append(seg)
             for seg in old.values():
                 seg.deleted = True       # mapping lives on for readers that still hold it
+                self._sealed_next.pop(seg.base_offset, None)
             for i, seg in enumerate(segs):
                 if seg.base_offset == s["active_base"]:
                     seg.sealed_end = -1
@@ -601,6 +528,7 @@ class Log(LogCore):
         r = seg.scan(start, size, expected, next_base, False, False, self.index_interval,
                      allow_gaps=self.allow_gaps)
         seg.sealed_end = r["end_pos"]
+        self._sealed_next[seg.base_offset] = r["next_offset"]
         seg.sealed_index_count = n
         seg.sealed_timeindex_count = t
         last = seg.last_timeindex(t)
@@ -622,7 +550,19 @@ class Log(LogCore):
             old = self._active
             if self._durability:
                 old.sync()
-            seg = self._open_segment(s["next_offset"], create=True)
+            # Files between the active segment and the new one are leftovers of rolls
+            # that failed (a full disk) or died before committing: inside the log they
+            # would hide the offsets appended to the active segment since.
+            for b in self._segment_bases():
+                if s["active_base"] < b < s["next_offset"]:
+                    self._drop_unacked_segment(b, "left by a roll that never committed")
+            try:
+                seg = self._open_segment(s["next_offset"], create=True)
+            except BaseException:
+                # e.g. DiskFull preallocating it: leave nothing behind (the active
+                # segment takes smaller appends still, and the next roll tries again)
+                self._drop_unacked_segment(s["next_offset"], "left by a roll that failed")
+                raise
             if any(seg.read_bytes(0, 12)):
                 seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
             if self._durability:
@@ -829,6 +769,11 @@ class Log(LogCore):
             if maxts < timestamp:
                 continue
             tcount = s["timeindex_count"] if active else seg.sealed_timeindex_count
+            if active:
+                # the state's count is only as good as the file: a .timeindex recreated
+                # empty under an open log reads as entries (0, 0), which would skip
+                # the segment's first record
+                tcount = min(tcount, seg.valid_index_prefix(s["end_pos"])[1])
             rel = seg.timeindex_floor(tcount, timestamp - 1)
             start = max(seg.base_offset + rel + 1 if rel >= 0 else seg.base_offset, self.start_offset)
             # scan this segment only: its max timestamp says the answer is in it
