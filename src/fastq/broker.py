@@ -259,7 +259,9 @@ class Broker:
         """Names of the existing topics, sorted."""
         self._check_open()
         root = os.path.join(self.path, "topics")
-        return sorted(n for n in os.listdir(root)
+        with _os_errors("list topics", root):
+            names = os.listdir(root)
+        return sorted(n for n in names
                       if _NAME_RE.fullmatch(n) and n not in (".", "..")
                       and os.path.exists(os.path.join(root, n, TOPIC_FILE)))
 
@@ -305,7 +307,8 @@ class Broker:
             if t is not None:
                 t.close()
             grave = os.path.join(self.path, "topics", f".deleted-{name}-{uuid.uuid4().hex[:8]}")
-            os.rename(d, grave)
+            with _os_errors(f"delete topic {name!r}", d):
+                os.rename(d, grave)
             _storage.fsync_dir(os.path.join(self.path, "topics"))
         shutil.rmtree(grave, ignore_errors=True)
 
