@@ -202,6 +202,7 @@ class RecoveryMixin:
         seg = self._open_segment(base)
         try:
             _storage.truncate_file(seg.path, r["end_pos"])
+            seg.refresh_size()           # its allocated size shrank with the truncate
             seg.grow(max(r["end_pos"], 1))
         finally:
             seg.close()
