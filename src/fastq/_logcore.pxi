@@ -340,6 +340,10 @@ cdef class LogCore:
 
     cdef int _check_open(self) except -1:
         if self._closed or self.st == NULL:
+            if self._forked:
+                from fastq.errors import UsedAfterFork
+                raise UsedAfterFork(f"log {getattr(self, 'path', '')} was opened before fork(): "
+                                    "it belongs to the parent; open a new one in the child")
             if self._failure is not None:
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
             raise Closed("log is closed")
@@ -861,6 +865,24 @@ cdef class LogCore:
             else:
                 fq_unmap(self.st, FQ_STATE_SIZE)
             self.st = NULL
+        if self.state_fd >= 0:
+            c_close(self.state_fd)
+            self.state_fd = -1
+
+    def _release_after_fork(self):
+        """In a forked child: unmap this process's copy of the state and close its
+        descriptor, and nothing else — no notify, no flock change (the flock belongs to
+        the open file description the parent shares), no wait for threads that were
+        in _wait in the parent (they do not exist here)."""
+        self._forked = True
+        self._closed = True
+        self._in_wait = 0
+        if self.st != NULL:
+            fq_unmap(self.st, FQ_STATE_SIZE)
+            self.st = NULL
+        if self._st_unmap != NULL:
+            fq_unmap(self._st_unmap, FQ_STATE_SIZE)
+            self._st_unmap = NULL
         if self.state_fd >= 0:
             c_close(self.state_fd)
             self.state_fd = -1

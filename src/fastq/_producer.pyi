@@ -10,6 +10,7 @@ class ProducerCore:
     linger: float               # seconds; 0 = append inside every send
     _drain_at: int              # ring bytes in use that make send drain inline
     _closed: bool
+    _forked: bool               # inherited across fork(): the ring is the parent's
     _error: BaseException | None
     def _init_core(self, topic: Any, ring: Ring, linger: float, drain_at: int) -> None: ...
     def send(self, value: Any, *, key: Any = None, headers: Any = None, partition: int | None = None,

@@ -20,7 +20,7 @@ from fastq._storage cimport LogCore, RecordMetadata, RecScratch, fq_kafka_partit
 
 import random
 
-from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull
+from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, UsedAfterFork
 from fastq._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
 
 __all__ = ["ProducerCore", "memory_publish"]
@@ -75,6 +75,7 @@ cdef class ProducerCore:
     cdef public double linger            # seconds; 0 = append inside every send
     cdef public int64_t _drain_at        # ring bytes in use that make send drain inline
     cdef public bint _closed
+    cdef public bint _forked             # inherited across fork(): the ring is the parent's
     cdef public object _error            # from a background drain, raised by the next call
     cdef int32_t _sticky                 # this producer's sticky partition (unkeyed records)
     cdef int64_t _sticky_bytes           # bytes sent to it since it was chosen
@@ -113,6 +114,9 @@ cdef class ProducerCore:
         cdef Ring ring = self._ring
         cdef LogCore lg
         if self._closed:
+            if self._forked:
+                raise UsedAfterFork(f"producer of topic {self.topic.name!r} was created before "
+                                    "fork(): it belongs to the parent; open a new one in the child")
             raise Closed("producer is closed")
         if self._error is not None:
             err, self._error = self._error, None
@@ -259,6 +263,9 @@ def memory_publish(self, value, *, key=None, headers=None, partition=None, times
         self._check_partition(partition)
     ring = self._ring
     if ring is None:
+        if getattr(self, "_forked", False):
+            raise UsedAfterFork(f"memory topic {self.name!r} was opened before fork(): it belongs "
+                                "to the parent; open the broker again in the child")
         raise Closed(f"topic {self.name!r} is closed")
     if self._state.map[_MODE_AT] == _MODE_RING:
         try:

@@ -178,6 +178,7 @@ cdef class LogCore:
     cdef public int64_t index_interval  # bytes between .index entries
     cdef public bint _closed            # close() has run (or the log failed)
     cdef public bint _closing           # close() has begun: appends and lock takers raise Closed
+    cdef public bint _forked            # inherited across fork(): released in the child (fastq.log)
     cdef public object _failure         # why the log failed (a failed fsync), else None
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ._producer import ProducerCore
 from ._ring import Ring
-from .errors import Closed, InvalidArgument, RingFull
+from .errors import Closed, InvalidArgument, RingFull, UsedAfterFork
 from .topic import RecordMetadata
 
 __all__ = ["Producer"]
@@ -146,8 +146,24 @@ class Producer(ProducerCore):
             except BaseException as e:  # reported to the caller on its next call
                 self._error = e
 
+    def _check_fork(self) -> None:
+        if self._forked:
+            raise UsedAfterFork(f"producer of topic {self.topic.name!r} was created before fork(): "
+                                "it belongs to the parent; open a new one in the child")
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: the accumulator is shared memory that the parent's linger
+        thread drains, so the child must never take from it (it would append, or lose,
+        the parent's records). Mark the producer closed; leave the ring alone."""
+        self._forked = True
+        self._closed = True
+        self._thread = None
+        self._error = None
+        self._drain_lock = threading.Lock()      # may have been held by a parent thread
+
     def flush(self) -> int:
         """Append every record sent before this call now; returns how many were appended."""
+        self._check_fork()
         self._raise_pending_error()
         n = self._drain(len(self._ring) or None) if len(self._ring) else 0
         self._raise_pending_error()
@@ -156,10 +172,12 @@ class Producer(ProducerCore):
     @property
     def pending(self) -> int:
         """Records sent but not yet appended (a snapshot)."""
+        self._check_fork()
         return 0 if self._ring.closed else len(self._ring)
 
     def close(self) -> None:
-        """Flush and stop the linger thread. Idempotent."""
+        """Flush and stop the linger thread. Idempotent. In a forked child, a producer
+        inherited from the parent is already closed: this returns at once."""
         if self._closed:
             return
         try:
