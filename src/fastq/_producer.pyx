@@ -110,43 +110,58 @@ cdef class ProducerCore:
             self._sticky = nxt if nxt < self._sticky else nxt + 1
         return self._sticky
 
-    def send(self, value, *, key=None, headers=None, partition=None, timestamp=None):
-        """Queue one record for its partition: ``partition`` if given, else Kafka's
-        default partitioner for a key (murmur2, positive modulo), else this producer's
-        sticky partition. Returns nothing (see ``on_delivery``)."""
-        cdef int32_t p, nparts
-        cdef Ring ring = self._ring
+    cdef int32_t _partition_for(self, object value, object key, object partition) except -1:
+        """``partition`` if given (checked), else Kafka's default partitioner for a key,
+        else this producer's sticky partition."""
+        cdef int32_t nparts
+        if partition is None and key is None:
+            self._sticky_bytes += PyBytes_GET_SIZE(value) if type(value) is bytes else _STICKY_BYTES
+            if self._sticky < 0 or self._sticky_bytes >= _STICKY_BYTES:
+                self._next_sticky(self.topic.partitions)
+            return self._sticky
+        if partition is None:
+            if type(key) is not bytes:
+                key = _key_bytes(key)
+            return fq_kafka_partition(<const uint8_t *>PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key),
+                                      self.topic.partitions)
+        nparts = self.topic.partitions
+        if not isinstance(partition, int) or isinstance(partition, bool):
+            raise InvalidArgument(f"partition must be an int, got {type(partition).__name__}")
+        if not 0 <= partition < nparts:
+            raise InvalidArgument(f"partition {partition} out of range: topic {self.topic.name!r} has "
+                                  f"partitions 0..{nparts - 1}")
+        return partition
+
+    cdef int _check_ts(self, int32_t p, object timestamp) except -1:
+        """A timestamp the log refuses (max_timestamp_ahead_ms) is refused now, not at
+        the drain."""
         cdef LogCore lg
+        if timestamp is not None and type(timestamp) is int and 0 <= timestamp < (1 << 62):
+            lg = self._log_of(p)
+            if lg._ts_ahead_ms >= 0:
+                lg._check_ahead(timestamp)
+        return 0
+
+    cdef int _check_usable(self) except -1:
         if self._closed:
             if self._forked:
                 raise UsedAfterFork(f"producer of topic {self.topic.name!r} was created before "
                                     "fork(): it belongs to the parent; open a new one in the child")
             raise Closed("producer is closed")
+        return 0
+
+    def send(self, value, *, key=None, headers=None, partition=None, timestamp=None):
+        """Queue one record for its partition: ``partition`` if given, else Kafka's
+        default partitioner for a key (murmur2, positive modulo), else this producer's
+        sticky partition. Returns nothing (see ``on_delivery``). Raises, with nothing
+        queued, for a record the log could never take (RecordTooLarge, InvalidArgument)."""
+        cdef int32_t p
+        cdef Ring ring = self._ring
+        self._check_usable()
         if self._error is not None:
             self._retry_or_raise()         # an earlier drain failed: retry its held records
-        if partition is None and key is None:
-            self._sticky_bytes += PyBytes_GET_SIZE(value) if type(value) is bytes else _STICKY_BYTES
-            if self._sticky < 0 or self._sticky_bytes >= _STICKY_BYTES:
-                self._next_sticky(self.topic.partitions)
-            p = self._sticky
-        elif partition is None:
-            if type(key) is not bytes:
-                key = _key_bytes(key)
-            p = fq_kafka_partition(<const uint8_t *>PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key),
-                                   self.topic.partitions)
-        else:
-            nparts = self.topic.partitions
-            if not isinstance(partition, int) or isinstance(partition, bool):
-                raise InvalidArgument(f"partition must be an int, got {type(partition).__name__}")
-            if not 0 <= partition < nparts:
-                raise InvalidArgument(f"partition {partition} out of range: topic {self.topic.name!r} has "
-                                      f"partitions 0..{nparts - 1}")
-            p = partition
-        if timestamp is not None and type(timestamp) is int and 0 <= timestamp < (1 << 62):
-            # refused now, not at the drain (which would drop the records queued with it)
-            lg = self._log_of(p)
-            if lg._ts_ahead_ms >= 0:
-                lg._check_ahead(timestamp)
+        p = self._partition_for(value, key, partition)
+        self._check_ts(p, timestamp)
         self._check_size(p, value, key, headers)
         try:
             ring._put_rec(<uint32_t>p, value, key, headers, timestamp, 0)
@@ -165,6 +180,26 @@ cdef class ProducerCore:
                 self._drain()
             except Exception as e:
                 self._error = e
+
+    def _put_nowait(self, value, key=None, headers=None, partition=None, timestamp=None):
+        """``send`` that never drains and never waits (fastq.aio): 1 when the record is
+        queued and a drain is due, 0 when it is queued and none is due, -1 when it was
+        not queued because ``send`` itself would have to append (the accumulator is
+        full, the record bypasses it, or an earlier drain failed). Bad records raise as
+        in ``send``."""
+        cdef int32_t p
+        cdef Ring ring = self._ring
+        self._check_usable()
+        if self._error is not None or self._held:
+            return -1
+        p = self._partition_for(value, key, partition)
+        self._check_ts(p, timestamp)
+        self._check_size(p, value, key, headers)
+        try:
+            ring._put_rec(<uint32_t>p, value, key, headers, timestamp, 0)
+        except (RecordTooLarge, RingFull):
+            return -1
+        return 1 if self.linger == 0 or <int64_t>ring._used() >= self._drain_at else 0
 
     def _drain_ring(self, Py_ssize_t limit, bint want_timestamps, list out):
         """Take up to `limit` records from the ring and append them: per partition, in
