@@ -134,3 +134,30 @@ def test_topic_closed_under_producer_keeps_records_and_close_reports_them(broker
     assert "5 record" in str(ei.value)
     t2 = broker.topic("t")
     assert _values(t2) == []
+
+
+def test_failed_fsync_after_commit_is_reported_and_not_appended_twice(broker):
+    t = broker.topic("t", durability="always")
+    lg = t.log(0)
+    real = lg._after_append
+    calls = []
+
+    def fail_once(done_offset):       # the batch is committed; its fsync "fails"
+        calls.append(done_offset)
+        if len(calls) == 1:
+            raise StorageError(f"injected: fsync before offset {done_offset} failed")
+        return real(done_offset)
+
+    lg._after_append = fail_once
+    delivered = []
+    p = t.producer(linger_ms=1000, on_delivery=lambda m: delivered.append(m.offset))
+    for i in range(5):
+        p.send(b"%d" % i, partition=0)
+    with pytest.raises(StorageError, match="injected"):
+        p.flush()
+    assert p.pending == 0                     # appended: nothing held to append again
+    p.send(b"5", partition=0)
+    p.close()
+    del lg._after_append
+    assert _values(t) == [b"%d" % i for i in range(6)]
+    assert delivered == list(range(6))

@@ -521,7 +521,13 @@ cdef class LogCore:
         finally:
             self._unlock()
         if self._durability:
-            self._after_append(done_offset)
+            try:
+                self._after_append(done_offset)
+            except BaseException as e:
+                # committed (readable, maybe not durable): a caller that retries must
+                # not append these records again (fastq.producer holds failed drains)
+                e.appended_offset = first
+                raise
         return first
 
     cdef int _check_ahead(self, int64_t ts) except -1:

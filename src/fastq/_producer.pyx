@@ -366,12 +366,27 @@ cdef class ProducerCore:
                     _fill(frames + i, sc.recs + k, sc.hdrs + at)
                     at += frames[i].n_headers
                     k += 1
-            base = lg._append_recs(sc.recs, <int32_t>k)
-            for i in range(start, stop):
-                if frames[i].partition == part:
-                    done[i] = 1
-            out.append((part, base, k, [sc.recs[i].timestamp for i in range(k)] if want_ts else None))
+            try:
+                base = lg._append_recs(sc.recs, <int32_t>k)
+            except BaseException as e:
+                base = getattr(e, "appended_offset", -1)
+                if base < 0:
+                    raise
+                # committed, then the fsync failed: appended, not to be held and
+                # appended again; the error still goes to the caller
+                self._appended(fr, part, start, stop, done, out, base, k, sc, want_ts)
+                raise
+            self._appended(fr, part, start, stop, done, out, base, k, sc, want_ts)
             start = stop
+
+    cdef int _appended(self, _Frames fr, uint32_t part, Py_ssize_t start, Py_ssize_t stop, uint8_t *done,
+                       list out, int64_t base, Py_ssize_t k, RecScratch sc, bint want_ts) except -1:
+        cdef Py_ssize_t i
+        for i in range(start, stop):
+            if fr.f[i].partition == part:
+                done[i] = 1
+        out.append((part, base, k, [sc.recs[i].timestamp for i in range(k)] if want_ts else None))
+        return 0
 
     cdef int _check_size(self, int32_t p, object value, object key, object headers) except -1:
         """RecordTooLarge, before anything is queued, for a record the partition's log

@@ -71,7 +71,9 @@ class Producer(ProducerCore):
     first retries them and raises if that still fails (a ``send`` that raises has
     queued nothing); a later drain appends them before anything newer. ``close`` that
     still cannot append them raises the error, saying how many records are dropped
-    with the producer.
+    with the producer. A batch committed before its fsync failed (``"group"``/``"always"``)
+    is appended — readable, reported to ``on_delivery`` — and never appended again; the
+    error still reaches the caller.
 
     Back pressure: the accumulator holds at most ``max_pending`` records and
     ``buffer_bytes`` bytes (a power of two, default 4 MiB). A ``send`` that finds it full
