@@ -69,6 +69,8 @@ def test_cancelled_poll_consumes_nothing_next_poll_and_commit_continue_in_order(
             await c.commit()
             assert await c.committed() == {0: 15}
             await c.close()
+            with pytest.raises(Closed):
+                await c.poll(1, timeout=0)
     run(main())
 
 

@@ -3,10 +3,12 @@
 ``broker = await fastq.open_async(path)`` returns an :class:`AsyncBroker`.
 
 Inline or thread — the rule: nothing that can block runs on the event loop. A call runs
-inline only when it provably cannot wait: a publish to a log topic under ``"os"``
-durability whose partition logs are all open (a copy into the page cache under the
-writer lock, which a process holds for an append's microseconds and a dead one loses
-within a millisecond), a publish to a memory topic whose overflow policy never waits
+inline only when it cannot wait for another party or for the disk: a publish to a log
+topic under ``"os"`` durability whose partition logs are all open (a copy into the page
+cache under the writer lock, which a process holds for an append's microseconds and a
+dead one loses within a millisecond; the one piece of file-system work left inline is
+the roll once per ``segment_bytes``, which creates and preallocates the next segment
+file without syncing it), a publish to a memory topic whose overflow policy never waits
 (``"reject"``, ``"drop-oldest"``) or, under ``"block"``, that finds room at once (tried
 with ``timeout=0``), and a producer ``send`` that only copies into the accumulator.
 Everything else runs in a worker thread: opening a partition log (flock, recovery),
@@ -153,21 +155,20 @@ class AsyncTopic:
 
     async def read(self, partition: int, offset: int | None = None, *, timestamp: int | None = None,
                    end: int | None = None, chunk: int = 1000) -> AsyncIterator:
-        """Replay a partition (see ``Topic.read``), yielding to the loop every ``chunk``
-        records."""
+        """Replay a partition (see ``Topic.read``), ``chunk`` records at a time read in a
+        thread (a cold segment's pages come from the disk)."""
         reader = await _to_thread(self.sync.read, partition, offset, timestamp=timestamp, end=end)
         read_many = getattr(reader, "read_many", None)
+        if read_many is None:
+            def read_many(n):
+                return [r for _, r in zip(range(n), reader)]
         while True:
-            if read_many is not None:
-                recs = read_many(chunk)
-            else:
-                recs = [r for _, r in zip(range(chunk), reader)]
+            recs = await _to_thread(read_many, chunk)
             if not recs:
                 return
             for r in recs:
                 yield r
             del recs
-            await asyncio.sleep(0)
 
     async def end_offsets(self) -> dict[int, int]:
         return await _to_thread(self.sync.end_offsets)
@@ -233,9 +234,13 @@ class AsyncConsumer:
     _stash: list           # memory consumer: records a cancelled poll took (worker side)
     _closing: Any          # the close in progress (an asyncio future), once close() began
 
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        if self._closing is not None:         # the pool is shut down: say what happened
+            raise Closed("consumer is closed")
+        return self._pool.submit(fn, *args)
+
     async def _call(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(functools.partial(fn, *args, **kwargs)))
 
     def _poll_sync(self, max_records: int, timeout: float) -> list:
         return self.sync.poll(max_records, timeout)
@@ -261,11 +266,11 @@ class AsyncConsumer:
                         pass
 
     async def _poll_once(self, max_records: int, timeout: float) -> list:
-        cf = self._pool.submit(self._poll_sync, max_records, timeout)
+        cf = self._submit(self._poll_sync, max_records, timeout)
         try:
             return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
-            if not cf.cancel():
+            if not cf.cancel() and self._closing is None:
                 # the worker runs (or ran) it: queued next, before any later call, the
                 # give-back undoes what it took
                 self._pool.submit(self._give_back, cf)
