@@ -128,7 +128,10 @@ _OPEN_BROKERS: "weakref.WeakSet[Broker]" = weakref.WeakSet()   # this process's 
 
 def _after_fork_in_child() -> None:
     for b in list(_OPEN_BROKERS):
-        b._abandon_after_fork()
+        try:
+            b._abandon_after_fork()
+        except Exception:             # (a descriptor closed under us): the others still go
+            pass
     _OPEN_BROKERS.clear()
 
 
@@ -201,7 +204,10 @@ class Broker:
         self._closed = True
         self._mutex = threading.RLock()
         for t in list(self._topics.values()):
-            t._abandon_after_fork()
+            try:
+                t._abandon_after_fork()
+            except Exception:         # release the other topics all the same
+                pass
         self._topics.clear()
 
     def _topic_dir(self, name: str) -> str:

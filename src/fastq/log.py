@@ -184,7 +184,10 @@ def _after_fork_in_child() -> None:
     if _PRETOUCHER is not None:
         _PRETOUCHER.__init__()
     for lg in list(_OPEN_LOGS):
-        lg._abandon_after_fork()
+        try:
+            lg._abandon_after_fork()
+        except Exception:             # (a descriptor closed under us): the others still go
+            pass
     _OPEN_LOGS.clear()
 
 
