@@ -184,15 +184,17 @@ cdef class ProducerCore:
     def _put_nowait(self, value, key=None, headers=None, partition=None, timestamp=None):
         """``send`` that never drains and never waits (fastq.aio): 1 when the record is
         queued and a drain is due, 0 when it is queued and none is due, -1 when it was
-        not queued because ``send`` itself would have to append (the accumulator is
-        full, the record bypasses it, or an earlier drain failed). Bad records raise as
-        in ``send``."""
+        not queued because ``send`` itself would have to append or open the partition's
+        log (the accumulator is full, the record bypasses it, an earlier drain failed,
+        the log is not open yet). Bad records raise as in ``send``."""
         cdef int32_t p
         cdef Ring ring = self._ring
         self._check_usable()
         if self._error is not None or self._held:
             return -1
         p = self._partition_for(value, key, partition)
+        if self.topic._logs[p] is None:
+            return -1                      # the checks would open the log: flock, recovery
         self._check_ts(p, timestamp)
         self._check_size(p, value, key, headers)
         try:

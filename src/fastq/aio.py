@@ -274,6 +274,7 @@ class AsyncConsumer:
                 # the worker runs (or ran) it: queued next, before any later call, the
                 # give-back undoes what it took
                 self._pool.submit(self._give_back, cf)
+            cf = None                        # the traceback must not pin the records
             raise
 
     async def poll(self, max_records: int = 500, timeout: float | None = None) -> list:
