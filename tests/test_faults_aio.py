@@ -236,7 +236,7 @@ def test_producer_send_that_drains_does_not_block_the_loop(tmp_path):
                 waited.append(ticked.wait(10))
 
             p = t.producer(linger_ms=0, on_delivery=on_delivery)   # every send drains
-            await p.send(b"x")
+            p.send(b"x")                               # (its future need not be awaited)
             await p.flush()
             assert waited and all(waited), "the loop did not tick while the drain ran"
             await p.close()
