@@ -161,3 +161,31 @@ def test_failed_fsync_after_commit_is_reported_and_not_appended_twice(broker):
     del lg._after_append
     assert _values(t) == [b"%d" % i for i in range(6)]
     assert delivered == list(range(6))
+
+
+def test_failed_fsync_in_a_background_drain_is_raised_by_the_next_flush(broker):
+    t = broker.topic("t", durability="always")
+    lg = t.log(0)
+    real = lg._after_append
+    failed = []
+
+    def fail_once(done_offset):
+        if not failed:
+            failed.append(done_offset)
+            raise StorageError("injected: fsync failed")
+        return real(done_offset)
+
+    lg._after_append = fail_once
+    p = t.producer(linger_ms=1)
+    p.send(b"a", partition=0)
+    for _ in range(5000):                     # the linger thread appends it, the fsync fails
+        if p._error is not None:
+            break
+        p._stop.wait(0.001)
+    assert p._error is not None, "the linger thread did not drain within 5 s"
+    with pytest.raises(StorageError, match="injected"):
+        p.flush()                             # nothing held to retry: the error itself
+    p.flush()                                 # reported once
+    p.close()
+    del lg._after_append
+    assert _values(t) == [b"a"]

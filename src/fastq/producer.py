@@ -117,9 +117,13 @@ class Producer(ProducerCore):
             self._thread.start()
 
     def _retry_or_raise(self) -> None:
-        """A background (or inline) drain failed: its records are held. Retry them now;
-        raise what still fails (a send that raises has queued nothing)."""
-        self._error = None
+        """A background (or inline) drain failed. When it held records, retry them now
+        and raise what still fails; when it held none (its batch was appended, then the
+        fsync failed), raise its error: nothing else would report it. A send that
+        raises has queued nothing."""
+        err, self._error = self._error, None
+        if err is not None and not self._held:
+            raise err
         self._drain()
 
     def _append_direct(self, p: int, value, key, headers, timestamp) -> None:
@@ -210,10 +214,12 @@ class Producer(ProducerCore):
         full disk, a closed topic): the records not appended stay pending, in order, for
         the next ``flush``/``send``/``close``."""
         self._check_fork()
-        self._error = None                   # the retry below says whether it still fails
+        err, self._error = self._error, None
+        if err is not None and not self._held:
+            raise err                        # appended, then the fsync failed: say so once
         if not (len(self._ring) or self._held):
             return 0
-        return self._drain(len(self._ring) or None)
+        return self._drain(len(self._ring) or None)   # held records first; raises if failing
 
     @property
     def pending(self) -> int:
