@@ -66,8 +66,9 @@ if os.path.exists("src/fastq/_ring.pyx"):
     extensions.append(ext("fastq._ring", ["src/fastq/_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]))
     # the producer's hot path bridges the ring and the log. It calls the ring through
     # fastq._ring's methods: fq_ring.c keeps per-copy state (its pid cache), so it is
-    # linked into that module only.
-    extensions.append(ext("fastq._producer", ["src/fastq/_producer.pyx", "csrc/fq_hash.c"]))
+    # linked into that module only. fq_batch.c (stateless) sizes a record for send's check.
+    extensions.append(ext("fastq._producer", ["src/fastq/_producer.pyx", "csrc/fq_hash.c", "csrc/fq_batch.c",
+                                              "csrc/fq_varint.c", "csrc/fq_crc32c.c"]))
 
 # Cython regenerates a .c only when its .pyx changes, so switching between debug,
 # sanitizer and release builds must force it, or a release build could keep bounds

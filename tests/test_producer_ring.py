@@ -102,15 +102,19 @@ def test_oversize_record_goes_straight_to_the_log_in_order(broker):
 def test_background_error_is_raised_by_the_next_call(broker):
     t = broker.topic("err", max_record_bytes=1024)
     p = t.producer(linger_ms=1)
-    p.send(b"x" * 4000)            # fits the ring, too large for the log
+    with pytest.raises(RecordTooLarge):
+        p.send(b"x" * 4000)        # fits the ring, too large for the log: rejected by send
+    t.log(0).close()               # the partition's log closes under the producer
+    p.send(b"a", partition=0)
     deadline = time.monotonic() + 5
     while p._error is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    with pytest.raises(RecordTooLarge):
-        p.send(b"ok")
-    p.send(b"ok")                  # reported once
+    with pytest.raises(Closed):    # the next call retries the held record: still failing
+        p.send(b"not queued", partition=0)
+    t._logs[0] = None              # (test only) the topic reopens the partition's log
+    p.send(b"ok", partition=0)     # the retry succeeds: the held record first
     p.close()
-    assert [v for _, v, _ in _values(t, 0)] == [b"ok"]
+    assert [v for _, v, _ in _values(t, 0)] == [b"a", b"ok"]
 
 
 def test_flush_and_close_semantics_and_bad_arguments(broker):

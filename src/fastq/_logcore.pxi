@@ -416,6 +416,10 @@ cdef class LogCore:
 
     cdef int _check_open(self) except -1:
         if self._closed or self.st == NULL:
+            if self._forked:
+                from fastq.errors import UsedAfterFork
+                raise UsedAfterFork(f"log {getattr(self, 'path', '')} was opened before fork(): "
+                                    "it belongs to the parent; open a new one in the child")
             if self._failure is not None:
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
             raise Closed(f"log {getattr(self, 'path', '?')} is closed")
@@ -593,7 +597,13 @@ cdef class LogCore:
         finally:
             self._unlock()
         if self._durability:
-            self._after_append(done_offset)
+            try:
+                self._after_append(done_offset)
+            except BaseException as e:
+                # committed (readable, maybe not durable): a caller that retries must
+                # not append these records again (fastq.producer holds failed drains)
+                e.appended_offset = first
+                raise
         return first
 
     cdef int _check_ahead(self, int64_t ts) except -1:
@@ -945,6 +955,24 @@ cdef class LogCore:
             else:
                 fq_unmap(self.st, FQ_STATE_SIZE)
             self.st = NULL
+        if self.state_fd >= 0:
+            c_close(self.state_fd)
+            self.state_fd = -1
+
+    def _release_after_fork(self):
+        """In a forked child: unmap this process's copy of the state and close its
+        descriptor, and nothing else — no notify, no flock change (the flock belongs to
+        the open file description the parent shares), no wait for threads that were
+        in _wait in the parent (they do not exist here)."""
+        self._forked = True
+        self._closed = True
+        self._in_wait = 0
+        if self.st != NULL:
+            fq_unmap(self.st, FQ_STATE_SIZE)
+            self.st = NULL
+        if self._st_unmap != NULL:
+            fq_unmap(self._st_unmap, FQ_STATE_SIZE)
+            self._st_unmap = NULL
         if self.state_fd >= 0:
             c_close(self.state_fd)
             self.state_fd = -1

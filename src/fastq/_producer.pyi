@@ -10,12 +10,19 @@ class ProducerCore:
     linger: float               # seconds; 0 = append inside every send
     _drain_at: int              # ring bytes in use that make send drain inline
     _closed: bool
+    _forked: bool               # inherited across fork(): the ring is the parent's
     _error: BaseException | None
     def _init_core(self, topic: Any, ring: Ring, linger: float, drain_at: int) -> None: ...
     def send(self, value: Any, *, key: Any = None, headers: Any = None, partition: int | None = None,
              timestamp: int | None = None) -> None: ...
+    _held: list[bytes]          # framed records a failed drain took: appended first by the next
+    _max_record: int            # the topic's max_record_bytes (send's size check)
+    def _put_nowait(self, value: Any, key: Any = None, headers: Any = None, partition: int | None = None,
+                    timestamp: int | None = None) -> int: ...   # 1 queued, drain due; 0 queued; -1 not queued
     def _drain_ring(self, limit: int, want_timestamps: bool,
                     out: list[tuple[int, int, int, list[int] | None]]) -> int: ...
+    def _drain_held(self, want_timestamps: bool, out: list[tuple[int, int, int, list[int] | None]]) -> int: ...
+    def _hold_ring(self) -> int: ...
 
 MEMORY_MODE_AT: int     # memory.state: offset of the mode byte
 MEMORY_MODE_RING: int   # mode: publishers put into the ring

@@ -181,6 +181,7 @@ cdef class LogCore:
     cdef public bint _closing           # close() has begun: appends and lock takers raise Closed
     cdef public bint _exclusive         # opening alone (exclusive state flock): may write state unlocked
     cdef public bint _readonly          # readonly=True: state is a private copy; the writer lock refuses
+    cdef public bint _forked            # inherited across fork(): released in the child (fastq.log)
     cdef public object _failure         # why the log failed (a failed fsync), else None
     cdef public int64_t _active_created_ms  # when the active segment was created (for segment_ms)
     cdef public object topic_name       # topic this log is a partition of (str) or None

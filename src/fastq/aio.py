@@ -1,24 +1,46 @@
 """asyncio flavour of the broker: the same surface, as coroutines and async iterators.
 
-``broker = await fastq.open_async(path)`` returns an :class:`AsyncBroker`. Calls that can
-block (fsync under ``"group"``/``"always"`` durability, waiting for records, file
-creation) run in worker threads; calls that take microseconds (a publish under ``"os"``
-durability, a commit) run inline on the event loop. Blocking waits are sliced (100 ms),
-so cancelling a task that waits in ``poll`` or ``async for`` takes effect promptly.
+``broker = await fastq.open_async(path)`` returns an :class:`AsyncBroker`.
+
+Inline or thread — the rule: nothing that can block runs on the event loop. A call runs
+inline only when it cannot wait for another party or for the disk: a publish to a log
+topic under ``"os"`` durability whose partition logs are all open (a copy into the page
+cache under the writer lock, which a process holds for an append's microseconds and a
+dead one loses within a millisecond; the one piece of file-system work left inline is
+the roll once per ``segment_bytes``, which creates and preallocates the next segment
+file without syncing it), a publish to a memory topic whose overflow policy never waits
+(``"reject"``, ``"drop-oldest"``) or, under ``"block"``, that finds room at once (tried
+with ``timeout=0``), and a producer ``send`` that only copies into the accumulator.
+Everything else runs in a worker thread: opening a partition log (flock, recovery),
+fsync (``"group"``/``"always"``), a full memory ring (``"block"``) or a spill append,
+a producer drain, waiting for records, file creation. Blocking waits are sliced
+(100 ms).
+
+Cancellation: a cancelled await (``task.cancel()``, ``asyncio.wait_for`` timing out)
+consumes nothing and loses nothing acknowledged. A worker thread cannot be stopped, so
+what it does after the cancel is made harmless: records a cancelled ``poll`` (or ``async
+for``) took are given back before the consumer's next call runs (the log consumer seeks
+back to them; the memory consumer keeps them and hands them out first), so the next
+poll continues at the first record not handed out and ``commit()`` never covers them.
+A cancelled ``close`` still closes (in the background); a cancelled ``publish`` or
+producer ``send`` may or may not have appended its record, which was not acknowledged
+either way; a cancelled ``flush`` keeps flushing.
 
 Each :class:`AsyncConsumer` runs its consumer in one dedicated thread, so the underlying
-sync :class:`fastq.consumer.Consumer` is never used from two threads at once.
+sync :class:`fastq.consumer.Consumer` is never used from two threads at once, and work
+queued there runs in call order.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import time
 from typing import Any, AsyncIterator
 
 from .broker import Broker
-from .errors import Closed
+from .errors import Closed, OffsetOutOfRange, RingFull
 from .topic import BatchMetadata, RecordMetadata, Topic
 
 __all__ = ["open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer", "AsyncProducer"]
@@ -88,41 +110,65 @@ class AsyncTopic:
     """Async face of :class:`fastq.Topic`."""
 
     def __init__(self, topic: Topic):
+        from .memtopic import MemoryTopic
+
         self.sync = topic
         self.name = topic.name
         self.partitions = topic.partitions
-        self._inline = topic.durability == "os"     # no fsync: an append takes microseconds
+        # how a publish runs (see the module docstring, "Inline or thread")
+        if isinstance(topic, MemoryTopic):
+            self._how = {"reject": "inline", "drop-oldest": "inline", "block": "try"}.get(topic.overflow, "thread")
+        else:
+            self._how = "open-logs" if topic.durability == "os" else "thread"
+
+    def _inline(self) -> bool:
+        how = self._how
+        if how == "open-logs":                # a first publish opens a log: flock, recovery
+            if None in self.sync._logs:
+                return False
+            self._how = how = "inline"
+        return how == "inline"
 
     async def publish(self, value, **options) -> RecordMetadata:
-        if self._inline:
+        if self._inline():
             return self.sync.publish(value, **options)
+        if self._how == "try" and options.get("timeout") != 0:
+            try:
+                return self.sync.publish(value, **{**options, "timeout": 0})
+            except RingFull:
+                pass                          # full: wait for room in a thread
         return await _to_thread(self.sync.publish, value, **options)
 
     async def publish_many(self, values, **options) -> BatchMetadata:
-        if self._inline:
+        if self._inline():
             return self.sync.publish_many(values, **options)
+        if self._how == "try" and options.get("timeout") != 0:
+            values = list(values)
+            try:
+                return self.sync.publish_many(values, **{**options, "timeout": 0})
+            except RingFull:
+                pass
         return await _to_thread(self.sync.publish_many, values, **options)
 
     def producer(self, **options) -> "AsyncProducer":
-        return AsyncProducer(self.sync.producer(**options))
+        return AsyncProducer(self.sync.producer(**options), inline=self._how == "inline")
 
     async def read(self, partition: int, offset: int | None = None, *, timestamp: int | None = None,
                    end: int | None = None, chunk: int = 1000) -> AsyncIterator:
-        """Replay a partition (see ``Topic.read``), yielding to the loop every ``chunk``
-        records."""
+        """Replay a partition (see ``Topic.read``), ``chunk`` records at a time read in a
+        thread (a cold segment's pages come from the disk)."""
         reader = await _to_thread(self.sync.read, partition, offset, timestamp=timestamp, end=end)
         read_many = getattr(reader, "read_many", None)
+        if read_many is None:
+            def read_many(n):
+                return [r for _, r in zip(range(n), reader)]
         while True:
-            if read_many is not None:
-                recs = read_many(chunk)
-            else:
-                recs = [r for _, r in zip(range(chunk), reader)]
+            recs = await _to_thread(read_many, chunk)
             if not recs:
                 return
             for r in recs:
                 yield r
             del recs
-            await asyncio.sleep(0)
 
     async def end_offsets(self) -> dict[int, int]:
         return await _to_thread(self.sync.end_offsets)
@@ -149,9 +195,14 @@ class AsyncTopic:
         ac = cls.__new__(cls)
         ac._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fastq-consumer-{self.name}")
         ac._buffer = []
+        ac._stash = []
+        ac._closing = None
+        cf = ac._pool.submit(self.sync.consumer, group, **options)
         try:
-            ac.sync = await ac._call(self.sync.consumer, group, **options)
+            ac.sync = await asyncio.wrap_future(cf)
         except BaseException:
+            if not cf.cancel():               # created meanwhile (cancelled await): close it
+                ac._pool.submit(_close_result, cf)
             ac._pool.shutdown(wait=False)
             raise
         return ac
@@ -163,28 +214,80 @@ class AsyncTopic:
         return f"<fastq.AsyncTopic {self.name!r} partitions={self.partitions}>"
 
 
+def _close_result(cf: concurrent.futures.Future) -> None:
+    """In the worker: close what a cancelled creation made after all."""
+    try:
+        obj = cf.result()
+    except BaseException:
+        return
+    obj.close()
+
+
 class AsyncConsumer:
     """Async face of :class:`fastq.consumer.Consumer`: ``await poll()``, ``async for``,
-    and every other method as a coroutine. Create with ``await topic.consumer(...)``."""
+    and every other method as a coroutine. Create with ``await topic.consumer(...)``.
+    A cancelled ``poll``/``async for`` consumes nothing (see the module docstring)."""
 
     sync: Any
     _pool: concurrent.futures.ThreadPoolExecutor
-    _buffer: list
+    _buffer: list          # fetched ahead by ``async for``, not handed out yet (loop side)
+    _stash: list           # memory consumer: records a cancelled poll took (worker side)
+    _closing: Any          # the close in progress (an asyncio future), once close() began
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        if self._closing is not None:         # the pool is shut down: say what happened
+            raise Closed("consumer is closed")
+        return self._pool.submit(fn, *args)
 
     async def _call(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(functools.partial(fn, *args, **kwargs)))
+
+    def _poll_sync(self, max_records: int, timeout: float) -> list:
+        return self.sync.poll(max_records, timeout)
+
+    def _give_back(self, cf: concurrent.futures.Future) -> None:
+        """In the worker, after a poll whose await was cancelled: seek each partition
+        back to the first record it returned, as if that poll had not run."""
+        try:
+            recs = cf.result()
+        except BaseException:
+            return
+        first: dict[int, int] = {}
+        for r in recs:
+            first.setdefault(r.partition, r.offset)
+        del recs
+        if first and not self.sync.closed:
+            owned = set(self.sync.assignment())
+            for p, off in first.items():
+                if p in owned:
+                    try:
+                        self.sync.seek(p, off)
+                    except OffsetOutOfRange:  # deleted meanwhile: the position resets anyway
+                        pass
+
+    async def _poll_once(self, max_records: int, timeout: float) -> list:
+        cf = self._submit(self._poll_sync, max_records, timeout)
+        try:
+            return await asyncio.wrap_future(cf)
+        except asyncio.CancelledError:
+            if not cf.cancel() and self._closing is None:
+                # the worker runs (or ran) it: queued next, before any later call, the
+                # give-back undoes what it took
+                self._pool.submit(self._give_back, cf)
+            cf = None                        # the traceback must not pin the records
+            raise
 
     async def poll(self, max_records: int = 500, timeout: float | None = None) -> list:
         """Up to ``max_records`` records; waits up to ``timeout`` s (None: until some
-        arrive) in 100 ms slices, so cancellation is prompt."""
+        arrive) in 100 ms slices, so cancellation is prompt. A cancelled poll hands out
+        nothing and consumes nothing."""
         if self._buffer:
             out, self._buffer = self._buffer[:max_records], self._buffer[max_records:]
             return out
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
-            recs = await self._call(self.sync.poll, max_records, left)
+            recs = await self._poll_once(max_records, left)
             if recs or (deadline is not None and time.monotonic() >= deadline):
                 return recs
 
@@ -254,23 +357,25 @@ class AsyncConsumer:
         return self.sync.closed
 
     async def close(self) -> None:
-        first = self._undelivered()
-        self._buffer = []
+        """Close (idempotent). Cancelling the await does not stop the close: it finishes
+        in the consumer's thread, and a later ``close()`` waits for it."""
+        if self._closing is None:
+            first = self._undelivered()
+            self._buffer = []
 
-        def rewind_and_close():
-            # records fetched ahead but never handed out must not count as consumed
-            # when close() auto-commits
-            if not self.sync.closed:
-                owned = set(self.sync.assignment())
-                for p, off in first.items():
-                    if p in owned:
-                        self.sync.seek(p, off)
-            self.sync.close()
+            def rewind_and_close():
+                # records fetched ahead but never handed out must not count as consumed
+                # when close() auto-commits
+                if not self.sync.closed:
+                    owned = set(self.sync.assignment())
+                    for p, off in first.items():
+                        if p in owned:
+                            self.sync.seek(p, off)
+                self.sync.close()
 
-        try:
-            await self._call(rewind_and_close)
-        finally:
-            self._pool.shutdown(wait=True)
+            self._closing = asyncio.wrap_future(self._pool.submit(rewind_and_close))
+            self._pool.shutdown(wait=False)           # the queued close still runs
+        await asyncio.shield(self._closing)
 
     async def __aenter__(self) -> "AsyncConsumer":
         return self
@@ -290,31 +395,160 @@ class AsyncMemoryConsumer(AsyncConsumer):
     async def commit(self, what=None) -> None:
         self.sync.commit(what)
 
-    async def close(self) -> None:
-        self._buffer = []
+    def _poll_sync(self, max_records: int, timeout: float) -> list:
+        if self._stash:                      # taken by a cancelled poll: first in line
+            out, self._stash = self._stash[:max_records], self._stash[max_records:]
+            return out
+        return self.sync.poll(max_records, timeout)
+
+    def _give_back(self, cf: concurrent.futures.Future) -> None:
+        """Records are taken from the ring, not positioned: keep those a cancelled poll
+        took for the next poll (at-most-once still: lost if the consumer closes first)."""
         try:
-            await self._call(self.sync.close)
-        finally:
-            self._pool.shutdown(wait=True)
+            self._stash = cf.result() + self._stash
+        except BaseException:
+            pass
+
+    async def close(self) -> None:
+        if self._closing is None:
+            self._buffer = []
+
+            def close():
+                self._stash = []
+                self.sync.close()
+
+            self._closing = asyncio.wrap_future(self._pool.submit(close))
+            self._pool.shutdown(wait=False)
+        await asyncio.shield(self._closing)
 
 
 class AsyncProducer:
-    """Async face of :class:`fastq.producer.Producer`: ``send`` queues (no await
-    needed), ``await flush()`` / ``await close()`` append what is pending."""
+    """Async face of :class:`fastq.producer.Producer` (and of a memory topic's producer).
 
-    def __init__(self, producer):
+    ``send`` never blocks the loop and needs no await: when the record only has to be
+    copied into the accumulator it is queued inline (a drain that is due then runs in a
+    thread); otherwise — the accumulator is full, the record bypasses it, an earlier
+    drain failed, or a memory topic may wait for room — it joins a backlog that a worker
+    thread feeds to the sync producer in send order (later sends queue behind it).
+    ``send`` returns a future: done once the record is queued; await it for back
+    pressure and for the error of a record the backlog could not queue (a record the
+    log can never take raises from ``send`` itself). A backlog error is also raised by
+    the next ``flush``/``close``. ``await flush()`` / ``await close()`` append what is
+    pending, in a thread."""
+
+    def __init__(self, producer, inline: bool = True):
         self.sync = producer
+        self._put_nowait = getattr(producer, "_put_nowait", None)   # None: a memory producer
+        self._inline = inline                 # memory producer: its publish never waits
+        self._backlog: collections.deque = collections.deque()    # (value, options, future)
+        self._worker: asyncio.Task | None = None
+        self._draining = False                # a drain runs in a thread
+        self._done: asyncio.Future | None = None
+        self._error: BaseException | None = None
 
-    def send(self, value, **options) -> None:
-        if self.sync._closed:
-            raise Closed("producer is closed")
-        self.sync.send(value, **options)
+    def _queued(self, loop) -> asyncio.Future:
+        fut = self._done
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._done = loop.create_future()
+            fut.set_result(None)
+        return fut
+
+    def send(self, value, **options) -> asyncio.Future:
+        """Queue one record (see the class docstring); returns a future done once it is
+        queued. Raises at once, queueing nothing, for a closed producer or a record the
+        log can never take."""
+        sync = self.sync
+        loop = asyncio.get_running_loop()
+        if sync._closed:
+            sync.send(value, **options)        # raises Closed (UsedAfterFork after fork)
+        if not self._backlog:
+            if self._put_nowait is not None:
+                rc = self._put_nowait(value, **options)
+                if rc >= 0:
+                    if rc:
+                        self._start_drain(loop)
+                    return self._queued(loop)
+            elif self._inline:
+                sync.send(value, **options)
+                return self._queued(loop)
+        fut = loop.create_future()
+        self._backlog.append((value, options, fut))
+        if self._worker is None:
+            self._worker = loop.create_task(self._feed())
+        return fut
+
+    def _start_drain(self, loop) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        loop.run_in_executor(None, self._drain_in_thread).add_done_callback(self._drained)
+
+    def _drain_in_thread(self) -> None:
+        sync = self.sync
+        try:
+            sync._drain()
+            while sync.linger == 0 and len(sync._ring) and not sync._closed:
+                sync._drain()
+        except Exception as e:                 # held by the producer; the next call retries
+            sync._error = e
+
+    def _drained(self, _fut) -> None:
+        self._draining = False
+        sync = self.sync
+        if sync.linger == 0 and not sync._closed and len(sync._ring):
+            self._start_drain(asyncio.get_running_loop())   # a send raced with the end
+
+    def _send_all(self, items: list) -> list:
+        """In a worker thread: the sync send of each backlog item (it may drain, wait for
+        room, append directly); an item whose future was cancelled is skipped."""
+        out = []
+        for value, options, fut in items:
+            if fut.cancelled():
+                out.append(None)
+                continue
+            try:
+                self.sync.send(value, **options)
+                out.append(None)
+            except Exception as e:
+                out.append(e)
+        return out
+
+    async def _feed(self) -> None:
+        try:
+            while self._backlog:
+                items = list(self._backlog)
+                results = await _to_thread(self._send_all, items)
+                for (_, _, fut), err in zip(items, results):
+                    self._backlog.popleft()
+                    if err is not None and self._error is None:
+                        self._error = err
+                    if not fut.done():
+                        if err is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(err)
+        finally:
+            self._worker = None
+
+    async def _settle(self) -> None:
+        """Wait until the backlog is queued; raise the first error it met."""
+        while self._worker is not None:
+            await asyncio.shield(self._worker)
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
 
     async def flush(self) -> int:
+        """Append everything sent so far (in a thread). A cancelled flush keeps going."""
+        await self._settle()
         return await _to_thread(self.sync.flush)
 
     async def close(self) -> None:
-        await _to_thread(self.sync.close)
+        """Queue the backlog, then flush and close (in a thread). Idempotent."""
+        try:
+            await self._settle()
+        finally:
+            await _to_thread(self.sync.close)
 
     async def __aenter__(self) -> "AsyncProducer":
         return self

@@ -12,6 +12,11 @@ Layout::
 Process-safety: every process may open the same broker directory; topic creation,
 alteration and deletion are serialized with an flock on ``broker.lock``. Thread-safety:
 a Broker and its Topics may be shared by threads.
+
+Fork: a Broker (its topics, logs, producers, consumers) belongs to the process that
+opened it. In a forked child everything inherited is released at the fork, without
+touching what the parent holds; ``close()`` there returns at once and any other use
+raises :class:`fastq.errors.UsedAfterFork`: open the broker again in the child.
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from . import _storage
 from .errors import (Closed, CorruptRecord, InvalidArgument, InvalidName, LogNotFound, ReadOnly,
-                     UnknownTopic, _os_errors)
+                     UnknownTopic, UsedAfterFork, _os_errors)
 from .log import (DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
                   check_int as _check_int, write_json_atomic as _write_json_atomic)
 
@@ -124,12 +130,33 @@ class _DirLock:
         self.fd = -1
 
 
+_OPEN_BROKERS: "weakref.WeakSet[Broker]" = weakref.WeakSet()   # this process's open brokers
+
+
+def _after_fork_in_child() -> None:
+    for b in list(_OPEN_BROKERS):
+        try:
+            b._abandon_after_fork()
+        except Exception:             # (a descriptor closed under us): the others still go
+            pass
+    _OPEN_BROKERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Broker:
     """A broker in one directory, shared by every process that opens it.
 
     ``topic(name, ...)`` gets or creates a topic; ``topics()`` lists them;
     ``alter_topic`` changes a stored configuration; ``delete_topic`` removes one.
     Use as a context manager or call ``close()``. ``readonly=True``: see :func:`open`.
+
+    Fork: after ``fork()`` the child must open its own Broker. The inherited one is
+    released in the child at the fork (see the module docstring): its ``close()`` returns
+    at once and never touches the parent's locks or marks a log clean; any other call
+    on it, its topics, producers or consumers raises :class:`fastq.errors.UsedAfterFork`.
     """
 
     def __init__(self, path, *, durability: str = "os", create: bool = True, readonly: bool = False):
@@ -137,6 +164,7 @@ class Broker:
         if durability not in DURABILITY_MODES:
             raise InvalidArgument(f"durability={durability!r}: expected one of {sorted(DURABILITY_MODES)}")
         self._closed = False
+        self._forked = False
         self._mutex = threading.RLock()
         self._topics: dict[str, Any] = {}
         self.readonly = bool(readonly)
@@ -164,6 +192,7 @@ class Broker:
                         _write_json_atomic(meta_path, meta)
         self.meta = meta
         self.durability = durability
+        _OPEN_BROKERS.add(self)
 
     @staticmethod
     def _read_meta(meta_path: str) -> dict:
@@ -183,7 +212,26 @@ class Broker:
 
     def _check_open(self) -> None:
         if self._closed:
+            self._check_fork()
             raise Closed(f"broker {self.path} is closed")
+
+    def _check_fork(self) -> None:
+        if self._forked:
+            raise UsedAfterFork(f"broker {self.path} was opened before fork(): it belongs to the "
+                                "parent; open it again in the child")
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: release every inherited topic's copies (no lock that a
+        parent thread may have held at the fork is taken) and mark the broker closed."""
+        self._forked = True
+        self._closed = True
+        self._mutex = threading.RLock()
+        for t in list(self._topics.values()):
+            try:
+                t._abandon_after_fork()
+            except Exception:         # release the other topics all the same
+                pass
+        self._topics.clear()
 
     def _topic_dir(self, name: str) -> str:
         return os.path.join(self.path, "topics", name)
@@ -327,7 +375,8 @@ class Broker:
         return self._closed
 
     def close(self) -> None:
-        """Close every topic opened through this broker. Idempotent."""
+        """Close every topic opened through this broker. Idempotent. In a forked child,
+        a broker inherited from the parent was released at the fork: this returns."""
         if self._closed:
             return
         with self._mutex:
@@ -336,6 +385,7 @@ class Broker:
                 t.close()
             self._topics.clear()
             self._closed = True
+            _OPEN_BROKERS.discard(self)
 
     def __enter__(self) -> "Broker":
         return self

@@ -27,7 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .broker import validate_name
-from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange
+from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange, UsedAfterFork
 from .group import GroupMember
 from ._storage import MAX_POLL_RECORDS_CAP, ConsumerCore
 from .log import Pacer, Record, check_int as _check_int
@@ -275,8 +275,8 @@ class Consumer(ConsumerCore):
     def _check_open(self) -> None:
         if self._closed:
             if self._forked:
-                raise Closed(f"consumer of topic {self.topic.name!r} was inherited across fork(): "
-                             f"open a new consumer in the child")
+                raise UsedAfterFork(f"consumer of topic {self.topic.name!r} was inherited across "
+                                    f"fork(): open a new consumer in the child")
             raise Closed(f"consumer of topic {self.topic.name!r}"
                          f"{'' if self.group is None else f' (group {self.group!r})'} is closed")
 

@@ -32,6 +32,7 @@ __all__ = [
     "Timeout",
     "LogNotFound",
     "NotAssigned",
+    "UsedAfterFork",
 ]
 
 
@@ -136,6 +137,12 @@ class LogNotFound(FastqError, FileNotFoundError):
 
 class NotAssigned(FastqError, LookupError):
     """A consumer was asked about or to commit a partition it does not own right now."""
+
+
+class UsedAfterFork(Closed):
+    """An object opened before ``fork()`` (a broker, topic, log, producer or consumer) was
+    used in the child process. The child's copy was released at the fork without touching
+    what the parent holds; open a new one in the child."""
 
 
 @contextlib.contextmanager

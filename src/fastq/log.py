@@ -54,6 +54,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from typing import Iterator
 
 from . import _storage
@@ -69,6 +70,7 @@ from .errors import (
     OffsetOutOfRange,
     ReadOnly,
     Timeout,
+    UsedAfterFork,
     _os_errors,
 )
 
@@ -190,9 +192,25 @@ class _Pretoucher:
 
 
 _PRETOUCHER = _Pretoucher() if os.environ.get("FASTQ_PRETOUCH", "1") != "0" else None
-if _PRETOUCHER is not None and hasattr(os, "register_at_fork"):
-    # a forked child has no thread and maybe a lock taken in the parent: start afresh
-    os.register_at_fork(after_in_child=_PRETOUCHER.__init__)
+_OPEN_LOGS: "weakref.WeakSet[Log]" = weakref.WeakSet()    # this process's open logs
+
+
+def _after_fork_in_child() -> None:
+    """Runs in a forked child before anything else: the inherited logs belong to the
+    parent. Each releases the child's copies (Log._abandon_after_fork); the
+    pretoucher, whose thread was not forked and whose lock may be held, starts afresh."""
+    if _PRETOUCHER is not None:
+        _PRETOUCHER.__init__()
+    for lg in list(_OPEN_LOGS):
+        try:
+            lg._abandon_after_fork()
+        except Exception:             # (a descriptor closed under us): the others still go
+            pass
+    _OPEN_LOGS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Log(RecoveryMixin, LogCore):
@@ -207,7 +225,7 @@ class Log(RecoveryMixin, LogCore):
     same directory; appends are serialized by a lock in shared memory (no system call
     when uncontended) that survives the kill of its holder (stolen after the holder's
     pid is gone, checked every millisecond). Thread-safety: a Log may be shared by
-    threads. After ``fork()``, open a new Log in the child; do not use the parent's.
+    threads.
 
     ``readonly=True`` reads a log without writing anything (archives, read-only media,
     another user's files): files are opened and mapped read-only, the shared state is
@@ -216,6 +234,14 @@ class Log(RecoveryMixin, LogCore):
     :class:`fastq.ReadOnly`. A log that was not closed cleanly before a reboot needs
     recovery first (``ReadOnly`` says so); a missing log is :class:`fastq.LogNotFound`.
     Without ``readonly=True``, a log on a read-only filesystem raises ``ReadOnly``.
+
+    Fork: a Log belongs to the process that opened it. In a forked child the inherited
+    Log is released at the fork (an ``os.register_at_fork`` hook: no check on the append
+    path): the child's copies of the mappings and descriptors are dropped without
+    touching the flocks, the clean flag or the writer lock, which the parent still
+    holds; ``close()`` in the child returns at once (it never marks the log clean, never
+    waits for the parent's threads) and every other call raises
+    :class:`fastq.errors.UsedAfterFork`. Open a new Log in the child.
     """
 
     def __init__(self, path, *, durability: str | None = None, segment_bytes: int | None = None,
@@ -424,6 +450,7 @@ class Log(RecoveryMixin, LogCore):
         self._refresh()
         self._check_complete()
         self._synced = self.recovery_point
+        _OPEN_LOGS.add(self)
         self._pretouch = None if _PRETOUCHER is None else _PRETOUCHER.request
 
     def _check_directory(self):
@@ -803,6 +830,9 @@ class Log(RecoveryMixin, LogCore):
 
     def _check_open_py(self):
         if self._closed:
+            if self._forked:
+                raise UsedAfterFork(f"log {self.path} was opened before fork(): it belongs to the "
+                                    "parent; open a new one in the child")
             if self._failure is not None:
                 from .errors import FsyncFailed
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
@@ -865,10 +895,28 @@ class Log(RecoveryMixin, LogCore):
 
     # -- closing ------------------------------------------------------------------------
 
+    def _abandon_after_fork(self) -> None:
+        """In a forked child (see the class docstring): drop this process's copies.
+        Segments go with their last reference (a record view the child still holds
+        keeps its mapping); no lock is taken — another thread of the parent may have
+        held it at the fork and does not exist here."""
+        if self._forked:
+            return
+        self._seg_lock = threading.RLock()
+        self._gc = threading.Condition()
+        self._segments = []
+        self._active = None
+        self._notifier = None
+        self._release_after_fork()
+        if self._lock_fd >= 0:               # close only: the flock is the parent's
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
     def close(self) -> None:
         """Close the log. Idempotent. Refuses with BufferError while record views are
-        alive. The last process to close fsyncs and marks the log clean."""
-        if self._closed and self.state_fd < 0:
+        alive. The last process to close fsyncs and marks the log clean. In a forked
+        child, a Log inherited from the parent was released at the fork: close returns."""
+        if self._forked or (self._closed and self.state_fd < 0):
             return
         for seg in self._segments:
             if seg.exports:
@@ -916,6 +964,7 @@ class Log(RecoveryMixin, LogCore):
                     self._unlock_py()
         finally:
             self._closed = True
+            _OPEN_LOGS.discard(self)
             with self._seg_lock:            # not under a reader's _refresh
                 for seg in self._segments:
                     seg.close()

@@ -211,6 +211,7 @@ class MemoryTopic(Topic):
     def _ring_or_closed(self) -> Ring:
         ring = self._ring
         if ring is None:
+            self._check_closed()
             raise Closed(f"topic {self.name!r} is closed")
         return ring
 
@@ -364,6 +365,22 @@ class MemoryTopic(Topic):
         return n
 
     # -- lifetime -------------------------------------------------------------------------
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: unmap the child's copy of the ring and close its descriptors
+        without the flocks (memory.users, memory.lock) the parent shares: a child that
+        took them could unlink the ring the parent still uses."""
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            try:
+                ring.close()
+            except BufferError:              # views alive in the child: unmapped with them
+                pass
+        if self._users_fd >= 0:
+            os.close(self._users_fd)
+            self._users_fd = -1
+        self._state.close()
+        super()._abandon_after_fork()
 
     def close(self) -> None:
         """Close the ring (unlinking it if this is the last process using the topic) and

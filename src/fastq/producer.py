@@ -12,7 +12,9 @@ linger thread, ``flush``, or a ``send`` that found the accumulator full or
 partition's records as one RecordBatch whose fields point straight into the ring memory
 (``ProducerCore._drain_ring``): no Python object per record. Draining is serialized by
 one lock, so a partition's batches reach the log in the order their records were sent.
-This module keeps the policy: the linger thread, flush, close, callbacks, errors.
+A drain whose append fails copies the records it could not append out of the ring
+(``_held``, framed bytes) before committing its read; the next drain appends them
+first. This module keeps the policy: the linger thread, flush, close, callbacks, errors.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Callable
 
 from ._producer import ProducerCore
 from ._ring import Ring
-from .errors import Closed, InvalidArgument, RingFull
+from .errors import Closed, InvalidArgument, RingFull, UsedAfterFork
 from .topic import RecordMetadata
 
 __all__ = ["Producer"]
@@ -31,6 +33,17 @@ MIN_BUFFER_BYTES = 1 << 16
 DEFAULT_BUFFER_BYTES = 4 << 20
 MAX_BUFFER_BYTES = 1 << 30
 _IDLE_WAIT_S = 1.0          # the linger thread re-checks for close at least this often
+
+
+def _undelivered(err: BaseException, left: int) -> BaseException:
+    """`err` (same class) saying that `left` records go undelivered with the producer."""
+    msg = (f"{err} — {left} record(s) sent to this producer were not appended and are "
+           "dropped with it")
+    try:
+        return type(err)(msg)
+    except Exception:
+        err.add_note(msg)
+        return err
 
 
 class Producer(ProducerCore):
@@ -46,8 +59,21 @@ class Producer(ProducerCore):
 
     ``send`` returns nothing; pass ``on_delivery(meta: RecordMetadata)`` to learn each
     record's offset (called from whichever thread appended the batch, in offset order
-    per partition), or use ``Topic.publish`` for a synchronous answer. An error in a
-    background flush is raised by the next ``send``/``flush``/``close``.
+    per partition, only for records appended), or use ``Topic.publish`` for a
+    synchronous answer.
+
+    No record is ever dropped silently. A record the log can never take is rejected by
+    ``send`` itself — over the topic's ``max_record_bytes`` (RecordTooLarge naming the
+    size and the limit), a bad key, value, header or partition (InvalidArgument) — and
+    nothing is queued. A drain that fails (a full disk, a topic closed under the
+    producer, a failed fsync) keeps every record it took, in send order (``pending``
+    counts them), and the error reaches the caller: the next ``send`` or ``flush``
+    first retries them and raises if that still fails (a ``send`` that raises has
+    queued nothing); a later drain appends them before anything newer. ``close`` that
+    still cannot append them raises the error, saying how many records are dropped
+    with the producer. A batch committed before its fsync failed (``"group"``/``"always"``)
+    is appended — readable, reported to ``on_delivery`` — and never appended again; the
+    error still reaches the caller.
 
     Back pressure: the accumulator holds at most ``max_pending`` records and
     ``buffer_bytes`` bytes (a power of two, default 4 MiB). A ``send`` that finds it full
@@ -90,10 +116,15 @@ class Producer(ProducerCore):
             self._thread = threading.Thread(target=self._run, name=f"fastq-producer-{topic.name}", daemon=True)
             self._thread.start()
 
-    def _raise_pending_error(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
+    def _retry_or_raise(self) -> None:
+        """A background (or inline) drain failed. When it held records, retry them now
+        and raise what still fails; when it held none (its batch was appended, then the
+        fsync failed), raise its error: nothing else would report it. A send that
+        raises has queued nothing."""
+        err, self._error = self._error, None
+        if err is not None and not self._held:
             raise err
+        self._drain()
 
     def _append_direct(self, p: int, value, key, headers, timestamp) -> None:
         ts = int(time.time() * 1000) if timestamp is None else timestamp
@@ -108,73 +139,128 @@ class Producer(ProducerCore):
         with self._drain_lock:
             return self._drain_locked(limit)
 
-    def _drain_locked(self, limit: int | None) -> int:
-        """Append what the ring holds (at most `limit` records). Holds _drain_lock.
-        On an error the rest of that drain is lost and the error goes to the caller,
-        after the callbacks for what was appended."""
-        n = 0
+    def _report(self, appended: list) -> None:
         cb = self.on_delivery
-        while limit is None or n < limit:
+        name = self.topic.name
+        for p, base, count, stamps in appended:
+            self.sent += count
+            if cb is not None:
+                for i, ts in enumerate(stamps):
+                    cb(RecordMetadata(name, p, base + i, ts))
+
+    def _drain_locked(self, limit: int | None) -> int:
+        """Append the records held from a failed drain, then what the ring holds (at most
+        `limit` records from it). Holds _drain_lock. On an error the records not
+        appended are held (see ProducerCore._drain_ring) and the error goes to the
+        caller, after the callbacks for what was appended. Returns the records appended."""
+        want = self.on_delivery is not None
+        done = 0
+        if self._held:
             appended: list = []
             try:
-                taken = self._drain_ring(self.max_pending if limit is None else limit - n, cb is not None, appended)
+                done = self._drain_held(want, appended)    # raises: the ring waits its turn
             finally:
-                for p, base, count, stamps in appended:
-                    self.sent += count
-                    if cb is not None:
-                        name = self.topic.name
-                        for i, ts in enumerate(stamps):
-                            cb(RecordMetadata(name, p, base + i, ts))
+                self._report(appended)
+        n = 0
+        while limit is None or n < limit:
+            appended = []
+            try:
+                taken = self._drain_ring(self.max_pending if limit is None else limit - n, want, appended)
+            finally:
+                self._report(appended)
             if not taken:
                 break
             n += taken
-        return n
+        return done + n
 
     def _run(self) -> None:
         ring = self._ring
         while not self._closed:
             try:
-                if not ring._wait_readable(_IDLE_WAIT_S):
+                if self._error is not None or self._held:
+                    # a drain failed (a full disk...): retry once a second, not per linger
+                    if self._stop.wait(_IDLE_WAIT_S):
+                        return
+                elif not ring._wait_readable(_IDLE_WAIT_S):
                     continue
-                if self._stop.wait(self.linger):
+                elif self._stop.wait(self.linger):
                     return                       # close() drains what is left
                 self._drain()
             except Closed as e:
-                if not self._closed:             # the topic closed under us: records the
-                    self._error = e              # drain took were not appended; say so
+                if not self._closed:             # the topic closed under us: the records
+                    self._error = e              # are held; flush/close say so
                 return
             except BaseException as e:  # reported to the caller on its next call
                 self._error = e
 
+    def _check_fork(self) -> None:
+        if self._forked:
+            raise UsedAfterFork(f"producer of topic {self.topic.name!r} was created before fork(): "
+                                "it belongs to the parent; open a new one in the child")
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: the accumulator is shared memory that the parent's linger
+        thread drains, so the child must never take from it (it would append, or lose,
+        the parent's records). Mark the producer closed; leave the ring alone."""
+        self._forked = True
+        self._closed = True
+        self._thread = None
+        self._error = None
+        self._drain_lock = threading.Lock()      # may have been held by a parent thread
+
     def flush(self) -> int:
-        """Append every record sent before this call now; returns how many were appended."""
-        self._raise_pending_error()
-        n = self._drain(len(self._ring) or None) if len(self._ring) else 0
-        self._raise_pending_error()
-        return n
+        """Append every record sent before this call now (first those an earlier drain
+        could not append); returns how many were appended. Raises what the drain met (a
+        full disk, a closed topic): the records not appended stay pending, in order, for
+        the next ``flush``/``send``/``close``."""
+        self._check_fork()
+        err, self._error = self._error, None
+        if err is not None and not self._held:
+            raise err                        # appended, then the fsync failed: say so once
+        if not (len(self._ring) or self._held):
+            return 0
+        return self._drain(len(self._ring) or None)   # held records first; raises if failing
 
     @property
     def pending(self) -> int:
-        """Records sent but not yet appended (a snapshot)."""
-        return 0 if self._ring.closed else len(self._ring)
+        """Records sent but not yet appended (a snapshot), held ones included."""
+        self._check_fork()
+        return (0 if self._ring.closed else len(self._ring)) + len(self._held)
 
     def close(self) -> None:
-        """Flush and stop the linger thread. Idempotent."""
+        """Flush and stop the linger thread. Idempotent. In a forked child, a producer
+        inherited from the parent is already closed: this returns at once."""
         if self._closed:
             return
+        err = None
         try:
             self.flush()
-        finally:
-            self._closed = True
-            self._stop.set()
-            try:
-                self._ring.put_nowait(b"")       # wake the linger thread (skipped as a record)
-            except RingFull:
-                pass                             # not empty: the thread is not asleep
-            if self._thread is not None:
-                self._thread.join()
-            self._drain()                        # sends that raced with close
-            self._ring.close()
+        except BaseException as e:
+            err = e
+        self._closed = True
+        self._stop.set()
+        try:
+            self._ring.put_nowait(b"")           # wake the linger thread (skipped as a record)
+        except RingFull:
+            pass                                 # not empty: the thread is not asleep
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self._drain()                        # sends that raced with close; a last retry
+        except BaseException as e:
+            err = e
+        self._hold_ring()
+        left = len(self._held)
+        self._held = []
+        self._ring.close()
+        if err is not None:
+            report = _undelivered(err, left) if left else err
+            if report is err:
+                raise err
+            raise report from err
+        if left:
+            raise Closed(f"{left} record(s) sent while producer of topic {self.topic.name!r} "
+                         "closed were not appended")
 
     def __enter__(self) -> "Producer":
         return self

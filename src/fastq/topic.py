@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from . import _storage
-from .errors import Closed, InvalidArgument, OffsetOutOfRange, ReadOnly
+from .errors import Closed, InvalidArgument, OffsetOutOfRange, ReadOnly, UsedAfterFork
 from .log import Log, Record
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Topic(_storage.TopicCore):
         self._mutex = threading.RLock()
         self._closed = False
         self.readonly: bool = broker.readonly      # opened through fastq.open(readonly=True)
+        self._forked = False
         self._notifier = _storage.Notifier(os.path.join(self.dir, "notify"), self.readonly)
         self._producers: weakref.WeakSet = weakref.WeakSet()   # closed (flushed) by close()
         self._sticky = random.randrange(self.partitions)
@@ -85,17 +86,39 @@ class Topic(_storage.TopicCore):
                                   f"partitions 0..{self.partitions - 1}")
         return partition
 
+    def _check_closed(self) -> None:
+        if self._closed:
+            if self._forked:
+                raise UsedAfterFork(f"topic {self.name!r} was opened before fork(): it belongs to "
+                                    "the parent; open the broker again in the child")
+            raise Closed(f"topic {self.name!r} is closed")
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child (see fastq.broker): release the child's copies of the logs
+        and the notifier, mark the producers closed, take no lock a parent thread may
+        have held at the fork."""
+        self._forked = True
+        self._closed = True
+        self._mutex = threading.RLock()
+        for p in list(self._producers):
+            p._abandon_after_fork()
+        for lg in self._logs:
+            if lg is not None:
+                lg._abandon_after_fork()
+        self._logs = [None] * self.partitions
+        self._notifier = None                 # unmapped with its last reference
+
     def log(self, partition: int) -> Log:
         """The partition's log (opened on first use, then cached)."""
         if self._closed:
-            raise Closed(f"topic {self.name!r} is closed")
+            self._check_closed()
         lg = self._logs[partition] if 0 <= partition < self.partitions else None
         if lg is not None:
             return lg
         self._check_partition(partition)
         with self._mutex:
             if self._closed:                 # closed while we waited for the mutex
-                raise Closed(f"topic {self.name!r} is closed")
+                self._check_closed()
             lg = self._logs[partition]
             if lg is None:
                 cfg = self.config
@@ -151,8 +174,7 @@ class Topic(_storage.TopicCore):
         now (see :class:`fastq.Producer`)."""
         from .producer import Producer
 
-        if self._closed:
-            raise Closed(f"topic {self.name!r} is closed")
+        self._check_closed()
         self._refuse_if_readonly("a producer")
         p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
                      on_delivery=on_delivery, buffer_bytes=buffer_bytes)
