@@ -26,7 +26,76 @@
 #include <immintrin.h>
 #endif
 
+/* ---- injected faults (see fq_os.h) ---------------------------------------------------- */
+
+typedef struct {
+    int err;             /* positive errno to fail with; 0: point not armed */
+    int64_t after;       /* calls that run for real first */
+    int64_t times;       /* calls that fail after those (< 0: every one) */
+    int64_t calls;       /* calls seen since armed */
+    int64_t hits;        /* calls failed since armed */
+} fq_fault_spec;
+
+int fq_fault_armed = 0;
+static fq_fault_spec fq_faults[FQ_FP_COUNT];
+
+int fq_fault_arm(int point, int err, int64_t after, int64_t times) {
+    if (point < 0 || point >= FQ_FP_COUNT || err <= 0 || after < 0) return FQ_EINVAL;
+    fq_fault_spec *f = &fq_faults[point];
+    __atomic_store_n(&f->err, 0, __ATOMIC_SEQ_CST);
+    f->after = after;
+    f->times = times;
+    __atomic_store_n(&f->calls, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&f->hits, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&f->err, err, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&fq_fault_armed, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+void fq_fault_clear(void) {
+    __atomic_store_n(&fq_fault_armed, 0, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < FQ_FP_COUNT; i++) {
+        __atomic_store_n(&fq_faults[i].err, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&fq_faults[i].calls, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&fq_faults[i].hits, 0, __ATOMIC_SEQ_CST);
+    }
+}
+
+int64_t fq_fault_hits(int point) {
+    if (point < 0 || point >= FQ_FP_COUNT) return FQ_EINVAL;
+    return __atomic_load_n(&fq_faults[point].hits, __ATOMIC_SEQ_CST);
+}
+
+int64_t fq_fault_calls(int point) {
+    if (point < 0 || point >= FQ_FP_COUNT) return FQ_EINVAL;
+    return __atomic_load_n(&fq_faults[point].calls, __ATOMIC_SEQ_CST);
+}
+
+int fq_fault_take(int point) {
+    fq_fault_spec *f = &fq_faults[point];
+    int err = __atomic_load_n(&f->err, __ATOMIC_SEQ_CST);
+    if (err == 0) return 0;
+    /* the n-th call (from 0) since arming fails when after <= n < after + times */
+    int64_t n = __atomic_fetch_add(&f->calls, 1, __ATOMIC_SEQ_CST);
+    if (n < f->after || (f->times >= 0 && n - f->after >= f->times)) return 0;
+    __atomic_fetch_add(&f->hits, 1, __ATOMIC_SEQ_CST);
+    return -err;
+}
+
+int fq_open(const char *path, int flags, int mode) {
+    FQ_FAULT(FQ_FP_OPEN);
+#ifdef O_CLOEXEC
+    flags |= O_CLOEXEC;
+#endif
+    for (;;) {
+        int fd = open(path, flags, mode);
+        if (fd >= 0) return fd;
+        if (errno != EINTR) return -errno;
+    }
+}
+
 int fq_map(int fd, size_t len, int writable, void **out) {
+    FQ_FAULT(FQ_FP_MAP);
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
     void *p = mmap(NULL, len, prot, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) return -errno;
@@ -60,12 +129,14 @@ int fq_map_anon(size_t len, void **out) {
 }
 
 int64_t fq_file_size(int fd) {
+    FQ_FAULT(FQ_FP_STAT);
     struct stat st;
     if (fstat(fd, &st) != 0) return -errno;
     return (int64_t)st.st_size;
 }
 
 int fq_preallocate(int fd, int64_t len) {
+    FQ_FAULT(FQ_FP_PREALLOCATE);
     int64_t cur = fq_file_size(fd);
     if (cur < 0) return (int)cur;
     if (cur >= len) return 0;   /* never shrink: another process may have it mapped */
@@ -102,6 +173,7 @@ int fq_preallocate(int fd, int64_t len) {
 }
 
 int fq_datasync(int fd) {
+    FQ_FAULT(FQ_FP_DATASYNC);
 #if defined(__APPLE__)
     if (fcntl(fd, F_FULLFSYNC) == 0) return 0;
     if (fsync(fd) != 0) return -errno;
@@ -116,6 +188,7 @@ int fq_datasync(int fd) {
 }
 
 int fq_msync(void *addr, size_t len) {
+    FQ_FAULT(FQ_FP_MSYNC);
     long pg = sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)addr;
     uintptr_t start = a & ~((uintptr_t)pg - 1);
@@ -125,6 +198,7 @@ int fq_msync(void *addr, size_t len) {
 }
 
 int fq_fsync_dir(const char *path) {
+    FQ_FAULT(FQ_FP_FSYNC_DIR);
     int fd = open(path, O_RDONLY
 #ifdef O_DIRECTORY
                   | O_DIRECTORY
@@ -137,6 +211,7 @@ int fq_fsync_dir(const char *path) {
 }
 
 int fq_flock(int fd, int exclusive, int wait) {
+    FQ_FAULT(FQ_FP_FLOCK);
     int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
     for (;;) {
         if (flock(fd, op) == 0) return 0;

@@ -10,6 +10,48 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- injected faults (tests only) ----------------------------------------------------
+ * Every system call below that can fail on a sick disk passes through a fault point. A
+ * test arms a point (fq_fault_arm) to make its calls return a chosen -errno: the first
+ * `after` calls run for real, the next `times` calls (times < 0: all of them) fail
+ * without making the system call. When nothing is armed, the cost is one load of
+ * fq_fault_armed and a branch predicted not taken.
+ *
+ * The state is a plain global of this file, and fq_os.c is compiled into several Python
+ * extension modules (loaded RTLD_LOCAL): each has its own copy. fastq._storage exposes
+ * its copy (_fault_inject/_fault_clear/_fault_hits), which covers every call the log,
+ * its segments, the topic notifier and fastq.log's fsync_dir/flock make; the ring in
+ * fastq._ring has its own copy, which nothing arms. */
+enum fq_fault_point {
+    FQ_FP_OPEN,          /* fq_open */
+    FQ_FP_STAT,          /* fq_file_size (fstat) */
+    FQ_FP_PREALLOCATE,   /* fq_preallocate (posix_fallocate / F_PREALLOCATE / ftruncate) */
+    FQ_FP_MAP,           /* fq_map (mmap of a file) */
+    FQ_FP_DATASYNC,      /* fq_datasync (fdatasync / F_FULLFSYNC) */
+    FQ_FP_MSYNC,         /* fq_msync (msync MS_SYNC) */
+    FQ_FP_FSYNC_DIR,     /* fq_fsync_dir */
+    FQ_FP_FLOCK,         /* fq_flock */
+    FQ_FP_COUNT
+};
+extern int fq_fault_armed;                     /* nonzero while any point is armed */
+/* Arm `point`: calls after the first `after` fail with -err, `times` of them (< 0: all).
+ * Resets the point's call and hit counters. Returns 0, or FQ_EINVAL for a bad point. */
+int fq_fault_arm(int point, int err, int64_t after, int64_t times);
+void fq_fault_clear(void);                     /* disarm every point, zero the counters */
+int64_t fq_fault_hits(int point);              /* calls failed on purpose since armed */
+int64_t fq_fault_calls(int point);             /* calls seen since armed (failed or not) */
+int fq_fault_take(int point);                  /* slow path: -err if this call fails, else 0 */
+#define FQ_FAULT(point)                                                     \
+    do {                                                                    \
+        if (__builtin_expect(fq_fault_armed != 0, 0)) {                     \
+            int fq_fault_rc_ = fq_fault_take(point);                        \
+            if (fq_fault_rc_ != 0) return fq_fault_rc_;                     \
+        }                                                                   \
+    } while (0)
+
+/* open(2) with O_CLOEXEC added; returns the descriptor or -errno. */
+int fq_open(const char *path, int flags, int mode);
+
 /* Map `len` bytes of `fd` from offset 0, shared and read/write (or read-only when
  * `writable` is 0). The file may be shorter than `len`: touching pages past its end
  * raises SIGBUS, so callers only touch bytes below what they allocated. */

@@ -68,6 +68,18 @@ def write_single_batch(seg: Segment, pos: int, offset: int, timestamp: int, key:
 def segment_name(base_offset: int) -> str:
     """``%020d`` of the base offset: the stem of a segment's file names."""
 
+FAULT_POINTS: tuple[str, ...]  # TEST ONLY: the C fault points (csrc/fq_os.h)
+
+def _fault_inject(point: str, errno: int, after: int = 0, times: int = 1) -> None:
+    """TEST ONLY. Calls of ``point`` after the first ``after`` fail with ``-errno``,
+    ``times`` of them (< 0: all)."""
+def _fault_clear() -> None:
+    """TEST ONLY. Disarm every fault point."""
+def _fault_hits(point: str) -> int:
+    """TEST ONLY. Calls of ``point`` failed on purpose since armed."""
+def _fault_calls(point: str) -> int:
+    """TEST ONLY. Calls of ``point`` seen since armed."""
+
 def fsync_dir(path: str) -> None: ...
 def flock(fd: int, exclusive: bool, wait: bool) -> bool: ...
 def funlock(fd: int) -> None: ...
