@@ -10,10 +10,19 @@ filesystem's free space with a filler file and returns a function that frees it 
 
 The pytest fixtures ``tmpfs_dir`` and ``ext4_dir`` (in conftest.py) hand a test an 8 MiB
 filesystem of each kind.
+
+Injected faults: the C layer's system calls fail on demand through
+``fastq._storage._fault_inject`` (see docs/ARCHITECTURE.md, "Fault injection");
+``c_fault(point, errno, after, times)`` arms one for a with-block. The system calls
+fastq's Python modules make themselves (``os.open``, ``os.write``, ``os.fsync``,
+``os.replace``, ...) fail through ``os_fault(module, name, errno, after, times)``, which
+swaps the module's ``os`` for a proxy whose ``name`` raises ``OSError(errno)`` — the
+real ``os`` module, and so pytest, is untouched.
 """
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import os
 import shutil
 import subprocess
@@ -105,3 +114,67 @@ def fill(path: str, leave: int = 0):
                 os.unlink(name)
 
     return release
+
+
+@contextlib.contextmanager
+def c_fault(point: str, err: int, after: int = 0, times: int = 1):
+    """Arm the C fault point ``point`` (``fastq._storage.FAULT_POINTS``) for the block:
+    its calls after the first ``after`` fail with ``err``, ``times`` of them (< 0: all).
+    Yields a function returning how many calls failed so far. Disarms every point after."""
+    from fastq import _storage
+
+    _storage._fault_inject(point, err, after, times)
+    try:
+        yield lambda: _storage._fault_hits(point)
+    finally:
+        _storage._fault_clear()
+
+
+class _OsProxy:
+    """Stands in for the ``os`` module inside one fastq module: attribute reads go to the
+    real ``os`` except the failing functions."""
+
+    def __init__(self, real, failing: dict):
+        self._real = real
+        self._failing = failing
+
+    def __getattr__(self, name):
+        f = self._failing.get(name)
+        return f if f is not None else getattr(self._real, name)
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+        self.hits = 0
+
+
+@contextlib.contextmanager
+def os_fault(module, name: str, err: int, after: int = 0, times: int = 1, path_contains: str | None = None):
+    """Make ``module.os.<name>`` (e.g. ``fastq.log``, ``"fsync"``) raise
+    ``OSError(err)`` for the block: calls after the first ``after`` fail, ``times`` of
+    them (< 0: all). With ``path_contains``, only calls whose first argument is a path
+    containing it count. Yields a counter (``.calls``, ``.hits``)."""
+    real = getattr(module.os, name)
+    count = _Counter()
+
+    def failing(*args, **kwargs):
+        if path_contains is not None and not (args and isinstance(args[0], str) and path_contains in args[0]):
+            return real(*args, **kwargs)
+        n = count.calls
+        count.calls += 1
+        if n >= after and (times < 0 or n - after < times):
+            count.hits += 1
+            target = args[0] if args and isinstance(args[0], str) else None
+            raise OSError(err, os.strerror(err), target)
+        return real(*args, **kwargs)
+
+    saved = module.os
+    module.os = _OsProxy(saved, {name: failing})
+    try:
+        yield count
+    finally:
+        module.os = saved
+
+
+ERRNOS = {"ENOSPC": _errno.ENOSPC, "EIO": _errno.EIO, "EDQUOT": _errno.EDQUOT}

@@ -593,7 +593,7 @@ class Log(RecoveryMixin, LogCore):
             if any(seg.read_bytes(0, 12)):
                 seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
             if self._durability:
-                _storage.fsync_dir(self.path)
+                self._fsync(_storage.fsync_dir, self.path)
             old.sealed_end = s["end_pos"]
             old.sealed_index_count = s["index_count"]
             old.sealed_timeindex_count = s["timeindex_count"]
@@ -735,12 +735,26 @@ class Log(RecoveryMixin, LogCore):
 
     # -- durability ---------------------------------------------------------------------
 
+    def _fsync(self, sync, *args) -> None:
+        """Run one fsync (``seg.sync``, ``fsync_dir``). A failure fails the log for good
+        (fsyncgate: the kernel may have dropped the dirty pages, so a retry could
+        succeed over lost data): every later call raises FsyncFailed until reopened."""
+        from .errors import FsyncFailed
+        try:
+            sync(*args)
+        except FsyncFailed as e:
+            self._failure = str(e)
+            self._closed = True
+            raise
+
     def _group_sync(self, offset: int) -> None:
         """Return once an fsync covering ``offset`` has completed. The first caller to
         arrive becomes the leader and fsyncs everything committed so far; callers that
         arrive meanwhile wait and share the next fsync (group commit)."""
         with self._gc:
             while self._synced < offset:
+                if self._failure is not None:     # the leader's fsync failed: so did ours
+                    self._check_open_py()
                 if self._closing or self._closed:
                     raise Closed(f"{self.path} was closed before an fsync covered offset {offset}: the "
                                  "record was appended, and is durable if that close was the last one "
@@ -772,7 +786,7 @@ class Log(RecoveryMixin, LogCore):
         target = self.end_offset
         for seg in list(self._segments):
             if seg.base_offset >= 0 and not seg.closed:
-                seg.sync()
+                self._fsync(seg.sync)
         self._raise_recovery_point(target)
 
     # -- reads by time ------------------------------------------------------------------
@@ -947,7 +961,11 @@ class Log(RecoveryMixin, LogCore):
         with self._gc:                      # and for a group-commit fsync in progress
             while self._syncing:
                 self._gc.wait()
-        _storage.flock(self._lock_fd, True, True)
+        try:
+            _storage.flock(self._lock_fd, True, True)
+        except BaseException:
+            self._closing = False           # nothing was torn down: close may be retried
+            raise
         try:
             if not failed and self.state_fd >= 0 and _storage.flock(self.state_fd, True, False):
                 # last one out: take the writer lock (stealing it from a dead holder
