@@ -276,6 +276,7 @@ class Broker:
         with self._lock_dir():
             if os.path.exists(path):                 # another process won the race
                 return self._read_topic_config(path)
+            self._check_no_orphan_partitions(d, path)
             cfg = dict(TOPIC_DEFAULTS)
             cfg.update({k: v for k, v in args.items() if v is not None})
             _validate_topic_config(cfg)
@@ -291,6 +292,20 @@ class Broker:
                     shutil.rmtree(d, ignore_errors=True)
                 raise
             return cfg
+
+    @staticmethod
+    def _check_no_orphan_partitions(d: str, path: str) -> None:
+        """A topic directory whose topic.json is gone but whose partitions are not: never
+        create the topic afresh over them (a default config would hide partitions and
+        map segments with another size)."""
+        try:
+            parts = sorted(n for n in os.listdir(d) if n.isdigit())
+        except FileNotFoundError:
+            return
+        if parts:
+            raise CorruptRecord(f"{path} is missing but {d} holds partition logs {parts}: restore "
+                                f"{TOPIC_FILE} (a copy, or one written with the topic's partitions "
+                                "and segment_bytes) or delete the directory", path)
 
     @staticmethod
     def _read_topic_config(path: str) -> dict:
