@@ -526,3 +526,27 @@ def test_torture_random_faults(tmp_path):
         k = rng.randrange(calls[point])
         print(f"round {i}: {op} {point} {errname} call {k}")
         run_case(str(tmp_path / f"run{i}"), op, point, ERRNOS[errname], k)
+
+
+# ---------------------------------------------------------------------------------------
+# a real full disk (no injection): the same promises
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("durability", ["os", "always"])
+def test_roll_on_real_full_disk_loses_no_acked_record(ext4_dir, durability):
+    from faultfs import fill
+
+    c = Case(ext4_dir)
+    _prep_log(durability, segment_bytes=4096)(c)
+    release = fill(ext4_dir, leave=32 << 10)
+    try:
+        with pytest.raises(DiskFull) as ei:
+            for _ in range(200):           # 4 KiB segments: a roll must preallocate soon
+                c.append(BIG)
+        assert ext4_dir in str(ei.value), f"error does not name the file: {ei.value}"
+    finally:
+        release()
+    try:
+        check_after(c, ei.value)
+    finally:
+        c.close()
