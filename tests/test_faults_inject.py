@@ -550,3 +550,19 @@ def test_roll_on_real_full_disk_loses_no_acked_record(ext4_dir, durability):
         check_after(c, ei.value)
     finally:
         c.close()
+
+
+def test_log_whose_creation_failed_after_the_state_file_opens_once_the_fault_clears(tmp_path):
+    """Creating a log maps a zero-filled fastq.state, then flocks and initializes it. A
+    failure in between (here the state flock; a kill -9 alike) left a state page of
+    zeros that every later open refused as 'not a fastq state file'. A never-written
+    (all-zero) state is a new one."""
+    path = str(tmp_path / "log")
+    with c_fault("flock", errno.EIO, after=1) as hits:   # call 0: fastq.lock, 1: fastq.state
+        with pytest.raises(StorageError):
+            Log(path)
+        assert hits() == 1
+    with Log(path) as lg:
+        assert lg.append(b"x") == 0
+    with Log(path) as lg:
+        assert [bytes(r.value) for r in lg] == [b"x"]

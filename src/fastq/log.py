@@ -420,7 +420,7 @@ class Log(RecoveryMixin, LogCore):
         self._exclusive = first          # alone: recovery may write the shared state
         boot = _boot_id()
         if size == 0 or not self._state_valid():
-            if size != 0:
+            if size != 0 and any(self._state_raw()):    # all zero: created, never written
                 raise CorruptRecord(f"{os.path.join(self.path, STATE_FILE)} is not a fastq state file",
                                     os.path.join(self.path, STATE_FILE), 0)
             # A new log, or a state file lost before it was written: rebuild from the
