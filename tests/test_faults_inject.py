@@ -267,7 +267,7 @@ REACHES = {
     "append_many": {"datasync"},
     "roll": {"open", "stat", "preallocate", "map", "datasync", "fsync_dir"},
     "append-rolling": {"open", "stat", "preallocate", "map"},
-    "append-growing": {"stat", "preallocate"},
+    "append-growing": {"open", "stat", "preallocate"},
     "group-commit": {"datasync"},
     "flush": {"datasync"},
     "close": {"datasync", "msync", "flock"},

@@ -571,7 +571,12 @@ class Log(RecoveryMixin, LogCore):
         return now
 
     def _roll_locked(self) -> None:
-        """Seal the active segment and start a new one at the log end (writer lock held)."""
+        """Seal the active segment and start a new one at the log end (writer lock held).
+        Its fsyncs (the old segment, the directory) fail the log if they fail (_fsync)."""
+        self._fsync(self._seal_and_roll_locked)
+
+    def _seal_and_roll_locked(self) -> None:
+        """_roll_locked without the failure rule."""
         with self._seg_lock:
             s = self.snapshot()
             old = self._active
@@ -593,7 +598,7 @@ class Log(RecoveryMixin, LogCore):
             if any(seg.read_bytes(0, 12)):
                 seg.zero(0, seg.alloc_size)      # left by a roller that died before committing
             if self._durability:
-                self._fsync(_storage.fsync_dir, self.path)
+                _storage.fsync_dir(self.path)
             old.sealed_end = s["end_pos"]
             old.sealed_index_count = s["index_count"]
             old.sealed_timeindex_count = s["timeindex_count"]
