@@ -585,7 +585,8 @@ cdef class Segment:
 
     def valid_index_prefix(self, int64_t limit):
         """Number of leading .index/.timeindex entries that are strictly increasing and
-        point below `limit` — how a sealed segment's index is trusted on open."""
+        point below `limit` at a batch whose base offset is the entry's — how a sealed
+        segment's index is trusted on open (a damaged entry ends the trusted prefix)."""
         cdef int64_t i, n = 0, t = 0
         cdef uint32_t r, p, pr = 0, pp = 0
         cdef int64_t ts, pts = -1
@@ -593,6 +594,9 @@ cdef class Segment:
         for i in range(self.idx_avail):
             fq_index_get(self.idx, i, &r, &p)
             if p >= limit or (i > 0 and (r <= pr or p <= pp)) or (i == 0 and r == 0 and p == 0):
+                break
+            if p + FQ_BATCH_LOG_OVERHEAD > limit or \
+                    <int64_t>fq_be_get64(self.data + p) != self.base_offset + r:
                 break
             pr = r
             pp = p
