@@ -400,6 +400,23 @@ def test_fault_matrix_is_complete(tmp_path):
     assert got == REACHES
 
 
+@pytest.mark.parametrize("point", [
+    pytest.param("flock", marks=pytest.mark.xfail(strict=True, reason=(
+        "_storage.flock gets a descriptor only: its error reads 'flock: Input/output error', "
+        "naming no file"))),
+    pytest.param("msync", marks=pytest.mark.xfail(strict=True, reason=(
+        "_storage.msync_state's error reads 'msync state: ...', naming no file"))),
+    "open", "stat", "preallocate", "map", "fsync_dir",
+])
+def test_injected_fault_error_names_the_file(tmp_path, point):
+    """Creating a log reaches every point but datasync; whichever fails, the error says
+    which file (or directory) it was about."""
+    with c_fault(point, errno.EIO):
+        with pytest.raises(StorageError) as ei:
+            Log(str(tmp_path / "log"), durability="always")
+    assert str(tmp_path / "log") in str(ei.value), f"error names no file: {ei.value}"
+
+
 def test_edquot_is_disk_full(tmp_path):
     c = Case(str(tmp_path))
     _prep_log("os", segment_bytes=4096)(c)
