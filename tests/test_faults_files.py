@@ -48,21 +48,20 @@ FILES = {
 DAMAGES = ["deleted", "truncated-0", "truncated-half", "garbled", "bit-flips", "directory"]
 
 # (kind, damage) pairs where today's code fails: xfail(strict) with the precise bug.
-_ISDIR = ("raw IsADirectoryError (an OSError): {where} opens the file without mapping OSError "
-          "to a FastqError naming it (the error-mapping work: errors._os_errors)")
+_ISDIR = ("{where}: a StorageError ('Is a directory') that names the broker or log directory, "
+          "not the file that is a directory")
 KNOWN = {
-    ("broker.json", "directory"): _ISDIR.format(where="broker._read_json"),
-    ("topic.json", "directory"): _ISDIR.format(where="broker._read_json"),
-    ("broker.lock", "directory"): _ISDIR.format(where="broker._DirLock.__enter__"),
+    ("broker.json", "directory"): _ISDIR.format(where="Broker.__init__"),
+    ("topic.json", "directory"): ("raw IsADirectoryError: Broker.topic -> _read_topic_config -> "
+                                  "_read_json opens topic.json without the errors._os_errors mapping"),
     ("log.json", "directory"): _ISDIR.format(where="Log._load_config"),
     ("fastq.lock", "directory"): _ISDIR.format(where="Log.__init__ (os.open of fastq.lock)"),
-    ("group partition lock", "directory"): _ISDIR.format(where="group._open_rw"),
-    ("group offsets", "directory"): _ISDIR.format(where="OffsetStore.__init__"),
     ("fastq.state", "bit-flips"): (
         "fastq.state has no checksum: a clean state whose next_offset has a flipped bit "
         "is trusted at open (only magic/version/size and end_pos <= file size are "
-        "checked): acknowledged records past the flipped end are hidden, or reads fail "
-        "naming a .log file instead of the state"),
+        "checked): the open fails naming the intact .log ('holds offsets up to 49, but the "
+        "log was acknowledged up to 44') instead of the state, which is what is damaged "
+        "(before the recovery checks the acknowledged records past it were hidden)"),
 }
 
 STATE_NEXT_OFFSET = 136     # byte of fastq.state's committed next_offset (csrc/fq_log.h)
