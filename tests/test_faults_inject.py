@@ -452,10 +452,6 @@ def test_fault_hook_counts_and_clears(tmp_path):
 # Python-level system calls
 # ---------------------------------------------------------------------------------------
 
-_RAW_UNLINK = pytest.mark.xfail(strict=True, reason=(
-    "raw OSError: Log._unlink_segment_files (retention, inside a roll) lets an unlink "
-    "failure out unmapped — after the start offset moved, so the append that rolled "
-    "fails and the segment's files leak"))
 PY_CASES = [
     # (module, os function, operation, path filter)
     pytest.param(fastq_log, "open", "create-log", "log.json"),
@@ -465,7 +461,7 @@ PY_CASES = [
     pytest.param(fastq_log, "open", "create-log", "fastq.lock"),
     pytest.param(fastq_log, "fsync", "topic-open", None),
     pytest.param(fastq_log, "replace", "topic-open", None),
-    pytest.param(fastq_log, "unlink", "retention", None, marks=_RAW_UNLINK),
+    pytest.param(fastq_log, "unlink", "retention", None),
 ]
 
 

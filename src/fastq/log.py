@@ -69,6 +69,7 @@ from .errors import (
     LogNotFound,
     OffsetOutOfRange,
     ReadOnly,
+    StorageError,
     Timeout,
     UsedAfterFork,
     _os_errors,
@@ -492,10 +493,11 @@ class Log(RecoveryMixin, LogCore):
     def _unlink_segment_files(self, base: int) -> None:
         name = os.path.join(self.path, segment_name(base))
         for ext in (".log", ".index", ".timeindex"):
-            try:
-                os.unlink(name + ext)
-            except FileNotFoundError:
-                pass
+            with _os_errors("delete segment file", name + ext):
+                try:
+                    os.unlink(name + ext)
+                except FileNotFoundError:
+                    pass
 
     # -- segment list -------------------------------------------------------------------
 
@@ -630,7 +632,9 @@ class Log(RecoveryMixin, LogCore):
     def enforce_retention(self, now_ms: int | None = None) -> int:
         """Delete whole sealed segments past ``retention_bytes`` / ``retention_ms``.
         Returns the number of segments deleted. Readers that still hold a deleted
-        segment (here or in another process) keep reading it until they let go."""
+        segment (here or in another process) keep reading it until they let go. A file
+        that cannot be unlinked raises StorageError naming it, after the new start offset
+        is committed: the file stays behind, below the start, and is ignored."""
         self._lock_py()
         try:
             if self.snapshot()["generation"] != self._gen:
@@ -664,11 +668,17 @@ class Log(RecoveryMixin, LogCore):
             self._commit(s["next_offset"], s["end_pos"], s["active_base"], s["max_timestamp"],
                          s["index_count"], s["timeindex_count"], s["bytes_since_index"],
                          s["written_end"], gen)
+            failed = None
             for seg in doomed:
-                self._unlink_segment_files(seg.base_offset)
+                try:
+                    self._unlink_segment_files(seg.base_offset)
+                except StorageError as e:       # the commit stands: finish the view first
+                    failed = failed or e
                 seg.deleted = True
             self._segments = self._segments[len(doomed):]
             self._gen = gen
+            if failed is not None:
+                raise failed
             return len(doomed)
 
     @staticmethod
