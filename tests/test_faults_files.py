@@ -48,14 +48,7 @@ FILES = {
 DAMAGES = ["deleted", "truncated-0", "truncated-half", "garbled", "bit-flips", "directory"]
 
 # (kind, damage) pairs where today's code fails: xfail(strict) with the precise bug.
-_ISDIR = ("{where}: a StorageError ('Is a directory') that names the broker or log directory, "
-          "not the file that is a directory")
 KNOWN = {
-    ("broker.json", "directory"): _ISDIR.format(where="Broker.__init__"),
-    ("topic.json", "directory"): ("raw IsADirectoryError: Broker.topic -> _read_topic_config -> "
-                                  "_read_json opens topic.json without the errors._os_errors mapping"),
-    ("log.json", "directory"): _ISDIR.format(where="Log._load_config"),
-    ("fastq.lock", "directory"): _ISDIR.format(where="Log.__init__ (os.open of fastq.lock)"),
     ("fastq.state", "bit-flips"): (
         "fastq.state has no checksum: a clean state whose next_offset has a flipped bit "
         "is trusted at open (only magic/version/size and end_pos <= file size are "

@@ -75,7 +75,7 @@ def validate_name(kind: str, name) -> str:
 
 def _read_json(path: str) -> dict:
     try:
-        with builtins.open(path, "rb") as f:     # this module defines its own open()
+        with _os_errors("read", path), builtins.open(path, "rb") as f:   # (this module defines open())
             obj = json.loads(f.read())
     except ValueError as e:
         raise CorruptRecord(f"{path} is not valid JSON: {e}", path) from None

@@ -281,8 +281,9 @@ class Log(RecoveryMixin, LogCore):
                 if readonly:
                     self._open_readonly(args)
                     return
-                self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE),
-                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                with _os_errors("open lock file", os.path.join(self.path, LOCK_FILE)):
+                    self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE),
+                                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 _storage.flock(self._lock_fd, True, True)
                 try:
                     self._open_locked(args)
@@ -321,6 +322,9 @@ class Log(RecoveryMixin, LogCore):
             cfg = None
         except ValueError as e:
             raise CorruptRecord(f"{path} is not a fastq log config: {e}", path) from None
+        except OSError as e:            # e.g. a directory in its place: name the file
+            with _os_errors("read log config", path):
+                raise e
         defaults = {"durability": "os", "segment_bytes": DEFAULT_SEGMENT_BYTES, "segment_ms": 0,
                     "max_record_bytes": DEFAULT_MAX_RECORD_BYTES,
                     "index_interval": DEFAULT_INDEX_INTERVAL, "retention_ms": None,
