@@ -7,6 +7,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
 #include <signal.h>
 #include <sched.h>
 #include <sys/file.h>
@@ -218,6 +221,28 @@ int fq_flock(int fd, int exclusive, int wait) {
         if (errno == EINTR) continue;
         return -errno;
     }
+}
+
+int fq_fd_path(int fd, char *buf, size_t n) {
+    if (n == 0) return -EINVAL;
+#if defined(__linux__)
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t k = readlink(link, buf, n - 1);
+    if (k < 0) return -errno;
+    buf[k] = '\0';
+    return (int)k;
+#elif defined(__APPLE__)
+    char tmp[PATH_MAX];
+    if (fcntl(fd, F_GETPATH, tmp) == -1) return -errno;
+    size_t k = strlen(tmp);
+    if (k >= n) return -ENAMETOOLONG;
+    memcpy(buf, tmp, k + 1);
+    return (int)k;
+#else
+    (void)fd; (void)buf;
+    return -ENOSYS;
+#endif
 }
 
 int fq_funlock(int fd) {

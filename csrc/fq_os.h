@@ -84,6 +84,10 @@ int fq_fsync_dir(const char *path);
  * (returns -EWOULDBLOCK when held). */
 int fq_flock(int fd, int exclusive, int wait);
 int fq_funlock(int fd);
+/* The path `fd` was opened with, NUL-terminated in buf[0:n] (for error messages; cold).
+ * Linux: readlink of /proc/self/fd/N; macOS: F_GETPATH; elsewhere -ENOSYS. Returns the
+ * length or -errno. */
+int fq_fd_path(int fd, char *buf, size_t n);
 
 /* 1 if a process with this pid exists, 0 if it does not, <0 on error. PIDs can be
  * reused: callers treat "exists" as "maybe alive" and bound their waits. */

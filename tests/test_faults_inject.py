@@ -401,11 +401,7 @@ def test_fault_matrix_is_complete(tmp_path):
 
 
 @pytest.mark.parametrize("point", [
-    pytest.param("flock", marks=pytest.mark.xfail(strict=True, reason=(
-        "_storage.flock gets a descriptor only: its error reads 'flock: Input/output error', "
-        "naming no file"))),
-    pytest.param("msync", marks=pytest.mark.xfail(strict=True, reason=(
-        "_storage.msync_state's error reads 'msync state: ...', naming no file"))),
+    "flock", "msync",
     "open", "stat", "preallocate", "map", "fsync_dir",
 ])
 def test_injected_fault_error_names_the_file(tmp_path, point):

@@ -45,6 +45,7 @@ cdef extern from "errno.h":
     int errno
 cdef extern from "fq_os.h" nogil:
     int fq_open(const char *path, int flags, int mode)
+    int fq_fd_path(int fd, char *buf, size_t n)
 
 
 cdef inline int c_open(const char *path, int flags, int mode) noexcept nogil:
@@ -786,7 +787,15 @@ def flock(int fd, bint exclusive, bint wait):
         return True
     if not wait and rc in (-11, -35):   # EWOULDBLOCK on Linux / macOS
         return False
-    raise_status(rc, "flock")
+    raise_status(rc, "flock", fd_path(fd))
+
+
+cdef str fd_path(int fd):
+    """The path of an open descriptor, for an error message (None where unknown)."""
+    cdef char buf[4096]
+    if fq_fd_path(fd, buf, sizeof(buf)) < 0:
+        return None
+    return os.fsdecode(<bytes>buf)
 
 
 def funlock(int fd):
@@ -811,7 +820,7 @@ def msync_state(LogCore log):
         return
     rc = fq_msync(log.st, FQ_STATE_SIZE)
     if rc < 0:
-        raise_status(rc, "msync state", None, -1, ERR_OP_SYNC)
+        raise_status(rc, "msync state", fd_path(log.state_fd), -1, ERR_OP_SYNC)
 
 
 def scan_buffer(buf, int64_t base_offset, int64_t expected=-1, int64_t stop_offset=-1,
