@@ -32,6 +32,8 @@ __all__ = [
     "Timeout",
     "LogNotFound",
     "NotAssigned",
+    "UnknownGroup",
+    "GroupActive",
 ]
 
 
@@ -136,6 +138,15 @@ class LogNotFound(FastqError, FileNotFoundError):
 
 class NotAssigned(FastqError, LookupError):
     """A consumer was asked about or to commit a partition it does not own right now."""
+
+
+class UnknownGroup(FastqError, KeyError):
+    """No consumer group with that name exists (nothing joined or committed)."""
+
+
+class GroupActive(FastqError, RuntimeError):
+    """A consumer group has live members where the operation needs none (resetting
+    committed offsets of partitions a member owns)."""
 
 
 @contextlib.contextmanager
