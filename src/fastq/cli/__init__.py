@@ -49,6 +49,6 @@ def cli() -> None:
 
 main = cli
 
-from . import bench, info, verify  # noqa: E402,F401  (register commands)
+from . import bench, dump, groups, info, io, topics, verify  # noqa: E402,F401  (register commands)
 
 __all__ = ["cli", "main"]
