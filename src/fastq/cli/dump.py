@@ -1,7 +1,7 @@
 """``fastq dump SEGMENT``: a segment file batch by batch (base offset, count, position,
 size, CRC check, timestamps), as ``kafka-dump-log`` prints one; ``--records`` adds each
-record. Reads the file only (safe on a segment being written: a batch still being
-written shows as the end or as a problem at its position)."""
+record. Reads the file only; in the active segment of a log it stops at the committed
+end the log's state names, so a segment another process is writing dumps cleanly."""
 from __future__ import annotations
 
 import json
@@ -28,7 +28,7 @@ def dump_segment(path: str, *, records: bool = False, on_progress=None):
     """Yield one dict per batch of the segment at ``path``, then at most one
     ``{"problem": ...}`` dict where reading had to stop (damage or a torn tail)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        size = _committed_size(path, os.fstat(f.fileno()).st_size)
         if size == 0:
             return
         mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
@@ -36,6 +36,19 @@ def dump_segment(path: str, *, records: bool = False, on_progress=None):
         yield from _walk(mm, size, records, on_progress)
     finally:
         mm.close()
+
+
+def _committed_size(path: str, size: int) -> int:
+    """The bytes of the segment to read: for the log's active segment, up to the
+    committed end its state file names (a batch another process is writing past it is
+    not yet data); else the whole file."""
+    from ..verify import _read_state
+
+    st = _read_state(os.path.dirname(path) or ".")
+    base = int(os.path.basename(path)[:20])
+    if st is not None and st["active_base"] == base and 0 <= st["end_pos"] <= size:
+        return st["end_pos"]
+    return size
 
 
 def _walk(mm, size: int, records: bool, on_progress):
