@@ -89,6 +89,7 @@ def quick_config(**overrides) -> Config:
 # -- machine ----------------------------------------------------------------------------
 
 def _cpu_model() -> str:
+    # psutil has no CPU model name: /proc/cpuinfo on Linux, platform elsewhere
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -100,21 +101,24 @@ def _cpu_model() -> str:
 
 
 def _memory_gib() -> float:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        return 0.0
+    import psutil
+
+    return round(psutil.virtual_memory().total / 2**30, 1)
 
 
 def machine_info() -> dict:
-    """CPU model, cores, memory, OS, Python, fastq version and build flags."""
+    """CPU model, cores (logical, physical), memory, OS, Python, fastq version and build
+    flags. Cores and memory come from psutil."""
     import sysconfig
+
+    import psutil
 
     from . import __version__, _storage
 
     return {
         "cpu_model": _cpu_model(),
-        "cores": os.cpu_count() or 0,
+        "cores": psutil.cpu_count() or 0,
+        "physical_cores": psutil.cpu_count(logical=False),
         "memory_gib": _memory_gib(),
         "os": platform.platform(),
         "machine": platform.machine(),
@@ -735,6 +739,7 @@ RESULT_SCHEMA = {
                          "crc32c_hardware", "cflags"],
             "properties": {
                 "cpu_model": {"type": "string"}, "cores": _INT, "memory_gib": _NUM,
+                "physical_cores": {"type": ["integer", "null"]},
                 "os": {"type": "string"}, "machine": {"type": "string"}, "python": {"type": "string"},
                 "python_implementation": {"type": "string"}, "fastq_version": {"type": "string"},
                 "fastq_debug_build": {"type": "boolean"}, "crc32c_hardware": {"type": "boolean"},

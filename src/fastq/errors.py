@@ -33,6 +33,8 @@ __all__ = [
     "LogNotFound",
     "NotAssigned",
     "UsedAfterFork",
+    "UnknownGroup",
+    "GroupActive",
 ]
 
 
@@ -143,6 +145,15 @@ class UsedAfterFork(Closed):
     """An object opened before ``fork()`` (a broker, topic, log, producer or consumer) was
     used in the child process. The child's copy was released at the fork without touching
     what the parent holds; open a new one in the child."""
+
+
+class UnknownGroup(FastqError, KeyError):
+    """No consumer group with that name exists (nothing joined or committed)."""
+
+
+class GroupActive(FastqError, RuntimeError):
+    """A consumer group has live members where the operation needs none (resetting
+    committed offsets of partitions a member owns)."""
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ GroupMember belongs to one Consumer and is used by one thread.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -37,9 +38,9 @@ import struct
 import time
 
 from . import _storage
-from .errors import Closed, _os_errors
+from .errors import Closed, GroupActive, _os_errors
 
-__all__ = ["GroupMember", "range_assign", "MEMBER_SIZE"]
+__all__ = ["GroupMember", "MemberInfo", "range_assign", "list_members", "reset_offsets", "MEMBER_SIZE"]
 
 MEMBER_MAGIC = b"FQMEMB\x00\x01"
 MEMBER_SIZE = 64
@@ -339,3 +340,98 @@ class GroupMember:
     @property
     def closed(self) -> bool:
         return self._fd < 0
+
+
+# -- inspecting and administering a group from outside (the fastq CLI) ---------------------
+
+@dataclasses.dataclass
+class MemberInfo:
+    """One member file of a group, as :func:`list_members` read it. ``live``: its process
+    holds the member flock and heartbeated within its session timeout."""
+    member_id: str
+    pid: int
+    session_timeout_ms: int
+    heartbeat_age_ms: float        # since the last heartbeat (CLOCK_MONOTONIC)
+    joined_ms: int                 # wall clock, ms since the epoch
+    live: bool
+
+
+def _held(path: str) -> bool:
+    """True when another process holds a flock on ``path``: probed with a shared,
+    non-blocking lock on a read-only descriptor, dropped at once (nothing is written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if _storage.flock(fd, False, False):
+            _storage.funlock(fd)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def list_members(group_dir: str, topic: str) -> list[MemberInfo]:
+    """The member files of ``group_dir`` for ``topic``, sorted by join time, live or not
+    (a dead member's file stays until a live member sweeps it). Reads only: nothing is
+    created or written, so it is safe on a group in use and on read-only media."""
+    d = os.path.join(group_dir, "members", topic)
+    with _os_errors("list group members", d):
+        try:
+            names = sorted(n for n in os.listdir(d) if _ID_RE.fullmatch(n))
+        except FileNotFoundError:
+            return []
+    now = time.monotonic_ns()
+    out = []
+    for name in names:
+        path = os.path.join(d, name)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MEMBER_SIZE)
+        except FileNotFoundError:              # left while we listed
+            continue
+        magic, pid, timeout_ms, hb, joined = (_MEMBER.unpack(raw) if len(raw) == MEMBER_SIZE
+                                              else (b"", 0, 0, now, 0))
+        fresh = magic != MEMBER_MAGIC or timeout_ms == 0 or now - hb <= timeout_ms * 1_000_000
+        out.append(MemberInfo(name, pid, timeout_ms, max(now - hb, 0) / 1e6, joined // 1_000_000,
+                              fresh and _held(path)))
+    return out
+
+
+def reset_offsets(group_dir: str, topic: str, offsets: dict[int, int], partitions: int, *,
+                  sync: bool = False) -> None:
+    """Commit ``offsets`` ({partition: offset}) for ``topic`` in the group at
+    ``group_dir`` from outside the group, as ``kafka-consumer-groups --reset-offsets``
+    does. Refused with :class:`GroupActive` while the group has a live member consuming
+    ``topic``; each partition's ownership flock is held while its slot is written, so a
+    member that joins meanwhile waits and then resumes from the new offset."""
+    live = [m.member_id for m in list_members(group_dir, topic) if m.live]
+    if live:
+        raise GroupActive(f"group {os.path.basename(group_dir)!r} has {len(live)} live member(s) "
+                          f"consuming {topic!r} ({', '.join(live)}): stop them before resetting offsets")
+    from .offsets import OffsetStore
+
+    part_dir = os.path.join(group_dir, "partitions")
+    fds: list[int] = []
+    store = None
+    try:
+        with _os_errors("reset group offsets", group_dir):
+            os.makedirs(part_dir, exist_ok=True)
+            for p in sorted(offsets):
+                fd = _open_rw(os.path.join(part_dir, f"{topic}.{p}.lock"))
+                fds.append(fd)
+                if not _storage.flock(fd, True, False):
+                    raise GroupActive(f"partition {p} of {topic!r} is owned by a member of group "
+                                      f"{os.path.basename(group_dir)!r}: stop it before resetting offsets")
+            store = OffsetStore(os.path.join(group_dir, "offsets", f"{topic}.offsets"), partitions, sync=sync)
+            for p, off in sorted(offsets.items()):
+                store.get(p)
+                store.put(p, off)
+            if sync:
+                store.sync()
+    finally:
+        if store is not None:
+            store.close()
+        for fd in fds:
+            os.close(fd)

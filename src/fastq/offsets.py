@@ -50,7 +50,7 @@ from ._codec import crc32c
 from .broker import MAX_PARTITIONS
 from .errors import Closed, CorruptRecord, InvalidArgument, _os_errors
 
-__all__ = ["OffsetStore", "HEADER_SIZE", "SLOT_SIZE", "MAGIC"]
+__all__ = ["OffsetStore", "read_committed", "HEADER_SIZE", "SLOT_SIZE", "MAGIC"]
 
 MAGIC = b"FQOFFS\x00\x01"
 FORMAT_VERSION = 1
@@ -86,6 +86,53 @@ def _allocate(fd: int, start: int, end: int) -> None:
     done = 0
     while done < len(zeros):
         done += os.pwrite(fd, zeros[done:], start + done)
+
+
+def _read_slot(buf, p: int, path: str) -> tuple[int, int, int] | None:
+    """(seq, half, offset) of partition p's newest valid commit in ``buf`` (the read
+    rule in the module docstring), or None when nothing was committed."""
+    base = HEADER_SIZE + SLOT_SIZE * p
+    best = None
+    torn = 0
+    for half in (0, 1):
+        at = base + HALF_SIZE * half
+        if buf[at:at + HALF_SIZE] == _ZERO_HALF:
+            continue
+        seq, offset, check = _HALF.unpack_from(buf, at)
+        if seq == 0 or offset < 0 or check != _check(seq, offset, p):
+            torn += 1
+            continue
+        if best is None or seq > best[0]:
+            best = (seq, half, offset)
+    if best is None and torn == 2:
+        raise CorruptRecord(f"{path}: committed-offset slot of partition {p} holds "
+                            f"garbage (both halves fail their check)", path, base)
+    return best
+
+
+def read_committed(path: str) -> dict[int, int | None]:
+    """{partition: committed offset or None} of every slot in the offsets file at
+    ``path``, read without writing or mapping anything ({} when the file is missing):
+    for tools that inspect a group while its members commit (one slot read is a
+    snapshot of that slot; a commit racing the read shows the previous one)."""
+    with _os_errors("read offsets file", path):
+        try:
+            with open(path, "rb") as f:
+                buf = f.read(MAX_FILE_SIZE + 1)
+        except FileNotFoundError:
+            return {}
+    if len(buf) < HEADER_SIZE or len(buf) > MAX_FILE_SIZE or (len(buf) - HEADER_SIZE) % SLOT_SIZE:
+        raise CorruptRecord(f"{path}: size {len(buf)} is not a header of {HEADER_SIZE} plus "
+                            f"{SLOT_SIZE}-byte slots", path, 0)
+    magic, version, slot_size = _HEADER.unpack_from(buf, 0)
+    if magic != MAGIC or version != FORMAT_VERSION or slot_size != SLOT_SIZE:
+        raise CorruptRecord(f"{path}: not a fastq offsets file (magic {magic!r}, version "
+                            f"{version}, slot size {slot_size})", path, 0)
+    out = {}
+    for p in range((len(buf) - HEADER_SIZE) // SLOT_SIZE):
+        best = _read_slot(buf, p, path)
+        out[p] = None if best is None else best[2]
+    return out
 
 
 class OffsetStore:
@@ -176,24 +223,8 @@ class OffsetStore:
     def get(self, p: int) -> int | None:
         """The committed offset of partition ``p``, or None if none was committed."""
         self._check_partition(p)
-        mm = self._map()
-        base = HEADER_SIZE + SLOT_SIZE * p
-        best = None                            # (seq, half, offset)
-        torn = 0
-        for half in (0, 1):
-            at = base + HALF_SIZE * half
-            if mm[at:at + HALF_SIZE] == _ZERO_HALF:
-                continue
-            seq, offset, check = _HALF.unpack_from(mm, at)
-            if seq == 0 or offset < 0 or check != _check(seq, offset, p):
-                torn += 1
-                continue
-            if best is None or seq > best[0]:
-                best = (seq, half, offset)
+        best = _read_slot(self._map(), p, self.path)
         if best is None:
-            if torn == 2:
-                raise CorruptRecord(f"{self.path}: committed-offset slot of partition {p} holds "
-                                    f"garbage (both halves fail their check)", self.path, base)
             self._state[p] = (0, 1)            # next put writes half 0
             return None
         self._state[p] = (best[0], best[1])

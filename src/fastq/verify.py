@@ -48,7 +48,7 @@ from .errors import CorruptRecord, InvalidArgument, LogLocked
 from .log import (CONFIG_FILE, COMPACTED_MARK, DEFAULT_MAX_RECORD_BYTES, LOCK_FILE, STATE_FILE,
                   _SEGMENT_RE, _boot_id, _FLAG_CLEAN, Log, segment_name)
 
-__all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "repair_log"]
+__all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "broker_logs", "repair_log"]
 
 _STATE_SIZE = 4096
 _BATCH_OVERHEAD = 12          # baseOffset i64 + batchLength i32
@@ -337,17 +337,22 @@ def verify_log(path) -> Report:
 def verify_broker(path) -> list[Report]:
     """:func:`verify_log` for every partition of every topic of a broker directory.
     The result is a list with an ``ok`` attribute (no partition has a problem)."""
+    return _Reports(verify_log(p) for p in broker_logs(path))
+
+
+def broker_logs(path) -> list[str]:
+    """The partition log directories of a broker directory, by topic then partition
+    (a tool that verifies them one by one can show its progress)."""
     path = os.fspath(path)
     topics = os.path.join(path, "topics")
     if not os.path.isdir(topics):
         raise InvalidArgument(f"{path} is not a fastq broker directory (no topics/)")
-    out = _Reports()
+    out = []
     for t in sorted(os.listdir(topics)):
         tdir = os.path.join(topics, t)
-        if not os.path.isdir(tdir):
+        if not os.path.isdir(tdir) or t.startswith(".deleted-"):   # a delete in progress
             continue
-        for p in sorted((n for n in os.listdir(tdir) if n.isdigit()), key=int):
-            out.append(verify_log(os.path.join(tdir, p)))
+        out += [os.path.join(tdir, p) for p in sorted((n for n in os.listdir(tdir) if n.isdigit()), key=int)]
     return out
 
 

@@ -1,37 +1,17 @@
-"""The ``fastq`` command line (console script; also ``python -m fastq``).
-
-``fastq bench`` runs the scenarios of :mod:`fastq.benchmarks` against an embedded broker
-in a temporary directory, shows progress, prints a results table and optionally writes
-``--json`` (schema: docs/BENCHMARKS.md) and ``--plot``. ``--compare`` runs the installed
-peers on the same workload (:mod:`fastq._benchpeers`). ``fastq info`` prints the machine
-description that results are stored with. ``fastq verify DIR`` / ``fastq repair DIR``
-check a broker or log directory for damage and make a damaged log openable again
-(:mod:`fastq.verify`).
-"""
+"""``fastq bench``: runs the scenarios of :mod:`fastq.benchmarks` against an embedded
+broker in a temporary directory, shows progress, prints a results table and optionally
+writes ``--json`` (schema: docs/BENCHMARKS.md) and ``--plot``. ``--compare`` runs the
+installed peers on the same workload (:mod:`fastq._benchpeers`)."""
 from __future__ import annotations
 
 import json
-import math
-import sys
 
 import click
 
-from . import __version__
-from . import benchmarks as B
-from .errors import FastqError
-
-
-def _console():
-    from rich.console import Console
-
-    # a wide, plain console when not on a terminal (make run logs, CI, tests)
-    return Console() if sys.stdout.isatty() else Console(width=132, no_color=True, highlight=False)
-
-
-def _fmt(v, digits=0) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:,.{digits}f}"
+from .. import benchmarks as B
+from ..errors import FastqError
+from . import cli
+from ._common import console as _console, console_stderr as _console_stderr, fmt_num as _fmt
 
 
 def _lat(r, key) -> str:
@@ -39,26 +19,8 @@ def _lat(r, key) -> str:
     return _fmt(lat[key], 1) if lat else "-"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fastq")
-def cli() -> None:
-    """fastq: a fast, embedded, durable message log for Python."""
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info(as_json: bool) -> None:
-    """Describe this machine and fastq build (what benchmark results are stored with)."""
-    m = B.machine_info()
-    if as_json:
-        click.echo(json.dumps(m, indent=2))
-        return
-    for k, v in m.items():
-        click.echo(f"{k:<22} {v}")
-
-
 def _peer_choice():
-    from ._benchpeers import peer_names
+    from .._benchpeers import peer_names
 
     return click.Choice(peer_names(), case_sensitive=False)
 
@@ -103,7 +65,7 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
     JetStream) and prints fastq/peer ratios; missing peers are listed as skipped, with
     the reason.
     """
-    from . import _benchpeers as P
+    from .. import _benchpeers as P
 
     if list_only:
         _list(P)
@@ -154,17 +116,10 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
                 f.write(text + "\n")
             out.print(f"wrote {json_path}")
     if plot_path:
-        from ._benchplot import plot
+        from .._benchplot import plot
 
         plot(doc, plot_path)
         out.print(f"wrote {plot_path}")
-
-
-def _console_stderr():
-    from rich.console import Console
-
-    return Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=132, no_color=True,
-                                                                     highlight=False)
 
 
 def _list(P) -> None:
@@ -182,7 +137,7 @@ def _run_all(console, cfg, peer_classes):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from . import _benchpeers as P
+    from .. import _benchpeers as P
 
     results, peer_results = [], []
     steps = len(cfg.scenarios) + len(peer_classes)
@@ -253,90 +208,3 @@ def _print_tables(console, doc) -> None:
     console.print(t)
 
 
-def _fail(e: Exception) -> None:
-    """A FastqError (or an OSError from the files) as one line on stderr, exit 2."""
-    click.echo(f"fastq: error: {e}", err=True)
-    sys.exit(2)
-
-
-def _problem_line(p) -> str:
-    where = p.path if p.position is None else f"{p.path} @ {p.position}"
-    return f"  {p.kind:<16} {where}: {p.detail}"
-
-
-@cli.command()
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(directory: str, as_json: bool) -> None:
-    """Check a broker or log DIRECTORY for damage without changing it.
-
-    Lists each problem with its file, byte position and kind (crc-mismatch,
-    truncated-batch, offset-gap, missing-segment, index-entry, ...). Exit status: 0 when
-    clean, 1 when damage was found, 2 on an error."""
-    from .verify import is_broker, verify_broker, verify_log
-
-    try:
-        reports = verify_broker(directory) if is_broker(directory) else [verify_log(directory)]
-    except (FastqError, OSError) as e:
-        _fail(e)
-    bad = [r for r in reports if not r.ok]
-    if as_json:
-        click.echo(json.dumps({"ok": not bad, "logs": [r.to_dict() for r in reports]}, indent=1))
-    else:
-        for r in reports:
-            click.echo(f"{r.path}: {'ok' if r.ok else f'{len(r.problems)} problem(s)'}"
-                       + (f" (offsets [{r.start_offset}, {r.end_offset}))" if r.end_offset is not None else ""))
-            for p in r.problems:
-                click.echo(_problem_line(p))
-        if bad:
-            click.echo(f"{len(bad)} of {len(reports)} log(s) damaged: `fastq repair` keeps every intact "
-                       f"batch and moves the rest aside")
-    sys.exit(1 if bad else 0)
-
-
-@cli.command()
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--dry-run", is_flag=True, help="Report what would be kept and moved; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def repair(directory: str, dry_run: bool, as_json: bool) -> None:
-    """Make a damaged broker or log DIRECTORY openable again.
-
-    Keeps every intact batch; what it cannot keep is moved into <log>/damaged/<time>/,
-    never deleted. The logs must not be open in any process. Exit status: 0 when done
-    (or nothing to do), 2 on an error."""
-    from .verify import is_broker, repair_log, verify_broker
-
-    try:
-        if is_broker(directory):
-            paths = [r.path for r in verify_broker(directory) if not r.ok]
-        else:
-            paths = [directory]
-        results = [repair_log(p, dry_run=dry_run) for p in paths]
-    except (FastqError, OSError) as e:
-        _fail(e)
-    if as_json:
-        click.echo(json.dumps({"dry_run": dry_run, "logs": [r.to_dict() for r in results]}, indent=1))
-        return
-    if not results:
-        click.echo(f"{directory}: nothing to repair")
-    verb = "would " if dry_run else ""
-    for r in results:
-        if not r.problems:
-            click.echo(f"{r.path}: ok, nothing to repair")
-            continue
-        click.echo(f"{r.path}:")
-        for k in r.kept:
-            click.echo(f"  {verb}keep  {k['path']}: {k['bytes']} bytes, offsets [{k['offsets'][0]}, "
-                       f"{k['offsets'][1]})")
-        for m in r.moved:
-            click.echo(f"  {verb}move  {m['path']} from byte {m['position']} aside: {m['why']}")
-        for lo, hi in r.lost:
-            click.echo(f"  lost  offsets [{lo}, {hi}) (no intact batch holds them)")
-        if r.damaged_dir:
-            click.echo(f"  moved files are in {r.damaged_dir}")
-
-
-main = cli
-
-if __name__ == "__main__":  # pragma: no cover
-    cli()

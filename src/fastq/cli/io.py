@@ -1,0 +1,344 @@
+"""``fastq produce TOPIC`` and ``fastq consume TOPIC``: records in from lines or files,
+records out through a kcat-style format string or as JSON lines."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import sys
+
+import click
+
+from ..errors import InvalidArgument
+from . import cli
+from ._common import CliError, TIME_HELP, broker_option, open_broker, parse_position
+
+
+# -- produce ------------------------------------------------------------------------------
+
+def _header(text: str) -> tuple[str, bytes]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CliError(f"bad header {text!r}: expected NAME=VALUE")
+    return name, value.encode()
+
+
+@cli.command()
+@click.argument("topic")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@broker_option
+@click.option("-k", "--key-delimiter", metavar="SEP",
+              help="Split each line at the first SEP into key and value (a line without SEP has no key).")
+@click.option("-H", "--header", "headers", multiple=True, metavar="NAME=VALUE",
+              help="Add this header to every record (repeatable).")
+@click.option("-p", "--partition", type=click.IntRange(0), default=None,
+              help="Write every record to this partition  [default: by key, else sticky].")
+@click.option("-l", "--lines", is_flag=True, help="Read FILES line by line too (default: one record per file).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def produce(topic, files, broker_path, key_delimiter, headers, partition, lines, as_json) -> None:
+    """Write records to TOPIC: one per line of stdin, or one per FILE (per line with -l).
+
+    \b
+    printf 'k1:hello\\nk2:world\\n' | fastq produce -b DIR orders -k :
+    fastq produce -b DIR images a.png b.png -H type=png
+    """
+    hdrs = [_header(h) for h in headers] or None
+    if key_delimiter == "":
+        raise CliError("--key-delimiter must not be empty")
+    sep = key_delimiter.encode() if key_delimiter else None
+    counts: dict[int, list[int]] = {}
+
+    def delivered(meta) -> None:
+        c = counts.setdefault(meta.partition, [meta.offset, meta.offset, 0])
+        c[0], c[1], c[2] = min(c[0], meta.offset), max(c[1], meta.offset), c[2] + 1
+
+    def records():
+        if not files:
+            for line in sys.stdin.buffer:
+                yield line.rstrip(b"\r\n")
+            return
+        for path in files:
+            with open(path, "rb") as f:
+                if lines:
+                    for line in f:
+                        yield line.rstrip(b"\r\n")
+                else:
+                    yield f.read()
+
+    with open_broker(broker_path, readonly=False) as b:
+        t = b.topic(topic, create=False)
+        if partition is not None and partition >= t.partitions:
+            raise InvalidArgument(f"partition {partition} out of range: topic {topic!r} has partitions "
+                                  f"0..{t.partitions - 1}")
+        with t.producer(on_delivery=delivered) as prod:
+            for rec in records():
+                key = None
+                if sep is not None:
+                    k, found, v = rec.partition(sep)
+                    if found:
+                        key, rec = k, v
+                prod.send(rec, key=key, headers=hdrs, partition=partition)
+    total = sum(c[2] for c in counts.values())
+    doc = {"topic": topic, "records": total,
+           "partitions": {str(p): {"first_offset": c[0], "last_offset": c[1], "records": c[2]}
+                          for p, c in sorted(counts.items())}}
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        click.echo(f"produced {total} record(s) to {topic}", err=True)
+
+
+# -- consume ------------------------------------------------------------------------------
+
+_TOKENS = {"t": "topic", "p": "partition", "o": "offset", "k": "key", "s": "value", "K": "key_len",
+           "S": "value_len", "T": "timestamp", "h": "headers", "%": "%"}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0"}
+FORMAT_HELP = ("%t topic, %p partition, %o offset, %k key, %s value, %K key length, %S value length, "
+               "%T timestamp (ms), %h headers (name=value,...), %% a percent; \\n \\t \\r \\\\ escapes")
+
+
+def compile_format(fmt: str) -> list:
+    """A kcat ``-f`` format as a list of literal bytes and field names; CliError for an
+    unknown ``%x`` or a trailing ``%``/``\\``."""
+    out: list = []
+    lit = []
+    i = 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c in "%\\":
+            if i + 1 == len(fmt):
+                raise CliError(f"bad format {fmt!r}: it ends in a lone {c!r} ({FORMAT_HELP})")
+            n = fmt[i + 1]
+            table = _TOKENS if c == "%" else _ESCAPES
+            if n not in table:
+                raise CliError(f"bad format {fmt!r}: unknown {c}{n} at position {i} ({FORMAT_HELP})")
+            if c == "%" and n != "%":
+                if lit:
+                    out.append("".join(lit).encode())
+                    lit = []
+                out.append(table[n])
+            else:
+                lit.append("%" if n == "%" else table[n])
+            i += 2
+            continue
+        lit.append(c)
+        i += 1
+    if lit:
+        out.append("".join(lit).encode())
+    return out
+
+
+def _render(parts: list, topic: str, rec) -> bytes:
+    b = []
+    for p in parts:
+        if isinstance(p, bytes):
+            b.append(p)
+        elif p == "value":
+            b.append(bytes(rec.value) if rec.value is not None else b"")
+        elif p == "key":
+            b.append(bytes(rec.key) if rec.key is not None else b"")
+        elif p == "topic":
+            b.append(topic.encode())
+        elif p == "partition":
+            b.append(str(rec.partition).encode())
+        elif p == "offset":
+            b.append(str(rec.offset).encode())
+        elif p == "timestamp":
+            b.append(str(rec.timestamp).encode())
+        elif p == "key_len":
+            b.append(str(-1 if rec.key is None else len(rec.key)).encode())
+        elif p == "value_len":
+            b.append(str(-1 if rec.value is None else len(rec.value)).encode())
+        elif p == "headers":
+            b.append(b",".join(k.encode() + b"=" + (bytes(v) if v is not None else b"") for k, v in rec.headers or ()))
+    return b"".join(b)
+
+
+def _text(buf):
+    """JSON value of key/value bytes: a str when UTF-8, else {"base64": ...}."""
+    if buf is None:
+        return None
+    raw = bytes(buf)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode()}
+
+
+def record_json(topic: str, rec) -> dict:
+    return {"topic": topic, "partition": rec.partition, "offset": rec.offset, "timestamp": rec.timestamp,
+            "key": _text(rec.key), "value": _text(rec.value),
+            "headers": {k: _text(v) for k, v in rec.headers or ()}}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise _Stop()
+
+
+@cli.command()
+@click.argument("topic")
+@broker_option
+@click.option("-g", "--group", default=None, help="Consume as a member of this group and commit what was "
+              "printed  [default: no group, nothing committed, the broker opened read-only].")
+@click.option("--from", "from_", default=None, metavar="WHERE",
+              help="earliest | latest | OFFSET (fewer than 13 digits, or @N) | TIME  [default: earliest, or "
+                   "the committed offset with --group]. " + TIME_HELP)
+@click.option("-f", "--follow", is_flag=True, help="Keep waiting for new records (stop with Ctrl-C).")
+@click.option("-c", "--count", type=click.IntRange(1), default=None, help="Stop after this many records.")
+@click.option("-p", "--partition", "partitions", type=click.IntRange(0), multiple=True,
+              help="Print only this partition (repeatable; without --group).")
+@click.option("--format", "fmt", default="%s\\n", show_default=True, metavar="FMT",
+              help="Output format, as kcat's -f: " + FORMAT_HELP + ".")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per record (JSON lines).")
+def consume(topic, broker_path, group, from_, follow, count, partitions, fmt, as_json) -> None:
+    """Print TOPIC's records, from --from up to the end (or on, with --follow).
+
+    \b
+    fastq consume -b DIR orders --from -15m --format '%p:%o %k=%s\\n'
+    fastq consume -b DIR orders --group billing --follow --json
+    """
+    parts = compile_format(fmt)
+    where = parse_position(from_) if from_ is not None else None
+    if group is not None and partitions:
+        raise CliError("--partition cannot be used with --group (the group assigns partitions)")
+    out = sys.stdout.buffer
+    old = signal.signal(signal.SIGTERM, _on_term) if _main_thread() else None
+    try:
+        with open_broker(broker_path, readonly=group is None) as b:
+            t = b.topic(topic, create=False)
+            for p in partitions:
+                t._check_partition(p)
+            _consume(t, group, where, follow, count, set(partitions) or None, parts, as_json, out)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _start(t, p: int, where) -> int | None:
+    """Where reading partition p starts, or None when it has no log yet (never written:
+    a read-only open cannot create it)."""
+    import os
+
+    if not os.path.isdir(os.path.join(t.dir, str(p))):
+        return None
+    lg = t.log(p)
+    lo, hi = lg.start_offset, lg.end_offset
+    kind, value = where or ("earliest", None)
+    if kind == "latest":
+        return hi
+    if kind == "offset":
+        return min(max(value, lo), hi)
+    if kind == "time":
+        at = lg.offset_for_timestamp(value)
+        return hi if at is None else max(at, lo)
+    return lo
+
+
+def _read_alone(t, where, follow, count, only, parts, as_json, out) -> None:
+    """Without a group: read the partitions directly (read-only; nothing committed)."""
+    wanted = sorted(only) if only is not None else list(range(t.partitions))
+    pos: dict[int, int] = {}
+    ends = None if follow else {p: _end(t, p) for p in wanted}
+    printed = 0
+    first = True
+    while True:
+        for p in wanted:                                    # partitions written since join in
+            if p not in pos:
+                at = _start(t, p, where if first else None)
+                if at is not None:
+                    pos[p] = at
+        first = False
+        progressed = False
+        for p in list(pos):
+            lg = t.log(p)
+            pos[p] = max(pos[p], lg.start_offset)          # retention may have moved the start
+            stop = lg.end_offset if ends is None else min(ends[p], lg.end_offset)
+            stop = min(stop, pos[p] + 500)
+            if count is not None:
+                stop = min(stop, pos[p] + count - printed)
+            if pos[p] >= stop:
+                continue
+            chunk = []
+            for rec in t.read(p, pos[p], end=stop):
+                chunk.append((json.dumps(record_json(t.name, rec)) + "\n").encode() if as_json
+                             else _render(parts, t.name, rec))
+            rec = None                                      # a view into the log: drop it
+            pos[p] = stop                                   # (compaction leaves offset gaps)
+            printed += len(chunk)
+            progressed = True
+            out.write(b"".join(chunk))
+            out.flush()
+            if count is not None and printed >= count:
+                return
+        if progressed:
+            continue
+        if not follow:
+            return
+        t.wait_any(pos, timeout=0.5)                        # {} (nothing written yet): just waits
+
+
+def _end(t, p: int) -> int:
+    import os
+
+    return t.log(p).end_offset if os.path.isdir(os.path.join(t.dir, str(p))) else 0
+
+
+def _consume(t, group, where, follow, count, only, parts, as_json, out) -> None:
+    if group is None:
+        return _read_alone(t, where, follow, count, only, parts, as_json, out)
+    kind = where[0] if where else "committed"
+    c = t.consumer(group, from_=kind if kind in ("earliest", "latest", "committed") else "earliest")
+    try:
+        if kind == "offset":
+            for p in range(t.partitions):
+                c.seek(p, where[1])
+        elif kind == "time":
+            c.seek_to_timestamp(where[1])
+        ends = t.end_offsets()
+        wanted = only if only is not None else set(range(t.partitions))
+        printed = 0
+        polled = False
+        while True:
+            recs = c.poll(500, timeout=0.5 if follow else 0.1)
+            polled = True
+            chunk = []
+            done: dict[int, int] = {}          # partition -> next offset, of what was printed
+            for rec in recs:
+                if rec.partition not in wanted:
+                    continue
+                chunk.append((json.dumps(record_json(t.name, rec)) + "\n").encode() if as_json
+                             else _render(parts, t.name, rec))
+                done[rec.partition] = rec.offset + 1
+                printed += 1
+                if count is not None and printed >= count:
+                    break
+            rec = recs = None                  # the records are views into the log: drop them
+            if chunk:
+                out.write(b"".join(chunk))
+                out.flush()
+            if done and group is not None:     # commit only what was written out
+                c.commit(done)
+            if count is not None and printed >= count:
+                return
+            if not follow and polled and _caught_up(c, ends, wanted, group):
+                return
+    finally:
+        c.close()
+
+
+def _caught_up(c, ends: dict, wanted: set, group) -> bool:
+    mine = c.assignment() if group is not None else sorted(wanted)
+    return all(c.position(p) >= ends[p] for p in mine if p in wanted)
