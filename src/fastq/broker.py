@@ -35,7 +35,7 @@ from . import _storage
 from .errors import (Closed, CorruptRecord, InvalidArgument, InvalidName, LogNotFound, ReadOnly,
                      UnknownTopic, UsedAfterFork, _os_errors)
 from .log import (DURABILITY_MODES, MAX_RECORD_BYTES_CAP, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
-                  check_int as _check_int, write_json_atomic as _write_json_atomic)
+                  check_int as _check_int, fork_registry, write_json_atomic as _write_json_atomic)
 
 __all__ = ["Broker", "open", "validate_name", "MAX_PARTITIONS"]
 
@@ -130,20 +130,7 @@ class _DirLock:
         self.fd = -1
 
 
-_OPEN_BROKERS: "weakref.WeakSet[Broker]" = weakref.WeakSet()   # this process's open brokers
-
-
-def _after_fork_in_child() -> None:
-    for b in list(_OPEN_BROKERS):
-        try:
-            b._abandon_after_fork()
-        except Exception:             # (a descriptor closed under us): the others still go
-            pass
-    _OPEN_BROKERS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_OPEN_BROKERS: "weakref.WeakSet[Broker]" = fork_registry()   # this process's open brokers
 
 
 class Broker:

@@ -30,7 +30,7 @@ from .broker import validate_name
 from .errors import Closed, InvalidArgument, NotAssigned, OffsetOutOfRange, UsedAfterFork
 from .group import GroupMember
 from ._storage import MAX_POLL_RECORDS_CAP, ConsumerCore
-from .log import Pacer, Record, check_int as _check_int
+from .log import Pacer, Record, check_int as _check_int, fork_registry
 from .offsets import OffsetStore
 
 if TYPE_CHECKING:
@@ -47,16 +47,7 @@ MAX_SESSION_TIMEOUT_MS = 3_600_000
 _CHECK_NS = 10_000_000          # during busy consumption, look at the group every 10 ms
 _monotonic_ns = time.monotonic_ns
 
-_LIVE: "weakref.WeakSet[Consumer]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for c in list(_LIVE):
-        c._abandon_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_LIVE: "weakref.WeakSet[Consumer]" = fork_registry()   # released in a forked child
 
 
 class Consumer(ConsumerCore):

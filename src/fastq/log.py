@@ -193,25 +193,32 @@ class _Pretoucher:
 
 
 _PRETOUCHER = _Pretoucher() if os.environ.get("FASTQ_PRETOUCH", "1") != "0" else None
-_OPEN_LOGS: "weakref.WeakSet[Log]" = weakref.WeakSet()    # this process's open logs
 
 
-def _after_fork_in_child() -> None:
-    """Runs in a forked child before anything else: the inherited logs belong to the
-    parent. Each releases the child's copies (Log._abandon_after_fork); the
-    pretoucher, whose thread was not forked and whose lock may be held, starts afresh."""
-    if _PRETOUCHER is not None:
-        _PRETOUCHER.__init__()
-    for lg in list(_OPEN_LOGS):
-        try:
-            lg._abandon_after_fork()
-        except Exception:             # (a descriptor closed under us): the others still go
-            pass
-    _OPEN_LOGS.clear()
+def fork_registry() -> "weakref.WeakSet":
+    """A set of this process's open objects (logs, brokers, consumers) that a forked
+    child releases at the fork: an ``os.register_at_fork`` hook calls each member's
+    ``_abandon_after_fork()`` in the child — before anything else runs there — and one
+    member failing (a descriptor closed under it) does not stop the others."""
+    members: "weakref.WeakSet" = weakref.WeakSet()
+
+    def release() -> None:
+        for obj in list(members):
+            try:
+                obj._abandon_after_fork()
+            except Exception:         # a hook must not raise: the others still go
+                pass
+        members.clear()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=release)
+    return members
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# the pretoucher's thread was not forked and its lock may be held: a child starts afresh
+if _PRETOUCHER is not None and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PRETOUCHER.__init__)
+_OPEN_LOGS: "weakref.WeakSet[Log]" = fork_registry()    # this process's open logs
 
 
 class Log(RecoveryMixin, LogCore):
