@@ -303,18 +303,21 @@ class Log(RecoveryMixin, LogCore):
     # -- opening ------------------------------------------------------------------------
 
     def _abort_open(self):
-        for seg in self._segments:
-            try:
-                seg.close()
-            except BufferError:
-                pass
-        self._segments = []
-        self._active = None
+        """Let go of everything a failed open or a read-only close holds: segments,
+        the state mapping, the lock file's descriptor (a read-only log holds no lock)."""
+        self._closed = True
+        with self._seg_lock:                # not under a reader's _refresh
+            for seg in self._segments:
+                try:
+                    seg.close()
+                except BufferError:         # a view outlives us: its mapping goes with it
+                    pass
+            self._segments = []
+            self._active = None
         self._release_state()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        self._closed = True
 
     def _load_config(self, args: dict, readonly: bool = False) -> dict:
         path = os.path.join(self.path, CONFIG_FILE)
@@ -963,16 +966,7 @@ class Log(RecoveryMixin, LogCore):
                 raise BufferError(f"cannot close {self.path}: {seg.exports} record view(s) into "
                                   f"{seg.path} still alive; release them (or copy with bytes())")
         if self._readonly:                  # wrote nothing, holds no lock: just let go
-            self._closed = True
-            with self._seg_lock:
-                for seg in self._segments:
-                    seg.close()
-                self._segments = []
-                self._active = None
-            self._release_state()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            self._abort_open()
             return
         failed = self._failure is not None
         # Another thread of this process may be appending (or rolling, or applying
