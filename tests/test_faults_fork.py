@@ -249,3 +249,37 @@ def test_fork_memory_topic_child_close_keeps_parent_ring(tmp_path):
         c.close()
     assert got == [b"one", b"two"]
     b.close()
+
+
+def test_fork_child_use_of_an_inherited_async_consumer_raises_instead_of_hanging(tmp_path):
+    """The async consumer's worker thread does not exist in a forked child: a call must
+    raise UsedAfterFork at once, not wait forever for that thread."""
+    import asyncio
+
+    path = str(tmp_path / "b")
+
+    async def parent_side():
+        ab = await fastq.open_async(path)
+        at = await ab.topic("t", partitions=1)
+        await at.publish(b"x")
+        ac = await at.consumer()
+        assert [bytes(r.value) for r in await ac.poll(10, timeout=1)] == [b"x"]
+        return ab, ac
+
+    ab, ac = asyncio.run(parent_side())
+
+    def child():
+        async def use():
+            with pytest.raises(UsedAfterFork):
+                await ac.poll(10, timeout=1)
+            with pytest.raises(UsedAfterFork):
+                await ac.commit()
+        asyncio.run(use())
+
+    _in_child(child, timeout=10.0)
+
+    async def parent_close():
+        await ac.close()
+        await ab.close()
+
+    asyncio.run(parent_close())

@@ -28,7 +28,9 @@ either way; a cancelled ``flush`` keeps flushing.
 
 Each :class:`AsyncConsumer` runs its consumer in one dedicated thread, so the underlying
 sync :class:`fastq.consumer.Consumer` is never used from two threads at once, and work
-queued there runs in call order.
+queued there runs in call order. That thread does not exist in a forked child: there an
+inherited async consumer raises :class:`fastq.errors.UsedAfterFork` (its ``close()``
+returns at once) instead of handing work to a thread that will never run it.
 """
 from __future__ import annotations
 
@@ -36,11 +38,12 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
+import os
 import time
 from typing import Any, AsyncIterator
 
 from .broker import Broker
-from .errors import Closed, OffsetOutOfRange, RingFull
+from .errors import Closed, OffsetOutOfRange, RingFull, UsedAfterFork
 from .topic import BatchMetadata, RecordMetadata, Topic
 
 __all__ = ["open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer", "AsyncProducer"]
@@ -194,6 +197,7 @@ class AsyncTopic:
         cls = AsyncMemoryConsumer if isinstance(self.sync, MemoryTopic) else AsyncConsumer
         ac = cls.__new__(cls)
         ac._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fastq-consumer-{self.name}")
+        ac._pid = os.getpid()
         ac._buffer = []
         ac._stash = []
         ac._closing = None
@@ -233,8 +237,17 @@ class AsyncConsumer:
     _buffer: list          # fetched ahead by ``async for``, not handed out yet (loop side)
     _stash: list           # memory consumer: records a cancelled poll took (worker side)
     _closing: Any          # the close in progress (an asyncio future), once close() began
+    _pid: int              # the process that made it: its worker thread exists only there
+
+    def _forked(self) -> bool:
+        """In a forked child the worker thread does not exist: a call handed to it would
+        wait forever. The sync consumer was released at the fork (UsedAfterFork)."""
+        return os.getpid() != self._pid
 
     def _submit(self, fn, *args) -> concurrent.futures.Future:
+        if self._forked():
+            raise UsedAfterFork("this async consumer was made before fork(): it belongs to the "
+                                "parent; open the broker again in the child")
         if self._closing is not None:         # the pool is shut down: say what happened
             raise Closed("consumer is closed")
         return self._pool.submit(fn, *args)
@@ -358,7 +371,10 @@ class AsyncConsumer:
 
     async def close(self) -> None:
         """Close (idempotent). Cancelling the await does not stop the close: it finishes
-        in the consumer's thread, and a later ``close()`` waits for it."""
+        in the consumer's thread, and a later ``close()`` waits for it. In a forked child
+        it returns at once (what the child inherited was released at the fork)."""
+        if self._forked():
+            return
         if self._closing is None:
             first = self._undelivered()
             self._buffer = []
