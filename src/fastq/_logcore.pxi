@@ -229,6 +229,16 @@ cdef class LogCore:
     def _state_raw(self):
         return PyBytes_FromStringAndSize(<char *>self._state(), FQ_STATE_SIZE)
 
+    def _state_fields(self):
+        """The state's fields as they stand, read without the seqlock: for a private copy
+        (``_map_state_copy``) that nothing writes, such as ``fastq.verify`` reading the
+        state of a log it does not open (a dead writer's odd seqlock must not stall it)."""
+        cdef fq_log_state *st = self._state()
+        return {"flags": st.flags, "boot_id": PyBytes_FromStringAndSize(<char *>st.boot_id, 16),
+                "next_offset": st.next_offset, "end_pos": st.end_pos,
+                "active_base": st.active_base, "recovery_point": st.recovery_point,
+                "start_offset": st.log_start_offset}
+
     property _flags:
         def __get__(self): return self._state().flags
         def __set__(self, uint32_t v): self._state().flags = v

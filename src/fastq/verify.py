@@ -38,21 +38,19 @@ import dataclasses
 import json
 import mmap
 import os
-import struct
 import time
 
 from . import _storage
-from ._codec import crc32c
+from ._codec import INDEX_ENTRY, decode_batch, index_get
 from ._recovery import set_aside
 from .errors import CorruptRecord, InvalidArgument, LogLocked
 from .log import (CONFIG_FILE, COMPACTED_MARK, DEFAULT_MAX_RECORD_BYTES, LOCK_FILE, STATE_FILE,
                   _SEGMENT_RE, _boot_id, _FLAG_CLEAN, Log, segment_name)
 
-__all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "broker_logs", "repair_log"]
+__all__ = ["Problem", "Report", "RepairReport", "verify_log", "verify_broker", "broker_logs", "repair_log",
+           "read_state"]
 
-_STATE_SIZE = 4096
 _BATCH_OVERHEAD = 12          # baseOffset i64 + batchLength i32
-_CRC_AT, _CRC_FROM = 17, 21   # the CRC field, and where the bytes it covers begin
 
 
 @dataclasses.dataclass
@@ -104,19 +102,22 @@ class RepairReport:
 
 # -- reading a log's files without changing them --------------------------------------------
 
-def _read_state(path: str) -> dict | None:
-    """The state file's fields (docs/FORMAT.md), or None when missing or not a state."""
+def read_state(path: str) -> dict | None:
+    """The fields of the log's state file (``flags``, ``boot_id``, ``next_offset``,
+    ``end_pos``, ``active_base``, ``recovery_point``, ``start_offset``; layout in
+    csrc/fq_log.h), read into a private copy by the log core itself — nothing is mapped
+    writable or written — or None when the file is missing or is not a state file."""
+    state = os.path.join(path, STATE_FILE)
+    if not os.path.exists(state):
+        return None
+    core = _storage.LogCore()
     try:
-        with open(os.path.join(path, STATE_FILE), "rb") as f:
-            b = f.read(_STATE_SIZE)
-    except FileNotFoundError:
+        core._map_state_copy(state)
+        return core._state_fields() if core._state_valid() else None
+    except CorruptRecord:                # not FQ_STATE_SIZE bytes: not a state file
         return None
-    if len(b) < _STATE_SIZE or b[:8] != b"FQSTATE1":
-        return None
-    q = lambda at: struct.unpack_from("<q", b, at)[0]  # noqa: E731
-    return {"flags": struct.unpack_from("<I", b, 16)[0], "boot_id": b[32:48],
-            "next_offset": q(136), "end_pos": q(144), "active_base": q(152),
-            "recovery_point": q(320), "start_offset": q(328)}
+    finally:
+        core._release_state()
 
 
 def _config(path: str) -> dict:
@@ -155,14 +156,18 @@ def _batch_problem(seg_path: str, buf, pos: int, status: int, offset: int) -> Pr
         return Problem("truncated-batch", seg_path, pos,
                        f"batch at position {pos} (offset {offset}) runs past the end of the file")
     kind, why = "corrupt-batch", "fails validation"
-    if pos + _CRC_FROM <= len(buf):
-        length = int.from_bytes(buf[pos + 8:pos + 12], "big")
-        end = pos + _BATCH_OVERHEAD + length
-        if _CRC_FROM - _BATCH_OVERHEAD <= length and end <= len(buf):
-            stored = int.from_bytes(buf[pos + _CRC_AT:pos + _CRC_FROM], "big")
-            if crc32c(buf[pos + _CRC_FROM:end]) != stored:
-                kind, why = "crc-mismatch", "has a CRC-32C that does not match its bytes"
+    if _decodes(buf[pos:], check_crc=False) and not _decodes(buf[pos:]):
+        kind, why = "crc-mismatch", "has a CRC-32C that does not match its bytes"
     return Problem(kind, seg_path, pos, f"batch at position {pos} (offset {offset}) {why}")
+
+
+def _decodes(buf, check_crc: bool = True) -> bool:
+    """Whether the batch at the start of ``buf`` decodes (the codec's own validation)."""
+    try:
+        decode_batch(buf, check_crc=check_crc)
+    except CorruptRecord:
+        return False
+    return True
 
 
 def _resync(m: _Mapped, r: dict, max_size: int, stop: int, problems: list) -> list[tuple]:
@@ -209,8 +214,8 @@ def _check_indexes(path: str, base: int, buf, data_end: int, out: list) -> None:
     except FileNotFoundError:
         idx = b""
     prev = (-1, -1)
-    for i in range(len(idx) // 8):
-        rel, pos = struct.unpack_from(">II", idx, 8 * i)
+    for i in range(len(idx) // INDEX_ENTRY):
+        rel, pos = index_get(idx, i)
         if rel == 0 and pos == 0:
             break                               # the zero-filled end of the entries
         if pos >= data_end:
@@ -218,7 +223,7 @@ def _check_indexes(path: str, base: int, buf, data_end: int, out: list) -> None:
         ok = (rel > prev[0] and pos > prev[1] and pos + 17 <= len(buf)
               and int.from_bytes(buf[pos:pos + 8], "big") == base + rel and buf[pos + 16] == 2)
         if not ok:
-            out.append(Problem("index-entry", name + ".index", 8 * i,
+            out.append(Problem("index-entry", name + ".index", INDEX_ENTRY * i,
                                f"entry {i} (offset {base + rel} at position {pos}) does not point at "
                                f"the batch starting that offset"))
             break
@@ -235,7 +240,7 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
     cfg = _config(path)
     gaps = bool(cfg.get("compact")) or os.path.exists(os.path.join(path, COMPACTED_MARK))
     max_size = cfg.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
-    st = _read_state(path)
+    st = read_state(path)
     acked = None
     if st is not None:
         trusted = st["flags"] & _FLAG_CLEAN or st["boot_id"] == _boot_id()
@@ -398,7 +403,7 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
     fds = _lock_alone(path) if not dry_run else []
     try:
         report, segs = _scan_log(path)
-        st = _read_state(path)
+        st = read_state(path)
         out = RepairReport(path, dry_run, [], [], [], problems=report.problems)
         if report.ok:
             out.kept = [{"path": s["path"], "bytes": s["end_pos"], "offsets": [s["base"], s["next_offset"]]}

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .._codec import BATCH_HEADER_SIZE, crc32c, decode_batch
+from .._codec import BATCH_HEADER_SIZE, decode_batch
 from ..errors import CorruptRecord
 from . import cli
 from ._common import CliError, fmt_time, progress
@@ -21,7 +21,6 @@ from .io import _text
 
 _SEGMENT_RE = re.compile(r"\d{20}\.log")
 _HEAD = struct.Struct(">qi")          # baseOffset i64 BE, batchLength i32 BE
-_CRC_AT, _CRC_FROM = 17, 21           # the CRC field, and where the bytes it covers begin
 
 
 def dump_segment(path: str, *, records: bool = False, on_progress=None):
@@ -42,9 +41,9 @@ def _committed_size(path: str, size: int) -> int:
     """The bytes of the segment to read: for the log's active segment, up to the
     committed end its state file names (a batch another process is writing past it is
     not yet data); else the whole file."""
-    from ..verify import _read_state
+    from ..verify import read_state
 
-    st = _read_state(os.path.dirname(path) or ".")
+    st = read_state(os.path.dirname(path) or ".")
     base = int(os.path.basename(path)[:20])
     if st is not None and st["active_base"] == base and 0 <= st["end_pos"] <= size:
         return st["end_pos"]
@@ -65,18 +64,21 @@ def _walk(mm, size: int, records: bool, on_progress):
             return
         view = memoryview(mm)[pos:pos + total]
         try:
-            stored_crc = struct.unpack_from(">I", view, _CRC_AT)[0]
-            actual = crc32c(view[_CRC_FROM:])
             try:
-                info, recs = decode_batch(view, check_crc=False)
-            except CorruptRecord as e:
-                yield {"problem": "corrupt-batch", "position": pos, "detail": str(e), "crc_ok": stored_crc == actual}
-                return
+                info, recs = decode_batch(view)
+                crc_ok = True
+            except CorruptRecord:               # the CRC, or the batch itself?
+                crc_ok = False
+                try:
+                    info, recs = decode_batch(view, check_crc=False)
+                except CorruptRecord as e:
+                    yield {"problem": "corrupt-batch", "position": pos, "detail": str(e)}
+                    return
         finally:
             view.release()
         doc = {"base_offset": info.base_offset, "last_offset": info.base_offset + info.last_offset_delta,
                "count": info.record_count, "position": pos, "size": info.total_size,
-               "crc": f"0x{info.crc:08x}", "crc_ok": stored_crc == actual,
+               "crc": f"0x{info.crc:08x}", "crc_ok": crc_ok,
                "base_timestamp": info.base_timestamp, "max_timestamp": info.max_timestamp,
                "attributes": info.attributes}
         if records:
