@@ -219,12 +219,10 @@ class AsyncTopic:
 
 
 def _close_result(cf: concurrent.futures.Future) -> None:
-    """In the worker: close what a cancelled creation made after all."""
-    try:
-        obj = cf.result()
-    except BaseException:
-        return
-    obj.close()
+    """In the worker: close what a cancelled creation made after all (one that failed
+    made nothing; it runs after the creation, so ``cf`` is done)."""
+    if cf.exception() is None:
+        cf.result().close()
 
 
 class AsyncConsumer:
@@ -260,11 +258,11 @@ class AsyncConsumer:
 
     def _give_back(self, cf: concurrent.futures.Future) -> None:
         """In the worker, after a poll whose await was cancelled: seek each partition
-        back to the first record it returned, as if that poll had not run."""
-        try:
-            recs = cf.result()
-        except BaseException:
+        back to the first record it returned, as if that poll had not run. It runs
+        right after that poll, so ``cf`` is done; a poll that failed took nothing."""
+        if cf.exception() is not None:
             return
+        recs = cf.result()
         first: dict[int, int] = {}
         for r in recs:
             first.setdefault(r.partition, r.offset)
@@ -419,11 +417,10 @@ class AsyncMemoryConsumer(AsyncConsumer):
 
     def _give_back(self, cf: concurrent.futures.Future) -> None:
         """Records are taken from the ring, not positioned: keep those a cancelled poll
-        took for the next poll (at-most-once still: lost if the consumer closes first)."""
-        try:
+        took for the next poll (at-most-once still: lost if the consumer closes first).
+        It runs right after that poll, so ``cf`` is done; a poll that failed took nothing."""
+        if cf.exception() is None:
             self._stash = cf.result() + self._stash
-        except BaseException:
-            pass
 
     async def close(self) -> None:
         if self._closing is None:
