@@ -88,7 +88,7 @@ def _status_error(int64_t rc, str op, str what):
     """The exception _raise_status would raise; `op` is "put", "get" or "" (tests)."""
     try:
         _raise_status(rc, OP_PUT if op == "put" else OP_GET if op == "get" else OP_NONE, what)
-    except Exception as e:
+    except FastqError as e:          # every status maps to one
         return e
 
 

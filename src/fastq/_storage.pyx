@@ -28,7 +28,7 @@ import os
 import warnings
 
 from fastq.errors import (
-    Closed, CorruptRecord, DiskFull, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
+    Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
     RecordTooLarge, StorageError, Timeout,
 )
 
@@ -113,7 +113,7 @@ def _status_error(int64_t rc, str what, str path=None, int64_t pos=-1):
     """The exception raise_status would raise (tests: the one mapping, seen from here)."""
     try:
         raise_status(rc, what, path, pos)
-    except Exception as e:
+    except FastqError as e:          # every status maps to one
         return e
 
 

@@ -216,7 +216,7 @@ class Broker:
         for t in list(self._topics.values()):
             try:
                 t._abandon_after_fork()
-            except Exception:         # release the other topics all the same
+            except OSError:           # a descriptor closed under it: the others still go
                 pass
         self._topics.clear()
 

@@ -206,7 +206,7 @@ def fork_registry() -> "weakref.WeakSet":
         for obj in list(members):
             try:
                 obj._abandon_after_fork()
-            except Exception:         # a hook must not raise: the others still go
+            except OSError:           # a descriptor closed under it: the others still go
                 pass
         members.clear()
 

@@ -35,17 +35,6 @@ MAX_BUFFER_BYTES = 1 << 30
 _IDLE_WAIT_S = 1.0          # the linger thread re-checks for close at least this often
 
 
-def _undelivered(err: BaseException, left: int) -> BaseException:
-    """`err` (same class) saying that `left` records go undelivered with the producer."""
-    msg = (f"{err} — {left} record(s) sent to this producer were not appended and are "
-           "dropped with it")
-    try:
-        return type(err)(msg)
-    except Exception:
-        err.add_note(msg)
-        return err
-
-
 class Producer(ProducerCore):
     """Accumulates records in a ring and appends each partition's pending records as one
     RecordBatch once ``linger_ms`` has passed since the drainer saw the first of them
@@ -228,8 +217,10 @@ class Producer(ProducerCore):
         return (0 if self._ring.closed else len(self._ring)) + len(self._held)
 
     def close(self) -> None:
-        """Flush and stop the linger thread. Idempotent. In a forked child, a producer
-        inherited from the parent is already closed: this returns at once."""
+        """Flush and stop the linger thread. Idempotent. Records it could not append
+        (a full disk, a closed topic) are dropped with it and reported: :class:`Closed`
+        saying how many, its ``__cause__`` the error that kept them. In a forked child, a
+        producer inherited from the parent is already closed: this returns at once."""
         if self._closed:
             return
         err = None
@@ -253,14 +244,12 @@ class Producer(ProducerCore):
         left = len(self._held)
         self._held = []
         self._ring.close()
+        if left:                                 # the error that kept them is the cause
+            why = f": {err}" if err is not None else " (sent while it closed)"
+            raise Closed(f"producer of topic {self.topic.name!r} closed with {left} record(s) "
+                         f"not appended{why}") from err
         if err is not None:
-            report = _undelivered(err, left) if left else err
-            if report is err:
-                raise err
-            raise report from err
-        if left:
-            raise Closed(f"{left} record(s) sent while producer of topic {self.topic.name!r} "
-                         "closed were not appended")
+            raise err
 
     def __enter__(self) -> "Producer":
         return self
