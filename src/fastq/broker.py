@@ -303,6 +303,15 @@ class Broker:
             _validate_topic_config(cfg)
         except InvalidArgument as e:
             raise CorruptRecord(f"{path}: {e}", path) from None
+        # partitions only grow (alter_topic): a partition log past the count means the
+        # file is damaged, and trusting it would hide that partition's records
+        d = os.path.dirname(path)
+        with _os_errors("list partitions", d):
+            beyond = sorted(int(n) for n in os.listdir(d) if n.isdigit() and int(n) >= cfg["partitions"])
+        if beyond:
+            raise CorruptRecord(f"{path} says {cfg['partitions']} partition(s), but {d} holds partition "
+                                f"logs {beyond}: the file is damaged; restore it (or write it with the "
+                                "topic's partitions and segment_bytes)", path)
         return cfg
 
     def topics(self) -> list[str]:
