@@ -1,6 +1,7 @@
 /* fq_log.c — writer lock, seqlock commit and tail notification of a log's shared state.
  * See fq_log.h for the layout and the protocol. */
 #include "fq_log.h"
+#include "fq_crc32c.h"
 #include "fq_os.h"
 #include "fq_status.h"
 
@@ -12,6 +13,17 @@ _Static_assert(offsetof(fq_log_state, lock) == 64, "lock on cache line 1");
 _Static_assert(offsetof(fq_log_state, seq) == 128, "commit group on cache line 2");
 _Static_assert(offsetof(fq_log_state, notify) == 256, "notify on cache line 4");
 _Static_assert(offsetof(fq_log_state, recovery_point) == 320, "durability on cache line 5");
+_Static_assert(offsetof(fq_log_state, clean_crc) == 20, "clean_crc where the pad was");
+_Static_assert(sizeof(fq_log_state) == 384, "six cache lines");
+
+uint32_t fq_log_state_crc(const fq_log_state *st) {
+    const uint8_t *b = (const uint8_t *)st;
+    const size_t crc_at = offsetof(fq_log_state, clean_crc);
+    uint32_t c = fq_crc32c(0, b, crc_at);
+    c = fq_crc32c(c, b + crc_at + 4, 64 - crc_at - 4);                   /* rest of line 0 */
+    c = fq_crc32c(c, b + offsetof(fq_log_state, seq), 128);              /* lines 2-3 */
+    return fq_crc32c(c, b + offsetof(fq_log_state, recovery_point), 64); /* line 5 */
+}
 
 uint64_t fq_log_lock_word(uint32_t nonce) {
     return (uint64_t)(uint32_t)fq_getpid() | ((uint64_t)(nonce | 1u) << 32);

@@ -7,7 +7,7 @@
  * threads and processes without a system call when uncontended.
  *
  * Layout (byte offsets; each group on its own 64-byte cache line):
- *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | pad u32 | created_ms i64 |
+ *   0    magic "FQSTATE1" | version u32 | size u32 | flags u32 | clean_crc u32 | created_ms i64 |
  *        boot_id [16]u8 (which boot of the machine last opened the log)
  *   64   lock u64 (0 = free, else owner pid in the low 32 bits, a nonce in the high 32)
  *        lock_acquired_ns i64 (monotonic time the lock was last taken after a wait or
@@ -29,6 +29,15 @@
  *        log_start_offset i64 first offset still retained
  *        opens u64           number of opens (diagnostic)
  *
+ * Clean close: the last process to close sets FQ_STATE_FLAG_CLEAN and FQ_STATE_FLAG_CHECKED
+ * and stores clean_crc = fq_log_state_crc(): CRC-32C of line 0 (but clean_crc itself),
+ * lines 2-3 (the commit group) and line 5 — everything that is still when no process has
+ * the log open (the lock word and the notify words are not). The next process to open
+ * the log trusts a clean state only if that CRC matches: a damaged file (a flipped bit
+ * in next_offset) is then reported as damage of fastq.state, not of the segments it
+ * would misjudge. Opening clears both flags. A state written before the checksum has
+ * FQ_STATE_FLAG_CHECKED clear (clean_crc was padding) and is trusted as before.
+ *
  * Writer protocol: acquire the lock; append bytes at end_pos (raising written_end
  * first); fq_log_commit() publishes (next_offset, end_pos, ...) under the seqlock; bump
  * notify and wake sleepers; release. A writer killed while holding the lock leaves only
@@ -44,6 +53,7 @@
 #define FQ_STATE_SIZE 4096
 #define FQ_STATE_VERSION 1
 #define FQ_STATE_FLAG_CLEAN 0x1u      /* the last process closed the log cleanly */
+#define FQ_STATE_FLAG_CHECKED 0x2u    /* clean_crc holds fq_log_state_crc() of the clean state */
 #define FQ_LOCK_CHECK_NS 1000000LL    /* check the owner's liveness every 1 ms of waiting */
 #define FQ_LOCK_GONE (1ull << 32)     /* a lock word whose owner (pid 0) never exists */
 
@@ -53,7 +63,7 @@ typedef struct fq_log_state {
     uint32_t version;
     uint32_t size;
     uint32_t flags;
-    uint32_t _pad0;
+    uint32_t clean_crc;    /* see "Clean close" above */
     int64_t created_ms;
     uint8_t boot_id[16];   /* boot the commit group was last written in (see fastq/log.py) */
     uint8_t _pad1[16];
@@ -96,6 +106,10 @@ typedef struct fq_log_snapshot {
     int64_t written_end;
     uint64_t generation;
 } fq_log_snapshot;
+
+/* CRC-32C of the parts of the state that are still while no process has the log open
+ * (see "Clean close" above). */
+uint32_t fq_log_state_crc(const fq_log_state *st);
 
 /* Try once to take the lock. Returns 1 on success, 0 when held. */
 int fq_log_trylock(fq_log_state *st, uint64_t me);

@@ -26,7 +26,7 @@ import zlib
 import pytest
 
 import fastq
-from fastq.errors import FastqError
+from fastq.errors import CorruptRecord, FastqError
 
 FILES = {
     # kind: path relative to the broker directory
@@ -46,16 +46,6 @@ FILES = {
     "group offsets": "groups/g/offsets/t.offsets",
 }
 DAMAGES = ["deleted", "truncated-0", "truncated-half", "garbled", "bit-flips", "directory"]
-
-# (kind, damage) pairs where today's code fails: xfail(strict) with the precise bug.
-KNOWN = {
-    ("fastq.state", "bit-flips"): (
-        "fastq.state has no checksum: a clean state whose next_offset has a flipped bit "
-        "is trusted at open (only magic/version/size and end_pos <= file size are "
-        "checked): the open fails naming the intact .log ('holds offsets up to 49, but the "
-        "log was acknowledged up to 44') instead of the state, which is what is damaged "
-        "(before the recovery checks the acknowledged records past it were hidden)"),
-}
 
 STATE_NEXT_OFFSET = 136     # byte of fastq.state's committed next_offset (csrc/fq_log.h)
 N = 60                      # records per partition: several 4 KiB segments each
@@ -155,9 +145,7 @@ def use(root: str, acked: dict) -> None:
 def _cases():
     for kind in FILES:
         for how in DAMAGES:
-            reason = KNOWN.get((kind, how))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(kind, how, marks=marks, id=f"{kind}-{how}")
+            yield pytest.param(kind, how, id=f"{kind}-{how}")
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +186,13 @@ def test_damaged_file_is_clear_error_or_safe_rebuild(tmp_path, pristine, kind, h
 
 @pytest.mark.skipif(os.environ.get("FASTQ_TORTURE") != "1", reason="long randomized sweep: set FASTQ_TORTURE=1")
 def test_torture_random_damage(tmp_path, pristine):
-    """Random garbling and bit flips of every file kind but fastq.state (its bit flips
-    are a known failure, KNOWN above), each checked as above; seed printed."""
+    """Random garbling and bit flips of every file kind, each checked as above; seed
+    printed."""
     src, acked = pristine
     seed = int(os.environ.get("FASTQ_SEED", random.randrange(1 << 32)))
     print(f"FASTQ_SEED={seed}")
     rng = random.Random(seed)
-    kinds = [k for k in FILES if k != "fastq.state"]
+    kinds = list(FILES)
     for i in range(int(os.environ.get("FASTQ_TORTURE_ROUNDS", "100"))):
         kind, how = rng.choice(kinds), rng.choice(["garbled", "bit-flips", "truncated-half"])
         root = str(tmp_path / f"r{i}")
@@ -236,3 +224,55 @@ def test_sealed_index_entry_off_by_a_few_bytes_is_rebuilt_not_fatal(tmp_path, pr
         f.seek(7)
         f.write(bytes([b ^ 0x08]))
     use(root, acked)
+
+
+def test_index_entry_one_byte_into_the_first_batch_is_not_trusted(tmp_path):
+    """An entry (0, 1) reads base offset 0 at byte 1 of a first batch at offset 0 (seven
+    zero bytes and the length's high byte), so the base-offset check alone trusts it
+    whenever the byte where the magic would be (the CRC's first) happens to be 2. Found
+    by FASTQ_TORTURE=1 FASTQ_SEED=761780403 FASTQ_TORTURE_ROUNDS=400. The trust check
+    also wants a length that ends inside the data."""
+    from fastq import Log
+
+    path = str(tmp_path / "log")
+    for n in range(4096):                       # a first batch whose CRC starts with 0x02
+        shutil.rmtree(path, ignore_errors=True)
+        with Log(path, segment_bytes=4096, index_interval=64) as lg:
+            lg.append(b"v%d" % n, timestamp=1000)
+        with open(os.path.join(path, "00000000000000000000.log"), "rb") as f:
+            if f.read(18)[17] == 2:
+                break
+    else:
+        raise AssertionError("no value gave a CRC starting with 0x02 in 4096 tries")
+    with Log(path, segment_bytes=4096, index_interval=64) as lg:
+        for i in range(200):
+            lg.append(b"r%d" % i, timestamp=1000)
+        acked = [bytes(r.value) for r in lg.read(0)]
+        assert len(lg.segments()) > 1
+    with open(os.path.join(path, "00000000000000000000.index"), "r+b") as f:
+        f.write((0).to_bytes(4, "big") + (1).to_bytes(4, "big"))    # entry 0 -> (0, 1)
+    with Log(path) as lg:
+        assert [bytes(r.value) for r in lg.read(0)] == acked
+
+
+def test_topic_json_with_fewer_partitions_than_on_disk_names_the_file(tmp_path):
+    """A bit flip that lowers topic.json's partition count (found by FASTQ_TORTURE=1
+    FASTQ_SEED=99134691 FASTQ_TORTURE_ROUNDS=400) hid the partitions past it: partitions
+    only grow, so a partition log past the count is damage of topic.json."""
+    import json
+
+    root = str(tmp_path / "broker")
+    with fastq.open(root) as b:
+        t = b.topic("t", partitions=3)
+        for p in range(3):
+            t.publish(b"x", partition=p)
+    tj = os.path.join(root, "topics", "t", "topic.json")
+    with open(tj) as f:
+        cfg = json.load(f)
+    cfg["partitions"] = 1
+    with open(tj, "w") as f:
+        json.dump(cfg, f)
+    with fastq.open(root) as b:
+        with pytest.raises(CorruptRecord) as ei:
+            b.topic("t")
+        assert ei.value.path == tj and "[1, 2]" in str(ei.value)

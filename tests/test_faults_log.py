@@ -454,3 +454,49 @@ def test_deleted_active_segment_of_a_topic_is_refused_then_repaired(tmp_path):
     assert log_files(part) == ["%020d.index" % 100, "%020d.log" % 100, "%020d.timeindex" % 100]
     with fastq.open(bpath) as b:
         assert b.topic("t").publish(b"again").offset == 100
+
+
+def test_flipped_bit_in_a_clean_state_is_reported_as_damage_of_the_state(tmp_path):
+    """A cleanly closed state carries a checksum (csrc/fq_log.h, "Clean close"): a bit
+    flipped in its end offset is damage of fastq.state — not of the intact segments it
+    would misjudge — and moving it aside (or `repair`) rebuilds it from the segments
+    with every record."""
+    path = str(tmp_path / "log")
+    vals = build(path, 50, segment_bytes=4096)
+    state = os.path.join(path, STATE_FILE)
+    with open(state, "r+b") as f:               # next_offset (csrc/fq_log.h): 50 -> 48
+        f.seek(136)
+        b = f.read(1)
+        f.seek(136)
+        f.write(bytes([b[0] ^ 0x02]))
+    with pytest.raises(CorruptRecord) as ei:
+        Log(path)
+    assert ei.value.path == state and "checksum" in str(ei.value)
+    with pytest.raises(CorruptRecord) as ei:
+        Log(path, readonly=True)
+    assert ei.value.path == state
+    report = verify_log(path)
+    assert [(p.kind, p.path) for p in report.problems] == [("state-checksum", state)]
+    repaired = repair_log(path)
+    assert repaired.lost == []
+    with Log(path) as log:
+        assert values(log) == vals and log.end_offset == 50
+        log.append(b"next")
+        assert log.end_offset == 51
+    assert verify_log(path).ok
+
+
+def test_a_clean_state_from_before_the_checksum_is_still_trusted(tmp_path):
+    """A clean state written before the checksum existed (FQ_STATE_FLAG_CHECKED clear,
+    clean_crc zero: it was padding) opens as before."""
+    path = str(tmp_path / "log")
+    vals = build(path, 20)
+    state = os.path.join(path, STATE_FILE)
+    with open(state, "r+b") as f:
+        f.seek(16)                               # flags u32, clean_crc u32
+        flags = int.from_bytes(f.read(4), "little")
+        assert flags & 3 == 3                    # clean and checksummed by this version
+        f.seek(16)
+        f.write((flags & ~2).to_bytes(4, "little") + bytes(4))
+    with Log(path) as log:
+        assert values(log) == vals

@@ -229,6 +229,20 @@ cdef class LogCore:
     def _state_raw(self):
         return PyBytes_FromStringAndSize(<char *>self._state(), FQ_STATE_SIZE)
 
+    def _mark_clean(self):
+        """Last one out, writer lock held: flag the state clean and store its checksum
+        (csrc/fq_log.h, "Clean close")."""
+        cdef fq_log_state *st = self._state()
+        st.flags = st.flags | FQ_STATE_FLAG_CLEAN | FQ_STATE_FLAG_CHECKED
+        st.clean_crc = fq_log_state_crc(st)
+
+    def _clean_state_damaged(self):
+        """True for a clean, checksummed state whose bytes no longer match its checksum
+        (the file was damaged while no process had the log open)."""
+        cdef fq_log_state *st = self._state()
+        return bool(st.flags & FQ_STATE_FLAG_CLEAN and st.flags & FQ_STATE_FLAG_CHECKED
+                    and st.clean_crc != fq_log_state_crc(st))
+
     def _state_fields(self):
         """The state's fields as they stand, read without the seqlock: for a private copy
         (``_map_state_copy``) that nothing writes, such as ``fastq.verify`` reading the
@@ -237,7 +251,8 @@ cdef class LogCore:
         return {"flags": st.flags, "boot_id": PyBytes_FromStringAndSize(<char *>st.boot_id, 16),
                 "next_offset": st.next_offset, "end_pos": st.end_pos,
                 "active_base": st.active_base, "recovery_point": st.recovery_point,
-                "start_offset": st.log_start_offset}
+                "start_offset": st.log_start_offset,
+                "checksum_ok": not self._clean_state_damaged()}
 
     property _flags:
         def __get__(self): return self._state().flags

@@ -8,12 +8,14 @@ cdef extern from "fq_log.h" nogil:
         FQ_STATE_SIZE
         FQ_STATE_VERSION
         FQ_STATE_FLAG_CLEAN
+        FQ_STATE_FLAG_CHECKED
 
     ctypedef struct fq_log_state:
         char magic[8]
         uint32_t version
         uint32_t size
         uint32_t flags
+        uint32_t clean_crc
         int64_t created_ms
         uint8_t boot_id[16]
         uint64_t lock
@@ -53,6 +55,7 @@ cdef extern from "fq_log.h" nogil:
     int fq_log_snapshot_read(const fq_log_state *st, fq_log_snapshot *out, int64_t timeout_ns)
     void fq_log_commit(fq_log_state *st, const fq_log_snapshot *s)
     void fq_log_repair(fq_log_state *st)
+    uint32_t fq_log_state_crc(const fq_log_state *st)
     void fq_log_notify(fq_log_state *st)
     ctypedef struct fq_pace:
         int64_t last_ns
@@ -124,6 +127,7 @@ cdef class Segment:
     cdef int _grow(self, int64_t needed, int64_t wanted=*) except -1
     cdef inline int64_t _entries_for(self, int64_t nbytes) noexcept
     cdef int _set_alloc(self, int64_t size) except -1
+    cdef bint _batch_head_at(self, int64_t p, int64_t limit, int64_t offset) noexcept
     cdef int _grow_indexes(self, int64_t log_size) except -1
     cdef int _ensure_fd(self) except -1
     cdef int64_t _find_pos(self, int64_t offset, int64_t limit, int64_t idx_count) except -2

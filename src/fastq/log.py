@@ -96,7 +96,8 @@ DEFAULT_MAX_TIMESTAMP_AHEAD_MS = 3_600_000
 _UNSET = object()                     # an argument not given (None means "off" for some)
 
 _SEGMENT_RE = re.compile(r"([0-9]{20})\.(log|index|timeindex)")   # fullmatch: "$" admits a trailing "\n"
-_FLAG_CLEAN = 1
+_FLAG_CLEAN = 1                       # FQ_STATE_FLAG_CLEAN (csrc/fq_log.h)
+_FLAG_CHECKED = 2                     # FQ_STATE_FLAG_CHECKED: clean_crc is set
 
 
 def _boot_id() -> bytes:
@@ -395,6 +396,7 @@ class Log(RecoveryMixin, LogCore):
             self._map_state_copy(state)
             if not self._state_valid():
                 raise CorruptRecord(f"{state} is not a fastq state file", state, 0)
+            self._refuse_damaged_state(state)
             if not (self._flags & _FLAG_CLEAN or self._boot_id == _boot_id()):
                 raise ReadOnly(f"log {self.path} was not closed cleanly before a reboot: its tail "
                                "needs recovery, which writes; open it once without readonly=True")
@@ -449,10 +451,11 @@ class Log(RecoveryMixin, LogCore):
                 os.unlink(os.path.join(self.path, STATE_FILE))
                 raise
         elif first:
+            self._refuse_damaged_state(os.path.join(self.path, STATE_FILE))
             if not (self._flags & _FLAG_CLEAN and self._boot_id == boot and self._consistent()):
                 self._recover(trust_state=self._boot_id == boot, have_state=True)
         if first:
-            self._flags = self._flags & ~_FLAG_CLEAN
+            self._flags = self._flags & ~(_FLAG_CLEAN | _FLAG_CHECKED)
             self._boot_id = boot
             self._opens = self._opens + 1
             _storage.msync_state(self)
@@ -467,6 +470,16 @@ class Log(RecoveryMixin, LogCore):
         self._synced = self.recovery_point
         _OPEN_LOGS.add(self)
         self._pretouch = None if _PRETOUCHER is None else _PRETOUCHER.request
+
+    def _refuse_damaged_state(self, state: str) -> None:
+        """A clean state whose checksum does not match was damaged while the log was
+        closed: trusting it would misjudge intact segments (a flipped bit in its end
+        offset). Say so, naming the state file; the segments rebuild it."""
+        if self._clean_state_damaged():
+            raise CorruptRecord(f"{state}: the log was closed cleanly, but the state's checksum no "
+                                "longer matches its bytes: the file was damaged since. The segments "
+                                "are the source of truth: move this file aside and open the log "
+                                "again to rebuild the state from them", state, 0)
 
     def _check_directory(self):
         for name in os.listdir(self.path):
@@ -996,7 +1009,7 @@ class Log(RecoveryMixin, LogCore):
                     if self.snapshot()["generation"] != self._gen:
                         self._refresh()
                     self.flush()
-                    self._flags = self._flags | _FLAG_CLEAN
+                    self._mark_clean()           # the flag and the state's checksum
                     _storage.msync_state(self)
                 finally:
                     self._unlock_py()

@@ -13,6 +13,8 @@ nothing is created, locked or rewritten) and returns a :class:`Report` whose
 ``overlap``           a segment starts below the end of the one before it
 ``index-entry``       an ``.index``/``.timeindex`` entry pointing at the wrong place
 ``missing-index``     a segment without its ``.index`` or ``.timeindex`` (rebuilt on open)
+``state-checksum``    a cleanly closed ``fastq.state`` whose checksum no longer matches (the
+                      segments are then judged alone; repair rebuilds the state from them)
 
 Damage is judged against what was acknowledged: the state's committed end when the
 state can be trusted (same boot, or closed cleanly), else its fsynced
@@ -241,11 +243,16 @@ def _scan_log(path: str) -> tuple[Report, list[dict]]:
     gaps = bool(cfg.get("compact")) or os.path.exists(os.path.join(path, COMPACTED_MARK))
     max_size = cfg.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
     st = read_state(path)
+    problems: list[Problem] = []
+    if st is not None and not st["checksum_ok"]:
+        problems.append(Problem("state-checksum", os.path.join(path, STATE_FILE), 0,
+                                "the log was closed cleanly, but the state's checksum no longer "
+                                "matches its bytes: its offsets are not trusted"))
+        st = None                                # judge the segments alone
     acked = None
     if st is not None:
         trusted = st["flags"] & _FLAG_CLEAN or st["boot_id"] == _boot_id()
         acked = st["next_offset"] if trusted else st["recovery_point"]
-    problems: list[Problem] = []
     bases = _bases(path)
     start = st["start_offset"] if st is not None else (bases[0] if bases else 0)
     below = [b for b in bases if b < start]      # retention's leftovers (it died before unlinking)
@@ -404,6 +411,8 @@ def repair_log(path, *, dry_run: bool = False) -> RepairReport:
     try:
         report, segs = _scan_log(path)
         st = read_state(path)
+        if st is not None and not st["checksum_ok"]:
+            st = None                            # damaged: the segments say where the log starts
         out = RepairReport(path, dry_run, [], [], [], problems=report.problems)
         if report.ok:
             out.kept = [{"path": s["path"], "bytes": s["end_pos"], "offsets": [s["base"], s["next_offset"]]}
