@@ -170,3 +170,17 @@ def wait_child(pid: int, timeout: float = 60.0) -> int:
             os.waitpid(pid, 0)
             raise AssertionError(f"child {pid} hung for {timeout} s")
         time.sleep(0.002)
+
+
+def tree_snapshot(root: str) -> dict:
+    """Every directory's mtime and every file's size, mtime and bytes under ``root``: equal
+    snapshots before and after a call prove it wrote nothing there."""
+    out = {}
+    for d, _, files in os.walk(root):
+        out[d] = os.stat(d).st_mtime_ns
+        for f in files:
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            with open(p, "rb") as fh:
+                out[p] = (st.st_size, st.st_mtime_ns, fh.read())
+    return out

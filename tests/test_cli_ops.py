@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import fastq
 from fastq.cli import cli
 from fastq.cli._common import parse_time
+from logutil import tree_snapshot
 
 T0 = 1_796_464_800_000          # 2026-12-05T10:00:00Z
 
@@ -42,18 +43,6 @@ def broker(tmp_path):
             t.publish(b"v%d" % i, key=b"k%d" % i, partition=i % 3, timestamp=T0 + i * 1000,
                       headers=[("n", b"%d" % i)])
     return str(path)
-
-
-def _tree(root):
-    out = {}
-    for d, dirs, files in os.walk(root):
-        out[d] = os.stat(d).st_mtime_ns
-        for f in files:
-            p = os.path.join(d, f)
-            st = os.stat(p)
-            with open(p, "rb") as fh:
-                out[p] = (st.st_size, st.st_mtime_ns, fh.read())
-    return out
 
 
 # -- topics -------------------------------------------------------------------------------
@@ -89,14 +78,14 @@ def test_read_only_commands_write_nothing(broker):
         c.poll(5, timeout=1)
         c.commit()
     seg = os.path.join(broker, "topics", "orders", "0", "00000000000000000000.log")
-    before = _tree(broker)
+    before = tree_snapshot(broker)
     for args in (["topics", "list"], ["topics", "describe", "orders"], ["consume", "orders"],
                  ["consume", "orders", "--json", "--from", "-1h"], ["groups", "list"],
                  ["groups", "describe", "g"], ["groups", "reset-offsets", "g", "-t", "orders", "--to-earliest"]):
         run(*args, "-b", broker)
     run("dump", seg, "--records")
     run("verify", broker)
-    assert _tree(broker) == before
+    assert tree_snapshot(broker) == before
 
 
 # -- produce / consume --------------------------------------------------------------------

@@ -20,21 +20,13 @@ from fastq.errors import CorruptRecord, DiskFull, OffsetOutOfRange
 from fastq.log import STATE_FILE
 from fastq.verify import repair_log, verify_broker, verify_log
 from faultfs import fill
-from logutil import read_all, seed_for
+from logutil import read_all, seed_for, tree_snapshot
 
 SEG0 = "00000000000000000000"
 
 
 def log_files(path):
     return sorted(n for n in os.listdir(path) if n.endswith((".log", ".index", ".timeindex")))
-
-
-def contents(path):
-    out = {}
-    for n in os.listdir(path):
-        with open(os.path.join(path, n), "rb") as f:
-            out[n] = f.read()
-    return out
 
 
 def values(log, start=None):
@@ -348,10 +340,10 @@ def test_repair_dry_run_changes_nothing(tmp_path):
     with Log(path) as log:
         mid = log.segments()[2]
     os.truncate(mid["path"], mid["bytes"] // 2)
-    snap = contents(path)
+    snap = tree_snapshot(path)
     report = repair_log(path, dry_run=True)
     assert report.moved and report.lost
-    assert contents(path) == snap
+    assert tree_snapshot(path) == snap
 
 
 def test_repair_refuses_a_log_open_elsewhere(tmp_path):

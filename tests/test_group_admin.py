@@ -17,6 +17,7 @@ import fastq
 from fastq.errors import CorruptRecord, GroupActive
 from fastq.group import list_members, reset_offsets
 from fastq.offsets import read_committed
+from logutil import tree_snapshot
 
 JOIN_AND_WAIT = textwrap.dedent("""
     import sys, fastq
@@ -37,27 +38,15 @@ def _filled(tmp_path, n=10, partitions=2):
     return b, t
 
 
-def _tree(root):
-    """Every file's name, size, mtime and bytes under root (to prove nothing was written)."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            st = os.stat(p)
-            with open(p, "rb") as fh:
-                out[p] = (st.st_size, st.st_mtime_ns, fh.read())
-    return out
-
-
 def test_read_committed_reads_offsets_without_writing(tmp_path):
     b, t = _filled(tmp_path)
     path = os.path.join(b.path, "groups", "g", "offsets", "t.offsets")
     assert read_committed(path) == {}                        # no file: nothing committed
     with t.consumer("g") as c:
         c.commit({0: 3})
-        before = _tree(os.path.join(b.path, "groups"))
+        before = tree_snapshot(os.path.join(b.path, "groups"))
         assert read_committed(path) == {0: 3, 1: None}
-        assert _tree(os.path.join(b.path, "groups")) == before
+        assert tree_snapshot(os.path.join(b.path, "groups")) == before
     b.close()
 
 
@@ -84,9 +73,9 @@ def test_list_members_tells_live_from_dead(tmp_path):
         child.stdin.close()
         child.stdout.close()
     # no live member swept the dead one's file: it is listed, as dead (its flock is free)
-    before = _tree(gdir)
+    before = tree_snapshot(gdir)
     (dead,) = list_members(gdir, "t")
-    assert _tree(gdir) == before                               # listing wrote nothing
+    assert tree_snapshot(gdir) == before                               # listing wrote nothing
     assert dead.member_id == dead_id and not dead.live and dead.pid == child.pid
     with t.consumer("g", session_timeout_ms=600000) as c:
         c.poll(1, timeout=0)
