@@ -442,7 +442,6 @@ cdef class LogCore:
     cdef int _check_open(self) except -1:
         if self._closed or self.st == NULL:
             if self._forked:
-                from fastq.errors import UsedAfterFork
                 raise UsedAfterFork(f"log {getattr(self, 'path', '')} was opened before fork(): "
                                     "it belongs to the parent; open a new one in the child")
             if self._failure is not None:

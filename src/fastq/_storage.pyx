@@ -29,7 +29,7 @@ import warnings
 
 from fastq.errors import (
     Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
-    RecordTooLarge, StorageError, Timeout,
+    RecordTooLarge, StorageError, Timeout, UsedAfterFork,
 )
 
 cdef extern from "fcntl.h" nogil:

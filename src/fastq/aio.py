@@ -44,6 +44,7 @@ from typing import Any, AsyncIterator
 
 from .broker import Broker
 from .errors import Closed, OffsetOutOfRange, RingFull, UsedAfterFork
+from .memtopic import MemoryTopic
 from .topic import BatchMetadata, RecordMetadata, Topic
 
 __all__ = ["open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer", "AsyncProducer"]
@@ -113,8 +114,6 @@ class AsyncTopic:
     """Async face of :class:`fastq.Topic`."""
 
     def __init__(self, topic: Topic):
-        from .memtopic import MemoryTopic
-
         self.sync = topic
         self.name = topic.name
         self.partitions = topic.partitions
@@ -192,8 +191,6 @@ class AsyncTopic:
                 return True
 
     async def consumer(self, group: str | None = None, **options) -> "AsyncConsumer":
-        from .memtopic import MemoryTopic
-
         cls = AsyncMemoryConsumer if isinstance(self.sync, MemoryTopic) else AsyncConsumer
         ac = cls.__new__(cls)
         ac._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fastq-consumer-{self.name}")

@@ -64,6 +64,7 @@ from ._storage import LogCore, LogReader, Pacer, Record, Segment, segment_name
 from .errors import (
     Closed,
     CorruptRecord,
+    FsyncFailed,
     InvalidArgument,
     InvalidName,
     LogNotFound,
@@ -781,7 +782,6 @@ class Log(RecoveryMixin, LogCore):
         """Run one fsync (``seg.sync``, ``fsync_dir``). A failure fails the log for good
         (fsyncgate: the kernel may have dropped the dirty pages, so a retry could
         succeed over lost data): every later call raises FsyncFailed until reopened."""
-        from .errors import FsyncFailed
         try:
             sync(*args)
         except FsyncFailed as e:
@@ -890,7 +890,6 @@ class Log(RecoveryMixin, LogCore):
                 raise UsedAfterFork(f"log {self.path} was opened before fork(): it belongs to the "
                                     "parent; open a new one in the child")
             if self._failure is not None:
-                from .errors import FsyncFailed
                 raise FsyncFailed(f"log failed earlier and must be reopened: {self._failure}")
             raise Closed(f"log {self.path} is closed")
 
