@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
-SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd src/fastq/*.pxi) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/_core/*.pyx src/fastq/_core/*.pxd src/fastq/_core/*.pxi) setup.py pyproject.toml
 
 .PHONY: run test bench build clean debug sanitize sanitize-test torture
 
@@ -59,4 +59,4 @@ sanitize-test: sanitize
 	    $(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info src/fastq/*.c src/fastq/*.so src/fastq/*.html
+	rm -rf build $(VENV) src/*.egg-info src/fastq/_core/*.c src/fastq/_core/*.so src/fastq/_core/*.html

@@ -58,17 +58,17 @@ CORE_C = [
     "csrc/fq_hash.c",
 ]
 
+CORE = "src/fastq/_core/"
 extensions = [
-    ext("fastq._codec", ["src/fastq/_codec.pyx"] + CORE_C),
-    ext("fastq._storage", ["src/fastq/_storage.pyx"] + CORE_C),
-]
-if os.path.exists("src/fastq/_ring.pyx"):
-    extensions.append(ext("fastq._ring", ["src/fastq/_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]))
+    ext("fastq._core._codec", [CORE + "_codec.pyx"] + CORE_C),
+    ext("fastq._core._storage", [CORE + "_storage.pyx"] + CORE_C),
+    ext("fastq._core._ring", [CORE + "_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]),
     # the producer's hot path bridges the ring and the log. It calls the ring through
-    # fastq._ring's methods: fq_ring.c keeps per-copy state (its pid cache), so it is
+    # fastq._core._ring's methods: fq_ring.c keeps per-copy state (its pid cache), so it is
     # linked into that module only. fq_batch.c (stateless) sizes a record for send's check.
-    extensions.append(ext("fastq._producer", ["src/fastq/_producer.pyx", "csrc/fq_hash.c", "csrc/fq_batch.c",
-                                              "csrc/fq_varint.c", "csrc/fq_crc32c.c"]))
+    ext("fastq._core._producer", [CORE + "_producer.pyx", "csrc/fq_hash.c", "csrc/fq_batch.c",
+                                  "csrc/fq_varint.c", "csrc/fq_crc32c.c"]),
+]
 
 # Cython regenerates a .c only when its .pyx changes, so switching between debug,
 # sanitizer and release builds must force it, or a release build could keep bounds
@@ -84,7 +84,7 @@ os.makedirs("build", exist_ok=True)
 with open(_FLAGS_FILE, "w") as f:
     f.write(_FLAGS)
 
-# FASTQ_ONLY=fastq._ring,fastq._codec builds just those modules (handy while one is broken)
+# FASTQ_ONLY=fastq._core._ring,fastq._core._codec builds just those modules (handy while one is broken)
 only = [n for n in os.environ.get("FASTQ_ONLY", "").split(",") if n]
 if only:
     extensions = [e for e in extensions if e.name in only]

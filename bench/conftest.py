@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastq.benchmarks import machine_info  # shared with `fastq bench`
+from fastq.bench.scenarios import machine_info  # shared with `fastq bench`
 
 _RESULTS: dict[str, float] = {}
 _LATENCY: dict[str, tuple[list[dict], tuple[float, float] | None]] = {}

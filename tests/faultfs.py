@@ -12,7 +12,7 @@ The pytest fixtures ``tmpfs_dir`` and ``ext4_dir`` (in conftest.py) hand a test 
 filesystem of each kind.
 
 Injected faults: the C layer's system calls fail on demand through
-``fastq._storage._fault_inject`` (see docs/ARCHITECTURE.md, "Fault injection");
+``fastq._core._storage._fault_inject`` (see docs/ARCHITECTURE.md, "Fault injection");
 ``c_fault(point, errno, after, times)`` arms one for a with-block. The system calls
 fastq's Python modules make themselves (``os.open``, ``os.write``, ``os.fsync``,
 ``os.replace``, ...) fail through ``os_fault(module, name, errno, after, times)``, which
@@ -118,10 +118,10 @@ def fill(path: str, leave: int = 0):
 
 @contextlib.contextmanager
 def c_fault(point: str, err: int, after: int = 0, times: int = 1):
-    """Arm the C fault point ``point`` (``fastq._storage.FAULT_POINTS``) for the block:
+    """Arm the C fault point ``point`` (``fastq._core._storage.FAULT_POINTS``) for the block:
     its calls after the first ``after`` fail with ``err``, ``times`` of them (< 0: all).
     Yields a function returning how many calls failed so far. Disarms every point after."""
-    from fastq import _storage
+    from fastq._core import _storage
 
     _storage._fault_inject(point, err, after, times)
     try:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastq import _codec
+from fastq._core import _codec
 from fastq.errors import CorruptRecord, InvalidArgument, RecordTooLarge
 
 SEED = int(os.environ.get("FASTQ_SEED", random.randrange(2**32)))

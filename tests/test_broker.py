@@ -7,7 +7,7 @@ import time
 import pytest
 
 import fastq
-from fastq import _storage
+from fastq._core import _storage
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           RecordTooLarge, UnknownTopic)
 from logutil import TORTURE, child_env
@@ -93,7 +93,7 @@ def test_publish_many_is_one_batch_on_one_partition(broker):
     assert bm.partition == _storage.kafka_partition(b"k", 4)
     seg = t.log(bm.partition)._segments[0]
     data = seg.read_bytes(0, 4096)
-    from fastq import _codec
+    from fastq._core import _codec
     info, recs = _codec.decode_batch(data)
     assert info.record_count == 3            # one call, one batch
     assert [r[3] for r in recs] == [b"a", b"b", b"c"]
@@ -229,7 +229,7 @@ def test_producer_batches_and_keeps_per_key_order(broker):
 
 
 def _batches(log):
-    from fastq import _codec
+    from fastq._core import _codec
     for seg in log._segments:
         data = seg.read_bytes(0, seg.alloc_size)
         pos = 0

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from fastq import _benchpeers, benchmarks
+from fastq.bench import peers as _benchpeers, scenarios as benchmarks
 from fastq.cli import cli
 
 TINY = ["--messages", "300", "--seconds", "2", "--latency-seconds", "0.02", "--rate", "1000",

@@ -4,7 +4,7 @@ import random
 import pytest
 
 import fastq
-from fastq.compaction import compact_log
+from fastq.log.compaction import compact_log
 
 
 def _fill(log, n, keys, seed, tomb=0.05):

@@ -9,9 +9,9 @@ import time
 import pytest
 
 import fastq
-from fastq import group as fgroup
-from fastq import offsets as foffsets
-from fastq.consumer import Consumer
+from fastq.broker import group as fgroup
+from fastq.broker import offsets as foffsets
+from fastq.broker.consumer import Consumer
 from fastq.errors import (Closed, CorruptRecord, FastqError, InvalidArgument, InvalidName,
                           NotAssigned, OffsetOutOfRange)
 from logutil import Interrupted, child_env, interrupt_after  # noqa: F401 (a fixture)
@@ -486,7 +486,7 @@ def test_close_leaves_the_group(broker):
     for p in range(2):                               # ownership flocks released
         fd = os.open(os.path.join(broker.path, "groups", "g", "partitions", f"t.{p}.lock"), os.O_RDWR)
         try:
-            assert fastq._storage.flock(fd, True, False)
+            assert fastq._core._storage.flock(fd, True, False)
         finally:
             os.close(fd)
 
@@ -658,7 +658,7 @@ def test_consumer_inherited_across_fork_is_closed_in_the_child(broker):
     assert c.assignment() == [0, 1]                  # the parent keeps its partitions
     fd = os.open(os.path.join(broker.path, "groups", "g", "partitions", "t.0.lock"), os.O_RDWR)
     try:
-        assert not fastq._storage.flock(fd, True, False)
+        assert not fastq._core._storage.flock(fd, True, False)
     finally:
         os.close(fd)
     c.close()

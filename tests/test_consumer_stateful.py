@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import fastq
 from fastq.errors import NotAssigned, OffsetOutOfRange
-from fastq.group import range_assign
+from fastq.broker.group import range_assign
 
 P = 3
 values = st.lists(st.binary(min_size=0, max_size=12), min_size=1, max_size=6)

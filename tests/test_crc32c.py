@@ -5,7 +5,7 @@ import random
 import google_crc32c
 import pytest
 
-from fastq import _codec
+from fastq._core import _codec
 from fastq.errors import InvalidArgument
 
 SEED = int(os.environ.get("FASTQ_SEED", random.randrange(2**32)))

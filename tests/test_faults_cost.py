@@ -2,7 +2,7 @@
 small topics, preallocation that grows with the data (and still fails as DiskFull, never
 as a SIGBUS), and timestamps far in the future, which used to pin time retention.
 
-The bounds asserted here come from the sizes in fastq._storage: a segment's first
+The bounds asserted here come from the sizes in fastq._core._storage: a segment's first
 preallocation (SEGMENT_FIRST_CHUNK, 64 KiB) doubling up to the grow chunk, index files of one
 page while that covers the data, a pretouch window starting at PRETOUCH_MIN_BYTES (32 KiB).
 """
@@ -16,7 +16,7 @@ import pytest
 
 import fastq
 from fastq import Log
-from fastq import _storage
+from fastq._core import _storage
 from fastq.errors import DiskFull, InvalidArgument
 from faultfs import fill
 

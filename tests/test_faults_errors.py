@@ -2,7 +2,7 @@
 OSError), a read-only filesystem is ReadOnly (or readable with readonly=True), the fd
 limit is a StorageError that says which limit, huge integers are InvalidArgument or
 OffsetOutOfRange (never OverflowError), names are checked whole, and every C status maps
-to the same exception through every module (fastq._codec.status_error, the one table)."""
+to the same exception through every module (fastq._core._codec.status_error, the one table)."""
 from __future__ import annotations
 
 import errno
@@ -16,14 +16,14 @@ import textwrap
 import pytest
 
 import fastq
-from fastq import _codec, _ring, _storage
+from fastq._core import _codec, _ring, _storage
 from fastq.errors import (
     Closed, CorruptRecord, DiskFull, FastqError, InvalidArgument, InvalidName, OffsetOutOfRange,
     PermissionDenied, ReadOnly, RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout,
     TooManyOpenFiles,
 )
 from fastq.log import Log
-from fastq.offsets import OffsetStore
+from fastq.broker.offsets import OffsetStore
 
 from faultfs import fill
 
@@ -96,7 +96,7 @@ def test_log_start_offset_and_recovery_point_are_read_only_publicly(tmp_path):
 
 _COMMIT_ALL = """
     import os, sys
-    from fastq.offsets import OffsetStore
+    from fastq.broker.offsets import OffsetStore
     from faultfs import fill
     d = sys.argv[1] if len(sys.argv) > 1 else {d!r}
     with OffsetStore(os.path.join(d, "g.offsets"), 100) as s:
@@ -120,7 +120,7 @@ def test_offset_commit_on_full_ext4_disk_is_never_sigbus(ext4_dir):
 def test_offset_store_create_and_grow_on_full_disk_is_disk_full(ext4_dir):
     code = """
         import os
-        from fastq.offsets import OffsetStore
+        from fastq.broker.offsets import OffsetStore
         from fastq.errors import DiskFull
         from faultfs import fill
         d = {d!r}
@@ -193,9 +193,9 @@ def test_group_join_on_full_disk_is_disk_full(request, fs):
 def test_memory_topic_without_room_in_shared_memory_is_disk_full(tmp_path, tmpfs_dir, monkeypatch):
     """Rings live in shm_dir() (/dev/shm): here an 8 MiB tmpfs stands in for it, so a
     16 MiB memory topic finds no room on every machine, whatever its /dev/shm size."""
-    import fastq._ring
+    import fastq._core._ring
 
-    monkeypatch.setattr(fastq._ring, "shm_dir", lambda: tmpfs_dir)
+    monkeypatch.setattr(fastq._core._ring, "shm_dir", lambda: tmpfs_dir)
     with fastq.open(tmp_path / "b") as b:
         with pytest.raises(DiskFull) as ei:
             b.topic("m", storage="memory", capacity_bytes=16 << 20)
@@ -579,7 +579,7 @@ def test_readonly_broker_refuses_every_write_with_read_only(tmp_path):
 
 
 def test_os_errors_maps_by_errno_and_names_the_file():
-    from fastq.errors import _os_errors
+    from fastq._core._codec import os_errors as _os_errors
     with pytest.raises(DiskFull) as ei:
         with _os_errors("write", "/x/topic.json"):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -600,7 +600,7 @@ def test_offset_store_grow_cut_short_by_a_full_disk_changes_nothing(ext4_dir):
     grow works once the disk has room."""
     code = """
         import os
-        from fastq.offsets import OffsetStore
+        from fastq.broker.offsets import OffsetStore
         from fastq.errors import DiskFull
         from faultfs import fill
         d = {d!r}

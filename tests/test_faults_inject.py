@@ -2,7 +2,7 @@
 it: the error is a clear FastqError subclass, nothing acknowledged is lost or skipped,
 and the log (or broker) works again once the fault is gone.
 
-The C points (``fastq._storage.FAULT_POINTS``: open, stat, preallocate, map, datasync,
+The C points (``fastq._core._storage.FAULT_POINTS``: open, stat, preallocate, map, datasync,
 msync, fsync_dir, flock) are armed with ``faultfs.c_fault``; the system calls fastq's
 Python modules make (``os.open``/``os.write``/``os.fsync``/``os.replace``/``os.unlink``)
 with ``faultfs.os_fault``. ``REACHES`` is the matrix of which C point each operation
@@ -33,9 +33,10 @@ import pytest
 
 import fastq
 from faultfs import c_fault, os_fault
-from fastq import _storage
-from fastq import log as fastq_log
-from fastq import offsets as fastq_offsets
+from fastq._core import _storage
+from fastq.log import config as fastq_log_config
+from fastq.log import log as fastq_log
+from fastq.broker import offsets as fastq_offsets
 from fastq.errors import DiskFull, FastqError, FsyncFailed, StorageError
 from fastq.log import Log
 
@@ -450,13 +451,13 @@ def test_fault_hook_counts_and_clears(tmp_path):
 
 PY_CASES = [
     # (module, os function, operation, path filter)
-    pytest.param(fastq_log, "open", "create-log", "log.json"),
-    pytest.param(fastq_log, "write", "create-log", None),
-    pytest.param(fastq_log, "fsync", "create-log", None),
-    pytest.param(fastq_log, "replace", "create-log", None),
+    pytest.param(fastq_log_config, "open", "create-log", "log.json"),     # write_json_atomic
+    pytest.param(fastq_log_config, "write", "create-log", None),
+    pytest.param(fastq_log_config, "fsync", "create-log", None),
+    pytest.param(fastq_log_config, "replace", "create-log", None),
     pytest.param(fastq_log, "open", "create-log", "fastq.lock"),
-    pytest.param(fastq_log, "fsync", "topic-open", None),
-    pytest.param(fastq_log, "replace", "topic-open", None),
+    pytest.param(fastq_log_config, "fsync", "topic-open", None),
+    pytest.param(fastq_log_config, "replace", "topic-open", None),
     pytest.param(fastq_log, "unlink", "retention", None),
 ]
 

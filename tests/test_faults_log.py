@@ -1,6 +1,6 @@
 """Faults in a log's files that recovery must never hide (fastq issue 12): a roll that
 fails on a full disk, a truncated or deleted segment (active, sealed, first), a missing
-index, a lost state file next to damaged segments — and ``fastq.verify`` /
+index, a lost state file next to damaged segments — and ``fastq.log.verify`` /
 ``repair_log``, which report such damage and make the log usable again.
 
 The invariant everywhere: every acknowledged record is either read back exactly, or
@@ -17,8 +17,8 @@ import pytest
 import fastq
 from fastq import Log
 from fastq.errors import CorruptRecord, DiskFull, OffsetOutOfRange
-from fastq.log import STATE_FILE
-from fastq.verify import repair_log, verify_broker, verify_log
+from fastq.log.config import STATE_FILE
+from fastq.log.verify import repair_log, verify_broker, verify_log
 from faultfs import fill
 from logutil import read_all, seed_for, tree_snapshot
 

@@ -10,7 +10,7 @@ import pytest
 
 import fastq
 from fastq.errors import Closed, InvalidArgument, RecordTooLarge, StorageError
-from fastq.producer import Producer
+from fastq.broker.producer import Producer
 from faultfs import fill
 
 LIMIT = 1024

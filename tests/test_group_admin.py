@@ -15,8 +15,8 @@ import pytest
 
 import fastq
 from fastq.errors import CorruptRecord, GroupActive
-from fastq.group import list_members, reset_offsets
-from fastq.offsets import read_committed
+from fastq.broker.group import list_members, reset_offsets
+from fastq.broker.offsets import read_committed
 from logutil import tree_snapshot
 
 JOIN_AND_WAIT = textwrap.dedent("""

@@ -12,8 +12,8 @@ import time
 import pytest
 
 import fastq
-from fastq import _storage
-from fastq.offsets import OffsetStore
+from fastq._core import _storage
+from fastq.broker.offsets import OffsetStore
 
 from group_workers import consumer_worker, producer_worker
 

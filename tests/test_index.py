@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastq import _codec
+from fastq._core import _codec
 from fastq.errors import InvalidArgument
 
 SEED = int(os.environ.get("FASTQ_SEED", random.randrange(2**32)))

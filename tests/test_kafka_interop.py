@@ -13,7 +13,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-from fastq import _codec
+from fastq._core import _codec
 
 SEED = int(os.environ.get("FASTQ_SEED", random.randrange(2**32)))
 

@@ -14,7 +14,7 @@ from fastq.errors import (
     RecordTooLarge,
 )
 from logutil import fast_dir, read_all, rec_tuple, seed_for  # noqa: F401
-from fastq._storage import PRETOUCH_MIN_BYTES as PRETOUCH_MIN
+from fastq._core._storage import PRETOUCH_MIN_BYTES as PRETOUCH_MIN
 
 SMALL = dict(segment_bytes=4096, max_record_bytes=1024)
 

@@ -11,8 +11,8 @@ import pytest
 
 import fastq
 from fastq.errors import Closed, FastqError, InvalidArgument, RecordTooLarge, RingFull
-from fastq.memtopic import MemoryTopic, ring_name
-from fastq._ring import ring_path
+from fastq.broker.memtopic import MemoryTopic, ring_name
+from fastq._core._ring import ring_path
 
 SMALL = 1 << 16
 
@@ -67,7 +67,7 @@ def test_memory_records_behave_as_the_named_tuple(broker):
     new list on each access, so changing it changes nothing in the record."""
     import gc
     import pickle
-    from fastq.memtopic import MemoryRecord
+    from fastq.broker.memtopic import MemoryRecord
     t = broker.topic("nt", storage="memory", capacity_bytes=SMALL)
     t.publish(b"v", key=b"k", headers={"h": b"1"}, timestamp=7)
     t.publish(b"w", timestamp=8)

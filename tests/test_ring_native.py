@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from fastq import Closed, CorruptRecord, InvalidArgument, InvalidName, Ring, RingEmpty, StorageError
-from fastq._ring import ring_path
+from fastq._core._ring import ring_path
 
 
 @pytest.fixture

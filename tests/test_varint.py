@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastq import _codec
+from fastq._core import _codec
 from fastq.errors import CorruptRecord, InvalidArgument
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1

@@ -1,4 +1,8 @@
-"""fastq — a fast, embedded, durable message log and task queue for Python."""
+"""fastq — a fast, embedded, durable message log and task queue for Python.
+
+The public API is this module's ``__all__``; the packages under it (``fastq.log``,
+``fastq.broker``, ``fastq.ring``, ...) are the map of the code (docs/ARCHITECTURE.md).
+"""
 from __future__ import annotations
 
 from .errors import *  # noqa: F401,F403
@@ -8,28 +12,21 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", *_errors_all]
 
-# --- storage core (issue: compiled storage core) ---
+# --- storage core: the log ---
 from .log import DURABILITY_MODES, Log, LogReader, Pacer, Record, open_log  # noqa: E402
 
 __all__ += ["Log", "LogReader", "Record", "Pacer", "open_log", "DURABILITY_MODES"]
-# --- broker (issue: embedded broker) ---
-from . import broker as _broker  # noqa: E402
-from .broker import Broker, validate_name  # noqa: E402
-from .producer import Producer  # noqa: E402
-from .topic import BatchMetadata, RecordMetadata, Topic  # noqa: E402
 
-from .aio import AsyncBroker, AsyncConsumer, AsyncMemoryConsumer, AsyncProducer, AsyncTopic, open_async  # noqa: E402
+# --- the broker: topics, producers, consumer groups, memory topics, asyncio twins ---
+from .broker import (AsyncBroker, AsyncConsumer, AsyncMemoryConsumer, AsyncProducer, AsyncTopic,  # noqa: E402
+                     BatchMetadata, Broker, Consumer, Producer, RecordMetadata, Topic, open, open_async,
+                     validate_name)
 
-open = _broker.open  # noqa: A001  (fastq.open(path) -> Broker, as the product sketch says)
 __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name",
             "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-           "AsyncProducer"]
-from .consumer import Consumer  # noqa: E402
+            "AsyncProducer", "Consumer"]
 
-__all__ += ["Consumer"]
-
-# --- ring buffer (issue: Cython ring buffer) ---
-from ._ring import Ring  # noqa: E402
-from .ringqueue import RingQueue  # noqa: E402
+# --- the shared-memory ring ---
+from .ring import Ring, RingQueue  # noqa: E402
 
 __all__ += ["Ring", "RingQueue"]

@@ -6,7 +6,6 @@ already means the same thing, the fastq class subclasses it too, so code written
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 
 __all__ = [
@@ -154,21 +153,3 @@ class UnknownGroup(FastqError, KeyError):
 class GroupActive(FastqError, RuntimeError):
     """A consumer group has live members where the operation needs none (resetting
     committed offsets of partitions a member owns)."""
-
-
-@contextlib.contextmanager
-def _os_errors(what: str, path: str | None = None):
-    """Turn a raw ``OSError`` raised inside the block into the fastq exception for its
-    errno (the one table, ``fastq._codec.status_error``), naming ``what`` and ``path``.
-    For cold paths (open, create, join) of the pure-Python modules."""
-    try:
-        yield
-    except FastqError:
-        raise
-    except OSError as e:
-        from ._codec import os_error  # errors.py is imported by _codec: import late
-
-        mapped = os_error(e, what, path)
-        if mapped is e:                 # no errno: nothing to map
-            raise
-        raise mapped from e

@@ -13,9 +13,10 @@ import time
 
 import click
 
-from ..errors import FastqError
+from .. import open as _open_broker
+from ..broker.config import BROKER_FILE, TOPIC_FILE
+from ..errors import FastqError, UnknownTopic
 
-BROKER_FILE = "broker.json"
 
 
 class CliError(click.ClickException):
@@ -53,14 +54,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the ou
 def open_broker(path: str, *, readonly: bool = True):
     """Open an existing broker; never makes one. ``readonly`` (commands that only look):
     nothing in the directory is created or written."""
-    import fastq
-
     if not os.path.isdir(path):
         raise CliError(f"{path}: no such directory")
     if not os.path.isfile(os.path.join(path, BROKER_FILE)):
         raise CliError(f"{path} is not a fastq broker directory (no {BROKER_FILE})")
     try:
-        return fastq.open(path, create=False, readonly=readonly)
+        return _open_broker(path, create=False, readonly=readonly)
     except (FastqError, OSError) as e:
         fail(e)
 
@@ -68,9 +67,6 @@ def open_broker(path: str, *, readonly: bool = True):
 def topic_config(broker, name: str) -> dict:
     """A topic's stored configuration (topic.json), read without opening the topic (a
     memory topic cannot be opened read-only)."""
-    from ..broker import TOPIC_FILE
-    from ..errors import UnknownTopic
-
     path = os.path.join(broker.path, "topics", name, TOPIC_FILE)
     try:
         with open(path, "rb") as f:

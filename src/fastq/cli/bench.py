@@ -8,9 +8,11 @@ import json
 
 import click
 
-from .. import benchmarks as B
+from ..bench import peers as P, scenarios as B
+from ..bench.peers import peer_names
+from ..bench.plot import plot
 from ..errors import FastqError
-from . import cli
+from ._root import cli
 from ._common import console as _console, console_stderr as _console_stderr, fmt_num as _fmt
 
 
@@ -20,8 +22,6 @@ def _lat(r, key) -> str:
 
 
 def _peer_choice():
-    from .._benchpeers import peer_names
-
     return click.Choice(peer_names(), case_sensitive=False)
 
 
@@ -65,7 +65,6 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
     JetStream) and prints fastq/peer ratios; missing peers are listed as skipped, with
     the reason.
     """
-    from .. import _benchpeers as P
 
     if list_only:
         _list(P)
@@ -116,7 +115,6 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
                 f.write(text + "\n")
             out.print(f"wrote {json_path}")
     if plot_path:
-        from .._benchplot import plot
 
         plot(doc, plot_path)
         out.print(f"wrote {plot_path}")
@@ -137,7 +135,6 @@ def _run_all(console, cfg, peer_classes):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .. import _benchpeers as P
 
     results, peer_results = [], []
     steps = len(cfg.scenarios) + len(peer_classes)

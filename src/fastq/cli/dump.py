@@ -13,9 +13,10 @@ import sys
 
 import click
 
-from .._codec import BATCH_HEADER_SIZE, decode_batch
+from .._core._codec import BATCH_HEADER_SIZE, decode_batch
 from ..errors import CorruptRecord
-from . import cli
+from ..log.verify import read_state
+from ._root import cli
 from ._common import CliError, fmt_time, progress
 from .io import _text
 
@@ -41,7 +42,6 @@ def _committed_size(path: str, size: int) -> int:
     """The bytes of the segment to read: for the log's active segment, up to the
     committed end its state file names (a batch another process is writing past it is
     not yet data); else the whole file."""
-    from ..verify import read_state
 
     st = read_state(os.path.dirname(path) or ".")
     base = int(os.path.basename(path)[:20])

@@ -7,10 +7,12 @@ import os
 
 import click
 
+from ..broker.config import validate_name
+from ..broker.group import list_members, range_assign, reset_offsets
+from ..broker.offsets import read_committed
 from ..errors import InvalidArgument, UnknownGroup
-from ..group import list_members, range_assign, reset_offsets
-from ..offsets import read_committed
-from . import cli
+from ._root import cli
+from .topics import _partition_facts
 from ._common import (TIME_HELP, broker_option, console, echo_json, fmt_num, fmt_time, json_option, open_broker,
                       parse_time, table)
 
@@ -21,7 +23,6 @@ def groups() -> None:
 
 
 def _group_dir(b, group: str) -> str:
-    from ..broker import validate_name
 
     validate_name("group", group)
     d = os.path.join(b.path, "groups", group)
@@ -56,8 +57,6 @@ def _group_topics(gdir: str) -> list[str]:
 def describe_group(b, group: str, only_topic: str | None = None) -> dict:
     """Members, range assignment, committed offset and lag per partition of every topic
     the group consumes (or ``only_topic``)."""
-    from ..topic import Topic  # noqa: F401  (typing only)
-    from .topics import _partition_facts
 
     gdir = _group_dir(b, group)
     names = _group_topics(gdir)
@@ -175,7 +174,6 @@ def reset_offsets_(group, broker_path, topic, partitions, to_earliest, to_latest
         t = b.topic(topic, create=False)
         if execute:
             gdir = os.path.join(b.path, "groups", group)
-            from ..broker import validate_name
 
             validate_name("group", group)
         else:
@@ -184,7 +182,6 @@ def reset_offsets_(group, broker_path, topic, partitions, to_earliest, to_latest
             t._check_partition(p)
         parts = sorted(set(partitions)) or list(range(t.partitions))
         committed = read_committed(os.path.join(gdir, "offsets", f"{topic}.offsets"))
-        from .topics import _partition_facts
 
         plan = []
         for p in parts:

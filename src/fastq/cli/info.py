@@ -6,8 +6,8 @@ import json
 
 import click
 
-from .. import benchmarks as B
-from . import cli
+from ..bench import scenarios as B
+from ._root import cli
 
 
 @cli.command()

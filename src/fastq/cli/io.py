@@ -11,7 +11,7 @@ import sys
 import click
 
 from ..errors import InvalidArgument
-from . import cli
+from ._root import cli
 from ._common import CliError, TIME_HELP, broker_option, open_broker, parse_position
 
 

@@ -7,8 +7,8 @@ import os
 
 import click
 
-from ..errors import ReadOnly
-from . import cli
+from ..errors import InvalidArgument, ReadOnly
+from ._root import cli
 from ._common import broker_option, console, echo_json, fmt_num, json_option, open_broker, table, topic_config
 
 
@@ -136,7 +136,6 @@ def _changes(**kw) -> dict:
 @json_option
 def create(topic: str, broker_path: str, if_not_exists: bool, as_json: bool, **config) -> None:
     """Create TOPIC (an error if it exists, unless --if-not-exists)."""
-    from ..errors import InvalidArgument
 
     with open_broker(broker_path, readonly=False) as b:
         exists = topic in b.topics()
@@ -160,7 +159,6 @@ def create(topic: str, broker_path: str, if_not_exists: bool, as_json: bool, **c
 def alter(topic: str, broker_path: str, as_json: bool, **config) -> None:
     """Change TOPIC's stored configuration (running processes see it when they reopen
     the topic)."""
-    from ..errors import InvalidArgument
 
     changes = _changes(**config)
     if not changes:

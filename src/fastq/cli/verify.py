@@ -8,7 +8,8 @@ import sys
 import click
 
 from ..errors import FastqError
-from . import cli
+from ..log.verify import broker_logs, is_broker, repair_log, verify_broker, verify_log
+from ._root import cli
 from ._common import fail as _fail, progress
 
 
@@ -28,7 +29,6 @@ def verify(directory: str, as_json: bool) -> None:
     Lists each problem with its file, byte position and kind (crc-mismatch,
     truncated-batch, offset-gap, missing-segment, index-entry, ...). Exit status: 0 when
     clean, 1 when damage was found, 2 on an error."""
-    from ..verify import broker_logs, is_broker, verify_log
 
     try:
         paths = broker_logs(directory) if is_broker(directory) else [directory]
@@ -65,7 +65,6 @@ def repair(directory: str, dry_run: bool, as_json: bool) -> None:
     Keeps every intact batch; what it cannot keep is moved into <log>/damaged/<time>/,
     never deleted. The logs must not be open in any process. Exit status: 0 when done
     (or nothing to do), 2 on an error."""
-    from ..verify import is_broker, repair_log, verify_broker
 
     try:
         if is_broker(directory):
