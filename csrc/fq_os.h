@@ -18,10 +18,10 @@
  * fq_fault_armed and a branch predicted not taken.
  *
  * The state is a plain global of this file, and fq_os.c is compiled into several Python
- * extension modules (loaded RTLD_LOCAL): each has its own copy. fastq._storage exposes
+ * extension modules (loaded RTLD_LOCAL): each has its own copy. fastq._core._storage exposes
  * its copy (_fault_inject/_fault_clear/_fault_hits), which covers every call the log,
  * its segments, the topic notifier and fastq.log's fsync_dir/flock make; the ring in
- * fastq._ring has its own copy, which nothing arms. */
+ * fastq._core._ring has its own copy, which nothing arms. */
 enum fq_fault_point {
     FQ_FP_OPEN,          /* fq_open */
     FQ_FP_STAT,          /* fq_file_size (fstat) */

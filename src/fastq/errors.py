@@ -56,7 +56,7 @@ class RecordTooLarge(InvalidArgument):
 class StorageError(FastqError, OSError):
     """An operating-system failure while reading or writing fastq's files or shared
     memory. ``errno`` is the OS error number and ``filename`` the file, when known.
-    The status -> exception table is ``fastq._codec.status_error`` (docs/ARCHITECTURE.md,
+    The status -> exception table is ``fastq._core._codec.status_error`` (docs/ARCHITECTURE.md,
     "Errors")."""
 
 

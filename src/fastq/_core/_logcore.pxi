@@ -245,7 +245,7 @@ cdef class LogCore:
 
     def _state_fields(self):
         """The state's fields as they stand, read without the seqlock: for a private copy
-        (``_map_state_copy``) that nothing writes, such as ``fastq.verify`` reading the
+        (``_map_state_copy``) that nothing writes, such as ``fastq.log.verify`` reading the
         state of a log it does not open (a dead writer's odd seqlock must not stall it)."""
         cdef fq_log_state *st = self._state()
         return {"flags": st.flags, "boot_id": PyBytes_FromStringAndSize(<char *>st.boot_id, 16),
@@ -625,7 +625,7 @@ cdef class LogCore:
                 self._after_append(done_offset)
             except BaseException as e:
                 # committed (readable, maybe not durable): a caller that retries must
-                # not append these records again (fastq.producer holds failed drains)
+                # not append these records again (fastq.broker.producer holds failed drains)
                 e.appended_offset = first
                 raise
         return first

@@ -1,5 +1,5 @@
-# Stub for the compiled module fastq._producer (src/fastq/_producer.pyx): the batching
-# producer's hot path. fastq.producer.Producer subclasses ProducerCore.
+# Stub for the compiled module fastq._core._producer (src/fastq/_producer.pyx): the batching
+# producer's hot path. fastq.broker.producer.Producer subclasses ProducerCore.
 from typing import Any
 
 from ._ring import Ring

@@ -1,4 +1,4 @@
-"""ProducerCore: the batching producer's hot path (fastq.producer.Producer adds the policy);
+"""ProducerCore: the batching producer's hot path (fastq.broker.producer.Producer adds the policy);
 memory_publish: a memory topic's publish. Both join a ring to the broker's types.
 
 ``send`` picks the partition and frames the record into the producer's ring with one C
@@ -64,7 +64,7 @@ cdef int _fill(FrameView *f, fq_record_in *r, fq_header *h) except -1:
 
 
 cdef class ProducerCore:
-    """The state ``send`` and the drain share (see fastq.producer.Producer).
+    """The state ``send`` and the drain share (see fastq.broker.producer.Producer).
 
     ``send`` and ``_drain_ring`` run with the GIL held from the start of a record's
     framing to the end of its put, and from a drain's read of the ring to its commit
@@ -182,7 +182,7 @@ cdef class ProducerCore:
                 self._error = e
 
     def _put_nowait(self, value, key=None, headers=None, partition=None, timestamp=None):
-        """``send`` that never drains and never waits (fastq.aio): 1 when the record is
+        """``send`` that never drains and never waits (fastq.broker.aio): 1 when the record is
         queued and a drain is due, 0 when it is queued and none is due, -1 when it was
         not queued because ``send`` itself would have to append or open the partition's
         log (the accumulator is full, the record bypasses it, an earlier drain failed,
@@ -478,7 +478,7 @@ cdef object _length(object obj):
     return memoryview(obj).nbytes
 
 
-# memory.state of a memory topic (fastq.memtopic imports these): the mode byte's place
+# memory.state of a memory topic (fastq.broker.memtopic imports these): the mode byte's place
 # and values. RING: publishers put into the ring; SPILL: into the topic's log.
 cdef Py_ssize_t _MODE_AT = 8
 cdef int _MODE_RING = 0

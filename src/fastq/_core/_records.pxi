@@ -267,7 +267,7 @@ cdef class LogReader:
 # The most records one Consumer.poll hands out (its max_records cap).
 MAX_POLL_RECORDS_CAP = 1_000_000
 
-# The clock of Consumer's group checks (and of fastq.group's heartbeats).
+# The clock of Consumer's group checks (and of fastq.broker.group's heartbeats).
 from time import monotonic_ns as _time_monotonic_ns
 # deque.popleft, looked up once: ConsumerCore.__next__ calls it per record
 from collections import deque as _deque
@@ -279,7 +279,7 @@ cdef enum:
 
 
 cdef class ConsumerCore:
-    """The read hot path of :class:`fastq.consumer.Consumer`, which subclasses it and
+    """The read hot path of :class:`fastq.broker.consumer.Consumer`, which subclasses it and
     keeps the policy (groups, commits, seeks, waiting) in Python.
 
     ``poll`` serves the common case — no group, no auto-commit, nothing buffered, and a

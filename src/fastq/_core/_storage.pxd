@@ -267,7 +267,7 @@ cdef class LogReader:
 
 
 cdef class ConsumerCore:
-    """The read hot path of fastq.consumer.Consumer (see _records.pxi)."""
+    """The read hot path of fastq.broker.consumer.Consumer (see _records.pxi)."""
     cdef public object topic            # the Topic read (a TopicCore)
     cdef public dict _fetch             # owned partition -> next offset to read
     cdef public dict _readers           # owned partition -> tailing LogReader at _fetch[p]

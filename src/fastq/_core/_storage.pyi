@@ -1,4 +1,4 @@
-"""Type stub of fastq._storage: mmap-backed segments and the log's hot path (Cython)."""
+"""Type stub of fastq._core._storage: mmap-backed segments and the log's hot path (Cython)."""
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 

@@ -251,7 +251,7 @@ STICKY_BATCH_BYTES = 16384
 
 
 cdef class TopicCore:
-    """The publish hot path of fastq.topic.Topic (which subclasses this and supplies
+    """The publish hot path of fastq.broker.topic.Topic (which subclasses this and supplies
     ``log(p)``, opening a partition's log on first use, and ``choose_partition``)."""
 
     def __cinit__(self, *args, **kwargs):     # the Python subclass takes the arguments

@@ -1,5 +1,5 @@
 """Peers for ``fastq bench --compare``: other queues run through the same cross-process
-harness (:func:`fastq.benchmarks.pipe_scenario`) on the same workload as fastq's ``e2e``.
+harness (:func:`fastq.bench.scenarios.pipe_scenario`) on the same workload as fastq's ``e2e``.
 
 Each peer is skipped — with the reason — when its client library is not importable or
 its server binary is not on PATH; never dropped silently. Servers are started here on a

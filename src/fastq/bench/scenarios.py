@@ -21,7 +21,7 @@ whole ``--json`` document). Scenarios:
 Throughput phases publish ``--messages`` messages or stop at a time cap, whichever comes
 first (fsync-bound modes and slow peers hit the cap); rates are what was done in the time
 taken. Peers (``--compare``) run the ``e2e`` workload through the same harness, see
-:mod:`fastq._benchpeers`.
+:mod:`fastq.bench.peers`.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ producer ``send`` may or may not have appended its record, which was not acknowl
 either way; a cancelled ``flush`` keeps flushing.
 
 Each :class:`AsyncConsumer` runs its consumer in one dedicated thread, so the underlying
-sync :class:`fastq.consumer.Consumer` is never used from two threads at once, and work
+sync :class:`fastq.broker.consumer.Consumer` is never used from two threads at once, and work
 queued there runs in call order. That thread does not exist in a forked child: there an
 inherited async consumer raises :class:`fastq.errors.UsedAfterFork` (its ``close()``
 returns at once) instead of handing work to a thread that will never run it.

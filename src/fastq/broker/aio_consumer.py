@@ -24,7 +24,7 @@ def _close_result(cf: concurrent.futures.Future) -> None:
 
 
 class AsyncConsumer:
-    """Async face of :class:`fastq.consumer.Consumer`: ``await poll()``, ``async for``,
+    """Async face of :class:`fastq.broker.consumer.Consumer`: ``await poll()``, ``async for``,
     and every other method as a coroutine. Create with ``await topic.consumer(...)``.
     A cancelled ``poll``/``async for`` consumes nothing (see the module docstring)."""
 
@@ -197,7 +197,7 @@ class AsyncConsumer:
 
 
 class AsyncMemoryConsumer(AsyncConsumer):
-    """Async face of :class:`fastq.memtopic.MemoryConsumer` (what ``await
+    """Async face of :class:`fastq.broker.memtopic.MemoryConsumer` (what ``await
     topic.consumer()`` returns for a memory topic): ``await poll()``, ``async for``,
     ``commit()`` (accepted, does nothing), ``close()``. Records are *taken*: those
     fetched ahead by ``async for`` (up to 500) and not handed out when the consumer

@@ -12,7 +12,7 @@ __all__ = ["AsyncProducer"]
 
 
 class AsyncProducer:
-    """Async face of :class:`fastq.producer.Producer` (and of a memory topic's producer).
+    """Async face of :class:`fastq.broker.producer.Producer` (and of a memory topic's producer).
 
     ``send`` never blocks the loop and needs no await: when the record only has to be
     copied into the accumulator it is queued inline (a drain that is due then runs in a

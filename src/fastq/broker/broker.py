@@ -5,7 +5,7 @@ Layout::
     <broker>/broker.json                 broker metadata (version, default durability)
     <broker>/broker.lock                 flock around topic create / alter / delete
     <broker>/topics/<topic>/topic.json   topic configuration (stored config wins)
-    <broker>/topics/<topic>/notify       topic-wide futex word (fastq._storage.Notifier)
+    <broker>/topics/<topic>/notify       topic-wide futex word (fastq._core._storage.Notifier)
     <broker>/topics/<topic>/<n>/         partition n: a fastq.Log directory
     <broker>/groups/<group>/             consumer-group membership and committed offsets
 
@@ -166,7 +166,7 @@ class Broker:
         """Get or create a topic. For an existing topic the stored configuration wins
         over these arguments (change it with :meth:`alter_topic`). ``storage="memory"``
         makes a memory topic (a shared ring; ``overflow``, ``capacity_bytes``: see
-        :mod:`fastq.memtopic`)."""
+        :mod:`fastq.broker.memtopic`)."""
         self._check_open()
         validate_name("topic", name)
         with self._mutex:

@@ -42,7 +42,7 @@ TOPIC_DEFAULTS: dict[str, Any] = {
     "max_record_bytes": 1 << 20,
     "compact": False,
     "delete_retention_ms": 24 * 3600 * 1000,  # how long tombstones survive compaction
-    "storage": "log",            # "log" (durable) or "memory" (a shared ring; fastq.memtopic)
+    "storage": "log",            # "log" (durable) or "memory" (a shared ring; fastq.broker.memtopic)
     "overflow": "block",         # memory topics: block | reject | drop-oldest | spill
     "capacity_bytes": 16 << 20,  # memory topics: ring size (rounded up to a power of two)
 }

@@ -14,8 +14,8 @@ delivered again only if it was not committed when its partition changed hands or
 consumer crashed (at-least-once).
 
 Group protocol (membership files, flocks, range assignment; see docs/ARCHITECTURE.md,
-"Consumer groups") lives in :mod:`fastq.group`, committed offsets in
-:mod:`fastq.offsets`.
+"Consumer groups") lives in :mod:`fastq.broker.group`, committed offsets in
+:mod:`fastq.broker.offsets`.
 """
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ coordinator: files, flocks and one shared futex word (protocol in docs/ARCHITECT
 
 Layout under ``<broker>/groups/<group>/``::
 
-    notify                          view word (fastq._storage.Notifier): bumped on every
+    notify                          view word (fastq._core._storage.Notifier): bumped on every
                                     join, leave, eviction and partition release
     members/<topic>/<member_id>     one file per live member consuming <topic>; the member
                                     holds an exclusive flock on it for its lifetime
     partitions/<topic>.<p>.lock     ownership: a member consumes p only while holding an
                                     exclusive flock on this file
-    offsets/<topic>.offsets         committed offsets (fastq.offsets)
+    offsets/<topic>.offsets         committed offsets (fastq.broker.offsets)
 
 A member file is MEMBER_SIZE = 64 bytes, little-endian::
 

@@ -212,7 +212,7 @@ class MemoryTopic(Topic):
             raise Closed(f"topic {self.name!r} is closed")
         return ring
 
-    publish = _memory_publish        # compiled (fastq._producer); a full ring comes here:
+    publish = _memory_publish        # compiled (fastq._core._producer); a full ring comes here:
 
     def _publish_full(self, value, key, headers, timestamp, timeout) -> RecordMetadata:
         """publish() when the ring is full or the topic is in SPILL mode: the overflow

@@ -4,7 +4,7 @@ Thread-safety: ``send`` may be called from any number of threads. Process-safety
 process has its own producers; their batches interleave safely in the partition logs.
 
 The accumulator is an anonymous in-process :class:`fastq.Ring`. The hot path is compiled
-(``fastq._producer.ProducerCore``): ``send`` picks the partition and frames the record
+(``fastq._core._producer.ProducerCore``): ``send`` picks the partition and frames the record
 (partition, key, value, headers, timestamp; see ``Ring._put_record``) into the ring with
 one CAS-guarded copy — no Python lock, no per-partition lists. Whoever drains (the
 linger thread, ``flush``, or a ``send`` that found the accumulator full or

@@ -238,7 +238,7 @@ class Topic(_storage.TopicCore):
             self._notifier.wait(seen, left, spin_us, pacer)
 
     def consumer(self, group: str | None = None, **options):
-        """A consumer of this topic (see :class:`fastq.consumer.Consumer`)."""
+        """A consumer of this topic (see :class:`fastq.broker.consumer.Consumer`)."""
 
         if group is not None:
             self._refuse_if_readonly(f"a consumer in group {group!r} (it commits offsets)")

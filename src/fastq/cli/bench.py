@@ -1,7 +1,7 @@
-"""``fastq bench``: runs the scenarios of :mod:`fastq.benchmarks` against an embedded
+"""``fastq bench``: runs the scenarios of :mod:`fastq.bench.scenarios` against an embedded
 broker in a temporary directory, shows progress, prints a results table and optionally
 writes ``--json`` (schema: docs/BENCHMARKS.md) and ``--plot``. ``--compare`` runs the
-installed peers on the same workload (:mod:`fastq._benchpeers`)."""
+installed peers on the same workload (:mod:`fastq.bench.peers`)."""
 from __future__ import annotations
 
 import json

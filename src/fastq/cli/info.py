@@ -1,5 +1,5 @@
 """``fastq info``: the machine and build facts that benchmark results are stored with
-(:func:`fastq.benchmarks.machine_info`; CPU, cores and memory come from psutil)."""
+(:func:`fastq.bench.scenarios.machine_info`; CPU, cores and memory come from psutil)."""
 from __future__ import annotations
 
 import json

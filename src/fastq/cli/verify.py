@@ -1,5 +1,5 @@
 """``fastq verify DIR`` / ``fastq repair DIR``: check a broker or log directory for damage
-(read-only) and make a damaged log openable again (:mod:`fastq.verify`)."""
+(read-only) and make a damaged log openable again (:mod:`fastq.log.verify`)."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,13 @@
 """The durable log: one directory of Kafka RecordBatch v2 segments, shared by processes.
 
+Modules, bottom to top: ``config``, ``_process``, ``_recovery``, ``_retention``, ``log``,
+``compaction``, ``verify``.
+
 ``log``        :class:`Log` — open and recover, append, read, roll, retention, truncation,
                durability, close (the hot path is :mod:`fastq._core._storage`)
 ``config``     the files and limits of a log directory; checks shared with the broker
 ``_recovery``  recovery of an unclean log (a mixin of :class:`Log`)
+``_retention`` retention and truncation (a mixin of :class:`Log`)
 ``_process``   per-process machinery: the pretoucher thread, the at-fork registry
 ``compaction`` log compaction (keep the last record per key)
 ``verify``     ``fastq verify`` / ``fastq repair``: check every batch and index, repair
