@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -30,6 +33,56 @@ WRITER = textwrap.dedent("""
             if i % 50 == 0:
                 stop.wait(0.002)
 """)
+
+
+class Lines:
+    """A subprocess's stdout read line by line by a thread, so the test waits for a
+    line with a bound (``next(timeout)`` fails the test) instead of blocking in
+    readline forever when the child prints nothing."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.q: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.q.put(line)
+        self.q.put(None)                                   # EOF
+
+    def next(self, timeout: float = 30.0) -> str:
+        try:
+            line = self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line from {self.proc.args} within {timeout} s") from None
+        assert line is not None, f"{self.proc.args} closed its stdout (exit {self.proc.poll()})"
+        return line
+
+    def stop(self, sig: int, timeout: float = 30.0) -> tuple[int, str]:
+        """Send ``sig``, wait (bounded) for the exit; (exit code, stderr)."""
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.proc.args} did not exit within {timeout} s of signal {sig}") from None
+        self.thread.join(timeout)
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return rc, err
+
+
+def spawn(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fastq", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def end_offsets(path: str, topic: str = "live") -> dict[int, int]:
+    with fastq.open(path, create=False, readonly=True) as b:
+        return b.topic(topic, create=False).end_offsets()
 
 
 def fq(*args, ok=True, timeout=60):
@@ -70,3 +123,21 @@ def test_read_only_commands_while_another_process_writes(live):
     res = fq("dump", os.path.join(live, "topics", "live", "0", active), "--json")
     assert all(json.loads(line)["crc_ok"] for line in res.stdout.splitlines())
     assert json.loads(fq("groups", "list", "-b", live, "--json").stdout) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_consume_follow_prints_records_written_after_it_started_and_stops_cleanly(live, sig):
+    """``fastq consume --follow`` (no group: the broker opened read-only) as a process
+    beside the writer: it prints records appended after it started, then a signal ends
+    it at once with exit code 0 and no traceback."""
+    before = end_offsets(live)
+    c = Lines(spawn("consume", "-b", live, "live", "--follow", "--json", "--from", "latest"))
+    try:
+        recs = [json.loads(c.next()) for _ in range(40)]
+    finally:
+        rc, err = c.stop(sig)
+    assert "Traceback" not in err and rc == 0, (rc, err)
+    assert all(r["offset"] >= before[r["partition"]] for r in recs), (before, recs[:3])
+    for p in (0, 1):                                    # in order within each partition
+        offs = [r["offset"] for r in recs if r["partition"] == p]
+        assert offs == sorted(offs) and len(set(offs)) == len(offs)

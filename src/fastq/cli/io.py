@@ -1,5 +1,13 @@
 """``fastq produce TOPIC`` and ``fastq consume TOPIC``: records in from lines or files,
-records out through a kcat-style format string or as JSON lines."""
+records out through a kcat-style format string or as JSON lines.
+
+``consume --follow`` runs until Ctrl-C (SIGINT) or SIGTERM, which end it at once with
+exit code 0, as kcat and kafka-console-consumer do: stopping a follower is its normal
+end, not a failure. Output is flushed after each chunk of records, so a pipe reader
+sees them as they come. Without ``--group`` the broker is opened read-only, which is a
+snapshot; the follower sees later appends by reading each partition's state file every
+:data:`FOLLOW_POLL_S` seconds and reopening the topic when one moved. With ``--group``
+it is a consumer of the group, woken by the topic's commits."""
 from __future__ import annotations
 
 import base64
@@ -188,7 +196,8 @@ def _on_term(signum, frame):
 @click.option("--from", "from_", default=None, metavar="WHERE",
               help="earliest | latest | OFFSET (fewer than 13 digits, or @N) | TIME  [default: earliest, or "
                    "the committed offset with --group]. " + TIME_HELP)
-@click.option("-f", "--follow", is_flag=True, help="Keep waiting for new records (stop with Ctrl-C).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep waiting for new records; Ctrl-C or SIGTERM ends it with exit code 0.")
 @click.option("-c", "--count", type=click.IntRange(1), default=None, help="Stop after this many records.")
 @click.option("-p", "--partition", "partitions", type=click.IntRange(0), multiple=True,
               help="Print only this partition (repeatable; without --group).")
@@ -287,7 +296,41 @@ def _read_alone(t, where, follow, count, only, parts, as_json, out) -> None:
             continue
         if not follow:
             return
-        t.wait_any(pos, timeout=0.5)                        # {} (nothing written yet): just waits
+        if t.readonly:
+            _await_commits(t, pos, wanted)
+            t = _fresh_snapshot(t)
+        else:
+            t.wait_any(pos, timeout=0.5)                    # {} (nothing written yet): just waits
+
+
+# A read-only follower cannot sleep on the topic's futex (waking needs a waiter count it
+# would write), so it looks at the partitions' state files this often.
+FOLLOW_POLL_S = 0.1
+
+
+def _await_commits(t, pos: dict, wanted: list) -> None:
+    """Read-only --follow: return once another process committed past ``pos`` in some
+    partition, or a wanted partition's log appeared. A read-only broker is a snapshot
+    taken when it was opened (``fastq.open(readonly=True)``): its logs never see later
+    appends, and its notifier is private, so this reads each partition's fastq.state
+    (a small read, nothing mapped writable) until its next offset moves."""
+    import os
+    import time
+
+    from ..verify import read_state
+
+    while True:
+        for p in wanted:
+            st = read_state(os.path.join(t.dir, str(p)))
+            if st is not None and (p not in pos or st["next_offset"] > pos[p]):
+                return
+        time.sleep(FOLLOW_POLL_S)                           # a signal ends it (Ctrl-C, SIGTERM)
+
+
+def _fresh_snapshot(t):
+    """The topic reopened read-only: a new snapshot that holds what was committed since."""
+    t.close()
+    return t.broker.topic(t.name, create=False)
 
 
 def _end(t, p: int) -> int:
