@@ -141,3 +141,36 @@ def test_consume_follow_prints_records_written_after_it_started_and_stops_cleanl
     for p in (0, 1):                                    # in order within each partition
         offs = [r["offset"] for r in recs if r["partition"] == p]
         assert offs == sorted(offs) and len(set(offs)) == len(offs)
+
+
+def flip_byte(path: str, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_verify_beside_a_writer_finds_corruption_planted_in_a_sealed_segment(live):
+    """``fastq verify`` as a process while the writer appends: clean → exit 0; a byte
+    flipped inside a sealed segment's batch of the partition being written → exit 1,
+    and the report names that file and that batch's position (the live active segment
+    is judged only up to its acknowledged end, so the appends are no problem)."""
+    assert fq("verify", live).stdout.count(": ok") == 2
+    d = os.path.join(live, "topics", "live", "0")
+    segs = sorted(f for f in os.listdir(d) if f.endswith(".log"))
+    assert len(segs) >= 2
+    seg = os.path.join(d, segs[0])                      # sealed: the writer appends to segs[-1]
+    batches = [json.loads(line) for line in fq("dump", seg, "--json").stdout.splitlines()]
+    victim = batches[len(batches) // 2]
+    at = victim["position"] + victim["size"] - 2        # the last value byte (a header count follows)
+    flip_byte(seg, at)
+    res = fq("verify", live, ok=False)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert f"crc-mismatch     {seg} @ {victim['position']}" in res.stdout, res.stdout
+    assert "1 of 2 log(s) damaged" in res.stdout
+    doc = json.loads(fq("verify", live, "--json", ok=False).stdout)
+    problems = [(p["kind"], p["path"], p["position"]) for log in doc["logs"] for p in log["problems"]]
+    assert problems == [("crc-mismatch", seg, victim["position"])]
+    flip_byte(seg, at)                                  # put it back: clean again, the writer still on
+    assert fq("verify", live).stdout.count(": ok") == 2
