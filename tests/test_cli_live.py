@@ -14,6 +14,7 @@ import threading
 import pytest
 
 import fastq
+from logutil import tree_snapshot
 
 # Publishes to topic "live" (2 partitions, 4 KiB segments) until its stdin closes; says
 # "ready" once each partition has rolled a few segments. Paced a little (a wait on the
@@ -174,3 +175,63 @@ def test_verify_beside_a_writer_finds_corruption_planted_in_a_sealed_segment(liv
     assert problems == [("crc-mismatch", seg, victim["position"])]
     flip_byte(seg, at)                                  # put it back: clean again, the writer still on
     assert fq("verify", live).stdout.count(": ok") == 2
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """A broker with topic "t" (2 partitions) holding v0..v19, partition i % 2 (offsets 0..9)."""
+    path = str(tmp_path / "b")
+    with fastq.open(path) as b:
+        t = b.topic("t", partitions=2)
+        for i in range(20):
+            t.publish(b"v%d" % i, partition=i % 2)
+    return path
+
+
+def committed(path: str, group: str = "g") -> dict[int, int | None]:
+    doc = json.loads(fq("groups", "describe", "-b", path, group, "--json").stdout)
+    return {p["partition"]: p["committed"] for p in doc["topics"][0]["partitions"]}
+
+
+def test_reset_offsets_moves_a_group_that_a_consumer_process_then_follows(filled):
+    """A member process (``consume --group --follow``) prints and commits everything;
+    while it lives, ``reset-offsets --execute`` is refused (one line, exit 2); once a
+    signal stopped it, the dry run shows the plan and writes nothing, ``--execute``
+    moves the group, and a new member process starts exactly there and follows on."""
+    m = Lines(spawn("consume", "-b", filled, "t", "-g", "g", "--follow", "--json"))
+    try:
+        got = sorted((r["partition"], r["offset"]) for r in (json.loads(m.next()) for _ in range(20)))
+        assert got == [(p, o) for p in (0, 1) for o in range(10)]
+        res = fq("groups", "reset-offsets", "-b", filled, "g", "-t", "t", "--to-offset", "3", "--execute", ok=False)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("fastq: error: ") \
+            and "live member" in lines[0], res.stderr
+    finally:
+        rc, err = m.stop(signal.SIGINT)
+    assert rc == 0 and "Traceback" not in err, err
+    assert committed(filled) == {0: 10, 1: 10}          # all it printed, committed before it stopped
+
+    before = tree_snapshot(filled)
+    plan = json.loads(fq("groups", "reset-offsets", "-b", filled, "g", "-t", "t", "--to-offset", "3", "--json").stdout)
+    assert plan["executed"] is False
+    assert [(p["partition"], p["current"], p["new"]) for p in plan["partitions"]] == [(0, 10, 3), (1, 10, 3)]
+    assert "dry run" in fq("groups", "reset-offsets", "-b", filled, "g", "-t", "t", "--to-offset", "3").stdout
+    assert tree_snapshot(filled) == before               # the dry runs changed nothing
+    fq("groups", "reset-offsets", "-b", filled, "g", "-t", "t", "--to-offset", "3", "--execute")
+    assert committed(filled) == {0: 3, 1: 3}
+
+    c = Lines(spawn("consume", "-b", filled, "t", "-g", "g", "--follow", "--json"))
+    try:
+        recs = [json.loads(c.next()) for _ in range(14)]
+        for p in (0, 1):
+            assert [r["offset"] for r in recs if r["partition"] == p] == list(range(3, 10))
+        with fastq.open(filled, create=False) as b:      # appended while it follows
+            t = b.topic("t", create=False)
+            t.publish(b"late0", partition=0)
+            t.publish(b"late1", partition=1)
+        late = sorted((r["partition"], r["offset"], r["value"]) for r in (json.loads(c.next()) for _ in range(2)))
+        assert late == [(0, 10, "late0"), (1, 10, "late1")]
+    finally:
+        rc, err = c.stop(signal.SIGTERM)
+    assert rc == 0 and "Traceback" not in err, err
+    assert committed(filled) == {0: 11, 1: 11}

@@ -3,7 +3,9 @@ records out through a kcat-style format string or as JSON lines.
 
 ``consume --follow`` runs until Ctrl-C (SIGINT) or SIGTERM, which end it at once with
 exit code 0, as kcat and kafka-console-consumer do: stopping a follower is its normal
-end, not a failure. Output is flushed after each chunk of records, so a pipe reader
+end, not a failure. With ``--group`` a signal that comes while a chunk is printed waits
+until that chunk is committed (a second one does not wait), so what was printed is
+what the group committed. Output is flushed after each chunk of records, so a pipe reader
 sees them as they come. Without ``--group`` the broker is opened read-only, which is a
 snapshot; the follower sees later appends by reading each partition's state file every
 :data:`FOLLOW_POLL_S` seconds and reopening the topic when one moved. With ``--group``
@@ -11,10 +13,12 @@ it is a consumer of the group, woken by the topic's commits."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
 import sys
+import threading
 
 import click
 
@@ -181,11 +185,46 @@ def record_json(topic: str, rec) -> dict:
 
 
 class _Stop(Exception):
-    pass
+    """SIGINT or SIGTERM asked ``consume`` to stop (it exits 0)."""
 
 
-def _on_term(signum, frame):
-    raise _Stop()
+class _StopSignals:
+    """SIGINT and SIGTERM end ``consume``: at once (``_Stop``) while it reads or waits;
+    while it writes a chunk out and commits it (``held()``), only once that is done — so
+    every record printed with ``--group`` is also committed (the next member neither
+    prints it again nor skips one) and no line is cut in half — unless a second signal
+    comes first. Installed in the main thread only, where signal handlers run."""
+
+    def __init__(self):
+        self.busy = False               # inside held(): a first signal waits for its end
+        self.pending = False            # a signal came while busy
+        self.old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.busy and not self.pending:
+            self.pending = True
+            return
+        raise _Stop()
+
+    @contextlib.contextmanager
+    def held(self):
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+        if self.pending:
+            raise _Stop()
 
 
 @cli.command()
@@ -216,24 +255,15 @@ def consume(topic, broker_path, group, from_, follow, count, partitions, fmt, as
     if group is not None and partitions:
         raise CliError("--partition cannot be used with --group (the group assigns partitions)")
     out = sys.stdout.buffer
-    old = signal.signal(signal.SIGTERM, _on_term) if _main_thread() else None
-    try:
-        with open_broker(broker_path, readonly=group is None) as b:
-            t = b.topic(topic, create=False)
-            for p in partitions:
-                t._check_partition(p)
-            _consume(t, group, where, follow, count, set(partitions) or None, parts, as_json, out)
-    except (KeyboardInterrupt, _Stop):
-        pass
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    with _StopSignals() as stop:
+        try:
+            with open_broker(broker_path, readonly=group is None) as b:
+                t = b.topic(topic, create=False)
+                for p in partitions:
+                    t._check_partition(p)
+                _consume(t, group, where, follow, count, set(partitions) or None, parts, as_json, out, stop.held)
+        except (KeyboardInterrupt, _Stop):    # KeyboardInterrupt: outside the main thread
+            pass
 
 
 def _start(t, p: int, where) -> int | None:
@@ -256,7 +286,7 @@ def _start(t, p: int, where) -> int | None:
     return lo
 
 
-def _read_alone(t, where, follow, count, only, parts, as_json, out) -> None:
+def _read_alone(t, where, follow, count, only, parts, as_json, out, held) -> None:
     """Without a group: read the partitions directly (read-only; nothing committed)."""
     wanted = sorted(only) if only is not None else list(range(t.partitions))
     pos: dict[int, int] = {}
@@ -288,8 +318,9 @@ def _read_alone(t, where, follow, count, only, parts, as_json, out) -> None:
             pos[p] = stop                                   # (compaction leaves offset gaps)
             printed += len(chunk)
             progressed = True
-            out.write(b"".join(chunk))
-            out.flush()
+            with held():
+                out.write(b"".join(chunk))
+                out.flush()
             if count is not None and printed >= count:
                 return
         if progressed:
@@ -339,9 +370,11 @@ def _end(t, p: int) -> int:
     return t.log(p).end_offset if os.path.isdir(os.path.join(t.dir, str(p))) else 0
 
 
-def _consume(t, group, where, follow, count, only, parts, as_json, out) -> None:
+def _consume(t, group, where, follow, count, only, parts, as_json, out, held) -> None:
+    """Print the records (``held``: the section a stop signal does not cut, see
+    :class:`_StopSignals`)."""
     if group is None:
-        return _read_alone(t, where, follow, count, only, parts, as_json, out)
+        return _read_alone(t, where, follow, count, only, parts, as_json, out, held)
     kind = where[0] if where else "committed"
     c = t.consumer(group, from_=kind if kind in ("earliest", "latest", "committed") else "earliest")
     try:
@@ -369,11 +402,12 @@ def _consume(t, group, where, follow, count, only, parts, as_json, out) -> None:
                 if count is not None and printed >= count:
                     break
             rec = recs = None                  # the records are views into the log: drop them
-            if chunk:
-                out.write(b"".join(chunk))
-                out.flush()
-            if done and group is not None:     # commit only what was written out
-                c.commit(done)
+            with held():                       # a stop signal waits for the commit
+                if chunk:
+                    out.write(b"".join(chunk))
+                    out.flush()
+                if done:                       # commit only what was written out
+                    c.commit(done)
             if count is not None and printed >= count:
                 return
             if not follow and polled and _caught_up(c, ends, wanted, group):
