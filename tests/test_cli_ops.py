@@ -120,6 +120,44 @@ def test_produce_files_one_record_each_or_per_line(tmp_path):
     assert [r["value"] for r in recs] == [{"base64": "AP9iaW5hcnkK"}, "l1", "l2"]
 
 
+def _produce_inputs(tmp_path):
+    b = str(tmp_path / "b")
+    fastq.open(b).close()
+    run("topics", "create", "-b", b, "t")
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"line {i}\n" for i in range(3000)))
+    return b, big
+
+
+def test_produce_draws_no_progress_when_stderr_is_not_a_terminal(tmp_path):
+    b, big = _produce_inputs(tmp_path)
+    res = run("produce", "-b", b, "t", "--lines", big)
+    assert res.stderr == "produced 3000 record(s) to t\n"
+    res = run("produce", "-b", b, "t", input="a\nb\n")
+    assert res.stderr == "produced 2 record(s) to t\n"
+    assert run("produce", "-b", b, "t", "-q", input="c\n").stderr == ""
+
+
+def test_produce_progress_by_bytes_for_files_and_a_record_count_for_stdin(tmp_path):
+    """FASTQ_PROGRESS=1 draws the bar as on a terminal (rich's force_terminal): bytes of
+    FILES read of their total, or records read from stdin; never with --json or -q."""
+    b, big = _produce_inputs(tmp_path)
+    size = big.stat().st_size
+    env = {"FASTQ_PROGRESS": "1"}
+    res = CliRunner().invoke(cli, ["produce", "-b", b, "t", "--lines", str(big)], env=env)
+    assert res.exit_code == 0, res.output
+    assert "produce" in res.stderr and "\x1b[" in res.stderr           # drawn, with terminal controls
+    assert f"{size / 1000:.1f}/{size / 1000:.1f} kB" in res.stderr      # bytes of the total, all read
+    res = CliRunner().invoke(cli, ["produce", "-b", b, "t"], input="x\n" * 2500, env=env)
+    assert res.exit_code == 0, res.output
+    assert "2,500 records" in res.stderr and "\x1b[" in res.stderr
+    for extra in (["--json"], ["-q"]):
+        res = CliRunner().invoke(cli, ["produce", "-b", b, "t", "--lines", str(big), *extra], env=env)
+        assert res.exit_code == 0 and "\x1b[" not in res.stderr and "kB" not in res.stderr, res.stderr
+    recs = run("consume", "-b", b, "t", "--format", "%o\n").output.split()
+    assert len(recs) == 3000 * 3 + 2500
+
+
 def test_consume_format_string_like_kcat(broker):
     res = run("consume", "-b", broker, "orders", "-p", "0", "--format", r"%t/%p/%o %k=%s (%K,%S) @%T [%h]%%\n",
               "-c", "2")

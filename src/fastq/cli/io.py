@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -48,8 +49,11 @@ def _header(text: str) -> tuple[str, bytes]:
               help="Write every record to this partition  [default: by key, else sticky].")
 @click.option("-l", "--lines", is_flag=True, help="Read FILES line by line too (default: one record per file).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def produce(topic, files, broker_path, key_delimiter, headers, partition, lines, as_json) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr (no progress, no summary).")
+def produce(topic, files, broker_path, key_delimiter, headers, partition, lines, as_json, quiet) -> None:
     """Write records to TOPIC: one per line of stdin, or one per FILE (per line with -l).
+    On a terminal, a progress bar on stderr: bytes of FILES read, or records from stdin
+    (FASTQ_PROGRESS=1 forces it, =0 hides it; never with --json or -q).
 
     \b
     printf 'k1:hello\\nk2:world\\n' | fastq produce -b DIR orders -k :
@@ -66,39 +70,83 @@ def produce(topic, files, broker_path, key_delimiter, headers, partition, lines,
         c[0], c[1], c[2] = min(c[0], meta.offset), max(c[1], meta.offset), c[2] + 1
 
     def records():
+        """(record, bytes of input it took)"""
         if not files:
             for line in sys.stdin.buffer:
-                yield line.rstrip(b"\r\n")
+                yield line.rstrip(b"\r\n"), len(line)
             return
         for path in files:
             with open(path, "rb") as f:
                 if lines:
                     for line in f:
-                        yield line.rstrip(b"\r\n")
+                        yield line.rstrip(b"\r\n"), len(line)
                 else:
-                    yield f.read()
+                    data = f.read()
+                    yield data, len(data)
 
     with open_broker(broker_path, readonly=False) as b:
         t = b.topic(topic, create=False)
         if partition is not None and partition >= t.partitions:
             raise InvalidArgument(f"partition {partition} out of range: topic {topic!r} has partitions "
                                   f"0..{t.partitions - 1}")
-        with t.producer(on_delivery=delivered) as prod:
-            for rec in records():
+        with _produce_progress(files, enabled=not (as_json or quiet)) as tick, \
+                t.producer(on_delivery=delivered) as prod:
+            for rec, size in records():
                 key = None
                 if sep is not None:
                     k, found, v = rec.partition(sep)
                     if found:
                         key, rec = k, v
                 prod.send(rec, key=key, headers=hdrs, partition=partition)
+                tick(size)
     total = sum(c[2] for c in counts.values())
     doc = {"topic": topic, "records": total,
            "partitions": {str(p): {"first_offset": c[0], "last_offset": c[1], "records": c[2]}
                           for p, c in sorted(counts.items())}}
     if as_json:
         click.echo(json.dumps(doc))
-    else:
+    elif not quiet:
         click.echo(f"produced {total} record(s) to {topic}", err=True)
+
+
+@contextlib.contextmanager
+def _produce_progress(files, *, enabled: bool):
+    """Yield ``tick(nbytes)``, called once per record read: drawn as bytes of ``files``
+    read of their total, or (stdin, size unknown) a spinner and a record count. The bar
+    is updated every 256 records or 1 MiB, not per record."""
+    from rich.progress import (BarColumn, DownloadColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    from ._common import progress
+
+    if files:
+        bar = progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn(), enabled=enabled)
+        total = sum(os.path.getsize(f) for f in files)
+    else:
+        bar = progress(SpinnerColumn(), TextColumn("{task.description}"),
+                       TextColumn("{task.completed:,.0f} records"), TimeElapsedColumn(), enabled=enabled)
+        total = None
+    if bar.disable:
+        yield lambda n: None
+        return
+    pending = [0, 0]                                       # records, bytes not yet shown
+
+    def tick(n: int) -> None:
+        pending[0] += 1
+        pending[1] += n
+        if pending[0] >= 256 or pending[1] >= 1 << 20:
+            flush()
+
+    def flush() -> None:
+        bar.advance(task, pending[1] if files else pending[0])
+        pending[0] = pending[1] = 0
+
+    with bar:
+        task = bar.add_task("produce", total=total)
+        yield tick
+        flush()
+        bar.refresh()
 
 
 # -- consume ------------------------------------------------------------------------------
