@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import fastq
 from fastq.cli import cli
-from fastq.cli._common import parse_time
+from fastq.cli._common import fmt_time, parse_time
 from logutil import tree_snapshot
 
 T0 = 1_796_464_800_000          # 2026-12-05T10:00:00Z
@@ -293,6 +293,53 @@ def test_dump_stops_at_a_torn_batch_and_names_its_position(broker, tmp_path):
     res = run("dump", torn, ok=False)
     assert res.exit_code == 1
     assert res.output.splitlines()[-1].startswith(f"truncated-batch {torn} @ {docs[3]['position']}")
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    """A log (index_interval 100, 4 KiB segments) of 120 records v<i> at T0 + i s: three
+    segments, each with a few .index/.timeindex entries; the first segment's paths."""
+    path = tmp_path / "lg"
+    with fastq.Log(path, index_interval=100, segment_bytes=4096) as lg:
+        for i in range(120):
+            lg.append(b"v%d" % i, timestamp=T0 + i * 1000)
+    return str(path / "00000000000000000000")
+
+
+def test_dump_index_and_timeindex_entry_by_entry(indexed):
+    batches = {d["base_offset"]: d for d in map(json.loads, run("dump", indexed + ".log", "--json").output.splitlines())}
+    entries = [json.loads(line) for line in run("dump", indexed + ".index", "--json").output.splitlines()]
+    assert len(entries) >= 3
+    assert [e["entry"] for e in entries] == list(range(len(entries)))
+    for e in entries:                           # each points at the batch that starts its offset
+        assert e["offset"] == e["relative_offset"] and batches[e["offset"]]["position"] == e["position"]
+    text = run("dump", indexed + ".index").output.splitlines()
+    e = entries[1]
+    assert text[1] == f"offset: {e['offset']} relativeOffset: {e['relative_offset']} position: {e['position']}"
+    times = [json.loads(line) for line in run("dump", indexed + ".timeindex", "--json").output.splitlines()]
+    assert len(times) >= 3
+    for e in times:                             # timestamps grow with the offsets here: T0 + offset s
+        assert e["timestamp"] == T0 + e["offset"] * 1000 and e["offset"] == e["relative_offset"]
+    text = run("dump", indexed + ".timeindex").output.splitlines()
+    assert text[0] == (f"timestamp: {times[0]['timestamp']} ({fmt_time(times[0]['timestamp'])}) "
+                       f"offset: {times[0]['offset']} relativeOffset: {times[0]['relative_offset']}")
+    later = os.path.join(os.path.dirname(indexed), "00000000000000000057.index")
+    (first,) = [json.loads(line) for line in run("dump", later, "--json").output.splitlines()][:1]
+    assert first["offset"] == 57 + first["relative_offset"]      # absolute = base + relative
+    one_line_error(run("dump", indexed + ".index", "-r", ok=False), "--records needs a .log file")
+
+
+def test_dump_index_names_an_entry_out_of_order(indexed):
+    entries = [json.loads(line) for line in run("dump", indexed + ".index", "--json").output.splitlines()]
+    with open(indexed + ".index", "r+b") as f:               # entry 2 now points below entry 1
+        f.seek(2 * 8 + 4)
+        f.write(struct.pack(">I", entries[1]["position"] - 1))
+    res = run("dump", indexed + ".index", ok=False)
+    assert res.exit_code == 1
+    assert res.output.splitlines()[-1].startswith(f"index-entry {indexed}.index @ 16: entry 2 ")
+    assert len(res.output.splitlines()) == 3                  # entries 0 and 1, then the problem
+    docs = [json.loads(line) for line in run("dump", indexed + ".index", "--json", ok=False).output.splitlines()]
+    assert docs[-1]["problem"] == "index-entry" and docs[-1]["position"] == 16
 
 
 # -- bad input: one line, exit 2 -----------------------------------------------------------
