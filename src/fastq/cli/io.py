@@ -399,11 +399,11 @@ def _await_commits(t, pos: dict, wanted: list) -> None:
     from ..verify import read_state
 
     while True:
-        for p in wanted:
+        time.sleep(FOLLOW_POLL_S)       # first: at most one reopen per FOLLOW_POLL_S under a busy
+        for p in wanted:                # writer; a signal ends the sleep (Ctrl-C, SIGTERM)
             st = read_state(os.path.join(t.dir, str(p)))
             if st is not None and (p not in pos or st["next_offset"] > pos[p]):
                 return
-        time.sleep(FOLLOW_POLL_S)                           # a signal ends it (Ctrl-C, SIGTERM)
 
 
 def _fresh_snapshot(t):
