@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import fastq
 from fastq.cli import cli
-from fastq.cli._common import parse_time
+from fastq.cli._common import fmt_time, parse_time
 from logutil import tree_snapshot
 
 T0 = 1_796_464_800_000          # 2026-12-05T10:00:00Z
@@ -118,6 +118,44 @@ def test_produce_files_one_record_each_or_per_line(tmp_path):
     run("produce", "-b", b, "t", "--lines", tmp_path / "l.txt")
     recs = [json.loads(line) for line in run("consume", "-b", b, "t", "--json").output.splitlines()]
     assert [r["value"] for r in recs] == [{"base64": "AP9iaW5hcnkK"}, "l1", "l2"]
+
+
+def _produce_inputs(tmp_path):
+    b = str(tmp_path / "b")
+    fastq.open(b).close()
+    run("topics", "create", "-b", b, "t")
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"line {i}\n" for i in range(3000)))
+    return b, big
+
+
+def test_produce_draws_no_progress_when_stderr_is_not_a_terminal(tmp_path):
+    b, big = _produce_inputs(tmp_path)
+    res = run("produce", "-b", b, "t", "--lines", big)
+    assert res.stderr == "produced 3000 record(s) to t\n"
+    res = run("produce", "-b", b, "t", input="a\nb\n")
+    assert res.stderr == "produced 2 record(s) to t\n"
+    assert run("produce", "-b", b, "t", "-q", input="c\n").stderr == ""
+
+
+def test_produce_progress_by_bytes_for_files_and_a_record_count_for_stdin(tmp_path):
+    """FASTQ_PROGRESS=1 draws the bar as on a terminal (rich's force_terminal): bytes of
+    FILES read of their total, or records read from stdin; never with --json or -q."""
+    b, big = _produce_inputs(tmp_path)
+    size = big.stat().st_size
+    env = {"FASTQ_PROGRESS": "1"}
+    res = CliRunner().invoke(cli, ["produce", "-b", b, "t", "--lines", str(big)], env=env)
+    assert res.exit_code == 0, res.output
+    assert "produce" in res.stderr and "\x1b[" in res.stderr           # drawn, with terminal controls
+    assert f"{size / 1000:.1f}/{size / 1000:.1f} kB" in res.stderr      # bytes of the total, all read
+    res = CliRunner().invoke(cli, ["produce", "-b", b, "t"], input="x\n" * 2500, env=env)
+    assert res.exit_code == 0, res.output
+    assert "2,500 records" in res.stderr and "\x1b[" in res.stderr
+    for extra in (["--json"], ["-q"]):
+        res = CliRunner().invoke(cli, ["produce", "-b", b, "t", "--lines", str(big), *extra], env=env)
+        assert res.exit_code == 0 and "\x1b[" not in res.stderr and "kB" not in res.stderr, res.stderr
+    recs = run("consume", "-b", b, "t", "--format", "%o\n").output.split()
+    assert len(recs) == 3000 * 3 + 2500
 
 
 def test_consume_format_string_like_kcat(broker):
@@ -257,6 +295,53 @@ def test_dump_stops_at_a_torn_batch_and_names_its_position(broker, tmp_path):
     assert res.output.splitlines()[-1].startswith(f"truncated-batch {torn} @ {docs[3]['position']}")
 
 
+@pytest.fixture
+def indexed(tmp_path):
+    """A log (index_interval 100, 4 KiB segments) of 120 records v<i> at T0 + i s: three
+    segments, each with a few .index/.timeindex entries; the first segment's paths."""
+    path = tmp_path / "lg"
+    with fastq.Log(path, index_interval=100, segment_bytes=4096) as lg:
+        for i in range(120):
+            lg.append(b"v%d" % i, timestamp=T0 + i * 1000)
+    return str(path / "00000000000000000000")
+
+
+def test_dump_index_and_timeindex_entry_by_entry(indexed):
+    batches = {d["base_offset"]: d for d in map(json.loads, run("dump", indexed + ".log", "--json").output.splitlines())}
+    entries = [json.loads(line) for line in run("dump", indexed + ".index", "--json").output.splitlines()]
+    assert len(entries) >= 3
+    assert [e["entry"] for e in entries] == list(range(len(entries)))
+    for e in entries:                           # each points at the batch that starts its offset
+        assert e["offset"] == e["relative_offset"] and batches[e["offset"]]["position"] == e["position"]
+    text = run("dump", indexed + ".index").output.splitlines()
+    e = entries[1]
+    assert text[1] == f"offset: {e['offset']} relativeOffset: {e['relative_offset']} position: {e['position']}"
+    times = [json.loads(line) for line in run("dump", indexed + ".timeindex", "--json").output.splitlines()]
+    assert len(times) >= 3
+    for e in times:                             # timestamps grow with the offsets here: T0 + offset s
+        assert e["timestamp"] == T0 + e["offset"] * 1000 and e["offset"] == e["relative_offset"]
+    text = run("dump", indexed + ".timeindex").output.splitlines()
+    assert text[0] == (f"timestamp: {times[0]['timestamp']} ({fmt_time(times[0]['timestamp'])}) "
+                       f"offset: {times[0]['offset']} relativeOffset: {times[0]['relative_offset']}")
+    later = os.path.join(os.path.dirname(indexed), "00000000000000000057.index")
+    (first,) = [json.loads(line) for line in run("dump", later, "--json").output.splitlines()][:1]
+    assert first["offset"] == 57 + first["relative_offset"]      # absolute = base + relative
+    one_line_error(run("dump", indexed + ".index", "-r", ok=False), "--records needs a .log file")
+
+
+def test_dump_index_names_an_entry_out_of_order(indexed):
+    entries = [json.loads(line) for line in run("dump", indexed + ".index", "--json").output.splitlines()]
+    with open(indexed + ".index", "r+b") as f:               # entry 2 now points below entry 1
+        f.seek(2 * 8 + 4)
+        f.write(struct.pack(">I", entries[1]["position"] - 1))
+    res = run("dump", indexed + ".index", ok=False)
+    assert res.exit_code == 1
+    assert res.output.splitlines()[-1].startswith(f"index-entry {indexed}.index @ 16: entry 2 ")
+    assert len(res.output.splitlines()) == 3                  # entries 0 and 1, then the problem
+    docs = [json.loads(line) for line in run("dump", indexed + ".index", "--json", ok=False).output.splitlines()]
+    assert docs[-1]["problem"] == "index-entry" and docs[-1]["position"] == 16
+
+
 # -- bad input: one line, exit 2 -----------------------------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
@@ -301,3 +386,30 @@ def test_every_command_has_help():
         assert "Usage: " in res.output and len(res.output.splitlines()) > 3, path
     assert "-15m" in run("consume", "--help").output and "ISO-8601" in run("consume", "--help").output
     assert "%k key" in run("consume", "--help").output
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_consume_stopped_by_a_signal_commits_every_record_it_printed(broker, monkeypatch, sig):
+    """A stop signal that lands between printing a chunk and committing it (here: just
+    before Consumer.commit runs) waits for the commit, so the next member of the group
+    neither re-prints nor skips a record; exit code 0."""
+    import signal as _signal
+
+    from fastq import Consumer
+
+    commit = Consumer.commit
+    sent = []
+
+    def signalled_commit(self, *a, **kw):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), getattr(_signal, sig))  # handled at the next bytecode
+        return commit(self, *a, **kw)
+
+    monkeypatch.setattr(Consumer, "commit", signalled_commit)
+    res = run("consume", "-b", broker, "orders", "-g", "g", "--follow", "--format", r"%p:%o\n")
+    monkeypatch.undo()
+    printed = res.output.split()
+    assert sent and printed
+    rest = run("consume", "-b", broker, "orders", "-g", "g", "--format", r"%p:%o\n").output.split()
+    assert not set(printed) & set(rest) and len(printed) + len(rest) == 30

@@ -5,7 +5,7 @@ One module per command group; each registers its commands on :data:`cli`:
 - ``topics`` (list, describe, create, alter, delete): :mod:`fastq.cli.topics`;
 - ``produce`` / ``consume``: :mod:`fastq.cli.io`;
 - ``groups`` (list, describe, reset-offsets): :mod:`fastq.cli.groups`;
-- ``dump`` (a segment batch by batch): :mod:`fastq.cli.dump`;
+- ``dump`` (a segment batch by batch, an index entry by entry): :mod:`fastq.cli.dump`;
 - ``verify`` / ``repair`` (:mod:`fastq.log.verify`): :mod:`fastq.cli.verify`;
 - ``bench`` (:mod:`fastq.bench`): :mod:`fastq.cli.bench`; ``info``: :mod:`fastq.cli.info`.
 
@@ -14,6 +14,8 @@ other processes use it: commands that only look open it read-only
 (``fastq.open(readonly=True)``: nothing is created, locked or written). Commands whose
 output is data take ``--json``. Errors are one line on stderr, ``fastq: error: ...``,
 with exit code 2, never a traceback; ``verify`` exits 1 when it finds damage.
+Progress bars go to stderr, on a terminal only (``FASTQ_PROGRESS=1`` forces them, ``=0``
+hides them: :func:`fastq.cli._common.progress`).
 """
 from __future__ import annotations
 

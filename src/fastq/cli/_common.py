@@ -150,13 +150,23 @@ def console_stderr():
                                                                      highlight=False)
 
 
-def progress(**kw):
-    """A rich progress bar on stderr, drawn only on a terminal (stdout stays data)."""
+PROGRESS_ENV = "FASTQ_PROGRESS"
+
+
+def progress(*columns, enabled: bool = True, **kw):
+    """A rich progress bar on stderr (stdout stays data), drawn only when stderr is a
+    terminal and ``enabled``; ``columns``: rich columns  [default: a bar and N/M].
+    FASTQ_PROGRESS=1 draws it as on a terminal even when stderr is not one (rich's
+    ``force_terminal``: for a pseudo-terminal that does not say so, and for tests);
+    FASTQ_PROGRESS=0 never draws it."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    err = console_stderr()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True, disable=not err.is_terminal, **kw)
+    force = os.environ.get(PROGRESS_ENV, "")
+    err = Console(stderr=True, force_terminal=True) if force == "1" else console_stderr()
+    draw = enabled and err.is_terminal and force != "0"
+    columns = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=err, transient=True, disable=not draw, **kw)
 
 
 def table(columns):
