@@ -17,6 +17,7 @@
 #include "fqtest.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "fq_os.h"
@@ -170,13 +171,14 @@ static int new_ring(uint64_t capacity, uint32_t flags, void **mem, uint64_t *len
     return fq_ring_format(*mem, *len, capacity, MAX_MSG, 0, flags, fq_getpid());
 }
 
-static void spsc(const char *what, int wait, int64_t spin_ns, int batched, int observe) {
+static void spsc(const char *what, uint64_t frames, int wait, int64_t spin_ns, int batched,
+                 int observe) {
     void *mem;
     uint64_t len, capacity = 256;   /* 3-5 frames: the sides meet on every operation */
     REQUIRE(new_ring(capacity, FQ_RING_F_SINGLE_PRODUCER | FQ_RING_F_SINGLE_CONSUMER, &mem,
                      &len) == 0,
             "%s: ring setup", what);
-    side_arg prod = {mem, len, wait, spin_ns, FQ_RING_FRAMES, 7, batched, 0, NULL, 0, 0};
+    side_arg prod = {mem, len, wait, spin_ns, frames, 7, batched, 0, NULL, 0, 0};
     side_arg cons = prod;
     observer_arg obs = {mem, len, capacity, 0, 0};
     pthread_t tp, tc, to;
@@ -191,8 +193,8 @@ static void spsc(const char *what, int wait, int64_t spin_ns, int batched, int o
         pthread_join(to, NULL);
         CHECK(obs.reads > 0, "%s: the observer never ran", what);
     }
-    CHECK(cons.got == FQ_RING_FRAMES, "%s: consumer took %" PRIu64 " of %d frames", what,
-          cons.got, FQ_RING_FRAMES);
+    CHECK(cons.got == frames, "%s: consumer took %" PRIu64 " of %" PRIu64 " frames", what,
+          cons.got, frames);
     fq_ring r;
     fq_ring_attach(&r, mem, len, FQ_RING_WAIT_SPIN, 0);
     CHECK(fq_ring_count(&r) == 0 && fq_ring_used(&r) == 0, "%s: ring not empty at the end", what);
@@ -327,11 +329,28 @@ static void futex_wakeups(void) {
     fq_unmap(mem, (size_t)len);
 }
 
+static void timed(const char *what, void (*fn)(void)) {
+    int64_t t0 = fq_monotonic_ns();
+    fn();
+    printf("    ring %-28s %.2f s\n", what, (double)(fq_monotonic_ns() - t0) / 1e9);
+}
+
+/* Pure spinning hands over only when both threads are on a core: on a loaded 2-core
+ * machine each handover can wait for a scheduler tick, so that variant moves fewer frames. */
+static void spsc_spin(void) { spsc("spsc spin", FQ_RING_FRAMES / 10, FQ_RING_WAIT_SPIN, 0, 0, 0); }
+static void spsc_yield_observed(void) {
+    spsc("spsc yield", FQ_RING_FRAMES, FQ_RING_WAIT_YIELD, 0, 0, 1);
+}
+static void spsc_futex(void) { spsc("spsc futex", FQ_RING_FRAMES, FQ_RING_WAIT_FUTEX, 0, 0, 0); }
+static void spsc_batched(void) {
+    spsc("spsc batched", FQ_RING_FRAMES, FQ_RING_WAIT_FUTEX, 20000, 1, 0);
+}
+
 void suite_ring(void) {
-    spsc("spsc spin", FQ_RING_WAIT_SPIN, 0, 0, 0);
-    spsc("spsc yield", FQ_RING_WAIT_YIELD, 0, 0, 1);
-    spsc("spsc futex", FQ_RING_WAIT_FUTEX, 0, 0, 0);
-    spsc("spsc batched", FQ_RING_WAIT_FUTEX, 20000, 1, 0);
-    mpmc();
-    futex_wakeups();
+    timed("spsc, spin", spsc_spin);
+    timed("spsc, yield, + observer", spsc_yield_observed);
+    timed("spsc, futex (no spin)", spsc_futex);
+    timed("spsc, put_many/zero-copy", spsc_batched);
+    timed("2 producers, 2 consumers", mpmc);
+    timed("futex wakeups, interrupt", futex_wakeups);
 }
