@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
 SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/*.pyx src/fastq/*.pxd src/fastq/*.pxi) setup.py pyproject.toml
 
-.PHONY: run test bench build clean debug sanitize sanitize-test torture test-c test-aarch64
+.PHONY: run test bench build clean debug sanitize sanitize-test torture test-c test-c-tsan test-aarch64
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,14 @@ build/ctest/test_core.aarch64: $(CTEST_DEPS)
 
 test-c: build/ctest/test_core
 	time ./build/ctest/test_core
+
+# The memory-ordering check emulation cannot give (qemu-user on x86-64 keeps the host's
+# TSO order): ThreadSanitizer flags any plain access not ordered by acquire/release.
+test-c-tsan: $(CTEST_DEPS)
+	@mkdir -p build/ctest
+	$(CC) $(CTEST_FLAGS) -O1 -fsanitize=thread -Wno-tsan -DFQ_RING_FRAMES=30000 -DFQ_LOG_COMMITS=5000 \
+	    -o build/ctest/test_core.tsan $(CTEST_SRC)
+	time env TSAN_OPTIONS="halt_on_error=1 exitcode=66" ./build/ctest/test_core.tsan
 
 # FQ_EXPECT_CRC_HW=1: fail unless the ARMv8 CRC32C instructions were the path under test.
 test-aarch64: build/ctest/test_core.aarch64

@@ -40,7 +40,7 @@ static inline uint64_t fqt_next(fqt_rng *r) {
 }
 static inline uint64_t fqt_below(fqt_rng *r, uint64_t n) { return n ? fqt_next(r) % n : 0; }
 
-/* Each suite is one function; suites.c-style registration is the table in test_main.c. */
+/* Each suite is one function, listed in test_main.c's table. */
 void suite_crc32c_first_use(void);
 void suite_crc32c(void);
 void suite_codec(void);

@@ -341,7 +341,8 @@ static void spsc_spin(void) { spsc("spsc spin", FQ_RING_FRAMES / 10, FQ_RING_WAI
 static void spsc_yield_observed(void) {
     spsc("spsc yield", FQ_RING_FRAMES, FQ_RING_WAIT_YIELD, 0, 0, 1);
 }
-static void spsc_futex(void) { spsc("spsc futex", FQ_RING_FRAMES, FQ_RING_WAIT_FUTEX, 0, 0, 0); }
+/* every handover a futex sleep and wake: two system calls a frame */
+static void spsc_futex(void) { spsc("spsc futex", FQ_RING_FRAMES / 3, FQ_RING_WAIT_FUTEX, 0, 0, 0); }
 static void spsc_batched(void) {
     spsc("spsc batched", FQ_RING_FRAMES, FQ_RING_WAIT_FUTEX, 20000, 1, 0);
 }
