@@ -107,6 +107,45 @@ static int lock_take(fq_ring *r, uint32_t *lock, int trylock, int64_t deadline) 
 static inline void lock_drop(uint32_t *lock) { __atomic_store_n(lock, 0, __ATOMIC_RELEASE); }
 
 /* ---- conditions, evaluated without locks (the lock holder re-checks) */
+
+/* tail - head and puts - gets as they stood at one instant, for callers on neither side
+ * (len(), used_bytes(), full()) and for waiting producers of a multi-producer ring. Read
+ * one at a time, the counters of a running ring give impossible values: a reader
+ * descheduled between its load of head and its load of tail sees the producer's later
+ * tail against an old head, more bytes than the ring holds (used_bytes() 776 in a
+ * 256-byte ring, len() in the thousands, full() on a ring that never was). So the
+ * consumer's counter is loaded before and after the producer's: it only grows, so when
+ * both loads agree it held that value when the producer's counter was loaded. head1 <=
+ * tail because the consumer stored head (release) only after it had seen such a tail
+ * (acquire); tail - head2 <= capacity because the producer published tail (release)
+ * only after it had seen a head <= head2. The same holds for gets/puts, which are stored
+ * with release for this. A reader that never finds them still (both sides racing past
+ * it for FQ_RING_SNAPSHOT_TRIES rounds) returns the last difference, clamped to `cap`
+ * (tests/c/test_ring.c's observer checks these bounds while both sides run). */
+#define FQ_RING_SNAPSHOT_TRIES 64
+static inline uint64_t snapshot_diff(const uint64_t *cons, const uint64_t *prod, uint64_t cap) {
+    uint64_t d = 0;
+    for (int i = 0; i < FQ_RING_SNAPSHOT_TRIES; i++) {
+        uint64_t c1 = fq_load_acquire_u64(cons);
+        uint64_t p = fq_load_acquire_u64(prod);
+        uint64_t c2 = fq_load_acquire_u64(cons);
+        d = p - c1;
+        if (c1 == c2) return d;   /* exact: no clamp hides a broken bound from the tests */
+    }
+    return d <= cap ? d : cap;
+}
+
+static inline uint64_t used_bytes(const fq_ring *r) {
+    return snapshot_diff(&r->hdr->head, &r->hdr->tail, r->capacity);
+}
+
+/* at most capacity / 8 messages fit (a record takes 8 bytes at least), and max_messages */
+static inline uint64_t used_messages(const fq_ring *r) {
+    uint64_t cap = r->capacity / FQ_RING_REC_HDR;
+    if (r->max_messages && r->max_messages < cap) cap = r->max_messages;
+    return snapshot_diff(&r->hdr->gets, &r->hdr->puts, cap);
+}
+
 static inline int can_read(const fq_ring *r) {
     const fq_ring_hdr *h = r->hdr;
     uint64_t head = fq_load_acquire_u64(&h->head);
@@ -114,15 +153,8 @@ static inline int can_read(const fq_ring *r) {
 }
 
 static inline int has_room(const fq_ring *r, uint64_t need, uint64_t nmsg) {
-    const fq_ring_hdr *h = r->hdr;
-    uint64_t head = fq_load_acquire_u64(&h->head);   /* head first: tail - head >= 0 */
-    uint64_t tail = fq_load_acquire_u64(&h->tail);
-    if (tail - head + need > r->capacity) return 0;
-    if (r->max_messages) {
-        uint64_t gets = fq_load_acquire_u64(&h->gets);
-        uint64_t puts = fq_load_acquire_u64(&h->puts);
-        if (puts - gets + nmsg > r->max_messages) return 0;
-    }
+    if (used_bytes(r) + need > r->capacity) return 0;
+    if (r->max_messages && used_messages(r) + nmsg > r->max_messages) return 0;
     return 1;
 }
 
@@ -264,7 +296,8 @@ int fq_ring_put_many(fq_ring *r, const fq_ring_iov *v, int64_t n, int64_t timeou
                 if (v[i].len) memcpy(p + FQ_RING_REC_HDR, v[i].base, v[i].len);
                 tail += rec_size(v[i].len);
             }
-            __atomic_store_n(&h->puts, puts + (uint64_t)n, RELAXED);
+            /* release: a reader of puts then sees a head <= the one we checked against */
+            __atomic_store_n(&h->puts, puts + (uint64_t)n, __ATOMIC_RELEASE);
             fq_store_release_u64(&h->tail, tail);   /* the one publishing store */
             if (multi) lock_drop(&h->prod_lock);
             wake_side(&h->data_seq, &h->cons_waiters);
@@ -351,7 +384,8 @@ int64_t fq_ring_read_next(fq_ring *r, const uint8_t **msg) {
 void fq_ring_read_commit(fq_ring *r) {
     if (!r->rd_active) return;
     fq_ring_hdr *h = r->hdr;
-    __atomic_store_n(&h->gets, __atomic_load_n(&h->gets, RELAXED) + r->rd_count, RELAXED);
+    /* release: a reader of gets then sees every put of the messages it counts */
+    __atomic_store_n(&h->gets, __atomic_load_n(&h->gets, RELAXED) + r->rd_count, __ATOMIC_RELEASE);
     fq_store_release_u64(&h->head, r->rd_head);   /* the one consuming store */
     r->rd_active = 0;
     if (r->rd_locked) lock_drop(&h->cons_lock);
@@ -390,16 +424,9 @@ void fq_ring_interrupt(fq_ring *r) {
     fq_wake(&h->space_seq, INT_MAX);
 }
 
-uint64_t fq_ring_count(const fq_ring *r) {
-    uint64_t gets = fq_load_acquire_u64(&r->hdr->gets);
-    uint64_t puts = fq_load_acquire_u64(&r->hdr->puts);
-    return puts - gets;
-}
+uint64_t fq_ring_count(const fq_ring *r) { return used_messages(r); }
 
-uint64_t fq_ring_used(const fq_ring *r) {
-    uint64_t head = fq_load_acquire_u64(&r->hdr->head);
-    return fq_load_acquire_u64(&r->hdr->tail) - head;
-}
+uint64_t fq_ring_used(const fq_ring *r) { return used_bytes(r); }
 
 int fq_ring_is_full(const fq_ring *r) { return !has_room(r, FQ_RING_REC_HDR, 1); }
 
