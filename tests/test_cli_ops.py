@@ -47,6 +47,25 @@ def broker(tmp_path):
 
 # -- topics -------------------------------------------------------------------------------
 
+def test_topics_create_makes_a_missing_or_empty_broker_but_never_adopts_another_directory(tmp_path):
+    new = tmp_path / "new"
+    assert "created: t" in run("topics", "create", "-b", new, "t", "-p", "2").output
+    with fastq.open(new, create=False) as b:
+        assert b.topics() == ["t"] and b.topic("t").partitions == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "created: t" in run("topics", "create", "-b", empty, "t").output
+    assert (empty / "broker.json").is_file()
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"\xff\xd8")
+    one_line_error(run("topics", "create", "-b", other, "t", ok=False), "not a fastq broker directory")
+    assert sorted(os.listdir(other)) == ["cat.jpg"]
+    one_line_error(run("topics", "create", "-b", tmp_path / "no" / "such", "t", ok=False), "parent directory")
+    one_line_error(run("topics", "list", "-b", tmp_path / "missing", ok=False), "no such directory")
+    assert not (tmp_path / "missing").exists()
+
+
 def test_topics_create_list_describe_alter_delete(broker):
     res = run("topics", "create", "-b", broker, "events", "--partitions", "2", "--retention-ms", "60000",
               "--compact")

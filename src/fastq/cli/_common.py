@@ -51,9 +51,18 @@ broker_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the output as JSON.")
 
 
-def open_broker(path: str, *, readonly: bool = True):
-    """Open an existing broker; never makes one. ``readonly`` (commands that only look):
-    nothing in the directory is created or written."""
+def open_broker(path: str, *, readonly: bool = True, create: bool = False):
+    """Open an existing broker. ``readonly`` (commands that only look): nothing in the
+    directory is created or written. ``create`` (``topics create`` only): a missing
+    directory, or an empty one, becomes a new broker; a directory that holds anything
+    else is refused, so a mistyped path never turns into a broker."""
+    if create and (not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise CliError(f"{path}: its parent directory does not exist")
+        try:
+            return _open_broker(path, create=True)
+        except (FastqError, OSError) as e:
+            fail(e)
     if not os.path.isdir(path):
         raise CliError(f"{path}: no such directory")
     if not os.path.isfile(os.path.join(path, BROKER_FILE)):

@@ -135,9 +135,9 @@ def _changes(**kw) -> dict:
 @_config_options(create=True)
 @json_option
 def create(topic: str, broker_path: str, if_not_exists: bool, as_json: bool, **config) -> None:
-    """Create TOPIC (an error if it exists, unless --if-not-exists)."""
-
-    with open_broker(broker_path, readonly=False) as b:
+    """Create TOPIC (an error if it exists, unless --if-not-exists). A missing or empty
+    broker directory becomes a new broker."""
+    with open_broker(broker_path, readonly=False, create=True) as b:
         exists = topic in b.topics()
         if exists and not if_not_exists:
             raise InvalidArgument(f"topic {topic!r} already exists in {b.path} (change it with "
