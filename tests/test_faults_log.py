@@ -492,3 +492,66 @@ def test_a_clean_state_from_before_the_checksum_is_still_trusted(tmp_path):
         f.write((flags & ~2).to_bytes(4, "little") + bytes(4))
     with Log(path) as log:
         assert values(log) == vals
+
+
+def test_truncate_that_fails_while_unlinking_leaves_an_openable_log_at_the_new_end(tmp_path):
+    """Truncate commits the new end before it unlinks a dropped segment: a delete that
+    fails half-way (here the second file of a dropped segment; a kill -9 there is the same
+    state) leaves a log that opens at the new end, never a gap that is CorruptRecord."""
+    import errno
+
+    from faultfs import os_fault
+    from fastq.log import log as fastq_log
+
+    path = str(tmp_path / "l")
+    with Log(path, segment_bytes=4096) as log:
+        for i in range(200):
+            log.append(b"v%03d" % i + b"x" * 60)
+        assert len(log.segments()) >= 3
+        cut = log.segments()[1]["base_offset"] - 5        # inside the first segment, at a batch
+        with os_fault(fastq_log, "unlink", errno.EIO, after=1) as count:
+            with pytest.raises(fastq.StorageError):
+                log.truncate(cut)
+        assert count.hits == 1
+    with Log(path) as log:
+        assert log.start_offset == 0 and log.end_offset == cut
+        assert values(log) == [b"v%03d" % i + b"x" * 60 for i in range(cut)]
+        log.append(b"after")
+        assert log.end_offset == cut + 1
+    assert verify_log(path).ok
+
+
+@pytest.mark.parametrize("dies_at_unlink", [0, 1, 3])
+def test_truncate_killed_between_commit_and_unlink_opens_at_the_new_end(tmp_path, dies_at_unlink):
+    """The process dies (SIGKILL) at the ``dies_at_unlink``-th file delete of a truncate:
+    the next open recovers the log at the new end with every record below it."""
+    import signal
+
+    from faultfs import _OsProxy
+    from fastq.log import log as fastq_log
+    from logutil import fork_child, wait_child
+
+    path = str(tmp_path / "l")
+    with Log(path, segment_bytes=4096) as log:
+        for i in range(200):
+            log.append(b"v%03d" % i + b"x" * 60)
+        cut = log.segments()[1]["base_offset"] - 5
+
+    def child():
+        calls = [0]
+        real = os.unlink
+
+        def unlink(p, *a, **k):
+            if calls[0] == dies_at_unlink:
+                os.kill(os.getpid(), signal.SIGKILL)
+            calls[0] += 1
+            return real(p, *a, **k)
+
+        fastq_log.os = _OsProxy(os, {"unlink": unlink})
+        with Log(path) as log:
+            log.truncate(cut)
+
+    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    with Log(path) as log:
+        assert log.end_offset == cut
+        assert values(log) == [b"v%03d" % i + b"x" * 60 for i in range(cut)]

@@ -3,9 +3,10 @@ size or age) and truncation (every record from an offset on). A mixin of
 :class:`fastq.log.Log`; both run under the log's writer lock. Retention commits the new
 start offset in the shared state (``fastq.state``, csrc/fq_log.h) before it unlinks a
 file, so a crash between the two leaves files below the start, which opens ignore.
-Truncation, an administrative single-process operation, unlinks the segments past the
-new end before it commits that end: a crash in between leaves a gap that the next open
-reports as CorruptRecord (``fastq repair`` resolves it)."""
+Truncation, an administrative single-process operation, commits the new end first too,
+then zeroes the rest of the new active segment and unlinks the segments past it: a crash
+or a failed unlink in between leaves files past the end, which the next open sets aside
+(``damaged/``) or ignores — never a gap below the end."""
 from __future__ import annotations
 
 import os
@@ -120,21 +121,29 @@ class RetentionMixin:
                 head = target.read_bytes(pos, pos + 12)
                 if int.from_bytes(head[:8], "big") != offset:
                     raise InvalidArgument(f"offset {offset} is inside a batch; truncate to a batch boundary")
-                for seg in drop:
-                    self._unlink_segment_files(seg.base_offset)
-                    seg.deleted = True
-                    seg.close()
                 written = max(s["written_end"], limit) if target is self._active else target.alloc_size
-                target.zero(pos, written)
                 r = target.scan(0, pos, target.base_offset, -1, False, True, self.index_interval,
                                 allow_gaps=self.allow_gaps)
-                self._segments = keep
-                self._active = target
+                # commit the new end first: a crash or a failed unlink below then leaves
+                # files past the end (recovery sets them aside), never a gap below it
                 gen = s["generation"] + 1
                 self._commit(offset, pos, target.base_offset, r["max_timestamp"], r["index_count"],
                              r["timeindex_count"], r["bytes_since_index"], pos, gen)
+                self._store_recovery_point(min(self.recovery_point, offset))
+                self._segments = keep
+                self._active = target
                 target.sealed_end = -1
                 self._gen = gen
-                self._store_recovery_point(min(self.recovery_point, offset))
+                target.zero(pos, written)
+                failed = None
+                for seg in drop:
+                    seg.deleted = True
+                    seg.close()
+                    try:
+                        self._unlink_segment_files(seg.base_offset)
+                    except StorageError as e:     # the commit stands: delete the others
+                        failed = failed or e
+                if failed is not None:
+                    raise failed
         finally:
             self._unlock_py()
