@@ -555,3 +555,32 @@ def test_truncate_killed_between_commit_and_unlink_opens_at_the_new_end(tmp_path
     with Log(path) as log:
         assert log.end_offset == cut
         assert values(log) == [b"v%03d" % i + b"x" * 60 for i in range(cut)]
+
+
+def test_a_segment_retention_failed_to_delete_is_deleted_by_the_next_retention(tmp_path):
+    """Retention commits the new start, then unlinks. A file whose unlink failed stays
+    below the start (ignored by readers); the next retention pass deletes it, so a
+    transient EIO never leaks disk space for good."""
+    import errno
+
+    from faultfs import os_fault
+    from fastq.log import log as fastq_log
+
+    path = str(tmp_path / "l")
+    with Log(path, segment_bytes=4096, retention_bytes=8192) as log:
+        for i in range(200):
+            log.append(b"v%03d" % i + b"x" * 60)
+        first = log.segments()[0]["base_offset"]
+        stale = os.path.join(path, "%020d.log" % first)
+        with os_fault(fastq_log, "unlink", errno.EIO, path_contains=".index") as count:
+            with pytest.raises(fastq.StorageError) as ei:
+                log.enforce_retention()
+        assert count.hits == 1 and stale[:-4] + ".index" in str(ei.value)
+        assert not os.path.exists(stale)                  # .log went, its .index stayed
+        assert os.path.exists(stale[:-4] + ".index") and log.start_offset > first
+        start = log.start_offset
+        log.enforce_retention()
+        assert not os.path.exists(stale)
+        assert not os.path.exists(stale[:-4] + ".index")
+        assert log.start_offset == start
+        assert values(log)[-1] == b"v199" + b"x" * 60

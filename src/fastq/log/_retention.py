@@ -2,7 +2,8 @@
 size or age) and truncation (every record from an offset on). A mixin of
 :class:`fastq.log.Log`; both run under the log's writer lock. Retention commits the new
 start offset in the shared state (``fastq.state``, csrc/fq_log.h) before it unlinks a
-file, so a crash between the two leaves files below the start, which opens ignore.
+file, so a crash between the two leaves files below the start, which opens ignore and
+the next retention pass deletes (a failed unlink is retried there too).
 Truncation, an administrative single-process operation, commits the new end first too,
 then zeroes the rest of the new active segment and unlinks the segments past it: a crash
 or a failed unlink in between leaves files past the end, which the next open sets aside
@@ -12,8 +13,10 @@ from __future__ import annotations
 import os
 import time
 
+from .._core._codec import os_errors
 from .._core._storage import Segment
 from ..errors import InvalidArgument, OffsetOutOfRange, StorageError
+from .config import SEGMENT_RE
 
 __all__ = ["RetentionMixin"]
 
@@ -39,6 +42,30 @@ class RetentionMixin:
         with self._seg_lock:
             if self.retention_bytes is None and self.retention_ms is None:
                 return 0
+            failed = self._delete_leftovers_below_start()
+            n = self._delete_expired_locked(now_ms)
+            if failed is not None:
+                raise failed
+            return n
+
+    def _delete_leftovers_below_start(self) -> StorageError | None:
+        """Unlink segment files below the first segment: what an earlier retention or
+        truncation committed away but failed to delete (or died before deleting).
+        Returns the first failure (the caller raises it after its own work)."""
+        first = self._segments[0].base_offset
+        with os_errors("list the log directory", self.path):
+            names = os.listdir(self.path)
+        failed = None
+        for base in sorted({int(m.group(1)) for m in map(SEGMENT_RE.fullmatch, names) if m}):
+            if base < first:
+                try:
+                    self._unlink_segment_files(base)
+                except StorageError as e:
+                    failed = failed or e
+        return failed
+
+    def _delete_expired_locked(self, now_ms: int | None) -> int:
+        with self._seg_lock:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
             s = self.snapshot()
             sealed = self._segments[:-1]
