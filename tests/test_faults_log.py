@@ -584,3 +584,31 @@ def test_a_segment_retention_failed_to_delete_is_deleted_by_the_next_retention(t
         assert not os.path.exists(stale[:-4] + ".index")
         assert log.start_offset == start
         assert values(log)[-1] == b"v199" + b"x" * 60
+
+
+@pytest.mark.parametrize("damage", ["smaller-timestamp", "offset-out-of-order", "offset-inside-a-batch"])
+def test_verify_reports_a_timeindex_entry_that_would_misdirect_a_lookup(tmp_path, damage):
+    path = str(tmp_path / "log")
+    with Log(path, segment_bytes=1 << 16, index_interval=256) as log:
+        for b in range(60):                           # batches of 5 records, ascending time
+            log.append_many([b"r%d.%d" % (b, i) * 10 for i in range(5)], timestamp=1000 + 10 * b)
+    assert verify_log(path).ok
+    tix = os.path.join(path, SEG0 + ".timeindex")
+    with open(tix, "r+b") as f:
+        entries = f.read()
+        ts2, rel2 = int.from_bytes(entries[24:32], "big"), int.from_bytes(entries[32:36], "big")
+        assert rel2 > 0, "the log has fewer than three time-index entries"
+        if damage == "smaller-timestamp":
+            f.seek(24)
+            f.write((ts2 - 1).to_bytes(8, "big"))    # still above entry 1, below its records
+            assert ts2 - 1 > int.from_bytes(entries[12:20], "big")
+        elif damage == "offset-out-of-order":
+            f.seek(32)
+            f.write((1).to_bytes(4, "big"))
+        else:
+            f.seek(32)
+            f.write((rel2 - 1).to_bytes(4, "big"))
+    report = verify_log(path)
+    assert [(p.kind, p.path, p.position) for p in report.problems] == [("index-entry", tix, 24)]
+    repair_log(path)
+    assert verify_log(path).ok

@@ -43,7 +43,7 @@ import os
 import time
 
 from .._core import _storage
-from .._core._codec import INDEX_ENTRY, decode_batch, index_get
+from .._core._codec import INDEX_ENTRY, TIMEINDEX_ENTRY, decode_batch, index_get, timeindex_get
 from ._recovery import set_aside
 from ..errors import CorruptRecord, InvalidArgument, LogLocked
 from .config import (COMPACTED_MARK, CONFIG_FILE, DEFAULT_MAX_RECORD_BYTES, FLAG_CLEAN, LOCK_FILE, SEGMENT_RE,
@@ -231,6 +231,54 @@ def _check_indexes(path: str, base: int, buf, data_end: int, out: list) -> None:
                                f"the batch starting that offset"))
             break
         prev = (rel, pos)
+    _check_timeindex(name + ".timeindex", base, buf, data_end, out)
+
+
+_LAST_OFFSET_DELTA_AT = 23     # RecordBatch v2 header (csrc/fq_batch.h): lastOffsetDelta int32
+_MAX_TIMESTAMP_AT = 35         # maxTimestamp int64
+
+
+def _check_timeindex(path: str, base: int, buf, data_end: int, out: list) -> None:
+    """``.timeindex`` entries (docs/FORMAT.md) must ascend and each must name the last
+    offset of a batch with a timestamp no smaller than every record up to it: a smaller
+    one would make ``offset_for_timestamp`` skip records. Walks the batch headers below
+    ``data_end`` (already validated by the scan), one step per batch."""
+    try:
+        with open(path, "rb") as f:
+            tix = f.read()
+    except FileNotFoundError:
+        return
+    upto: dict[int, int] = {}          # batch last offset -> max timestamp up to it
+    pos, running = 0, -1
+    while pos + 61 <= data_end:
+        length = int.from_bytes(buf[pos + 8:pos + 12], "big")
+        last = int.from_bytes(buf[pos:pos + 8], "big") + \
+            int.from_bytes(buf[pos + _LAST_OFFSET_DELTA_AT:pos + _LAST_OFFSET_DELTA_AT + 4], "big")
+        running = max(running, int.from_bytes(buf[pos + _MAX_TIMESTAMP_AT:pos + _MAX_TIMESTAMP_AT + 8],
+                                              "big", signed=True))
+        upto[last] = running
+        pos += 12 + length
+    end = max(upto, default=base - 1)
+    prev = (None, -1)
+    for i in range(len(tix) // TIMEINDEX_ENTRY):
+        ts, rel = timeindex_get(tix, i)
+        if ts == 0 and rel == 0:
+            break                               # the zero-filled end of the entries
+        if base + rel > end:
+            break                               # past the data: not trusted, never used
+        want = upto.get(base + rel)
+        why = None
+        if prev[0] is not None and not (ts > prev[0] and rel > prev[1]):
+            why = "does not ascend"
+        elif want is None:
+            why = "does not name the last offset of a batch"
+        elif ts < want:
+            why = f"says {ts}, but records up to it reach {want}: timestamp lookups would skip records"
+        if why:
+            out.append(Problem("index-entry", path, TIMEINDEX_ENTRY * i,
+                               f"{path}: entry {i} (timestamp {ts}, offset {base + rel}) {why}"))
+            break
+        prev = (ts, rel)
 
 
 def _scan_log(path: str) -> tuple[Report, list[dict]]:
