@@ -11,9 +11,10 @@ The bytes are copied, not zero-copy: a segment stores each record's value betwee
 varint-framed key and headers, so no segment holds the values contiguously; one copy
 into a fresh buffer also leaves no segment pinned. The per-record work is the compiled
 ``LogReader._fill_columns``, filling arrays allocated here; when the value or key buffer
-runs out it stops before the record that did not fit, the buffer grows (doubling) and
-the fill resumes. numpy is an optional extra (``pip install fastq-broker[numpy]``);
-without it ``read_columns`` raises :class:`fastq.MissingDependency`.
+runs out it stops before the record that did not fit, the buffer grows (to the
+average row size so far times the rows left, at least doubling) and the fill resumes.
+numpy is an optional extra (``pip install fastq-broker[numpy]``); without it
+``read_columns`` raises :class:`fastq.MissingDependency`.
 """
 from __future__ import annotations
 
@@ -67,9 +68,11 @@ class Columns(NamedTuple):
         return self.keys[self.key_offsets[i]:self.key_offsets[i + 1]].tobytes()
 
 
-def _grow(buf, used: int, need: int):
-    """A buffer twice as large (at least used + need) holding buf[:used]."""
-    new = np.empty(max(2 * len(buf), used + need), dtype=np.uint8)
+def _grow(buf, used: int, need: int, rows: int, rows_left: int):
+    """A larger buffer holding buf[:used]: room for the record that did not fit plus the
+    rows left at the average size so far, and at least twice the old size."""
+    guess = used // rows * rows_left if rows else 0
+    new = np.empty(max(2 * len(buf), used + need + guess), dtype=np.uint8)
     new[:used] = buf[:used]
     return new
 
@@ -101,9 +104,9 @@ def read_columns(log, offset: int = 0, max_records: int = DEFAULT_MAX_RECORDS,
         if not (vneed or kneed):
             break
         if vneed:
-            values = _grow(values, int(value_offsets[i]), vneed)
+            values = _grow(values, int(value_offsets[i]), vneed, i, n - i)
         if kneed:
-            keys = _grow(keys, int(key_offsets[i]), kneed)
+            keys = _grow(keys, int(key_offsets[i]), kneed, i, n - i)
     return Columns(offsets[:i], timestamps[:i], values[:value_offsets[i]], value_offsets[:i + 1],
                    value_valid[:i], keys[:key_offsets[i]], key_offsets[:i + 1], key_valid[:i],
                    rd.next_offset)
