@@ -3,8 +3,11 @@ checked record by record against Log.read."""
 import os
 import random
 import struct
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastq
 from fastq import Log
@@ -85,6 +88,23 @@ def test_read_columns_equals_read_record_by_record_random_batches(tmp_path):
             got += rows_of(c)
             off = c.next_offset
         assert got == rows_read(log)
+
+
+FIELD = st.one_of(st.none(), st.binary(max_size=700))
+BATCHES = st.lists(st.lists(st.tuples(FIELD, st.one_of(st.none(), st.binary(max_size=40))),
+                            min_size=1, max_size=8), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=BATCHES, start=st.integers(0, 120), n=st.integers(0, 130))
+def test_read_columns_agrees_with_read_hypothesis(batches, start, n):
+    with tempfile.TemporaryDirectory() as d, Log(d, **SMALL) as log:
+        for b in batches:
+            log.append_batch(b)
+        start = min(start, log.end_offset)
+        c = log.read_columns(start, n)
+        check_layout(c)
+        assert rows_of(c) == rows_read(log, start, n=n)
 
 
 def test_read_columns_null_keys_and_empty_values(tmp_path):

@@ -14,10 +14,11 @@ Modules, bottom to top: ``config``, ``_process``, ``_recovery``, ``_retention``,
 ``verify``     ``fastq verify`` / ``fastq repair``: check every batch and index, repair
 """
 from .._core._storage import LogReader, Pacer, Record
+from .columns import Columns
 from .compaction import compact_log
 from .config import DURABILITY_MODES
 from .log import Log, open_log
 from .verify import repair_log, verify_broker, verify_log
 
-__all__ = ["Log", "open_log", "Record", "LogReader", "Pacer", "DURABILITY_MODES", "compact_log",
+__all__ = ["Log", "open_log", "Record", "LogReader", "Pacer", "DURABILITY_MODES", "Columns", "compact_log",
            "verify_log", "verify_broker", "repair_log"]

@@ -18,7 +18,8 @@ numpy is an optional extra (``pip install fastq-broker[numpy]``); without it
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidArgument, MissingDependency
 
@@ -37,9 +38,11 @@ _MIN_BUFFER = 4096
 _MAX_FIRST_BUFFER = 1 << 24
 
 
-class Columns(NamedTuple):
-    """Records ``offsets[0]`` .. as columns (see :mod:`fastq.log.columns`).
-    ``next_offset`` is where to continue reading (the log end when all were read)."""
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Records ``offsets[0]`` .. as columns (see :mod:`fastq.log.columns`); ``len()`` is
+    the number of records. ``next_offset`` is where to continue reading (the log end
+    when all were read)."""
 
     offsets: Any          # int64[n]
     timestamps: Any       # int64[n], ms
@@ -51,8 +54,8 @@ class Columns(NamedTuple):
     key_valid: Any        # bool[n]: False for a null key
     next_offset: int
 
-    def __len__(self) -> int:  # type: ignore[override]
-        """The number of records (not the tuple's field count)."""
+    def __len__(self) -> int:
+        """The number of records."""
         return len(self.offsets)
 
     def value(self, i: int) -> bytes | None:
