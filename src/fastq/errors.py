@@ -34,6 +34,7 @@ __all__ = [
     "UsedAfterFork",
     "UnknownGroup",
     "GroupActive",
+    "MissingDependency",
 ]
 
 
@@ -47,6 +48,11 @@ class InvalidArgument(FastqError, ValueError):
 
 class InvalidName(InvalidArgument):
     """A topic, group or log name breaks the naming rules."""
+
+
+class MissingDependency(FastqError, ImportError):
+    """An optional extra that a call needs is not installed; the message names the
+    ``pip install`` line (e.g. ``read_columns`` needs ``fastq-broker[numpy]``)."""
 
 
 class RecordTooLarge(InvalidArgument):

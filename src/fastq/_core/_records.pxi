@@ -250,6 +250,75 @@ cdef class LogReader:
             n += 1
         return out
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def _fill_columns(self, Py_ssize_t i, Py_ssize_t limit,
+                      int64_t[::1] offsets, int64_t[::1] timestamps,
+                      int64_t[::1] value_offsets, uint8_t[::1] values, uint8_t[::1] value_valid,
+                      int64_t[::1] key_offsets, uint8_t[::1] keys, uint8_t[::1] key_valid):
+        """The loop of :func:`fastq.log.columns.read_columns`: decode records into
+        caller-owned column buffers (any writable C-contiguous buffers; numpy arrays in
+        practice — this module never imports numpy).
+
+        Fills rows ``i`` .. ``limit - 1``; row r's value is copied to
+        ``values[value_offsets[r]:value_offsets[r + 1]]`` (Arrow's layout: the caller
+        sets ``value_offsets[i]``/``key_offsets[i]``), a null value or key gets an
+        empty slice and 0 in ``value_valid``/``key_valid``. Stops at ``limit``, at the
+        reader's end, or before a record whose value or key does not fit in what is
+        left of ``values``/``keys`` (that record is not consumed). Returns ``(rows
+        filled so far, value bytes needed, key bytes needed)``: the two needs are 0
+        unless it stopped for room, and then give the size of the record that did not
+        fit, so the caller grows the buffers and calls again from that row."""
+        cdef fq_record_view v
+        cdef int rc
+        cdef int64_t off, vpos, kpos, vcap, kcap, vlen, klen
+        if (limit < i or i < 0 or offsets.shape[0] < limit or timestamps.shape[0] < limit
+                or value_offsets.shape[0] <= limit or key_offsets.shape[0] <= limit
+                or value_valid.shape[0] < limit or key_valid.shape[0] < limit):
+            raise InvalidArgument(f"column buffers too short for rows [{i}, {limit})")
+        vpos = value_offsets[i]
+        kpos = key_offsets[i]
+        vcap = values.shape[0]
+        kcap = keys.shape[0]
+        if not (0 <= vpos <= vcap and 0 <= kpos <= kcap):
+            raise InvalidArgument(f"column start positions {vpos}/{kpos} outside the buffers")
+        self._recheck()
+        while i < limit:
+            if self.remaining <= 0:
+                if not self._next_batch():
+                    break
+            rc = fq_record_decode(self.rp, <size_t>self.rleft, &v)
+            if rc < 0:
+                raise_status(rc, f"record in batch {self.base}", self.seg.path, self.pos)
+            off = self.base + v.offset_delta
+            if off >= self.end and off >= self.next_offset:
+                self.remaining = 0
+                self.next_offset = self.end
+                break
+            if off >= self.next_offset:
+                vlen = v.value_len if v.value_len > 0 else 0
+                klen = v.key_len if v.key_len > 0 else 0
+                if vpos + vlen > vcap or kpos + klen > kcap:
+                    return i, vlen, klen     # not consumed: rp/remaining stay before it
+                offsets[i] = off
+                timestamps[i] = self.base_ts + v.timestamp_delta
+                if vlen:
+                    memcpy(&values[vpos], v.value, <size_t>vlen)
+                vpos += vlen
+                value_offsets[i + 1] = vpos
+                value_valid[i] = v.value_len >= 0
+                if klen:
+                    memcpy(&keys[kpos], v.key, <size_t>klen)
+                kpos += klen
+                key_offsets[i + 1] = kpos
+                key_valid[i] = v.key_len >= 0
+                self.next_offset = off + 1
+                i += 1
+            self.rp += rc
+            self.rleft -= rc
+            self.remaining -= 1
+        return i, 0, 0
+
     def read_many(self, max_records):
         """Up to max_records records as a list (an empty list at the end)."""
         max_records = count_arg(max_records)

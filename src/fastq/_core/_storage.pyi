@@ -203,6 +203,11 @@ class LogReader(Iterator[Record]):
     def read_many(self, max_records: int) -> list[Record]: ...
     def read_values(self, max_records: int) -> list[Optional[bytes]]:
         """Values only, as bytes copies (nothing pinned)."""
+    def _fill_columns(self, i: int, limit: int, offsets: Any, timestamps: Any,
+                      value_offsets: Any, values: Any, value_valid: Any,
+                      key_offsets: Any, keys: Any, key_valid: Any) -> tuple[int, int, int]:
+        """Decode records into caller-owned column buffers (fastq.log.columns); returns
+        (rows filled, value bytes needed, key bytes needed)."""
 
 class LogCore:
     """Shared state of a log plus the append/read hot path (see fastq.log.Log)."""

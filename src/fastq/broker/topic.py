@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from .._core import _storage
 from ..errors import Closed, InvalidArgument, ReadOnly, UsedAfterFork
+from ..log.columns import DEFAULT_MAX_RECORDS, Columns
 from ..log.compaction import compact_log
 from ..log.log import Log, Record
 from .consumer import Consumer
@@ -204,6 +205,15 @@ class Topic(_storage.TopicCore):
         if offset is None:
             offset = lg.start_offset
         return lg.read(offset, end)
+
+    def read_columns(self, partition: int, offset: int | None = None,
+                     max_records: int = DEFAULT_MAX_RECORDS, end: int | None = None) -> Columns:
+        """Up to ``max_records`` records of one partition from ``offset`` (default: the
+        earliest) as numpy columns in Arrow's layout (see :meth:`fastq.Log.read_columns`);
+        continue from the result's ``next_offset``. Needs ``fastq-broker[numpy]``."""
+        self._check_partition(partition)
+        lg = self.log(partition)
+        return lg.read_columns(lg.start_offset if offset is None else offset, max_records, end)
 
     def end_offsets(self) -> dict[int, int]:
         """{partition: log end offset}."""

@@ -71,6 +71,7 @@ from ..errors import (
 )
 from ._process import PRETOUCHER, fork_registry
 from ._recovery import RecoveryMixin
+from .columns import ColumnsMixin
 from ._retention import RetentionMixin
 from .config import (DURABILITY_MODES, STATE_FILE, LOCK_FILE, CONFIG_FILE, CONFIG_VERSION, COMPACTED_MARK,
                      DEFAULT_SEGMENT_BYTES, DEFAULT_MAX_RECORD_BYTES, DEFAULT_INDEX_INTERVAL, MIN_SEGMENT_BYTES,
@@ -86,7 +87,7 @@ _UNSET = object()                     # an argument not given (None means "off" 
 _OPEN_LOGS: "weakref.WeakSet[Log]" = fork_registry()    # this process's open logs
 
 
-class Log(RecoveryMixin, RetentionMixin, LogCore):
+class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
     """A durable append-only log in one directory, shared by any number of processes.
 
     Offsets are dense integers from 0. ``append`` / ``append_many`` / ``append_batch``
