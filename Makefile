@@ -116,7 +116,8 @@ wheel: $(VENV)/.wheel-deps
 	rm -rf dist $(WHEELTEST) && mkdir -p $(WHEELTEST)/sdist $(WHEELTEST)/tree
 	$(PY) -m build --no-isolation --sdist --wheel --outdir dist .
 	tar xzf dist/*.tar.gz -C $(WHEELTEST)/sdist
-	cd $(WHEELTEST)/sdist/fastq_broker-* && $(abspath $(PY)) -m build --no-isolation --wheel --outdir ../../from-sdist .
+	@# isolated, as pip builds an sdist: only pyproject's build-system.requires are there
+	cd $(WHEELTEST)/sdist/fastq_broker-* && $(abspath $(PY)) -m build --wheel --outdir ../../from-sdist .
 	@# the same files in both wheels: nothing the checkout has is missing from the sdist
 	unzip -Z1 dist/*.whl | sort > $(WHEELTEST)/checkout.files
 	unzip -Z1 $(WHEELTEST)/from-sdist/*.whl | sort > $(WHEELTEST)/sdist.files
