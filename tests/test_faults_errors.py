@@ -27,7 +27,8 @@ from fastq.broker.offsets import OffsetStore
 
 from faultfs import fill
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# the children import the fastq this run imports (src/ in a checkout, site-packages for a wheel)
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(fastq.__file__)))
 
 
 def _child(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
