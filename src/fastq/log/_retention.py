@@ -16,7 +16,6 @@ import time
 from .._core._codec import os_errors
 from .._core._storage import Segment
 from ..errors import InvalidArgument, OffsetOutOfRange, StorageError
-from .config import SEGMENT_RE
 
 __all__ = ["RetentionMixin"]
 
@@ -54,9 +53,9 @@ class RetentionMixin:
         Returns the first failure (the caller raises it after its own work)."""
         first = self._segments[0].base_offset
         with os_errors("list the log directory", self.path):
-            names = os.listdir(self.path)
+            bases = self._segment_bases(any_file=True)
         failed = None
-        for base in sorted({int(m.group(1)) for m in map(SEGMENT_RE.fullmatch, names) if m}):
+        for base in bases:
             if base < first:
                 try:
                     self._unlink_segment_files(base)

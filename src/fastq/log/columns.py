@@ -18,10 +18,12 @@ numpy is an optional extra (``pip install fastq-broker[numpy]``); without it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgument, MissingDependency
+from ..errors import MissingDependency
+from .config import check_int
 
 try:
     import numpy as np
@@ -87,8 +89,7 @@ def read_columns(log, offset: int = 0, max_records: int = DEFAULT_MAX_RECORDS,
     (OffsetOutOfRange outside [start, end]); MissingDependency without numpy."""
     if np is None:
         raise MissingDependency("read_columns needs numpy: pip install fastq-broker[numpy]")
-    if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 0:
-        raise InvalidArgument(f"max_records must be an int >= 0, got {max_records!r}")
+    check_int("max_records", max_records, 0, math.inf)     # past int64 means no limit
     rd = log.read(offset, end)
     n = min(max_records, max(0, rd.end - rd.next_offset))   # offsets are dense or sparser
     offsets = np.empty(n, dtype=np.int64)

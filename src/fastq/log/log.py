@@ -353,11 +353,13 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
                                     f"segment files are named %020d.log/.index/.timeindex",
                                     os.path.join(self.path, name))
 
-    def _segment_bases(self) -> list[int]:
+    def _segment_bases(self, any_file: bool = False) -> list[int]:
+        """Bases of the segments in the directory: those with a ``.log`` file, or with
+        ``any_file`` also an ``.index`` / ``.timeindex`` left without one."""
         bases = set()
         for name in os.listdir(self.path):
             m = SEGMENT_RE.fullmatch(name)
-            if m and m.group(2) == "log":
+            if m and (any_file or m.group(2) == "log"):
                 bases.add(int(m.group(1)))
         return sorted(bases)
 
