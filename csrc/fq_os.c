@@ -260,6 +260,25 @@ int fq_pid_alive(int32_t pid) {
 
 int32_t fq_getpid(void) { return (int32_t)getpid(); }
 
+int fq_pid_dead(uint32_t pid) {
+    int rc = fq_pid_alive((int32_t)pid);
+    if (rc == 0) return 1;
+    if (rc < 0) return 0;
+#if defined(__linux__)
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* comm may contain spaces and parens */
+    if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X')) return 1;
+#endif
+    return 0;
+}
+
 int fq_has_futex(void) {
 #if defined(__linux__)
     return 1;

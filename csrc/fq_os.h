@@ -92,6 +92,10 @@ int fq_fd_path(int fd, char *buf, size_t n);
 /* 1 if a process with this pid exists, 0 if it does not, <0 on error. PIDs can be
  * reused: callers treat "exists" as "maybe alive" and bound their waits. */
 int fq_pid_alive(int32_t pid);
+/* 1 if the process holding a pid-word lock is certainly gone. kill(pid, 0) succeeds on
+ * zombies, and a parent blocked on a lock its own killed (unreaped) child held would never
+ * reap it, so on Linux a zombie counts as dead too. 0 when alive or unknown. */
+int fq_pid_dead(uint32_t pid);
 int32_t fq_getpid(void);
 
 /* Cross-process wait/wake on a 32-bit word in shared memory.

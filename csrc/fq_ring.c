@@ -43,28 +43,6 @@ static void pid_init(void) {
 }
 static inline uint32_t self_pid(void) { return (uint32_t)__atomic_load_n(&g_pid, RELAXED); }
 
-/* 1 if the process holding a lock is certainly gone. kill(pid, 0) succeeds on zombies, and
- * a parent blocked here on a lock its own killed (unreaped) child held would never reap
- * it, so on Linux a zombie counts as dead too. (OS-specific: belongs in fq_os.c.) */
-static int pid_dead(uint32_t pid) {
-    int rc = fq_pid_alive((int32_t)pid);
-    if (rc == 0) return 1;
-    if (rc < 0) return 0;
-#if defined(__linux__)
-    char path[48], buf[512];
-    snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* comm may contain spaces and parens */
-    if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X')) return 1;
-#endif
-    return 0;
-}
-
 static inline int64_t deadline_of(int64_t timeout_ns) {
     if (timeout_ns < 0) return -1;
     if (timeout_ns == 0) return 0;
@@ -94,7 +72,7 @@ static int lock_take(fq_ring *r, uint32_t *lock, int trylock, int64_t deadline) 
         now = fq_monotonic_ns();
         if (now >= next_check) {
             next_check = now + FQ_RING_LOCK_CHECK_NS;
-            if (pid_dead(owner) &&
+            if (fq_pid_dead(owner) &&
                 __atomic_compare_exchange_n(lock, &owner, me, 0, __ATOMIC_ACQUIRE, RELAXED)) {
                 fq_fetch_add_u64(&r->hdr->lock_steals, 1);
                 return 0;

@@ -20,6 +20,7 @@ enum {
     FQ_ECLOSED = -10008,    /* the object was closed */
     FQ_EUNSUPPORTED = -10009, /* not available on this platform */
     FQ_EMAGIC = -10010,     /* wrong magic byte / unknown format version */
+    FQ_ESTALE = -10011,     /* a lease that is no longer current (queue acks) */
 };
 
 #endif

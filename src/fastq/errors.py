@@ -10,6 +10,9 @@ import queue
 
 __all__ = [
     "FastqError",
+    "LeaseLost",
+    "UnknownQueue",
+    "CodecError",
     "InvalidArgument",
     "InvalidName",
     "RecordTooLarge",
@@ -159,3 +162,18 @@ class UnknownGroup(FastqError, KeyError):
 class GroupActive(FastqError, RuntimeError):
     """A consumer group has live members where the operation needs none (resetting
     committed offsets of partitions a member owns)."""
+
+
+class LeaseLost(FastqError, RuntimeError):
+    """A queue message was acked, nacked, extended or rejected through a lease that is no
+    longer current: it was settled already, or its lease ended and another consumer took
+    the message. Nothing was changed; the other delivery stands."""
+
+
+class UnknownQueue(FastqError, KeyError):
+    """No queue with that name exists and the call may not create one."""
+
+
+class CodecError(InvalidArgument):
+    """A queue's codec could not encode the data given to publish, or decode a stored
+    message (the error names the codec and the message)."""

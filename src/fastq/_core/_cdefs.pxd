@@ -16,6 +16,7 @@ cdef extern from "fq_status.h":
         FQ_ECLOSED
         FQ_EUNSUPPORTED
         FQ_EMAGIC
+        FQ_ESTALE
 
 
 cdef extern from "fq_os.h" nogil:
@@ -31,6 +32,7 @@ cdef extern from "fq_os.h" nogil:
     int fq_flock(int fd, int exclusive, int wait)
     int fq_funlock(int fd)
     int fq_pid_alive(int32_t pid)
+    int fq_pid_dead(uint32_t pid)
     int32_t fq_getpid()
     int fq_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
     int fq_wake(uint32_t *addr, int n)
@@ -166,3 +168,88 @@ cdef extern from "fq_index.h" nogil:
     void fq_index_get(const uint8_t *idx, int64_t i, uint32_t *rel, uint32_t *pos)
     void fq_timeindex_put(uint8_t *tidx, int64_t i, int64_t ts, uint32_t rel)
     void fq_timeindex_get(const uint8_t *tidx, int64_t i, int64_t *ts, uint32_t *rel)
+
+
+cdef extern from "fq_queue.h" nogil:
+    enum:
+        FQ_Q_PRIORITIES
+        FQ_Q_DELAYED
+        FQ_Q_LANES
+        FQ_Q_MAX_PARTITIONS
+        FQ_Q_MAX_SESSIONS
+        FQ_Q_NO_OWNER
+        FQ_Q_FREE
+        FQ_Q_AVAILABLE
+        FQ_Q_ACQUIRED
+        FQ_Q_ACKED
+        FQ_Q_ARCHIVED
+        FQ_Q_WAITING
+        FQ_Q_FLAG_DIRTY
+    ctypedef struct fq_q_slot:
+        uint8_t state
+        uint16_t owner
+        uint32_t deliveries
+        int64_t deadline_ms
+    ctypedef struct fq_q_lane:
+        int64_t spso
+        int64_t speo
+        int64_t available
+        int64_t acquired
+        int64_t next_expiry_ms
+        int64_t avail_hint
+        int64_t settled
+        int64_t dead
+    ctypedef struct fq_q_session:
+        uint32_t pid
+        uint32_t live
+        int64_t inflight
+        int64_t claimed_ms
+    ctypedef struct fq_q_intent:
+        uint32_t op
+        uint32_t lane
+        int64_t offset
+        uint32_t dst_lane
+        int64_t dst_end
+        uint32_t deliveries
+    ctypedef struct fq_q_hdr:
+        uint32_t version
+        uint32_t partitions
+        uint32_t window
+        uint32_t delay_window
+        uint32_t max_sessions
+        uint32_t dedup_capacity
+        uint64_t size
+        uint32_t lock
+        uint32_t flags
+        uint64_t lock_steals
+        uint64_t heap_len
+        uint64_t dedup_used
+        fq_q_intent intent
+    ctypedef struct fq_q:
+        fq_q_hdr *hdr
+        fq_q_lane *lanes
+        fq_q_session *sessions
+        uint32_t me
+    int64_t fq_q_layout(uint32_t partitions, uint32_t window, uint32_t delay_window,
+                        uint32_t max_sessions, uint32_t dedup_capacity)
+    int fq_q_init(void *map, uint32_t partitions, uint32_t window, uint32_t delay_window,
+                  uint32_t max_sessions, uint32_t dedup_capacity)
+    int fq_q_attach(fq_q *q, void *map, uint64_t size)
+    int fq_q_lock(fq_q *q, int64_t timeout_ns)
+    void fq_q_unlock(fq_q *q)
+    int fq_q_repair(fq_q *q)
+    int64_t fq_q_acquire(fq_q *q, uint32_t lane, int64_t log_end, uint32_t owner, int64_t now_ms,
+                         int64_t lease_ms, uint32_t *deliveries)
+    int fq_q_settle(fq_q *q, uint32_t lane, int64_t offset, uint32_t deliveries, uint32_t owner,
+                    int new_state, int64_t not_before_ms)
+    int fq_q_settle_any(fq_q *q, uint32_t lane, int64_t offset, int new_state)
+    int fq_q_extend(fq_q *q, uint32_t lane, int64_t offset, uint32_t deliveries, uint32_t owner,
+                    int64_t deadline_ms)
+    int64_t fq_q_expire(fq_q *q, uint32_t lane, int64_t now_ms, uint32_t dead_owner)
+    int fq_q_slot_get(fq_q *q, uint32_t lane, int64_t offset, fq_q_slot *out)
+    int fq_q_delay_track(fq_q *q, uint32_t lane, int64_t offset, int64_t due_ms)
+    int fq_q_heap_peek(fq_q *q, int64_t *due_ms, uint64_t *ref)
+    int fq_q_heap_pop(fq_q *q)
+    int fq_q_dedup_get(fq_q *q, uint64_t h1, uint64_t h2, int64_t now_ms, uint64_t *id)
+    int fq_q_dedup_put(fq_q *q, uint64_t h1, uint64_t h2, int64_t expire_ms, uint64_t id,
+                       int64_t now_ms)

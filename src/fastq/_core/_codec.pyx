@@ -21,7 +21,7 @@ from libc.string cimport memset
 from fastq._core._cdefs cimport *
 
 from fastq.errors import (
-    Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, PermissionDenied,
+    Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, LeaseLost, PermissionDenied,
     ReadOnly, RecordTooLarge, RingEmpty, RingFull, StorageError, Timeout, TooManyOpenFiles,
 )
 
@@ -97,6 +97,8 @@ cdef object status_error(int64_t rc, str what, object path=None, object position
         return CorruptRecord(f"{what}{where}: truncated", path, position)
     if rc == FQ_EMAGIC:
         return CorruptRecord(f"{what}{where}: unknown magic byte / format version", path, position)
+    if rc == FQ_ESTALE:
+        return LeaseLost(f"{what}{where}: the lease is no longer current")
     if rc == FQ_ETOOBIG:
         return RecordTooLarge(f"{what}{where}: too large")
     if rc == FQ_EINVAL:
