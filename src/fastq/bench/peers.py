@@ -14,17 +14,34 @@ free loopback port in a temporary directory and stopped afterwards:
 
 persist-queue and litequeue are SQLite files with no cross-process wake-up: their consumers
 poll, sleeping 0.5 ms when the queue is empty.
+
+Queue peers (compared with the ``queue`` and ``queue-batch`` scenarios; the harness is
+:mod:`fastq.bench.queue_scenarios`): each runs one message per call, batches of 100, and
+redelivery after a consumer holding a message is killed with SIGKILL.
+
+- RabbitMQ: the distribution's ``rabbitmq-server`` (its own node name, cookie, epmd port
+  and files under the run's directory), a durable classic queue, persistent messages
+  (``delivery_mode=2``) published without confirms, ``basic_qos`` prefetch 100, manual acks.
+  A killed consumer's TCP connection closes, and the broker requeues its unacked messages.
+- Redis Streams with a consumer group: XADD -> XREADGROUP + XACK. Redis has no liveness
+  check: consumers XAUTOCLAIM entries idle longer than ``LEASE_S``.
+- litequeue: put -> pop + done; consumers put back messages locked longer than ``LEASE_S``
+  (``list_locked`` + ``retry``, what litequeue offers).
+- persist-queue's ``SQLiteAckQueue``: put -> get + ack(id); it cannot hand a dead
+  consumer's item to a running one, so its redelivery is reported as unsupported.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
 
+from .queue_scenarios import LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
 from .scenarios import CTX, STAMP, Config, Transport, pipe_scenario
 
 POLL_SLEEP = 0.0005
@@ -232,6 +249,24 @@ class LiteQueue(Transport):
 
 # -- server peers ---------------------------------------------------------------------------
 
+def _start_redis(workdir: str) -> tuple[subprocess.Popen, int, str]:
+    """redis-server on a free loopback port: RDB off, AOF on with fsync every second."""
+    port = _free_port()
+    d = os.path.join(workdir, "redis")
+    os.makedirs(d, exist_ok=True)
+    proc = subprocess.Popen(
+        [_which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
+         "--daemonize", "no", "--logfile", os.path.join(d, "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, port, d
+
+
 class RedisStreams(Transport):
     name = "Redis Streams"
     description = "cross-process: XADD per message -> XREAD BLOCK COUNT 4096 (AOF everysec, no RDB)"
@@ -240,15 +275,7 @@ class RedisStreams(Transport):
     binary = "redis-server"
 
     def setup(self, workdir, cfg):
-        self.port = _free_port()
-        self.dir = os.path.join(workdir, "redis")
-        os.makedirs(self.dir, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [_which(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
-             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, self.proc)
+        self.proc, self.port, self.dir = _start_redis(workdir)
         self.round = 0
 
     def _client(self):
@@ -370,14 +397,353 @@ class NatsJetStream(Transport):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-PEERS: list[type[Transport]] = [MPQueue, FasterFifo, PersistQueue, LiteQueue, RedisStreams, NatsJetStream]
+# -- queue peers: the ``queue`` / ``queue-batch`` workload (acks) -----------------------------
+
+class PersistAckQueue(QueueTransport):
+    name = "persist-queue ack"
+    description = ("cross-process: persistqueue.SQLiteAckQueue put per message -> get (polled) + ack(id) "
+                   "per message")
+    batch_description = (f"cross-process: SQLiteAckQueue, {QBATCH} puts (it has no batch put) -> up to "
+                         f"{QBATCH} gets + acks (no batch get or ack)")
+    module = "persistqueue"
+    redelivery_unsupported = ("SQLiteAckQueue has no lease and no liveness check: a killed consumer's "
+                              "unacked items come back only when a queue is opened with auto_resume, which "
+                              "resets every consumer's unacked items")
+
+    def setup(self, workdir, cfg):
+        self.dir = os.path.join(workdir, "persist-ack")
+
+    def _open(self):
+        import persistqueue
+
+        # auto_resume off: opening must not hand back the other consumers' unacked items
+        return persistqueue.SQLiteAckQueue(os.path.join(self.dir, str(self.round)), multithreading=True,
+                                           auto_resume=False)
+
+    def new_round(self):
+        super().new_round()
+        self._open().close()
+
+    def producer(self):
+        q = self._open()
+
+        class P(QProducer):
+            send = staticmethod(q.put)
+            close = staticmethod(q.close)
+        return P()
+
+    def consumer(self):
+        import persistqueue
+
+        q = self._open()
+
+        class C(QConsumer):
+            def recv(self, n, timeout):
+                end = time.monotonic() + timeout
+                out = []
+                while len(out) < n:
+                    try:
+                        out.append(q.get(block=False, raw=True))
+                    except persistqueue.Empty:
+                        if out or time.monotonic() > end:
+                            break
+                        time.sleep(POLL_SLEEP)
+                return out
+
+            def body(self, m):
+                return m["data"]
+
+            def ack(self, m):
+                q.ack(id=m["pqid"])
+
+            close = staticmethod(q.close)
+        return C()
+
+    def teardown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LiteQueueAck(QueueTransport):
+    name = "litequeue ack"
+    description = (f"cross-process: litequeue put per message -> pop (polled) + done per message; a "
+                   f"consumer retries messages locked over {LEASE_S:g} s (list_locked + retry)")
+    batch_description = (f"cross-process: litequeue, {QBATCH} puts in one transaction -> up to {QBATCH} "
+                         f"pops (no batch pop) + their done in one transaction")
+    module = "litequeue"
+
+    def setup(self, workdir, cfg):
+        self.dir = os.path.join(workdir, "litequeue-ack")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def _open(self):
+        import litequeue
+
+        return litequeue.LiteQueue(os.path.join(self.dir, f"{self.round}.sqlite3"))
+
+    def new_round(self):
+        super().new_round()
+        self._open().close()
+
+    def producer(self):
+        q = self._open()
+
+        class P(QProducer):
+            def send(self, msg):
+                return q.put(msg.decode("latin-1"))     # litequeue stores TEXT
+
+            def send_many(self, msgs):
+                with q.transaction():
+                    for m in msgs:
+                        q.put(m.decode("latin-1"))
+
+            close = staticmethod(q.close)
+        return P()
+
+    def consumer(self):
+        q = self._open()
+        next_sweep = [0.0]
+
+        class C(QConsumer):
+            def recv(self, n, timeout):
+                end = time.monotonic() + timeout
+                out = []
+                while len(out) < n:
+                    now = time.monotonic()
+                    if now >= next_sweep[0]:    # the lease: locked too long -> ready again
+                        next_sweep[0] = now + SWEEP_S
+                        for m in list(q.list_locked(LEASE_S)):
+                            q.retry(m.message_id)
+                    m = q.pop()
+                    if m is not None:
+                        out.append(m)
+                        continue
+                    if out or now > end:
+                        break
+                    time.sleep(POLL_SLEEP)
+                return out
+
+            def body(self, m):
+                return m.data.encode("latin-1")
+
+            def ack(self, m):
+                q.done(m.message_id)
+
+            def ack_many(self, msgs):
+                with q.transaction():
+                    for m in msgs:
+                        q.done(m.message_id)
+
+            close = staticmethod(q.close)
+        return C()
+
+    def teardown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisStreamsGroup(QueueTransport):
+    name = "Redis Streams group"
+    description = (f"cross-process: XADD per message -> XREADGROUP COUNT 1 + XACK per message (AOF everysec); "
+                   f"consumers XAUTOCLAIM entries idle over {LEASE_S:g} s")
+    batch_description = (f"cross-process: {QBATCH} XADDs in one pipeline -> XREADGROUP COUNT {QBATCH} + one "
+                         f"XACK of the {QBATCH} ids")
+    module = "redis"
+    binary = "redis-server"
+
+    def setup(self, workdir, cfg):
+        self.proc, self.port, self.dir = _start_redis(workdir)
+
+    def _client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def new_round(self):
+        super().new_round()
+        r = self._client()
+        r.xgroup_create(f"q{self.round}", "g", id="$", mkstream=True)
+        r.close()
+
+    def producer(self):
+        r = self._client()
+        key = f"q{self.round}"
+
+        class P(QProducer):
+            def send(self, msg):
+                return r.xadd(key, {b"v": msg})
+
+            def send_many(self, msgs):
+                pipe = r.pipeline(transaction=False)
+                for m in msgs:
+                    pipe.xadd(key, {b"v": m})
+                pipe.execute()
+
+            close = staticmethod(r.close)
+        return P()
+
+    def consumer(self):
+        r = self._client()
+        key, me = f"q{self.round}", f"c{os.getpid()}"
+        lease_ms = int(LEASE_S * 1000)
+        next_sweep = [0.0]
+
+        class C(QConsumer):
+            def recv(self, n, timeout):
+                now = time.monotonic()
+                if now >= next_sweep[0]:        # Redis has no liveness check: claim what idles
+                    next_sweep[0] = now + SWEEP_S
+                    claimed = r.xautoclaim(key, "g", me, min_idle_time=lease_ms, start_id="0-0", count=n)[1]
+                    if claimed:
+                        return claimed
+                block = max(1, int(min(timeout, next_sweep[0] - now) * 1000))
+                res = r.xreadgroup("g", me, {key: ">"}, count=n, block=block)
+                return res[0][1] if res else []
+
+            def body(self, m):
+                return m[1][b"v"]
+
+            def ack(self, m):
+                r.xack(key, "g", m[0])
+
+            def ack_many(self, msgs):
+                r.xack(key, "g", *[m[0] for m in msgs])
+
+            close = staticmethod(r.close)
+        return C()
+
+    def teardown(self):
+        _stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _rabbitmq_server() -> str | None:
+    """The server script itself: Debian's ``/usr/sbin/rabbitmq-server`` is a wrapper that
+    re-runs it as the rabbitmq user (who cannot write our temporary directory)."""
+    found = _which("rabbitmq-server")
+    if found is None:
+        return None
+    real = os.path.realpath(found)
+    if os.path.basename(real) == "rabbitmq-script-wrapper":
+        inner = os.path.join(os.path.dirname(real), "rabbitmq-server")
+        if os.access(inner, os.X_OK):
+            return inner
+    return found
+
+
+class RabbitMQ(QueueTransport):
+    name = "RabbitMQ"
+    description = ("cross-process: basic_publish per message (persistent, durable classic queue, no "
+                   f"publisher confirms) -> consumer with basic_qos prefetch {QBATCH}, basic_ack per message")
+    batch_description = (f"cross-process: {QBATCH} basic_publish (AMQP has no batch publish) -> up to {QBATCH} "
+                         f"deliveries (prefetch {QBATCH}) + one basic_ack(multiple=True)")
+    module = "pika"
+    binary = "rabbitmq-server"
+
+    def setup(self, workdir, cfg):
+        self.dir = os.path.join(workdir, "rabbitmq")
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
+            f.write("[].\n")
+        self.port, self.epmd_port = _free_port(), _free_port()
+        # its own node, cookie (HOME), epmd and files: nothing of a system RabbitMQ is touched
+        self.env = {**os.environ, "HOME": self.dir, "RABBITMQ_NODENAME": f"fastqbench{self.port}@localhost",
+                    "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(_free_port()), "ERL_EPMD_PORT": str(self.epmd_port),
+                    "RABBITMQ_MNESIA_BASE": os.path.join(self.dir, "mnesia"),
+                    "RABBITMQ_LOG_BASE": os.path.join(self.dir, "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(self.dir, "enabled_plugins"),
+                    "RABBITMQ_PID_FILE": os.path.join(self.dir, "pid"),
+                    "RABBITMQ_CONFIG_FILE": os.path.join(self.dir, "rabbitmq"),
+                    "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(self.dir, "advanced.config"),
+                    "RABBITMQ_CONF_ENV_FILE": os.path.join(self.dir, "rabbitmq-env.conf")}
+        self.proc = subprocess.Popen([_rabbitmq_server()], env=self.env, cwd=self.dir, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port(self.port, self.proc, timeout=90)
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _params(self):
+        import pika
+
+        return pika.ConnectionParameters(host="127.0.0.1", port=self.port, heartbeat=0)
+
+    def new_round(self):
+        import pika
+
+        super().new_round()
+        conn = pika.BlockingConnection(self._params())
+        conn.channel().queue_declare(f"q{self.round}", durable=True)
+        conn.close()
+
+    def producer(self):
+        import pika
+
+        conn = pika.BlockingConnection(self._params())
+        ch = conn.channel()
+        name, props = f"q{self.round}", pika.BasicProperties(delivery_mode=2)   # persistent
+
+        class P(QProducer):
+            def send(self, msg):
+                ch.basic_publish("", name, msg, props)
+
+            close = staticmethod(conn.close)
+        return P()
+
+    def consumer(self):
+        import collections
+
+        import pika
+
+        conn = pika.BlockingConnection(self._params())
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=QBATCH)
+        buf = collections.deque()
+        ch.basic_consume(f"q{self.round}", lambda _ch, m, _p, body: buf.append((m.delivery_tag, body)))
+
+        class C(QConsumer):
+            def recv(self, n, timeout):
+                if not buf:
+                    conn.process_data_events(time_limit=timeout)
+                return [buf.popleft() for _ in range(min(n, len(buf)))]
+
+            def body(self, m):
+                return m[1]
+
+            def ack(self, m):
+                ch.basic_ack(m[0])
+
+            def ack_many(self, msgs):
+                ch.basic_ack(msgs[-1][0], multiple=True)    # tags rise; everything before is ours
+
+            close = staticmethod(conn.close)
+        return C()
+
+    def teardown(self):
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)    # the script and the Erlang VM it runs
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        epmd = _which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if os.access(epmd, os.X_OK):       # the epmd our node started, on its own port
+            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PEERS: list[type] = [MPQueue, FasterFifo, PersistQueue, LiteQueue, RedisStreams, NatsJetStream,
+                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ]
 
 
 def peer_names() -> list[str]:
     return [p.name for p in PEERS]
 
 
-def availability(peer: type[Transport]) -> str | None:
+def availability(peer: type) -> str | None:
     """None if the peer can run here, else why not."""
     import importlib
 
@@ -393,14 +759,18 @@ def availability(peer: type[Transport]) -> str | None:
     return None
 
 
-def run_peer(peer: type[Transport], cfg: Config, workdir: str, *, skip: dict[str, str] | None = None) -> dict:
-    """Run one peer's e2e workload; a skipped or failed peer is returned with its reason."""
+def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | None = None) -> dict:
+    """Run one peer's workload (e2e, or the queue workload for a queue peer); a skipped or
+    failed peer is returned with its reason."""
     base = {"name": peer.name, "compare_with": list(peer.compare_with), "description": peer.description}
     reason = (skip or {}).get(peer.name) or availability(peer)
     if reason:
         return {**base, "status": "skipped", "reason": reason}
     try:
-        r = pipe_scenario(peer.name, peer(), cfg, workdir)
+        if issubclass(peer, QueueTransport):
+            r = run_queue_peer(peer(), cfg, workdir)
+        else:
+            r = pipe_scenario(peer.name, peer(), cfg, workdir)
     except Exception as e:  # a peer failing is reported, not fatal to the run
         return {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}"}
     r.pop("name")

@@ -16,12 +16,15 @@ whole ``--json`` document). Scenarios:
   ``--partitions``-partition topic;
 - ``durability-os`` / ``-group`` / ``-always``: ``--producers`` threads publishing one message
   per call under each durability mode;
-- ``ring``: the ``e2e`` workload through a ``fastq.Ring`` (shared memory, not durable).
+- ``ring``: the ``e2e`` workload through a ``fastq.Ring`` (shared memory, not durable);
+- ``queue`` / ``queue-batch``: the message queue with acks (``Broker.queue``), producer and
+  consumer processes, one message per call / batches of 100, and redelivery after a consumer
+  is killed; see :mod:`fastq.bench.queue_scenarios`.
 
 Throughput phases publish ``--messages`` messages or stop at a time cap, whichever comes
 first (fsync-bound modes and slow peers hit the cap); rates are what was done in the time
-taken. Peers (``--compare``) run the ``e2e`` workload through the same harness, see
-:mod:`fastq.bench.peers`.
+taken. Peers (``--compare``) run the ``e2e`` workload (or, queue peers, the queue workload)
+through the same harness, see :mod:`fastq.bench.peers`.
 """
 from __future__ import annotations
 
@@ -61,12 +64,14 @@ class Config:
     seconds: float = 5.0              # time cap of one throughput phase
     latency_seconds: float = 2.0      # length of the paced latency phase
     rate: int = RATE
+    redelivery_trials: int = 5        # kill-a-consumer trials of the queue scenario
     quick: bool = False
     directory: str | None = None
     scenarios: list[str] = field(default_factory=list)
 
     def check(self) -> None:
-        for name, lo in (("messages", 1), ("partitions", 1), ("producers", 1), ("consumers", 1), ("rate", 1)):
+        for name, lo in (("messages", 1), ("partitions", 1), ("producers", 1), ("consumers", 1), ("rate", 1),
+                         ("redelivery_trials", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo:
                 raise InvalidArgument(f"{name}={v!r}: expected an int >= {lo}")
@@ -84,7 +89,7 @@ class Config:
 
 def quick_config(**overrides) -> Config:
     """The ``--quick`` workload: the whole default run in about ten seconds."""
-    cfg = Config(messages=200_000, seconds=1.0, latency_seconds=0.5, quick=True)
+    cfg = Config(messages=200_000, seconds=1.0, latency_seconds=0.5, redelivery_trials=3, quick=True)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -614,6 +619,18 @@ def sc_ring(cfg: Config, workdir: str) -> dict:
     return pipe_scenario("ring", RingTransport(), cfg, workdir)
 
 
+def sc_queue(cfg: Config, workdir: str) -> dict:
+    from .queue_scenarios import sc_queue     # imports this module: imported when run
+
+    return sc_queue(cfg, workdir)
+
+
+def sc_queue_batch(cfg: Config, workdir: str) -> dict:
+    from .queue_scenarios import sc_queue_batch
+
+    return sc_queue_batch(cfg, workdir)
+
+
 SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
     "publish": sc_publish,
     "publish-batch": sc_publish_batch,
@@ -624,9 +641,9 @@ SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
     "durability-group": _durability("group"),
     "durability-always": _durability("always"),
     "ring": sc_ring,
+    "queue": sc_queue,
+    "queue-batch": sc_queue_batch,
 }
-# fastq scenario a peer's e2e run is compared with (in-memory peers also against the ring)
-PEER_BASIS = {"e2e": "e2e", "ring": "ring"}
 
 
 def run_scenario(name: str, cfg: Config) -> dict:
@@ -642,19 +659,23 @@ def run_scenario(name: str, cfg: Config) -> dict:
 
 
 def ratios(scenarios: list[dict], peers: list[dict]) -> list[dict]:
-    """fastq / peer messages/s on the same workload (peers that ran)."""
+    """fastq / peer messages/s on the same workload (peers that ran). A peer that ran more
+    than one workload (the queue peers: one by one and batched) gives its rate per fastq
+    scenario in ``extra.messages_per_s_by_scenario``."""
     by_name = {s["name"]: s for s in scenarios}
     out = []
     for p in peers:
         if p["status"] != "ok":
             continue
+        rates = (p.get("extra") or {}).get("messages_per_s_by_scenario", {})
         for basis in p.get("compare_with", ["e2e"]):
             s = by_name.get(basis)
-            if s and p["messages_per_s"] > 0:
+            rate = rates.get(basis, p["messages_per_s"])
+            if s and rate > 0:
                 out.append({"scenario": basis, "peer": p["name"],
                             "fastq_messages_per_s": s["messages_per_s"],
-                            "peer_messages_per_s": p["messages_per_s"],
-                            "ratio": round(s["messages_per_s"] / p["messages_per_s"], 3)})
+                            "peer_messages_per_s": rate,
+                            "ratio": round(s["messages_per_s"] / rate, 3)})
     return out
 
 
@@ -669,7 +690,8 @@ def report(cfg: Config, scenarios: list[dict], peers: list[dict]) -> dict:
         "config": {"messages": cfg.messages, "size": cfg.size, "partitions": cfg.partitions,
                    "producers": cfg.producers, "consumers": cfg.consumers, "quick": cfg.quick,
                    "seconds_cap": cfg.seconds, "latency_seconds": cfg.latency_seconds,
-                   "latency_rate_per_s": cfg.rate, "scenarios": [s["name"] for s in scenarios]},
+                   "latency_rate_per_s": cfg.rate, "redelivery_trials": cfg.redelivery_trials,
+                   "scenarios": [s["name"] for s in scenarios]},
         "scenarios": scenarios,
         "peers": peers,
         "ratios": ratios(scenarios, peers),
@@ -749,7 +771,8 @@ RESULT_SCHEMA = {
             "properties": {
                 "messages": _INT, "size": _INT, "partitions": _INT, "producers": _INT, "consumers": _INT,
                 "quick": {"type": "boolean"}, "seconds_cap": _NUM, "latency_seconds": _NUM,
-                "latency_rate_per_s": _INT, "scenarios": {"type": "array", "items": {"type": "string"}},
+                "latency_rate_per_s": _INT, "redelivery_trials": _INT,
+                "scenarios": {"type": "array", "items": {"type": "string"}},
             },
         },
         "scenarios": {"type": "array", "items": SCENARIO_SCHEMA},

@@ -43,6 +43,8 @@ def _peer_choice():
               help="Length of the paced latency phase  [default: 2; --quick: 0.5].")
 @click.option("--rate", type=click.IntRange(1, 1_000_000), default=B.RATE, show_default=True,
               help="Paced messages/s in the latency phase.")
+@click.option("--redelivery-trials", type=click.IntRange(0, 1000), default=None,
+              help="Kill-a-consumer trials in the queue scenario  [default: 5; --quick: 3].")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(B.SCENARIOS)),
               help="Run only this scenario (repeatable)  [default: all].")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, writable=True), default=None,
@@ -51,19 +53,22 @@ def _peer_choice():
               help="Write the results as JSON to this file ('-' for stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Draw messages/s per scenario and the latency CDF to this PNG (needs matplotlib).")
-@click.option("--compare", is_flag=True, help="Also run the installed peers on the e2e workload.")
+@click.option("--compare", is_flag=True,
+              help="Also run the installed peers on the e2e workload (queue peers: the queue workload).")
 @click.option("--peer", "peers", multiple=True, type=_peer_choice(),
               help="Compare only with this peer (repeatable; implies --compare).")
 @click.option("--list", "list_only", is_flag=True, help="List scenarios and peers, then exit.")
 def bench(quick, messages, size, partitions, producers, consumers, seconds, latency_seconds, rate,
-          scenarios, directory, json_path, plot_path, compare, peers, list_only) -> None:
+          redelivery_trials, scenarios, directory, json_path, plot_path, compare, peers, list_only) -> None:
     """Run fastq's benchmark scenarios and print messages/s, MB/s and latency percentiles.
 
     Every scenario runs against an embedded broker in a fresh directory. --compare runs,
     on the same cross-process workload, the peers that are installed
     (multiprocessing.Queue, faster-fifo, persist-queue, litequeue, Redis Streams, NATS
-    JetStream) and prints fastq/peer ratios; missing peers are listed as skipped, with
-    the reason.
+    JetStream; for the queue scenarios RabbitMQ, Redis Streams consumer groups,
+    persist-queue's SQLiteAckQueue and litequeue with acks) and prints fastq/peer ratios;
+    missing peers, and peers whose scenarios were not selected, are listed as skipped,
+    with the reason.
     """
 
     if list_only:
@@ -81,6 +86,8 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
         cfg.seconds = seconds
     if latency_seconds is not None:
         cfg.latency_seconds = latency_seconds
+    if redelivery_trials is not None:
+        cfg.redelivery_trials = redelivery_trials
     cfg.size, cfg.partitions, cfg.producers, cfg.consumers, cfg.rate = size, partitions, producers, consumers, rate
     cfg.directory = directory
     cfg.scenarios = list(dict.fromkeys(scenarios)) or list(B.SCENARIOS)
@@ -152,14 +159,18 @@ def _run_all(console, cfg, peer_classes):
                 raise click.ClickException(f"scenario {name} failed: {type(e).__name__}: {e}") from e
             results.append(r)
             console.print(f"  {name:<20} {_fmt(r['messages_per_s']):>12} msg/s {_fmt(r['mb_per_s'], 1):>9} MB/s"
-                          + (f"   p50 {_lat(r, 'p50_us')} µs  p99 {_lat(r, 'p99_us')} µs" if r["latency"] else ""))
+                          + _detail(r))
             progress.advance(task)
             progress.refresh()
         for peer in peer_classes:
             progress.update(task, description=f"peer {peer.name}", refresh=True)
             workdir = tempfile.mkdtemp(prefix="fastq-bench-peer-", dir=cfg.directory)
+            # a peer is only measured beside a fastq scenario of this run
+            unselected = {} if set(peer.compare_with) & set(cfg.scenarios) else {
+                peer.name: f"none of the scenarios it is compared with ({', '.join(peer.compare_with)}) "
+                           f"was selected"}
             try:
-                pr = P.run_peer(peer, cfg, workdir)
+                pr = P.run_peer(peer, cfg, workdir, skip=unselected)
             finally:
                 import shutil
 
@@ -167,13 +178,38 @@ def _run_all(console, cfg, peer_classes):
             peer_results.append(pr)
             if pr["status"] == "ok":
                 console.print(f"  {peer.name:<20} {_fmt(pr['messages_per_s']):>12} msg/s "
-                              f"{_fmt(pr['mb_per_s'], 1):>9} MB/s   p50 {_lat(pr, 'p50_us')} µs  "
-                              f"p99 {_lat(pr, 'p99_us')} µs")
+                              f"{_fmt(pr['mb_per_s'], 1):>9} MB/s" + _detail(pr))
             else:
                 console.print(f"  {peer.name:<20} {pr['status']}: {pr['reason']}")
             progress.advance(task)
             progress.refresh()
     return results, peer_results
+
+
+def _redelivery(r) -> str:
+    red = (r.get("extra") or {}).get("redelivery")
+    if not red:
+        return ""
+    if not red["supported"]:
+        return "redelivery after kill: unsupported"
+    if red["p50_ms"] is None:
+        return f"redelivery after kill: none within the time limit in {red['trials']} trials"
+    late = f", {red['timeouts']} of {red['trials']} never came" if red["timeouts"] else ""
+    return f"redelivery after kill p50 {_fmt(red['p50_ms'], 1)} ms, max {_fmt(red['max_ms'], 1)} ms{late}"
+
+
+def _detail(r) -> str:
+    """What follows msg/s and MB/s on a progress line: latency, or the queue extras."""
+    if r.get("latency"):
+        return f"   p50 {_lat(r, 'p50_us')} µs  p99 {_lat(r, 'p99_us')} µs"
+    extra, out = r.get("extra") or {}, []
+    if "batch_result" in extra:
+        out.append(f"batch {_fmt(extra['batch_result']['messages_per_s'])} msg/s")
+    if _redelivery(r):
+        out.append(_redelivery(r))
+    if extra.get("exactly_once") is False:
+        out.append("NOT exactly once (lost or duplicated messages)")
+    return ("   " + "; ".join(out)) if out else ""
 
 
 def _print_tables(console, doc) -> None:
@@ -185,20 +221,22 @@ def _print_tables(console, doc) -> None:
         t.add_column(col, justify=just)
     for r in doc["scenarios"]:
         t.add_row(r["name"], _fmt(r["messages"]), _fmt(r["messages_per_s"]), _fmt(r["mb_per_s"], 1),
-                  _lat(r, "p50_us"), _lat(r, "p99_us"), r["description"])
+                  _lat(r, "p50_us"), _lat(r, "p99_us"),
+                  r["description"] + (f"; {_redelivery(r)}" if _redelivery(r) else ""))
     console.print(t)
     if not doc["peers"]:
         return
     ratios = {}
     for x in doc["ratios"]:
         ratios.setdefault(x["peer"], []).append(f"{x['ratio']:,.1f}x ({x['scenario']})")
-    t = Table(title="peers, same cross-process workload as e2e", title_justify="left")
+    t = Table(title="peers, same cross-process workload as the scenario in brackets", title_justify="left")
     for col, just in (("peer", "left"), ("status", "left"), ("msg/s", "right"), ("MB/s", "right"),
                       ("p50 µs", "right"), ("p99 µs", "right"), ("fastq / peer", "right")):
         t.add_column(col, justify=just)
     for p in doc["peers"]:
         if p["status"] == "ok":
-            t.add_row(p["name"], "ok", _fmt(p["messages_per_s"]), _fmt(p["mb_per_s"], 1), _lat(p, "p50_us"),
+            t.add_row(p["name"], "ok" + (f" ({_redelivery(p)})" if _redelivery(p) else ""),
+                      _fmt(p["messages_per_s"]), _fmt(p["mb_per_s"], 1), _lat(p, "p50_us"),
                       _lat(p, "p99_us"), ", ".join(ratios.get(p["name"], [])) or "-")
         else:
             t.add_row(p["name"], f"{p['status']}: {p['reason']}", "-", "-", "-", "-", "-")
