@@ -15,7 +15,7 @@ from fastq.bench import peers as _benchpeers, scenarios as benchmarks
 from fastq.cli import cli
 
 TINY = ["--messages", "300", "--seconds", "2", "--latency-seconds", "0.02", "--rate", "1000",
-        "--partitions", "2", "--consumers", "2"]
+        "--partitions", "2", "--consumers", "2", "--redelivery-trials", "2"]
 
 
 def run(*args, ok=True):

@@ -763,7 +763,8 @@ def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | No
     """Run one peer's workload (e2e, or the queue workload for a queue peer); a skipped or
     failed peer is returned with its reason."""
     base = {"name": peer.name, "compare_with": list(peer.compare_with), "description": peer.description}
-    reason = (skip or {}).get(peer.name) or availability(peer)
+    # what is missing first: it is what a user can fix
+    reason = availability(peer) or (skip or {}).get(peer.name)
     if reason:
         return {**base, "status": "skipped", "reason": reason}
     try:
