@@ -1,0 +1,204 @@
+"""The message queue with acks (``Broker.queue``, issue 14) in one process, beside the topic
+it is built on, measured in the same run.
+
+Measured, with 100-byte messages (``codec="raw"``, durability "os"; messages/s in
+``extra_info``, ratios printed at the end):
+- ``Queue.publish`` one message per call, and ``publish_many`` of 100;
+- ``receive(max_messages=1, wait=0)`` + ``Message.ack()`` one message at a time, and
+  ``receive(max_messages=100, wait=0)`` + ``ack_many``, over a queue filled beforehand
+  (the fill is outside the timed region; every round gets a fresh queue);
+- the baselines: ``Topic.publish`` of the same payload per call, ``Topic.publish_many`` of
+  100, and a group-less ``Consumer.poll(1)`` / ``poll(100)`` over a pre-filled one-partition
+  topic — what a queue costs over the log it keeps its messages in.
+Cross-process numbers, peers (RabbitMQ, Redis Streams groups, SQLite queues) and the
+redelivery time after a consumer is killed are ``fastq bench --scenario queue --compare``.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+
+import pytest
+
+import fastq
+from conftest import add_ratio, record
+
+N = 50_000
+SIZE = 100
+BATCH = 100
+PAYLOAD = b"x" * SIZE
+ROUNDS = 3
+
+# bars: what a queue adds over the log (per-message state, leases, acks) should stay a
+# fraction of a publish or poll, not a multiple of it
+add_ratio("queue publish one-by-one / Topic.publish", "queue_publish_one", "topic_publish_one", 0.3)
+add_ratio("queue publish_many(100) / Topic.publish_many(100)", "queue_publish_batch", "topic_publish_batch", 0.3)
+add_ratio("queue receive+ack one-by-one / Consumer.poll(1)", "queue_receive_ack_one", "topic_poll_one", 0.2)
+add_ratio("queue receive(100)+ack_many / Consumer.poll(100)", "queue_receive_ack_batch", "topic_poll_batch", 0.2)
+
+
+@pytest.fixture
+def broker():
+    d = tempfile.mkdtemp(prefix="fastq-bench-")
+    b = fastq.open(d)
+    yield b
+    b.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _fresh(b, names, kind):
+    """A new queue (or topic) per round, so every round starts from the same state."""
+    name = f"{kind}{next(names)}"
+    return b.queue(name, codec="raw") if kind == "q" else b.topic(name)
+
+
+def _fill_queue(q):
+    msgs = [PAYLOAD] * BATCH
+    for _ in range(N // BATCH):
+        q.publish_many(msgs)
+
+
+# -- publish ------------------------------------------------------------------------------------
+
+def test_queue_publish_one(benchmark, broker):
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["q"] = _fresh(broker, names, "q")
+
+    def run():
+        publish = state["q"].publish
+        for _ in range(N):
+            publish(PAYLOAD)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["q"].depth().ready == N
+    record(benchmark, "queue_publish_one", N, SIZE)
+
+
+def test_queue_publish_batch(benchmark, broker):
+    names, state = itertools.count(), {}
+    msgs = [PAYLOAD] * BATCH
+
+    def setup():
+        state["q"] = _fresh(broker, names, "q")
+
+    def run():
+        publish_many = state["q"].publish_many
+        for _ in range(N // BATCH):
+            publish_many(msgs)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["q"].depth().ready == N
+    record(benchmark, "queue_publish_batch", N, SIZE)
+
+
+def test_topic_publish_one(benchmark, broker):
+    """Baseline: ``Topic.publish`` of the same payload on a one-partition topic."""
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["t"] = _fresh(broker, names, "t")
+
+    def run():
+        publish = state["t"].publish
+        for _ in range(N):
+            publish(PAYLOAD)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    record(benchmark, "topic_publish_one", N, SIZE)
+
+
+def test_topic_publish_batch(benchmark, broker):
+    names, state = itertools.count(), {}
+    msgs = [PAYLOAD] * BATCH
+
+    def setup():
+        state["t"] = _fresh(broker, names, "t")
+
+    def run():
+        publish_many = state["t"].publish_many
+        for _ in range(N // BATCH):
+            publish_many(msgs)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    record(benchmark, "topic_publish_batch", N, SIZE)
+
+
+# -- receive + ack ------------------------------------------------------------------------------
+
+def test_queue_receive_ack_one(benchmark, broker):
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["q"] = q = _fresh(broker, names, "q")
+        _fill_queue(q)
+
+    def run():
+        receive = state["q"].receive
+        for _ in range(N):
+            for m in receive(max_messages=1, wait=0):
+                m.ack()
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    d = state["q"].depth()
+    assert d.ready == d.in_flight == 0, d
+    record(benchmark, "queue_receive_ack_one", N, SIZE)
+
+
+def test_queue_receive_ack_batch(benchmark, broker):
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["q"] = q = _fresh(broker, names, "q")
+        _fill_queue(q)
+
+    def run():
+        q = state["q"]
+        receive, ack_many = q.receive, q.ack_many
+        got = 0
+        while got < N:
+            msgs = receive(max_messages=BATCH, wait=0)
+            assert msgs, f"got {got} of {N}"
+            ack_many(msgs)
+            got += len(msgs)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    d = state["q"].depth()
+    assert d.ready == d.in_flight == 0, d
+    record(benchmark, "queue_receive_ack_batch", N, SIZE)
+
+
+def _poll(benchmark, broker, n_per_poll, name):
+    names, state = itertools.count(), {}
+
+    def setup():
+        t = _fresh(broker, names, "t")
+        msgs = [PAYLOAD] * BATCH
+        for _ in range(N // BATCH):
+            t.publish_many(msgs)
+        state["c"] = t.consumer(from_="earliest")
+
+    def run():
+        c = state["c"]
+        poll = c.poll
+        got = 0
+        while got < N:
+            recs = poll(n_per_poll, 0)
+            assert recs, f"got {got} of {N}"
+            got += len(recs)
+            del recs
+        c.close()
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    record(benchmark, name, N, SIZE)
+
+
+def test_topic_poll_one(benchmark, broker):
+    """Baseline: a group-less ``Consumer.poll(1, 0)`` per record over a pre-filled topic."""
+    _poll(benchmark, broker, 1, "topic_poll_one")
+
+
+def test_topic_poll_batch(benchmark, broker):
+    _poll(benchmark, broker, BATCH, "topic_poll_batch")
