@@ -10,7 +10,14 @@ def plot(doc: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [(s["name"], s["messages_per_s"], "fastq") for s in doc["scenarios"]]
-    rows += [(p["name"], p["messages_per_s"], "peer") for p in doc["peers"] if p["status"] == "ok"]
+    for p in doc["peers"]:
+        if p["status"] != "ok":
+            continue
+        by = (p.get("extra") or {}).get("messages_per_s_by_scenario")
+        if by:      # a queue peer: one bar per fastq scenario it is set beside
+            rows += [(f"{p['name']} [{basis}]", rate, "peer") for basis, rate in by.items()]
+        else:
+            rows.append((p["name"], p["messages_per_s"], "peer"))
     curves = [(f"fastq {s['name']}", s["latency"]) for s in doc["scenarios"] if s.get("latency")]
     curves += [(p["name"], p["latency"]) for p in doc["peers"] if p["status"] == "ok" and p.get("latency")]
 
@@ -22,7 +29,8 @@ def plot(doc: dict, path: str) -> None:
     bars = ax1.barh(names, vals, color=colors)
     ax1.set_xscale("log")
     ax1.set_xlabel("messages/s (log scale)")
-    ax1.set_title(f"{doc['config']['size']}-byte messages (blue: fastq, grey: peers, e2e workload)", fontsize=9)
+    ax1.set_title(f"{doc['config']['size']}-byte messages (blue: fastq, grey: peers on the e2e workload, "
+                  f"or the [queue] one)", fontsize=9)
     for b, v in zip(bars, vals):
         ax1.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:,.0f}", va="center", fontsize=7)
     ax1.margins(x=0.25)
