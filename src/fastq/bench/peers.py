@@ -24,9 +24,10 @@ redelivery after a consumer holding a message is killed with SIGKILL.
   (``delivery_mode=2``) published without confirms, ``basic_qos`` prefetch 100, manual acks.
   A killed consumer's TCP connection closes, and the broker requeues its unacked messages.
 - Redis Streams with a consumer group: XADD -> XREADGROUP + XACK. Redis has no liveness
-  check: consumers XAUTOCLAIM entries idle longer than ``LEASE_S``.
-- litequeue: put -> pop + done; consumers put back messages locked longer than ``LEASE_S``
-  (``list_locked`` + ``retry``, what litequeue offers).
+  check: consumers XAUTOCLAIM entries idle longer than their lease (30 s; 1 s in the
+  redelivery trials).
+- litequeue: put -> pop + done; consumers put back messages locked longer than their lease
+  (``list_locked`` + ``retry``, what litequeue offers; 30 s, 1 s in the redelivery trials).
 - persist-queue's ``SQLiteAckQueue``: put -> get + ack(id); it cannot hand a dead
   consumer's item to a running one, so its redelivery is reported as unsupported.
 """
@@ -41,7 +42,7 @@ import sys
 import sysconfig
 import time
 
-from .queue_scenarios import LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
+from .queue_scenarios import LEASE_S, LONG_LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
 from .scenarios import CTX, STAMP, Config, Transport, pipe_scenario
 
 POLL_SLEEP = 0.0005
@@ -465,8 +466,9 @@ class PersistAckQueue(QueueTransport):
 
 class LiteQueueAck(QueueTransport):
     name = "litequeue ack"
-    description = (f"cross-process: litequeue put per message -> pop (polled) + done per message; a "
-                   f"consumer retries messages locked over {LEASE_S:g} s (list_locked + retry)")
+    description = (f"cross-process: litequeue put per message -> pop (polled) + done per message; "
+                   f"consumers retry messages locked over {LONG_LEASE_S:g} s ({LEASE_S:g} s in the "
+                   f"redelivery trials) with list_locked + retry")
     batch_description = (f"cross-process: litequeue, {QBATCH} puts in one transaction -> up to {QBATCH} "
                          f"pops (no batch pop) + their done in one transaction")
     module = "litequeue"
@@ -478,7 +480,9 @@ class LiteQueueAck(QueueTransport):
     def _open(self):
         import litequeue
 
-        return litequeue.LiteQueue(os.path.join(self.dir, f"{self.round}.sqlite3"))
+        # SQLite's busy timeout up from 5 s: with a producer and two consumers contending for
+        # the write lock, 5 s ran out and a consumer failed ("database is locked")
+        return litequeue.LiteQueue(os.path.join(self.dir, f"{self.round}.sqlite3"), timeout=60)
 
     def new_round(self):
         super().new_round()
@@ -501,7 +505,7 @@ class LiteQueueAck(QueueTransport):
 
     def consumer(self):
         q = self._open()
-        next_sweep = [0.0]
+        next_sweep, lease_s = [0.0], self.lease_s
 
         class C(QConsumer):
             def recv(self, n, timeout):
@@ -511,7 +515,7 @@ class LiteQueueAck(QueueTransport):
                     now = time.monotonic()
                     if now >= next_sweep[0]:    # the lease: locked too long -> ready again
                         next_sweep[0] = now + SWEEP_S
-                        for m in list(q.list_locked(LEASE_S)):
+                        for m in list(q.list_locked(lease_s)):
                             q.retry(m.message_id)
                     m = q.pop()
                     if m is not None:
@@ -543,7 +547,8 @@ class LiteQueueAck(QueueTransport):
 class RedisStreamsGroup(QueueTransport):
     name = "Redis Streams group"
     description = (f"cross-process: XADD per message -> XREADGROUP COUNT 1 + XACK per message (AOF everysec); "
-                   f"consumers XAUTOCLAIM entries idle over {LEASE_S:g} s")
+                   f"consumers XAUTOCLAIM entries idle over {LONG_LEASE_S:g} s ({LEASE_S:g} s in the "
+                   f"redelivery trials)")
     batch_description = (f"cross-process: {QBATCH} XADDs in one pipeline -> XREADGROUP COUNT {QBATCH} + one "
                          f"XACK of the {QBATCH} ids")
     module = "redis"
@@ -583,7 +588,7 @@ class RedisStreamsGroup(QueueTransport):
     def consumer(self):
         r = self._client()
         key, me = f"q{self.round}", f"c{os.getpid()}"
-        lease_ms = int(LEASE_S * 1000)
+        lease_ms = int(self.lease_s * 1000)
         next_sweep = [0.0]
 
         class C(QConsumer):
