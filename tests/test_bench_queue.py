@@ -124,6 +124,27 @@ def test_peer_result_shape_and_ratios():
     assert ratios == {"queue": 2.0, "queue-batch": 3.0}
 
 
+def test_fastq_queue_scenarios_on_a_tiny_workload(tmp_path):
+    cfg = B.Config(messages=300, size=64, producers=2, consumers=2, seconds=5, redelivery_trials=2,
+                   directory=str(tmp_path))
+    results = {}
+    for name, batch in (("queue", 1), ("queue-batch", Q.QBATCH)):
+        results[name] = r = B.run_scenario(name, cfg)
+        jsonschema.validate(r, B.SCENARIO_SCHEMA)
+        e = r["extra"]
+        assert r["name"] == name and r["size"] == 64 and r["latency"] is None
+        assert r["messages"] == e["published"] == 300 and e["exactly_once"], r
+        assert r["seconds"] > 0 and r["messages_per_s"] > 0
+        assert (e["batch"], e["producers"], e["consumers"]) == (batch, 2, 2)
+    red = results["queue"]["extra"]["redelivery"]
+    # a killed consumer's message reaches the other consumer: within seconds (the lease is
+    # 30 s, so it is the dead session that was noticed), in every trial
+    assert red["supported"] and red["trials"] == 2 and red["timeouts"] == 0, red
+    assert 0 < red["p50_ms"] <= red["max_ms"] < 5000 and len(red["values_ms"]) == 2, red
+    assert "redelivery" not in results["queue-batch"]["extra"]
+    assert list(tmp_path.iterdir()) == []       # the scenarios' directories are removed
+
+
 QUEUE_PEERS = [P.RabbitMQ, P.RedisStreamsGroup, P.PersistAckQueue, P.LiteQueueAck]
 
 
