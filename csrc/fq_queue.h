@@ -35,8 +35,11 @@
  * messages in flight per lane, like SQS's in-flight limit.
  *
  * Slot states: ACQUIRED (leased to session `owner` until deadline_ms), AVAILABLE (back
- * after a nack, an expired lease or its owner's death; not before deadline_ms), ACKED,
- * ARCHIVED (settled without an ack), WAITING (delayed lane: in the heap until due).
+ * after a nack, an expired lease or its owner's death; not before deadline_ms), ACKED
+ * (settled: acked, or moved on as a copy, or purged), ARCHIVED (settled as dead:
+ * dead-lettered or rejected, counted in the lane's `dead` by fq_q_settle; a promoted
+ * delayed message's source is ARCHIVED by fq_q_heap_pop, which counts nothing dead),
+ * WAITING (delayed lane: in the heap until due).
  * `deliveries` counts deliveries; a lease is named by (lane, offset, deliveries), so an
  * ack after the lease was taken over finds a higher count and fails (FQ_ESTALE) instead
  * of acking the new holder's delivery.
