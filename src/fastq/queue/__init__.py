@@ -100,11 +100,10 @@ class _QueueKind:
 
     def names(self, broker) -> list[str]:
         root = self.root(broker)
-        try:
-            with os_errors("list queues", root):
-                names = os.listdir(root)
-        except FileNotFoundError:
-            return []
+        if not os.path.isdir(root):
+            return []                                  # no queue was ever made here
+        with os_errors("list queues", root):
+            names = os.listdir(root)
         return sorted(n for n in names if NAME_RE.fullmatch(n) and n not in (".", "..")
                       and os.path.exists(os.path.join(root, n, QUEUE_FILE)))
 

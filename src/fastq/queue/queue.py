@@ -153,6 +153,13 @@ def message_id(offset: int, partition: int, lane: int) -> int:
     return (offset << 12) | (partition << 4) | lane
 
 
+def _key(key) -> bytes:
+    """A message key: str (stored as UTF-8) or bytes-like."""
+    if isinstance(key, str):
+        return key.encode()
+    return bytes(_storage.key_bytes(key))
+
+
 def _header_dict(headers) -> dict[str, bytes]:
     return {k: v for k, v in headers if not k.startswith("fq-")}
 
@@ -419,7 +426,7 @@ class Queue:
         self._check_open()
         body = self.codec.encode(data)
         if key is not None:
-            key = _storage.key_bytes(key)
+            key = _key(key)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < PRIORITIES:
             raise InvalidArgument(f"priority must be an int in 0..{PRIORITIES - 1}, got {priority!r}")
         hdrs = _user_headers(headers)
@@ -461,7 +468,7 @@ class Queue:
         if delay:
             return self._publish_many_delayed(bodies, key, headers, delay, priority)
         if key is not None:
-            key = _storage.key_bytes(key)
+            key = _key(key)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < PRIORITIES:
             raise InvalidArgument(f"priority must be an int in 0..{PRIORITIES - 1}, got {priority!r}")
         hdrs = _user_headers(headers)
@@ -477,7 +484,7 @@ class Queue:
     def _publish_many_delayed(self, bodies, key, headers, delay, priority) -> list[int]:
         _check_seconds("delay", delay, 0.0)
         if key is not None:
-            key = _storage.key_bytes(key)
+            key = _key(key)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < PRIORITIES:
             raise InvalidArgument(f"priority must be an int in 0..{PRIORITIES - 1}, got {priority!r}")
         hdrs = _user_headers(headers)
@@ -790,6 +797,9 @@ class Queue:
     def _own(self, m: Message) -> None:
         if m._q is not self:
             raise InvalidArgument(f"{m!r} was not received through this handle of queue {self.name!r}")
+        if m._session < 0:
+            raise LeaseLost(f"message {m.id} of queue {self.name!r} was peeked, not received: it has "
+                            "no lease to settle")
 
     def _settle(self, m: Message, state: int, not_before: int) -> None:
         self._own(m)
