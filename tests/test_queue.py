@@ -471,15 +471,90 @@ def test_subscribe_at_most_once_acks_first(broker):
 
 def test_subscribe_bad_arguments(broker):
     q = broker.queue("jobs")
-
-    async def coro(m):
-        pass
-    with pytest.raises(fastq.InvalidArgument, match="asyncio"):
-        q.subscribe(coro)
     with pytest.raises(fastq.InvalidArgument):
         q.subscribe(print, guarantee="exactly-once-please")
     with pytest.raises(fastq.InvalidArgument):
         q.subscribe(print, concurrency=0)
+    with pytest.raises(fastq.InvalidArgument):
+        q.subscribe(print, backoff=-1)
+
+
+def test_subscribe_runs_coroutine_handlers_in_its_threads(broker):
+    q = broker.queue("jobs")
+    q.publish_many(list(range(6)))
+    seen = []
+
+    async def handler(m):
+        await asyncio.sleep(0.001)
+        seen.append(m.data)
+    with q.subscribe(handler, concurrency=2) as sub:
+        t0 = time.monotonic()
+        while sub.handled < 6 and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+    assert sorted(seen) == list(range(6)) and q.depth()[:3] == (0, 0, 0)
+
+
+def test_subscribe_backs_off_failures_with_the_given_delays(broker):
+    q = broker.queue("jobs")
+    q.publish("x")
+    times = []
+
+    def handler(m):
+        times.append(time.monotonic())
+        if m.delivery_count < 3:
+            raise ValueError("not yet")
+    asked = []
+
+    def backoff(n):
+        asked.append(n)
+        return 0.2 * n
+    with q.subscribe(handler, backoff=backoff) as sub:
+        t0 = time.monotonic()
+        while sub.handled < 1 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+    assert asked == [1, 2] and len(times) == 3
+    assert times[1] - times[0] >= 0.19 and times[2] - times[1] >= 0.39
+
+
+def test_exponential_backoff_has_full_jitter_under_a_cap():
+    import random
+
+    from fastq.queue.subscription import exponential_backoff
+    f = exponential_backoff(0.1, 5.0, random.Random(7))
+    for n in range(1, 40):
+        ds = [f(n) for _ in range(50)]
+        assert all(0 <= d <= min(5.0, 0.1 * 2 ** (n - 1)) for d in ds)
+        assert len(set(ds)) > 40                    # jittered, not one value
+
+
+def test_ordered_queue_delivers_a_key_one_at_a_time_in_order(broker):
+    q = broker.queue("orders", ordered=True, partitions=2, visibility_timeout=60)
+    for i in range(6):
+        q.publish(("a", i), key="a")
+    p_a = q.peek(1)[0].id >> 4 & 0xFF
+    k = next(k for k in (f"k{i}" for i in range(100)) if zlib_part(k, 2) != p_a)
+    q.publish((k, 0), key=k)
+    got = q.receive(10, wait=0)                     # one per partition in flight
+    assert sorted(tuple(m.data) for m in got) == sorted([("a", 0), (k, 0)])
+    ma = next(m for m in got if m.data[0] == "a")
+    assert q.receive(10, wait=0) == []
+    ma.nack(delay=0.2, error="retry")               # stays at the head: nothing overtakes it
+    assert q.receive(10, wait=0.1) == []
+    (again,) = q.receive(1, wait=2)
+    assert again.data == ["a", 0] and again.delivery_count == 2
+    again.ack()
+    order = []
+    for _ in range(5):
+        (m,) = q.receive(1, wait=0)
+        order.append(m.data[1])
+        assert q.receive(1, wait=0) == []
+        m.ack()
+    assert order == [1, 2, 3, 4, 5]
+
+
+def zlib_part(key: str, n: int) -> int:
+    import zlib
+    return zlib.crc32(key.encode()) % n
 
 
 def test_messages_iterates_until_wait_passes(broker):

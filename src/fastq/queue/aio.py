@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from ..broker._aio import SLICE, to_thread
 from ..errors import Closed, InvalidArgument, LeaseLost
 from ..log.config import check_int
-from .subscription import GUARANTEES
+from .subscription import GUARANTEES, resolve_backoff
 
 if TYPE_CHECKING:
     from .queue import Message, Queue, QueueDepth
@@ -159,11 +159,12 @@ class AsyncQueue:
         return await to_thread(self.queue.redrive, to, max_messages)
 
     def subscribe(self, handler: Callable[[AsyncMessage], Awaitable[Any] | Any], *, concurrency: int = 1,
-                  guarantee: str = "at-least-once", nack_delay: float = 0.0) -> "AsyncSubscription":
+                  guarantee: str = "at-least-once", backoff=None) -> "AsyncSubscription":
         """Run ``handler`` for each message in ``concurrency`` tasks (a coroutine function is
-        awaited; a plain function runs in a worker thread). Acks as ``Queue.subscribe``."""
+        awaited; a plain function runs in a worker thread). Acks, and backs off failures,
+        as ``Queue.subscribe``."""
         return AsyncSubscription(self, handler, concurrency=concurrency, guarantee=guarantee,
-                                 nack_delay=nack_delay)
+                                 backoff=backoff)
 
     async def close(self) -> None:
         await to_thread(self.queue.close)
@@ -182,7 +183,7 @@ class AsyncSubscription:
     """Handle of ``AsyncQueue.subscribe``: ``stop()``, ``await join()``; ``async with``
     stops and joins on exit. Counters as :class:`fastq.queue.Subscription`."""
 
-    def __init__(self, q: AsyncQueue, handler, *, concurrency: int, guarantee: str, nack_delay: float):
+    def __init__(self, q: AsyncQueue, handler, *, concurrency: int, guarantee: str, backoff):
         if not callable(handler):
             raise InvalidArgument(f"handler must be callable, got {handler!r}")
         check_int("concurrency", concurrency, 1, 4096)
@@ -192,7 +193,7 @@ class AsyncSubscription:
         self.handler = handler
         self.is_async = inspect.iscoroutinefunction(handler)
         self.at_most = guarantee == "at-most-once"
-        self.nack_delay = nack_delay
+        self.backoff = resolve_backoff(backoff)
         self.handled = 0
         self.failed = 0
         self.errors: list[BaseException] = []
@@ -226,7 +227,7 @@ class AsyncSubscription:
                     self.errors = (self.errors + [e])[-16:]
                     if not self.at_most:
                         try:
-                            await m.nack(self.nack_delay, error=e)
+                            await m.nack(self.backoff(m.delivery_count), error=e)
                         except (LeaseLost, Closed):
                             pass
                     continue

@@ -99,6 +99,7 @@ QUEUE_DEFAULTS: dict[str, Any] = {
     "durability": None,              # None: the broker's
     "segment_bytes": 16 << 20,       # lane log segments: the unit space is reclaimed in
     "max_record_bytes": 1 << 20,
+    "ordered": False,                # one message per partition in flight, in order (SQS FIFO groups)
 }
 
 
@@ -130,6 +131,8 @@ def validate_queue_config(cfg: dict) -> None:
         raise InvalidArgument(f"durability={cfg['durability']!r}: expected one of {sorted(DURABILITY_MODES)}")
     check_int("segment_bytes", cfg["segment_bytes"], 1 << 16, 1 << 31)
     check_int("max_record_bytes", cfg["max_record_bytes"], 1, 256 << 20)
+    if not isinstance(cfg["ordered"], bool):
+        raise InvalidArgument(f"ordered must be True or False, got {cfg['ordered']!r}")
 
 
 class QueueDepth(NamedTuple):
@@ -305,6 +308,7 @@ class Queue:
         self.visibility_timeout: float = float(config["visibility_timeout"])
         self.max_deliveries: int | None = config["max_deliveries"]
         self.dead_letter: str | None = config["dead_letter"]
+        self.ordered: bool = config["ordered"]
         self.dir = os.path.join(broker.path, "queues", name)
         self._closed = False
         self._forked = False
@@ -711,23 +715,26 @@ class Queue:
             for lane in self._lanes:            # delayed records a dead publisher left untracked
                 if lane.prio == DELAYED and lane.log is not None and lane.log.end_offset > st.lane(lane.index)[1]:
                     self._track_delayed(lane)
-            for row in self._order:
-                k = len(row)
-                for j in range(k):
-                    lane = row[(rr + j) % k]
-                    lg = lane.log
-                    if lg is None:
-                        continue
-                    end = lg.end_offset
-                    while len(got) < max_messages:
-                        o = st.acquire(lane.index, end, me, now, lease)
-                        if o < 0:
+            if self.ordered:
+                self._acquire_ordered(got, max_messages, rr, now, lease)
+            else:
+                for row in self._order:
+                    k = len(row)
+                    for j in range(k):
+                        lane = row[(rr + j) % k]
+                        lg = lane.log
+                        if lg is None:
+                            continue
+                        end = lg.end_offset
+                        while len(got) < max_messages:
+                            o = st.acquire(lane.index, end, me, now, lease)
+                            if o < 0:
+                                break
+                            got.append((lane, o, st.last_deliveries))
+                        if len(got) >= max_messages:
                             break
-                        got.append((lane, o, st.last_deliveries))
                     if len(got) >= max_messages:
                         break
-                if len(got) >= max_messages:
-                    break
         finally:
             self._unlock()
         out = []
@@ -745,6 +752,31 @@ class Queue:
             del recs
             i = j
         return out
+
+    def _acquire_ordered(self, got: list, max_messages: int, rr: int, now: int, lease: int) -> None:
+        """ordered=True: at most one message of a partition in flight, and a lane's head
+        that waits out a nack delay holds the lane — so the messages of one key (one
+        partition) are delivered one at a time, in publish order (SQS FIFO groups). A lane
+        settles in order then, so its only AVAILABLE slot can be its first (spso)."""
+        st = self._state
+        n = self.partitions
+        for j in range(n):
+            if len(got) >= max_messages:
+                return
+            p = (rr + j) % n
+            lanes = [lane for lane in self._lanes[p * LANES:p * LANES + PRIORITIES] if lane.log is not None]
+            if any(st.lane(lane.index)[3] for lane in lanes):
+                continue                            # one in flight already
+            for lane in reversed(lanes):            # priorities high to low
+                spso, _, avail = st.lane(lane.index)[:3]
+                if avail:
+                    head = st.slot(lane.index, spso)
+                    if head is not None and head[0] == AVAILABLE and head[3] > now:
+                        continue                    # the head waits for its nack delay
+                o = st.acquire(lane.index, lane.log.end_offset, self._session, now, lease)
+                if o >= 0:
+                    got.append((lane, o, st.last_deliveries))
+                    break
 
     def _read_run(self, lane: _Lane, first: int, count: int) -> list:
         """Records first..first+count-1 of a lane. A reader per lane is kept where the last
@@ -840,6 +872,10 @@ class Queue:
                             "were acked")
 
     def _nack(self, m: Message, delay: float, error) -> None:
+        if self.ordered:                     # stays at the head of its lane: order holds
+            self._settle(m, AVAILABLE, _now_ms() + int(delay * 1000) if delay else 0)
+            self._notifier.bump()
+            return
         if not delay and error is None:
             self._settle(m, AVAILABLE, 0)
             self._notifier.bump()
@@ -1088,13 +1124,15 @@ class Queue:
 
     def subscribe(self, handler: Callable[[Message], Any], *, concurrency: int = 1,
                   guarantee: str = "at-least-once", max_messages: int = 1,
-                  nack_delay: float = 0.0) -> "Subscription":
+                  backoff=None) -> "Subscription":
         """Call ``handler(message)`` for each message in ``concurrency`` threads until
         ``stop()``. ``guarantee="at-least-once"``: ack after the handler returns, nack
-        (with the exception as the error, after ``nack_delay`` seconds) when it raises;
+        with the exception as the error when it raises, to come back after ``backoff``
+        (None: exponential from 0.1 s to 60 s with full jitter; seconds; or a callable
+        delivery count -> seconds, see :func:`fastq.queue.subscription.exponential_backoff`);
         ``"at-most-once"``: ack before calling it. Returns a :class:`Subscription`."""
         return Subscription(self, handler, concurrency=concurrency, guarantee=guarantee,
-                            max_messages=max_messages, nack_delay=nack_delay)
+                            max_messages=max_messages, backoff=backoff)
 
     # -- lifetime -------------------------------------------------------------------------
 
