@@ -388,6 +388,39 @@ static void check_delayed(void) {
     fq_unmap(mem, size);
 }
 
+/* A purge (settle_any on WAITING) leaves the heap entry behind (popped later as a no-op):
+ * those entries must not make delay_track report a full window that is empty. */
+static void check_delay_purge(void) {
+    fq_q q;
+    void *mem;
+    uint64_t size;
+    REQUIRE(new_q(&q, 1, 16, 16, 1, 16, &mem, &size) == 0, "setup");
+    uint32_t lane = DLANE(0);
+    for (int64_t i = 0; i < 16; i++) fq_q_delay_track(&q, lane, i, FAR - i);
+    for (int64_t i = 0; i < 16; i++)
+        CHECK(fq_q_settle_any(&q, lane, i, FQ_Q_ARCHIVED) == 1, "purge %" PRId64, i);
+    CHECK(q.lanes[lane].spso == 16 && q.lanes[lane].available == 0, "purged lane spso %" PRId64,
+          q.lanes[lane].spso);
+    int rc = fq_q_delay_track(&q, lane, 16, 500);
+    CHECK(rc == 0, "track into an empty delay window after a purge: %d", rc);
+    int64_t due = 0; uint64_t ref = 0;
+    rc = fq_q_heap_peek(&q, &due, &ref);
+    CHECK(rc == 0 && due == 500 && ref == (((uint64_t)lane << 48) | 16),
+          "the live entry is the earliest: (%" PRId64 ", %" PRIx64 ")", due, ref);
+    for (int64_t i = 17; i < 32; i++) CHECK(fq_q_delay_track(&q, lane, i, 600) == 0, "track %" PRId64, i);
+    CHECK(fq_q_delay_track(&q, lane, 32, 600) == FQ_EFULL, "16 live: full");
+    CHECK(q.hdr->heap_len == 16, "heap_len %" PRIu64 ": the purged entries dropped", q.hdr->heap_len);
+    for (int64_t i = 16; i < 32; i++) {
+        rc = fq_q_heap_peek(&q, &due, &ref);
+        if (!CHECK(rc == 0 && due == (i == 16 ? 500 : 600) && ref == (((uint64_t)lane << 48) | (uint64_t)i),
+                   "pop %" PRId64 ": (%" PRId64 ", %" PRIx64 ")", i, due, ref))
+            break;
+        fq_q_heap_pop(&q);
+    }
+    CHECK(q.lanes[lane].spso == 32 && q.hdr->heap_len == 0, "spso %" PRId64, q.lanes[lane].spso);
+    fq_unmap(mem, size);
+}
+
 /* ---- dedup -------------------------------------------------------------------------- */
 static void check_dedup(void) {
     fq_q q;
@@ -858,6 +891,7 @@ void suite_queue(void) {
     check_nack();
     check_leases();
     check_delayed();
+    check_delay_purge();
     check_dedup();
     check_repair();
     check_lock();
