@@ -215,7 +215,9 @@ int fq_q_slot_get(fq_q *q, uint32_t lane, int64_t offset, fq_q_slot *out);
  * due_ms: slot WAITING, pushed on the heap. FQ_EFULL when the delay window is full.
  * For FQ_EINVAL when offset != speo (the caller indexes records in order). */
 int fq_q_delay_track(fq_q *q, uint32_t lane, int64_t offset, int64_t due_ms);
-/* The earliest delayed message: FQ_EEMPTY or 0 with *due_ms and *ref. */
+/* The earliest delayed message: FQ_EEMPTY or 0 with *due_ms and *ref. A message settled
+ * by fq_q_settle_any (a purge) keeps its entry until it is popped (a no-op for the slot)
+ * or fq_q_delay_track needs the room: check the slot is WAITING before promoting it. */
 int fq_q_heap_peek(fq_q *q, int64_t *due_ms, uint64_t *ref);
 /* Remove the earliest delayed message from the heap and settle its slot (ARCHIVED). */
 int fq_q_heap_pop(fq_q *q);
