@@ -204,6 +204,9 @@ def _hdr(headers, name: str) -> bytes | None:
     return None
 
 
+_UNDECODED = object()
+
+
 class Message:
     """A message received from a queue, leased to this consumer until it is settled or
     its lease ends. ``data`` (decoded by the queue's codec on first access), ``body`` (the
@@ -215,8 +218,7 @@ class Message:
     current (it ended and another consumer took the message, or it was settled)."""
 
     __slots__ = ("_q", "_lane", "_offset", "_deliveries", "_session", "id", "key", "body",
-                 "headers", "published_at", "delivery_count", "_data", "_decoded", "_settled",
-                 "_raw_headers")
+                 "_pub_ms", "delivery_count", "_data", "_settled", "_raw_headers", "_headers")
 
     def __init__(self, q: "Queue", lane: int, offset: int, deliveries: int, session: int, mid: int,
                  key, body: bytes, raw_headers, published_ms: int, delivery_count: int):
@@ -229,19 +231,29 @@ class Message:
         self.key = key
         self.body = body
         self._raw_headers = raw_headers
-        self.headers = _header_dict(raw_headers)
-        self.published_at = published_ms / 1000.0
+        self._pub_ms = published_ms
         self.delivery_count = delivery_count
-        self._decoded = False
-        self._data = None
+        self._data = _UNDECODED
         self._settled = False
+        self._headers = None
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        h = self._headers
+        if h is None:
+            h = self._headers = _header_dict(self._raw_headers) if self._raw_headers else {}
+        return h
+
+    @property
+    def published_at(self) -> float:
+        return self._pub_ms / 1000.0
 
     @property
     def data(self):
-        if not self._decoded:
-            self._data = self._q.codec.decode(self.body, f"message {self.id} of queue {self._q.name!r}")
-            self._decoded = True
-        return self._data
+        d = self._data
+        if d is _UNDECODED:
+            d = self._data = self._q.codec.decode(self.body, f"message {self.id} of queue {self._q.name!r}")
+        return d
 
     @property
     def queue(self) -> str:
@@ -323,8 +335,12 @@ class Queue:
         self._rr = itertools.count()
         self._session = -1
         self._session_fd = -1
-        self._next_liveness = 0.0
+        self._next_housekeeping = 0.0
         self._next_scan = 0.0
+        self._lease_ms = int(self.visibility_timeout * 1000)
+        self._live_rows: list[list[_Lane]] = []
+        self._live: list[_Lane] = []
+        self._live_ids: list[int] = []
         self._next_reclaim = time.monotonic() + self.reclaim_interval
         self._next_expire_ms = 0
         self._sync = self.durability != "os"
@@ -355,6 +371,7 @@ class Queue:
                 lg.partition_id = lane.partition
                 lg._notifier = self._notifier
                 lane.log = lg
+                self._relist()
             return lane.log
 
     def _scan_lanes(self) -> None:
@@ -657,19 +674,20 @@ class Queue:
             st.heap_pop()
             st.clear_intent()
         if now >= self._next_expire_ms:
-            for lane in self._lanes:
-                if lane.prio != DELAYED and lane.log is not None:
-                    st.expire(lane.index, now)
+            for i in self._live_ids:
+                st.expire(i, now)
             self._next_expire_ms = now + 5
 
     def receive(self, max_messages: int = 1, wait: float | None = None) -> list[Message]:
         """Lease up to ``max_messages`` messages: the highest priority first, FIFO within
         one. ``wait``: seconds to wait for the first (None: until one comes; 0: return at
         once). Returns a list (empty when the wait ran out)."""
-        check_int("max_messages", max_messages, 1, 1 << 20)
-        if wait is not None:
+        if type(max_messages) is not int or not 0 < max_messages <= 1 << 20:
+            check_int("max_messages", max_messages, 1, 1 << 20)
+        if wait is not None and (type(wait) not in (int, float) or not 0 <= wait < 1e12):
             _check_seconds("wait", wait, 0.0)
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if self._session < 0:
             with self._mutex:
                 if self._session < 0:
@@ -688,69 +706,107 @@ class Queue:
                 timeout = min(timeout, deadline - now)
             self._notifier.wait(seen, timeout)
 
-    def _take(self, max_messages: int) -> list[Message]:
-        st = self._state
-        mono = time.monotonic()
-        if mono >= self._next_liveness:
-            self._next_liveness = mono + self.liveness_interval
-            self._check_liveness()
-        if mono >= self._next_reclaim:
-            self._next_reclaim = mono + self.reclaim_interval
-            self.reclaim()
+    def _housekeeping(self, mono: float) -> None:
+        """Every liveness_interval: dead sessions, lanes other processes opened, delayed
+        records left untracked (a publisher died between its append and tracking it, or
+        the delay window was full); every reclaim_interval: space."""
+        self._next_housekeeping = mono + self.liveness_interval
+        self._check_liveness()
         if mono >= self._next_scan:
             self._next_scan = mono + 0.05
+            before = sum(lane.log is not None for lane in self._lanes)
             self._scan_lanes()
             for lane in self._lanes:
                 if lane.prio == DELAYED and lane.log is None:
                     self._lane_log(lane)
-        got: list[tuple[_Lane, int, int]] = []
+            if sum(lane.log is not None for lane in self._lanes) != before:
+                self._relist()
+        delayed = [lane for lane in self._lanes if lane.prio == DELAYED and lane.log is not None]
+        if delayed:
+            st = self._state
+            self._lock()
+            try:
+                for lane in delayed:
+                    if lane.log.end_offset > st.lane(lane.index)[1]:
+                        self._track_delayed(lane)
+            finally:
+                self._unlock()
+        if mono >= self._next_reclaim:
+            self._next_reclaim = mono + self.reclaim_interval
+            self.reclaim()
+
+    def _relist(self) -> None:
+        """Recompute the open priority lanes in receive order (rows of one priority)."""
+        self._live_rows = [[lane for lane in row if lane.log is not None] for row in self._order]
+        self._live_rows = [row for row in self._live_rows if row]
+        self._live = [lane for row in self._live_rows for lane in row]
+        self._live_ids = [lane.index for lane in self._live]
+
+    def _take(self, max_messages: int) -> list[Message]:
+        st = self._state
+        mono = time.monotonic()
+        if mono >= self._next_housekeeping:
+            self._housekeeping(mono)
         now = _now_ms()
-        lease = int(self.visibility_timeout * 1000)
-        me = self._session
-        rr = next(self._rr)
+        lease = self._lease_ms
         self._lock()
         try:
             if st.heap_len or now >= self._next_expire_ms:
                 self._maintain_locked(now)
-            for lane in self._lanes:            # delayed records a dead publisher left untracked
-                if lane.prio == DELAYED and lane.log is not None and lane.log.end_offset > st.lane(lane.index)[1]:
-                    self._track_delayed(lane)
             if self.ordered:
-                self._acquire_ordered(got, max_messages, rr, now, lease)
+                got: list = []
+                self._acquire_ordered(got, max_messages, next(self._rr), now, lease)
+            elif self.partitions == 1:
+                live = self._live
+                got = [(live[i], o, d) for i, o, d in
+                       st.take(self._live_ids, [lane.log.end_offset for lane in live], max_messages,
+                               self._session, now, lease)]
             else:
-                for row in self._order:
-                    k = len(row)
-                    for j in range(k):
-                        lane = row[(rr + j) % k]
-                        lg = lane.log
-                        if lg is None:
-                            continue
-                        end = lg.end_offset
-                        while len(got) < max_messages:
-                            o = st.acquire(lane.index, end, me, now, lease)
-                            if o < 0:
-                                break
-                            got.append((lane, o, st.last_deliveries))
-                        if len(got) >= max_messages:
-                            break
-                    if len(got) >= max_messages:
-                        break
+                rr = next(self._rr)
+                live = []
+                for row in self._live_rows:       # partitions round-robin within a priority
+                    k = rr % len(row)
+                    live += row[k:] + row[:k]
+                got = [(live[i], o, d) for i, o, d in
+                       st.take([lane.index for lane in live], [lane.log.end_offset for lane in live],
+                               max_messages, self._session, now, lease)]
         finally:
             self._unlock()
+        n = len(got)
+        if not n:
+            return []
+        # A lane's offsets come out strictly increasing and lanes one after another, so
+        # when the first and last share a lane and span n offsets, it is one run.
+        if got[0][0] is got[-1][0] and got[-1][1] - got[0][1] == n - 1:
+            return self._messages_of_run(got, self._read_run(got[0][0], got[0][1], n))
         out = []
         i = 0
-        while i < len(got):                  # runs of consecutive offsets: one reader each
+        while i < n:                         # runs of consecutive offsets: one reader each
             lane, o, _ = got[i]
             j = i + 1
-            while j < len(got) and got[j][0] is lane and got[j][1] == got[j - 1][1] + 1:
+            while j < n and got[j][0] is lane and got[j][1] == got[j - 1][1] + 1:
                 j += 1
-            recs = self._read_run(lane, o, j - i)
-            for (_, off, d), rec in zip(got[i:j], recs):
+            out += self._messages_of_run(got[i:j], self._read_run(lane, o, j - i))
+            i = j
+        return out
+
+    def _messages_of_run(self, got: list, recs: list) -> list[Message]:
+        lane = got[0][0]
+        li = lane.index
+        pl = (lane.partition << 4) | lane.prio
+        sess = self._session
+        plain = self.max_deliveries is None
+        out = []
+        for (_, off, d), rec in zip(got, recs):
+            if plain and not rec.headers:    # a plain publish: nothing to parse
+                key = rec.key
+                value = rec.value
+                out.append(Message(self, li, off, d, sess, (off << 12) | pl, None if key is None else bytes(key),
+                                   b"" if value is None else bytes(value), (), rec.timestamp, d))
+            else:
                 m = self._message(lane, off, d, rec)
                 if m is not None:
                     out.append(m)
-            del recs
-            i = j
         return out
 
     def _acquire_ordered(self, got: list, max_messages: int, rr: int, now: int, lease: int) -> None:
@@ -794,6 +850,13 @@ class Queue:
 
     def _message(self, lane: _Lane, offset: int, deliveries: int, rec) -> Message | None:
         hs = rec.headers
+        if not hs and (self.max_deliveries is None or deliveries <= self.max_deliveries):
+            key = rec.key                     # the common case: a plain publish, no headers
+            value = rec.value
+            return Message(self, lane.index, offset, deliveries, self._session,
+                           (offset << 12) | (lane.partition << 4) | lane.prio,
+                           None if key is None else bytes(key), b"" if value is None else bytes(value),
+                           (), rec.timestamp, deliveries)
         mid = _hdr_u64(hs, "fq-id")
         if mid is None:
             mid = message_id(offset, lane.partition, lane.prio)
@@ -850,26 +913,31 @@ class Queue:
     def ack_many(self, messages: Iterable[Message]) -> None:
         """Ack several messages under one lock. Raises LeaseLost naming those whose lease
         was no longer current, after acking all the others."""
-        ms = list(messages)
+        ms = messages if isinstance(messages, list) else list(messages)
         for m in ms:
-            self._own(m)
-        lost = []
-        self._lock()
-        try:
-            st = self._state
-            for m in ms:
-                if st.settle(m._lane, m._offset, m._deliveries, m._session, ACKED, 0):
-                    m._settled = True
-                else:
-                    lost.append(m.id)
-        finally:
-            self._unlock()
+            if m._q is not self or m._session < 0:
+                self._own(m)
+        lost = self._state_settle_many(ms, ACKED)
         if self._sync and len(lost) < len(ms):
             self._state.sync()
         if lost:
             raise LeaseLost(f"queue {self.name!r}: the leases of {len(lost)} message(s) had ended or "
-                            f"they were settled already (ids {lost[:10]}); the other {len(ms) - len(lost)} "
-                            "were acked")
+                            f"they were settled already (ids {[m.id for m in lost[:10]]}); the other "
+                            f"{len(ms) - len(lost)} were acked")
+
+    def _state_settle_many(self, ms: list, state: int) -> list:
+        settle = self._state.settle
+        lost = []
+        self._lock()
+        try:
+            for m in ms:
+                if settle(m._lane, m._offset, m._deliveries, m._session, state, 0):
+                    m._settled = True
+                else:
+                    lost.append(m)
+        finally:
+            self._unlock()
+        return lost
 
     def _nack(self, m: Message, delay: float, error) -> None:
         if self.ordered:                     # stays at the head of its lane: order holds
