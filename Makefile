@@ -58,7 +58,8 @@ sanitize-test: sanitize
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 	    $(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 
-# C-level tests of csrc/ without Python (tests/c/): CRC-32C paths, codecs, ring, log core.
+# C-level tests of csrc/ without Python (tests/c/): CRC-32C paths, codecs, ring, log core,
+# queue state (fq_queue).
 # test-c builds them with the host compiler; test-aarch64 cross-builds them for aarch64
 # (Debian's cross gcc, static) and runs them under qemu-user, installing both when missing.
 CTEST_SRC   := $(wildcard tests/c/*.c) $(wildcard csrc/*.c)

@@ -326,11 +326,30 @@ static void heap_down(fq_q_heap_entry *h, uint64_t n, uint64_t i) {
 
 static uint64_t heap_cap(const fq_q *q) { return (uint64_t)q->hdr->partitions * q->hdr->delay_window; }
 
+/* Drop the entries whose slot is no longer WAITING (settled by fq_q_settle_any: a purge
+ * leaves its entry, which heap_pop would skip only once it is due). Live entries are at
+ * most one per slot of the delayed lanes, so afterwards the heap has room unless every
+ * delay window is full. Killed half-way, fq_q_repair rebuilds the heap from the slots. */
+static void heap_drop_settled(fq_q *q) {
+    uint64_t n = q->hdr->heap_len, k = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t lane = REF_LANE(q->heap[i].ref);
+        int64_t o = REF_OFFSET(q->heap[i].ref);
+        if (lane < nlanes(q) && is_delayed(lane) && o >= q->lanes[lane].spso && o < q->lanes[lane].speo &&
+            slot_at(q, lane, o)->state == FQ_Q_WAITING)
+            q->heap[k++] = q->heap[i];
+    }
+    for (uint64_t i = k / 2; i-- > 0;) heap_down(q->heap, k, i);
+    q->hdr->heap_len = k;
+}
+
 int fq_q_delay_track(fq_q *q, uint32_t lane, int64_t offset, int64_t due_ms) {
     if (lane >= nlanes(q) || !is_delayed(lane) || offset < 0 || offset >= (1ll << 48)) return FQ_EINVAL;
     fq_q_lane *l = &q->lanes[lane];
     if (offset != l->speo) return FQ_EINVAL;
-    if (l->speo - l->spso >= (int64_t)ring_of(q, lane) || q->hdr->heap_len >= heap_cap(q)) return FQ_EFULL;
+    if (l->speo - l->spso >= (int64_t)ring_of(q, lane)) return FQ_EFULL;
+    if (q->hdr->heap_len >= heap_cap(q)) heap_drop_settled(q);
+    if (q->hdr->heap_len >= heap_cap(q)) return FQ_EFULL;
     fq_q_slot *s = slot_at(q, lane, offset);
     s->state = FQ_Q_WAITING;
     s->owner = FQ_Q_NO_OWNER;

@@ -35,8 +35,11 @@
  * messages in flight per lane, like SQS's in-flight limit.
  *
  * Slot states: ACQUIRED (leased to session `owner` until deadline_ms), AVAILABLE (back
- * after a nack, an expired lease or its owner's death; not before deadline_ms), ACKED,
- * ARCHIVED (settled without an ack), WAITING (delayed lane: in the heap until due).
+ * after a nack, an expired lease or its owner's death; not before deadline_ms), ACKED
+ * (settled: acked, or moved on as a copy, or purged), ARCHIVED (settled as dead:
+ * dead-lettered or rejected, counted in the lane's `dead` by fq_q_settle; a promoted
+ * delayed message's source is ARCHIVED by fq_q_heap_pop, which counts nothing dead),
+ * WAITING (delayed lane: in the heap until due).
  * `deliveries` counts deliveries; a lease is named by (lane, offset, deliveries), so an
  * ack after the lease was taken over finds a higher count and fails (FQ_ESTALE) instead
  * of acking the new holder's delivery.
@@ -212,7 +215,9 @@ int fq_q_slot_get(fq_q *q, uint32_t lane, int64_t offset, fq_q_slot *out);
  * due_ms: slot WAITING, pushed on the heap. FQ_EFULL when the delay window is full.
  * For FQ_EINVAL when offset != speo (the caller indexes records in order). */
 int fq_q_delay_track(fq_q *q, uint32_t lane, int64_t offset, int64_t due_ms);
-/* The earliest delayed message: FQ_EEMPTY or 0 with *due_ms and *ref. */
+/* The earliest delayed message: FQ_EEMPTY or 0 with *due_ms and *ref. A message settled
+ * by fq_q_settle_any (a purge) keeps its entry until it is popped (a no-op for the slot)
+ * or fq_q_delay_track needs the room: check the slot is WAITING before promoting it. */
 int fq_q_heap_peek(fq_q *q, int64_t *due_ms, uint64_t *ref);
 /* Remove the earliest delayed message from the heap and settle its slot (ARCHIVED). */
 int fq_q_heap_pop(fq_q *q);

@@ -2,7 +2,8 @@
 
 tests/c/ drives csrc/ without Python: CRC-32C (the dispatched hardware path against the
 table, a bitwise reference, RFC 3720 and google-crc32c vectors), the batch codec, the ring
-under producer/consumer/observer threads and the log's lock, seqlock and tail wait. The
+under producer/consumer/observer threads, the log's lock, seqlock and tail wait, and the
+queue state (window, leases, delay heap, dedup, repair, pid lock, a model walk). The
 same program runs cross-built for aarch64 under qemu-user (``make test-aarch64``); here
 it runs natively so CI runs it on every change. ``make test-c`` is the same outside
 pytest.

@@ -30,3 +30,8 @@ __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetad
 from .ring import Ring, RingQueue  # noqa: E402
 
 __all__ += ["Ring", "RingQueue"]
+
+# --- message queues with acks (broker.queue) ---
+from .queue import AsyncQueue, Message, Queue, QueueDepth, Subscription  # noqa: E402
+
+__all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]

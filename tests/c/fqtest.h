@@ -46,5 +46,6 @@ void suite_crc32c(void);
 void suite_codec(void);
 void suite_ring(void);
 void suite_log(void);
+void suite_queue(void);
 
 #endif

@@ -1,6 +1,6 @@
 /* test_main.c — runs the C-level test suites of fastq's core and reports.
  *
- *   test_core [suite ...]     suites: crc32c codec ring log (default: all)
+ *   test_core [suite ...]     suites: crc32c codec ring log queue (default: all)
  *   FQ_TEST_SEED=N            replay a randomized run
  *
  * Prints the platform, which CRC-32C path is in use, one line per suite and a closing
@@ -50,6 +50,7 @@ static const struct {
     {"codec", suite_codec},
     {"ring", suite_ring},
     {"log", suite_log},
+    {"queue", suite_queue},
 };
 
 static const char *arch(void) {

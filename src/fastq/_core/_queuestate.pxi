@@ -202,6 +202,34 @@ cdef class QueueState:
             return -2
         raise_status(o, "acquire from queue lane", self.path)
 
+    def take(self, list lanes, list ends, Py_ssize_t max_n, uint32_t owner, int64_t now_ms,
+             int64_t lease_ms):
+        """Lease up to max_n messages from lanes[0], then lanes[1], ... (whose logs end at
+        ends[i]): [(i, offset, deliveries), ...]. One call for receive's whole loop."""
+        cdef Py_ssize_t i, got = 0, n = len(lanes)
+        cdef uint32_t d = 0, lane
+        cdef int64_t o, end
+        self._live()
+        if len(ends) != n:
+            raise InvalidArgument("lanes and ends differ in length")
+        out = []
+        for i in range(n):
+            lane = lanes[i]
+            end = ends[i]
+            if lane >= self.q.hdr.partitions * FQ_Q_LANES:
+                raise InvalidArgument(f"lane {lane} out of range")
+            while got < max_n:
+                o = fq_q_acquire(&self.q, lane, end, owner, now_ms, lease_ms, &d)
+                if o < 0:
+                    if o == FQ_EEMPTY or o == FQ_EFULL:
+                        break
+                    raise_status(o, "acquire from queue lane", self.path)
+                out.append((i, o, d))
+                got += 1
+            if got >= max_n:
+                break
+        return out
+
     def settle(self, uint32_t lane, int64_t offset, uint32_t deliveries, uint32_t owner,
                int new_state, int64_t not_before_ms=0):
         """False when the lease is not current (acked, or expired and taken again)."""

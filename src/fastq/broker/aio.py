@@ -44,7 +44,7 @@ from ..errors import RingFull
 from ._aio import SLICE as _SLICE, to_thread as _to_thread
 from .aio_consumer import AsyncConsumer, AsyncMemoryConsumer, _close_result
 from .aio_producer import AsyncProducer
-from .broker import Broker
+from .broker import Broker, _kind
 from .memtopic import MemoryTopic
 from .topic import BatchMetadata, RecordMetadata, Topic
 
@@ -91,6 +91,17 @@ class AsyncBroker:
 
     async def maintain(self, now_ms: int | None = None) -> dict:
         return await _to_thread(self.sync.maintain, now_ms)
+
+    async def queue(self, name: str, **options):
+        """The queue's asyncio face (:class:`fastq.queue.AsyncQueue`); see ``Broker.queue``."""
+        q = await _to_thread(self.sync.queue, name, **options)
+        return _kind("queue").asyncio(q)
+
+    async def queues(self) -> list[str]:
+        return await _to_thread(self.sync.queues)
+
+    async def delete_queue(self, name: str) -> None:
+        await _to_thread(self.sync.delete_queue, name)
 
     async def close(self) -> None:
         await _to_thread(self.sync.close)

@@ -8,6 +8,7 @@ Layout::
     <broker>/topics/<topic>/notify       topic-wide futex word (fastq._core._storage.Notifier)
     <broker>/topics/<topic>/<n>/         partition n: a fastq.Log directory
     <broker>/groups/<group>/             consumer-group membership and committed offsets
+    <broker>/queues/<queue>/             a message queue (fastq.queue: lane logs + queue.state)
 
 Process-safety: every process may open the same broker directory; topic creation,
 alteration and deletion are serialized with an flock on ``broker.lock``. Thread-safety:
@@ -67,6 +68,24 @@ class _DirLock:
 
 _OPEN_BROKERS: "weakref.WeakSet[Broker]" = fork_registry()   # this process's open brokers
 
+# Kinds built on the broker by the layers above it (imports go only downward): fastq.queue
+# registers "queue" at import with an object offering open(broker, name, codec, options),
+# names(broker) and delete(broker, name).
+_KINDS: dict[str, Any] = {}
+
+
+def register_kind(kind: str, impl: Any) -> None:
+    """Called by a layer above the broker (fastq.queue) to serve ``Broker.<kind>()``."""
+    _KINDS[kind] = impl
+
+
+def _kind(kind: str) -> Any:
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise InvalidArgument(f"{kind}s are served by fastq.{kind}: import fastq (not only "
+                              "fastq.broker) first") from None
+
 
 class Broker:
     """A broker in one directory, shared by every process that opens it.
@@ -89,6 +108,7 @@ class Broker:
         self._forked = False
         self._mutex = threading.RLock()
         self._topics: dict[str, Any] = {}
+        self._queues: dict[str, Any] = {}
         self.readonly = bool(readonly)
         if not os.path.isdir(self.path):
             if os.path.exists(self.path):
@@ -154,6 +174,12 @@ class Broker:
             except OSError:           # a descriptor closed under it: the others still go
                 pass
         self._topics.clear()
+        for q in list(self._queues.values()):
+            try:
+                q._abandon_after_fork()
+            except OSError:
+                pass
+        self._queues.clear()
 
     def _topic_dir(self, name: str) -> str:
         return os.path.join(self.path, "topics", name)
@@ -303,6 +329,42 @@ class Broker:
             _storage.fsync_dir(os.path.join(self.path, "topics"))
         shutil.rmtree(grave, ignore_errors=True)
 
+    # -- queues (fastq.queue) ----------------------------------------------------------
+
+    def queue(self, name: str, *, codec="json", create: bool = True, **options):
+        """Get or create the message queue ``name`` (:class:`fastq.Queue`; options and their
+        defaults: :data:`fastq.queue.QUEUE_DEFAULTS`). For an existing queue the stored
+        configuration wins over ``options``. ``codec``: see :mod:`fastq.queue.codecs`.
+        A missing queue with ``create=False`` is :class:`fastq.UnknownQueue`."""
+        self._check_open()
+        validate_name("queue", name)
+        self._refuse_if_readonly(f"open queue {name!r} (receiving writes its delivery state)")
+        impl = _kind("queue")
+        ident = (name, impl.codec_key(codec))        # one handle per queue and codec
+        with self._mutex:
+            q = self._queues.get(ident)
+            if q is not None and not q.closed:
+                return q
+            q = impl.open(self, name, codec, options, create)
+            self._queues[ident] = q
+            return q
+
+    def queues(self) -> list[str]:
+        """Names of the existing queues, sorted."""
+        self._check_open()
+        return _kind("queue").names(self)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue and its messages. Processes still using it get errors."""
+        self._check_open()
+        validate_name("queue", name)
+        self._refuse_if_readonly(f"delete queue {name!r}")
+        with self._mutex:
+            handles = [self._queues.pop(k) for k in list(self._queues) if k[0] == name]
+        for q in handles:
+            q.close()
+        _kind("queue").delete(self, name)
+
     def maintain(self, now_ms: int | None = None) -> dict:
         """Run retention and compaction on every topic opened in this process.
         Returns {topic: segments deleted}."""
@@ -324,6 +386,9 @@ class Broker:
             return
         with self._mutex:
             topics = list(self._topics.values())
+            for q in list(self._queues.values()):
+                q.close()
+            self._queues.clear()
             for t in topics:
                 t.close()
             self._topics.clear()

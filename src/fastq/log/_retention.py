@@ -63,14 +63,40 @@ class RetentionMixin:
                     failed = failed or e
         return failed
 
-    def _delete_expired_locked(self, now_ms: int | None) -> int:
+    def delete_before(self, offset: int) -> int:
+        """Delete the whole sealed segments that hold only records below ``offset`` — what
+        their owner no longer needs (a queue's settled messages). Returns how many; the
+        failure rules of :meth:`enforce_retention` apply."""
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument(f"offset must be an int >= 0, got {offset!r}")
+        self._lock_py()
+        try:
+            if self.snapshot()["generation"] != self._gen:
+                self._refresh()
+            with self._seg_lock:
+                failed = self._delete_leftovers_below_start()
+                n = self._delete_expired_locked(None, below=offset)
+                if failed is not None:
+                    raise failed
+                return n
+        finally:
+            self._unlock_py()
+
+    def _delete_expired_locked(self, now_ms: int | None, below: int | None = None) -> int:
+        """Drop sealed segments from the start while retention wants them gone, or, with
+        ``below``, while the next segment starts at or below that offset."""
         with self._seg_lock:
             now_ms = int(time.time() * 1000) if now_ms is None else now_ms
             s = self.snapshot()
             sealed = self._segments[:-1]
             total = sum(seg.sealed_end for seg in sealed) + s["end_pos"]
             doomed = []
-            for seg in sealed:
+            for i, seg in enumerate(sealed):
+                if below is not None:
+                    if self._segments[i + 1].base_offset > below:
+                        break
+                    doomed.append(seg)
+                    continue
                 too_big = self.retention_bytes is not None and total > self.retention_bytes
                 too_old = (self.retention_ms is not None and seg.sealed_max_timestamp >= 0
                            and self._segment_age_ts(seg, now_ms) < now_ms - self.retention_ms)
