@@ -113,6 +113,8 @@ class QueueTransport:
 class FastqQueue(QueueTransport):
     name = "fastq"
     description = "cross-process: Queue.publish per message -> receive(1) + ack() per message"
+    batch_description = (f"cross-process: Queue.publish_many of {QBATCH} -> receive(max_messages={QBATCH}) "
+                         f"+ ack_many")
 
     def setup(self, workdir, cfg):
         self.path = os.path.join(workdir, "queue")
