@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue as stdqueue
+import time
 
 import jsonschema
 import pytest
@@ -26,6 +27,7 @@ class _StubQueue(Q.QueueTransport):
     description = "multiprocessing.Queue, acks ignored"
     redelivery_unsupported = "a stub"
     dup_every = 0
+    slow_s = 0.0        # a consumer's pause per receive
     q = None
 
     def new_round(self):
@@ -56,10 +58,11 @@ class _StubQueue(Q.QueueTransport):
         return Prod()
 
     def consumer(self):
-        q = self.q
+        q, slow_s = self.q, self.slow_s
 
         class Cons(Q.QConsumer):
             def recv(self, n, timeout):
+                time.sleep(slow_s)
                 try:
                     out = [q.get(timeout=timeout)]
                 except stdqueue.Empty:
@@ -108,11 +111,28 @@ def test_harness_spots_duplicates():
     assert not r["exactly_once"]
 
 
+def test_consumers_stop_at_the_drain_limit(monkeypatch):
+    # a queue whose consumers cannot keep up is not waited for without end
+    monkeypatch.setattr(Q, "drain_seconds", lambda cfg: 0.3)
+    # (500 small messages fit the stub's pipe, so its producer finishes)
+    cfg = B.Config(messages=500, size=16, producers=1, consumers=1, seconds=5)
+    tr = _StubQueue()
+    tr.slow_s = 0.01
+    tr.setup("/nonexistent", cfg)
+    try:
+        r = Q.run_queue(tr, cfg, n=cfg.messages, batch=1)
+    finally:
+        tr.teardown()
+    assert r["published"] == 500 and 0 < r["delivered"] < 500
+    assert r["drained"] is False and r["exactly_once"] is None and r["seconds"] < 5
+
+
 def test_peer_result_shape_and_ratios():
     cfg = B.Config(messages=300, size=16, producers=1, consumers=1, seconds=5, redelivery_trials=2)
     r = Q.run_queue_peer(_StubQueue(), cfg, "/nonexistent")
     assert r["messages"] == r["extra"]["published"] == 300
     assert r["extra"]["batch_result"]["messages"] == 300 and r["extra"]["batch_result"]["exactly_once"]
+    assert r["extra"]["drained"] and r["extra"]["batch_result"]["drained"]
     by = r["extra"]["messages_per_s_by_scenario"]
     assert by["queue"] == r["messages_per_s"] and by["queue-batch"] > 0
     assert r["extra"]["redelivery"] == {"supported": False, "reason": "a stub"}
@@ -194,6 +214,7 @@ def test_cli_lists_skipped_queue_peers_with_reasons(monkeypatch):
     assert peers["multiprocessing.Queue"]["status"] == "skipped"
     assert "none of the scenarios" in peers["multiprocessing.Queue"]["reason"]
     assert "RabbitMQ" in res.stderr and "fastq_no_such_client_module" in res.stderr
+    assert "'fastq-broker[compare]'" in res.stderr      # printed, not eaten as rich markup
 
 
 def test_bad_redelivery_trials_is_a_usage_error():

@@ -23,7 +23,9 @@ The first 8 bytes of every message are its id (little-endian int64, ids 0 … n-
 producers). Each consumer sums the ids it acked; the count and the sum against the
 published ones say whether every message was delivered exactly once (``exactly_once``).
 Throughput phases publish ``--messages`` messages or stop at the ``--seconds`` cap,
-whichever comes first, like the other scenarios.
+whichever comes first, like the other scenarios; consumers drain what was published, but
+stop at ``drain_seconds`` (30 s, or 6 × ``--seconds``) for a queue that cannot keep up
+(``drained`` false; ``exactly_once`` is then None, not known).
 """
 from __future__ import annotations
 
@@ -211,7 +213,7 @@ def _q_producer(tr, idx, producers, n, size, batch, cap_s, ready, go, sent, erro
     _exit_child(code)
 
 
-def _q_consumer(tr, idx, producers, batch, give_up_s, ready, go, sent, acked, out) -> None:
+def _q_consumer(tr, idx, producers, batch, give_up_s, drain_s, ready, go, sent, acked, out) -> None:
     got = idsum = t_last = 0
     try:
         c = tr.consumer()
@@ -222,6 +224,7 @@ def _q_consumer(tr, idx, producers, batch, give_up_s, ready, go, sent, acked, ou
         go.wait()
         t_last = time.monotonic_ns()
         idle_since = time.monotonic()
+        stop_at = idle_since + drain_s
         while True:
             msgs = recv(batch, RECV_WAIT_S)
             if msgs:
@@ -239,6 +242,8 @@ def _q_consumer(tr, idx, producers, batch, give_up_s, ready, go, sent, acked, ou
                 del msgs
             elif time.monotonic() - idle_since > give_up_s:
                 raise TimeoutError(f"acked {got} messages, then nothing for {give_up_s:.0f} s")
+            if time.monotonic() > stop_at:    # a queue far slower than its producers
+                break
             total = 0
             for i in range(producers):
                 s = sent[i]
@@ -257,6 +262,13 @@ def _q_consumer(tr, idx, producers, batch, give_up_s, ready, go, sent, acked, ou
     _exit_child(0)
 
 
+def drain_seconds(cfg: Config) -> float:
+    """How long consumers keep at it after the start signal: producers stop at the
+    ``--seconds`` cap, and a queue whose consumers are far slower than its producers is not
+    waited for past this."""
+    return max(30.0, 6 * cfg.seconds)
+
+
 def _expected_idsum(sent: list[int]) -> int:
     producers = len(sent)
     return sum(producers * s * (s - 1) // 2 + idx * s for idx, s in enumerate(sent))
@@ -264,7 +276,9 @@ def _expected_idsum(sent: list[int]) -> int:
 
 def run_queue(tr: QueueTransport, cfg: Config, *, n: int, batch: int) -> dict:
     """``cfg.producers`` producer processes and ``cfg.consumers`` consumer processes on one
-    fresh queue of `tr`; returns {"published", "delivered", "seconds", "exactly_once"}."""
+    fresh queue of `tr`; returns {"published", "delivered", "seconds", "drained",
+    "exactly_once"}. The consumers stop at ``drain_seconds(cfg)`` even if the queue still
+    holds messages then (``drained`` false, ``exactly_once`` None: not known)."""
     tr.new_round()
     producers, consumers = cfg.producers, cfg.consumers
     per = [n // producers + (1 if i < n % producers else 0) for i in range(producers)]
@@ -273,8 +287,9 @@ def run_queue(tr: QueueTransport, cfg: Config, *, n: int, batch: int) -> dict:
     ready, go = CTX.Semaphore(0), CTX.Event()
     out, errors = CTX.Queue(), CTX.Queue()
     give_up = max(60.0, 4 * cfg.seconds)
+    drain = drain_seconds(cfg)
     procs = [CTX.Process(target=_q_consumer, daemon=True,
-                         args=(tr, i, producers, batch, give_up, ready, go, sent, acked, out))
+                         args=(tr, i, producers, batch, give_up, drain, ready, go, sent, acked, out))
              for i in range(consumers)]
     procs += [CTX.Process(target=_q_producer, daemon=True,
                           args=(tr, i, producers, per[i], cfg.size, batch, cfg.seconds, ready, go, sent, errors))
@@ -301,13 +316,19 @@ def run_queue(tr: QueueTransport, cfg: Config, *, n: int, batch: int) -> dict:
         for status, msg, _, _ in reports:
             if status != "ok":
                 raise RuntimeError(f"{tr.name}: {msg}")
+        for p in procs[consumers:]:       # producers: done by their cap, long before the drain limit
+            p.join(60)
         _raise_child_errors(errors)
         sent_l = list(sent)
+        if min(sent_l) < 0:
+            raise RuntimeError(f"{tr.name}: a producer did not finish")
         delivered = sum(r[1] for r in reports)
         published = sum(sent_l)
+        drained = delivered >= published
         return {"published": published, "delivered": delivered,
-                "seconds": max(max(r[3] for r in reports) - t0, 1) / 1e9,
-                "exactly_once": delivered == published and sum(r[2] for r in reports) == _expected_idsum(sent_l)}
+                "seconds": max(max(r[3] for r in reports) - t0, 1) / 1e9, "drained": drained,
+                "exactly_once": (delivered == published and sum(r[2] for r in reports) == _expected_idsum(sent_l))
+                if drained else None}
     finally:
         go.set()
         for p in procs:
@@ -431,7 +452,7 @@ def queue_phase(name: str, tr: QueueTransport, cfg: Config, batch: int, **extra)
     r = run_queue(tr, cfg, n=cfg.messages, batch=batch)
     return result(name, tr.description if batch == 1 else batch_description(tr), r["delivered"], cfg.size,
                   r["seconds"], producers=cfg.producers, consumers=cfg.consumers, batch=batch,
-                  published=r["published"], exactly_once=r["exactly_once"], **extra)
+                  published=r["published"], drained=r["drained"], exactly_once=r["exactly_once"], **extra)
 
 
 def batch_description(tr: QueueTransport) -> str:
@@ -468,7 +489,8 @@ def run_queue_peer(tr: QueueTransport, cfg: Config, workdir: str) -> dict:
         many = queue_phase(tr.name, tr, cfg, QBATCH)
         one["extra"]["batch_result"] = {k: many[k] for k in ("description", "messages", "seconds",
                                                             "messages_per_s", "mb_per_s")}
-        one["extra"]["batch_result"]["exactly_once"] = many["extra"]["exactly_once"]
+        for k in ("published", "drained", "exactly_once"):
+            one["extra"]["batch_result"][k] = many["extra"][k]
         one["extra"]["messages_per_s_by_scenario"] = {"queue": one["messages_per_s"],
                                                       "queue-batch": many["messages_per_s"]}
         one["extra"]["redelivery"] = redelivery_summary(tr, cfg.redelivery_trials)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape     # reasons hold "[compare]", which rich would take for markup
 
 from ..bench import peers as P, scenarios as B
 from ..bench.peers import peer_names
@@ -180,7 +181,7 @@ def _run_all(console, cfg, peer_classes):
                 console.print(f"  {peer.name:<20} {_fmt(pr['messages_per_s']):>12} msg/s "
                               f"{_fmt(pr['mb_per_s'], 1):>9} MB/s" + _detail(pr))
             else:
-                console.print(f"  {peer.name:<20} {pr['status']}: {pr['reason']}")
+                console.print(f"  {peer.name:<20} {pr['status']}: {escape(pr['reason'])}")
             progress.advance(task)
             progress.refresh()
     return results, peer_results
@@ -207,8 +208,11 @@ def _detail(r) -> str:
         out.append(f"batch {_fmt(extra['batch_result']['messages_per_s'])} msg/s")
     if _redelivery(r):
         out.append(_redelivery(r))
-    if extra.get("exactly_once") is False:
-        out.append("NOT exactly once (lost or duplicated messages)")
+    for what, e in (("", extra), ("batch ", extra.get("batch_result") or {})):
+        if e.get("exactly_once") is False:
+            out.append(f"{what}NOT exactly once (lost or duplicated messages)")
+        if e.get("drained") is False:
+            out.append(f"{what}consumers stopped at the drain limit with messages left")
     return ("   " + "; ".join(out)) if out else ""
 
 
@@ -239,7 +243,7 @@ def _print_tables(console, doc) -> None:
                       _fmt(p["messages_per_s"]), _fmt(p["mb_per_s"], 1), _lat(p, "p50_us"),
                       _lat(p, "p99_us"), ", ".join(ratios.get(p["name"], [])) or "-")
         else:
-            t.add_row(p["name"], f"{p['status']}: {p['reason']}", "-", "-", "-", "-", "-")
+            t.add_row(p["name"], f"{p['status']}: {escape(p['reason'])}", "-", "-", "-", "-", "-")
     console.print(t)
 
 
