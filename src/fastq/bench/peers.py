@@ -521,9 +521,14 @@ class LiteQueueAck(QueueTransport):
                     if m is not None:
                         out.append(m)
                         continue
-                    if out or now > end:
+                    if out:
                         break
-                    time.sleep(POLL_SLEEP)
+                    # empty: wait with peek (a read) rather than pop (a write transaction
+                    # each time, which starved the producer of SQLite's write lock)
+                    while q.peek() is None and time.monotonic() <= end:
+                        time.sleep(POLL_SLEEP)
+                    if time.monotonic() > end:
+                        break
                 return out
 
             def body(self, m):
