@@ -36,7 +36,8 @@ import struct
 import time
 
 from ..broker import open as open_broker
-from .scenarios import CTX, Config, _exit_child, _raise_child_errors, percentile, result
+from .harness import CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile, \
+    raise_child_errors as _raise_child_errors, result
 
 ID = struct.Struct("<q")        # first 8 bytes of every message: its id
 QBATCH = 100                    # publish_many / receive(max_messages) / ack_many batch

@@ -28,15 +28,12 @@ through the same harness, see :mod:`fastq.bench.peers`.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import platform
 import shutil
-import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import __version__
@@ -44,44 +41,22 @@ from .._core import _storage
 from .._core._ring import Ring
 from ..broker import open as open_broker
 from ..errors import InvalidArgument
+from .harness import RATE  # noqa: F401 -- re-exported: the CLI's --rate default
+from .harness import (CTX, STAMP, WorkloadConfig, exit_child as _exit_child, percentile,
+                      raise_child_errors as _raise_child_errors, result)
+from .queue_scenarios import sc_queue, sc_queue_batch
 
-STAMP = struct.Struct("<q")      # first 8 bytes of every message: CLOCK_MONOTONIC ns at send
-RATE = 5000                      # paced messages/s for the latency phase
 BATCH = 1000                     # publish_many batch size
 SCHEMA_ID = "fastq-bench/1"
 LAT_QS = (50, 90, 99, 99.9)
-CTX = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
 
 
-@dataclass
-class Config:
-    """One run's workload; the CLI fills it from its options."""
-    messages: int = 1_000_000
-    size: int = 100
-    partitions: int = 4
-    producers: int = 1
-    consumers: int = 2
-    seconds: float = 5.0              # time cap of one throughput phase
-    latency_seconds: float = 2.0      # length of the paced latency phase
-    rate: int = RATE
-    redelivery_trials: int = 5        # kill-a-consumer trials of the queue scenario
-    quick: bool = False
-    directory: str | None = None
-    scenarios: list[str] = field(default_factory=list)
+class Config(WorkloadConfig):
+    """One run's workload (:class:`fastq.bench.harness.WorkloadConfig`), checked against
+    the scenarios this module knows."""
 
     def check(self) -> None:
-        for name, lo in (("messages", 1), ("partitions", 1), ("producers", 1), ("consumers", 1), ("rate", 1),
-                         ("redelivery_trials", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < lo:
-                raise InvalidArgument(f"{name}={v!r}: expected an int >= {lo}")
-        if not STAMP.size <= self.size <= 1 << 20:
-            raise InvalidArgument(f"size={self.size!r}: expected {STAMP.size} to {1 << 20} bytes "
-                                  f"(every message carries an {STAMP.size}-byte timestamp)")
-        if self.partitions > 256:
-            raise InvalidArgument(f"partitions={self.partitions}: at most 256 in a benchmark")
-        if self.producers > 64 or self.consumers > 64:
-            raise InvalidArgument("producers and consumers: at most 64 each in a benchmark")
+        super().check()
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
         if unknown:
             raise InvalidArgument(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
@@ -141,14 +116,6 @@ def machine_info() -> dict:
 
 # -- results ----------------------------------------------------------------------------
 
-def percentile(sorted_values, q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, int(round(q / 100 * (len(sorted_values) - 1)))))
-    return sorted_values[i]
-
-
 def latency_summary(values_ns, rate: int) -> dict | None:
     """p50/p90/p99/p99.9/max in µs plus a 101-point CDF (the value at 0%, 1%, … 100%)."""
     v = sorted(values_ns)
@@ -160,14 +127,6 @@ def latency_summary(values_ns, rate: int) -> dict | None:
     out["rate_per_s"] = rate
     out["cdf_us"] = [round(percentile(v, q) / 1e3, 2) for q in range(101)]
     return out
-
-
-def result(name: str, description: str, messages: int, size: int, seconds: float,
-           latency: dict | None = None, **extra) -> dict:
-    rate = messages / seconds if seconds > 0 else 0.0
-    return {"name": name, "description": description, "messages": messages, "size": size,
-            "seconds": round(seconds, 6), "messages_per_s": round(rate, 1),
-            "mb_per_s": round(rate * size / 1e6, 3), "latency": latency, "extra": extra}
 
 
 # -- cross-process harness ----------------------------------------------------------------
@@ -197,11 +156,6 @@ class Transport:
 
     def teardown(self) -> None:
         """Release what setup made (parent, after the children are gone)."""
-
-
-def _exit_child(code: int = 0) -> None:
-    # skip atexit handlers and finalizers inherited from the parent (fork)
-    os._exit(code)
 
 
 def _producer_child(tr: Transport, idx: int, n: int, size: int, rate: int, deadline_s: float,
@@ -335,14 +289,6 @@ def run_pipe(tr: Transport, cfg: Config, *, n: int, rate: int = 0, latency: bool
         for q in (out, errors):
             q.close()
             q.join_thread()
-
-
-def _raise_child_errors(errors) -> None:
-    try:
-        msg = errors.get_nowait()
-    except Exception:
-        return
-    raise RuntimeError(msg)
 
 
 def pipe_scenario(name: str, tr: Transport, cfg: Config, workdir: str) -> dict:
@@ -617,18 +563,6 @@ def sc_e2e(cfg: Config, workdir: str) -> dict:
 
 def sc_ring(cfg: Config, workdir: str) -> dict:
     return pipe_scenario("ring", RingTransport(), cfg, workdir)
-
-
-def sc_queue(cfg: Config, workdir: str) -> dict:
-    from .queue_scenarios import sc_queue     # imports this module: imported when run
-
-    return sc_queue(cfg, workdir)
-
-
-def sc_queue_batch(cfg: Config, workdir: str) -> dict:
-    from .queue_scenarios import sc_queue_batch
-
-    return sc_queue_batch(cfg, workdir)
 
 
 SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
