@@ -782,6 +782,21 @@ class Queue:
 
     def _messages(self, taken: list, live: list) -> list[Message]:
         """Read and build the messages ``take`` leased: [(index into live, offset, deliveries)]."""
+        if len(taken) == 1 and self.max_deliveries is None:     # receive() one at a time
+            i, off, d = taken[0]
+            lane = live[i]
+            with self._mutex:                 # the lane's reader, where the last read ended
+                r = lane.reader
+                rec = next(r, None) if r is not None and r.next_offset == off and off < r.end else None
+                if rec is None or rec.offset != off:
+                    rec = self._read_run(lane, off, 1)[0]
+            if not rec.headers:
+                key = rec.key
+                value = rec.value
+                return [Message(self, lane.index, off, d, self._session, (off << 12) | (lane.partition << 4) | lane.prio,
+                                None if key is None else bytes(key), b"" if value is None else bytes(value), (),
+                                rec.timestamp, d)]
+            return self._messages_of_run([(lane, off, d)], [rec])
         got = [(live[i], o, d) for i, o, d in taken]
         n = len(got)
         if not n:
