@@ -260,6 +260,11 @@ class Message:
         return self._q.name
 
     @property
+    def settled(self) -> bool:
+        """True once this handle acked, nacked, rejected or dead-lettered it."""
+        return self._settled
+
+    @property
     def last_error(self) -> str | None:
         """The error the previous delivery's consumer reported with ``nack(error=...)``."""
         e = _hdr(self._raw_headers, "fq-err")
