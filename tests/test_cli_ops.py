@@ -456,5 +456,9 @@ def test_queues_list_describe_peek_purge_redrive_delete(tmp_path):
     assert run("queues", "purge", "jobs", "-b", path, input="n\n", code=1).exit_code == 1
     assert "deleted: jobs.dead" in run("queues", "delete", "jobs.dead", "-b", path, "--yes").output
     one_line_error(run("queues", "describe", "nope", "-b", path, ok=False), "no queue 'nope'")
+    one_line_error(run("queues", "create", "jobs", "-b", path, ok=False), "already exists")
+    assert "exists: jobs" in run("queues", "create", "jobs", "-b", path, "--if-not-exists").output
+    assert "created: q2" in run("queues", "create", "q2", "-b", path, "--ordered", "-p", "2").output
     with fastq.open(path) as b:
-        assert b.queues() == ["jobs"] and b.queue("jobs").depth()[:3] == (0, 0, 0)
+        assert b.queues() == ["jobs", "q2"] and b.queue("jobs").depth()[:3] == (0, 0, 0)
+        assert b.queue("q2").ordered and b.queue("q2").partitions == 2

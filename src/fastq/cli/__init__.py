@@ -5,7 +5,7 @@ One module per command group; each registers its commands on :data:`cli`:
 - ``topics`` (list, describe, create, alter, delete): :mod:`fastq.cli.topics`;
 - ``produce`` / ``consume``: :mod:`fastq.cli.io`;
 - ``groups`` (list, describe, reset-offsets): :mod:`fastq.cli.groups`;
-- ``queues`` (list, describe, peek, purge, redrive, delete): :mod:`fastq.cli.queues`;
+- ``queues`` (create, list, describe, peek, purge, redrive, delete): :mod:`fastq.cli.queues`;
 - ``dump`` (a segment batch by batch, an index entry by entry): :mod:`fastq.cli.dump`;
 - ``verify`` / ``repair`` (:mod:`fastq.log.verify`): :mod:`fastq.cli.verify`;
 - ``bench`` (:mod:`fastq.bench`): :mod:`fastq.cli.bench`; ``info``: :mod:`fastq.cli.info`.

@@ -1,4 +1,4 @@
-"""``fastq queues list | describe | peek | purge | redrive | delete``: a broker's message
+"""``fastq queues create | list | describe | peek | purge | redrive | delete``: a broker's message
 queues (docs/QUEUES.md) — depth, configuration, the next messages, and the operator's
 levers. A queue's depth is read under its state lock, so unlike ``topics list`` these
 commands open the broker writable; only purge, redrive and delete change messages."""
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UnknownQueue
+from ..errors import InvalidArgument, UnknownQueue
 from ._root import cli
 from ._common import broker_option, console, echo_json, fmt_num, json_option, open_broker, table
 
 
 @cli.group()
 def queues() -> None:
-    """List, describe, peek into, purge, redrive and delete message queues."""
+    """Create, list, describe, peek into, purge, redrive and delete message queues."""
 
 
 def _open(b, name: str):
@@ -27,6 +27,28 @@ def _depth_doc(q) -> dict:
     d = q.depth()
     return {"queue": q.name, "ready": d.ready, "delayed": d.delayed, "in_flight": d.in_flight,
             "dead": d.dead, "oldest_age_s": round(d.oldest_age, 3)}
+
+
+@queues.command()
+@click.argument("queue")
+@click.option("--visibility-timeout", type=click.FloatRange(0.001), help="Lease seconds [default: 30].")
+@click.option("--max-deliveries", type=click.IntRange(1), help="Deliveries before dead-lettering.")
+@click.option("--dead-letter", help="Queue that dead messages go to.")
+@click.option("-p", "--partitions", type=click.IntRange(1, 256), help="Partitions [default: 1].")
+@click.option("--ordered", is_flag=True, default=None, help="One message per partition in flight, in order.")
+@click.option("--durability", type=click.Choice(["os", "group", "always"]), help="[default: the broker's].")
+@click.option("--if-not-exists", is_flag=True, help="Succeed when the queue already exists.")
+@broker_option
+def create(queue: str, broker_path: str, if_not_exists: bool, **options) -> None:
+    """Create QUEUE (the directory becomes a broker if it is missing or empty)."""
+    with open_broker(broker_path, readonly=False, create=True) as b:
+        if queue in b.queues():
+            if if_not_exists:
+                click.echo(f"exists: {queue}")
+                return
+            raise InvalidArgument(f"queue {queue!r} already exists (--if-not-exists to accept that)")
+        b.queue(queue, **{k: v for k, v in options.items() if v is not None})
+    click.echo(f"created: {queue}")
 
 
 @queues.command("list")
