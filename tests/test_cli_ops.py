@@ -433,3 +433,32 @@ def test_consume_stopped_by_a_signal_commits_every_record_it_printed(broker, mon
     assert sent and printed
     rest = run("consume", "-b", broker, "orders", "-g", "g", "--format", r"%p:%o\n").output.split()
     assert not set(printed) & set(rest) and len(printed) + len(rest) == 30
+
+
+def test_queues_list_describe_peek_purge_redrive_delete(tmp_path):
+    path = tmp_path / "qb"
+    with fastq.open(path) as b:
+        q = b.queue("jobs", max_deliveries=1, dead_letter="jobs.dead")
+        q.publish_many([{"n": 1}, {"n": 2}])
+        q.publish({"n": 3}, delay=3600)
+        (m,) = q.receive(wait=0)
+        m.reject("bad")
+    rows = json.loads(run("queues", "list", "-b", path, "--json").output)
+    assert [(r["queue"], r["ready"], r["delayed"], r["in_flight"], r["dead"]) for r in rows] == \
+        [("jobs", 1, 1, 0, 1), ("jobs.dead", 1, 0, 0, 0)]
+    assert "jobs.dead" in run("queues", "list", "-b", path).output
+    doc = json.loads(run("queues", "describe", "jobs", "-b", path, "--json").output)
+    assert doc["config"]["max_deliveries"] == 1 and doc["ready"] == 1
+    peeked = json.loads(run("queues", "peek", "jobs.dead", "-b", path, "--json").output)
+    assert peeked[0]["body"] == '{"n":1}' and peeked[0]["headers"]["dlq-reason"] == "rejected: bad"
+    assert "redriven: jobs.dead: 1" in run("queues", "redrive", "jobs.dead", "-b", path).output
+    assert "purged: jobs: 3" in run("queues", "purge", "jobs", "-b", path, "--yes").output
+    assert run("queues", "purge", "jobs", "-b", path, input="n\n", code=1).exit_code == 1
+    assert "deleted: jobs.dead" in run("queues", "delete", "jobs.dead", "-b", path, "--yes").output
+    one_line_error(run("queues", "describe", "nope", "-b", path, ok=False), "no queue 'nope'")
+    one_line_error(run("queues", "create", "jobs", "-b", path, ok=False), "already exists")
+    assert "exists: jobs" in run("queues", "create", "jobs", "-b", path, "--if-not-exists").output
+    assert "created: q2" in run("queues", "create", "q2", "-b", path, "--ordered", "-p", "2").output
+    with fastq.open(path) as b:
+        assert b.queues() == ["jobs", "q2"] and b.queue("jobs").depth()[:3] == (0, 0, 0)
+        assert b.queue("q2").ordered and b.queue("q2").partitions == 2

@@ -670,3 +670,104 @@ def test_async_subscribe_runs_coroutine_handlers(tmp_path):
             assert sorted(seen) == list(range(10)) and sub.handled == 10
             assert (await q.depth())[:3] == (0, 0, 0)
     asyncio.run(main())
+
+
+# -- the backend seam -----------------------------------------------------------------------------
+
+class _ListMessage:
+    """A message of the in-memory backend below."""
+
+    def __init__(self, owner, data, count):
+        self.owner, self.id, self.key, self.body, self.delivery_count = owner, id(self), None, b"", count
+        self.data, self.headers, self.settled = data, {}, False
+
+    def ack(self):
+        self.settled = True
+        self.owner.acked.append(self.data)
+
+    def nack(self, delay=0.0, *, error=None):
+        self.settled = True
+        self.owner.items.append((self.data, self.delivery_count))
+
+    def extend(self, seconds):
+        pass
+
+    def reject(self, reason=None):
+        self.settled = True
+
+
+class _ListBackend:
+    """The smallest other backend: a list, one process."""
+
+    name = "list"
+
+    def __init__(self):
+        self.items, self.acked, self.closed = [], [], False
+
+    def publish(self, data, **options):
+        self.items.append((data, 0))
+
+    def publish_many(self, items, **options):
+        return [self.publish(d) for d in items]
+
+    def receive(self, max_messages=1, wait=None):
+        if not self.items:
+            time.sleep(0.001)
+            return []
+        data, count = self.items.pop(0)
+        return [_ListMessage(self, data, count + 1)]
+
+    def ack_many(self, messages):
+        for m in messages:
+            m.ack()
+
+    def depth(self):
+        return (len(self.items), 0, 0, 0, 0.0)
+
+    def close(self):
+        self.closed = True
+
+
+def test_subscribe_drives_any_backend_of_the_seam(broker):
+    from fastq.queue import LeasedMessage, QueueBackend, Subscription
+    assert isinstance(broker.queue("jobs"), QueueBackend)
+    broker.queue("jobs").publish(1)
+    assert isinstance(broker.queue("jobs").receive(wait=0)[0], LeasedMessage)
+    other = _ListBackend()
+    assert isinstance(other, QueueBackend)
+    other.publish_many([1, 2, 3])
+
+    def handler(m):
+        if m.data == 2 and m.delivery_count == 1:
+            raise ValueError("once")
+    sub = Subscription(other, handler, concurrency=1, guarantee="at-least-once", max_messages=1, backoff=0)
+    t0 = time.monotonic()
+    while sub.handled < 3 and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    sub.stop()
+    sub.join()
+    assert sorted(other.acked) == [1, 2, 3] and sub.failed == 1
+
+
+# -- dedup across handles, processes and restarts ----------------------------------------------------
+
+def _publish_dedup(path, out):
+    with fastq.open(path) as b:
+        out.put(b.queue("jobs").publish("from child", dedup_id="once"))
+
+
+def test_dedup_holds_across_processes_and_restarts(tmp_path):
+    import multiprocessing as mp
+    path = tmp_path / "b"
+    with fastq.open(path) as b:
+        first = b.queue("jobs").publish("first", dedup_id="once")
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_publish_dedup, args=(str(path), out))
+    p.start()
+    assert out.get(timeout=60) == first
+    p.join(60)
+    with fastq.open(path) as b:                      # a restart: the table is in queue.state
+        q = b.queue("jobs")
+        assert q.publish("again", dedup_id="once") == first
+        assert [m.data for m in drain(q)] == ["first"]

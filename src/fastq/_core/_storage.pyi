@@ -291,6 +291,12 @@ class QueueState:
     def repair(self) -> None: ...
     def acquire(self, lane: int, log_end: int, owner: int, now_ms: int, lease_ms: int) -> int:
         """Offset leased; -1 when nothing is due, -2 when the lane's window is full."""
+    def settle_now(self, lane: int, offset: int, deliveries: int, owner: int, new_state: int,
+                   not_before_ms: int = 0) -> Optional[bool]:
+        """settle() taking and releasing the lock itself; None when a repair is owed."""
+    def take_now(self, lanes: list[int], ends: list[int], max_n: int, owner: int, now_ms: int,
+                 lease_ms: int) -> Optional[list[tuple[int, int, int]]]:
+        """take() taking and releasing the lock itself; None when a repair is owed."""
     def take(self, lanes: list[int], ends: list[int], max_n: int, owner: int, now_ms: int,
              lease_ms: int) -> list[tuple[int, int, int]]:
         """Lease up to max_n from lanes in order: [(index into lanes, offset, deliveries)]."""

@@ -5,6 +5,7 @@ One module per command group; each registers its commands on :data:`cli`:
 - ``topics`` (list, describe, create, alter, delete): :mod:`fastq.cli.topics`;
 - ``produce`` / ``consume``: :mod:`fastq.cli.io`;
 - ``groups`` (list, describe, reset-offsets): :mod:`fastq.cli.groups`;
+- ``queues`` (create, list, describe, peek, purge, redrive, delete): :mod:`fastq.cli.queues`;
 - ``dump`` (a segment batch by batch, an index entry by entry): :mod:`fastq.cli.dump`;
 - ``verify`` / ``repair`` (:mod:`fastq.log.verify`): :mod:`fastq.cli.verify`;
 - ``bench`` (:mod:`fastq.bench`): :mod:`fastq.cli.bench`; ``info``: :mod:`fastq.cli.info`.
@@ -19,7 +20,7 @@ hides them: :func:`fastq.cli._common.progress`).
 """
 from __future__ import annotations
 
-from . import bench, dump, groups, info, io, topics, verify  # noqa: F401  (each registers its commands)
+from . import bench, dump, groups, info, io, queues, topics, verify  # noqa: F401  (each registers its commands)
 from ._root import cli
 
 main = cli

@@ -20,12 +20,14 @@ from ..broker.config import NAME_RE, read_json
 from ..errors import CorruptRecord, InvalidArgument, UnknownQueue
 from ..log.config import write_json_atomic
 from .aio import AsyncQueue
+from .backend import LeasedMessage, QueueBackend
 from .codecs import CODECS, Codec, resolve_codec
 from .queue import (QUEUE_DEFAULTS, QUEUE_FILE, STATE_FILE, Message, Queue, QueueDepth, create_state,
                     validate_queue_config)
 from .subscription import Subscription
 
-__all__ = ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue", "QUEUE_DEFAULTS", "CODECS", "Codec"]
+__all__ = ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue", "QUEUE_DEFAULTS", "CODECS", "Codec",
+           "QueueBackend", "LeasedMessage"]
 
 QUEUE_VERSION = 1
 

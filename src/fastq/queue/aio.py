@@ -215,7 +215,7 @@ class AsyncSubscription:
                     else:
                         await to_thread(self.handler, m)
                 except asyncio.CancelledError:
-                    if not self.at_most and not m.message._settled:
+                    if not self.at_most and not m.message.settled:
                         try:
                             await to_thread(m.message.nack)
                         except (LeaseLost, Closed):
@@ -231,7 +231,7 @@ class AsyncSubscription:
                         except (LeaseLost, Closed):
                             pass
                     continue
-                if not self.at_most and not m.message._settled:
+                if not self.at_most and not m.message.settled:
                     try:
                         await m.ack()
                     except LeaseLost as e:

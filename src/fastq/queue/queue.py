@@ -260,6 +260,11 @@ class Message:
         return self._q.name
 
     @property
+    def settled(self) -> bool:
+        """True once this handle acked, nacked, rejected or dead-lettered it."""
+        return self._settled
+
+    @property
     def last_error(self) -> str | None:
         """The error the previous delivery's consumer reported with ``nack(error=...)``."""
         e = _hdr(self._raw_headers, "fq-err")
@@ -749,29 +754,55 @@ class Queue:
             self._housekeeping(mono)
         now = _now_ms()
         lease = self._lease_ms
+        if self.partitions == 1 and not self.ordered and not st.heap_len and now < self._next_expire_ms:
+            live = self._live                 # nothing to promote or expire: one compiled call
+            got = st.take_now(self._live_ids, [lane.log.end_offset for lane in live], max_messages,
+                              self._session, now, lease)
+            if got is not None:
+                return self._messages(got, live)
         self._lock()
         try:
             if st.heap_len or now >= self._next_expire_ms:
                 self._maintain_locked(now)
             if self.ordered:
-                got: list = []
-                self._acquire_ordered(got, max_messages, next(self._rr), now, lease)
+                pairs: list = []
+                self._acquire_ordered(pairs, max_messages, next(self._rr), now, lease)
+                live = [p[0] for p in pairs]
+                got = [(k, p[1], p[2]) for k, p in enumerate(pairs)]
             elif self.partitions == 1:
                 live = self._live
-                got = [(live[i], o, d) for i, o, d in
-                       st.take(self._live_ids, [lane.log.end_offset for lane in live], max_messages,
-                               self._session, now, lease)]
+                got = st.take(self._live_ids, [lane.log.end_offset for lane in live], max_messages,
+                              self._session, now, lease)
             else:
                 rr = next(self._rr)
                 live = []
                 for row in self._live_rows:       # partitions round-robin within a priority
                     k = rr % len(row)
                     live += row[k:] + row[:k]
-                got = [(live[i], o, d) for i, o, d in
-                       st.take([lane.index for lane in live], [lane.log.end_offset for lane in live],
-                               max_messages, self._session, now, lease)]
+                got = st.take([lane.index for lane in live], [lane.log.end_offset for lane in live],
+                              max_messages, self._session, now, lease)
         finally:
             self._unlock()
+        return self._messages(got, live)
+
+    def _messages(self, taken: list, live: list) -> list[Message]:
+        """Read and build the messages ``take`` leased: [(index into live, offset, deliveries)]."""
+        if len(taken) == 1 and self.max_deliveries is None:     # receive() one at a time
+            i, off, d = taken[0]
+            lane = live[i]
+            with self._mutex:                 # the lane's reader, where the last read ended
+                r = lane.reader
+                rec = next(r, None) if r is not None and r.next_offset == off and off < r.end else None
+                if rec is None or rec.offset != off:
+                    rec = self._read_run(lane, off, 1)[0]
+            if not rec.headers:
+                key = rec.key
+                value = rec.value
+                return [Message(self, lane.index, off, d, self._session, (off << 12) | (lane.partition << 4) | lane.prio,
+                                None if key is None else bytes(key), b"" if value is None else bytes(value), (),
+                                rec.timestamp, d)]
+            return self._messages_of_run([(lane, off, d)], [rec])
+        got = [(live[i], o, d) for i, o, d in taken]
         n = len(got)
         if not n:
             return []
@@ -897,12 +928,17 @@ class Queue:
                             "no lease to settle")
 
     def _settle(self, m: Message, state: int, not_before: int) -> None:
-        self._own(m)
-        self._lock()
-        try:
-            ok = self._state.settle(m._lane, m._offset, m._deliveries, m._session, state, not_before)
-        finally:
-            self._unlock()
+        if m._q is not self or m._session < 0:
+            self._own(m)
+        if self._closed:
+            self._check_open()
+        ok = self._state.settle_now(m._lane, m._offset, m._deliveries, m._session, state, not_before)
+        if ok is None:                       # a repair is owed: the careful way
+            self._lock()
+            try:
+                ok = self._state.settle(m._lane, m._offset, m._deliveries, m._session, state, not_before)
+            finally:
+                self._unlock()
         if not ok:
             raise LeaseLost(f"message {m.id} of queue {self.name!r}: its lease (delivery {m.delivery_count}) "
                             "ended or it was settled already; nothing was changed")

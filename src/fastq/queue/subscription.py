@@ -12,7 +12,7 @@ from ..errors import Closed, FastqError, InvalidArgument, LeaseLost
 from ..log.config import check_int
 
 if TYPE_CHECKING:
-    from .queue import Message, Queue
+    from .backend import LeasedMessage as Message, QueueBackend as Queue
 
 __all__ = ["Subscription", "GUARANTEES", "exponential_backoff", "resolve_backoff"]
 
@@ -49,7 +49,8 @@ def resolve_backoff(backoff: Backoff) -> Callable[[int], float]:
 
 
 class Subscription:
-    """Handle of a running ``Queue.subscribe`` (a coroutine-function handler runs on an
+    """Handle of a running ``Queue.subscribe`` — written against the backend seam
+    (:mod:`fastq.queue.backend`), so it drives any backend (a coroutine-function handler runs on an
     event loop of the worker thread's own): ``stop()`` asks the workers to finish the
     message in hand and return; ``join(timeout)`` waits for them; use as a context manager
     to stop and join on exit. ``handled`` counts messages handled without error,
@@ -64,7 +65,8 @@ class Subscription:
         check_int("max_messages", max_messages, 1, 1 << 16)
         if guarantee not in GUARANTEES:
             raise InvalidArgument(f"guarantee={guarantee!r}: expected one of {GUARANTEES}")
-        queue._check_open()
+        if queue.closed:
+            raise Closed(f"queue {queue.name!r} is closed")
         self.queue = queue
         self.handler = handler
         self.guarantee = guarantee
@@ -130,7 +132,7 @@ class Subscription:
                         except (LeaseLost, Closed):
                             pass
                     continue
-                if not at_most and not m._settled:
+                if not at_most and not m.settled:
                     try:
                         m.ack()
                     except LeaseLost as e:   # lease ran out while handling: it is redelivered
