@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastq-built
 SOURCES := $(wildcard csrc/*.c csrc/*.h src/fastq/_core/*.pyx src/fastq/_core/*.pxd src/fastq/_core/*.pxi) setup.py pyproject.toml
 
-.PHONY: run test bench build clean debug sanitize sanitize-test torture test-c test-c-tsan test-aarch64 wheel
+.PHONY: run test bench compare build clean debug sanitize sanitize-test torture test-c test-c-tsan test-aarch64 wheel
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,25 @@ bench: $(STAMP)
 	else cmp=""; echo "bench: no earlier run in $$hist; this run is saved, nothing to compare"; fi; \
 	set -x; $(PY) -m pytest -q -p no:cacheprovider bench --benchmark-only -o python_files='bench_*.py' \
 	    --benchmark-autosave --benchmark-storage=$(BENCH_STORAGE) $$cmp
+
+# make compare: `fastq bench --compare` with every peer it can install — the client libraries
+# of pyproject's `compare` extra, and Debian's redis-server and rabbitmq-server when missing.
+# COMPARE_ARGS narrows the run, e.g. COMPARE_ARGS="--scenario queue --scenario queue-batch".
+COMPARE_ARGS ?=
+$(VENV)/.compare-deps: $(VENV)/.deps pyproject.toml
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['compare']))" \
+	    | xargs -d '\n' $(PIP) install -q
+	touch $@
+
+compare: $(STAMP) $(VENV)/.compare-deps
+	@if ! command -v redis-server >/dev/null || ! command -v rabbitmq-server >/dev/null; then \
+	    echo "compare: installing redis-server and rabbitmq-server"; \
+	    pkgs="redis-server rabbitmq-server"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkgs || \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkgs; } || \
+	    echo "compare: could not install them; their peers are listed as skipped"; \
+	fi
+	$(VENV)/bin/fastq bench --compare $(COMPARE_ARGS)
 
 # Rebuilds with debug or sanitizer flags; the stamp is removed so the next plain
 # `make build/test` rebuilds optimized.
