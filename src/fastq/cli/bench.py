@@ -37,7 +37,7 @@ def _peer_choice():
 @click.option("--producers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Producer processes in e2e/ring and peers; publishing threads in durability-*.")
 @click.option("--consumers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Consumer processes in the group scenario.")
+              help="Consumer processes in the group and queue scenarios (and their queue peers).")
 @click.option("--seconds", type=click.FloatRange(0.01, 3600), default=None,
               help="Time cap of one throughput phase  [default: 5; --quick: 1].")
 @click.option("--latency-seconds", type=click.FloatRange(0.01, 3600), default=None,
