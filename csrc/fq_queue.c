@@ -389,6 +389,18 @@ int fq_q_heap_pop(fq_q *q) {
 
 /* ---- repair after a takeover */
 
+int64_t fq_q_lane_truncate(fq_q *q, uint32_t lane, int64_t log_end) {
+    if (lane >= nlanes(q) || log_end < 0) return FQ_EINVAL;
+    fq_q_lane *l = &q->lanes[lane];
+    if (log_end >= l->speo) return 0;
+    int64_t dropped = l->speo - (log_end > l->spso ? log_end : l->spso);
+    q->hdr->flags |= FQ_Q_FLAG_DIRTY;         /* a death from here on: the taker repairs */
+    if (log_end < l->spso) l->spso = log_end;
+    __atomic_store_n(&l->speo, log_end, __ATOMIC_RELEASE);
+    int rc = fq_q_repair(q);
+    return rc < 0 ? rc : dropped;
+}
+
 int fq_q_repair(fq_q *q) {
     uint64_t hn = 0;
     for (uint32_t lane = 0; lane < nlanes(q); lane++) {

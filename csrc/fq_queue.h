@@ -186,6 +186,12 @@ int fq_q_lock(fq_q *q, int64_t timeout_ns);
 void fq_q_unlock(fq_q *q);
 /* Recount lanes from slots, rebuild the heap, clear FQ_Q_FLAG_DIRTY. */
 int fq_q_repair(fq_q *q);
+/* The lane's log ends at log_end, before the window's end: its tail is gone (a power
+ * failure took what the kernel had not written back, under durability "os"). Forget the
+ * slots from log_end on (speo = log_end; spso too when it was beyond) so the offsets the
+ * log hands out next are new messages, then repair (counters, sessions, the heap).
+ * Returns how many offsets of the window were dropped (0: nothing to do). */
+int64_t fq_q_lane_truncate(fq_q *q, uint32_t lane, int64_t log_end);
 
 /* Deliver from `lane` whose log ends at log_end: the lowest due AVAILABLE slot, else the
  * record at speo. Leases it to `owner` until now_ms + lease_ms. Returns the offset and

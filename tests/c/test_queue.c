@@ -892,7 +892,39 @@ static void check_model(void) {
     fq_unmap(mem, size);
 }
 
+/* ---- a lane log that lost its tail ---------------------------------------------------- */
+static void check_lane_truncate(void) {
+    fq_q q;
+    void *mem;
+    uint64_t size;
+    REQUIRE(new_q(&q, 1, 16, 16, 4, 16, &mem, &size) == 0, "setup");
+    uint32_t lane = 0, d;
+    fq_q_lane *l = &q.lanes[lane];
+    for (int i = 0; i < 8; i++) fq_q_acquire(&q, lane, 8, 1, 1000, 30000, &d);
+    CHECK(fq_q_settle(&q, lane, 0, 1, 1, FQ_Q_ACKED, 0) == 0 && fq_q_settle(&q, lane, 1, 1, 1, FQ_Q_ACKED, 0) == 0,
+          "ack 0 and 1");
+    CHECK(fq_q_settle(&q, lane, 6, 1, 1, FQ_Q_AVAILABLE, 0) == 0, "nack 6");
+    CHECK(fq_q_lane_truncate(&q, lane, 8) == 0 && l->speo == 8, "a log that reaches speo: nothing to do");
+    /* the log ends at 5: offsets 5, 6, 7 are gone; 2, 3, 4 stay leased */
+    CHECK(fq_q_lane_truncate(&q, lane, 5) == 3, "three offsets dropped");
+    CHECK(l->spso == 2 && l->speo == 5 && l->acquired == 3 && l->available == 0,
+          "window after truncate: spso %" PRId64 " speo %" PRId64 " acquired %" PRId64 " available %" PRId64,
+          l->spso, l->speo, l->acquired, l->available);
+    CHECK(q.sessions[1].inflight == 3, "session in flight recounted: %" PRId64, q.sessions[1].inflight);
+    CHECK((q.hdr->flags & FQ_Q_FLAG_DIRTY) == 0, "repaired");
+    CHECK(fq_q_acquire(&q, lane, 6, 2, 1000, 100, &d) == 5 && d == 1, "the next record at 5 is new");
+    /* below spso: every offset was settled; the window restarts at the log's end */
+    for (int64_t o = 2; o < 5; o++) CHECK(fq_q_settle(&q, lane, o, 1, 1, FQ_Q_ACKED, 0) == 0, "ack %" PRId64, o);
+    CHECK(fq_q_settle(&q, lane, 5, 1, 2, FQ_Q_ACKED, 0) == 0 && l->spso == 6, "all acked");
+    CHECK(fq_q_lane_truncate(&q, lane, 3) == 0 && l->spso == 3 && l->speo == 3, "spso and speo at 3");
+    CHECK(fq_q_acquire(&q, lane, 4, 2, 1000, 100, &d) == 3 && d == 1, "record 3 is new");
+    CHECK(fq_q_lane_truncate(&q, 99, 0) == FQ_EINVAL && fq_q_lane_truncate(&q, lane, -1) == FQ_EINVAL,
+          "bad lane or end");
+    fq_unmap(mem, size);
+}
+
 void suite_queue(void) {
+    check_lane_truncate();
     check_layout();
     check_window();
     check_nack();

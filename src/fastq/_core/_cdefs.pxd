@@ -238,6 +238,7 @@ cdef extern from "fq_queue.h" nogil:
     int fq_q_lock(fq_q *q, int64_t timeout_ns)
     void fq_q_unlock(fq_q *q)
     int fq_q_repair(fq_q *q)
+    int64_t fq_q_lane_truncate(fq_q *q, uint32_t lane, int64_t log_end)
     int64_t fq_q_acquire(fq_q *q, uint32_t lane, int64_t log_end, uint32_t owner, int64_t now_ms,
                          int64_t lease_ms, uint32_t *deliveries)
     int fq_q_settle(fq_q *q, uint32_t lane, int64_t offset, uint32_t deliveries, uint32_t owner,

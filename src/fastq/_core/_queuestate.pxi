@@ -177,6 +177,15 @@ cdef class QueueState:
         if rc < 0:
             raise_status(rc, "repair queue state", self.path)
 
+    def lane_truncate(self, uint32_t lane, int64_t log_end):
+        """The lane's log ends at log_end, before the window's end: drop the window's
+        offsets from there on and repair. Returns how many were dropped."""
+        self._lane(lane)
+        cdef int64_t n = fq_q_lane_truncate(&self.q, lane, log_end)
+        if n < 0:
+            raise_status(n, "truncate queue lane", self.path)
+        return n
+
     # -- lanes ----------------------------------------------------------------------
 
     cdef inline int _lane(self, uint32_t lane) except -1:
