@@ -472,3 +472,28 @@ def _expect_exactly(q, want: dict) -> dict:
     assert (d.ready, d.delayed, d.in_flight) == (0, 0, 0), d
     assert q._state.intent() is None
     return got
+
+
+@pytest.mark.parametrize("delay", [None, 0.01], ids=["plain", "delayed"])
+def test_dedup_publish_killed_after_its_append_is_stored_once_when_retried(tmp_path, delay):
+    """The point of a dedup_id: a publisher that died without knowing whether its publish
+    was stored retries with the same id. Killed right after the append (before the dedup
+    table knew the id), the retry must still find it."""
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    q = b.queue(QUEUE, visibility_timeout=60.0)
+
+    def child():
+        b2 = fastq.open(path)
+        q2 = b2.queue(QUEUE)
+        _die_after_append(q2._lane_log(_lane(q2, DELAYED if delay else 0), create=True))
+        q2.publish("once", dedup_id="order-1", delay=delay)
+        raise AssertionError("the publish did not append")
+
+    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    mid = q.publish("once", dedup_id="order-1", delay=delay)          # the retry
+    assert q.publish("once", dedup_id="order-1", delay=delay) == mid
+    time.sleep(0.02)
+    got = _expect_exactly(q, {"once": 1})
+    assert got["once"].id == mid
+    b.close()

@@ -82,6 +82,7 @@ AVAILABLE, ACQUIRED, ACKED, ARCHIVED, WAITING = (_storage.SLOT_AVAILABLE, _stora
                                                  _storage.SLOT_ACKED, _storage.SLOT_ARCHIVED,
                                                  _storage.SLOT_WAITING)
 OP_PROMOTE, OP_MOVE = 1, 2               # intent ops (csrc/fq_queue.h "Copies")
+OP_DEDUP = 4                             # a publish with dedup_id: its record carries fq-dd
 MAX_PARTITIONS = _storage.QUEUE_MAX_PARTITIONS
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -416,6 +417,10 @@ class Queue:
         if it is None:
             return
         op, src, offset, dst, dst_end, deliveries = it
+        if op == OP_DEDUP:
+            self._resolve_dedup(dst, dst_end)
+            st.clear_intent()
+            return
         ref = _U64.pack((src << 48) | offset)
         lg = self._lane_log(self._lanes[dst])
         found = False
@@ -432,6 +437,26 @@ class Queue:
                 if slot is not None and slot[0] == ACQUIRED and slot[1] == deliveries:
                     st.settle(src, offset, deliveries, slot[2], ACKED)
         st.clear_intent()
+
+    def _resolve_dedup(self, dst: int, dst_end: int) -> None:
+        """A publisher died between appending a message with a dedup_id and recording the
+        id: record it now (from the record's fq-dd header), so a retry finds it."""
+        lane = self._lanes[dst]
+        lg = self._lane_log(lane)
+        if lg is None:
+            return
+        found = rec = None
+        for rec in lg.read(max(dst_end, lg.start_offset)):
+            dd = _hdr(rec.headers, "fq-dd")
+            if dd is not None and len(dd) == 16:
+                mid = _hdr_u64(rec.headers, "fq-id")
+                found = (bytes(dd), mid if mid is not None else message_id(rec.offset, lane.partition, lane.prio))
+                break
+        del rec
+        if found is not None:
+            h1, h2 = struct.unpack("<QQ", found[0])
+            now = _now_ms()
+            self._state.dedup_put(h1, h2, now + int(self.config["dedup_window"] * 1000), found[1], now)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -468,14 +493,27 @@ class Queue:
         now = _now_ms()
         self._lock()
         try:
+            extra = None
             if h is not None:
                 seen = self._state.dedup_get(h[0], h[1], now)
                 if seen is not None:
                     return seen
-            mid = self._append_locked(p, priority, body, key, hdrs, now, delay, None, 0, None)
+                # dying between the append and dedup_put must not let the retry store it
+                # again: the intent names the log, the record carries the id's hash
+                dl = self._lanes[p * LANES + (DELAYED if delay else priority)]
+                self._state.set_intent(OP_DEDUP, 0, 0, dl.index, self._lane_log(dl, create=True).end_offset, 0)
+                extra = [("fq-dd", struct.pack("<QQ", *h))]
+            try:
+                mid = self._append_locked(p, priority, body, key, hdrs, now, delay, None, 0, extra)
+            except BaseException:
+                if h is not None:
+                    self._state.clear_intent()
+                raise
             if h is not None:
                 exp = now + int(self.config["dedup_window"] * 1000)
-                if not self._state.dedup_put(h[0], h[1], exp, mid, now):
+                ok = self._state.dedup_put(h[0], h[1], exp, mid, now)
+                self._state.clear_intent()
+                if not ok:
                     raise QueueFull(f"queue {self.name!r}: all {self.config['dedup_capacity']} dedup "
                                     "entries are alive; raise dedup_capacity or shorten dedup_window")
             return mid
