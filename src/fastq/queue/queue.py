@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from .._core import _storage
 from .._core._codec import os_errors
 from .._core._storage import QueueState
-from ..errors import (Closed, CodecError, CorruptRecord, InvalidArgument, LeaseLost, QueueFull,
+from ..errors import (Closed, CodecError, CorruptRecord, DiskFull, FastqError, InvalidArgument, LeaseLost, QueueFull,
                       UsedAfterFork)
 from ..broker.config import validate_name
 from ..log.config import DURABILITY_MODES, check_int
@@ -438,6 +438,17 @@ class Queue:
                     st.settle(src, offset, deliveries, slot[2], ACKED)
         st.clear_intent()
 
+    def _copy_failed(self) -> None:
+        """The append of a copy (or of a message with a dedup_id) raised, under the lock:
+        the record may be in the log all the same (written, then its fsync failed). Settle
+        the source if the copy is there, else forget the intent. When the log cannot be
+        read (a failed fsync fails it) the intent stays: at worst the message is delivered
+        twice, never lost."""
+        try:
+            self._resolve_intent()
+        except FastqError:
+            pass
+
     def _resolve_dedup(self, dst: int, dst_end: int) -> None:
         """A publisher died between appending a message with a dedup_id and recording the
         id: record it now (from the record's fq-dd header), so a retry finds it."""
@@ -507,7 +518,7 @@ class Queue:
                 mid = self._append_locked(p, priority, body, key, hdrs, now, delay, None, 0, extra)
             except BaseException:
                 if h is not None:
-                    self._state.clear_intent()
+                    self._copy_failed()
                 raise
             if h is not None:
                 exp = now + int(self.config["dedup_window"] * 1000)
@@ -713,7 +724,13 @@ class Queue:
             carry = [(k, bytes(v) if v is not None else None) for k, v in hs
                      if k not in ("fq-due", "fq-prio", "fq-src")]
             st.set_intent(OP_PROMOTE, src, offset, dst.index, dlg.end_offset, 0)
-            dlg.append(rec.value, rec.key, [("fq-src", _U64.pack((src << 48) | offset))] + carry)
+            try:
+                dlg.append(rec.value, rec.key, [("fq-src", _U64.pack((src << 48) | offset))] + carry)
+            except BaseException as e:
+                self._copy_failed()
+                if isinstance(e, DiskFull):
+                    break                     # promoted when there is room; receive goes on
+                raise
             st.heap_pop()
             st.clear_intent()
         if now >= self._next_expire_ms:
@@ -1045,8 +1062,12 @@ class Queue:
             dlg = self._lane_log(dl, create=True)
             st.set_intent(OP_MOVE, m._lane, m._offset, dl.index, dlg.end_offset, m._deliveries)
             src = [("fq-src", _U64.pack((m._lane << 48) | m._offset))]
-            self._append_locked(lane.partition, lane.prio, m.body, m.key, list(m.headers.items()), now,
-                                max(delay, 0.001), m.id, m.delivery_count, src + extra)
+            try:
+                self._append_locked(lane.partition, lane.prio, m.body, m.key, list(m.headers.items()), now,
+                                    max(delay, 0.001), m.id, m.delivery_count, src + extra)
+            except BaseException:
+                self._copy_failed()
+                raise
             st.settle(m._lane, m._offset, m._deliveries, m._session, ACKED, 0)   # lives on as the copy
             st.clear_intent()
         finally:
