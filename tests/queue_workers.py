@@ -112,8 +112,8 @@ def publisher(path: str, logfile: str, w: int, count: int, seed: int) -> None:
             q.publish(op_items(w, j)[0])
         log("pub", j)
         j += 1
-        if rng.random() < 0.3:
-            time.sleep(0.001)
+        if rng.random() < 0.5:
+            time.sleep(0.003)                    # paced: it is still publishing when killed
     log("done")
     b.close()
 

@@ -64,9 +64,9 @@ def settled(q) -> bool:
 def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
     seed = seed_for(f"queue kill loop [{ctx_name}]")
     rng = random.Random(seed)
-    rounds = 80 if TORTURE else 10
+    rounds = 300 if TORTURE else 10
     per_round = 150 if TORTURE else 60     # messages the parent publishes per round
-    n_cons, n_pubs, ops = 3, 2, (300 if TORTURE else 60)
+    n_cons, n_pubs, ops = 3, 2, (2000 if TORTURE else 200)
     path = str(tmp_path / "b")
     stop = str(tmp_path / "stop")
     ctx = mp.get_context(ctx_name)
@@ -107,11 +107,11 @@ def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
         for w in range(n_pubs):
             start_publisher(w)
         kills = collections.Counter()
-        for _ in range(rounds):
+        for r in range(rounds):
             time.sleep(rng.uniform(0.01, 0.12))
             publish_round()
             alive_pubs = [w for w in range(n_pubs) if pubs[w].is_alive()]
-            if alive_pubs and rng.random() < 0.3:
+            if alive_pubs and (r in (1, 4) or rng.random() < 0.3):
                 w = rng.choice(alive_pubs)
                 kill(pubs[w])
                 kills["publisher"] += 1
@@ -146,6 +146,7 @@ def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
     assert procs_started
     b.close()
     print(f"kills: {dict(kills)}")
+    assert kills["publisher"] >= 1 and kills["consumer"] >= 1
 
     # -- what the publishers stored: every confirmed op, all or none of an unconfirmed one
     maybe_batches: list[set[str]] = []
