@@ -498,3 +498,36 @@ def test_dedup_publish_killed_after_its_append_is_stored_once_when_retried(tmp_p
     got = _expect_exactly(q, {"once": 1})
     assert got["once"].id == mid
     b.close()
+
+
+@pytest.mark.parametrize("point", ["dlq_append", "settle"])
+def test_dead_lettering_killed_midway_stores_one_dead_letter(tmp_path, point):
+    """Dead-lettering publishes to the dead-letter queue (with a dedup_id naming the
+    message), then settles the source. Killed after either step, the message ends up in the
+    dead-letter queue once and is never delivered from its queue again."""
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    q = b.queue(QUEUE, visibility_timeout=60.0, max_deliveries=1, dead_letter="dlq")
+    dlq = b.queue("dlq")
+    q.publish("poison")
+    q.publish("fine")
+
+    def child():
+        b2 = fastq.open(path)
+        q2 = b2.queue(QUEUE)
+        (m,) = q2.receive(1, wait=5)
+        m.nack()                                  # the next delivery is one too many
+        d2 = q2._dead_letter_queue()
+        if point == "dlq_append":
+            _die_after_append(d2._lane_log(_lane(d2, 0), create=True))
+        else:
+            q2._state = _StateProxy(q2._state, "settle")
+        q2.receive(1, wait=5)
+        raise AssertionError("not dead-lettered")
+
+    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    _expect_exactly(q, {"fine": 1})               # "poison" is dead-lettered (again) on the way
+    got = _expect_exactly(dlq, {"poison": 1})
+    assert got["poison"].headers["dlq-source-queue"] == QUEUE.encode()
+    assert q.depth().dead == 1
+    b.close()
