@@ -414,6 +414,35 @@ def test_flipped_byte_in_a_lane_record_is_corrupt_record_at_receive(tmp_path):
         assert [m.data for m in q.receive(1, wait=0)] == ["m4"]
 
 
+def test_damaged_record_in_a_received_batch_holds_back_no_other_message(tmp_path):
+    """receive(10) leases m0..m4 and fails reading m2: the error is raised, the four good
+    ones are handed back at once (not after their lease), the damaged one stays leased and
+    its error comes back when that lease ends — one bad record never wedges the queue."""
+    path = str(tmp_path / "b")
+    with fastq.open(path) as b:
+        q = b.queue("jobs", visibility_timeout=0.3, **SMALL)
+        for i in range(5):
+            q.publish(f"m{i}")
+    seg = glob.glob(os.path.join(path, "queues", "jobs", "p0", "0", "*.log"))[0]
+    with open(seg, "r+b") as f:
+        data = bytearray(f.read())
+        data[data.find(b'"m2"') + 2] ^= 0x01
+        f.seek(0)
+        f.write(bytes(data))
+    with fastq.open(path) as b:
+        q = b.queue("jobs")
+        with pytest.raises(CorruptRecord):
+            q.receive(10, wait=0)
+        got = q.receive(10, wait=0)
+        assert [m.data for m in got] == ["m0", "m1", "m3", "m4"]
+        q.ack_many(got)
+        d = q.depth()
+        assert (d.ready, d.in_flight) == (0, 1), d
+        time.sleep(0.35)
+        with pytest.raises(CorruptRecord):       # not dropped in silence: it is reported again
+            q.receive(10, wait=0)
+
+
 # ---------------------------------------------------------------------------------------
 # fork
 

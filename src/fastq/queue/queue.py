@@ -842,6 +842,13 @@ class Queue:
 
     def _messages(self, taken: list, live: list) -> list[Message]:
         """Read and build the messages ``take`` leased: [(index into live, offset, deliveries)]."""
+        try:
+            return self._read_messages(taken, live)
+        except CorruptRecord:
+            self._release_readable([(live[i], o, d) for i, o, d in taken])
+            raise
+
+    def _read_messages(self, taken: list, live: list) -> list[Message]:
         if len(taken) == 1 and self.max_deliveries is None:     # receive() one at a time
             i, off, d = taken[0]
             lane = live[i]
@@ -919,6 +926,25 @@ class Queue:
                 if o >= 0:
                     got.append((lane, o, st.last_deliveries))
                     break
+
+    def _release_readable(self, got: list) -> None:
+        """Reading what a receive leased failed on a damaged record: hand back every leased
+        message that reads (the caller gets none of them), so one damaged record never holds
+        the others back. The damaged ones stay leased: their error comes back when the
+        lease ends."""
+        good = []
+        for lane, o, d in got:
+            try:
+                lane.log.get(o)
+            except CorruptRecord:
+                continue
+            good.append((lane.index, o, d))
+        self._lock()
+        try:
+            for lane_index, o, d in good:
+                self._state.settle(lane_index, o, d, self._session, AVAILABLE, 0)
+        finally:
+            self._unlock()
 
     def _read_run(self, lane: _Lane, first: int, count: int) -> list:
         """Records first..first+count-1 of a lane. A reader per lane is kept where the last
@@ -1156,7 +1182,10 @@ class Queue:
                 in_flight += acq
                 dead += dd
                 if lg is not None and spso < end:
-                    rec = lg.get(max(spso, lg.start_offset))
+                    try:
+                        rec = lg.get(max(spso, lg.start_offset))
+                    except CorruptRecord:
+                        continue                # damaged (receive reports it): its age is unknown
                     pub = _hdr_u64(rec.headers, "fq-pub")
                     ts = pub if pub is not None else rec.timestamp
                     del rec
