@@ -313,6 +313,56 @@ def test_lock_holder_killed_lock_is_taken_over_and_state_repaired(tmp_path, reap
     b.close()
 
 
+def test_lock_holder_killed_mid_update_derived_counters_are_rebuilt(tmp_path):
+    """A holder killed inside an operation leaves counters, hints, the heap and session
+    counts half-updated (csrc/fq_queue.h "Lock"): slots are the truth, and the taker's
+    repair rebuilds the rest. Garbled on purpose here before the kill."""
+    import struct
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    q = b.queue(QUEUE, visibility_timeout=60.0)
+    q.publish_many([f"a{i}" for i in range(5)])
+    q.publish("late0", delay=0.3)                # tracked: a heap entry, due after the kill
+    state = os.path.join(q.dir, "queue.state")
+
+    def child():
+        b2 = fastq.open(path)
+        q2 = b2.queue(QUEUE)
+        held = q2.receive(2, wait=5)
+        assert [m.data for m in held] == ["a0", "a1"]
+        held[1].nack()                            # an AVAILABLE slot inside the window
+        session = q2._session
+        q2._lock()
+        fd = os.open(state, os.O_RDWR)
+        lane0 = 4096                              # lanes[0]: spso speo available acquired
+        os.pwrite(fd, struct.pack("<qqqqq", 999, -7, 0, 1 << 40, 0), lane0 + 16)  # .. expiry hint
+        os.pwrite(fd, struct.pack("<Q", 0), 192)  # heap_len: the delayed message forgotten
+        sessions = 4096 + 11 * 64
+        os.pwrite(fd, struct.pack("<q", 0), sessions + 32 * session + 8)   # its in-flight count
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    _alarm(10)
+    try:
+        q.publish("late1", delay=0.01)            # takes the lock over and repairs
+    finally:
+        signal.alarm(0)
+    d = q.depth()
+    assert (d.ready, d.delayed, d.in_flight, d.dead) == (4, 2, 1, 0), d
+    time.sleep(0.02)
+    got = []
+    deadline = time.monotonic() + 3
+    while len(got) < 7 and time.monotonic() < deadline:
+        got += q.receive(8, wait=0.3)
+    counts = {m.data: m.delivery_count for m in got}
+    assert counts == {"a0": 2, "a1": 2, "a2": 1, "a3": 1, "a4": 1, "late0": 1, "late1": 1}, counts
+    q.ack_many(got)
+    assert q.receive(1, wait=0.1) == []
+    d = q.depth()
+    assert (d.ready, d.delayed, d.in_flight, d.dead) == (0, 0, 0, 0), d
+    b.close()
+
+
 def test_lock_holder_killed_while_another_process_waits(tmp_path):
     """The waiter blocked in the lock (not a newcomer) takes it over."""
     path = str(tmp_path / "b")
