@@ -71,7 +71,9 @@ def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
     stop = str(tmp_path / "stop")
     ctx = mp.get_context(ctx_name)
     b = fastq.open(path)
-    q = b.queue(QUEUE, visibility_timeout=60.0)
+    # 3 consumers live at a time, dozens over the run: dead ones' session slots (found by
+    # flock) must be reused, or a new consumer gets QueueFull and exits non-zero
+    q = b.queue(QUEUE, visibility_timeout=60.0, max_sessions=4)
     must: set[str] = set()
     n_parent = 0
 
