@@ -936,7 +936,7 @@ class Queue:
         for lane, o, d in got:
             try:
                 lane.log.get(o)
-            except CorruptRecord:
+            except FastqError:                   # damaged, or beyond the log's end
                 continue
             good.append((lane.index, o, d))
         self._lock()
