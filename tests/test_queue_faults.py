@@ -414,6 +414,36 @@ def test_flipped_byte_in_a_lane_record_is_corrupt_record_at_receive(tmp_path):
         assert [m.data for m in q.receive(1, wait=0)] == ["m4"]
 
 
+@pytest.mark.parametrize("then", ["publish", "receive", "depth"])
+def test_missing_lane_log_is_corrupt_record_not_silent_loss(tmp_path, then):
+    """A lane log deleted (or replaced by an empty one) under a queue.state that delivered
+    from it: a new log would reuse offsets the state has as settled or leased, and the new
+    messages would never be delivered. Refused, naming the log."""
+    import shutil
+    path, qd = _made(tmp_path)
+    with fastq.open(path) as b:
+        q = b.queue("jobs")
+        q.ack_many(q.receive(3, wait=0))
+    lane = os.path.join(qd, "p0", "0")
+    shutil.rmtree(lane)
+    with fastq.open(path) as b:
+        q = b.queue("jobs")
+        with pytest.raises(CorruptRecord) as ei:
+            if then == "publish":
+                q.publish("new")
+            elif then == "receive":
+                os.makedirs(lane)
+                with fastq.Log(lane):             # an empty log in its place
+                    pass
+                q.receive(1, wait=0)
+            else:
+                os.makedirs(lane)
+                with fastq.Log(lane):
+                    pass
+                q.depth()
+        assert lane in str(ei.value)
+
+
 def test_damaged_record_in_a_received_batch_holds_back_no_other_message(tmp_path):
     """receive(10) leases m0..m4 and fails reading m2: the error is raised, the four good
     ones are handed back at once (not after their lease), the damaged one stays leased and

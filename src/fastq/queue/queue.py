@@ -371,8 +371,17 @@ class Queue:
                 if not create and not os.path.exists(os.path.join(lane.path, "log.json")):
                     return None
                 cfg = self.config
+                speo = self._state.lane(lane.index)[1]     # read first: it only grows
                 lg = Log(lane.path, durability=self.durability, segment_bytes=cfg["segment_bytes"],
                          max_record_bytes=cfg["max_record_bytes"])
+                if lg.end_offset < speo:
+                    # new messages would get offsets queue.state already has as delivered
+                    # or settled: never delivered, silently
+                    end = lg.end_offset
+                    lg.close()
+                    raise CorruptRecord(f"queue {self.name!r}: lane log {lane.path} ends at offset {end} but "
+                                        f"queue.state has delivered up to {speo}: the log was deleted, "
+                                        "truncated or replaced; restore it, or delete the queue", lane.path)
                 lg.topic_name = self.name
                 lg.partition_id = lane.partition
                 lg._notifier = self._notifier
