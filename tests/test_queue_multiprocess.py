@@ -583,3 +583,33 @@ def test_dead_lettering_killed_midway_stores_one_dead_letter(tmp_path, point):
     assert got["poison"].headers["dlq-source-queue"] == QUEUE.encode()
     assert q.depth().dead == 1
     b.close()
+
+
+def test_new_consumer_is_not_refused_while_another_reaps_a_dead_session(tmp_path):
+    """A receiver reaping a dead consumer holds that session's flock for a moment; a
+    consumer starting just then (as a replacement does) found every slot held and got
+    QueueFull, with max_sessions free slots in truth. It must wait that moment out."""
+    import threading
+    from fastq._core import _storage
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    q = b.queue(QUEUE, visibility_timeout=60.0, max_sessions=1)
+    q.publish("x")
+
+    def child():
+        b2 = fastq.open(path)
+        assert len(b2.queue(QUEUE).receive(1, wait=5)) == 1
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    fd = os.open(os.path.join(q.dir, "sessions", "0.lock"), os.O_RDWR)
+    assert _storage.flock(fd, True, False)        # a reaper's probe of the dead session
+    release = threading.Timer(0.1, lambda: (_storage.funlock(fd), os.close(fd)))
+    release.start()
+    try:
+        got = q.receive(1, wait=5)
+    finally:
+        release.join()
+    assert [(m.data, m.delivery_count) for m in got] == [("x", 2)]
+    got[0].ack()
+    b.close()

@@ -650,21 +650,26 @@ class Queue:
         with os_errors("open queue sessions", sdir):
             os.makedirs(sdir, exist_ok=True)
         n = self.config["max_sessions"]
-        for idx in range(n):
-            fd = self._try_session_lock(sdir, idx)
-            if fd < 0:
-                continue
-            self._lock()
-            try:
-                self._reap_locked(idx)
-                self._state.session_claim(idx, os.getpid(), _now_ms())
-            finally:
-                self._unlock()
-            self._session_fd = fd
-            self._session = idx
-            return idx
-        raise QueueFull(f"queue {self.name!r}: all {n} consumer sessions are held by live processes; "
-                        "raise max_sessions")
+        deadline = time.monotonic() + 1.0
+        while True:
+            for idx in range(n):
+                fd = self._try_session_lock(sdir, idx)
+                if fd < 0:
+                    continue
+                self._lock()
+                try:
+                    self._reap_locked(idx)
+                    self._state.session_claim(idx, os.getpid(), _now_ms())
+                finally:
+                    self._unlock()
+                self._session_fd = fd
+                self._session = idx
+                return idx
+            # a receiver reaping a dead session holds its flock for a moment: look again
+            if time.monotonic() >= deadline:
+                raise QueueFull(f"queue {self.name!r}: all {n} consumer sessions are held by live processes; "
+                                "raise max_sessions")
+            time.sleep(0.002)
 
     @staticmethod
     def _try_session_lock(sdir: str, idx: int) -> int:
