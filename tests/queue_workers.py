@@ -37,8 +37,15 @@ def consumer(path: str, logfile: str, stopfile: str, seed: int) -> None:
     """receive -> log "recv" -> ack (between "acking" and "acked"), and now and then a
     nack (plain, with a short delay, or with an error: the copy through the delayed lane)
     or an ack_many, until ``stopfile`` exists and the queue gave nothing for a moment."""
-    rng = random.Random(seed)
     log = EventLog(logfile)
+    try:
+        _consume(path, log, stopfile, random.Random(seed))
+    except BaseException as e:
+        log("error", repr(e).replace(" ", "_").replace("\n", "_"))   # what the test reports
+        raise
+
+
+def _consume(path, log, stopfile, rng):
     log("start", os.getpid())
     b = fastq.open(path)
     q = b.queue(QUEUE)

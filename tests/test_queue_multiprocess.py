@@ -40,10 +40,11 @@ def wait_until(cond, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def kill(proc) -> None:
+def kill(proc, logfile=None) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
-    assert proc.exitcode == -signal.SIGKILL
+    assert proc.exitcode == -signal.SIGKILL, (
+        f"exit code {proc.exitcode} before the kill: {read_lines(logfile)[-3:] if logfile else ''}")
 
 
 def proc_state(pid: int) -> str:
@@ -121,7 +122,7 @@ def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
             else:
                 i = rng.randrange(n_cons)
                 pr, f = cons[i]
-                kill(pr)
+                kill(pr, f)
                 killed.add(f)
                 kills["consumer"] += 1
                 cons[i] = start_consumer()
@@ -130,9 +131,9 @@ def test_kill_loop_loses_nothing_and_acks_nothing_twice(tmp_path, ctx_name):
             assert pubs[w].exitcode == 0, f"publisher {w} exit code {pubs[w].exitcode}"
         wait_until(lambda: settled(q), 60, f"the consumers to drain the queue (depth {q.depth()})")
         open(stop, "w").close()
-        for pr, _ in cons:
+        for pr, f in cons:
             pr.join(30)
-            assert pr.exitcode == 0, f"consumer exit code {pr.exitcode}"
+            assert pr.exitcode == 0, f"consumer exit code {pr.exitcode}: {read_lines(f)[-3:]}"
         procs_started = cons
     finally:
         for pr, _ in cons:
