@@ -81,6 +81,7 @@ class _QueueKind:
             with os_errors("create queue", d):
                 os.makedirs(d, exist_ok=True)
                 create_state(os.path.join(d, STATE_FILE), cfg)
+                _storage.Notifier(os.path.join(d, "notify")).close()   # it takes space too
                 write_json_atomic(path, cfg)          # last: a queue exists once this is there
         except BaseException:
             if made:

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from .._core import _storage
 from .._core._codec import os_errors
 from .._core._storage import QueueState
-from ..errors import (Closed, CodecError, CorruptRecord, InvalidArgument, LeaseLost, QueueFull,
+from ..errors import (Closed, CodecError, CorruptRecord, DiskFull, FastqError, InvalidArgument, LeaseLost, QueueFull,
                       UsedAfterFork)
 from ..broker.config import validate_name
 from ..log.config import DURABILITY_MODES, check_int
@@ -82,6 +82,7 @@ AVAILABLE, ACQUIRED, ACKED, ARCHIVED, WAITING = (_storage.SLOT_AVAILABLE, _stora
                                                  _storage.SLOT_ACKED, _storage.SLOT_ARCHIVED,
                                                  _storage.SLOT_WAITING)
 OP_PROMOTE, OP_MOVE = 1, 2               # intent ops (csrc/fq_queue.h "Copies")
+OP_DEDUP = 4                             # a publish with dedup_id: its record carries fq-dd
 MAX_PARTITIONS = _storage.QUEUE_MAX_PARTITIONS
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -370,8 +371,17 @@ class Queue:
                 if not create and not os.path.exists(os.path.join(lane.path, "log.json")):
                     return None
                 cfg = self.config
+                speo = self._state.lane(lane.index)[1]     # read first: it only grows
                 lg = Log(lane.path, durability=self.durability, segment_bytes=cfg["segment_bytes"],
                          max_record_bytes=cfg["max_record_bytes"])
+                if lg.end_offset < speo:
+                    # new messages would get offsets queue.state already has as delivered
+                    # or settled: never delivered, silently
+                    end = lg.end_offset
+                    lg.close()
+                    raise CorruptRecord(f"queue {self.name!r}: lane log {lane.path} ends at offset {end} but "
+                                        f"queue.state has delivered up to {speo}: the log was deleted, "
+                                        "truncated or replaced; restore it, or delete the queue", lane.path)
                 lg.topic_name = self.name
                 lg.partition_id = lane.partition
                 lg._notifier = self._notifier
@@ -416,6 +426,10 @@ class Queue:
         if it is None:
             return
         op, src, offset, dst, dst_end, deliveries = it
+        if op == OP_DEDUP:
+            self._resolve_dedup(dst, dst_end)
+            st.clear_intent()
+            return
         ref = _U64.pack((src << 48) | offset)
         lg = self._lane_log(self._lanes[dst])
         found = False
@@ -432,6 +446,37 @@ class Queue:
                 if slot is not None and slot[0] == ACQUIRED and slot[1] == deliveries:
                     st.settle(src, offset, deliveries, slot[2], ACKED)
         st.clear_intent()
+
+    def _copy_failed(self) -> None:
+        """The append of a copy (or of a message with a dedup_id) raised, under the lock:
+        the record may be in the log all the same (written, then its fsync failed). Settle
+        the source if the copy is there, else forget the intent. When the log cannot be
+        read (a failed fsync fails it) the intent stays: at worst the message is delivered
+        twice, never lost."""
+        try:
+            self._resolve_intent()
+        except FastqError:
+            pass
+
+    def _resolve_dedup(self, dst: int, dst_end: int) -> None:
+        """A publisher died between appending a message with a dedup_id and recording the
+        id: record it now (from the record's fq-dd header), so a retry finds it."""
+        lane = self._lanes[dst]
+        lg = self._lane_log(lane)
+        if lg is None:
+            return
+        found = rec = None
+        for rec in lg.read(max(dst_end, lg.start_offset)):
+            dd = _hdr(rec.headers, "fq-dd")
+            if dd is not None and len(dd) == 16:
+                mid = _hdr_u64(rec.headers, "fq-id")
+                found = (bytes(dd), mid if mid is not None else message_id(rec.offset, lane.partition, lane.prio))
+                break
+        del rec
+        if found is not None:
+            h1, h2 = struct.unpack("<QQ", found[0])
+            now = _now_ms()
+            self._state.dedup_put(h1, h2, now + int(self.config["dedup_window"] * 1000), found[1], now)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -468,14 +513,27 @@ class Queue:
         now = _now_ms()
         self._lock()
         try:
+            extra = None
             if h is not None:
                 seen = self._state.dedup_get(h[0], h[1], now)
                 if seen is not None:
                     return seen
-            mid = self._append_locked(p, priority, body, key, hdrs, now, delay, None, 0, None)
+                # dying between the append and dedup_put must not let the retry store it
+                # again: the intent names the log, the record carries the id's hash
+                dl = self._lanes[p * LANES + (DELAYED if delay else priority)]
+                self._state.set_intent(OP_DEDUP, 0, 0, dl.index, self._lane_log(dl, create=True).end_offset, 0)
+                extra = [("fq-dd", struct.pack("<QQ", *h))]
+            try:
+                mid = self._append_locked(p, priority, body, key, hdrs, now, delay, None, 0, extra)
+            except BaseException:
+                if h is not None:
+                    self._copy_failed()
+                raise
             if h is not None:
                 exp = now + int(self.config["dedup_window"] * 1000)
-                if not self._state.dedup_put(h[0], h[1], exp, mid, now):
+                ok = self._state.dedup_put(h[0], h[1], exp, mid, now)
+                self._state.clear_intent()
+                if not ok:
                     raise QueueFull(f"queue {self.name!r}: all {self.config['dedup_capacity']} dedup "
                                     "entries are alive; raise dedup_capacity or shorten dedup_window")
             return mid
@@ -592,21 +650,26 @@ class Queue:
         with os_errors("open queue sessions", sdir):
             os.makedirs(sdir, exist_ok=True)
         n = self.config["max_sessions"]
-        for idx in range(n):
-            fd = self._try_session_lock(sdir, idx)
-            if fd < 0:
-                continue
-            self._lock()
-            try:
-                self._reap_locked(idx)
-                self._state.session_claim(idx, os.getpid(), _now_ms())
-            finally:
-                self._unlock()
-            self._session_fd = fd
-            self._session = idx
-            return idx
-        raise QueueFull(f"queue {self.name!r}: all {n} consumer sessions are held by live processes; "
-                        "raise max_sessions")
+        deadline = time.monotonic() + 1.0
+        while True:
+            for idx in range(n):
+                fd = self._try_session_lock(sdir, idx)
+                if fd < 0:
+                    continue
+                self._lock()
+                try:
+                    self._reap_locked(idx)
+                    self._state.session_claim(idx, os.getpid(), _now_ms())
+                finally:
+                    self._unlock()
+                self._session_fd = fd
+                self._session = idx
+                return idx
+            # a receiver reaping a dead session holds its flock for a moment: look again
+            if time.monotonic() >= deadline:
+                raise QueueFull(f"queue {self.name!r}: all {n} consumer sessions are held by live processes; "
+                                "raise max_sessions")
+            time.sleep(0.002)
 
     @staticmethod
     def _try_session_lock(sdir: str, idx: int) -> int:
@@ -675,7 +738,13 @@ class Queue:
             carry = [(k, bytes(v) if v is not None else None) for k, v in hs
                      if k not in ("fq-due", "fq-prio", "fq-src")]
             st.set_intent(OP_PROMOTE, src, offset, dst.index, dlg.end_offset, 0)
-            dlg.append(rec.value, rec.key, [("fq-src", _U64.pack((src << 48) | offset))] + carry)
+            try:
+                dlg.append(rec.value, rec.key, [("fq-src", _U64.pack((src << 48) | offset))] + carry)
+            except BaseException as e:
+                self._copy_failed()
+                if isinstance(e, DiskFull):
+                    break                     # promoted when there is room; receive goes on
+                raise
             st.heap_pop()
             st.clear_intent()
         if now >= self._next_expire_ms:
@@ -787,6 +856,13 @@ class Queue:
 
     def _messages(self, taken: list, live: list) -> list[Message]:
         """Read and build the messages ``take`` leased: [(index into live, offset, deliveries)]."""
+        try:
+            return self._read_messages(taken, live)
+        except CorruptRecord:
+            self._release_readable([(live[i], o, d) for i, o, d in taken])
+            raise
+
+    def _read_messages(self, taken: list, live: list) -> list[Message]:
         if len(taken) == 1 and self.max_deliveries is None:     # receive() one at a time
             i, off, d = taken[0]
             lane = live[i]
@@ -864,6 +940,25 @@ class Queue:
                 if o >= 0:
                     got.append((lane, o, st.last_deliveries))
                     break
+
+    def _release_readable(self, got: list) -> None:
+        """Reading what a receive leased failed on a damaged record: hand back every leased
+        message that reads (the caller gets none of them), so one damaged record never holds
+        the others back. The damaged ones stay leased: their error comes back when the
+        lease ends."""
+        good = []
+        for lane, o, d in got:
+            try:
+                lane.log.get(o)
+            except FastqError:                   # damaged, or beyond the log's end
+                continue
+            good.append((lane.index, o, d))
+        self._lock()
+        try:
+            for lane_index, o, d in good:
+                self._state.settle(lane_index, o, d, self._session, AVAILABLE, 0)
+        finally:
+            self._unlock()
 
     def _read_run(self, lane: _Lane, first: int, count: int) -> list:
         """Records first..first+count-1 of a lane. A reader per lane is kept where the last
@@ -1007,8 +1102,12 @@ class Queue:
             dlg = self._lane_log(dl, create=True)
             st.set_intent(OP_MOVE, m._lane, m._offset, dl.index, dlg.end_offset, m._deliveries)
             src = [("fq-src", _U64.pack((m._lane << 48) | m._offset))]
-            self._append_locked(lane.partition, lane.prio, m.body, m.key, list(m.headers.items()), now,
-                                max(delay, 0.001), m.id, m.delivery_count, src + extra)
+            try:
+                self._append_locked(lane.partition, lane.prio, m.body, m.key, list(m.headers.items()), now,
+                                    max(delay, 0.001), m.id, m.delivery_count, src + extra)
+            except BaseException:
+                self._copy_failed()
+                raise
             st.settle(m._lane, m._offset, m._deliveries, m._session, ACKED, 0)   # lives on as the copy
             st.clear_intent()
         finally:
@@ -1097,7 +1196,10 @@ class Queue:
                 in_flight += acq
                 dead += dd
                 if lg is not None and spso < end:
-                    rec = lg.get(max(spso, lg.start_offset))
+                    try:
+                        rec = lg.get(max(spso, lg.start_offset))
+                    except CorruptRecord:
+                        continue                # damaged (receive reports it): its age is unknown
                     pub = _hdr_u64(rec.headers, "fq-pub")
                     ts = pub if pub is not None else rec.timestamp
                     del rec
