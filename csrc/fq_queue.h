@@ -57,6 +57,9 @@
  * destination log's end before the append; it is cleared after the source is settled.
  * After a takeover the Python layer checks the destination record at dst_end: if it is
  * the copy, the source is settled, else the copy never happened. Exactly one copy.
+ * A publish with a dedup id uses the same block (op DEDUP, no source): its record carries
+ * the id's hash, and a taker that finds the record records the id in the dedup table,
+ * so a retry of the killed publish stores nothing.
  *
  * All functions return >= 0 on success or a negative FQ_E... status (fq_status.h). The
  * caller holds the lock for every function but fq_q_lock/fq_q_layout/fq_q_init.
@@ -79,7 +82,8 @@
 
 enum { FQ_Q_FREE = 0, FQ_Q_AVAILABLE = 1, FQ_Q_ACQUIRED = 2, FQ_Q_ACKED = 3,
        FQ_Q_ARCHIVED = 4, FQ_Q_WAITING = 5 };
-enum { FQ_Q_OP_NONE = 0, FQ_Q_OP_PROMOTE = 1, FQ_Q_OP_MOVE = 2, FQ_Q_OP_DEADLETTER = 3 };
+enum { FQ_Q_OP_NONE = 0, FQ_Q_OP_PROMOTE = 1, FQ_Q_OP_MOVE = 2, FQ_Q_OP_DEADLETTER = 3,
+       FQ_Q_OP_DEDUP = 4 };  /* DEDUP: a publish with a dedup id; dst_lane/dst_end name its append */
 #define FQ_Q_FLAG_DIRTY 0x1u        /* repair needed (a holder died, or a repair did) */
 
 typedef struct fq_q_slot {

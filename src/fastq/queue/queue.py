@@ -29,7 +29,9 @@ Record headers the queue writes (all start with ``fq-``; ``Message.headers`` hid
 offset of the record copied, to recognise a copy after a crash), ``fq-due`` (8 bytes:
 due time in ms, delayed lane), ``fq-prio`` (1 byte: the priority a delayed message goes
 to), ``fq-pub`` (8 bytes: the first publish time in ms), ``fq-del`` (4 bytes: deliveries
-before this copy), ``fq-err`` (the last error a consumer reported).
+before this copy), ``fq-err`` (the last error a consumer reported), ``fq-dd`` (16 bytes: the
+BLAKE2b hash of a dedup_id, so a publisher killed before recording it is recorded by the
+next lock taker).
 
 Sessions and dead consumers: a process's Queue handle claims a session slot (index i)
 when it first receives and holds an flock on ``sessions/<i>.lock`` for its lifetime. The
@@ -49,6 +51,7 @@ released at the fork and raises :class:`fastq.errors.UsedAfterFork`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import itertools
 import os
 import struct
@@ -72,6 +75,8 @@ if TYPE_CHECKING:
     from ..broker.broker import Broker
 
 __all__ = ["Queue", "Message", "QueueDepth", "QUEUE_DEFAULTS", "validate_queue_config"]
+
+log = logging.getLogger("fastq.queue")
 
 QUEUE_FILE = "queue.json"
 STATE_FILE = "queue.state"
@@ -331,6 +336,8 @@ class Queue:
         self._closed = False
         self._forked = False
         self._mutex = threading.RLock()     # this process's threads around queue.state's lock
+        self._holder: int | None = None     # thread holding queue.state's lock through _lock()
+        self.healed: list[tuple[str, int, int]] = []   # (lane log, its end, state's end) healed here
         self._notifier = _storage.Notifier(os.path.join(self.dir, "notify"))
         self._state = QueueState(os.path.join(self.dir, STATE_FILE))
         self._lanes = [_Lane(i, i // LANES, i % LANES, os.path.join(self.dir, f"p{i // LANES}", str(i % LANES)))
@@ -375,19 +382,41 @@ class Queue:
                 lg = Log(lane.path, durability=self.durability, segment_bytes=cfg["segment_bytes"],
                          max_record_bytes=cfg["max_record_bytes"])
                 if lg.end_offset < speo:
-                    # new messages would get offsets queue.state already has as delivered
-                    # or settled: never delivered, silently
-                    end = lg.end_offset
-                    lg.close()
-                    raise CorruptRecord(f"queue {self.name!r}: lane log {lane.path} ends at offset {end} but "
-                                        f"queue.state has delivered up to {speo}: the log was deleted, "
-                                        "truncated or replaced; restore it, or delete the queue", lane.path)
+                    try:
+                        self._heal_lane(lane, lg)
+                    except BaseException:
+                        lg.close()
+                        raise
                 lg.topic_name = self.name
                 lg.partition_id = lane.partition
                 lg._notifier = self._notifier
                 lane.log = lg
                 self._relist()
             return lane.log
+
+    def _heal_lane(self, lane: _Lane, lg: Log) -> None:
+        """The lane log ends before the offsets queue.state has delivered from it: its tail
+        is gone — a power failure took what the kernel had not written back (durability
+        "os"), or the log was deleted or replaced. New messages would get offsets the state
+        has as delivered or settled and never be delivered, silently; so the state forgets
+        its window from the log's end (fq_q_lane_truncate) and says so in a warning: the
+        messages in that tail are lost, everything published from now on is delivered."""
+        held = self._holder == threading.get_ident()
+        if not held:
+            self._lock()
+        try:
+            speo = self._state.lane(lane.index)[1]
+            end = lg.end_offset
+            if end < speo:
+                n = self._state.lane_truncate(lane.index, end)
+                log.warning("queue %r: lane log %s ends at offset %d but queue.state had delivered up to "
+                            "%d: its tail is gone (a power failure under durability 'os', or the log was "
+                            "deleted); offsets %d..%d forgotten (%d of them in its window), new messages go "
+                            "on from %d", self.name, lane.path, end, speo, end, speo - 1, n, end)
+                self.healed.append((lane.path, end, speo))
+        finally:
+            if not held:
+                self._unlock()
 
     def _scan_lanes(self) -> None:
         """Open lane logs other processes created since we last looked."""
@@ -403,11 +432,14 @@ class Queue:
         self._mutex.acquire()
         try:
             self._check_open()
-            if self._state.lock():
+            took_over = self._state.lock()
+            self._holder = threading.get_ident()
+            if took_over:
                 try:
                     self._state.repair()
                     self._resolve_intent()
                 except BaseException:
+                    self._holder = None
                     self._state.unlock()
                     raise
         except BaseException:
@@ -415,6 +447,7 @@ class Queue:
             raise
 
     def _unlock(self) -> None:
+        self._holder = None
         self._state.unlock()
         self._mutex.release()
 
