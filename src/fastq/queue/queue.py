@@ -1417,6 +1417,7 @@ class Queue:
         self._forked = True
         self._closed = True
         self._mutex = threading.RLock()
+        self._holder = None
         for lane in self._lanes:
             lane.reader = None
             if lane.log is not None:
