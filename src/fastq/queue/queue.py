@@ -258,7 +258,15 @@ class Message:
     def data(self):
         d = self._data
         if d is _UNDECODED:
-            d = self._data = self._q.codec.decode(self.body, f"message {self.id} of queue {self._q.name!r}")
+            codec = self._q.codec
+            if codec.loads is bytes:           # raw: the body is the data
+                d = self.body
+            else:
+                try:
+                    d = codec.loads(self.body)
+                except Exception:              # named only when it fails: no f-string per message
+                    d = codec.decode(self.body, f"message {self.id} of queue {self._q.name!r}")
+            self._data = d
         return d
 
     @property
