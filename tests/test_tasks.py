@@ -263,6 +263,9 @@ def test_add_bulk(tq):
         tq.add_bulk([("a", 1, {"atempts": 2})])
     with pytest.raises(fastq.InvalidArgument):
         tq.add_bulk(["a"])
+    twice = tq.add_bulk([("t", 1, {"job_id": "t"}), ("t", 2, {"job_id": "t"})])
+    assert [j.id for j in twice] == ["t", "t"] and twice[1].data == 1
+    assert tq.get_job("t").data == 1
 
 
 # -- retention ---------------------------------------------------------------------------------

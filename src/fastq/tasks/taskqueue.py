@@ -162,7 +162,17 @@ class TaskQueue:
 
     def _add_many(self, items: list) -> list[Job]:
         self._check_open()
-        prepared = [self._prepare(n, d, {k: v for k, v in o.items()}) for n, d, o in items]
+        prepared = []
+        first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
+        for n, d, o in items:
+            st, body, existing = self._prepare(n, d, o)
+            jid = o.get("job_id")
+            if existing is None and jid is not None:
+                if jid in first:
+                    st, body, existing = {}, b"", first[jid]
+                else:
+                    first[jid] = Job(self, jid, st)
+            prepared.append((st, body, existing))
         new = [(s, b) for s, b, existing in prepared if existing is None]
         if new:
             self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
