@@ -2,7 +2,7 @@
 
 Layers, bottom to top (docs/ARCHITECTURE.md opens with this map)::
 
-    errors  <  _core  <  log | ring  <  broker  <  queue | tasks | flow | pubsub
+    errors  <  _core  <  log | ring  <  broker  <  queue | flow | pubsub  <  tasks
             <  fastq (the public face, fastq/__init__.py)  <  bench  <  cli  <  __main__
 
 A module may import its own layer's package and any layer below; packages that share a
@@ -31,7 +31,8 @@ LAYERS = [
     {"_core"},
     {"log", "ring"},
     {"broker"},
-    {"queue", "tasks", "flow", "pubsub"},
+    {"queue", "flow", "pubsub"},
+    {"tasks"},                            # task queues are built on queue's leases
     {""},                                 # fastq/__init__.py: the public face
     {"bench"},
     {"cli"},

@@ -35,3 +35,8 @@ __all__ += ["Ring", "RingQueue"]
 from .queue import AsyncQueue, Message, Queue, QueueDepth, Subscription  # noqa: E402
 
 __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
+
+# --- task queues in the style of BullMQ (fastq.tasks) ---
+from .tasks import Backoff, Job, TaskQueue, Worker  # noqa: E402
+
+__all__ += ["TaskQueue", "Job", "Worker", "Backoff"]

@@ -38,6 +38,9 @@ __all__ = [
     "UnknownGroup",
     "GroupActive",
     "MissingDependency",
+    "JobFailed",
+    "JobCancelled",
+    "UnknownJob",
 ]
 
 
@@ -177,3 +180,24 @@ class UnknownQueue(FastqError, KeyError):
 class CodecError(InvalidArgument):
     """A queue's codec could not encode the data given to publish, or decode a stored
     message (the error names the codec and the message)."""
+
+
+class JobFailed(FastqError, RuntimeError):
+    """A task-queue job ended failed (``job.result()``): ``job_id``, ``reason`` (the last
+    attempt's error, or why it timed out) and ``stacktrace`` (one text per failed attempt)."""
+
+    def __init__(self, message: str, job_id: str | None = None, reason: str | None = None,
+                 stacktrace: list | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+        self.reason = reason
+        self.stacktrace = stacktrace or []
+
+
+class JobCancelled(FastqError, RuntimeError):
+    """Raised by ``job.raise_if_cancelled()`` in a handler whose job ran past its
+    ``timeout`` (or whose worker was told to stop without waiting)."""
+
+
+class UnknownJob(FastqError, KeyError):
+    """No job with that id is known to the task queue (never added, or removed)."""

@@ -22,16 +22,21 @@ log = logging.getLogger("fastq.queue")
 Backoff = Union[None, float, Callable[[int], float]]
 
 
-def exponential_backoff(base: float = 0.1, cap: float = 60.0, rng: random.Random | None = None
-                        ) -> Callable[[int], float]:
-    """Delay before the next delivery after the n-th failed one: exponential with full
-    jitter (AWS's "Exponential Backoff and Jitter"): uniform in [0, min(cap, base * 2**(n-1))].
-    Jitter spreads the retries of messages that failed together (a dependency down) so
-    they do not all come back at the same moment."""
+def exponential_backoff(base: float = 0.1, cap: float = 60.0, rng: random.Random | None = None,
+                        jitter: float = 1.0) -> Callable[[int], float]:
+    """Delay before the next delivery after the n-th failed one: exponential with jitter
+    (AWS's "Exponential Backoff and Jitter"): d = min(cap, base * 2**(n-1)), then uniform in
+    [d * (1 - jitter), d]. ``jitter=1.0`` (the default) is full jitter, ``0.0`` none
+    (BullMQ's ``jitter`` option means the same fraction). Jitter spreads the retries of
+    messages that failed together (a dependency down) so they do not all come back at the
+    same moment."""
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= jitter <= 1.0:
+        raise InvalidArgument(f"jitter must be a fraction in [0, 1], got {jitter!r}")
     r = rng or random.Random()
 
     def delay(n: int) -> float:
-        return r.uniform(0.0, min(cap, base * (2.0 ** max(0, min(n - 1, 60)))))
+        d = min(cap, base * (2.0 ** max(0, min(n - 1, 60))))
+        return d if not jitter else r.uniform(d * (1.0 - jitter), d)
     return delay
 
 

@@ -1,0 +1,245 @@
+"""``TaskQueue``: BullMQ-style jobs on a fastq message queue (docs/TASKS.md).
+
+A task queue ``name`` is two things in the broker:
+
+- the message queue ``<name>.tasks`` (:class:`fastq.Queue`): one message per job run, with
+  the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
+  the task queue never reimplements them;
+- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`).
+
+``add`` writes the job's first state, then publishes its message: a worker's "active"
+can never be overwritten by the "waiting" that came before it.
+
+Thread-safety: a TaskQueue may be shared by threads. Process-safety: any number of
+processes may open the same task queue, add, run workers and read jobs.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..broker.config import validate_name
+from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
+from ..queue.codecs import resolve_codec
+from ..queue.queue import PRIORITIES
+from .backoff import Backoff
+from .job import STATES, Job, JobIndex, encode_state, now_ms
+
+if TYPE_CHECKING:
+    from ..broker.broker import Broker
+
+__all__ = ["TaskQueue", "JOB_OPTIONS"]
+
+QUEUE_SUFFIX = ".tasks"
+TOPIC_SUFFIX = ".jobs"
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
+MAX_JOB_ID = 512
+JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
+               "remove_on_fail", "timeout")
+
+
+def _keep(what: str, v) -> bool | int:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v >= 0:
+        return v
+    raise InvalidArgument(f"{what} must be True, False or a count of jobs to keep >= 0, got {v!r} "
+                          "({age, count} is not supported yet)")
+
+
+def validate_options(opts: dict) -> dict:
+    """The stored form of a job's options, or InvalidArgument naming what is wrong."""
+    unknown = set(opts) - set(JOB_OPTIONS)
+    if unknown:
+        raise InvalidArgument(f"unknown job option(s) {sorted(unknown)}; known: {list(JOB_OPTIONS)}")
+    out: dict[str, Any] = {}
+    delay = opts.get("delay")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+            raise InvalidArgument(f"delay must be None or seconds >= 0, got {delay!r}")
+        out["delay"] = float(delay)
+    attempts = opts.get("attempts", 1)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1_000_000:
+        raise InvalidArgument(f"attempts must be an int in 1..1000000, got {attempts!r}")
+    out["attempts"] = attempts
+    b = Backoff.coerce(opts.get("backoff"))
+    out["backoff"] = None if b is None else b.to_dict()
+    prio = opts.get("priority", 0)
+    if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio < PRIORITIES:
+        raise InvalidArgument(f"priority must be an int in 0..{PRIORITIES - 1} (higher runs first), got {prio!r}")
+    out["priority"] = prio
+    jid = opts.get("job_id")
+    if jid is not None:
+        if not isinstance(jid, str) or not 0 < len(jid) <= MAX_JOB_ID:
+            raise InvalidArgument(f"job_id must be a non-empty str of at most {MAX_JOB_ID} characters, got {jid!r}")
+        out["job_id"] = jid
+    out["remove_on_complete"] = _keep("remove_on_complete", opts.get("remove_on_complete", False))
+    out["remove_on_fail"] = _keep("remove_on_fail", opts.get("remove_on_fail", False))
+    timeout = opts.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or timeout <= 0:
+            raise InvalidArgument(f"timeout must be None or seconds > 0, got {timeout!r}")
+        out["timeout"] = float(timeout)
+    return out
+
+
+class TaskQueue:
+    """Named jobs with results, delay, attempts and backoff, priority, progress and
+    retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
+    ``visibility_timeout``: the lease of the underlying queue (workers keep extending it
+    while a job runs; a killed worker's jobs come back at once through the queue's
+    dead-consumer detection, not after the lease)."""
+
+    def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0):
+        validate_name("task queue", name)
+        if len(name) > MAX_NAME:
+            raise InvalidName(f"task queue name {name!r} is longer than {MAX_NAME} characters "
+                              f"(its queue and topic add {QUEUE_SUFFIX!r} / {TOPIC_SUFFIX!r})")
+        self.name = name
+        self.broker = broker
+        self.queue = broker.queue(name + QUEUE_SUFFIX, codec="raw", visibility_timeout=visibility_timeout)
+        self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
+        self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
+        self._index = JobIndex(self.topic)
+        self._closed = False
+
+    # -- adding ------------------------------------------------------------------------------
+
+    def _prepare(self, name, data, opts: dict) -> tuple[dict, bytes, Job | None]:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
+        stored = validate_options(opts)
+        jid = stored.get("job_id")
+        if jid is not None:
+            s = self._index.get(jid)
+            if s is not None:                      # BullMQ: an add with an existing jobId is ignored
+                return {}, b"", Job(self, jid, s)
+        else:
+            jid = uuid.uuid4().hex
+        now = now_ms()
+        body = self._codec.encode({"id": jid, "name": name, "data": data, "opts": stored, "added_ms": now})
+        delay = stored.get("delay")
+        state = {"id": jid, "name": name, "data": data, "opts": stored,
+                 "state": "delayed" if delay else "waiting", "attempts_made": 0, "progress": 0,
+                 "added_ms": now}
+        if delay:
+            state["due_ms"] = now + int(delay * 1000)
+        return state, bytes(body), None
+
+    def add(self, name: str, data: Any = None, *, delay: float | None = None, attempts: int = 1,
+            backoff: Backoff | float | None = None, priority: int = 0, job_id: str | None = None,
+            remove_on_complete: bool | int = False, remove_on_fail: bool | int = False,
+            timeout: float | None = None, **unknown) -> Job:
+        """Add a job; returns it. ``delay``: seconds before it may run (never earlier).
+        ``attempts``: runs before it fails for good; ``backoff``: the wait before each retry
+        (:class:`fastq.Backoff`, or seconds). ``priority``: 0..9, higher first. ``job_id``:
+        while a job with this id exists, adding it again returns that job. ``remove_on_complete``
+        / ``remove_on_fail``: True removes the job when it finishes so, a count keeps that many
+        of the most recent. ``timeout``: seconds a run may take (the handler sees
+        ``job.cancelled``; past it the attempt fails). Unknown options are InvalidArgument."""
+        opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
+                "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
+                "timeout": timeout, **unknown}
+        return self._add_many([(name, data, opts)])[0]
+
+    def add_bulk(self, jobs: Iterable) -> list[Job]:
+        """Add many jobs at once: an iterable of ``(name, data)`` or ``(name, data, options)``
+        (options: a dict of :meth:`add`'s keyword arguments). All are checked before any is
+        stored; the states are one append."""
+        items = []
+        for j in jobs:
+            if not isinstance(j, (tuple, list)) or len(j) not in (2, 3):
+                raise InvalidArgument(f"add_bulk takes (name, data) or (name, data, options) items, got {j!r}")
+            opts = j[2] if len(j) == 3 else {}
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, dict):
+                raise InvalidArgument(f"job options must be a dict, got {opts!r}")
+            items.append((j[0], j[1], opts))
+        return self._add_many(items)
+
+    def _add_many(self, items: list) -> list[Job]:
+        self._check_open()
+        prepared = []
+        first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
+        for n, d, o in items:
+            st, body, existing = self._prepare(n, d, o)
+            jid = o.get("job_id")
+            if existing is None and jid is not None:
+                if jid in first:
+                    st, body, existing = {}, b"", first[jid]
+                else:
+                    first[jid] = Job(self, jid, st)
+            prepared.append((st, body, existing))
+        new = [(s, b) for s, b, existing in prepared if existing is None]
+        if new:
+            self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
+            plain: dict[int, list] = {}
+            for s, body in new:
+                o = s["opts"]
+                if o.get("delay") or "job_id" in o:
+                    self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
+                                       dedup_id=o.get("job_id"))
+                else:
+                    plain.setdefault(o["priority"], []).append(body)
+            for prio, bodies in plain.items():
+                self.queue.publish_many(bodies, priority=prio)
+        out, it = [], iter(new)
+        for s, _, existing in prepared:
+            out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with this id; :class:`fastq.UnknownJob` when there is none (or it was removed)."""
+        s = self._index.get(job_id)
+        if s is None:
+            raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
+        return Job(self, job_id, s)
+
+    def get_jobs(self, states: Iterable[str] | str = STATES) -> list[Job]:
+        """The jobs in any of ``states`` (finished ones oldest first)."""
+        states = [states] if isinstance(states, str) else list(states)
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise InvalidArgument(f"unknown job state(s) {bad}; states are {list(STATES)}")
+        idx = self._index
+        return [Job(self, j, idx.jobs.get(j)) for j in idx.ids(states)]
+
+    def counts(self) -> dict[str, int]:
+        """``{"waiting", "delayed", "active", "completed", "failed": n}`` as this process
+        knows them (the job-state topic read to its end)."""
+        return self._index.counts()
+
+    # -- internals for the worker -----------------------------------------------------------
+
+    def _put(self, state: dict) -> None:
+        self.topic.publish(encode_state(state), key=state["id"].encode())
+
+    def _remove_ids(self, ids: list[str]) -> None:
+        if ids:
+            self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
+
+    def _check_open(self) -> None:
+        if self._closed or self.broker.closed:
+            raise Closed(f"task queue {self.name!r} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.broker.closed
+
+    def close(self) -> None:
+        """Forget this handle (the broker owns the queue and topic). Idempotent."""
+        self._closed = True
+
+    def __enter__(self) -> "TaskQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<fastq.TaskQueue {self.name!r}>"
