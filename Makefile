@@ -104,7 +104,8 @@ test-aarch64: build/ctest/test_core.aarch64
 
 # make wheel: the sdist and a wheel from the checkout into dist/, a second wheel built from
 # the unpacked sdist (proves the sdist carries every .c/.h/.pyx/.pxd/.pxi/.pyi), that wheel
-# repaired by auditwheel to a manylinux tag, installed with --no-index into a fresh venv
+# repaired by auditwheel to a manylinux tag, every wheel's listing checked to hold no Cython
+# or C source and the LICENSE (tools/check_dist.py), installed with --no-index into a fresh venv
 # outside the tree, and the suite run against it from a copy of tests/ (plus the csrc/,
 # README.md and docs/ the C-core and README tests read), never from src/.
 WHEELTEST := build/wheeltest
@@ -124,6 +125,8 @@ wheel: $(VENV)/.wheel-deps
 	unzip -Z1 $(WHEELTEST)/from-sdist/*.whl | sort > $(WHEELTEST)/sdist.files
 	diff $(WHEELTEST)/checkout.files $(WHEELTEST)/sdist.files
 	PATH=$(abspath $(VENV)/bin):$$PATH $(VENV)/bin/auditwheel repair -w $(WHEELTEST)/wheelhouse $(WHEELTEST)/from-sdist/*.whl
+	@# the sdist holds every .c/.h/.pyx/.pxi/.pxd/.pyi and LICENSE; the wheels no source at all
+	$(PY) tools/check_dist.py dist/*.tar.gz dist/*.whl $(WHEELTEST)/from-sdist/*.whl $(WHEELTEST)/wheelhouse/*.whl
 	$(VENV)/bin/auditwheel show $(WHEELTEST)/wheelhouse/*.whl
 	ls $(WHEELTEST)/wheelhouse/*manylinux*.whl
 	$(PYTHON) -m venv $(WVENV)
