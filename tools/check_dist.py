@@ -43,6 +43,8 @@ def check_wheel(path: str, pyx_stems: set[str]) -> list[str]:
     problems = [f"{os.path.basename(path)} ships the source {n}" for n in names
                 if n.endswith(SOURCE_SUFFIXES)]
     for n in names:
+        if n.endswith("/"):                 # a directory entry (auditwheel writes them)
+            continue
         top = n.split("/")[0]
         if top.endswith((".dist-info", ".libs")) or n.endswith(SOURCE_SUFFIXES):
             continue                        # metadata, auditwheel's grafted libs; sources above
