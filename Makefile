@@ -107,7 +107,7 @@ test-aarch64: build/ctest/test_core.aarch64
 # repaired by auditwheel to a manylinux tag, every wheel's listing checked to hold no Cython
 # or C source and the LICENSE (tools/check_dist.py), installed with --no-index into a fresh venv
 # outside the tree, and the suite run against it from a copy of tests/ (plus the csrc/,
-# README.md and docs/ the C-core and README tests read), never from src/.
+# README.md, LICENSE and docs/ the C-core and README tests read), never from src/.
 WHEELTEST := build/wheeltest
 WVENV     := $(WHEELTEST)/venv
 $(VENV)/.wheel-deps: $(VENV)/.deps
@@ -133,7 +133,7 @@ wheel: $(VENV)/.wheel-deps
 	$(WVENV)/bin/pip install -q --no-index --no-deps --find-links $(WHEELTEST)/wheelhouse fastq-broker
 	@# test dependencies (and fastq's own) from the index; fastq-broker stays the wheel's
 	$(WVENV)/bin/pip install -q "fastq-broker[test,plot]" "pytest-timeout>=2"
-	cp -r tests csrc docs README.md $(WHEELTEST)/tree/
+	cp -r tests csrc docs README.md LICENSE $(WHEELTEST)/tree/
 	cd $(WHEELTEST)/tree && FASTQ_TEST_INSTALLED=$(abspath $(WVENV)) ../venv/bin/python -c \
 	    "import fastq, os, sys; f = os.path.realpath(fastq.__file__); v = os.environ['FASTQ_TEST_INSTALLED']; \
 	    assert f.startswith(v + os.sep), f; print('fastq imported from', f)"
