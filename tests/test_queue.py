@@ -229,13 +229,13 @@ def test_reject_without_dead_letter_queue_drops_and_counts(broker):
 def test_delayed_messages_come_in_due_order(broker):
     q = broker.queue("jobs")
     q.publish("c", delay=0.3)
+    t0 = time.monotonic()               # before "a" is published: its delay runs from then on
     q.publish("a", delay=0.1)
     q.publish("now")
     q.publish("b", delay=0.2, priority=4)
     assert q.depth()[:2] == (1, 3)
     assert [m.data for m in q.receive(10, wait=0)] == ["now"]
     seen = []
-    t0 = time.monotonic()
     while len(seen) < 3 and time.monotonic() - t0 < 5:
         for m in q.receive(10, wait=1):
             seen.append((m.data, time.monotonic() - t0))
