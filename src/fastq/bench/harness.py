@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
@@ -73,3 +74,17 @@ def raise_child_errors(errors) -> None:
     except Exception:
         return
     raise RuntimeError(msg)
+
+
+def start_children(procs, ready, go, errors, name: str) -> int:
+    """Start the benchmark's processes, wait until each is ready (60 s at most, raising
+    what a child reported), then release them all at once; returns the start time (ns)."""
+    for p in procs:
+        p.start()
+    for _ in procs:
+        if not ready.acquire(timeout=60):
+            raise_child_errors(errors)
+            raise RuntimeError(f"{name}: a benchmark process did not get ready in 60 s")
+    t0 = time.monotonic_ns()
+    go.set()
+    return t0

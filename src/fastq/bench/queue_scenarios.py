@@ -36,8 +36,8 @@ import struct
 import time
 
 from ..broker import open as open_broker
-from .harness import CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile, \
-    raise_child_errors as _raise_child_errors, result
+from .harness import (CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile,
+                      raise_child_errors as _raise_child_errors, result, start_children)
 
 ID = struct.Struct("<q")        # first 8 bytes of every message: its id
 QBATCH = 100                    # publish_many / receive(max_messages) / ack_many batch
@@ -302,14 +302,7 @@ def run_queue(tr: QueueTransport, cfg: Config, *, n: int, batch: int) -> dict:
                           args=(tr, i, producers, per[i], cfg.size, batch, cfg.seconds, ready, go, sent, errors))
               for i in range(producers)]
     try:
-        for p in procs:
-            p.start()
-        for _ in procs:
-            if not ready.acquire(timeout=60):
-                _raise_child_errors(errors)
-                raise RuntimeError(f"{tr.name}: a benchmark process did not get ready in 60 s")
-        t0 = time.monotonic_ns()
-        go.set()
+        t0 = start_children(procs, ready, go, errors, tr.name)
         reports = []
         while len(reports) < consumers:
             try:

@@ -43,7 +43,7 @@ from ..broker import open as open_broker
 from ..errors import InvalidArgument
 from .harness import RATE  # noqa: F401 -- re-exported: the CLI's --rate default
 from .harness import (CTX, STAMP, WorkloadConfig, exit_child as _exit_child, percentile,
-                      raise_child_errors as _raise_child_errors, result)
+                      raise_child_errors as _raise_child_errors, result, start_children)
 from .queue_scenarios import sc_queue, sc_queue_batch
 
 BATCH = 1000                     # publish_many batch size
@@ -258,14 +258,7 @@ def run_pipe(tr: Transport, cfg: Config, *, n: int, rate: int = 0, latency: bool
                                 ready, go, counts, errors), daemon=True)
               for i in range(producers)]
     try:
-        for p in procs:
-            p.start()
-        for _ in procs:
-            if not ready.acquire(timeout=60):
-                _raise_child_errors(errors)
-                raise RuntimeError(f"{tr.name}: a benchmark process did not get ready in 60 s")
-        t0 = time.monotonic_ns()
-        go.set()
+        t0 = start_children(procs, ready, go, errors, tr.name)
         while True:
             try:
                 status, got, t_last, lat = out.get(timeout=1.0)

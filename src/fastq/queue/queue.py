@@ -1063,7 +1063,9 @@ class Queue:
             raise LeaseLost(f"message {m.id} of queue {self.name!r} was peeked, not received: it has "
                             "no lease to settle")
 
-    def _settle(self, m: Message, state: int, not_before: int) -> None:
+    def _settle(self, m: Message, state: int, not_before: int, lost: str = "") -> None:
+        """Settle m's lease; LeaseLost (saying ``lost``, or that the lease ended or was
+        settled) when it is not current. msync under "group"/"always"."""
         if m._q is not self or m._session < 0:
             self._own(m)
         if self._closed:
@@ -1076,8 +1078,9 @@ class Queue:
             finally:
                 self._unlock()
         if not ok:
-            raise LeaseLost(f"message {m.id} of queue {self.name!r}: its lease (delivery {m.delivery_count}) "
-                            "ended or it was settled already; nothing was changed")
+            raise LeaseLost(f"message {m.id} of queue {self.name!r}: " + (lost or (
+                f"its lease (delivery {m.delivery_count}) ended or it was settled already; nothing was "
+                "changed")))
         m._settled = True
         if self._sync:
             self._state.sync()
@@ -1186,17 +1189,7 @@ class Queue:
                          "dlq-published-ms": str(int(m.published_at * 1000)),
                          "dlq-dead-lettered-ms": str(_now_ms())})
             dlq._publish_raw(m.body, m.key, hdrs, dedup_id=f"dlq:{self.name}:{m.id}:{m._lane}:{m._offset}")
-        self._lock()
-        try:
-            ok = self._state.settle(m._lane, m._offset, m._deliveries, m._session, ARCHIVED, -1)
-        finally:
-            self._unlock()
-        if not ok:
-            raise LeaseLost(f"message {m.id} of queue {self.name!r}: its lease ended before it was "
-                            "dead-lettered; the other delivery stands")
-        m._settled = True
-        if self._sync:
-            self._state.sync()
+        self._settle(m, ARCHIVED, -1, "its lease ended before it was dead-lettered; the other delivery stands")
 
     def _dead_letter_queue(self) -> "Queue":
         if self._dlq is None or self._dlq._closed:
