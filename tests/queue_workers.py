@@ -164,3 +164,28 @@ def receiver(path: str, logfile: str, stopfile: str) -> None:
             log("recv", m.data, m.delivery_count, m.id, time.monotonic_ns())
             m.ack()
     b.close()
+
+
+def subscriber(path: str, logfile: str, stopfile: str, guarantee: str) -> None:
+    """``Queue.subscribe`` in this process: the handler logs "handled <data> <delivery>
+    <monotonic ns> <wall ms>" and fails (raises) on every delivery of data that ends in
+    "!" — those must end in the dead letters after max_deliveries. Stops when
+    ``stopfile`` exists."""
+    log = EventLog(logfile)
+    log("start", os.getpid())
+    b = fastq.open(path)
+    q = b.queue(QUEUE)
+
+    def handler(m):
+        log("handled", m.data, m.delivery_count, time.monotonic_ns(), time.time_ns() // 1_000_000)
+        time.sleep(0.001)                     # work: the kills land while messages are in hand
+        if m.data.endswith("!"):
+            raise ValueError("always fails")
+
+    sub = q.subscribe(handler, guarantee=guarantee, backoff=0.0)
+    while not os.path.exists(stopfile):
+        time.sleep(0.01)
+    sub.stop()
+    sub.join()
+    b.close()
+    log("stopped")
