@@ -573,8 +573,8 @@ def test_dead_lettering_killed_midway_stores_one_dead_letter(tmp_path, point):
         d2 = q2._dead_letter_queue()
         if point == "dlq_append":
             _die_after_append(d2._lane_log(_lane(d2, 0), create=True))
-        else:
-            q2._state = _StateProxy(q2._state, "settle")
+        else:                                     # the settle takes the lock itself (settle_now)
+            q2._state = _StateProxy(q2._state, "settle_now")
         q2.receive(1, wait=5)
         raise AssertionError("not dead-lettered")
 
