@@ -54,7 +54,8 @@ def test_add_run_result_and_job_fields(tq):
     job = tq.add("resize", {"url": "u", "width": 800})
     assert job.state == "waiting" and job.name == "resize" and job.data == {"url": "u", "width": 800}
     assert job.attempts_made == 0 and job.return_value is None
-    assert tq.counts() == {"waiting": 1, "delayed": 0, "active": 0, "completed": 0, "failed": 0}
+    assert tq.counts() == {"waiting": 1, "delayed": 0, "active": 0, "completed": 0, "failed": 0,
+                           "prioritized": 0, "paused": 0}
 
     def handle(j):
         j.update_progress(40)
@@ -295,7 +296,7 @@ def test_remove_on_complete_count_keeps_the_latest(tq, broker):
         for j in jobs:
             j.result(10)
     fresh = fastq.TaskQueue("images", broker)
-    assert [j.data for j in fresh.get_jobs("completed")] == [5, 6, 7]
+    assert [j.data for j in fresh.get_jobs("completed", asc=True)] == [5, 6, 7]
     assert fresh.counts()["completed"] == 3
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "JobFailed",
     "JobCancelled",
     "UnknownJob",
+    "JobStateError",
+    "JobActive",
 ]
 
 
@@ -201,3 +203,14 @@ class JobCancelled(FastqError, RuntimeError):
 
 class UnknownJob(FastqError, KeyError):
     """No job with that id is known to the task queue (never added, or removed)."""
+
+
+class JobStateError(FastqError, RuntimeError):
+    """A task-queue job is not in a state the operation needs (``job.retry()`` of a job
+    that did not fail, ``job.promote()`` of one that is not delayed); the message names the
+    job and its state."""
+
+
+class JobActive(JobStateError):
+    """A task-queue job is being run by a worker, so it cannot be removed (BullMQ's job
+    lock); ``obliterate()`` refuses while jobs are active unless ``force=True``."""

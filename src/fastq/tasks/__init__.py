@@ -1,13 +1,16 @@
 """Task queues in the style of BullMQ (issue 16): named jobs with results, delay, attempts
 and backoff, priority, progress, timeouts and retention, run by workers — built on
 :mod:`fastq.queue` (leases, delay, priority, dedup, dead-consumer detection) and a
-compacted topic of job states. See docs/TASKS.md.
+compacted topic of job states, with a control topic for pause and administration
+(:mod:`fastq.tasks.control`, :mod:`fastq.tasks.admin`). See docs/TASKS.md.
 """
 from __future__ import annotations
 
+from .admin import CLEAN_STATES, COUNT_STATES
 from .backoff import Backoff
 from .job import STATES, Job
 from .taskqueue import JOB_OPTIONS, TaskQueue
 from .worker import MODES, Worker
 
-__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "STATES", "JOB_OPTIONS", "MODES"]
+__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "STATES", "COUNT_STATES", "CLEAN_STATES", "JOB_OPTIONS",
+           "MODES"]

@@ -12,7 +12,12 @@ backoff as a dict), ``state`` (``waiting``/``delayed``/``active``/``completed``/
 ``due_ms`` (delayed: not before), ``attempts_made`` (times started, including a run a
 killed worker never finished), ``progress``, ``return_value``, ``failed_reason``,
 ``stacktrace`` (one text per failed attempt), ``logs``, ``added_ms``, ``processed_ms``,
-``finished_ms``.
+``finished_ms``, ``gen`` (the job's incarnation: 0 when added, + 1 at each retry or
+promote, and when a removed ``job_id`` is added again; its queue message names it).
+
+A removed job is a tombstone, or — for a job added with a ``job_id`` — a removed marker
+``{"id", "state": "removed", "gen", "removed_ms"}`` that keeps the last ``gen`` of the id
+(see :mod:`fastq.tasks.admin`).
 
 Thread-safety: a JobIndex takes its own lock; Job objects may be read from any thread.
 """
@@ -25,15 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import CorruptRecord, InvalidArgument, JobCancelled, JobFailed, Timeout
+from ..errors import CorruptRecord, InvalidArgument, JobCancelled, JobFailed, Timeout, UnknownJob
 
 if TYPE_CHECKING:
     from .taskqueue import TaskQueue
 
-__all__ = ["Job", "JobIndex", "STATES", "encode_state"]
+__all__ = ["Job", "JobIndex", "STATES", "encode_state", "decode_state"]
 
 STATES = ("waiting", "delayed", "active", "completed", "failed")
 FINISHED = ("completed", "failed")
+REMOVED = "removed"                # the state of a removed job_id's marker record
 REMOVED_MEMORY = 10_000            # final states of removed jobs kept for result() waiters
 
 _enc = msgspec.json.Encoder()
@@ -46,6 +52,10 @@ def now_ms() -> int:
 
 def encode_state(state: dict) -> bytes:
     return _enc.encode(state)
+
+
+def decode_state(raw) -> Any:
+    return _dec.decode(raw)
 
 
 def effective_state(s: dict, now: int | None = None) -> str:
@@ -68,6 +78,7 @@ class JobIndex:
         self.jobs: dict[str, dict] = {}
         self.by_state: dict[str, OrderedDict] = {s: OrderedDict() for s in STATES}
         self.removed: OrderedDict = OrderedDict()
+        self.gens: dict[str, int] = {}             # removed job_ids: the gen their marker names
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -91,7 +102,17 @@ class JobIndex:
         old = self.jobs.get(jid)
         if old is not None:
             self.by_state[old["state"]].pop(jid, None)
-        if rec.value is None:                      # removed
+        s = None
+        if rec.value is not None:
+            try:
+                s = _dec.decode(rec.value)
+            except msgspec.DecodeError as e:
+                raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
+                                    f"is not a job state: {e}") from None
+            if isinstance(s, dict) and s.get("state") == REMOVED:   # a removed job_id's marker
+                self.gens[jid] = s.get("gen", 0)
+                s = None
+        if s is None:                              # removed
             if old is not None:
                 del self.jobs[jid]
                 self.removed[jid] = old
@@ -99,17 +120,12 @@ class JobIndex:
                 while len(self.removed) > REMOVED_MEMORY:
                     self.removed.popitem(last=False)
             return
-        try:
-            s = _dec.decode(rec.value)
-        except msgspec.DecodeError as e:
-            raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
-                                f"is not a job state: {e}") from None
         if not isinstance(s, dict) or s.get("state") not in STATES:
             raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
                                 f"has no valid state")
         self.jobs[jid] = s
         self.removed.pop(jid, None)
-        self.by_state[s["state"]][jid] = None
+        self.by_state[s["state"]][jid] = rec.offset
 
     def get(self, jid: str, refresh: bool = True) -> dict | None:
         if refresh:
@@ -123,34 +139,6 @@ class JobIndex:
         with self._lock:
             s = self.jobs.get(jid)
             return s if s is not None else self.removed.get(jid)
-
-    def counts(self) -> dict[str, int]:
-        self.refresh()
-        now = now_ms()
-        with self._lock:
-            out = {s: len(ids) for s, ids in self.by_state.items()}
-            due = sum(1 for j in self.by_state["delayed"] if self.jobs[j].get("due_ms", 0) <= now)
-        out["delayed"] -= due
-        out["waiting"] += due
-        return out
-
-    def ids(self, states) -> list[str]:
-        self.refresh()
-        now = now_ms()
-        with self._lock:
-            out = []
-            want = set(states)
-            for st in STATES:
-                for j in self.by_state[st]:
-                    if effective_state(self.jobs[j], now) in want:
-                        out.append(j)
-            return out
-
-    def finished_ids(self, state: str) -> list[str]:
-        """Ids in ``state`` (completed or failed), oldest finish first."""
-        self.refresh()
-        with self._lock:
-            return list(self.by_state[state])
 
     def wait(self, timeout: float | None) -> bool:
         """Block until something is appended past ``position`` (True) or ``timeout``."""
@@ -237,6 +225,20 @@ class Job:
             from_ = "this job is not being run by a worker of this process"
             raise InvalidArgument(f"job {self.id!r}: {what} is for the handler running it ({from_})")
 
+    # -- administration (TaskQueue's, for this job) ----------------------------------------
+
+    def remove(self) -> None:
+        """Remove this job (:meth:`fastq.TaskQueue.remove`; refused while it is active)."""
+        self._tq.remove(self.id)
+
+    def retry(self, state: str = "failed") -> None:
+        """Run this failed (or, with ``state="completed"``, completed) job again."""
+        self._tq.retry_job(self.id, state)
+
+    def promote(self) -> None:
+        """Run this delayed job now."""
+        self._tq.promote(self.id)
+
     # -- waiting ---------------------------------------------------------------------------
 
     def result(self, timeout: float | None = None) -> Any:
@@ -255,6 +257,8 @@ class Job:
                     raise JobFailed(f"job {self.id!r} ({s.get('name')}) failed after {s.get('attempts_made')} "
                                     f"attempt(s): {s.get('failed_reason')}", self.id, s.get("failed_reason"),
                                     s.get("stacktrace"))
+                if idx.get(self.id, refresh=False) is None:
+                    raise UnknownJob(f"job {self.id!r} was removed before it finished (it was {s['state']})")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise Timeout(f"job {self.id!r} did not finish within {timeout} s "

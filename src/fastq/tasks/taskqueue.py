@@ -5,10 +5,20 @@ A task queue ``name`` is two things in the broker:
 - the message queue ``<name>.tasks`` (:class:`fastq.Queue`): one message per job run, with
   the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
   the task queue never reimplements them;
-- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`).
+- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
+- the control topic ``<name>.ctl`` and the admin lock ``tasks/<name>/admin.lock``: the
+  pause flag and the admin epoch (see :mod:`fastq.tasks.control`).
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
-can never be overwritten by the "waiting" that came before it.
+can never be overwritten by the "waiting" that came before it. It holds the admin lock
+shared for both, so an admin operation (:mod:`fastq.tasks.admin`) never sees a job with
+a state and no message yet.
+
+A job message is msgspec JSON: ``id``, ``name``, ``data``, ``opts``, ``added_ms``, ``gen``
+(the job incarnation it runs: a message whose ``gen`` is not the job state's is stale and
+dropped), ``ep`` (the admin epoch when it was published), and ``a0`` (attempts made before
+this message: a promoted retry keeps counting). A message with a ``job_id`` (or a retry)
+is published with the queue dedup id ``"<gen>:<job id>"``.
 
 Thread-safety: a TaskQueue may be shared by threads. Process-safety: any number of
 processes may open the same task queue, add, run workers and read jobs.
@@ -23,8 +33,10 @@ from ..broker.config import validate_name
 from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
 from ..queue.queue import PRIORITIES
+from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
-from .job import STATES, Job, JobIndex, encode_state, now_ms
+from .control import CTL_SUFFIX, Control
+from .job import Job, JobIndex, encode_state, now_ms
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -33,19 +45,34 @@ __all__ = ["TaskQueue", "JOB_OPTIONS"]
 
 QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
-MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(CTL_SUFFIX))
 MAX_JOB_ID = 512
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
 
-def _keep(what: str, v) -> bool | int:
+def _keep(what: str, v) -> bool | int | dict:
+    """The stored form of ``remove_on_complete`` / ``remove_on_fail``: True, False, a count
+    of jobs to keep, or ``{"age": seconds, "count": n}`` (either key may be left out)."""
     if isinstance(v, bool):
         return v
     if isinstance(v, int) and v >= 0:
         return v
-    raise InvalidArgument(f"{what} must be True, False or a count of jobs to keep >= 0, got {v!r} "
-                          "({age, count} is not supported yet)")
+    if isinstance(v, dict) and v and not set(v) - {"age", "count"}:
+        out: dict[str, Any] = {}
+        age, count = v.get("age"), v.get("count")
+        if age is not None:
+            if isinstance(age, bool) or not isinstance(age, (int, float)) or not math.isfinite(age) or age < 0:
+                raise InvalidArgument(f"{what}: age must be seconds >= 0, got {age!r}")
+            out["age"] = float(age)
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise InvalidArgument(f"{what}: count must be an int >= 0, got {count!r}")
+            out["count"] = count
+        if out:
+            return out
+    raise InvalidArgument(f"{what} must be True, False, a count of jobs to keep >= 0 or "
+                          f"{{'age': seconds, 'count': n}}, got {v!r}")
 
 
 def validate_options(opts: dict) -> dict:
@@ -85,12 +112,14 @@ def validate_options(opts: dict) -> dict:
     return out
 
 
-class TaskQueue:
+class TaskQueue(AdminMixin):
     """Named jobs with results, delay, attempts and backoff, priority, progress and
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
     ``visibility_timeout``: the lease of the underlying queue (workers keep extending it
     while a job runs; a killed worker's jobs come back at once through the queue's
-    dead-consumer detection, not after the lease)."""
+    dead-consumer detection, not after the lease). Administration — counts, paging,
+    pause/resume, drain, clean, retry, promote, remove, obliterate — is
+    :class:`fastq.tasks.admin.AdminMixin`'s."""
 
     def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0):
         validate_name("task queue", name)
@@ -103,30 +132,41 @@ class TaskQueue:
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
+        self._ctl = Control(broker, name)
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
 
-    def _prepare(self, name, data, opts: dict) -> tuple[dict, bytes, Job | None]:
+    def _prepare(self, name, data, opts: dict) -> tuple[dict, Job | None]:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
         stored = validate_options(opts)
         jid = stored.get("job_id")
+        gen = 0
         if jid is not None:
             s = self._index.get(jid)
             if s is not None:                      # BullMQ: an add with an existing jobId is ignored
-                return {}, b"", Job(self, jid, s)
+                return {}, Job(self, jid, s)
+            if jid in self._index.gens:            # added again after its removal: a new incarnation
+                gen = self._index.gens[jid] + 1
         else:
             jid = uuid.uuid4().hex
         now = now_ms()
-        body = self._codec.encode({"id": jid, "name": name, "data": data, "opts": stored, "added_ms": now})
         delay = stored.get("delay")
         state = {"id": jid, "name": name, "data": data, "opts": stored,
                  "state": "delayed" if delay else "waiting", "attempts_made": 0, "progress": 0,
-                 "added_ms": now}
+                 "added_ms": now, "gen": gen}
         if delay:
             state["due_ms"] = now + int(delay * 1000)
-        return state, bytes(body), None
+        return state, None
+
+    def _body(self, s: dict, ep: int, a0: int = 0) -> bytes:
+        """The queue message of job state ``s`` (module docstring)."""
+        doc = {"id": s["id"], "name": s["name"], "data": s.get("data"), "opts": s["opts"],
+               "added_ms": s.get("added_ms"), "gen": s.get("gen", 0), "ep": ep}
+        if a0:
+            doc["a0"] = a0
+        return bytes(self._codec.encode(doc))
 
     def add(self, name: str, data: Any = None, *, delay: float | None = None, attempts: int = 1,
             backoff: Backoff | float | None = None, priority: int = 0, job_id: str | None = None,
@@ -165,30 +205,33 @@ class TaskQueue:
         prepared = []
         first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
         for n, d, o in items:
-            st, body, existing = self._prepare(n, d, o)
+            st, existing = self._prepare(n, d, o)
             jid = o.get("job_id")
             if existing is None and jid is not None:
                 if jid in first:
-                    st, body, existing = {}, b"", first[jid]
+                    st, existing = {}, first[jid]
                 else:
                     first[jid] = Job(self, jid, st)
-            prepared.append((st, body, existing))
-        new = [(s, b) for s, b, existing in prepared if existing is None]
+            prepared.append((st, existing))
+        new = [s for s, existing in prepared if existing is None]
         if new:
-            self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
-            plain: dict[int, list] = {}
-            for s, body in new:
-                o = s["opts"]
-                if o.get("delay") or "job_id" in o:
-                    self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
-                                       dedup_id=o.get("job_id"))
-                else:
-                    plain.setdefault(o["priority"], []).append(body)
-            for prio, bodies in plain.items():
-                self.queue.publish_many(bodies, priority=prio)
+            with self._ctl.shared():               # no admin operation between state and message
+                ep = self._ctl.epoch
+                bodies = [self._body(s, ep) for s in new]      # CodecError here: nothing stored
+                self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s in new])
+                plain: dict[int, list] = {}
+                for s, body in zip(new, bodies):
+                    o = s["opts"]
+                    if o.get("delay") or "job_id" in o:
+                        self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
+                                           dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
+                    else:
+                        plain.setdefault(o["priority"], []).append(body)
+                for prio, group in plain.items():
+                    self.queue.publish_many(group, priority=prio)
         out, it = [], iter(new)
-        for s, _, existing in prepared:
-            out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
+        for s, existing in prepared:
+            out.append(existing if existing is not None else Job(self, s["id"], next(it)))
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -200,28 +243,16 @@ class TaskQueue:
             raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
         return Job(self, job_id, s)
 
-    def get_jobs(self, states: Iterable[str] | str = STATES) -> list[Job]:
-        """The jobs in any of ``states`` (finished ones oldest first)."""
-        states = [states] if isinstance(states, str) else list(states)
-        bad = [s for s in states if s not in STATES]
-        if bad:
-            raise InvalidArgument(f"unknown job state(s) {bad}; states are {list(STATES)}")
-        idx = self._index
-        return [Job(self, j, idx.jobs.get(j)) for j in idx.ids(states)]
-
-    def counts(self) -> dict[str, int]:
-        """``{"waiting", "delayed", "active", "completed", "failed": n}`` as this process
-        knows them (the job-state topic read to its end)."""
-        return self._index.counts()
-
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict) -> None:
-        self.topic.publish(encode_state(state), key=state["id"].encode())
+    def _put(self, state: dict) -> int:
+        """Append a job state; returns its offset in the job-state topic."""
+        return self.topic.publish(encode_state(state), key=state["id"].encode()).offset
 
     def _remove_ids(self, ids: list[str]) -> None:
-        if ids:
-            self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
+        """Remove these jobs (as this process knows them) from the job-state topic."""
+        idx = self._index
+        self._remove_states([s for s in (idx.get(j, refresh=False) for j in ids) if s is not None])
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
@@ -232,8 +263,9 @@ class TaskQueue:
         return self._closed or self.broker.closed
 
     def close(self) -> None:
-        """Forget this handle (the broker owns the queue and topic). Idempotent."""
+        """Forget this handle (the broker owns the queue and topics). Idempotent."""
         self._closed = True
+        self._ctl.close()
 
     def __enter__(self) -> "TaskQueue":
         return self

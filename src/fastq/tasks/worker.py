@@ -4,10 +4,12 @@ One run of a job, in a worker thread:
 
 1. receive the job's message from ``<queue>.tasks`` (a lease; the lease keeper thread
    extends it while the job runs, so long jobs are not redelivered);
-2. a redelivered message (delivery 2+) whose job is already completed or failed — its
-   worker was killed between recording the end and acking — is acked and not run again;
-3. record ``active`` (attempts_made = the message's delivery count: a run that a killed
-   worker never finished counts, as BullMQ's stalled counter), call the handler;
+2. admission, under the admin lock held shared (:mod:`fastq.tasks.control`): while the
+   queue is paused the message is held (its lease kept) until it resumes; a message whose
+   job was removed, replaced (another ``gen``) or already completed or failed — its worker
+   was killed between recording the end and acking — is acked and not run;
+3. record ``active`` (attempts_made = the message's delivery count plus its ``a0``: a run
+   that a killed worker never finished counts, as BullMQ's stalled counter), call the handler;
 4. returned: encode the result (a result the codec cannot encode fails the job, with
    that reason), record ``completed``, ack; raised (or ran past ``timeout``): record the
    stack; with attempts left, record ``delayed``/``waiting`` and nack with the backoff's
@@ -15,7 +17,10 @@ One run of a job, in a worker thread:
 5. apply ``remove_on_complete`` / ``remove_on_fail`` (tombstones in the job-state topic).
 
 The state is always recorded before the message is settled: a kill between the two
-redelivers a job whose state says where it got to (step 2).
+redelivers a job whose state says where it got to (step 2). States after ``active`` are
+recorded only while the job still exists (``TaskQueue._put_if_current``): a job removed
+by ``obliterate(force=True)`` while running is acked and stays gone. While the queue is
+paused, workers receive nothing.
 
 Thread-safety: ``close()`` may be called from any thread. A Worker is not inherited by a
 forked child.
@@ -30,10 +35,11 @@ from typing import Any, Callable, Mapping, Union
 
 import msgspec
 
-from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost
+from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, UnknownJob
 from ..log.config import check_int
 from .backoff import Backoff
-from .job import FINISHED, Job, now_ms
+from .admin import DROP, RUN
+from .job import Job, now_ms
 from .taskqueue import TaskQueue
 
 __all__ = ["Worker", "MODES"]
@@ -109,8 +115,12 @@ class Worker:
 
     def _run(self) -> None:
         q = self._q
+        ctl = self.queue._ctl
         while not self._stop.is_set():
             try:
+                if ctl.paused():                  # take nothing while paused (any process's pause)
+                    ctl.wait_change(0.1)
+                    continue
                 msgs = q.receive(self._batch, wait=0.1)
             except Closed:
                 return
@@ -166,21 +176,29 @@ class Worker:
         except (msgspec.DecodeError, KeyError, TypeError) as e:
             m.reject(f"not a fastq job message: {e}")
             return
-        dc = m.delivery_count
-        prev = None
-        if dc > 1:                                   # a retry, or a killed worker's job
-            prev = tq._index.get(jid)
-            if prev is not None and prev["state"] in FINISHED:
-                m.ack()                              # finished before its worker died: never again
+        dc = m.delivery_count + msg.get("a0", 0)
+        while True:
+            with tq._ctl.shared():
+                verdict, prev, ep = tq._admit(msg, m.delivery_count)
+                if verdict == RUN:
+                    s = dict(prev) if prev is not None else {"id": jid, "name": name, "progress": 0,
+                                                             "added_ms": msg.get("added_ms")}
+                    s.update(data=msg.get("data"), opts=opts, state="active", attempts_made=dc,
+                             processed_ms=now_ms(), gen=msg.get("gen", 0))
+                    s.pop("due_ms", None)
+                    s.pop("finished_ms", None)
+                    ticket = [ep, tq._put(s)]        # what _put_if_current checks against
+                    break
+            if verdict == DROP:                      # removed, replaced or finished: never run it
+                m.ack()
                 return
-        s = dict(prev) if prev is not None else {"id": jid, "name": name, "progress": 0,
-                                                 "added_ms": msg.get("added_ms")}
-        s.update(data=msg.get("data"), opts=opts, state="active", attempts_made=dc, processed_ms=now_ms())
-        s.pop("due_ms", None)
-        s.pop("finished_ms", None)
-        tq._put(s)
+            while tq._ctl.paused():                  # paused: hold it (the keeper keeps its lease)
+                if self._stop.is_set():
+                    m.nack()
+                    return
+                tq._ctl.wait_change(0.1)
         job = Job(tq, jid, s, own=True)
-        job._write = lambda what, v: self._write(s, what, v)
+        job._write = lambda what, v: self._write(s, what, v, ticket)
         timeout = opts.get("timeout")
         deadline = None
         if timeout is not None:
@@ -202,17 +220,19 @@ class Worker:
                 raise _Permanent(f"the handler's result cannot be stored: {e}") from None
         except Exception as e:
             timed_out = deadline is not None and (job.cancelled or time.monotonic() >= deadline)
-            self._failed(m, s, e, timed_out, timeout)
+            self._failed(m, s, e, timed_out, timeout, ticket)
             return
         s.update(state="completed", return_value=msgspec.Raw(raw), failed_reason=None, finished_ms=now_ms())
-        tq._put(s)
+        mine = tq._put_if_current(s, ticket)
         s["return_value"] = rv
         m.ack()
+        if not mine:                                 # removed while it ran (obliterate, force)
+            return
         with self._lock:
             self.completed += 1
-        self._retain(s, "remove_on_complete", "completed")
+        tq._retain(s, "remove_on_complete", "completed")
 
-    def _failed(self, m, s: dict, e: Exception, timed_out: bool, timeout) -> None:
+    def _failed(self, m, s: dict, e: Exception, timed_out: bool, timeout, ticket: list) -> None:
         tq = self.queue
         opts = s["opts"]
         if timed_out:
@@ -224,45 +244,38 @@ class Worker:
         stack = reason if isinstance(e, _Permanent) else "".join(traceback.format_exception(e)).rstrip()
         s["stacktrace"] = list(s.get("stacktrace") or []) + [stack]
         s["failed_reason"] = reason
-        dc = m.delivery_count
+        dc = s["attempts_made"]
         if not isinstance(e, _Permanent) and dc < opts.get("attempts", 1):
             b = Backoff.coerce(opts.get("backoff"))
             delay = b(dc) if b is not None else 0.0
             s.update(state="delayed" if delay else "waiting")
             if delay:
                 s["due_ms"] = now_ms() + int(delay * 1000)
-            tq._put(s)
+            if not tq._put_if_current(s, ticket):
+                m.ack()
+                return
             m.nack(delay, error=reason)
             with self._lock:
                 self.retried += 1
             return
         s.update(state="failed", finished_ms=now_ms())
-        tq._put(s)
+        mine = tq._put_if_current(s, ticket)
         m.ack()
+        if not mine:
+            return
         with self._lock:
             self.failed += 1
-        self._retain(s, "remove_on_fail", "failed")
+        tq._retain(s, "remove_on_fail", "failed")
 
-    def _write(self, s: dict, what: str, v) -> None:
+    def _write(self, s: dict, what: str, v, ticket: list) -> None:
         new = dict(s)
         if what == "progress":
             new["progress"] = v
         else:
             new["logs"] = list(s.get("logs") or []) + [v]
-        self.queue._put(new)                   # CodecError here reaches the handler, s unchanged
+        if not self.queue._put_if_current(new, ticket):  # CodecError here reaches the handler, s unchanged
+            raise UnknownJob(f"job {s['id']!r} was removed from task queue {self.queue.name!r} while it ran")
         s.update(new)
-
-    def _retain(self, s: dict, option: str, state: str) -> None:
-        keep = s["opts"].get(option, False)
-        if keep is False:
-            return
-        tq = self.queue
-        if keep is True:
-            tq._remove_ids([s["id"]])
-            return
-        ids = tq._index.finished_ids(state)
-        if len(ids) > keep:
-            tq._remove_ids(ids[: len(ids) - keep])
 
     # -- lifetime ----------------------------------------------------------------------------
 

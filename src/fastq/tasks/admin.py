@@ -1,0 +1,469 @@
+"""Administration of a task queue (BullMQ's Queue getters and operator methods), mixed into
+:class:`fastq.TaskQueue`: counts by state, paging, pause/resume, drain, clean, retry,
+promote, remove, obliterate, and the retention of finished jobs.
+
+How a job is removed: its key gets a tombstone in the job-state topic ``<name>.jobs``
+(null value) or, for a job added with a ``job_id``, a **removed marker**
+``{"id", "state": "removed", "gen", "removed_ms"}`` — so that adding the same ``job_id``
+again makes a new incarnation (``gen`` + 1) whose queue message has a dedup id of its own
+(:mod:`fastq.tasks.taskqueue`). The job's queue message, if it is still waiting or delayed,
+stays in the queue; the worker that receives it finds the job gone (or of another ``gen``)
+and acks it without running it (:meth:`AdminMixin._admit`). Only ``obliterate`` also
+purges the queue (no job is left to recover there).
+
+Every operation here that removes jobs or makes a queue message stale holds the admin lock
+exclusively and moves the admin epoch on first (:mod:`fastq.tasks.control`), so workers
+fall off their fast path and check the job state before running anything added before it.
+A kill -9 at any point leaves each job either as it was or removed (one tombstone each,
+written in batches of :data:`BATCH`); see docs/TASKS.md "Administration".
+
+Thread- and process-safety: as :class:`fastq.TaskQueue`'s.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from ..errors import InvalidArgument, JobActive, JobStateError, UnknownJob
+from .job import FINISHED, REMOVED, Job, decode_state as _dec_state, encode_state, now_ms
+
+__all__ = ["AdminMixin", "COUNT_STATES", "CLEAN_STATES", "dedup_id"]
+
+COUNT_STATES = ("waiting", "active", "delayed", "prioritized", "completed", "failed", "paused")
+CLEAN_STATES = ("completed", "failed", "waiting", "delayed", "prioritized", "paused")
+ALIASES = {"wait": "waiting"}              # BullMQ's name for the wait list
+BATCH = 1000                               # tombstones per append: a crash leaves whole batches
+RUN, DROP, PAUSED = "run", "drop", "paused"
+
+
+def dedup_id(jid: str, gen: int) -> str:
+    """The queue dedup id of incarnation ``gen`` of job ``jid`` (injective: gen has no ':')."""
+    return f"{gen}:{jid}"
+
+
+def _states(states, allowed: tuple, what: str) -> set[str]:
+    if isinstance(states, str):
+        states = [states]
+    try:
+        out = [ALIASES.get(s, s) for s in states]
+    except TypeError:
+        raise InvalidArgument(f"{what} must be a state name or a list of them, got {states!r}") from None
+    bad = [s for s in out if s not in allowed]
+    if bad or not out:
+        raise InvalidArgument(f"unknown job state(s) {bad or states!r} for {what}; states are {list(allowed)}")
+    return set(out)
+
+
+def _int(what: str, v, lo: int, none_ok: bool = False) -> int | None:
+    if v is None and none_ok:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InvalidArgument(f"{what} must be an int >= {lo}{' or None' if none_ok else ''}, got {v!r}")
+    return v
+
+
+class AdminMixin:
+    """Queue-level getters and operator methods of :class:`fastq.TaskQueue` (module docstring)."""
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _classify(self, s: dict, now: int, paused: bool) -> str:
+        """The BullMQ state a job counts in: a delayed job past its due time is waiting; a
+        waiting job with priority > 0 is prioritized; while paused a waiting one is paused."""
+        st = s["state"]
+        if st == "delayed" and s.get("due_ms", 0) <= now:
+            st = "waiting"
+        if st == "waiting":
+            if s["opts"].get("priority", 0) > 0:
+                return "prioritized"
+            if paused:
+                return "paused"
+        return st
+
+    def _select(self, want: set[str]) -> list[tuple[int, str, dict]]:
+        """(offset of the latest state, id, state) of the jobs counted in ``want``, in no order."""
+        idx = self._index
+        idx.refresh()
+        paused = self._ctl.paused()
+        now = now_ms()
+        out = []
+        with idx._lock:
+            for st in ("waiting", "delayed", "active", "completed", "failed"):
+                for j, off in idx.by_state[st].items():
+                    s = idx.jobs[j]
+                    if self._classify(s, now, paused) in want:
+                        out.append((off, j, s))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """``{"waiting", "active", "delayed", "prioritized", "completed", "failed", "paused": n}``
+        (BullMQ's getJobCounts), as this process knows them: the job-state topic read to its
+        end. ``waiting`` holds priority-0 jobs; ``prioritized`` waiting ones with priority > 0;
+        while the queue is paused its priority-0 waiting jobs count as ``paused``."""
+        idx = self._index
+        idx.refresh()
+        paused = self._ctl.paused()
+        now = now_ms()
+        out = dict.fromkeys(COUNT_STATES, 0)
+        with idx._lock:
+            for st in ("active", "completed", "failed"):
+                out[st] = len(idx.by_state[st])
+            for st in ("waiting", "delayed"):
+                for j in idx.by_state[st]:
+                    out[self._classify(idx.jobs[j], now, paused)] += 1
+        return out
+
+    def get_job_counts(self, *states: str) -> dict[str, int]:
+        """BullMQ's ``getJobCounts(...types)``: :meth:`counts` of ``states`` (all when none)."""
+        c = self.counts()
+        return c if not states else {s: c[s] for s in sorted(_states(states, COUNT_STATES, "get_job_counts"),
+                                                              key=COUNT_STATES.index)}
+
+    def get_job_count_by_types(self, *states: str) -> int:
+        """How many jobs are in any of ``states``; ``waiting`` includes ``paused`` (BullMQ)."""
+        want = _states(states, COUNT_STATES, "get_job_count_by_types")
+        if "waiting" in want:
+            want.add("paused")
+        c = self.counts()
+        return sum(c[s] for s in want)
+
+    def count(self) -> int:
+        """Jobs still to run: waiting, paused, prioritized and delayed (BullMQ's ``count()``)."""
+        return self.get_job_count_by_types("waiting", "prioritized", "delayed")
+
+    def get_waiting_count(self) -> int:
+        """Waiting (priority 0) jobs, paused ones included (BullMQ's getWaitingCount)."""
+        return self.get_job_count_by_types("waiting")
+
+    def get_active_count(self) -> int:
+        return self.counts()["active"]
+
+    def get_delayed_count(self) -> int:
+        return self.counts()["delayed"]
+
+    def get_prioritized_count(self) -> int:
+        return self.counts()["prioritized"]
+
+    def get_completed_count(self) -> int:
+        return self.counts()["completed"]
+
+    def get_failed_count(self) -> int:
+        return self.counts()["failed"]
+
+    def get_paused_count(self) -> int:
+        return self.counts()["paused"]
+
+    def get_jobs(self, states: Iterable[str] | str = COUNT_STATES, start: int = 0, end: int = -1,
+                 asc: bool = False) -> list[Job]:
+        """The jobs counted in any of ``states`` (see :meth:`counts`; ``waiting`` includes
+        ``paused``, as BullMQ's getJobs), ordered by their last change — newest first, or
+        oldest first with ``asc=True`` — and sliced to positions ``start..end`` inclusive
+        (``end=-1``: to the last)."""
+        want = _states(states, COUNT_STATES, "get_jobs")
+        if "waiting" in want:
+            want.add("paused")
+        _int("start", start, 0)
+        if isinstance(end, bool) or not isinstance(end, int) or end < -1:
+            raise InvalidArgument(f"end must be an int >= -1 (-1: to the last), got {end!r}")
+        rows = self._select(want)
+        rows.sort(key=lambda r: r[0], reverse=not asc)
+        rows = rows[start:] if end == -1 else rows[start:end + 1]
+        return [Job(self, j, s) for _, j, s in rows]
+
+    # -- pause ---------------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Pause the queue for every process: workers take no new job until :meth:`resume`;
+        jobs already running finish. Persistent (a record of the control topic)."""
+        self._check_open()
+        with self._ctl.exclusive():
+            if not self._ctl.paused():
+                self._ctl.set_paused(True)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`; waiting workers start taking jobs at once."""
+        self._check_open()
+        with self._ctl.exclusive():
+            if self._ctl.paused():
+                self._ctl.set_paused(False)
+
+    def is_paused(self) -> bool:
+        return self._ctl.paused()
+
+    # -- removing ------------------------------------------------------------------------------
+
+    def _remove_states(self, states: list[dict]) -> None:
+        """Tombstones (markers for job_id jobs) for these job states, in batches."""
+        lg = self.topic.log(0)
+        now = now_ms()
+        recs = []
+        for s in states:
+            if "job_id" in s.get("opts", {}):
+                v = encode_state({"id": s["id"], "state": REMOVED, "gen": s.get("gen", 0), "removed_ms": now})
+            else:
+                v = None
+            recs.append((v, s["id"].encode(), None))
+        for i in range(0, len(recs), BATCH):
+            lg.append_batch(recs[i:i + BATCH])
+
+    def remove(self, job_id: str) -> None:
+        """Remove a job that is not running (BullMQ's ``job.remove()``): its state goes, and
+        its queue message, if any, is dropped by the worker that receives it — a removed
+        job never runs. :class:`fastq.UnknownJob` when there is no such job,
+        :class:`fastq.JobActive` while a worker runs it."""
+        if not isinstance(job_id, str):
+            raise InvalidArgument(f"job_id must be a str, got {job_id!r}")
+        self._check_open()
+        with self._ctl.exclusive():
+            s = self._index.get(job_id)
+            if s is None:
+                raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
+            if s["state"] == "active":
+                raise JobActive(f"job {job_id!r} of task queue {self.name!r} is active (a worker is running "
+                                "it): it cannot be removed until it finishes")
+            self._ctl.bump("remove")
+            self._remove_states([s])
+
+    def drain(self, delayed: bool = False) -> int:
+        """Remove every waiting job (prioritized and paused ones too) and, with
+        ``delayed=True``, every delayed one; active and finished jobs stay. Returns how many."""
+        if not isinstance(delayed, bool):
+            raise InvalidArgument(f"delayed must be True or False, got {delayed!r}")
+        self._check_open()
+        want = {"waiting", "prioritized", "paused"} | ({"delayed"} if delayed else set())
+        with self._ctl.exclusive():
+            doomed = [s for _, _, s in self._select(want)]
+            if doomed:
+                self._ctl.bump("drain")
+                self._remove_states(doomed)
+        return len(doomed)
+
+    def clean(self, grace: float, limit: int | None = 0, state: str = "completed") -> list[str]:
+        """Remove up to ``limit`` jobs (0 or None: all) in ``state`` (completed, failed,
+        waiting, prioritized, paused, delayed) that are older than ``grace`` seconds — by
+        when they finished, or were added for jobs not finished — oldest first. Returns
+        their ids (BullMQ's ``clean``). Active jobs cannot be cleaned (remove them when
+        they finish)."""
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not math.isfinite(grace) or grace < 0:
+            raise InvalidArgument(f"grace must be seconds >= 0, got {grace!r}")
+        limit = _int("limit", limit, 0, none_ok=True)
+        if state == "active":
+            raise InvalidArgument("clean cannot remove active jobs (a worker is running them); clean "
+                                  f"one of {list(CLEAN_STATES)}")
+        want = _states(state, CLEAN_STATES, "clean")
+        self._check_open()
+        with self._ctl.exclusive():
+            cutoff = now_ms() - int(grace * 1000)
+            rows = []
+            for _, j, s in self._select(want):
+                t = s.get("finished_ms") if s["state"] in FINISHED else s.get("added_ms")
+                if t is not None and t <= cutoff:
+                    rows.append((t, j, s))
+            rows.sort(key=lambda r: r[0])
+            if limit:
+                rows = rows[:limit]
+            if rows:
+                self._ctl.bump("clean")
+                self._remove_states([s for _, _, s in rows])
+        return [j for _, j, _ in rows]
+
+    def obliterate(self, *, force: bool = False) -> int:
+        """Remove every job and every queue message, and shrink the job-state topic to the
+        removal records; the queue is left unpaused (as BullMQ's). Refuses with
+        :class:`fastq.JobActive` while jobs are active unless ``force=True`` (then their
+        workers finish them, record nothing, and the jobs stay gone). Returns how many jobs
+        were removed."""
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"force must be True or False, got {force!r}")
+        self._check_open()
+        idx = self._index
+        lg = self.topic.log(0)
+        with self._ctl.exclusive():
+            idx.refresh()
+            with idx._lock:
+                active = list(idx.by_state["active"])
+            if active and not force:
+                raise JobActive(f"task queue {self.name!r} has {len(active)} active job(s) (e.g. {active[0]!r}): "
+                                "obliterate refuses while workers run jobs; pass force=True")
+            self._ctl.bump("obliterate")
+            lg.roll()                              # what comes next starts a segment of its own
+            base = lg.end_offset
+            idx.refresh()
+            with idx._lock:
+                doomed = list(idx.jobs.values())
+                keep_gens = {j: g for j, g in idx.gens.items() if j not in idx.jobs}
+            self._remove_states(doomed)            # readers of any position see the removals
+            marks = [(encode_state({"id": j, "state": REMOVED, "gen": g, "removed_ms": now_ms()}), j.encode(), None)
+                     for j, g in keep_gens.items()]
+            for i in range(0, len(marks), BATCH):  # job_id incarnations outlive the old segments
+                lg.append_batch(marks[i:i + BATCH])
+            self.queue.purge()
+            lg.delete_before(base)
+            if self._ctl.paused():
+                self._ctl.set_paused(False)
+        return len(doomed)
+
+    # -- running again -------------------------------------------------------------------------
+
+    def _rerun(self, states: list[dict], ep: int, promote: bool) -> None:
+        """Make each job a new incarnation that runs now: its message first (a crash before
+        the state leaves a message of a gen the state does not know yet: run on the fast
+        path, or dropped — the job stays as it was), then its state."""
+        news = []
+        for s in states:
+            gen = s.get("gen", 0) + 1
+            new = {k: v for k, v in s.items() if k not in ("due_ms", "finished_ms", "processed_ms")}
+            new.update(state="waiting", gen=gen)
+            if not promote:
+                new.update(attempts_made=0, progress=0, return_value=None, failed_reason=None)
+            a0 = s.get("attempts_made", 0) if promote else 0
+            self.queue.publish(self._body(new, ep, a0), priority=s["opts"].get("priority", 0),
+                               dedup_id=dedup_id(s["id"], gen))
+            news.append(new)
+        lg = self.topic.log(0)
+        recs = [(encode_state(n), n["id"].encode(), None) for n in news]
+        for i in range(0, len(recs), BATCH):
+            lg.append_batch(recs[i:i + BATCH])
+
+    def retry_failed(self, count: int | None = None) -> list[str]:
+        """Run failed jobs again, oldest failure first, up to ``count`` (None: all): each
+        starts over with its attempts (BullMQ's ``retryJobs``). Returns their ids."""
+        count = _int("count", count, 1, none_ok=True)
+        self._check_open()
+        with self._ctl.exclusive():
+            rows = sorted(self._select({"failed"}), key=lambda r: r[0])
+            if count is not None:
+                rows = rows[:count]
+            if rows:
+                self._rerun([s for _, _, s in rows], self._ctl.epoch, promote=False)
+        return [j for _, j, _ in rows]
+
+    def retry_job(self, job_id: str, state: str = "failed") -> None:
+        """Run one finished job again (``job.retry()``): :class:`fastq.JobStateError` unless
+        it is in ``state`` (``failed`` or ``completed``)."""
+        if state not in FINISHED:
+            raise InvalidArgument(f"state must be 'failed' or 'completed', got {state!r}")
+        self._check_open()
+        with self._ctl.exclusive():
+            s = self._index.get(job_id)
+            if s is None:
+                raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
+            if s["state"] != state:
+                raise JobStateError(f"job {job_id!r} is {s['state']}, not {state}: only a {state} job can be "
+                                    "retried this way")
+            self._rerun([s], self._ctl.epoch, promote=False)
+
+    def promote(self, job_id: str | None = None, *, count: int | None = None) -> list[str]:
+        """Run delayed jobs now: the one ``job_id`` (:class:`fastq.JobStateError` unless it is
+        delayed; BullMQ's ``job.promote()``) or, without it, up to ``count`` (None: all) of
+        them, the soonest due first (``promoteJobs``). A job delayed by a retry's backoff
+        keeps its attempts made. Returns the promoted ids."""
+        count = _int("count", count, 1, none_ok=True)
+        self._check_open()
+        with self._ctl.exclusive():
+            if job_id is not None:
+                s = self._index.get(job_id)
+                if s is None:
+                    raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
+                if self._classify(s, now_ms(), False) != "delayed":
+                    raise JobStateError(f"job {job_id!r} is {self._classify(s, now_ms(), False)}, "
+                                        "not delayed: only a delayed job can be promoted")
+                doomed = [s]
+            else:
+                doomed = sorted((s for _, _, s in self._select({"delayed"})), key=lambda s: s.get("due_ms", 0))
+                if count is not None:
+                    doomed = doomed[:count]
+            if doomed:
+                ep = self._ctl.bump("promote")     # the old delayed messages are stale from here
+                self._rerun(doomed, ep, promote=True)
+        return [s["id"] for s in doomed]
+
+    # -- retention (the worker calls it after recording a job's end) ------------------------------
+
+    def _retain(self, s: dict, option: str, state: str) -> None:
+        """Apply the finished job's ``remove_on_complete`` / ``remove_on_fail``: True removes
+        it; a count keeps that many of the most recently finished jobs in ``state``;
+        ``{"age", "count"}`` also removes those that finished more than ``age`` s ago."""
+        keep = s["opts"].get(option, False)
+        if keep is False:
+            return
+        idx = self._index
+        with self._ctl.shared():                  # not across a retry of the same job
+            idx.refresh()
+            with idx._lock:
+                ids = list(idx.by_state[state])   # oldest finish first
+                if keep is True:
+                    doomed = [idx.jobs[s["id"]]] if s["id"] in idx.by_state[state] else []
+                else:
+                    count = keep if isinstance(keep, int) else keep.get("count")
+                    age = None if isinstance(keep, int) else keep.get("age")
+                    old = set()
+                    if age is not None:
+                        cutoff = now_ms() - int(age * 1000)
+                        old = {j for j in ids if idx.jobs[j].get("finished_ms", 0) < cutoff}
+                    rest = [j for j in ids if j not in old]
+                    if count is not None and len(rest) > count:
+                        old.update(rest[:len(rest) - count])
+                    doomed = [idx.jobs[j] for j in ids if j in old]
+            if doomed:
+                self._remove_states(doomed)
+
+    # -- the worker's side of the admin lock ---------------------------------------------------
+
+    def _admit(self, msg: dict, dc: int) -> tuple[str, dict | None, int]:
+        """Whether a worker may run the job of queue message ``msg`` (delivery ``dc``):
+        ``(RUN, state or None, epoch)``, ``(DROP, ...)`` (removed, stale or finished: ack it,
+        do not run) or ``(PAUSED, ...)``. Called with the admin lock held shared."""
+        ctl = self._ctl
+        ep = ctl.epoch
+        if ctl.paused():
+            return PAUSED, None, ep
+        if dc == 1 and msg.get("ep") == ep:
+            return RUN, None, ep                  # nothing removed or replaced since it was added
+        s = self._index.get(msg["id"])
+        if s is None or s.get("gen", 0) != msg.get("gen", 0) or s["state"] in FINISHED:
+            return DROP, None, ep
+        return RUN, s, ep
+
+    def _put_if_current(self, s: dict, ticket: list) -> bool:
+        """Record worker state ``s`` of a running job, unless the job was removed
+        (``obliterate(force=True)``) while it ran: False then, and the job stays removed.
+        ``ticket``: ``[epoch, offset]`` — the epoch at admission and the offset of the
+        job's last checked state (its ``active`` to begin with); updated here.
+
+        Optimistic, so that a job's end costs no lock: append, then look at the epoch. Not
+        moved — no admin operation began before the append, so none removed the job before
+        it. Moved — wait for the operation (the lock, shared) and read the job's records
+        since the ticket's offset: if one before ours removed or replaced the job, put that
+        back over ours."""
+        w = self._put(s)
+        ep = self._ctl.epoch
+        if ep == ticket[0]:
+            ticket[1] = w
+            return True
+        jid = s["id"].encode()
+        gen = s.get("gen", 0)
+        with self._ctl.shared():
+            foreign = False                       # an admin operation's record of this job
+            last = None                           # the last of them (None: a tombstone)
+            for rec in self.topic.log(0).read(ticket[1] + 1, w):
+                if rec.key is None or bytes(rec.key) != jid:
+                    continue
+                st = None if rec.value is None else _dec_state(rec.value)
+                if st is None or st.get("state") == REMOVED or st.get("gen", 0) != gen:
+                    foreign, last = True, st
+            if not foreign:
+                ticket[:] = [self._ctl.epoch, w]
+                return True
+            if last is None or last.get("state") == REMOVED:
+                self._remove_states([s])          # undo our write: the job stays removed
+            else:
+                self._put(last)                   # a new incarnation our write overwrote
+            return False
+
+    # -- for the type checker ------------------------------------------------------------------
+    _index: Any
+    _ctl: Any
+    queue: Any
+    topic: Any
+    name: str

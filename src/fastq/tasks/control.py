@@ -1,0 +1,196 @@
+"""A task queue's control state: the pause flag, the admin epoch, and the admin lock.
+
+Three things every process that opens task queue ``<name>`` shares:
+
+``<broker>/topics/<name>.ctl/`` — the **control topic**: compacted, one partition, key =
+a UTF-8 name, value = msgspec JSON. Two keys:
+
+- ``paused``: ``{"paused": bool, "ms": int}`` — the latest record is the flag
+  (:meth:`TaskQueue.pause` / ``resume``). No record: not paused.
+- ``op``: ``{"op": str, "ms": int}`` — written by every admin operation that removes jobs
+  or makes a job's queue message stale (remove, drain, clean, obliterate, promote) *before*
+  it changes anything, to move the epoch on.
+
+The control topic's end offset is the **admin epoch**: it only grows (compaction keeps
+offsets), so "the epoch did not move" means "no admin operation started". ``add`` stores
+the epoch it saw in each job message (``ep``); a worker receiving a first delivery whose
+``ep`` is the current epoch knows nothing removed or replaced that job since it was added,
+and runs it without reading the job-state topic (the fast path). Anything else — a
+redelivery, an older epoch — is checked against the job's state (``gen``: the job's
+incarnation, see :mod:`fastq.tasks.job`): no state (removed) or another ``gen`` (replaced
+by a retry or a promote, or re-added after removal) and the worker drops the message
+without running it.
+
+``<broker>/tasks/<name>/admin.lock`` — the **admin lock** (an flock): admin operations
+hold it exclusively from their epoch record to their last write; ``add`` (state, then
+message) and a worker's admission and result writes (check, then write) hold it shared.
+So an admin operation never sees a half-added job, and a worker never starts a job, or
+records its end, across an admin operation: it sees the job before (``remove`` finds it
+active and refuses) or after (the worker finds it gone and drops it). The kernel releases
+an flock when its process dies, so a kill -9 never leaves it held.
+
+Crash rules: the epoch record comes first, so an operation killed after it changed
+nothing, or changed a prefix of what it meant to (each job's removal is one tombstone,
+applied in batches); every intermediate state is one the rules above handle.
+
+Thread-safety: a Control may be shared by threads (the shared lock takes one file
+descriptor per concurrent holder, from a pool). Process-safety: as above.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Iterator
+
+import msgspec
+
+from .._core import _storage
+from .._core._codec import os_errors
+from ..errors import CorruptRecord
+
+if TYPE_CHECKING:
+    from ..broker.broker import Broker
+
+__all__ = ["Control", "CTL_SUFFIX", "LOCK_FILE"]
+
+CTL_SUFFIX = ".ctl"
+TASKS_DIR = "tasks"
+LOCK_FILE = "admin.lock"
+KEY_PAUSED = b"paused"
+KEY_OP = b"op"
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+class Control:
+    """The pause flag, admin epoch and admin lock of task queue ``name`` (module docstring)."""
+
+    def __init__(self, broker: "Broker", name: str):
+        self.topic = broker.topic(name + CTL_SUFFIX, partitions=1, compact=True)
+        self.log = self.topic.log(0)
+        d = os.path.join(broker.path, TASKS_DIR, name)
+        with os_errors("create the task queue directory", d):
+            os.makedirs(d, exist_ok=True)
+        self.lock_path = os.path.join(d, LOCK_FILE)
+        self._mutex = threading.Lock()
+        self._seen = 0                      # control records read up to here
+        self._paused = False
+        self._pool: list[int] = []          # unlocked fds for shared holders
+        self._closed = False
+
+    # -- the epoch and the flag ------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The admin epoch (the control topic's end offset): one atomic load."""
+        return self.log.end_offset
+
+    def _catch_up(self) -> None:
+        lg = self.log
+        if lg.end_offset <= self._seen:
+            return
+        with self._mutex:
+            end = lg.end_offset
+            pos = max(self._seen, lg.start_offset)
+            if pos >= end:
+                return
+            for rec in lg.read(pos, end):
+                if rec.key is not None and bytes(rec.key) == KEY_PAUSED and rec.value is not None:
+                    try:
+                        v = _dec.decode(rec.value)
+                        self._paused = bool(v["paused"])
+                    except (msgspec.DecodeError, KeyError, TypeError) as e:
+                        raise CorruptRecord(f"control topic {self.topic.name!r}: record {rec.offset} "
+                                            f"is not a pause record: {e}") from None
+            self._seen = end
+
+    def paused(self) -> bool:
+        """Whether the task queue is paused (cheap when nothing changed)."""
+        self._catch_up()
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        """Record the flag (the caller holds the admin lock exclusively)."""
+        self.log.append(_enc.encode({"paused": paused, "ms": int(time.time() * 1000)}), KEY_PAUSED)
+
+    def bump(self, op: str) -> int:
+        """Move the epoch on before an admin operation changes anything; returns the new epoch."""
+        self.log.append(_enc.encode({"op": op, "ms": int(time.time() * 1000)}), KEY_OP)
+        return self.log.end_offset
+
+    def wait_change(self, timeout: float) -> bool:
+        """Block until a control record is appended past what was read, or ``timeout``."""
+        return self.topic.wait_any({0: max(self._seen, self.log.end_offset)}, timeout)
+
+    # -- the admin lock ----------------------------------------------------------------------
+
+    def _open_fd(self) -> int:
+        with os_errors("open the task queue admin lock", self.lock_path):
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def shared(self) -> "_Shared":
+        """Hold the admin lock shared (add, a worker's admission and result writes):
+        ``with ctl.shared(): ...``. Uncontended it costs two flock calls."""
+        return _Shared(self)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the admin lock exclusively (an admin operation)."""
+        fd = self._open_fd()
+        try:
+            _storage.flock(fd, True, True)
+            try:
+                yield
+            finally:
+                _storage.funlock(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the pooled descriptors (holders return theirs closed). Idempotent."""
+        self._closed = True
+        pool, self._pool = self._pool, []
+        for fd in pool:
+            os.close(fd)
+
+
+class _Shared:
+    """One holding of the admin lock, shared. A pooled descriptor per holder (flock locks
+    belong to the open file, so holders in one process must not share one); try without
+    blocking first, holding the GIL, and block only with it released."""
+
+    __slots__ = ("ctl", "fd")
+
+    def __init__(self, ctl: Control):
+        self.ctl = ctl
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        ctl = self.ctl
+        try:
+            fd = ctl._pool.pop()                 # list.pop/append are atomic under the GIL
+        except IndexError:
+            fd = ctl._open_fd()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:              # an admin operation holds it: wait, GIL released
+                _storage.flock(fd, False, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def __exit__(self, *exc) -> None:
+        fd, self.fd = self.fd, -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            if self.ctl._closed:
+                os.close(fd)
+            else:
+                self.ctl._pool.append(fd)
