@@ -306,9 +306,10 @@ class AdminMixin:
     # -- running again -------------------------------------------------------------------------
 
     def _rerun(self, states: list[dict], ep: int, promote: bool) -> None:
-        """Make each job a new incarnation that runs now: its message first (a crash before
-        the state leaves a message of a gen the state does not know yet: run on the fast
-        path, or dropped — the job stays as it was), then its state."""
+        """Make each job a new incarnation that runs now: its message first, then its state
+        (a crash between the two leaves a message of a gen the state does not know: workers
+        drop it, and the job stays as it was). A worker admits a message of gen > 0 against
+        the job state, so the run carries on from it (stack traces, logs, attempts)."""
         news = []
         for s in states:
             gen = s.get("gen", 0) + 1
@@ -418,8 +419,8 @@ class AdminMixin:
         ep = ctl.epoch
         if ctl.paused():
             return PAUSED, None, ep
-        if dc == 1 and msg.get("ep") == ep:
-            return RUN, None, ep                  # nothing removed or replaced since it was added
+        if dc == 1 and msg.get("ep") == ep and not msg.get("gen"):
+            return RUN, None, ep                  # a first run, nothing removed or replaced since its add
         s = self._index.get(msg["id"])
         if s is None or s.get("gen", 0) != msg.get("gen", 0) or s["state"] in FINISHED:
             return DROP, None, ep
