@@ -6,6 +6,8 @@ One module per command group; each registers its commands on :data:`cli`:
 - ``produce`` / ``consume``: :mod:`fastq.cli.io`;
 - ``groups`` (list, describe, reset-offsets): :mod:`fastq.cli.groups`;
 - ``queues`` (create, list, describe, peek, purge, redrive, delete): :mod:`fastq.cli.queues`;
+- ``tasks`` (counts, list, show, pause, resume, retry-failed, promote, clean, drain, remove,
+  obliterate): :mod:`fastq.cli.tasks`;
 - ``dump`` (a segment batch by batch, an index entry by entry): :mod:`fastq.cli.dump`;
 - ``verify`` / ``repair`` (:mod:`fastq.log.verify`): :mod:`fastq.cli.verify`;
 - ``bench`` (:mod:`fastq.bench`): :mod:`fastq.cli.bench`; ``info``: :mod:`fastq.cli.info`.
@@ -20,7 +22,7 @@ hides them: :func:`fastq.cli._common.progress`).
 """
 from __future__ import annotations
 
-from . import bench, dump, groups, info, io, queues, topics, verify  # noqa: F401  (each registers its commands)
+from . import bench, dump, groups, info, io, queues, tasks, topics, verify  # noqa: F401  (each registers its commands)
 from ._root import cli
 
 main = cli
