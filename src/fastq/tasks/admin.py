@@ -8,7 +8,7 @@ How a job is removed: its key gets a tombstone in the job-state topic ``<name>.j
 again makes a new incarnation (``gen`` + 1) whose queue message has a dedup id of its own
 (:mod:`fastq.tasks.taskqueue`). The job's queue message, if it is still waiting or delayed,
 stays in the queue; the worker that receives it finds the job gone (or of another ``gen``)
-and acks it without running it (:meth:`AdminMixin._admit`). Only ``obliterate`` also
+and acks it without running it (:meth:`AdminMixin._begin`). Only ``obliterate`` also
 purges the queue (no job is left to recover there).
 
 Every operation here that removes jobs or makes a queue message stale holds the admin lock
@@ -33,7 +33,7 @@ COUNT_STATES = ("waiting", "active", "delayed", "prioritized", "completed", "fai
 CLEAN_STATES = ("completed", "failed", "waiting", "delayed", "prioritized", "paused")
 ALIASES = {"wait": "waiting"}              # BullMQ's name for the wait list
 BATCH = 1000                               # tombstones per append: a crash leaves whole batches
-RUN, DROP, PAUSED = "run", "drop", "paused"
+RUN, DROP, PAUSED = "run", "drop", "paused"        # TaskQueue._begin verdicts
 
 
 def dedup_id(jid: str, gen: int) -> str:
@@ -411,20 +411,73 @@ class AdminMixin:
 
     # -- the worker's side of the admin lock ---------------------------------------------------
 
-    def _admit(self, msg: dict, dc: int) -> tuple[str, dict | None, int]:
-        """Whether a worker may run the job of queue message ``msg`` (delivery ``dc``):
-        ``(RUN, state or None, epoch)``, ``(DROP, ...)`` (removed, stale or finished: ack it,
-        do not run) or ``(PAUSED, ...)``. Called with the admin lock held shared."""
+    def _begin(self, msg: dict, dc: int, active) -> tuple[str, dict | None, list | None]:
+        """Admit the job of queue message ``msg`` (delivery ``dc``) and record it active:
+        ``(RUN, state, ticket)`` — ``active(msg, prev, dc)`` built the state, now recorded;
+        ``(DROP, None, None)`` — the job was removed, replaced by another ``gen`` or has
+        finished: ack the message, do not run it; ``(PAUSED, None, None)``.
+
+        Fast path, no lock: a first delivery published at the current epoch (nothing
+        removed or replaced since its add) is recorded active at once, and the epoch read
+        again. Not moved: any admin operation starts after the record and sees the job
+        active. Moved: wait for the operation (the lock, shared) and read the job's records
+        since before the first epoch read — if the operation removed the job (before or
+        after our record), drop it, and make sure it stays removed. Anything else is
+        checked against the job's latest state under the lock."""
         ctl = self._ctl
-        ep = ctl.epoch
-        if ctl.paused():
-            return PAUSED, None, ep
+        lg = self.topic.log(0)
+        since = lg.end_offset                     # before the epoch read: an admin op's writes come after
+        clog = ctl.log
+        ep = clog.end_offset                      # the epoch
+        if ep != ctl._seen:
+            ctl.paused()                          # read the new control records
+        if ctl._paused:
+            return PAUSED, None, None
         if dc == 1 and msg.get("ep") == ep and not msg.get("gen"):
-            return RUN, None, ep                  # a first run, nothing removed or replaced since its add
-        s = self._index.get(msg["id"])
-        if s is None or s.get("gen", 0) != msg.get("gen", 0) or s["state"] in FINISHED:
-            return DROP, None, ep
-        return RUN, s, ep
+            s = active(msg, None, dc)
+            a = self._put(s)
+            if clog.end_offset == ep:
+                return RUN, s, [ep, a]
+            with ctl.shared():                    # an admin operation began meanwhile: it is over now
+                foreign, last, last_is_ours = self._foreign(s["id"], s.get("gen", 0), since, lg.end_offset, a)
+                if foreign:
+                    if last_is_ours:              # our record came after its removal: undo it
+                        self._undo(s, last)
+                    return DROP, None, None
+                if ctl.paused():                  # paused meanwhile: back to waiting, held
+                    self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1})
+                    return PAUSED, None, None
+                return RUN, s, [ctl.epoch, a]
+        with ctl.shared():
+            ep = ctl.epoch
+            if ctl.paused():
+                return PAUSED, None, None
+            prev = self._index.get(msg["id"])
+            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) or prev["state"] in FINISHED:
+                return DROP, None, None
+            s = active(msg, prev, dc)
+            return RUN, s, [ep, self._put(s)]
+
+    def _foreign(self, jid: str, gen: int, start: int, end: int, ours: int) -> tuple[bool, dict | None, bool]:
+        """Read job ``jid``'s records in ``[start, end)`` but ``ours``: (whether one removed
+        it or is of another gen, the last such one — None for a tombstone —, whether our
+        record ``ours`` comes after it)."""
+        key = jid.encode()
+        foreign, last, at = False, None, -1
+        for rec in self.topic.log(0).read(start, end):
+            if rec.offset == ours or rec.key is None or bytes(rec.key) != key:
+                continue
+            st = None if rec.value is None else _dec_state(rec.value)
+            if st is None or st.get("state") == REMOVED or st.get("gen", 0) != gen:
+                foreign, last, at = True, st, rec.offset
+        return foreign, last, foreign and ours > at
+
+    def _undo(self, s: dict, last: dict | None) -> None:
+        """Put back the admin operation's record of ``s``'s job that a worker record overwrote."""
+        if last is None or last.get("state") == REMOVED:
+            self._remove_states([s])
+        else:
+            self._put(last)                       # a new incarnation (a re-added job_id)
 
     def _put_if_current(self, s: dict, ticket: list) -> bool:
         """Record worker state ``s`` of a running job, unless the job was removed
@@ -438,28 +491,15 @@ class AdminMixin:
         since the ticket's offset: if one before ours removed or replaced the job, put that
         back over ours."""
         w = self._put(s)
-        ep = self._ctl.epoch
-        if ep == ticket[0]:
+        if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True
-        jid = s["id"].encode()
-        gen = s.get("gen", 0)
         with self._ctl.shared():
-            foreign = False                       # an admin operation's record of this job
-            last = None                           # the last of them (None: a tombstone)
-            for rec in self.topic.log(0).read(ticket[1] + 1, w):
-                if rec.key is None or bytes(rec.key) != jid:
-                    continue
-                st = None if rec.value is None else _dec_state(rec.value)
-                if st is None or st.get("state") == REMOVED or st.get("gen", 0) != gen:
-                    foreign, last = True, st
+            foreign, last, _ = self._foreign(s["id"], s.get("gen", 0), ticket[1] + 1, w, w)
             if not foreign:
                 ticket[:] = [self._ctl.epoch, w]
                 return True
-            if last is None or last.get("state") == REMOVED:
-                self._remove_states([s])          # undo our write: the job stays removed
-            else:
-                self._put(last)                   # a new incarnation our write overwrote
+            self._undo(s, last)                   # the job stays removed
             return False
 
     # -- for the type checker ------------------------------------------------------------------

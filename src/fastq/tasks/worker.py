@@ -4,10 +4,10 @@ One run of a job, in a worker thread:
 
 1. receive the job's message from ``<queue>.tasks`` (a lease; the lease keeper thread
    extends it while the job runs, so long jobs are not redelivered);
-2. admission, under the admin lock held shared (:mod:`fastq.tasks.control`): while the
-   queue is paused the message is held (its lease kept) until it resumes; a message whose
-   job was removed, replaced (another ``gen``) or already completed or failed — its worker
-   was killed between recording the end and acking — is acked and not run;
+2. admission (``TaskQueue._begin``, :mod:`fastq.tasks.admin`): while the queue is paused
+   the message is held (its lease kept) until it resumes; a message whose job was
+   removed, replaced (another ``gen``) or already completed or failed — its worker was
+   killed between recording the end and acking — is acked and not run;
 3. record ``active`` (attempts_made = the message's delivery count plus its ``a0``: a run
    that a killed worker never finished counts, as BullMQ's stalled counter), call the handler;
 4. returned: encode the result (a result the codec cannot encode fails the job, with
@@ -55,6 +55,18 @@ Handler = Union[Callable[[Job], Any], Mapping[str, Callable[[Job], Any]]]
 class _Permanent(Exception):
     """A failure that no retry can fix (no handler for the name, a result the codec
     cannot encode): the job fails now."""
+
+
+def _active(msg: dict, prev: dict | None, dc: int) -> dict:
+    """The ``active`` state of the job of message ``msg``, delivery ``dc`` (its ``a0`` added),
+    carrying on from its state ``prev`` (None: a first run, nothing to carry)."""
+    s = dict(prev) if prev is not None else {"id": msg["id"], "name": msg["name"], "progress": 0,
+                                             "added_ms": msg.get("added_ms")}
+    s.update(data=msg.get("data"), opts=msg["opts"], state="active", attempts_made=dc + msg.get("a0", 0),
+             processed_ms=now_ms(), gen=msg.get("gen", 0))
+    s.pop("due_ms", None)
+    s.pop("finished_ms", None)
+    return s
 
 
 class _Running:
@@ -176,19 +188,10 @@ class Worker:
         except (msgspec.DecodeError, KeyError, TypeError) as e:
             m.reject(f"not a fastq job message: {e}")
             return
-        dc = m.delivery_count + msg.get("a0", 0)
         while True:
-            with tq._ctl.shared():
-                verdict, prev, ep = tq._admit(msg, m.delivery_count)
-                if verdict == RUN:
-                    s = dict(prev) if prev is not None else {"id": jid, "name": name, "progress": 0,
-                                                             "added_ms": msg.get("added_ms")}
-                    s.update(data=msg.get("data"), opts=opts, state="active", attempts_made=dc,
-                             processed_ms=now_ms(), gen=msg.get("gen", 0))
-                    s.pop("due_ms", None)
-                    s.pop("finished_ms", None)
-                    ticket = [ep, tq._put(s)]        # what _put_if_current checks against
-                    break
+            verdict, s, ticket = tq._begin(msg, m.delivery_count, _active)   # records "active" on RUN
+            if verdict == RUN:
+                break
             if verdict == DROP:                      # removed, replaced or finished: never run it
                 m.ack()
                 return
