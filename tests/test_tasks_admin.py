@@ -631,3 +631,66 @@ def test_a_kill_during_an_admin_operation_leaves_a_consistent_queue(tmp_path, op
             assert tq.counts()["waiting"] == tq.counts()["delayed"] == 0
             if op == "obliterate":
                 assert tq.counts() == dict.fromkeys(COUNT_STATES, 0) and _live_states(tq) == []
+
+
+# -- admin operations racing busy workers in other processes ----------------------------
+
+def test_admin_operations_racing_workers_in_two_processes_never_run_a_removed_job(tmp_path, broker):
+    """Two worker processes run jobs while this one adds jobs and removes, drains,
+    cleans, promotes, pauses and resumes at random. A job cleaned while waiting or delayed
+    never runs; no job runs twice; at the end every job left is completed."""
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    d = broker.path
+    tq = fastq.TaskQueue(task_workers.QUEUE, broker)
+    runs_file = str(tmp_path / "runs")
+    stops = [str(tmp_path / f"stop-{i}") for i in range(2)]
+    workers = [_start(task_workers.run_worker, d, runs_file, s) for s in stops]
+    cleaned: set[str] = set()
+    added: list[str] = []
+    try:
+        assert tq.add("double", 0).result(30)                        # the workers are up
+        deadline = time.monotonic() + (20.0 if TORTURE else 3.0)
+        while time.monotonic() < deadline:
+            batch = [("double", i, rng.choice([{}, {}, {"delay": rng.uniform(0.01, 0.3)}, {"priority": 3}]))
+                     for i in range(rng.randrange(1, 40))]
+            added += [j.id for j in tq.add_bulk(batch)]
+            op = rng.randrange(8)
+            if op == 0:
+                cleaned.update(tq.clean(0, 0, rng.choice(["waiting", "delayed", "prioritized", "paused"])))
+            elif op == 1:
+                try:
+                    tq.remove(rng.choice(added))
+                except (fastq.JobActive, fastq.UnknownJob):
+                    pass
+            elif op == 2:
+                tq.promote(count=rng.randrange(1, 10))
+            elif op == 3:
+                tq.pause()
+                time.sleep(rng.uniform(0, 0.05))
+                tq.resume()
+            elif op == 4:
+                tq.clean(0, rng.randrange(0, 20), "completed")
+            time.sleep(rng.uniform(0, 0.02))
+        tq.resume()
+        wait_for(lambda: sum(tq.counts()[s] for s in ("waiting", "delayed", "prioritized", "active", "paused")) == 0
+                 and _settled(tq) and tq.queue.depth().delayed == 0, 60, "every job left to run")
+    finally:
+        for w, s in zip(workers, stops):
+            _stop(w, s)
+    ran = collections.Counter(r[0] for r in runs(runs_file))
+    if cleaned & set(ran):
+        bad = sorted(cleaned & set(ran))[0]
+        for r in tq.topic.read(0):
+            if bytes(r.key).decode() == bad:
+                v = None if r.value is None else fastq.tasks.job.decode_state(r.value)
+                print(r.offset, None if v is None else (v["state"], v.get("gen"), v.get("attempts_made")))
+        print([r for r in runs(runs_file) if r[0] == bad])
+    assert cleaned, f"seed {seed}: the loop cleaned nothing (it proves nothing)"
+    assert not cleaned & set(ran), f"seed {seed}: cleaned jobs ran: {sorted(cleaned & set(ran))[:5]}"
+    assert max(ran.values()) == 1, f"seed {seed}: a job ran twice"
+    left = {j.id for j in tq.get_jobs()}
+    assert all(tq.get_job(j).state == "completed" for j in left)
+    assert left <= set(ran) and left.isdisjoint(cleaned)
+    assert len({r[2] for r in runs(runs_file)}) == 2                  # both processes worked

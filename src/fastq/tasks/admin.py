@@ -12,8 +12,10 @@ and acks it without running it (:meth:`AdminMixin._begin`). Only ``obliterate`` 
 purges the queue (no job is left to recover there).
 
 Every operation here that removes jobs or makes a queue message stale holds the admin lock
-exclusively and moves the admin epoch on first (:mod:`fastq.tasks.control`), so workers
-fall off their fast path and check the job state before running anything added before it.
+exclusively and moves the admin epoch on first — before it reads a single job state
+(:mod:`fastq.tasks.control`) — so a worker that records a job active without the lock
+either did so before that read (and the operation sees the job active) or sees the epoch
+moved and checks what the operation did (:meth:`AdminMixin._begin`).
 A kill -9 at any point leaves each job either as it was or removed (one tombstone each,
 written in batches of :data:`BATCH`); see docs/TASKS.md "Administration".
 
@@ -215,13 +217,13 @@ class AdminMixin:
             raise InvalidArgument(f"job_id must be a str, got {job_id!r}")
         self._check_open()
         with self._ctl.exclusive():
+            self._ctl.bump("remove")              # before reading: see _begin
             s = self._index.get(job_id)
             if s is None:
                 raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
             if s["state"] == "active":
                 raise JobActive(f"job {job_id!r} of task queue {self.name!r} is active (a worker is running "
                                 "it): it cannot be removed until it finishes")
-            self._ctl.bump("remove")
             self._remove_states([s])
 
     def drain(self, delayed: bool = False) -> int:
@@ -232,10 +234,9 @@ class AdminMixin:
         self._check_open()
         want = {"waiting", "prioritized", "paused"} | ({"delayed"} if delayed else set())
         with self._ctl.exclusive():
+            self._ctl.bump("drain")
             doomed = [s for _, _, s in self._select(want)]
-            if doomed:
-                self._ctl.bump("drain")
-                self._remove_states(doomed)
+            self._remove_states(doomed)
         return len(doomed)
 
     def clean(self, grace: float, limit: int | None = 0, state: str = "completed") -> list[str]:
@@ -253,6 +254,7 @@ class AdminMixin:
         want = _states(state, CLEAN_STATES, "clean")
         self._check_open()
         with self._ctl.exclusive():
+            self._ctl.bump("clean")
             cutoff = now_ms() - int(grace * 1000)
             rows = []
             for _, j, s in self._select(want):
@@ -262,9 +264,7 @@ class AdminMixin:
             rows.sort(key=lambda r: r[0])
             if limit:
                 rows = rows[:limit]
-            if rows:
-                self._ctl.bump("clean")
-                self._remove_states([s for _, _, s in rows])
+            self._remove_states([s for _, _, s in rows])
         return [j for _, j, _ in rows]
 
     def obliterate(self, *, force: bool = False) -> int:
@@ -279,13 +279,13 @@ class AdminMixin:
         idx = self._index
         lg = self.topic.log(0)
         with self._ctl.exclusive():
+            self._ctl.bump("obliterate")
             idx.refresh()
             with idx._lock:
                 active = list(idx.by_state["active"])
             if active and not force:
                 raise JobActive(f"task queue {self.name!r} has {len(active)} active job(s) (e.g. {active[0]!r}): "
                                 "obliterate refuses while workers run jobs; pass force=True")
-            self._ctl.bump("obliterate")
             lg.roll()                              # what comes next starts a segment of its own
             base = lg.end_offset
             idx.refresh()
@@ -362,6 +362,7 @@ class AdminMixin:
         count = _int("count", count, 1, none_ok=True)
         self._check_open()
         with self._ctl.exclusive():
+            ep = self._ctl.bump("promote")        # before reading (see _begin); the old delayed messages are stale
             if job_id is not None:
                 s = self._index.get(job_id)
                 if s is None:
@@ -375,7 +376,6 @@ class AdminMixin:
                 if count is not None:
                     doomed = doomed[:count]
             if doomed:
-                ep = self._ctl.bump("promote")     # the old delayed messages are stale from here
                 self._rerun(doomed, ep, promote=True)
         return [s["id"] for s in doomed]
 
