@@ -637,7 +637,7 @@ def test_a_kill_during_an_admin_operation_leaves_a_consistent_queue(tmp_path, op
 
 def test_admin_operations_racing_workers_in_two_processes_never_run_a_removed_job(tmp_path, broker):
     """Two worker processes run jobs while this one adds jobs and removes, drains,
-    cleans, promotes, pauses and resumes at random. A job cleaned while waiting or delayed
+    cleans, promotes, pauses, resumes and obliterates (forced) at random. A job cleaned while waiting or delayed
     never runs; no job runs twice; at the end every job left is completed."""
     seed = random.randrange(1 << 30)
     print(f"seed={seed}")
@@ -672,6 +672,10 @@ def test_admin_operations_racing_workers_in_two_processes_never_run_a_removed_jo
                 tq.resume()
             elif op == 4:
                 tq.clean(0, rng.randrange(0, 20), "completed")
+            elif op == 5:
+                tq.drain(delayed=rng.random() < 0.5)
+            elif op == 6 and rng.random() < 0.2:
+                tq.obliterate(force=True)
             time.sleep(rng.uniform(0, 0.02))
         tq.resume()
         wait_for(lambda: sum(tq.counts()[s] for s in ("waiting", "delayed", "prioritized", "active", "paused")) == 0

@@ -464,7 +464,9 @@ class AdminMixin:
         record ``ours`` comes after it)."""
         key = jid.encode()
         foreign, last, at = False, None, -1
-        for rec in self.topic.log(0).read(start, end):
+        lg = self.topic.log(0)
+        start = max(start, lg.start_offset)       # obliterate drops old segments (its removals stay)
+        for rec in lg.read(start, max(start, end)):
             if rec.offset == ours or rec.key is None or bytes(rec.key) != key:
                 continue
             st = None if rec.value is None else _dec_state(rec.value)
