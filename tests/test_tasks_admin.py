@@ -698,3 +698,83 @@ def test_admin_operations_racing_workers_in_two_processes_never_run_a_removed_jo
     assert all(tq.get_job(j).state == "completed" for j in left)
     assert left <= set(ran) and left.isdisjoint(cleaned)
     assert len({r[2] for r in runs(runs_file)}) == 2                  # both processes worked
+
+
+# -- injected faults ------------------------------------------------------------------------
+
+def _fault_op(tq, op):
+    if op == "drain":
+        tq.drain(delayed=True)
+    elif op == "clean":
+        tq.clean(0, 0, "waiting")
+    elif op == "obliterate":
+        tq.obliterate()
+    else:
+        tq.pause()
+
+
+def _fault_prep(path, n=30):
+    with fastq.open(path, durability="always") as b:
+        tq = fastq.TaskQueue("images", b)
+        return [j.id for j in tq.add_bulk([("plain", k, {"delay": 0.05} if k % 2 else {}) for k in range(n)])]
+
+
+@pytest.mark.parametrize("op", ["drain", "clean", "obliterate", "pause"])
+def test_an_injected_storage_fault_in_an_admin_operation_is_clear_and_leaves_a_consistent_queue(tmp_path, op):
+    """Every system call the operation makes that can fail (the C layer's fault points:
+    flock, open, preallocate, map, fsync, ...) fails once, in turn: the operation raises a
+    FastqError, and after reopening every job is either as it was or removed — the ones
+    left run once, the removed ones never — and the operation then completes."""
+    from faultfs import c_fault
+    from fastq._core import _storage
+    import errno
+
+    dry = str(tmp_path / "dry")
+    _fault_prep(dry)
+    with fastq.open(dry, durability="always") as b:
+        tq = fastq.TaskQueue("images", b)
+        for p in _storage.FAULT_POINTS:
+            _storage._fault_inject(p, errno.EIO, 1 << 40, 1)
+        try:
+            _fault_op(tq, op)
+            calls = {p: _storage._fault_calls(p) for p in _storage.FAULT_POINTS}
+        finally:
+            _storage._fault_clear()
+    calls = {p: n for p, n in calls.items() if n}
+    assert calls, f"{op} reaches no fault point"
+    print(op, "fault points reached:", calls)
+    hit_any = 0
+    for point, n in sorted(calls.items()):
+        for k in (range(n) if TORTURE else sorted({0, n - 1})):
+            path = str(tmp_path / f"{point}{k}")
+            added = _fault_prep(path)
+            exc = None
+            b = fastq.open(path, durability="always")
+            try:
+                tq = fastq.TaskQueue("images", b)
+                with c_fault(point, errno.EIO, k, 1) as hits:
+                    try:
+                        _fault_op(tq, op)
+                    except Exception as e:   # noqa: BLE001 - checked below
+                        exc = e
+                    hit = hits()
+            finally:
+                try:
+                    b.close()
+                except fastq.FastqError:
+                    pass
+            if hit:
+                hit_any += 1
+                assert isinstance(exc, fastq.FastqError), f"{op} {point}#{k}: {exc!r}"
+            elif exc is not None:
+                raise exc
+            with fastq.open(path) as b:
+                tq = fastq.TaskQueue("images", b)
+                if op == "pause":
+                    assert tq.is_paused() in (True, False)
+                    tq.resume()
+                _run_all_and_check(tq, added, f"{op} with {point}#{k} failing")
+                _fault_op(tq, op)                                    # completes now
+                if op == "obliterate":
+                    assert tq.counts() == dict.fromkeys(COUNT_STATES, 0)
+    assert hit_any, f"{op}: no injected fault was reached"
