@@ -146,3 +146,18 @@ def test_bad_input_is_one_line_and_exit_code_2(setup, tmp_path):
             one_line_error(run("tasks", "obliterate", "img", "-b", path, "--yes", ok=False), "force")
             release.set()
     assert "obliterated" in run("tasks", "obliterate", "img", "-b", path, "--yes").output
+
+
+def test_add_makes_the_task_queue_and_a_job_a_worker_runs(tmp_path):
+    path = tmp_path / "b"
+    fastq.open(path).close()
+    jid = run("tasks", "add", "img", "resize", '{"width": 800}', "-b", path, "--priority", "3").output.strip()
+    assert run("tasks", "add", "img", "resize", "1", "-b", path, "--job-id", "r1").output.strip() == "r1"
+    assert run("tasks", "add", "img", "resize", "2", "-b", path, "--job-id", "r1").output.strip() == "r1"
+    doc = json.loads(run("tasks", "show", "img", jid, "-b", path, "--json").output)
+    assert doc["data"] == {"width": 800} and doc["opts"]["priority"] == 3 and doc["state"] == "waiting"
+    one_line_error(run("tasks", "add", "img", "resize", "{nope", "-b", path, ok=False), "DATA must be JSON")
+    with fastq.open(path) as b:
+        tq = fastq.TaskQueue("img", b)
+        with fastq.Worker(tq, lambda j: j.data):
+            assert tq.get_job(jid).result(10) == {"width": 800} and tq.get_job("r1").result(10) == 1

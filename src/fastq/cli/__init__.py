@@ -6,7 +6,7 @@ One module per command group; each registers its commands on :data:`cli`:
 - ``produce`` / ``consume``: :mod:`fastq.cli.io`;
 - ``groups`` (list, describe, reset-offsets): :mod:`fastq.cli.groups`;
 - ``queues`` (create, list, describe, peek, purge, redrive, delete): :mod:`fastq.cli.queues`;
-- ``tasks`` (counts, list, show, pause, resume, retry-failed, promote, clean, drain, remove,
+- ``tasks`` (add, counts, list, show, pause, resume, retry-failed, promote, clean, drain, remove,
   obliterate): :mod:`fastq.cli.tasks`;
 - ``dump`` (a segment batch by batch, an index entry by entry): :mod:`fastq.cli.dump`;
 - ``verify`` / ``repair`` (:mod:`fastq.log.verify`): :mod:`fastq.cli.verify`;

@@ -1,4 +1,4 @@
-"""``fastq tasks counts | list | show | pause | resume | retry-failed | promote | clean | drain |
+"""``fastq tasks add | counts | list | show | pause | resume | retry-failed | promote | clean | drain |
 remove | obliterate``: a broker's task queues (docs/TASKS.md) — jobs by state, one job in
 full, and the operator's levers, each the :class:`fastq.TaskQueue` method of the same name.
 Reading a task queue opens its queue and topics, so these commands open the broker
@@ -6,9 +6,11 @@ writable; only the levers change anything, and the ones that remove jobs ask fir
 given ``--yes``."""
 from __future__ import annotations
 
+import json
+
 import click
 
-from ..errors import UnknownQueue
+from ..errors import InvalidArgument, UnknownQueue
 from ..tasks.admin import CLEAN_STATES, COUNT_STATES
 from ..tasks.taskqueue import QUEUE_SUFFIX, TOPIC_SUFFIX
 from ._root import cli
@@ -19,8 +21,8 @@ STATE_CHOICE = click.Choice([*COUNT_STATES, "wait"])
 
 @cli.group()
 def tasks() -> None:
-    """Count, list and show the jobs of task queues; pause, resume, retry, promote, clean,
-    drain, remove and obliterate."""
+    """Add, count, list and show the jobs of task queues; pause, resume, retry, promote,
+    clean, drain, remove and obliterate."""
 
 
 def _open(b, name: str):
@@ -45,6 +47,30 @@ def _job_doc(job, full: bool = True) -> dict:
         doc.update(data=job.data, opts=job.opts, return_value=job.return_value, stacktrace=job.stacktrace,
                    logs=job.logs)
     return doc
+
+
+@tasks.command()
+@click.argument("queue")
+@click.argument("name")
+@click.argument("data", required=False, default="null")
+@click.option("--delay", type=click.FloatRange(0), help="Seconds before it may run.")
+@click.option("--attempts", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--priority", type=click.IntRange(0, 9), default=0, show_default=True, help="Higher runs first.")
+@click.option("--job-id", help="While a job with this id exists, adding it again does nothing.")
+@broker_option
+def add(queue: str, name: str, data: str, delay: float | None, attempts: int, priority: int, job_id: str | None,
+        broker_path: str) -> None:
+    """Add a job NAME with DATA (JSON) to QUEUE (made if missing); prints its id."""
+    from ..tasks.taskqueue import TaskQueue
+
+    try:
+        value = json.loads(data)
+    except ValueError as e:
+        raise InvalidArgument(f"DATA must be JSON, got {data!r}: {e}") from None
+    with open_broker(broker_path, readonly=False) as b:
+        job = TaskQueue(queue, b).add(name, value, delay=delay, attempts=attempts, priority=priority,
+                                      job_id=job_id)
+    click.echo(job.id)
 
 
 @tasks.command()

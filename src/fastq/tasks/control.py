@@ -9,25 +9,29 @@ a UTF-8 name, value = msgspec JSON. Two keys:
   (:meth:`TaskQueue.pause` / ``resume``). No record: not paused.
 - ``op``: ``{"op": str, "ms": int}`` — written by every admin operation that removes jobs
   or makes a job's queue message stale (remove, drain, clean, obliterate, promote) *before*
-  it changes anything, to move the epoch on.
+  it reads or changes anything, to move the epoch on.
 
 The control topic's end offset is the **admin epoch**: it only grows (compaction keeps
 offsets), so "the epoch did not move" means "no admin operation started". ``add`` stores
-the epoch it saw in each job message (``ep``); a worker receiving a first delivery whose
-``ep`` is the current epoch knows nothing removed or replaced that job since it was added,
-and runs it without reading the job-state topic (the fast path). Anything else — a
-redelivery, an older epoch — is checked against the job's state (``gen``: the job's
-incarnation, see :mod:`fastq.tasks.job`): no state (removed) or another ``gen`` (replaced
-by a retry or a promote, or re-added after removal) and the worker drops the message
-without running it.
+the epoch it saw in each job message (``ep``).
 
 ``<broker>/tasks/<name>/admin.lock`` — the **admin lock** (an flock): admin operations
-hold it exclusively from their epoch record to their last write; ``add`` (state, then
-message) and a worker's admission and result writes (check, then write) hold it shared.
-So an admin operation never sees a half-added job, and a worker never starts a job, or
-records its end, across an admin operation: it sees the job before (``remove`` finds it
-active and refuses) or after (the worker finds it gone and drops it). The kernel releases
-an flock when its process dies, so a kill -9 never leaves it held.
+hold it exclusively, from their epoch record (written before they read any job state)
+to their last write; ``add`` holds it shared from reading the epoch to publishing the
+messages, so an admin operation never sees a job whose message is not published yet.
+The kernel releases an flock when its process dies, so a kill -9 never leaves it held.
+
+How a worker admits a job (:meth:`fastq.tasks.admin.AdminMixin._begin`): a first delivery
+published at the current epoch (``ep``) — nothing was removed or replaced since its add —
+is recorded ``active`` at once, without the lock, and the epoch read again. Unmoved: any
+admin operation begins after the record and reads the job as active (``remove`` refuses,
+``drain``/``clean`` skip it). Moved: the worker waits for the operation (the lock, shared)
+and reads the job's records since before its first epoch read; if the operation removed
+the job, it does not run it (and removes it again if its ``active`` came after the
+removal). Every other message — a redelivery, an older epoch, a retried or promoted
+incarnation (``gen`` > 0) — is admitted under the lock, against the job's latest state:
+gone, of another ``gen``, or finished, and it is acked unrun. A job's later records
+(progress, the end) are written the same optimistic way.
 
 Crash rules: the epoch record comes first, so an operation killed after it changed
 nothing, or changed a prefix of what it meant to (each job's removal is one tombstone,
@@ -133,7 +137,7 @@ class Control:
             return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def shared(self) -> "_Shared":
-        """Hold the admin lock shared (add, a worker's admission and result writes):
+        """Hold the admin lock shared (add; a worker's admission off its fast path):
         ``with ctl.shared(): ...``. Uncontended it costs two flock calls."""
         return _Shared(self)
 
