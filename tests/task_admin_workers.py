@@ -33,15 +33,22 @@ def admin_op(broker_dir: str, name: str, op: str, note_file: str, batch: int, ki
         tq = fastq.TaskQueue(name, b)
         _note(note_file, "ready")
         t0 = time.monotonic()
-        if op == "drain":
-            tq.drain(delayed=True)
-        elif op == "clean":
-            tq.clean(0, 0, "completed")
-        elif op == "obliterate":
-            tq.obliterate()
-        else:
-            raise ValueError(op)
+        run_op(tq, op)
         _note(note_file, f"done {time.monotonic() - t0:.4f}")
+
+
+def run_op(tq, op: str, clean_state: str = "completed") -> None:
+    """One admin operation of the kill and fault tests, on everything it can remove."""
+    if op == "drain":
+        tq.drain(delayed=True)
+    elif op == "clean":
+        tq.clean(0, 0, clean_state)
+    elif op == "obliterate":
+        tq.obliterate()
+    elif op == "pause":
+        tq.pause()
+    else:
+        raise ValueError(op)
 
 
 def pause_or_resume(broker_dir: str, name: str, pause: bool) -> None:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import fastq
 from fastq.cli import cli
+from taskutil import wait_for
 
 
 def run(*args, ok=True, input=None, code=0):
@@ -27,14 +28,6 @@ def one_line_error(res, needle):
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastq: error: ") and needle in lines[0], res.output
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import fastq
 from fastq.tasks.job import JobIndex
 
 import task_workers
+from taskutil import runs, wait_for
 
 CTX = mp.get_context("spawn")
 
@@ -30,21 +31,6 @@ def broker(tmp_path):
 @pytest.fixture
 def tq(broker):
     return fastq.TaskQueue("images", broker)
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def runs(path) -> list[list[str]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [ln.split() for ln in f.read().splitlines() if ln]
 
 
 # -- the basics --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from fastq.tasks.admin import COUNT_STATES
 
 import task_admin_workers
 import task_workers
+from taskutil import runs, wait_for
 
 CTX = mp.get_context("spawn")
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
@@ -33,21 +34,6 @@ def broker(tmp_path):
 @pytest.fixture
 def tq(broker):
     return fastq.TaskQueue("images", broker)
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def runs(path) -> list[list[str]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [ln.split() for ln in f.read().splitlines() if ln]
 
 
 def _start(target, *args):
@@ -703,14 +689,7 @@ def test_admin_operations_racing_workers_in_two_processes_never_run_a_removed_jo
 # -- injected faults ------------------------------------------------------------------------
 
 def _fault_op(tq, op):
-    if op == "drain":
-        tq.drain(delayed=True)
-    elif op == "clean":
-        tq.clean(0, 0, "waiting")
-    elif op == "obliterate":
-        tq.obliterate()
-    else:
-        tq.pause()
+    task_admin_workers.run_op(tq, op, clean_state="waiting")
 
 
 def _fault_prep(path, n=30):
