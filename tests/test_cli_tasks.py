@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import fastq
 from fastq.cli import cli
+from test_cli_ops import one_line_error
 from taskutil import wait_for
 
 
@@ -22,12 +23,6 @@ def run(*args, ok=True, input=None, code=0):
         assert res.exit_code == code, (res.output, res.exception)
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception   # no crash
     return res
-
-
-def one_line_error(res, needle):
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastq: error: ") and needle in lines[0], res.output
 
 
 @pytest.fixture
