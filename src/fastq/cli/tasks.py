@@ -12,7 +12,7 @@ import click
 
 from ..errors import InvalidArgument, UnknownQueue
 from ..tasks.admin import CLEAN_STATES, COUNT_STATES
-from ..tasks.taskqueue import QUEUE_SUFFIX, TOPIC_SUFFIX
+from ..tasks.taskqueue import QUEUE_SUFFIX, TOPIC_SUFFIX, TaskQueue
 from ._root import cli
 from ._common import broker_option, console, echo_json, fmt_num, fmt_time, json_option, open_broker, table
 
@@ -27,8 +27,6 @@ def tasks() -> None:
 
 def _open(b, name: str):
     """An existing task queue (its queue and job-state topic exist): never creates one."""
-    from ..tasks.taskqueue import TaskQueue
-
     if name + QUEUE_SUFFIX not in b.queues() or name + TOPIC_SUFFIX not in b.topics():
         raise UnknownQueue(f"no task queue {name!r} in broker {b.path}")
     return TaskQueue(name, b)
@@ -61,8 +59,6 @@ def _job_doc(job, full: bool = True) -> dict:
 def add(queue: str, name: str, data: str, delay: float | None, attempts: int, priority: int, job_id: str | None,
         broker_path: str) -> None:
     """Add a job NAME with DATA (JSON) to QUEUE (made if missing); prints its id."""
-    from ..tasks.taskqueue import TaskQueue
-
     try:
         value = json.loads(data)
     except ValueError as e:
