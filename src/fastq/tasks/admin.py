@@ -194,6 +194,10 @@ class AdminMixin:
 
     # -- removing ------------------------------------------------------------------------------
 
+    def _bump(self, op: str) -> int:
+        """Move the admin epoch on (the caller holds the lock exclusively); the new epoch."""
+        return self._ctl.bump(op, self.topic.log(0).end_offset)
+
     def _remove_states(self, states: list[dict]) -> None:
         """Tombstones (markers for job_id jobs) for these job states, in batches."""
         lg = self.topic.log(0)
@@ -217,7 +221,7 @@ class AdminMixin:
             raise InvalidArgument(f"job_id must be a str, got {job_id!r}")
         self._check_open()
         with self._ctl.exclusive():
-            self._ctl.bump("remove")              # before reading: see _begin
+            self._bump("remove")              # before reading: see _begin
             s = self._index.get(job_id)
             if s is None:
                 raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
@@ -234,7 +238,7 @@ class AdminMixin:
         self._check_open()
         want = {"waiting", "prioritized", "paused"} | ({"delayed"} if delayed else set())
         with self._ctl.exclusive():
-            self._ctl.bump("drain")
+            self._bump("drain")
             doomed = [s for _, _, s in self._select(want)]
             self._remove_states(doomed)
         return len(doomed)
@@ -254,7 +258,7 @@ class AdminMixin:
         want = _states(state, CLEAN_STATES, "clean")
         self._check_open()
         with self._ctl.exclusive():
-            self._ctl.bump("clean")
+            self._bump("clean")
             cutoff = now_ms() - int(grace * 1000)
             rows = []
             for _, j, s in self._select(want):
@@ -279,7 +283,7 @@ class AdminMixin:
         idx = self._index
         lg = self.topic.log(0)
         with self._ctl.exclusive():
-            self._ctl.bump("obliterate")
+            self._bump("obliterate")
             idx.refresh()
             with idx._lock:
                 active = list(idx.by_state["active"])
@@ -362,7 +366,7 @@ class AdminMixin:
         count = _int("count", count, 1, none_ok=True)
         self._check_open()
         with self._ctl.exclusive():
-            ep = self._ctl.bump("promote")        # before reading (see _begin); the old delayed messages are stale
+            ep = self._bump("promote")        # before reading (see _begin); the old delayed messages are stale
             if job_id is not None:
                 s = self._index.get(job_id)
                 if s is None:
@@ -439,7 +443,9 @@ class AdminMixin:
             if clog.end_offset == ep:
                 return RUN, s, [ep, a]
             with ctl.shared():                    # an admin operation began meanwhile: it is over now
-                foreign, last, last_is_ours = self._foreign(s["id"], s.get("gen", 0), since, lg.end_offset, a)
+                at = ctl.ops_since(ep)
+                foreign, last, last_is_ours = (False, None, False) if at is None else \
+                    self._foreign(s["id"], s.get("gen", 0), max(since, at), lg.end_offset, a)
                 if foreign:
                     if last_is_ours:              # our record came after its removal: undo it
                         self._undo(s, last)
@@ -490,14 +496,16 @@ class AdminMixin:
         Optimistic, so that a job's end costs no lock: append, then look at the epoch. Not
         moved — no admin operation began before the append, so none removed the job before
         it. Moved — wait for the operation (the lock, shared) and read the job's records
-        since the ticket's offset: if one before ours removed or replaced the job, put that
-        back over ours."""
+        since the ticket's offset, or since the first such operation began if later: if one
+        before ours removed or replaced the job, put that back over ours."""
         w = self._put(s)
         if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True
         with self._ctl.shared():
-            foreign, last, _ = self._foreign(s["id"], s.get("gen", 0), ticket[1] + 1, w, w)
+            at = self._ctl.ops_since(ticket[0])
+            foreign, last, _ = (False, None, False) if at is None else \
+                self._foreign(s["id"], s.get("gen", 0), max(ticket[1] + 1, at), w, w)
             if not foreign:
                 ticket[:] = [self._ctl.epoch, w]
                 return True

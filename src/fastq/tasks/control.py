@@ -7,9 +7,11 @@ a UTF-8 name, value = msgspec JSON. Two keys:
 
 - ``paused``: ``{"paused": bool, "ms": int}`` — the latest record is the flag
   (:meth:`TaskQueue.pause` / ``resume``). No record: not paused.
-- ``op``: ``{"op": str, "ms": int}`` — written by every admin operation that removes jobs
-  or makes a job's queue message stale (remove, drain, clean, obliterate, promote) *before*
-  it reads or changes anything, to move the epoch on.
+- ``op``: ``{"op": str, "ms": int, "at": int}`` — written by every admin operation that
+  removes jobs or makes a job's queue message stale (remove, drain, clean, obliterate,
+  promote) *before* it reads or changes anything, to move the epoch on; ``at`` is the
+  job-state topic's end offset just before, below which the operation writes nothing (a
+  worker checking what the operations since its epoch did reads from there).
 
 The control topic's end offset is the **admin epoch**: it only grows (compaction keeps
 offsets), so "the epoch did not move" means "no admin operation started". ``add`` stores
@@ -121,10 +123,27 @@ class Control:
         """Record the flag (the caller holds the admin lock exclusively)."""
         self.log.append(_enc.encode({"paused": paused, "ms": int(time.time() * 1000)}), KEY_PAUSED)
 
-    def bump(self, op: str) -> int:
-        """Move the epoch on before an admin operation changes anything; returns the new epoch."""
-        self.log.append(_enc.encode({"op": op, "ms": int(time.time() * 1000)}), KEY_OP)
+    def bump(self, op: str, at: int) -> int:
+        """Move the epoch on before an admin operation reads or changes anything; ``at``:
+        the job-state topic's end offset read just before (the operation writes nothing
+        below it). Returns the new epoch."""
+        self.log.append(_enc.encode({"op": op, "ms": int(time.time() * 1000), "at": at}), KEY_OP)
         return self.log.end_offset
+
+    def ops_since(self, epoch: int) -> int | None:
+        """The lowest job-state offset an admin operation begun at or after ``epoch`` may
+        have written at (its ``at``), or None when none began (only pause records)."""
+        lg = self.log
+        low = None
+        for rec in lg.read(max(epoch, lg.start_offset), max(epoch, lg.end_offset)):
+            if rec.key is not None and bytes(rec.key) == KEY_OP and rec.value is not None:
+                try:
+                    at = int(_dec.decode(rec.value).get("at", 0))
+                except (msgspec.DecodeError, AttributeError, TypeError, ValueError) as e:
+                    raise CorruptRecord(f"control topic {self.topic.name!r}: record {rec.offset} "
+                                        f"is not an op record: {e}") from None
+                low = at if low is None else min(low, at)
+        return low
 
     def wait_change(self, timeout: float) -> bool:
         """Block until a control record is appended past what was read, or ``timeout``."""
