@@ -132,10 +132,14 @@ class Control:
 
     def ops_since(self, epoch: int) -> int | None:
         """The lowest job-state offset an admin operation begun at or after ``epoch`` may
-        have written at (its ``at``), or None when none began (only pause records)."""
+        have written at (its ``at``), or None when none began (only pause records); 0 when
+        compaction dropped some of the records since (then nothing is known)."""
         lg = self.log
         low = None
-        for rec in lg.read(max(epoch, lg.start_offset), max(epoch, lg.end_offset)):
+        start, end = max(epoch, lg.start_offset), max(epoch, lg.end_offset)
+        n = 0
+        for rec in lg.read(start, end):
+            n += 1
             if rec.key is not None and bytes(rec.key) == KEY_OP and rec.value is not None:
                 try:
                     at = int(_dec.decode(rec.value).get("at", 0))
@@ -143,6 +147,8 @@ class Control:
                     raise CorruptRecord(f"control topic {self.topic.name!r}: record {rec.offset} "
                                         f"is not an op record: {e}") from None
                 low = at if low is None else min(low, at)
+        if n != end - epoch:                       # compacted (or below the start): assume the worst
+            return 0
         return low
 
     def wait_change(self, timeout: float) -> bool:
