@@ -6,7 +6,9 @@ One run of a job, in a worker thread:
    extends it while the job runs, so long jobs are not redelivered);
 2. a redelivered message (delivery 2+) whose job is already completed or failed — its
    worker was killed between recording the end and acking — is acked and not run again;
-3. record ``active`` (attempts_made = the message's delivery count: a run that a killed
+3. a scheduler's tick job adds the scheduler's next tick first
+   (:func:`fastq.tasks.scheduler.on_tick`; a removed, replaced or skipped tick is acked
+   unrun); record ``active`` (attempts_made = the message's delivery count: a run that a killed
    worker never finished counts, as BullMQ's stalled counter), call the handler;
 4. returned: encode the result (a result the codec cannot encode fails the job, with
    that reason), record ``completed``, ack; raised (or ran past ``timeout``): record the
@@ -34,6 +36,7 @@ from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost
 from ..log.config import check_int
 from .backoff import Backoff
 from .job import FINISHED, Job, now_ms
+from .scheduler import on_tick
 from .taskqueue import TaskQueue
 
 __all__ = ["Worker", "MODES"]
@@ -173,6 +176,9 @@ class Worker:
             if prev is not None and prev["state"] in FINISHED:
                 m.ack()                              # finished before its worker died: never again
                 return
+        if opts.get("repeat") is not None and not on_tick(tq, jid, opts["repeat"], prev):
+            m.ack()                                  # a removed, replaced or skipped scheduler tick
+            return
         s = dict(prev) if prev is not None else {"id": jid, "name": name, "progress": 0,
                                                  "added_ms": msg.get("added_ms")}
         s.update(data=msg.get("data"), opts=opts, state="active", attempts_made=dc, processed_ms=now_ms())
