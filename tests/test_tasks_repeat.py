@@ -19,6 +19,7 @@ import fastq
 from fastq.tasks.scheduler import next_after, schedulers_of, validate_repeat
 
 import repeat_workers
+from test_tasks import broker, wait_for  # noqa: F401 (broker: a fixture)
 
 CTX = mp.get_context("spawn")
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
@@ -26,22 +27,8 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 @pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
 def tq(broker):
     return fastq.TaskQueue("cron", broker)
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def runs(path) -> list[tuple[str, int, int, int]]:
