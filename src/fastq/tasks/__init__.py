@@ -1,5 +1,6 @@
 """Task queues in the style of BullMQ (issue 16): named jobs with results, delay, attempts
-and backoff, priority, progress, timeouts and retention, run by workers — built on
+and backoff, priority, progress, timeouts, retention and repeat (job schedulers, cron or
+``every``: :mod:`fastq.tasks.scheduler`), run by workers — built on
 :mod:`fastq.queue` (leases, delay, priority, dedup, dead-consumer detection) and a
 compacted topic of job states. See docs/TASKS.md.
 """
