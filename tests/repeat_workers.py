@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 
 import fastq
@@ -34,3 +35,19 @@ def run_scheduler_and_worker(broker_dir: str, runs_file: str, stop_file: str, ev
                 time.sleep(0.01)
         finally:
             w.close()
+
+
+def run_killed_between_tick_state_and_message(broker_dir: str, runs_file: str, stop_file: str, every: float,
+                                              seq: int) -> None:
+    """As run_scheduler_and_worker, but the process kills itself -9 when it publishes the
+    message of tick ``seq``: after that tick's job state was written, before its message."""
+    import fastq.queue.queue as qmod
+    real = qmod.Queue.publish
+
+    def publish(self, *args, **kwargs):
+        dd = kwargs.get("dedup_id")
+        if isinstance(dd, str) and dd.startswith("repeat:") and dd.endswith(f":{seq}"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *args, **kwargs)
+    qmod.Queue.publish = publish
+    run_scheduler_and_worker(broker_dir, runs_file, stop_file, every)

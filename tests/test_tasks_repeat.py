@@ -4,6 +4,7 @@ once, also while they are killed -9 and restarted; cron next times across daylig
 changes; what each ``missed`` policy does after a downtime; remove and replace; bad input."""
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import random
@@ -16,6 +17,8 @@ import pytest
 from croniter import croniter
 
 import fastq
+from faultfs import c_fault
+from fastq._core import _storage
 from fastq.tasks.scheduler import next_after, schedulers_of, validate_repeat
 
 import repeat_workers
@@ -423,3 +426,75 @@ def test_bad_scheduler_arguments(tq):
     assert tq.get_job_schedulers() == [] and tq.counts() == {"waiting": 0, "delayed": 0, "active": 0,
                                                              "completed": 0, "failed": 0}
     assert tq.upsert_job_scheduler("a", {"every": 1}) is not None
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+def _upsert_fresh(path):
+    with fastq.open(path) as b:
+        fastq.TaskQueue("cron", b).upsert_job_scheduler("f", {"every": 0.05, "missed": "all"}, name="f")
+
+
+def _fault_calls(path) -> dict:
+    for p in _storage.FAULT_POINTS:
+        _storage._fault_inject(p, errno.EIO, 1 << 40, 1)
+    try:
+        _upsert_fresh(path)
+        return {p: n for p in _storage.FAULT_POINTS if (n := _storage._fault_calls(p))}
+    finally:
+        _storage._fault_clear()
+
+
+def test_a_failed_system_call_during_the_first_upsert_is_clear_and_the_retry_schedules_once(tmp_path):
+    """The first upsert creates the scheduler topic and the queue's delayed lane: each
+    system call on the way fails once (EIO; the first and last call of each point, all
+    with FASTQ_TORTURE=1). The upsert raises a FastqError; run again in a fresh process
+    view, it schedules, and the ticks that follow have one job each, no gap."""
+    calls = _fault_calls(str(tmp_path / "dry" / "b"))
+    assert calls
+    for point, n in sorted(calls.items()):
+        for k in (range(n) if TORTURE else sorted({0, n - 1})):
+            path = str(tmp_path / f"{point}{k}" / "b")
+            with c_fault(point, errno.EIO, k, 1) as hits:
+                try:
+                    _upsert_fresh(path)
+                    exc = None
+                except Exception as e:       # noqa: BLE001 - checked below
+                    exc = e
+                hit = hits()
+            if hit:
+                assert isinstance(exc, fastq.FastqError), f"{point}#{k}: raw {exc!r}"
+            elif exc is not None:
+                raise exc
+            _upsert_fresh(path)
+            with fastq.open(path) as b:
+                tq = fastq.TaskQueue("cron", b)
+                rec = Recorder()
+                with fastq.Worker(tq, rec):
+                    wait_for(lambda: len(rec.runs) >= 4, 10, f"ticks after a fault at {point}#{k}")
+                ticks = rec.ticks
+                assert ticks == list(range(ticks[0], ticks[0] + 50 * len(ticks), 50)), (point, k, ticks)
+                assert len({r[0].rsplit(":", 2)[1] for r in rec.runs}) == 1
+                assert len(tq.get_job_schedulers()) == 1
+
+
+def test_a_worker_killed_between_a_tick_s_state_and_its_message_does_not_stop_the_schedule(tmp_path, broker):
+    """The worker adding tick 3 dies after writing its job state, before its message: the
+    next worker gets tick 2 again, finds tick 3's state and publishes its message (the
+    queue's dedup would make that a no-op had it been published); the ticks go on."""
+    runs_file, stop = str(tmp_path / "runs"), str(tmp_path / "stop")
+    a = CTX.Process(target=repeat_workers.run_killed_between_tick_state_and_message,
+                    args=(broker.path, runs_file, stop, 0.05, 3))
+    a.start()
+    a.join(60)
+    assert a.exitcode == -signal.SIGKILL
+    tq = fastq.TaskQueue(repeat_workers.QUEUE, broker)
+    (tick3,) = [j for j in tq.get_jobs(["delayed", "waiting"]) if j.opts["repeat"]["seq"] == 3]
+    assert tq.queue.depth().delayed + tq.queue.depth().ready == 0      # its message is missing
+    b = _start(broker.path, runs_file, stop, 0.05)
+    try:
+        wait_for(lambda: len(runs(runs_file)) >= 12, 60, "the ticks after tick 3")
+    finally:
+        _stop_all([b], stop)
+    _check_one_job_per_tick(tq, runs_file, 50)
+    assert tick3.id in {r[0] for r in runs(runs_file)}

@@ -81,6 +81,7 @@ DEFAULT_GRACE_S = 60.0               # "skip": later than this is missed (Quartz
 REPEAT_OPTIONS = ("cron", "pattern", "every", "tz", "start", "end", "limit", "missed", "grace")
 MAX_SCHEDULER_ID = MAX_JOB_ID - len(JOB_PREFIX) - 17 - 21    # room for ":<gen>:<seq>"
 LIVE = ("waiting", "delayed", "active")
+REPUBLISH_MARGIN_MS = 1000           # clock steps between processes: stay well inside dedup_window
 
 _enc = msgspec.json.Encoder()
 _sorted = msgspec.json.Encoder(order="sorted")
@@ -310,7 +311,9 @@ class Schedulers:
         if cur is not None and _same(cur, body):
             live = self._live(sid, cur["gen"])
             if live:
-                return min(live, key=lambda j: j._s["opts"]["repeat"]["tick_ms"])
+                nxt = min(live, key=lambda j: j._s["opts"]["repeat"]["tick_ms"])
+                self._republish(nxt.id, nxt._s)
+                return nxt
             end = idx.get(END_PREFIX + sid, refresh=False)
             if end is not None and end.get("gen") == cur["gen"]:
                 return None                            # it made all its jobs: the same definition adds none
@@ -400,10 +403,34 @@ class Schedulers:
         self.tq._remove_ids(gone)
 
     def _add_tick(self, d: dict, seq: int, count: int, tick_ms: int) -> Job:
+        tq = self.tq
+        jid = f"{JOB_PREFIX}{d['id']}:{d['gen']}:{seq}"
+        s = tq._index.get(jid)
+        if s is not None:                              # added already (another process, or before a crash)
+            self._republish(jid, s)
+            return Job(tq, jid, s)
         rep = {"scheduler": d["id"], "gen": d["gen"], "seq": seq, "count": count, "tick_ms": tick_ms}
         delay = max(0, tick_ms - now_ms()) / 1000.0
-        opts = {**d["opts"], "job_id": f"{JOB_PREFIX}{d['id']}:{d['gen']}:{seq}", "delay": delay or None}
-        return self.tq._add_many([(d["name"], d["data"], opts)], repeat=rep)[0]
+        opts = {**d["opts"], "job_id": jid, "delay": delay or None}
+        return tq._add_many([(d["name"], d["data"], opts)], repeat=rep)[0]
+
+    def _republish(self, jid: str, s: dict) -> None:
+        """A tick's add writes its state, then its message: one that died in between (killed,
+        or the publish failed) left a state with no message, and the schedule would stop
+        there. Whoever finds the state of a tick that has not started publishes its message
+        again with the same ``dedup_id``: the queue stores nothing when the message exists —
+        it remembers the id ``dedup_window`` seconds, so this is done while the state is
+        younger than that."""
+        tq = self.tq
+        now = now_ms()
+        if s.get("state") not in ("waiting", "delayed") or \
+                now - s.get("added_ms", 0) >= tq.queue.config["dedup_window"] * 1000 - REPUBLISH_MARGIN_MS:
+            return
+        body = tq._codec.encode({"id": jid, "name": s["name"], "data": s["data"], "opts": s["opts"],
+                                 "added_ms": s["added_ms"]})
+        due = s.get("due_ms")
+        delay = None if due is None or due <= now else (due - now) / 1000.0
+        tq.queue.publish(bytes(body), delay=delay, priority=s["opts"]["priority"], dedup_id=jid)
 
     def tick(self, jid: str, rep: dict, prev: dict | None) -> bool:
         """See :func:`on_tick`."""
