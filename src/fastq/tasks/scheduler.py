@@ -30,7 +30,10 @@ not on its time: however many processes compute it, and whatever time each compu
 a downtime, there is one id, and adding an id that exists is a no-op (the job index,
 and the queue's ``dedup_id`` for two adds at the same moment). The chain cannot fork.
 A redelivered tick (its worker was killed) whose job had started adds nothing: its
-successor was added before it started.
+successor was added before it started. Adding a tick writes its state, then its message;
+whoever finds the state of a tick that has not started publishes the message again under
+the same ``dedup_id`` (a no-op when it exists), so an adder that died between the two does
+not stop the schedule — while the state is younger than the queue's ``dedup_window``.
 
 A tick whose scheduler was removed, or whose ``gen`` is not the definition's any more (an
 upsert changed it), is dropped when it comes due: never run, its job state removed.
