@@ -106,11 +106,11 @@ def _instant_ms(what: str, v) -> int | None:
         if v.tzinfo is None or v.utcoffset() is None:
             raise InvalidArgument(f"repeat {what} must be a timezone-aware datetime or seconds since the "
                                   f"epoch, got the naive datetime {v!r}")
-        return int(v.timestamp() * 1000)
+        return int(round(v.timestamp() * 1000))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise InvalidArgument(f"repeat {what} must be a timezone-aware datetime or seconds since the "
                               f"epoch (>= 0), got {v!r}")
-    return int(v * 1000)
+    return int(round(v * 1000))
 
 
 def _croniter(expr: str, start: datetime) -> croniter:
