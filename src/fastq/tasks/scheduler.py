@@ -314,7 +314,7 @@ class Schedulers:
         if cur is not None and _same(cur, body):
             live = self._live(sid, cur["gen"])
             if live:
-                nxt = min(live, key=lambda j: j._s["opts"]["repeat"]["tick_ms"])
+                nxt = min(live, key=lambda j: (j._s["state"] == "active", j._s["opts"]["repeat"]["tick_ms"]))
                 self._republish(nxt.id, nxt._s)
                 return nxt
             end = idx.get(END_PREFIX + sid, refresh=False)
