@@ -189,7 +189,7 @@ def test_cron_with_a_time_zone_keeps_local_time_across_daylight_saving_changes()
 
 @pytest.mark.parametrize("expr,tz", [("30 2 * * *", "Europe/Paris"), ("*/20 * * * *", "America/New_York"),
                                      ("15 1-3 * * 0", "Europe/London"), ("*/10 30 2 * * *", "Europe/Paris"),
-                                     ("0 0 * * 1-5", "Asia/Kolkata")])
+                                     ("0 0 * * 1-5", "Asia/Kolkata"), ("@daily", "Europe/Paris")])
 def test_cron_next_times_are_croniter_s_in_the_zone(expr, tz):
     """Across both changes of a year: the same instants as croniter with a zoneinfo start
     (a 2:30 that does not exist runs at 3:00; one that happens twice runs twice)."""
@@ -381,6 +381,8 @@ def test_add_with_repeat_is_a_scheduler(tq):
 @pytest.mark.parametrize("repeat,match", [
     ({"cron": "61 * * * *"}, "does not parse"),
     ({"cron": "not a cron"}, "does not parse"),
+    ({"cron": "@sometimes"}, "does not parse"),
+    ({"cron": 9}, "cron expression string"),
     ({"cron": "* * * * * * *"}, "does not parse"),
     ({"cron": "0 0 30 2 *"}, "never matches"),
     ({"cron": "0 9 * * *", "tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
@@ -506,3 +508,10 @@ def test_a_worker_killed_between_a_tick_s_state_and_its_message_does_not_stop_th
         _stop_all([b], stop)
     _check_one_job_per_tick(tq, runs_file, 50)
     assert tick3.id in {r[0] for r in runs(runs_file)}
+
+
+def test_a_task_queue_with_the_longest_name_has_schedulers(broker):
+    from fastq.tasks.taskqueue import MAX_NAME
+    tq = fastq.TaskQueue("q" * MAX_NAME, broker)
+    assert tq.upsert_job_scheduler("s", {"every": 60}) is not None
+    assert [s["id"] for s in tq.get_job_schedulers()] == ["s"]
