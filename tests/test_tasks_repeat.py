@@ -189,20 +189,52 @@ def test_cron_with_a_time_zone_keeps_local_time_across_daylight_saving_changes()
 
 @pytest.mark.parametrize("expr,tz", [("30 2 * * *", "Europe/Paris"), ("*/20 * * * *", "America/New_York"),
                                      ("15 1-3 * * 0", "Europe/London"), ("*/10 30 2 * * *", "Europe/Paris"),
-                                     ("0 0 * * 1-5", "Asia/Kolkata"), ("@daily", "Europe/Paris")])
+                                     ("0 0 * * 1-5", "Asia/Kolkata"), ("@daily", "Europe/Paris"),
+                                     ("*/30 * * * *", "Europe/Paris"), ("0 */2 * * *", "America/New_York")])
 def test_cron_next_times_are_croniter_s_in_the_zone(expr, tz):
-    """Across both changes of a year: the same instants as croniter with a zoneinfo start
-    (a 2:30 that does not exist runs at 3:00; one that happens twice runs twice)."""
+    """Across both changes of a year: croniter's instants with a zoneinfo start (a 2:30
+    that does not exist runs at 3:00), except that a wall time that happens twice when the
+    clocks go back runs once — the first — unless the hour field is ``*``."""
     d = validate_repeat({"cron": expr, "tz": tz})
+    zone = ZoneInfo(tz)
     year = datetime.now().year + 1
+    fields = expr.split()
+    wildcard_hour = len(fields) in (5, 6) and fields[len(fields) - 4] == "*"   # 6 fields: seconds first
     for month in (3, 10, 11):
-        start = datetime(year, month, 1, tzinfo=ZoneInfo(tz))
+        start = datetime(year, month, 1, tzinfo=zone)
         it = croniter(expr, start, second_at_beginning=True)
-        t = int(start.timestamp() * 1000)
-        for _ in range(200):
-            want = int(round(it.get_next(float) * 1000))
+        theirs = [int(round(it.get_next(float) * 1000)) for _ in range(300)]
+        ours, t = [], int(start.timestamp() * 1000)
+        while True:
             t = next_after(d, t)
-            assert t == want
+            if t > theirs[-1]:
+                break
+            ours.append(t)
+
+        def wall(ms):
+            return datetime.fromtimestamp(ms / 1000, zone).replace(tzinfo=None)
+        assert set(ours) <= set(theirs)
+        dropped = sorted(set(theirs) - set(ours))
+        assert not (dropped and wildcard_hour)
+        for x in dropped:                                   # the second of a repeated wall time
+            assert any(wall(y) == wall(x) and y < x for y in ours), datetime.fromtimestamp(x / 1000, zone)
+
+
+def test_a_fixed_time_runs_once_when_the_clocks_go_back_and_an_interval_runs_on():
+    year = datetime.now().year + 1
+    sunday = _last_sunday(year, 10)
+    day_start = int(datetime(year, 10, sunday, tzinfo=PARIS).timestamp() * 1000)
+    day_end = int(datetime(year, 10, sunday, 23, 59, 59, tzinfo=PARIS).timestamp() * 1000)
+
+    def on_that_day(expr):
+        d, t, out = validate_repeat({"cron": expr, "tz": "Europe/Paris"}), day_start - 1, []
+        while (t := next_after(d, t)) < day_end:
+            out.append(datetime.fromtimestamp(t / 1000, timezone.utc).strftime("%H:%M"))
+        return out
+    assert on_that_day("30 2 * * *") == ["00:30"]           # 2:30 CEST; not 2:30 CET too
+    assert on_that_day("*/30 0-3 * * *") == ["22:00", "22:30", "23:00", "23:30", "00:00", "00:30"] + \
+        ["02:00", "02:30"]                                  # fixed hours 0-3: 2:xx once
+    assert on_that_day("0,30 * * * *")[2:8] == ["23:00", "23:30", "00:00", "00:30", "01:00", "01:30"]
 
 
 def test_a_scheduler_s_chain_follows_the_cron_across_a_daylight_saving_change(tq):

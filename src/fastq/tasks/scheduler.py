@@ -193,7 +193,8 @@ def next_after(d: dict, t_ms: int, *, raise_never: bool = False) -> int | None:
     """The definition's first tick strictly after ``t_ms`` (and not before its start), in
     ms since the epoch; None past its end. ``every``: ``start + k * every`` (start defaults
     to the epoch, so the grid is the same in every process); ``cron``: the next match in
-    the definition's time zone (croniter's rules across daylight-saving changes)."""
+    the definition's time zone (croniter's, except that a fixed-hour time that happens
+    twice when the clocks go back runs once)."""
     start = d.get("start_ms")
     if d.get("every_ms") is not None:
         every, anchor = d["every_ms"], start or 0
@@ -201,9 +202,13 @@ def next_after(d: dict, t_ms: int, *, raise_never: bool = False) -> int | None:
     else:
         if start is not None and t_ms < start:
             t_ms = start - 1
-        at = datetime.fromtimestamp(t_ms / 1000.0, _zone(d["tz"]))
+        zone = _zone(d["tz"])
         try:
-            nxt = int(round(_croniter(d["cron"], at).get_next(float) * 1000))
+            it = _croniter(d["cron"], datetime.fromtimestamp(t_ms / 1000.0, zone))
+            secs = it.get_next(float)
+            while _second_of_a_repeated_time(secs, zone, it.expanded[1]):
+                secs = it.get_next(float)
+            nxt = int(round(secs * 1000))
         except CroniterBadDateError:
             if raise_never:
                 raise
@@ -212,6 +217,16 @@ def next_after(d: dict, t_ms: int, *, raise_never: bool = False) -> int | None:
             return next_after(d, t_ms + 1)
     end = d.get("end_ms")
     return None if end is not None and nxt > end else nxt
+
+
+def _second_of_a_repeated_time(secs: float, zone: ZoneInfo, hours: list) -> bool:
+    """When the clocks go back, a wall time happens twice; croniter matches both. An
+    expression with fixed hours runs at the first only (as cronie does); one with ``*`` in
+    the hour field keeps both (it means every so often, and time did pass)."""
+    if hours == ["*"]:
+        return False
+    local = datetime.fromtimestamp(secs, zone)
+    return local.fold == 1 and local.replace(fold=0).timestamp() != secs
 
 
 def _same(cur: dict, body: dict) -> bool:
