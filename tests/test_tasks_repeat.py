@@ -547,3 +547,12 @@ def test_a_task_queue_with_the_longest_name_has_schedulers(broker):
     tq = fastq.TaskQueue("q" * MAX_NAME, broker)
     assert tq.upsert_job_scheduler("s", {"every": 60}) is not None
     assert [s["id"] for s in tq.get_job_schedulers()] == ["s"]
+
+
+@pytest.mark.parametrize("value", [b"not json", b'{"id": "x"}', b"[1, 2]"])
+def test_a_damaged_scheduler_record_is_corrupt_record_naming_the_topic(broker, value):
+    tq = fastq.TaskQueue("cron", broker)
+    tq.upsert_job_scheduler("ok", {"every": 60})
+    broker.topic("cron.sched").publish(value, key=b"s:x")
+    with pytest.raises(fastq.CorruptRecord, match=r"scheduler topic 'cron.sched': record 2 \('s:x'\)"):
+        fastq.TaskQueue("cron", broker).get_job_schedulers()
