@@ -477,12 +477,12 @@ class Schedulers:
 
 def schedulers_of(tq: "TaskQueue") -> Schedulers:
     """The task queue's :class:`Schedulers` (one per TaskQueue handle)."""
-    s = tq.__dict__.get("_schedulers")
+    s = tq.__dict__.get("_sched")
     if s is None:
         with _made_lock:
-            s = tq.__dict__.get("_schedulers")
+            s = tq.__dict__.get("_sched")
             if s is None:
-                s = tq.__dict__["_schedulers"] = Schedulers(tq)
+                s = tq.__dict__["_sched"] = Schedulers(tq)
     return s
 
 

@@ -5,7 +5,9 @@ A task queue ``name`` is two things in the broker:
 - the message queue ``<name>.tasks`` (:class:`fastq.Queue`): one message per job run, with
   the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
   the task queue never reimplements them;
-- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`).
+- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
+- the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
+  (see :mod:`fastq.tasks.scheduler`).
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
 can never be overwritten by the "waiting" that came before it.
@@ -146,13 +148,13 @@ class TaskQueue:
         ``job.cancelled``; past it the attempt fails). ``repeat``: ``{"cron": "0 9 * * *",
         "tz": ...}`` or ``{"every": seconds}`` makes a job scheduler instead (see
         :meth:`upsert_job_scheduler`; its id is ``job_id`` or derived from the name and the
-        repeat) and returns its first job. Unknown options are InvalidArgument."""
+        repeat) and returns its first job (None if it has no tick left). Unknown options are
+        InvalidArgument."""
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
         if repeat is not None:
-            from .scheduler import schedulers_of
-            return schedulers_of(self).add_repeat(name, data, repeat, opts)
+            return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
@@ -239,23 +241,23 @@ class TaskQueue:
         without ``job_id`` / ``delay``), across all processes. The same definition again
         changes nothing; another one replaces the pending tick. Returns the next tick's job
         (None when the schedule has no more ticks). See docs/TASKS.md."""
-        from .scheduler import schedulers_of
-        return schedulers_of(self).upsert(scheduler_id, repeat, name, data, opts)
+        return self._schedulers().upsert(scheduler_id, repeat, name, data, opts)
 
     def get_job_scheduler(self, scheduler_id: str) -> dict | None:
         """The scheduler's definition and ``next`` tick (epoch seconds), or None."""
-        from .scheduler import schedulers_of
-        return schedulers_of(self).get(scheduler_id)
+        return self._schedulers().get(scheduler_id)
 
     def get_job_schedulers(self) -> list[dict]:
         """All job schedulers of this queue, by id (see :meth:`get_job_scheduler`)."""
-        from .scheduler import schedulers_of
-        return schedulers_of(self).list()
+        return self._schedulers().list()
 
     def remove_job_scheduler(self, scheduler_id: str) -> bool:
         """Remove a job scheduler: no tick after this one starts. False if there was none."""
-        from .scheduler import schedulers_of
-        return schedulers_of(self).remove(scheduler_id)
+        return self._schedulers().remove(scheduler_id)
+
+    def _schedulers(self):
+        from .scheduler import schedulers_of       # scheduler.py imports this module
+        return schedulers_of(self)
 
     # -- internals for the worker -----------------------------------------------------------
 
