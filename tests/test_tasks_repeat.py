@@ -556,3 +556,26 @@ def test_a_damaged_scheduler_record_is_corrupt_record_naming_the_topic(broker, v
     broker.topic("cron.sched").publish(value, key=b"s:x")
     with pytest.raises(fastq.CorruptRecord, match=r"scheduler topic 'cron.sched': record 2 \('s:x'\)"):
         fastq.TaskQueue("cron", broker).get_job_schedulers()
+
+
+def test_a_failing_tick_is_retried_and_its_successor_is_added_once(tq):
+    """Each tick's first attempt raises; the retry (delivery 2, started before) adds no
+    second successor: one job per tick, two runs each, no gap."""
+    tq.upsert_job_scheduler("f", {"every": 0.1, "missed": "all"}, opts={"attempts": 2, "backoff": 0.01})
+    seen: list[tuple[str, int, int]] = []
+
+    def handle(job):
+        seen.append((job.id, job.opts["repeat"]["tick_ms"], job.attempts_made))
+        if job.attempts_made == 1:
+            raise RuntimeError("first attempt fails")
+    with fastq.Worker(tq, handle, concurrency=2):
+        wait_for(lambda: len({s[0] for s in seen}) >= 6, 20, "6 ticks")
+    done = [j for j in tq.get_jobs(["completed"])]
+    assert len(done) >= 5
+    ticks = sorted(j.opts["repeat"]["tick_ms"] for j in done)
+    assert ticks == list(range(ticks[0], ticks[0] + 100 * len(ticks), 100))
+    for j in done:
+        assert sorted(a for i, _, a in seen if i == j.id) == [1, 2] and len(j.stacktrace) == 1
+    live = tq.get_jobs(["waiting", "delayed", "active"])
+    assert len({j.opts["repeat"]["seq"] for j in live}) == len(live)
+    assert max(j.opts["repeat"]["seq"] for j in done + live) == len(done) + len(live)
