@@ -19,7 +19,7 @@ from croniter import croniter
 import fastq
 from faultfs import c_fault
 from fastq._core import _storage
-from fastq.tasks.scheduler import next_after, schedulers_of, validate_repeat
+from fastq.tasks.scheduler import next_after, validate_repeat
 
 import repeat_workers
 from test_tasks import broker, wait_for  # noqa: F401 (broker: a fixture)
@@ -246,7 +246,7 @@ def test_a_scheduler_s_chain_follows_the_cron_across_a_daylight_saving_change(tq
     job = tq.upsert_job_scheduler("report", {"cron": "0 9 * * *", "tz": "Europe/Paris", "start": start,
                                              "limit": 4}, data={"k": 1})
     assert job.state == "delayed" and job.name == "report" and job.data == {"k": 1}
-    s = schedulers_of(tq)
+    s = tq._schedulers()
     got = []
     while job is not None:
         rep = job.opts["repeat"]

@@ -67,12 +67,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import CorruptRecord, InvalidArgument, UnknownTopic
 from .job import Job, JobIndex, now_ms
-from .taskqueue import MAX_JOB_ID, validate_options
 
 if TYPE_CHECKING:
     from .taskqueue import TaskQueue
 
-__all__ = ["Schedulers", "schedulers_of", "on_tick", "validate_repeat", "next_after", "MISSED",
+__all__ = ["Schedulers", "on_tick", "validate_repeat", "next_after", "MISSED",
            "REPEAT_OPTIONS", "SCHED_SUFFIX"]
 
 SCHED_SUFFIX = ".sched"              # no longer than the job queue's ".tasks": names fit the same
@@ -82,14 +81,13 @@ JOB_PREFIX = "repeat:"
 MISSED = ("once", "all", "skip")
 DEFAULT_GRACE_S = 60.0               # "skip": later than this is missed (Quartz's misfire threshold)
 REPEAT_OPTIONS = ("cron", "pattern", "every", "tz", "start", "end", "limit", "missed", "grace")
-MAX_SCHEDULER_ID = MAX_JOB_ID - len(JOB_PREFIX) - 17 - 21    # room for ":<gen>:<seq>"
+MAX_SCHEDULER_ID = 400              # a tick's job id adds "repeat:" and ":<gen>:<seq>": within 512
 LIVE = ("waiting", "delayed", "active")
 REPUBLISH_MARGIN_MS = 1000           # clock steps between processes: stay well inside dedup_window
 
 _enc = msgspec.json.Encoder()
 _sorted = msgspec.json.Encoder(order="sorted")
 _dec = msgspec.json.Decoder()
-_made_lock = threading.Lock()
 
 
 # -- definitions ------------------------------------------------------------------------------
@@ -278,10 +276,12 @@ class _Index(JobIndex):
 
 class Schedulers:
     """The job schedulers of one task queue (``tq.upsert_job_scheduler`` and friends call
-    it). Thread-safe."""
+    it; the TaskQueue makes it, handing it ``validate_options`` for the jobs' options:
+    taskqueue imports this module, so this one cannot import taskqueue). Thread-safe."""
 
-    def __init__(self, tq: "TaskQueue"):
+    def __init__(self, tq: "TaskQueue", validate_options):
         self.tq = tq
+        self._validate_options = validate_options
         self._index: _Index | None = None
         self._lock = threading.Lock()
 
@@ -320,7 +320,7 @@ class Schedulers:
         if bad:
             raise InvalidArgument(f"a scheduler's job options cannot have {bad}: the scheduler sets the "
                                   "job's id and delay (use repeat's start to begin later)")
-        stored = validate_options(opts)
+        stored = self._validate_options(opts)
         tq._codec.encode(data)                         # CodecError now, before anything is stored
         body = {"name": name, "data": data, "opts": stored, **spec}
         idx = self._open(True)
@@ -475,21 +475,10 @@ class Schedulers:
         return True
 
 
-def schedulers_of(tq: "TaskQueue") -> Schedulers:
-    """The task queue's :class:`Schedulers` (one per TaskQueue handle)."""
-    s = tq.__dict__.get("_sched")
-    if s is None:
-        with _made_lock:
-            s = tq.__dict__.get("_sched")
-            if s is None:
-                s = tq.__dict__["_sched"] = Schedulers(tq)
-    return s
-
-
 def on_tick(tq: "TaskQueue", jid: str, rep: dict, prev: dict | None) -> bool:
     """Called by a worker that received a scheduler's tick job, before it records the job
     active: adds the next tick (unless the job had started before, ``prev`` being its
     state then), and says whether to run this one — False for a tick whose scheduler was
     removed or changed, or a missed tick under ``missed="skip"`` (its state is removed;
     the worker acks the message)."""
-    return schedulers_of(tq).tick(jid, rep, prev)
+    return tq._schedulers().tick(jid, rep, prev)

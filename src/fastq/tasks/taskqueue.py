@@ -27,6 +27,7 @@ from ..queue.codecs import resolve_codec
 from ..queue.queue import PRIORITIES
 from .backoff import Backoff
 from .job import STATES, Job, JobIndex, encode_state, now_ms
+from .scheduler import Schedulers
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -108,6 +109,7 @@ class TaskQueue:
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
+        self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
@@ -255,9 +257,8 @@ class TaskQueue:
         """Remove a job scheduler: no tick after this one starts. False if there was none."""
         return self._schedulers().remove(scheduler_id)
 
-    def _schedulers(self):
-        from .scheduler import schedulers_of       # scheduler.py imports this module
-        return schedulers_of(self)
+    def _schedulers(self) -> Schedulers:
+        return self._sched
 
     # -- internals for the worker -----------------------------------------------------------
 
