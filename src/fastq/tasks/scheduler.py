@@ -61,8 +61,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from croniter import croniter
-from croniter.croniter import CroniterBadDateError, CroniterError
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import CorruptRecord, InvalidArgument, UnknownTopic
@@ -111,8 +109,13 @@ def _instant_ms(what: str, v) -> int | None:
     return int(round(v * 1000))
 
 
-def _croniter(expr: str, start: datetime) -> croniter:
-    return croniter(expr, start, second_at_beginning=True)
+def _cron():
+    import croniter      # deferred: ~30 ms, a tenth of `import fastq`, for the few programs that use cron
+    return croniter
+
+
+def _croniter(expr: str, start: datetime):
+    return _cron().croniter(expr, start, second_at_beginning=True)
 
 
 def validate_repeat(repeat) -> dict:
@@ -162,7 +165,7 @@ def validate_repeat(repeat) -> dict:
                                   "give 5 (minute hour day month weekday) or 6 (seconds first)")
         try:
             _croniter(cron, datetime.now(timezone.utc))
-        except (CroniterError, ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError) as e:          # croniter's errors are ValueErrors
             raise InvalidArgument(f"cron expression {cron!r} does not parse: {e}") from None
     start_ms = _instant_ms("start", repeat.get("start"))
     end_ms = _instant_ms("end", repeat.get("end"))
@@ -182,7 +185,7 @@ def validate_repeat(repeat) -> dict:
     if cron is not None:
         try:
             next_after(spec, now_ms(), raise_never=True)
-        except CroniterBadDateError:
+        except _cron().CroniterBadDateError:
             raise InvalidArgument(f"cron expression {cron!r} never matches a date") from None
     return spec
 
@@ -207,7 +210,7 @@ def next_after(d: dict, t_ms: int, *, raise_never: bool = False) -> int | None:
             while _second_of_a_repeated_time(secs, zone, it.expanded[1]):
                 secs = it.get_next(float)
             nxt = int(round(secs * 1000))
-        except CroniterBadDateError:
+        except _cron().CroniterBadDateError:
             if raise_never:
                 raise
             return None
