@@ -415,6 +415,8 @@ def test_add_with_repeat_is_a_scheduler(tq):
     ({"cron": "not a cron"}, "does not parse"),
     ({"cron": "@sometimes"}, "does not parse"),
     ({"cron": 9}, "cron expression string"),
+    ({"cron": "*/1 " * 1000}, "at most 256 characters"),
+    ({"every": 1, 7: 1}, "unknown repeat option"),
     ({"cron": "* * * * * * *"}, "does not parse"),
     ({"cron": "0 0 30 2 *"}, "never matches"),
     ({"cron": "0 9 * * *", "tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),

@@ -81,6 +81,7 @@ DEFAULT_GRACE_S = 60.0               # "skip": later than this is missed (Quartz
 REPEAT_OPTIONS = ("cron", "pattern", "every", "tz", "start", "end", "limit", "missed", "grace")
 MAX_SCHEDULER_ID = 400              # a tick's job id adds "repeat:" and ":<gen>:<seq>": within 512
 LIVE = ("waiting", "delayed", "active")
+MAX_CRON = 256                       # characters of a cron expression
 REPUBLISH_MARGIN_MS = 1000           # clock steps between processes: stay well inside dedup_window
 
 _enc = msgspec.json.Encoder()
@@ -126,7 +127,7 @@ def validate_repeat(repeat) -> dict:
                               f"got {repeat!r}")
     unknown = set(repeat) - set(REPEAT_OPTIONS)
     if unknown:
-        raise InvalidArgument(f"unknown repeat option(s) {sorted(unknown)}; known: {list(REPEAT_OPTIONS)}")
+        raise InvalidArgument(f"unknown repeat option(s) {sorted(map(repr, unknown))}; known: {list(REPEAT_OPTIONS)}")
     cron = repeat.get("cron")
     if repeat.get("pattern") is not None:             # BullMQ's name for it
         if cron is not None:
@@ -156,8 +157,10 @@ def validate_repeat(repeat) -> dict:
         if every_ms < 1:
             raise InvalidArgument(f"repeat every must be at least 0.001 s, got {every!r}")
     if cron is not None:
-        if not isinstance(cron, str) or not cron.strip():
-            raise InvalidArgument(f"repeat cron must be a cron expression string, got {cron!r}")
+        if not isinstance(cron, str) or not cron.strip() or len(cron) > MAX_CRON:
+            shown = repr(cron) if len(repr(cron)) <= 80 else repr(cron)[:80] + "..."
+            raise InvalidArgument(f"repeat cron must be a cron expression string of at most {MAX_CRON} "
+                                  f"characters, got {shown}")
         cron = " ".join(cron.split())
         fields = len(cron.split())
         if not cron.startswith("@") and fields not in (5, 6):
