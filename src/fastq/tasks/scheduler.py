@@ -355,7 +355,7 @@ class Schedulers:
 
     def add_repeat(self, name: str, data: Any, repeat: dict, opts: dict) -> Job | None:
         """``tq.add(name, data, repeat=...)``: BullMQ's repeatable job, a scheduler whose id
-        is ``job_id`` or, as BullMQ's repeat key, ``<name>:<job_id>:<end>:<tz>:<cron or every>``."""
+        is ``job_id`` or, like BullMQ's repeat key, ``<name>::<end ms>:<tz>:<cron or every ms>``."""
         opts = dict(opts)
         jid = opts.pop("job_id", None)
         if opts.pop("delay", None) is not None:
