@@ -51,3 +51,24 @@ def run_killed_between_tick_state_and_message(broker_dir: str, runs_file: str, s
         return real(self, *args, **kwargs)
     qmod.Queue.publish = publish
     run_scheduler_and_worker(broker_dir, runs_file, stop_file, every)
+
+
+def run_flipping_definitions(broker_dir: str, runs_file: str, stop_file: str) -> None:
+    """A worker, and a loop that upserts one of two definitions of the scheduler (the same
+    50 ms grid, different data) every 0-60 ms, as processes of a rolling deploy would.
+    Runs are noted as in run_scheduler_and_worker."""
+    with fastq.open(broker_dir) as b:
+        tq = fastq.TaskQueue(QUEUE, b)
+        rnd = random.Random(os.getpid())
+
+        def handle(job):
+            _note(runs_file, f"{job.id} {job.opts['repeat']['tick_ms']} {job.attempts_made} {os.getpid()}")
+
+        w = fastq.Worker(tq, handle, concurrency=2)
+        try:
+            while not os.path.exists(stop_file):
+                tq.upsert_job_scheduler(SCHEDULER, {"every": 0.05, "missed": "all"}, name="tick",
+                                        data={"v": rnd.randrange(2)})
+                time.sleep(rnd.random() * 0.06)
+        finally:
+            w.close()

@@ -581,3 +581,24 @@ def test_a_failing_tick_is_retried_and_its_successor_is_added_once(tq):
     live = tq.get_jobs(["waiting", "delayed", "active"])
     assert len({j.opts["repeat"]["seq"] for j in live}) == len(live)
     assert max(j.opts["repeat"]["seq"] for j in done + live) == len(done) + len(live)
+
+
+def test_definitions_replaced_by_racing_processes_never_make_two_jobs_for_one_tick(tmp_path, broker):
+    """Three processes keep replacing the scheduler's definition (two definitions on the same
+    grid) while their workers run its ticks: however the replacements interleave, no tick
+    time gets a job from two generations."""
+    runs_file, stop = str(tmp_path / "runs"), str(tmp_path / "stop")
+    procs = [CTX.Process(target=repeat_workers.run_flipping_definitions, args=(broker.path, runs_file, stop))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        wait_for(lambda: len(runs(runs_file)) >= 25, 60, "25 ticks")
+    finally:
+        _stop_all(procs, stop)
+    jobs_of_tick: dict[int, set] = {}
+    for jid, tick, _, _ in runs(runs_file):
+        jobs_of_tick.setdefault(tick, set()).add(jid)
+    dup = {t: j for t, j in jobs_of_tick.items() if len(j) > 1}
+    assert not dup, f"ticks with jobs of two generations: {dup}"
+    assert len({j.rsplit(":", 2)[1] for js in jobs_of_tick.values() for j in js}) >= 2   # it was replaced

@@ -347,6 +347,9 @@ class Schedulers:
         rec = {"id": sid, "gen": gen, **body, "updated_ms": now}
         self._append([(DEF_PREFIX + sid, rec), (END_PREFIX + sid, None)])
         self._drop_pending(sid, keep_gen=gen)
+        # from after the append: a tick of the replaced definition received before it has a
+        # time before this, so the new schedule cannot make a second job for that time
+        now = now_ms()
         first = next_after(rec, now)
         if first is None:
             self._append([(END_PREFIX + sid, {"gen": gen, "ms": now})])
