@@ -81,9 +81,9 @@ def _records(tq) -> list:
 
 def _live_states(tq) -> list:
     """The latest record of each job that is a job state (what compaction would keep,
-    less removals)."""
+    less tombstones)."""
     latest = dict(_records(tq))
-    return [s for s in latest.values() if s is not None and s.get("state") != "removed"]
+    return [s for s in latest.values() if s is not None]
 
 
 # -- counts and paging ---------------------------------------------------------------------
@@ -487,7 +487,7 @@ def test_obliterate_leaves_nothing_and_the_queue_works_after(tq, broker):
     assert tq.counts() == dict.fromkeys(COUNT_STATES, 0)
     d = tq.queue.depth()
     assert (d.ready, d.delayed, d.in_flight) == (0, 0, 0)
-    assert all(s is None or s["state"] == "removed" for _, s in _records(tq))   # only removals remain
+    assert all(s is None for _, s in _records(tq))                     # only removals remain
     assert not tq.is_paused()                                          # as BullMQ: a fresh queue
     fresh = fastq.TaskQueue("images", broker)
     assert fresh.counts() == dict.fromkeys(COUNT_STATES, 0) and fresh.get_jobs() == []

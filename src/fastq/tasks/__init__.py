@@ -1,5 +1,6 @@
 """Task queues in the style of BullMQ (issue 16): named jobs with results, delay, attempts
-and backoff, priority, progress, timeouts and retention, run by workers — built on
+and backoff, priority, progress, timeouts, retention and repeat (job schedulers, cron or
+``every``: :mod:`fastq.tasks.scheduler`), run by workers — built on
 :mod:`fastq.queue` (leases, delay, priority, dedup, dead-consumer detection) and a
 compacted topic of job states, with a control topic for pause and administration
 (:mod:`fastq.tasks.control`, :mod:`fastq.tasks.admin`). See docs/TASKS.md.

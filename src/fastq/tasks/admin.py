@@ -2,14 +2,14 @@
 :class:`fastq.TaskQueue`: counts by state, paging, pause/resume, drain, clean, retry,
 promote, remove, obliterate, and the retention of finished jobs.
 
-How a job is removed: its key gets a tombstone in the job-state topic ``<name>.jobs``
-(null value) or, for a job added with a ``job_id``, a **removed marker**
-``{"id", "state": "removed", "gen", "removed_ms"}`` — so that adding the same ``job_id``
-again makes a new incarnation (``gen`` + 1) whose queue message has a dedup id of its own
-(:mod:`fastq.tasks.taskqueue`). The job's queue message, if it is still waiting or delayed,
-stays in the queue; the worker that receives it finds the job gone (or of another ``gen``)
-and acks it without running it (:meth:`AdminMixin._begin`). Only ``obliterate`` also
-purges the queue (no job is left to recover there).
+How a job is removed: its key gets a tombstone in the job-state topic ``<name>.jobs``;
+for a job added with a ``job_id`` the tombstone's ``fq-gen`` header keeps its last
+``gen``, so that adding the same ``job_id`` again makes a new incarnation (``gen`` + 1)
+whose queue message has a dedup id of its own (:mod:`fastq.tasks.taskqueue`). The job's
+queue message, if it is still waiting or delayed, stays in the queue; the worker that
+receives it finds the job gone (or of another ``gen``, or added at another time) and acks
+it without running it (:meth:`AdminMixin._begin`). Only ``obliterate`` also purges the
+queue (no job is left to recover there).
 
 Every operation here that removes jobs or makes a queue message stale holds the admin lock
 exclusively and moves the admin epoch on first — before it reads a single job state
@@ -27,7 +27,7 @@ import math
 from typing import Any, Iterable
 
 from ..errors import InvalidArgument, JobActive, JobStateError, UnknownJob
-from .job import FINISHED, REMOVED, Job, decode_state as _dec_state, encode_state, now_ms
+from .job import FINISHED, GEN_HEADER, Job, decode_state as _dec_state, encode_state, now_ms
 
 __all__ = ["AdminMixin", "COUNT_STATES", "CLEAN_STATES", "dedup_id"]
 
@@ -199,16 +199,14 @@ class AdminMixin:
         return self._ctl.bump(op, self.topic.log(0).end_offset)
 
     def _remove_states(self, states: list[dict]) -> None:
-        """Tombstones (markers for job_id jobs) for these job states, in batches."""
+        """Remove these jobs: a tombstone each (see :meth:`_tombstones`)."""
+        self._tombstones([(s["id"], s.get("gen", 0) if "job_id" in s.get("opts", {}) else None) for s in states])
+
+    def _tombstones(self, ids: list) -> None:
+        """Append a tombstone per ``(job id, gen or None)``, in batches of :data:`BATCH`; a gen
+        goes in the ``fq-gen`` header (a job_id job: see :mod:`fastq.tasks.job`)."""
         lg = self.topic.log(0)
-        now = now_ms()
-        recs = []
-        for s in states:
-            if "job_id" in s.get("opts", {}):
-                v = encode_state({"id": s["id"], "state": REMOVED, "gen": s.get("gen", 0), "removed_ms": now})
-            else:
-                v = None
-            recs.append((v, s["id"].encode(), None))
+        recs = [(None, j.encode(), None if g is None else [(GEN_HEADER, str(g).encode())]) for j, g in ids]
         for i in range(0, len(recs), BATCH):
             lg.append_batch(recs[i:i + BATCH])
 
@@ -297,10 +295,7 @@ class AdminMixin:
                 doomed = list(idx.jobs.values())
                 keep_gens = {j: g for j, g in idx.gens.items() if j not in idx.jobs}
             self._remove_states(doomed)            # readers of any position see the removals
-            marks = [(encode_state({"id": j, "state": REMOVED, "gen": g, "removed_ms": now_ms()}), j.encode(), None)
-                     for j, g in keep_gens.items()]
-            for i in range(0, len(marks), BATCH):  # job_id incarnations outlive the old segments
-                lg.append_batch(marks[i:i + BATCH])
+            self._tombstones(list(keep_gens.items()))   # job_id incarnations outlive the old segments
             self.queue.purge()
             lg.delete_before(base)
             if self._ctl.paused():
@@ -415,11 +410,13 @@ class AdminMixin:
 
     # -- the worker's side of the admin lock ---------------------------------------------------
 
-    def _begin(self, msg: dict, dc: int, active) -> tuple[str, dict | None, list | None]:
+    def _begin(self, msg: dict, dc: int, active, before=None) -> tuple[str, dict | None, list | None]:
         """Admit the job of queue message ``msg`` (delivery ``dc``) and record it active:
         ``(RUN, state, ticket)`` — ``active(msg, prev, dc)`` built the state, now recorded;
         ``(DROP, None, None)`` — the job was removed, replaced by another ``gen`` or has
-        finished: ack the message, do not run it; ``(PAUSED, None, None)``.
+        finished, or ``before(prev)`` said no: ack the message, do not run it;
+        ``(PAUSED, None, None)``. ``before``: called once admitted, before the record
+        (a scheduler's tick adds its successor: :func:`fastq.tasks.scheduler.on_tick`).
 
         Fast path, no lock: a first delivery published at the current epoch (nothing
         removed or replaced since its add) is recorded active at once, and the epoch read
@@ -438,6 +435,8 @@ class AdminMixin:
         if ctl._paused:
             return PAUSED, None, None
         if dc == 1 and msg.get("ep") == ep and not msg.get("gen"):
+            if before is not None and not before(None):
+                return DROP, None, None
             s = active(msg, None, dc)
             a = self._put(s)
             if clog.end_offset == ep:
@@ -459,7 +458,10 @@ class AdminMixin:
             if ctl.paused():
                 return PAUSED, None, None
             prev = self._index.get(msg["id"])
-            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) or prev["state"] in FINISHED:
+            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) or prev["state"] in FINISHED \
+                    or prev.get("added_ms") != msg.get("added_ms"):   # (an incarnation whose gen was forgotten)
+                return DROP, None, None
+            if before is not None and not before(prev if dc > 1 else None):
                 return DROP, None, None
             s = active(msg, prev, dc)
             return RUN, s, [ep, self._put(s)]
@@ -476,13 +478,13 @@ class AdminMixin:
             if rec.offset == ours or rec.key is None or bytes(rec.key) != key:
                 continue
             st = None if rec.value is None else _dec_state(rec.value)
-            if st is None or st.get("state") == REMOVED or st.get("gen", 0) != gen:
+            if st is None or st.get("gen", 0) != gen:
                 foreign, last, at = True, st, rec.offset
         return foreign, last, foreign and ours > at
 
     def _undo(self, s: dict, last: dict | None) -> None:
         """Put back the admin operation's record of ``s``'s job that a worker record overwrote."""
-        if last is None or last.get("state") == REMOVED:
+        if last is None:
             self._remove_states([s])
         else:
             self._put(last)                       # a new incarnation (a re-added job_id)

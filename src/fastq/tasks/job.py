@@ -15,9 +15,9 @@ killed worker never finished), ``progress``, ``return_value``, ``failed_reason``
 ``finished_ms``, ``gen`` (the job's incarnation: 0 when added, + 1 at each retry or
 promote, and when a removed ``job_id`` is added again; its queue message names it).
 
-A removed job is a tombstone, or — for a job added with a ``job_id`` — a removed marker
-``{"id", "state": "removed", "gen", "removed_ms"}`` that keeps the last ``gen`` of the id
-(see :mod:`fastq.tasks.admin`).
+A removed job is a tombstone; one of a job added with a ``job_id`` carries its last ``gen``
+in the header ``fq-gen`` (ASCII digits), so that adding the id again makes incarnation
+``gen + 1`` (see :mod:`fastq.tasks.admin`). Compaction drops tombstones after a day.
 
 Thread-safety: a JobIndex takes its own lock; Job objects may be read from any thread.
 """
@@ -39,7 +39,8 @@ __all__ = ["Job", "JobIndex", "STATES", "encode_state", "decode_state"]
 
 STATES = ("waiting", "delayed", "active", "completed", "failed")
 FINISHED = ("completed", "failed")
-REMOVED = "removed"                # the state of a removed job_id's marker record
+GEN_HEADER = "fq-gen"              # on a removed job_id's tombstone: its last gen (ASCII digits)
+GEN_MEMORY = 100_000               # removed job_ids whose last gen is remembered
 REMOVED_MEMORY = 10_000            # final states of removed jobs kept for result() waiters
 
 _enc = msgspec.json.Encoder()
@@ -78,7 +79,7 @@ class JobIndex:
         self.jobs: dict[str, dict] = {}
         self.by_state: dict[str, OrderedDict] = {s: OrderedDict() for s in STATES}
         self.removed: OrderedDict = OrderedDict()
-        self.gens: dict[str, int] = {}             # removed job_ids: the gen their marker names
+        self.gens: OrderedDict = OrderedDict()     # removed job_ids: the gen their tombstone names
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -102,17 +103,13 @@ class JobIndex:
         old = self.jobs.get(jid)
         if old is not None:
             self.by_state[old["state"]].pop(jid, None)
-        s = None
-        if rec.value is not None:
-            try:
-                s = _dec.decode(rec.value)
-            except msgspec.DecodeError as e:
-                raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
-                                    f"is not a job state: {e}") from None
-            if isinstance(s, dict) and s.get("state") == REMOVED:   # a removed job_id's marker
-                self.gens[jid] = s.get("gen", 0)
-                s = None
-        if s is None:                              # removed
+        if rec.value is None:                      # removed
+            for k, v in rec.headers:
+                if k == GEN_HEADER and v is not None and v.isdigit():
+                    self.gens[jid] = int(v)
+                    self.gens.move_to_end(jid)
+                    if len(self.gens) > GEN_MEMORY:
+                        self.gens.popitem(last=False)
             if old is not None:
                 del self.jobs[jid]
                 self.removed[jid] = old
@@ -120,6 +117,11 @@ class JobIndex:
                 while len(self.removed) > REMOVED_MEMORY:
                     self.removed.popitem(last=False)
             return
+        try:
+            s = _dec.decode(rec.value)
+        except msgspec.DecodeError as e:
+            raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
+                                f"is not a job state: {e}") from None
         if not isinstance(s, dict) or s.get("state") not in STATES:
             raise CorruptRecord(f"job-state topic {self.topic.name!r}: record {rec.offset} (job {jid!r}) "
                                 f"has no valid state")
@@ -139,6 +141,19 @@ class JobIndex:
         with self._lock:
             s = self.jobs.get(jid)
             return s if s is not None else self.removed.get(jid)
+
+    def ids(self, states) -> list[str]:
+        """Ids of the jobs whose effective state (a due delayed job is waiting) is in ``states``."""
+        self.refresh()
+        now = now_ms()
+        with self._lock:
+            out = []
+            want = set(states)
+            for st in STATES:
+                for j in self.by_state[st]:
+                    if effective_state(self.jobs[j], now) in want:
+                        out.append(j)
+            return out
 
     def wait(self, timeout: float | None) -> bool:
         """Block until something is appended past ``position`` (True) or ``timeout``."""

@@ -6,6 +6,8 @@ A task queue ``name`` is two things in the broker:
   the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
   the task queue never reimplements them;
 - the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
+- the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
+  (see :mod:`fastq.tasks.scheduler`);
 - the control topic ``<name>.ctl`` and the admin lock ``tasks/<name>/admin.lock``: the
   pause flag and the admin epoch (see :mod:`fastq.tasks.control`).
 
@@ -37,6 +39,7 @@ from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
 from .control import CTL_SUFFIX, Control
 from .job import Job, JobIndex, encode_state, now_ms
+from .scheduler import Schedulers
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -78,6 +81,9 @@ def _keep(what: str, v) -> bool | int | dict:
 def validate_options(opts: dict) -> dict:
     """The stored form of a job's options, or InvalidArgument naming what is wrong."""
     unknown = set(opts) - set(JOB_OPTIONS)
+    if "repeat" in unknown:
+        raise InvalidArgument("repeat is an option of add() and upsert_job_scheduler() only (not of add_bulk "
+                              "or of a scheduler's job options)")
     if unknown:
         raise InvalidArgument(f"unknown job option(s) {sorted(unknown)}; known: {list(JOB_OPTIONS)}")
     out: dict[str, Any] = {}
@@ -133,14 +139,17 @@ class TaskQueue(AdminMixin):
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
         self._ctl = Control(broker, name)
+        self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
 
-    def _prepare(self, name, data, opts: dict) -> tuple[dict, Job | None]:
+    def _prepare(self, name, data, opts: dict, repeat: dict | None = None) -> tuple[dict, Job | None]:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
         stored = validate_options(opts)
+        if repeat is not None:                     # a scheduler's tick (fastq.tasks.scheduler)
+            stored["repeat"] = repeat
         jid = stored.get("job_id")
         gen = 0
         if jid is not None:
@@ -171,17 +180,23 @@ class TaskQueue(AdminMixin):
     def add(self, name: str, data: Any = None, *, delay: float | None = None, attempts: int = 1,
             backoff: Backoff | float | None = None, priority: int = 0, job_id: str | None = None,
             remove_on_complete: bool | int = False, remove_on_fail: bool | int = False,
-            timeout: float | None = None, **unknown) -> Job:
+            timeout: float | None = None, repeat: dict | None = None, **unknown) -> Job:
         """Add a job; returns it. ``delay``: seconds before it may run (never earlier).
         ``attempts``: runs before it fails for good; ``backoff``: the wait before each retry
         (:class:`fastq.Backoff`, or seconds). ``priority``: 0..9, higher first. ``job_id``:
         while a job with this id exists, adding it again returns that job. ``remove_on_complete``
         / ``remove_on_fail``: True removes the job when it finishes so, a count keeps that many
         of the most recent. ``timeout``: seconds a run may take (the handler sees
-        ``job.cancelled``; past it the attempt fails). Unknown options are InvalidArgument."""
+        ``job.cancelled``; past it the attempt fails). ``repeat``: ``{"cron": "0 9 * * *",
+        "tz": ...}`` or ``{"every": seconds}`` makes a job scheduler instead (see
+        :meth:`upsert_job_scheduler`; its id is ``job_id`` or derived from the name and the
+        repeat) and returns its first job (None if it has no tick left). Unknown options are
+        InvalidArgument."""
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
+        if repeat is not None:
+            return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
@@ -200,12 +215,12 @@ class TaskQueue(AdminMixin):
             items.append((j[0], j[1], opts))
         return self._add_many(items)
 
-    def _add_many(self, items: list) -> list[Job]:
+    def _add_many(self, items: list, repeat: dict | None = None) -> list[Job]:
         self._check_open()
         prepared = []
         first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
         for n, d, o in items:
-            st, existing = self._prepare(n, d, o)
+            st, existing = self._prepare(n, d, o, repeat)
             jid = o.get("job_id")
             if existing is None and jid is not None:
                 if jid in first:
@@ -242,6 +257,37 @@ class TaskQueue(AdminMixin):
         if s is None:
             raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
         return Job(self, job_id, s)
+
+    # -- repeat: job schedulers (fastq.tasks.scheduler) ------------------------------------------
+
+    def upsert_job_scheduler(self, scheduler_id: str, repeat: dict, *, name: str | None = None,
+                             data: Any = None, opts: dict | None = None) -> Job | None:
+        """Create or replace the job scheduler ``scheduler_id`` (BullMQ's upsertJobScheduler):
+        ``repeat`` is ``{"cron": expr}`` (5 fields, or 6 with seconds first; ``tz``: an IANA
+        zone, default UTC) or ``{"every": seconds}``, with optional ``start`` / ``end``
+        (aware datetimes or epoch seconds), ``limit`` (jobs to make), ``missed`` (``"once"``
+        default, ``"all"``, ``"skip"``: ticks that passed while nothing ran) and ``grace``
+        (seconds late before ``"skip"`` drops a tick, default 60). Each tick makes one job
+        ``name`` (default: the scheduler id) with ``data`` and job ``opts`` (as :meth:`add`'s,
+        without ``job_id`` / ``delay``), across all processes. The same definition again
+        changes nothing; another one replaces the pending tick. Returns the next tick's job
+        (None when the schedule has no more ticks). See docs/TASKS.md."""
+        return self._schedulers().upsert(scheduler_id, repeat, name, data, opts)
+
+    def get_job_scheduler(self, scheduler_id: str) -> dict | None:
+        """The scheduler's definition and ``next`` tick (epoch seconds), or None."""
+        return self._schedulers().get(scheduler_id)
+
+    def get_job_schedulers(self) -> list[dict]:
+        """All job schedulers of this queue, by id (see :meth:`get_job_scheduler`)."""
+        return self._schedulers().list()
+
+    def remove_job_scheduler(self, scheduler_id: str) -> bool:
+        """Remove a job scheduler: no tick after this one starts. False if there was none."""
+        return self._schedulers().remove(scheduler_id)
+
+    def _schedulers(self) -> Schedulers:
+        return self._sched
 
     # -- internals for the worker -----------------------------------------------------------
 

@@ -8,8 +8,11 @@ One run of a job, in a worker thread:
    the message is held (its lease kept) until it resumes; a message whose job was
    removed, replaced (another ``gen``) or already completed or failed — its worker was
    killed between recording the end and acking — is acked and not run;
-3. record ``active`` (attempts_made = the message's delivery count plus its ``a0``: a run
-   that a killed worker never finished counts, as BullMQ's stalled counter), call the handler;
+3. a scheduler's tick job adds the scheduler's next tick first
+   (:func:`fastq.tasks.scheduler.on_tick`; a removed, replaced or skipped tick is acked
+   unrun); record ``active`` (attempts_made = the message's delivery count plus its ``a0``:
+   a run that a killed worker never finished counts, as BullMQ's stalled counter), call
+   the handler;
 4. returned: encode the result (a result the codec cannot encode fails the job, with
    that reason), record ``completed``, ack; raised (or ran past ``timeout``): record the
    stack; with attempts left, record ``delayed``/``waiting`` and nack with the backoff's
@@ -40,6 +43,7 @@ from ..log.config import check_int
 from .backoff import Backoff
 from .admin import DROP, RUN
 from .job import Job, now_ms
+from .scheduler import on_tick
 from .taskqueue import TaskQueue
 
 __all__ = ["Worker", "MODES"]
@@ -188,11 +192,14 @@ class Worker:
         except (msgspec.DecodeError, KeyError, TypeError) as e:
             m.reject(f"not a fastq job message: {e}")
             return
+        tick = None                                  # a scheduler's tick: add the next one first
+        if opts.get("repeat") is not None:
+            tick = lambda prev: on_tick(tq, jid, opts["repeat"], prev)      # noqa: E731
         while True:
-            verdict, s, ticket = tq._begin(msg, m.delivery_count, _active)   # records "active" on RUN
+            verdict, s, ticket = tq._begin(msg, m.delivery_count, _active, tick)   # records "active" on RUN
             if verdict == RUN:
                 break
-            if verdict == DROP:                      # removed, replaced or finished: never run it
+            if verdict == DROP:                      # removed, replaced, finished or a dropped tick: never run it
                 m.ack()
                 return
             while tq._ctl.paused():                  # paused: hold it (the keeper keeps its lease)
