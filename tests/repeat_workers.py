@@ -46,7 +46,7 @@ def run_killed_between_tick_state_and_message(broker_dir: str, runs_file: str, s
 
     def publish(self, *args, **kwargs):
         dd = kwargs.get("dedup_id")
-        if isinstance(dd, str) and dd.startswith("repeat:") and dd.endswith(f":{seq}"):
+        if isinstance(dd, str) and dd.partition(":")[2].startswith("repeat:") and dd.endswith(f":{seq}"):  # <gen>:<id>
             os.kill(os.getpid(), signal.SIGKILL)
         return real(self, *args, **kwargs)
     qmod.Queue.publish = publish

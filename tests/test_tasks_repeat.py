@@ -471,7 +471,8 @@ def test_bad_scheduler_arguments(tq):
     with pytest.raises(fastq.InvalidArgument, match="repeat is an option of add"):
         tq.add_bulk([("a", None, {"repeat": {"every": 1}})])
     assert tq.get_job_schedulers() == [] and tq.counts() == {"waiting": 0, "delayed": 0, "active": 0,
-                                                             "completed": 0, "failed": 0}
+                                                             "completed": 0, "failed": 0, "prioritized": 0,
+                                                             "paused": 0}
     assert tq.upsert_job_scheduler("a", {"every": 1}) is not None
 
 

@@ -296,9 +296,17 @@ class TaskQueue(AdminMixin):
         return self.topic.publish(encode_state(state), key=state["id"].encode()).offset
 
     def _remove_ids(self, ids: list[str]) -> None:
-        """Remove these jobs (as this process knows them) from the job-state topic."""
+        """Remove these jobs from the job-state topic (a tombstone each, with the gen of a
+        job_id job this process knows)."""
+        if not ids:
+            return
         idx = self._index
-        self._remove_states([s for s in (idx.get(j, refresh=False) for j in ids) if s is not None])
+        idx.refresh()
+        gens = []
+        for j in ids:
+            s = idx.get(j, refresh=False)
+            gens.append((j, s.get("gen", 0) if s is not None and "job_id" in s.get("opts", {}) else None))
+        self._tombstones(gens)
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
