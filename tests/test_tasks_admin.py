@@ -482,8 +482,10 @@ def test_obliterate_leaves_nothing_and_the_queue_works_after(tq, broker):
     tq.add("plain", 5)
     tq.add("plain", 6, delay=60, job_id="later")
     tq.add("plain", 7, priority=2)
+    tq.upsert_job_scheduler("every-minute", {"every": 60})           # its pending tick is a job too
     tq.pause()
-    assert tq.obliterate() == 7
+    assert tq.obliterate() == 8
+    assert tq.get_job_schedulers() == []
     assert tq.counts() == dict.fromkeys(COUNT_STATES, 0)
     d = tq.queue.depth()
     assert (d.ready, d.delayed, d.in_flight) == (0, 0, 0)

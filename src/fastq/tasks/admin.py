@@ -270,8 +270,8 @@ class AdminMixin:
         return [j for _, j, _ in rows]
 
     def obliterate(self, *, force: bool = False) -> int:
-        """Remove every job and every queue message, and shrink the job-state topic to the
-        removal records; the queue is left unpaused (as BullMQ's). Refuses with
+        """Remove every job, job scheduler and queue message, and shrink the job-state topic
+        to the removal records; the queue is left unpaused (as BullMQ's). Refuses with
         :class:`fastq.JobActive` while jobs are active unless ``force=True`` (then their
         workers finish them, record nothing, and the jobs stay gone). Returns how many jobs
         were removed."""
@@ -285,14 +285,19 @@ class AdminMixin:
             idx.refresh()
             with idx._lock:
                 active = list(idx.by_state["active"])
+                before = set(idx.jobs)
             if active and not force:
                 raise JobActive(f"task queue {self.name!r} has {len(active)} active job(s) (e.g. {active[0]!r}): "
                                 "obliterate refuses while workers run jobs; pass force=True")
+            sched = self._schedulers()
+            for d in sched.list():                 # job schedulers too (BullMQ's obliterate)
+                sched.remove(d["id"])
             lg.roll()                              # what comes next starts a segment of its own
             base = lg.end_offset
             idx.refresh()
             with idx._lock:
                 doomed = list(idx.jobs.values())
+                before.update(idx.jobs)
                 keep_gens = {j: g for j, g in idx.gens.items() if j not in idx.jobs}
             self._remove_states(doomed)            # readers of any position see the removals
             self._tombstones(list(keep_gens.items()))   # job_id incarnations outlive the old segments
@@ -300,7 +305,7 @@ class AdminMixin:
             lg.delete_before(base)
             if self._ctl.paused():
                 self._ctl.set_paused(False)
-        return len(doomed)
+        return len(before)
 
     # -- running again -------------------------------------------------------------------------
 
@@ -517,6 +522,7 @@ class AdminMixin:
     # -- for the type checker ------------------------------------------------------------------
     _index: Any
     _ctl: Any
+    _schedulers: Any
     queue: Any
     topic: Any
     name: str
