@@ -819,6 +819,9 @@ class Queue:
             timeout = self.liveness_interval
             if deadline is not None:
                 timeout = min(timeout, deadline - now)
+            top = self._state.heap_peek()      # unlocked: only a hint, the wait stays capped
+            if top is not None:                # wake when the next delayed message is due
+                timeout = min(timeout, max(top[0] / 1000 - time.time(), 0.0001))
             self._notifier.wait(seen, timeout)
 
     def _housekeeping(self, mono: float) -> None:
