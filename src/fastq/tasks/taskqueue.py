@@ -16,7 +16,8 @@ processes may open the same task queue, add, run workers and read jobs.
 from __future__ import annotations
 
 import math
-import uuid
+import os
+import random
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..broker.config import validate_name
@@ -35,6 +36,13 @@ QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
 MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
 MAX_JOB_ID = 512
+# job ids: 128 random bits as 32 hex digits, like uuid4().hex without its urandom call per
+# job; a private generator (a user's random.seed() must not repeat ids), reseeded in a
+# forked child so parent and child never draw the same ids
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+_new_id_bits = _ids.getrandbits
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
@@ -117,7 +125,7 @@ class TaskQueue:
             if s is not None:                      # BullMQ: an add with an existing jobId is ignored
                 return {}, b"", Job(self, jid, s)
         else:
-            jid = uuid.uuid4().hex
+            jid = f"{_new_id_bits(128):032x}"
         now = now_ms()
         body = self._codec.encode({"id": jid, "name": name, "data": data, "opts": stored, "added_ms": now})
         delay = stored.get("delay")
@@ -175,7 +183,11 @@ class TaskQueue:
             prepared.append((st, body, existing))
         new = [(s, b) for s, b, existing in prepared if existing is None]
         if new:
-            self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
+            lg = self.topic.log(0)
+            if len(new) == 1:                      # add(): one record, not a batch of one
+                lg.append(encode_state(new[0][0]), new[0][0]["id"].encode())
+            else:
+                lg.append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
             plain: dict[int, list] = {}
             for s, body in new:
                 o = s["opts"]
@@ -185,7 +197,10 @@ class TaskQueue:
                 else:
                     plain.setdefault(o["priority"], []).append(body)
             for prio, bodies in plain.items():
-                self.queue.publish_many(bodies, priority=prio)
+                if len(bodies) == 1:
+                    self.queue.publish(bodies[0], priority=prio)
+                else:
+                    self.queue.publish_many(bodies, priority=prio)
         out, it = [], iter(new)
         for s, _, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
