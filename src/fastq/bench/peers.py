@@ -30,6 +30,9 @@ redelivery after a consumer holding a message is killed with SIGKILL.
   (``list_locked`` + ``retry``, what litequeue offers; 30 s, 1 s in the redelivery trials).
 - persist-queue's ``SQLiteAckQueue``: put -> get + ack(id); it cannot hand a dead
   consumer's item to a running one, so its redelivery is reported as unsupported.
+
+Task-queue peers (Huey on SQLite, the Python port of BullMQ; compared with the ``tasks``
+and ``tasks-bulk`` scenarios) are in :mod:`fastq.bench.task_peers`.
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ import time
 
 from .queue_scenarios import LEASE_S, LONG_LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
 from .scenarios import CTX, STAMP, Config, Transport, pipe_scenario
+from .task_peers import TASK_PEERS
+from .task_scenarios import TaskTransport, run_task_peer
 
 POLL_SLEEP = 0.0005
 
@@ -746,7 +751,7 @@ class RabbitMQ(QueueTransport):
 
 
 PEERS: list[type] = [MPQueue, FasterFifo, PersistQueue, LiteQueue, RedisStreams, NatsJetStream,
-                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ]
+                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ, *TASK_PEERS]
 
 
 def peer_names() -> list[str]:
@@ -770,8 +775,8 @@ def availability(peer: type) -> str | None:
 
 
 def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | None = None) -> dict:
-    """Run one peer's workload (e2e, or the queue workload for a queue peer); a skipped or
-    failed peer is returned with its reason."""
+    """Run one peer's workload (e2e; the queue workload for a queue peer, the task workload
+    for a task-queue peer); a skipped or failed peer is returned with its reason."""
     base = {"name": peer.name, "compare_with": list(peer.compare_with), "description": peer.description}
     # what is missing first: it is what a user can fix
     reason = availability(peer) or (skip or {}).get(peer.name)
@@ -780,6 +785,8 @@ def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | No
     try:
         if issubclass(peer, QueueTransport):
             r = run_queue_peer(peer(), cfg, workdir)
+        elif issubclass(peer, TaskTransport):
+            r = run_task_peer(peer(), cfg, workdir)
         else:
             r = pipe_scenario(peer.name, peer(), cfg, workdir)
     except Exception as e:  # a peer failing is reported, not fatal to the run

@@ -19,7 +19,11 @@ whole ``--json`` document). Scenarios:
 - ``ring``: the ``e2e`` workload through a ``fastq.Ring`` (shared memory, not durable);
 - ``queue`` / ``queue-batch``: the message queue with acks (``Broker.queue``), producer and
   consumer processes, one message per call / batches of 100, and redelivery after a consumer
-  is killed; see :mod:`fastq.bench.queue_scenarios`.
+  is killed; see :mod:`fastq.bench.queue_scenarios`;
+- ``tasks`` / ``tasks-bulk``: the task queue (``TaskQueue`` + ``Worker``): a producer process
+  adds no-op jobs (one per call / ``add_bulk`` of 1,000), then one worker process completes
+  them, add included in the rate; and how late delayed jobs start; see
+  :mod:`fastq.bench.task_scenarios`.
 
 Throughput phases publish ``--messages`` messages or stop at a time cap, whichever comes
 first (fsync-bound modes and slow peers hit the cap); rates are what was done in the time
@@ -45,6 +49,7 @@ from .harness import RATE  # noqa: F401 -- re-exported: the CLI's --rate default
 from .harness import (CTX, STAMP, WorkloadConfig, exit_child as _exit_child, percentile,
                       raise_child_errors as _raise_child_errors, result, start_children)
 from .queue_scenarios import sc_queue, sc_queue_batch
+from .task_scenarios import sc_tasks, sc_tasks_bulk
 
 BATCH = 1000                     # publish_many batch size
 SCHEMA_ID = "fastq-bench/1"
@@ -570,6 +575,8 @@ SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
     "ring": sc_ring,
     "queue": sc_queue,
     "queue-batch": sc_queue_batch,
+    "tasks": sc_tasks,
+    "tasks-bulk": sc_tasks_bulk,
 }
 
 
