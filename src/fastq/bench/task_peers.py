@@ -41,8 +41,8 @@ class _HueyClient(TaskClient):
         self.noop = self.huey.task(name=NOOP)(self._run)
         self.huey.storage.queue_size()          # open the connection before the start signal
 
-    def _run(self, due=None):
-        self._tick(due)
+    def _run(self, data):
+        self._tick(data)
 
     def add_jobs(self, n, batch, end):
         i = 0
@@ -50,10 +50,10 @@ class _HueyClient(TaskClient):
         while i < n:
             k = min(i + (CHUNK if batch == 1 else batch), n)
             if batch == 1:
-                for _ in range(i, k):
-                    noop()
+                for j in range(i, k):
+                    noop({"i": j})
             else:
-                noop.map([()] * (k - i))
+                noop.map([({"i": j},) for j in range(i, k)])
             i = k
             if time.monotonic() > end:
                 break
@@ -61,8 +61,8 @@ class _HueyClient(TaskClient):
 
     def add_delayed(self, delays, pace_s):
         wall = time.time
-        for d in delays:
-            self.noop.schedule(args=(wall() + d,), delay=d)
+        for i, d in enumerate(delays):
+            self.noop.schedule(args=({"i": i, "due": wall() + d},), delay=d)
             time.sleep(pace_s)
 
     def work(self, tick, done, give_up):
@@ -128,10 +128,10 @@ class _BullClient(TaskClient):
             while i < n:
                 k = min(i + (CHUNK if batch == 1 else batch), n)
                 if batch == 1:
-                    for _ in range(i, k):
-                        await q.add(NOOP, {})
+                    for j in range(i, k):
+                        await q.add(NOOP, {"i": j})
                 else:
-                    await q.addBulk([{"name": NOOP, "data": {}} for _ in range(k - i)])
+                    await q.addBulk([{"name": NOOP, "data": {"i": j}} for j in range(i, k)])
                 i = k
                 if time.monotonic() > end:
                     break
@@ -142,8 +142,8 @@ class _BullClient(TaskClient):
         q, wall = self.q, time.time
 
         async def go():
-            for d in delays:
-                await q.add(NOOP, {"due": wall() + d}, {"delay": int(d * 1000)})
+            for i, d in enumerate(delays):
+                await q.add(NOOP, {"i": i, "due": wall() + d}, {"delay": int(d * 1000)})
                 await asyncio.sleep(pace_s)
         self.loop.run_until_complete(go())
 
@@ -151,7 +151,7 @@ class _BullClient(TaskClient):
         from bullmq import Worker
 
         async def process(job, token):
-            tick((job.data or {}).get("due"))
+            tick(job.data)
 
         async def go():
             w = Worker(self.name, process, {"connection": self.url, "concurrency": self.concurrency})

@@ -18,12 +18,12 @@ peers of :mod:`fastq.bench.task_peers` — through one cross-process harness.
   the peers keep due times in whole milliseconds, so up to about 1 ms below 0 is their
   rounding, not an early start).
 
-Each job's handler counts it (one shared counter; the time of the last completion is
-taken there). The worker process stops when the count reaches the number of jobs added,
-or at ``drain_seconds`` (30 s, or 6 × ``--seconds``) for a queue that cannot keep up
-(``drained`` false). A count above the number added is a job run twice
-(``exactly_once`` false); fastq's worker also reports its own count of completed jobs,
-which must match.
+Every job's data is ``{"i": n}`` (its number; delayed ones add ``"due"``), and its handler
+marks that number in a shared map (the time of the last new job is taken there). The
+worker process stops when every job added has run, or at ``drain_seconds`` (30 s, or 6 ×
+``--seconds``) for a queue that cannot keep up (``drained`` false). A number seen twice is
+a job run twice (``exactly_once`` false); fastq's worker also reports its own count of
+completed jobs, which must match.
 
 Durability: fastq ``"os"`` (the broker's default: survives a process crash, not a power
 failure); each peer's closest setting is in its description.
@@ -62,19 +62,19 @@ class TaskClient:
     """A task queue as one child process sees it (made by :meth:`TaskTransport.connect`)."""
 
     def add_jobs(self, n: int, batch: int, end: float) -> int:
-        """Add no-op jobs with data ``{}`` — one per call (``batch`` 1) or ``batch`` per bulk
-        call — until `n` are added or ``time.monotonic()`` passes `end` (checked every
-        1,024 jobs or every batch); returns how many were added."""
+        """Add no-op jobs with data ``{"i": 0}``, ``{"i": 1}``, … — one per call (``batch``
+        1) or ``batch`` per bulk call — until `n` are added or ``time.monotonic()`` passes
+        `end` (checked every 1,024 jobs or every batch); returns how many were added."""
         raise NotImplementedError
 
     def add_delayed(self, delays: list[float], pace_s: float) -> None:
-        """Add one no-op job per delay (seconds), `pace_s` apart; each job's data is
-        ``{"due": time.time() + delay}``, read just before its add."""
+        """Add one no-op job per delay (seconds), `pace_s` apart; the data of job i is
+        ``{"i": i, "due": time.time() + delay}``, the time read just before its add."""
         raise NotImplementedError
 
     def work(self, tick, done: threading.Event, give_up: float) -> int | None:
-        """Run one worker whose handler calls ``tick(job.data.get("due"))`` for each job,
-        until `done` is set (tick sets it) or ``time.monotonic()`` passes `give_up`; then
+        """Run one worker whose handler calls ``tick(job.data)`` for each job, until
+        `done` is set (tick sets it) or ``time.monotonic()`` passes `give_up`; then
         close the worker, letting it finish. Returns the worker's own count of completed
         jobs, or None when it keeps none."""
         raise NotImplementedError
@@ -123,16 +123,16 @@ class _FastqClient(TaskClient):
             add = self.tq.add
             while i < n:
                 k = min(i + 1024, n)
-                for _ in range(i, k):
-                    add(NOOP, {})
+                for j in range(i, k):
+                    add(NOOP, {"i": j})
                 i = k
                 if time.monotonic() > end:
                     break
         else:
-            add_bulk, items = self.tq.add_bulk, [(NOOP, {})] * batch
+            add_bulk = self.tq.add_bulk
             while i < n:
                 k = min(i + batch, n)
-                add_bulk(items[: k - i])
+                add_bulk([(NOOP, {"i": j}) for j in range(i, k)])
                 i = k
                 if time.monotonic() > end:
                     break
@@ -140,15 +140,15 @@ class _FastqClient(TaskClient):
 
     def add_delayed(self, delays, pace_s):
         add, wall = self.tq.add, time.time
-        for d in delays:
-            add(NOOP, {"due": wall() + d}, delay=d)
+        for i, d in enumerate(delays):
+            add(NOOP, {"i": i, "due": wall() + d}, delay=d)
             time.sleep(pace_s)
 
     def work(self, tick, done, give_up):
         from ..tasks import Worker
 
         def handler(job):
-            tick(job.data.get("due"))
+            tick(job.data)
 
         w = Worker(self.tq, handler, concurrency=1)
         try:
@@ -191,18 +191,22 @@ class FastqTasks(TaskTransport):
 
 # -- the harness ------------------------------------------------------------------------------
 
-def _ticker(count, late, target: int, done: threading.Event):
-    """The handlers' bookkeeping: count[0] jobs run, count[1] the CLOCK_MONOTONIC ns of the
-    last; a job with a due time notes its lateness (s) in `late`; `done` is set at `target`."""
+def _ticker(seen, count, late, target: int, done: threading.Event):
+    """The handlers' bookkeeping: seen[i] = 1 for job i; count[0] distinct jobs run,
+    count[1] the CLOCK_MONOTONIC ns of the last new one, count[2] jobs run again; a job
+    with a due time notes how late it started (s) in late[i]; `done` is set when
+    `target` distinct jobs ran."""
     now_ns, wall = time.monotonic_ns, time.time
-    cap = len(late)
 
-    def tick(due=None):
+    def tick(data):
+        i = data["i"]
+        if seen[i]:
+            count[2] += 1
+            return
+        seen[i] = 1
+        due = data.get("due")
         if due is not None:
-            i = count[2]
-            if i < cap:
-                late[i] = wall() - due
-            count[2] = i + 1
+            late[i] = wall() - due
         c = count[0] + 1
         count[0] = c
         count[1] = now_ns()
@@ -232,7 +236,7 @@ def _adder(tr, mode, n, batch, cap_s, delays, ready, go, start, added, errors) -
     _exit_child(code)
 
 
-def _worker(tr, mode, n_delayed, drain_s, ready, go, start, added, count, late, out) -> None:
+def _worker(tr, mode, n_delayed, drain_s, ready, go, start, added, seen, count, late, out) -> None:
     try:
         c = tr.connect()
         ready.release()
@@ -249,7 +253,7 @@ def _worker(tr, mode, n_delayed, drain_s, ready, go, start, added, count, late, 
         done = threading.Event()
         if target <= 0:
             done.set()
-        completed = c.work(_ticker(count, late, target, done), done, give_up)
+        completed = c.work(_ticker(seen, count, late, target, done), done, give_up)
         c.close()
         out.put(("ok", t_start, completed))
     except BaseException as e:
@@ -263,19 +267,20 @@ def run_tasks(tr: TaskTransport, cfg: Config, *, n: int, batch: int = 1, delays:
     """One producer process and one worker process on a fresh queue of `tr`. Throughput
     (`delays` None): add `n` jobs (batch 1: one per add; else bulk adds of `batch`), then the
     worker completes them. Lateness (`delays` given): the worker runs while one delayed job
-    per delay is added. Returns {"added", "completed", "seconds", "add_seconds",
-    "work_seconds", "drained", "exactly_once", "lateness_s"}."""
+    per delay is added. Returns {"added", "completed" (distinct jobs run), "ran_again",
+    "seconds", "add_seconds", "work_seconds", "drained", "exactly_once", "lateness_s"}."""
     tr.new_round()
     mode = "delayed" if delays is not None else "throughput"
     delays = list(delays or [])
     added = CTX.RawArray("q", [-1, 0])          # jobs added, CLOCK_MONOTONIC ns when done
-    count = CTX.RawArray("q", [0, 0, 0])        # jobs run, ns of the last, lateness samples
+    count = CTX.RawArray("q", [0, 0, 0])        # distinct jobs run, ns of the last, runs again
+    seen = CTX.RawArray("b", max(1, n, len(delays)))
     late = CTX.RawArray("d", max(1, len(delays)))
     ready, go, start = CTX.Semaphore(0), CTX.Event(), CTX.Event()
     out, errors = CTX.Queue(), CTX.Queue()
     drain = drain_seconds(cfg) + (max(delays) + len(delays) * LATE_PACE_S if delays else 0)
     procs = [CTX.Process(target=_worker, daemon=True,
-                         args=(tr, mode, len(delays), drain, ready, go, start, added, count, late, out)),
+                         args=(tr, mode, len(delays), drain, ready, go, start, added, seen, count, late, out)),
              CTX.Process(target=_adder, daemon=True,
                          args=(tr, mode, n, batch, cfg.seconds, delays, ready, go, start, added, errors))]
     try:
@@ -296,15 +301,16 @@ def run_tasks(tr: TaskTransport, cfg: Config, *, n: int, batch: int = 1, delays:
         n_added = added[0]
         if n_added < 0:
             raise RuntimeError(f"{tr.name}: the producer did not finish")
-        ran, t_last = count[0], count[1]
+        ran, t_last, again = count[0], count[1], count[2]
         drained = ran >= n_added
         exactly_once = None
         if drained:
-            exactly_once = ran == n_added and (completed is None or completed == n_added)
-        return {"added": n_added, "completed": ran,
+            exactly_once = again == 0 and (completed is None or completed == n_added)
+        return {"added": n_added, "completed": ran, "ran_again": again,
                 "seconds": max(t_last - t0, 1) / 1e9, "add_seconds": max(added[1] - t0, 1) / 1e9,
                 "work_seconds": max(t_last - t_start, 1) / 1e9, "drained": drained,
-                "exactly_once": exactly_once, "lateness_s": list(late[: min(count[2], len(late))])}
+                "exactly_once": exactly_once,
+                "lateness_s": [late[i] for i in range(len(delays)) if seen[i]]}
     finally:
         go.set()
         for p in procs:
@@ -343,7 +349,7 @@ def tasks_phase(name: str, tr: TaskTransport, cfg: Config, batch: int, **extra) 
     return result(name, desc, r["completed"], 0, r["seconds"], batch=batch, jobs_added=r["added"],
                   add_jobs_per_s=round(r["added"] / r["add_seconds"], 1),
                   work_jobs_per_s=round(r["completed"] / r["work_seconds"], 1),
-                  drained=r["drained"], exactly_once=r["exactly_once"], **extra)
+                  drained=r["drained"], exactly_once=r["exactly_once"], ran_again=r["ran_again"], **extra)
 
 
 def sc_tasks(cfg: Config, workdir: str) -> dict:
@@ -376,7 +382,7 @@ def run_task_peer(tr: TaskTransport, cfg: Config, workdir: str) -> dict:
         many = tasks_phase(tr.name, tr, cfg, TBATCH)
         one["extra"]["batch_result"] = {k: many[k] for k in ("description", "messages", "seconds",
                                                             "messages_per_s")}
-        for k in ("jobs_added", "add_jobs_per_s", "work_jobs_per_s", "drained", "exactly_once"):
+        for k in ("jobs_added", "add_jobs_per_s", "work_jobs_per_s", "drained", "exactly_once", "ran_again"):
             one["extra"]["batch_result"][k] = many["extra"][k]
         one["extra"]["messages_per_s_by_scenario"] = {"tasks": one["messages_per_s"],
                                                       "tasks-bulk": many["messages_per_s"]}
