@@ -14,9 +14,9 @@ peers of :mod:`fastq.bench.task_peers` — through one cross-process harness.
   through ``LATE_DELAYS_MS`` (10 … 100 ms); each job carries its due time (wall clock
   read just before the add + its delay) and the handler notes how late it started
   (wall clock, one clock for every process on the machine). ``--latency-seconds`` of
-  adds; p50/p99/max in ms, and min (below 0 would be a job started early — fastq and
-  the peers keep due times in whole milliseconds, so up to about 1 ms below 0 is their
-  rounding, not an early start).
+  adds; p50/p99/max in ms, and min (below 0: a job started early — fastq rounds due
+  times up to the millisecond, so never; a peer that rounds them down may show up to
+  about -1 ms).
 
 Every job's data is ``{"i": n}`` (its number; delayed ones add ``"due"``), and its handler
 marks that number in a shared map (the time of the last new job is taken there). The
