@@ -93,6 +93,9 @@ def validate_options(opts: dict) -> dict:
     return out
 
 
+_DEFAULT_OPTIONS = validate_options({})
+
+
 class TaskQueue:
     """Named jobs with results, delay, attempts and backoff, priority, progress and
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
@@ -118,7 +121,7 @@ class TaskQueue:
     def _prepare(self, name, data, opts: dict) -> tuple[dict, bytes, Job | None]:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
-        stored = validate_options(opts)
+        stored = validate_options(opts) if opts else dict(_DEFAULT_OPTIONS)   # add_bulk's (name, data)
         jid = stored.get("job_id")
         if jid is not None:
             s = self._index.get(jid)
