@@ -46,8 +46,8 @@ from .._core._ring import Ring
 from ..broker import open as open_broker
 from ..errors import InvalidArgument
 from .harness import RATE  # noqa: F401 -- re-exported: the CLI's --rate default
-from .harness import (CTX, STAMP, WorkloadConfig, exit_child as _exit_child, percentile,
-                      raise_child_errors as _raise_child_errors, result, start_children)
+from .harness import (CTX, STAMP, WorkloadConfig, await_report, exit_child as _exit_child, percentile,
+                      raise_child_errors as _raise_child_errors, result, start_children, stop_children)
 from .queue_scenarios import sc_queue, sc_queue_batch
 from .task_scenarios import sc_tasks, sc_tasks_bulk
 
@@ -264,29 +264,13 @@ def run_pipe(tr: Transport, cfg: Config, *, n: int, rate: int = 0, latency: bool
               for i in range(producers)]
     try:
         t0 = start_children(procs, ready, go, errors, tr.name)
-        while True:
-            try:
-                status, got, t_last, lat = out.get(timeout=1.0)
-                break
-            except Exception:
-                _raise_child_errors(errors)
-                if not procs[0].is_alive():
-                    raise RuntimeError(f"{tr.name}: the consumer process died "
-                                       f"(exit code {procs[0].exitcode})") from None
+        status, got, t_last, lat = await_report(out, errors, procs[0], tr.name, "consumer")
         if status != "ok":
             raise RuntimeError(f"{tr.name}: {got}")
         _raise_child_errors(errors)
         return {"messages": got, "seconds": max(t_last - t0, 1) / 1e9, "latency_ns": lat}
     finally:
-        go.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for q in (out, errors):
-            q.close()
-            q.join_thread()
+        stop_children(procs, go, (out, errors))
 
 
 def pipe_scenario(name: str, tr: Transport, cfg: Config, workdir: str) -> dict:

@@ -25,7 +25,8 @@ import os
 import shutil
 import time
 
-from .task_scenarios import NOOP, WORKER_DONE_POLL_S, TaskClient, TaskTransport
+from .servers import start_redis, stop
+from .task_scenarios import NOOP, TBATCH, WORKER_DONE_POLL_S, TaskClient, TaskTransport
 
 CHUNK = 1024                    # jobs between looks at the time cap when adding one by one
 
@@ -85,8 +86,8 @@ class HueySqlite(TaskTransport):
     name = "Huey SQLite"
     description = ("cross-process: Huey task call per job (SqliteHuey, WAL, fsync off), then one consumer "
                    "process (one thread worker) completes them")
-    bulk_description = ("cross-process: Huey Task.map of 1,000 jobs (enqueues one by one), then one consumer "
-                        "process (one thread worker) completes them")
+    bulk_description = (f"cross-process: Huey Task.map of {TBATCH:,} jobs (enqueues one by one), then one "
+                        "consumer process (one thread worker) completes them")
     module = "huey"
 
     def setup(self, workdir, cfg):
@@ -174,17 +175,13 @@ class _BullMQ(TaskTransport):
     concurrency = 1
 
     def setup(self, workdir, cfg):
-        from .peers import _start_redis
-
-        self.proc, self.port, self.dir = _start_redis(workdir)
+        self.proc, self.port, self.dir = start_redis(workdir)
 
     def connect(self):
         return _BullClient(f"redis://127.0.0.1:{self.port}", f"bench{self.round}", self.concurrency)
 
     def teardown(self):
-        from .peers import _stop
-
-        _stop(self.proc)
+        stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -195,14 +192,14 @@ class BullMQ1(_BullMQ):
     name = "BullMQ-py c1"
     concurrency = 1
     description = f"cross-process: BullMQ (Python) Queue.add per job, {_BULL_WORKER.format(1)}"
-    bulk_description = f"cross-process: BullMQ (Python) Queue.addBulk of 1,000 jobs, {_BULL_WORKER.format(1)}"
+    bulk_description = f"cross-process: BullMQ (Python) Queue.addBulk of {TBATCH:,} jobs, {_BULL_WORKER.format(1)}"
 
 
 class BullMQ8(_BullMQ):
     name = "BullMQ-py c8"
     concurrency = 8
     description = f"cross-process: BullMQ (Python) Queue.add per job, {_BULL_WORKER.format(8)}"
-    bulk_description = f"cross-process: BullMQ (Python) Queue.addBulk of 1,000 jobs, {_BULL_WORKER.format(8)}"
+    bulk_description = f"cross-process: BullMQ (Python) Queue.addBulk of {TBATCH:,} jobs, {_BULL_WORKER.format(8)}"
 
 
 TASK_PEERS: list[type] = [HueySqlite, BullMQ1, BullMQ8]

@@ -36,8 +36,10 @@ import threading
 import time
 
 from ..broker import open as open_broker
-from .harness import (CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile,
-                      raise_child_errors as _raise_child_errors, result, start_children)
+from ..tasks import TaskQueue, Worker
+from .harness import (CTX, WorkloadConfig as Config, await_report, exit_child as _exit_child, percentile,
+                      raise_child_errors as _raise_child_errors, result, set_up, start_children,
+                      stop_children, with_batch)
 
 TBATCH = 1000                   # jobs per add_bulk
 LATE_PACE_S = 0.005             # one delayed job added every 5 ms in the lateness phase
@@ -112,8 +114,6 @@ class TaskTransport:
 
 class _FastqClient(TaskClient):
     def __init__(self, path: str, name: str):
-        from ..tasks import TaskQueue
-
         self.b = open_broker(path)
         self.tq = TaskQueue(name, self.b)
 
@@ -145,8 +145,6 @@ class _FastqClient(TaskClient):
             time.sleep(pace_s)
 
     def work(self, tick, done, give_up):
-        from ..tasks import Worker
-
         def handler(job):
             tick(job.data)
 
@@ -173,8 +171,6 @@ class FastqTasks(TaskTransport):
         self.path = os.path.join(workdir, "tasks")
 
     def new_round(self):
-        from ..tasks import TaskQueue
-
         super().new_round()
         with open_broker(self.path) as b:
             TaskQueue(self._name(), b).close()
@@ -285,15 +281,7 @@ def run_tasks(tr: TaskTransport, cfg: Config, *, n: int, batch: int = 1, delays:
                          args=(tr, mode, n, batch, cfg.seconds, delays, ready, go, start, added, errors))]
     try:
         t0 = start_children(procs, ready, go, errors, tr.name)
-        while True:
-            try:
-                status, t_start, completed = out.get(timeout=1.0)
-                break
-            except Exception:
-                _raise_child_errors(errors)
-                if not procs[0].is_alive():
-                    raise RuntimeError(f"{tr.name}: the worker process died "
-                                       f"(exit code {procs[0].exitcode})") from None
+        status, t_start, completed = await_report(out, errors, procs[0], tr.name, "worker")
         if status != "ok":
             raise RuntimeError(f"{tr.name}: {t_start}")
         procs[1].join(60)
@@ -312,15 +300,7 @@ def run_tasks(tr: TaskTransport, cfg: Config, *, n: int, batch: int = 1, delays:
                 "exactly_once": exactly_once,
                 "lateness_s": [late[i] for i in range(len(delays)) if seen[i]]}
     finally:
-        go.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for q in (out, errors):
-            q.close()
-            q.join_thread()
+        stop_children(procs, go, (out, errors))
 
 
 def lateness_summary(tr: TaskTransport, cfg: Config) -> dict:
@@ -353,40 +333,24 @@ def tasks_phase(name: str, tr: TaskTransport, cfg: Config, batch: int, **extra) 
 
 
 def sc_tasks(cfg: Config, workdir: str) -> dict:
-    tr = FastqTasks()
-    tr.setup(workdir, cfg)
-    try:
+    with set_up(FastqTasks(), cfg, workdir) as tr:
         r = tasks_phase("tasks", tr, cfg, 1)
         r["extra"]["lateness"] = lateness_summary(tr, cfg)
         return r
-    finally:
-        tr.teardown()
 
 
 def sc_tasks_bulk(cfg: Config, workdir: str) -> dict:
-    tr = FastqTasks()
-    tr.setup(workdir, cfg)
-    try:
+    with set_up(FastqTasks(), cfg, workdir) as tr:
         return tasks_phase("tasks-bulk", tr, cfg, TBATCH)
-    finally:
-        tr.teardown()
 
 
 def run_task_peer(tr: TaskTransport, cfg: Config, workdir: str) -> dict:
     """A peer's whole task workload: one add per job (the result's main fields), bulk adds
     (``extra.batch_result``) and delayed-job lateness (``extra.lateness``);
     ``extra.messages_per_s_by_scenario`` gives the rate to set beside each fastq scenario."""
-    tr.setup(workdir, cfg)
-    try:
-        one = tasks_phase(tr.name, tr, cfg, 1)
-        many = tasks_phase(tr.name, tr, cfg, TBATCH)
-        one["extra"]["batch_result"] = {k: many[k] for k in ("description", "messages", "seconds",
-                                                            "messages_per_s")}
-        for k in ("jobs_added", "add_jobs_per_s", "work_jobs_per_s", "drained", "exactly_once", "ran_again"):
-            one["extra"]["batch_result"][k] = many["extra"][k]
-        one["extra"]["messages_per_s_by_scenario"] = {"tasks": one["messages_per_s"],
-                                                      "tasks-bulk": many["messages_per_s"]}
+    with set_up(tr, cfg, workdir):
+        one = with_batch(tasks_phase(tr.name, tr, cfg, 1), tasks_phase(tr.name, tr, cfg, TBATCH),
+                         ("jobs_added", "add_jobs_per_s", "work_jobs_per_s", "drained", "exactly_once",
+                          "ran_again"), ("tasks", "tasks-bulk"))
         one["extra"]["lateness"] = lateness_summary(tr, cfg)
         return one
-    finally:
-        tr.teardown()
