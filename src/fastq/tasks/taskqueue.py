@@ -150,6 +150,10 @@ class TaskQueue:
         / ``remove_on_fail``: True removes the job when it finishes so, a count keeps that many
         of the most recent. ``timeout``: seconds a run may take (the handler sees
         ``job.cancelled``; past it the attempt fails). Unknown options are InvalidArgument."""
+        if delay is None and backoff is None and job_id is None and timeout is None and not unknown \
+                and remove_on_complete is False and remove_on_fail is False \
+                and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
+            return self._add_many([(name, data, {})])[0]         # every option at its default
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}

@@ -1,6 +1,8 @@
-"""Two details of the task queue's hot paths: job ids are random 32-hex-digit strings that
-a user's ``random.seed`` cannot repeat and a forked child never shares with its parent;
-and a receiver waiting on a queue wakes when a delayed message comes due, not at its next
+"""Details of the task queue's hot paths: job ids are random 32-hex-digit strings that a
+user's ``random.seed`` cannot repeat and a forked child never shares with its parent; an
+add with every option at its default (which skips the option checks) stores what a checked
+add stores, and values equal to a default but of the wrong type are still refused; and a
+receiver waiting on a queue wakes when a delayed message comes due, not at its next
 periodic check (what makes delayed jobs start on time), and never before it is due."""
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 import pytest
 
 import fastq
+from fastq.tasks.taskqueue import validate_options
 
 
 @pytest.fixture
@@ -30,6 +33,22 @@ def test_job_ids_are_random_hex_and_ignore_random_seed(broker):
     b = [tq.add("x").id for _ in range(50)] + [j.id for j in tq.add_bulk([("x", i) for i in range(50)])]
     assert all(re.fullmatch(r"[0-9a-f]{32}", j) for j in a + b)
     assert len(set(a + b)) == 150
+
+
+def test_default_options_add_stores_the_checked_defaults(broker):
+    tq = fastq.TaskQueue("opts", broker)
+    plain = tq.add("x", 1)
+    bulk = tq.add_bulk([("x", 2)])[0]
+    explicit = tq.add("x", 3, delay=None, attempts=1, backoff=None, priority=0, remove_on_complete=False,
+                      remove_on_fail=False, timeout=None)
+    want = validate_options({})
+    assert plain.opts == bulk.opts == explicit.opts == want
+    assert tq.add("x", 4, remove_on_complete=0).opts["remove_on_complete"] == 0     # keep none, not False
+    assert tq.add("x", 5, delay=0).opts["delay"] == 0.0
+    for bad in ({"attempts": True}, {"priority": False}, {"attempts": 1.0}, {"priority": 0.0}, {"nope": 1}):
+        with pytest.raises(fastq.InvalidArgument):
+            tq.add("x", 6, **bad)
+    assert tq.counts()["waiting"] == 5
 
 
 def _child_ids(path, conn):
