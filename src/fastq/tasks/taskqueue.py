@@ -130,14 +130,15 @@ class TaskQueue:
         else:
             jid = f"{_new_id_bits(128):032x}"
         now = now_ms()
-        body = self._codec.encode({"id": jid, "name": name, "data": data, "opts": stored, "added_ms": now})
         delay = stored.get("delay")
         state = {"id": jid, "name": name, "data": data, "opts": stored,
                  "state": "delayed" if delay else "waiting", "attempts_made": 0, "progress": 0,
                  "added_ms": now}
         if delay:
             state["due_ms"] = now + int(delay * 1000)
-        return state, bytes(body), None
+        # one encoding is both the job's first state record and its message's body (the
+        # worker reads the body's id, name, data, opts and added_ms)
+        return state, bytes(self._codec.encode(state)), None
 
     def add(self, name: str, data: Any = None, *, delay: float | None = None, attempts: int = 1,
             backoff: Backoff | float | None = None, priority: int = 0, job_id: str | None = None,
@@ -192,9 +193,9 @@ class TaskQueue:
         if new:
             lg = self.topic.log(0)
             if len(new) == 1:                      # add(): one record, not a batch of one
-                lg.append(encode_state(new[0][0]), new[0][0]["id"].encode())
+                lg.append(new[0][1], new[0][0]["id"].encode())
             else:
-                lg.append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
+                lg.append_batch([(body, s["id"].encode(), None) for s, body in new])
             plain: dict[int, list] = {}
             for s, body in new:
                 o = s["opts"]
