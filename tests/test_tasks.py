@@ -315,7 +315,7 @@ def test_bad_input_is_a_clear_error_and_the_queue_keeps_working(tq):
         (lambda: tq.add("x", object()), "cannot encode"),
         (lambda: fastq.Worker(tq, "not callable"), "handler"),
         (lambda: fastq.Worker(tq, {"a": 1}), "handler"),
-        (lambda: fastq.Worker(tq, print, mode="process"), "mode"),
+        (lambda: fastq.Worker(tq, print, mode="fiber"), "mode"),
         (lambda: fastq.Worker(tq, print, concurrency=0), "concurrency"),
         (lambda: tq.get_jobs(["done"]), "unknown job state"),
     ]

@@ -12,7 +12,7 @@ backoff as a dict), ``state`` (``waiting``/``delayed``/``active``/``completed``/
 ``due_ms`` (delayed: not before), ``attempts_made`` (times started, including a run a
 killed worker never finished), ``progress``, ``return_value``, ``failed_reason``,
 ``stacktrace`` (one text per failed attempt), ``logs``, ``added_ms``, ``processed_ms``,
-``finished_ms``.
+``finished_ms``, ``stalled_count`` (runs whose worker died mid-run; absent: 0).
 
 Thread-safety: a JobIndex takes its own lock; Job objects may be read from any thread.
 """
@@ -193,6 +193,7 @@ class Job:
     data = property(lambda self: self._state().get("data"))
     opts = property(lambda self: dict(self._state().get("opts") or {}))
     attempts_made = property(lambda self: self._state().get("attempts_made", 0))
+    stalled_count = property(lambda self: self._state().get("stalled_count", 0))
     progress = property(lambda self: self._state().get("progress"))
     return_value = property(lambda self: self._state().get("return_value"))
     failed_reason = property(lambda self: self._state().get("failed_reason"))
@@ -212,15 +213,17 @@ class Job:
 
     # -- inside a handler ------------------------------------------------------------------
 
-    def update_progress(self, progress: Any) -> None:
-        """Record progress (a number or any JSON value); any process sees it in ``progress``."""
+    def update_progress(self, progress: Any):
+        """Record progress (a number or any JSON value); any process sees it in
+        ``progress`` and as a ``progress`` event. In an asyncio worker it returns an
+        awaitable (``await job.update_progress(50)``): the write runs off the loop."""
         self._check_own("update_progress")
-        self._write("progress", progress)
+        return self._write("progress", progress)
 
-    def log(self, line: str) -> None:
-        """Append a line to the job's log (``logs``)."""
+    def log(self, line: str):
+        """Append a line to the job's log (``logs``); awaitable in an asyncio worker."""
         self._check_own("log")
-        self._write("log", str(line))
+        return self._write("log", str(line))
 
     @property
     def cancelled(self) -> bool:
@@ -237,7 +240,35 @@ class Job:
             from_ = "this job is not being run by a worker of this process"
             raise InvalidArgument(f"job {self.id!r}: {what} is for the handler running it ({from_})")
 
+    # -- listening -------------------------------------------------------------------------
+
+    def on(self, event: str, callback) -> None:
+        """From any process: ``callback(progress)`` on each ``"progress"`` of this job,
+        ``callback(return_value)`` once it is ``"completed"``, ``callback(failed_reason)``
+        once it has ``"failed"`` for good (at once, if it already has). Callbacks run in the
+        task queue's listener thread (stopped by ``TaskQueue.close()``)."""
+        self._tq._listeners().add(self, event, callback)
+
+    def off(self, event: str, callback=None) -> None:
+        """Stop calling ``callback`` (every callback of ``event`` for this job when None)."""
+        self._tq._listeners().remove(self, event, callback)
+
     # -- waiting ---------------------------------------------------------------------------
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """The asyncio twin of :meth:`result`: waits in a thread, in 100 ms slices, so it
+        never blocks the event loop and a cancelled wait leaves nothing behind."""
+        from ..broker._aio import SLICE, to_thread
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
+            try:
+                return await to_thread(self.result, left)
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    s = self._s
+                    raise Timeout(f"job {self.id!r} did not finish within {timeout} s "
+                                  f"(state: {effective_state(s) if s else 'unknown'})") from None
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job finishes: its return value when completed; raises

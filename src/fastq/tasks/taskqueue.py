@@ -5,7 +5,9 @@ A task queue ``name`` is two things in the broker:
 - the message queue ``<name>.tasks`` (:class:`fastq.Queue`): one message per job run, with
   the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
   the task queue never reimplements them;
-- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`).
+- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
+- the topic ``<name>.events``: what happened, for listeners and replay (see
+  :mod:`fastq.tasks.events`), written right after each state record.
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
 can never be overwritten by the "waiting" that came before it.
@@ -16,6 +18,7 @@ processes may open the same task queue, add, run workers and read jobs.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -24,6 +27,7 @@ from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
 from ..queue.queue import PRIORITIES
 from .backoff import Backoff
+from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import STATES, Job, JobIndex, encode_state, now_ms
 
 if TYPE_CHECKING:
@@ -33,7 +37,7 @@ __all__ = ["TaskQueue", "JOB_OPTIONS"]
 
 QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
-MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(EVENTS_SUFFIX))
 MAX_JOB_ID = 512
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
@@ -103,6 +107,9 @@ class TaskQueue:
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
+        self._events = EventLog(broker, name)
+        self._job_listeners: JobListeners | None = None
+        self._listeners_lock = threading.Lock()
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
@@ -176,6 +183,12 @@ class TaskQueue:
         new = [(s, b) for s, b, existing in prepared if existing is None]
         if new:
             self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
+            evs = []
+            for s, _ in new:
+                evs.append(("added", s["id"], {"name": s["name"]}))
+                evs.append(("delayed", s["id"], {"due_ms": s["due_ms"]}) if "due_ms" in s
+                           else ("waiting", s["id"], {}))
+            self._events.emit(evs)
             plain: dict[int, list] = {}
             for s, body in new:
                 o = s["opts"]
@@ -216,12 +229,32 @@ class TaskQueue:
 
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict) -> None:
+    def _put(self, state: dict, events=(), defer: bool = False) -> None:
+        """Record a job's new state, then its events ``[(event, fields), ...]`` (``defer``:
+        buffered until the next ``_events.flush()``, see :class:`fastq.tasks.events.EventLog`)."""
         self.topic.publish(encode_state(state), key=state["id"].encode())
+        if events:
+            self._events.emit([(e, state["id"], f) for e, f in events], defer)
 
     def _remove_ids(self, ids: list[str]) -> None:
         if ids:
             self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
+            idx = self._index
+            self._events.emit([("removed", j, {"prev": (idx.final(j) or {}).get("state")}) for j in ids])
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, *, since=None, offset: int | None = None) -> QueueEvents:
+        """This queue's events (:class:`fastq.QueueEvents`): new ones, or replayed from
+        ``since`` (seconds since the epoch, or a datetime) or an ``offset``."""
+        return QueueEvents(self, since=since, offset=offset)
+
+    def _listeners(self) -> JobListeners:
+        with self._listeners_lock:
+            if self._job_listeners is None:
+                self._check_open()
+                self._job_listeners = JobListeners(self)
+            return self._job_listeners
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
@@ -232,8 +265,11 @@ class TaskQueue:
         return self._closed or self.broker.closed
 
     def close(self) -> None:
-        """Forget this handle (the broker owns the queue and topic). Idempotent."""
+        """Forget this handle (the broker owns the queue and topics) and stop the thread
+        of ``job.on`` listeners, if any. Idempotent."""
         self._closed = True
+        if self._job_listeners is not None:
+            self._job_listeners.close()
 
     def __enter__(self) -> "TaskQueue":
         return self
