@@ -1,0 +1,100 @@
+"""Child processes and importable handlers of tests/test_tasks_events.py and
+tests/test_tasks_modes.py (a module of its own so spawned processes can import them).
+Not a test module."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import fastq
+
+QUEUE = "images"
+
+
+def note(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def lines(path) -> list[list[str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [ln.split() for ln in f.read().splitlines() if ln]
+
+
+# -- handlers for process mode (importable, so picklable) ------------------------------------
+
+def double(job):
+    job.update_progress(50)
+    job.log(f"pid {os.getpid()}")
+    return {"pid": os.getpid(), "doubled": job.data * 2}
+
+
+def flaky(job):
+    if job.attempts_made < 3:
+        raise ValueError(f"attempt {job.attempts_made} broke")
+    return job.attempts_made
+
+
+def sleeper(job):
+    time.sleep(job.data)
+    return os.getpid()
+
+
+def unstorable(job):
+    return object()
+
+
+async def adouble(job):
+    await asyncio.sleep(0.001)
+    return job.data * 2
+
+
+# -- a listener in another process -------------------------------------------------------------
+
+def listen(broker_dir: str, job_id: str, out_file: str, ready_file: str) -> None:
+    """Writes what job.on and QueueEvents deliver for ``job_id`` until it completes."""
+    with fastq.open(broker_dir) as b:
+        tq = fastq.TaskQueue(QUEUE, b)
+        done = []
+        with tq.events() as ev:
+            ev.on("progress", lambda e: e.job_id == job_id and note(out_file, f"qe-progress {e.data['progress']}"))
+            ev.on("completed", lambda e: e.job_id == job_id and note(out_file, "qe-completed"))
+            job = tq.get_job(job_id)
+            job.on("progress", lambda p: note(out_file, f"job-progress {p}"))
+            job.on("completed", lambda r: (note(out_file, f"job-completed {r['doubled']}"), done.append(1)))
+            note(ready_file, "ready")
+            deadline = time.monotonic() + 60
+            while not done and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)                        # the QueueEvents listener's line too
+        tq.close()
+
+
+# -- workers killed in a loop ------------------------------------------------------------------
+
+def kill_loop_handle(job):
+    """Notes the run in ``data["runs"]``; a job named "hang" hangs on every run until its
+    worker is killed, others sleep ``data["d"]`` seconds. Importable: used in every mode."""
+    note(job.data["runs"], f"{job.id} {job.attempts_made} {os.getpid()} {time.time():.6f}")
+    if job.name == "hang":
+        time.sleep(3600)
+    time.sleep(job.data["d"])
+    return os.getpid()
+
+
+def kill_loop_worker(broker_dir: str, mode: str, ready_file: str) -> None:
+    with fastq.open(broker_dir) as b:
+        tq = fastq.TaskQueue(QUEUE, b)
+        w = fastq.Worker(tq, kill_loop_handle, mode=mode, concurrency=2, max_stalled_count=1)
+        note(ready_file, f"{os.getpid()} {mode}")
+        try:
+            while True:
+                time.sleep(1)
+        finally:
+            w.close()
