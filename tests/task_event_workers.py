@@ -88,13 +88,24 @@ def kill_loop_handle(job):
     return os.getpid()
 
 
-def kill_loop_worker(broker_dir: str, mode: str, ready_file: str) -> None:
+def kill_loop_worker(broker_dir: str, mode: str, ready_file: str, max_stalled_count: int = 1) -> None:
+    """A worker (``mode``) of kill_loop_handle that runs until it is killed."""
     with fastq.open(broker_dir) as b:
         tq = fastq.TaskQueue(QUEUE, b)
-        w = fastq.Worker(tq, kill_loop_handle, mode=mode, concurrency=2, max_stalled_count=1)
+        handler = akill_loop_handle if mode == "asyncio" else kill_loop_handle
+        w = fastq.Worker(tq, handler, mode=mode, concurrency=2, max_stalled_count=max_stalled_count)
         note(ready_file, f"{os.getpid()} {mode}")
         try:
             while True:
                 time.sleep(1)
         finally:
             w.close()
+
+
+async def akill_loop_handle(job):
+    """kill_loop_handle for asyncio workers."""
+    note(job.data["runs"], f"{job.id} {job.attempts_made} {os.getpid()} {time.time():.6f}")
+    if job.name == "hang":
+        await asyncio.sleep(3600)
+    await asyncio.sleep(job.data["d"])
+    return os.getpid()

@@ -104,41 +104,17 @@ class TaskEvent:
 
 
 class EventLog:
-    """Writes one task queue's events (the topic ``<queue>.events``, made on first use).
-
-    ``emit(events, defer=True)`` (what workers do) only buffers them: :meth:`flush` — a
-    worker's keeper thread calls it every 10 ms, and at close — appends the buffer in one
-    batch. That makes an event cost a fraction of an append instead of one; the price is
-    up to 10 ms of latency, and the buffered events of a worker killed -9 (never its
-    jobs' states, which are written first)."""
+    """Writes one task queue's events (the topic ``<queue>.events``, made on first use)."""
 
     def __init__(self, broker, queue_name: str):
         self.topic = broker.topic(queue_name + EVENTS_SUFFIX, partitions=1, retention_ms=RETENTION_MS,
                                   retention_bytes=RETENTION_BYTES, segment_bytes=SEGMENT_BYTES)
-        self._buf: list = []
-        self._lock = threading.Lock()
 
-    def emit(self, events, defer: bool = False) -> None:
-        """Append ``[(event, job_id, fields), ...]`` in one batch (after any buffered),
-        or buffer them until the next :meth:`flush` (``defer``)."""
-        if not events:
-            return
-        recs = [(_enc.encode({"event": e, **f}), j.encode(), None) for e, j, f in events]
-        with self._lock:
-            if defer:
-                self._buf.extend(recs)
-                return
-            if self._buf:
-                recs, self._buf = self._buf + recs, []
-            self.topic.log(0).append_batch(recs)
-
-    def flush(self) -> None:
-        """Append what ``emit(defer=True)`` buffered."""
-        if self._buf:
-            with self._lock:
-                recs, self._buf = self._buf, []
-                if recs:
-                    self.topic.log(0).append_batch(recs)
+    def emit(self, events) -> None:
+        """Append ``[(event, job_id, fields), ...]`` in one batch."""
+        if events:
+            self.topic.log(0).append_batch([(_enc.encode({"event": e, **f}), j.encode(), None)
+                                            for e, j, f in events])
 
 
 def _decode(topic_name: str, rec) -> TaskEvent:

@@ -229,12 +229,11 @@ class TaskQueue:
 
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict, events=(), defer: bool = False) -> None:
-        """Record a job's new state, then its events ``[(event, fields), ...]`` (``defer``:
-        buffered until the next ``_events.flush()``, see :class:`fastq.tasks.events.EventLog`)."""
+    def _put(self, state: dict, events=()) -> None:
+        """Record a job's new state, then its events ``[(event, fields), ...]``."""
         self.topic.publish(encode_state(state), key=state["id"].encode())
         if events:
-            self._events.emit([(e, state["id"], f) for e, f in events], defer)
+            self._events.emit([(e, state["id"], f) for e, f in events])
 
     def _remove_ids(self, ids: list[str]) -> None:
         if ids:

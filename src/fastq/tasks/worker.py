@@ -394,17 +394,7 @@ class Worker:
         """Extend the leases of held messages; cancel jobs past their timeout."""
         extend_every = max(self._vt / 3.0, TICK_S)
         last = time.monotonic()
-        events = self.queue._events
-        while True:
-            done = self._finished.is_set() and not self._held
-            try:
-                events.flush()                     # the events the runs buffered (EventLog)
-            except Closed:
-                pass
-            except FastqError:
-                log.exception("worker of %r could not write its task events", self.queue.name)
-            if done:
-                return
+        while not (self._finished.is_set() and not self._held):
             time.sleep(TICK_S)
             now = time.monotonic()
             with self._lock:
@@ -491,7 +481,7 @@ class Worker:
         try:
             if s is not None:
                 s = dict(s, state="waiting")
-                self.queue._put(s, [("waiting", {})], True)
+                self.queue._put(s, [("waiting", {})])
             m.nack()
         except (LeaseLost, Closed):
             pass
@@ -600,7 +590,7 @@ class Worker:
                 s.update(state="failed", attempts_made=dc - 1, failed_reason=reason, finished_ms=now_ms(),
                          stacktrace=list(s.get("stacktrace") or []) + [reason])
                 evs.append(("failed", {"failed_reason": reason, "attempts_made": dc - 1}))
-                tq._put(s, evs, True)
+                tq._put(s, evs)
                 m.ack()
                 with self._lock:
                     self.failed += 1
@@ -609,7 +599,7 @@ class Worker:
         s.update(state="active", processed_ms=now_ms())
         s.pop("finished_ms", None)
         evs.append(("active", {"attempts_made": dc}))
-        tq._put(s, evs, True)
+        tq._put(s, evs)
         job = Job(tq, jid, s, own=True)
         job._write = lambda what, v: self._write(s, what, v)
         timeout = opts.get("timeout")
@@ -624,8 +614,7 @@ class Worker:
 
     def _completed(self, m, s: dict, rv, raw) -> None:
         s.update(state="completed", return_value=msgspec.Raw(raw), failed_reason=None, finished_ms=now_ms())
-        self.queue._put(s, [("completed", {"return_value": s["return_value"], "attempts_made": s["attempts_made"]})],
-                       True)
+        self.queue._put(s, [("completed", {"return_value": s["return_value"], "attempts_made": s["attempts_made"]})])
         s["return_value"] = rv
         m.ack()
         with self._lock:
@@ -661,13 +650,13 @@ class Worker:
                 evs.append(("delayed", {"due_ms": s["due_ms"]}))
             else:
                 evs.append(("waiting", {}))
-            tq._put(s, evs, True)
+            tq._put(s, evs)
             m.nack(delay, error=reason)
             with self._lock:
                 self.retried += 1
             return
         s.update(state="failed", finished_ms=now_ms())
-        tq._put(s, [("failed", {"failed_reason": reason, "attempts_made": dc})], True)
+        tq._put(s, [("failed", {"failed_reason": reason, "attempts_made": dc})])
         m.ack()
         with self._lock:
             self.failed += 1
@@ -677,7 +666,7 @@ class Worker:
         new = dict(s)
         if what == "progress":
             new["progress"] = v
-            self.queue._put(new, [("progress", {"progress": v})], True)  # CodecError reaches the handler
+            self.queue._put(new, [("progress", {"progress": v})])  # CodecError reaches the handler
         else:
             new["logs"] = list(s.get("logs") or []) + [v]
             self.queue._put(new)
