@@ -314,3 +314,46 @@ def test_bad_input_is_a_clear_error(tq, broker):
         ev.poll()
     with fastq.Worker(tq, lambda j: "fine"):
         assert job.result(10) == "fine"                         # the queue keeps working
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+class _FailingLog:
+    def __init__(self, err):
+        self.err = err
+
+    def append_batch(self, recs):
+        raise self.err
+
+
+class _FailingTopic:
+    """The events topic with appends failing as a full disk does (the C fault points are
+    process-wide: they would hit the job-state log first)."""
+
+    def __init__(self, topic, err):
+        self._topic, self._log = topic, _FailingLog(err)
+        self.name = topic.name
+
+    def log(self, p):
+        return self._log
+
+
+def test_an_event_that_cannot_be_written_is_logged_and_loses_no_job(tq, caplog):
+    real = tq._events.topic
+    ev = tq.events()
+    tq._events.topic = _FailingTopic(real, fastq.DiskFull(28, "No space left on device"))
+    try:
+        job = tq.add("x", 1)                                  # stored and published all the same
+        with fastq.Worker(tq, lambda j: j.data + 1):
+            assert job.result(10) == 2
+    finally:
+        tq._events.topic = real
+    assert tq._events.lost == 4                               # added, waiting, active, completed
+    assert "event(s) not written (DiskFull" in caplog.text
+    assert ev.poll(10) == []
+    again = tq.add("x", 2)
+    with fastq.Worker(tq, lambda j: j.data + 1):
+        assert again.result(10) == 3
+    assert [e.event for e in drain(ev, lambda e: e.event == "completed")] == \
+        ["added", "waiting", "active", "completed"]
+    ev.close()

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import msgspec
 
 from ..broker._aio import SLICE, to_thread
-from ..errors import Closed, CorruptRecord, InvalidArgument
+from ..errors import Closed, CorruptRecord, FastqError, InvalidArgument
 
 if TYPE_CHECKING:
     from .taskqueue import TaskQueue
@@ -104,17 +104,31 @@ class TaskEvent:
 
 
 class EventLog:
-    """Writes one task queue's events (the topic ``<queue>.events``, made on first use)."""
+    """Writes one task queue's events (the topic ``<queue>.events``, made on first use).
+
+    An event that cannot be written (a full disk, an I/O error) is logged and counted in
+    ``lost``, and the caller goes on: the job's state, written before, is the truth, and a
+    job must not fail — nor an ``add`` look failed after it stored the job — because its
+    report could not be written."""
 
     def __init__(self, broker, queue_name: str):
         self.topic = broker.topic(queue_name + EVENTS_SUFFIX, partitions=1, retention_ms=RETENTION_MS,
                                   retention_bytes=RETENTION_BYTES, segment_bytes=SEGMENT_BYTES)
+        self.lost = 0
 
     def emit(self, events) -> None:
         """Append ``[(event, job_id, fields), ...]`` in one batch."""
-        if events:
+        if not events:
+            return
+        try:
             self.topic.log(0).append_batch([(_enc.encode({"event": e, **f}), j.encode(), None)
                                             for e, j, f in events])
+        except Closed:
+            raise
+        except FastqError as e:
+            self.lost += len(events)
+            log.warning("task events of %r: %d event(s) not written (%s: %s); the jobs' states are",
+                        self.topic.name, len(events), type(e).__name__, e)
 
 
 def _decode(topic_name: str, rec) -> TaskEvent:

@@ -183,12 +183,6 @@ class TaskQueue:
         new = [(s, b) for s, b, existing in prepared if existing is None]
         if new:
             self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s, _ in new])
-            evs = []
-            for s, _ in new:
-                evs.append(("added", s["id"], {"name": s["name"]}))
-                evs.append(("delayed", s["id"], {"due_ms": s["due_ms"]}) if "due_ms" in s
-                           else ("waiting", s["id"], {}))
-            self._events.emit(evs)
             plain: dict[int, list] = {}
             for s, body in new:
                 o = s["opts"]
@@ -199,6 +193,12 @@ class TaskQueue:
                     plain.setdefault(o["priority"], []).append(body)
             for prio, bodies in plain.items():
                 self.queue.publish_many(bodies, priority=prio)
+            evs = []                               # last: a job is stored whatever happens to them
+            for s, _ in new:
+                evs.append(("added", s["id"], {"name": s["name"]}))
+                evs.append(("delayed", s["id"], {"due_ms": s["due_ms"]}) if "due_ms" in s
+                           else ("waiting", s["id"], {}))
+            self._events.emit(evs)
         out, it = [], iter(new)
         for s, _, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
