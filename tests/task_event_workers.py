@@ -1,23 +1,39 @@
 """Child processes and importable handlers of tests/test_tasks_events.py and
 tests/test_tasks_modes.py (a module of its own so spawned processes can import them).
-Not a test module."""
+Not a test module: the fixtures ``broker`` and ``tq`` are imported by those modules."""
 from __future__ import annotations
 
 import asyncio
 import os
 import time
 
+import pytest
+
 import fastq
+from task_workers import _note as note
 
 QUEUE = "images"
 
 
-def note(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+@pytest.fixture
+def broker(tmp_path):
+    with fastq.open(tmp_path / "data") as b:
+        yield b
+
+
+@pytest.fixture
+def tq(broker):
+    q = fastq.TaskQueue(QUEUE, broker)
+    yield q
+    q.close()
+
+
+def wait_for(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
 
 def lines(path) -> list[list[str]]:

@@ -14,29 +14,9 @@ import pytest
 
 import fastq
 import task_event_workers as tew
+from task_event_workers import broker, tq, wait_for  # noqa: F401 - fixtures
 
 CTX = mp.get_context("spawn")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    q = fastq.TaskQueue("images", broker)
-    yield q
-    q.close()
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def drain(ev, until=None, timeout=10.0):

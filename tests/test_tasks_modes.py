@@ -13,19 +13,7 @@ import pytest
 
 import fastq
 import task_event_workers as tew
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    q = fastq.TaskQueue("images", broker)
-    yield q
-    q.close()
+from task_event_workers import broker, tq, wait_for  # noqa: F401 - fixtures
 
 
 # -- asyncio ------------------------------------------------------------------------------------

@@ -16,30 +16,10 @@ import pytest
 
 import fastq
 import task_event_workers as tew
+from task_event_workers import broker, tq, wait_for  # noqa: F401 - fixtures
 
 CTX = mp.get_context("spawn")
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    q = fastq.TaskQueue("images", broker)
-    yield q
-    q.close()
-
-
-def wait_for(cond, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Workers:
