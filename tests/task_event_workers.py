@@ -43,6 +43,16 @@ def lines(path) -> list[list[str]]:
         return [ln.split() for ln in f.read().splitlines() if ln]
 
 
+async def ticker(gaps: list) -> None:
+    """Appends the gap between wake-ups of a 10 ms sleep loop: a blocked loop shows as a long gap."""
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+
+
 # -- handlers for process mode (importable, so picklable) ------------------------------------
 
 def double(job):

@@ -240,16 +240,7 @@ def test_await_job_wait_never_blocks_the_loop(tq):
         ok = tq.add("ok", 2)
         bad = tq.add("bad", 3)
         gaps = []
-
-        async def ticker():
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.01)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
+        tick = asyncio.ensure_future(tew.ticker(gaps))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ok.wait(), 0.3)            # cancelled: leaves nothing behind
         with pytest.raises(fastq.Timeout):

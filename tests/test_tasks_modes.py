@@ -73,16 +73,7 @@ def test_asyncio_timeout_cancels_the_task_and_fails_the_attempt(tq):
 def test_asyncio_worker_on_the_callers_loop_never_blocks_it(tq):
     async def main():
         gaps = []
-
-        async def ticker():
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.01)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
+        tick = asyncio.ensure_future(tew.ticker(gaps))
         w = fastq.Worker(tq, tew.adouble, mode="asyncio", concurrency=3, autorun=False)
         run = asyncio.ensure_future(w.run())
         jobs = [tq.add("d", i) for i in range(30)]
