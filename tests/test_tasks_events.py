@@ -296,6 +296,9 @@ class _FailingLog:
     def append_batch(self, recs):
         raise self.err
 
+    def append(self, value, key):
+        raise self.err
+
 
 class _FailingTopic:
     """The events topic with appends failing as a full disk does (the C fault points are

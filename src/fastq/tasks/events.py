@@ -117,12 +117,16 @@ class EventLog:
         self.lost = 0
 
     def emit(self, events) -> None:
-        """Append ``[(event, job_id, fields), ...]`` in one batch."""
+        """Append ``[(job id as bytes, {"event": name, ...fields}), ...]`` in one batch."""
         if not events:
             return
         try:
-            self.topic.log(0).append_batch([(_enc.encode({"event": e, **f}), j.encode(), None)
-                                            for e, j, f in events])
+            lg = self.topic.log(0)
+            if len(events) == 1:
+                key, value = events[0]
+                lg.append(_enc.encode(value), key)
+            else:
+                lg.append_batch([(_enc.encode(v), k, None) for k, v in events])
         except Closed:
             raise
         except FastqError as e:
@@ -387,10 +391,11 @@ class JobListeners:
         entry = [callback, False]                       # [cb, fired]: completed/failed come once
         with self._lock:
             self._by_job.setdefault(job.id, {}).setdefault(event, []).append(entry)
-        if event in ("completed", "failed"):            # it may have finished before we listened
-            s = self.tq._index.final(job.id)
-            if s is not None and s["state"] == event:
+        s = self.tq._index.final(job.id)                # it may have finished before we listened
+        if s is not None and s["state"] in ("completed", "failed"):
+            if s["state"] == event:
                 self._fire(entry, s.get(self.PAYLOAD[event]))
+            self.remove(job, event, callback)           # nothing more will come for it
 
     def remove(self, job, event: str, callback: Callable | None) -> None:
         if event not in self.PAYLOAD:
@@ -398,6 +403,8 @@ class JobListeners:
         with self._lock:
             evs = self._by_job.get(job.id, {})
             evs[event] = [] if callback is None else [e for e in evs.get(event, []) if e[0] != callback]
+            if not any(evs.values()):
+                self._by_job.pop(job.id, None)
 
     def _fire(self, entry, payload) -> None:
         with self._lock:
@@ -421,6 +428,9 @@ class JobListeners:
                     log.exception("job listener %r failed", entry[0])
             else:
                 self._fire(entry, payload)
+        if ev.event in ("completed", "failed"):        # final: nothing more will come for it
+            with self._lock:
+                self._by_job.pop(ev.job_id, None)
 
     def close(self) -> None:
         self.events.close()

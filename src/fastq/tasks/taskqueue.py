@@ -39,6 +39,7 @@ QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
 MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(EVENTS_SUFFIX))
 MAX_JOB_ID = 512
+_WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
@@ -195,9 +196,9 @@ class TaskQueue:
                 self.queue.publish_many(bodies, priority=prio)
             evs = []                               # last: a job is stored whatever happens to them
             for s, _ in new:
-                evs.append(("added", s["id"], {"name": s["name"]}))
-                evs.append(("delayed", s["id"], {"due_ms": s["due_ms"]}) if "due_ms" in s
-                           else ("waiting", s["id"], {}))
+                k = s["id"].encode()
+                evs.append((k, {"event": "added", "name": s["name"]}))
+                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
             self._events.emit(evs)
         out, it = [], iter(new)
         for s, _, existing in prepared:
@@ -230,16 +231,18 @@ class TaskQueue:
     # -- internals for the worker -----------------------------------------------------------
 
     def _put(self, state: dict, events=()) -> None:
-        """Record a job's new state, then its events ``[(event, fields), ...]``."""
-        self.topic.publish(encode_state(state), key=state["id"].encode())
+        """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``."""
+        key = state["id"].encode()
+        self.topic.log(0).append(encode_state(state), key)
         if events:
-            self._events.emit([(e, state["id"], f) for e, f in events])
+            self._events.emit([(key, v) for v in events])
 
     def _remove_ids(self, ids: list[str]) -> None:
         if ids:
             self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
             idx = self._index
-            self._events.emit([("removed", j, {"prev": (idx.final(j) or {}).get("state")}) for j in ids])
+            self._events.emit([(j.encode(), {"event": "removed", "prev": (idx.final(j) or {}).get("state")})
+                               for j in ids])
 
     # -- events ------------------------------------------------------------------------------
 

@@ -324,7 +324,7 @@ class Worker:
                     except FastqError:
                         log.exception("worker of %r could not start a child process", self.queue.name)
         if self.mode == "process":
-            c = self._children[slot]
+            c, self._children[slot] = self._children[slot], None
             if c is not None:
                 c.stop()
 
@@ -481,7 +481,7 @@ class Worker:
         try:
             if s is not None:
                 s = dict(s, state="waiting")
-                self.queue._put(s, [("waiting", {})])
+                self.queue._put(s, [{"event": "waiting"}])
             m.nack()
         except (LeaseLost, Closed):
             pass
@@ -581,7 +581,7 @@ class Worker:
         if stalled:
             sc = s.get("stalled_count", 0) + 1
             s["stalled_count"] = sc
-            evs.append(("stalled", {"stalled_count": sc}))
+            evs.append({"event": "stalled", "stalled_count": sc})
             with self._lock:
                 self.stalled += 1
             if sc > self.max_stalled_count:
@@ -589,7 +589,7 @@ class Worker:
                           f"(max_stalled_count={self.max_stalled_count})")
                 s.update(state="failed", attempts_made=dc - 1, failed_reason=reason, finished_ms=now_ms(),
                          stacktrace=list(s.get("stacktrace") or []) + [reason])
-                evs.append(("failed", {"failed_reason": reason, "attempts_made": dc - 1}))
+                evs.append({"event": "failed", "failed_reason": reason, "attempts_made": dc - 1})
                 tq._put(s, evs)
                 m.ack()
                 with self._lock:
@@ -598,7 +598,7 @@ class Worker:
                 return None
         s.update(state="active", processed_ms=now_ms())
         s.pop("finished_ms", None)
-        evs.append(("active", {"attempts_made": dc}))
+        evs.append({"event": "active", "attempts_made": dc})
         tq._put(s, evs)
         job = Job(tq, jid, s, own=True)
         job._write = lambda what, v: self._write(s, what, v)
@@ -614,7 +614,8 @@ class Worker:
 
     def _completed(self, m, s: dict, rv, raw) -> None:
         s.update(state="completed", return_value=msgspec.Raw(raw), failed_reason=None, finished_ms=now_ms())
-        self.queue._put(s, [("completed", {"return_value": s["return_value"], "attempts_made": s["attempts_made"]})])
+        self.queue._put(s, [{"event": "completed", "return_value": s["return_value"],
+                             "attempts_made": s["attempts_made"]}])
         s["return_value"] = rv
         m.ack()
         with self._lock:
@@ -644,19 +645,19 @@ class Worker:
             b = Backoff.coerce(opts.get("backoff"))
             delay = b(runs) if b is not None else 0.0
             s.update(state="delayed" if delay else "waiting")
-            evs = [("retried", {"failed_reason": reason, "attempts_made": dc})]
+            evs = [{"event": "retried", "failed_reason": reason, "attempts_made": dc}]
             if delay:
                 s["due_ms"] = now_ms() + int(delay * 1000)
-                evs.append(("delayed", {"due_ms": s["due_ms"]}))
+                evs.append({"event": "delayed", "due_ms": s["due_ms"]})
             else:
-                evs.append(("waiting", {}))
+                evs.append({"event": "waiting"})
             tq._put(s, evs)
             m.nack(delay, error=reason)
             with self._lock:
                 self.retried += 1
             return
         s.update(state="failed", finished_ms=now_ms())
-        tq._put(s, [("failed", {"failed_reason": reason, "attempts_made": dc})])
+        tq._put(s, [{"event": "failed", "failed_reason": reason, "attempts_made": dc}])
         m.ack()
         with self._lock:
             self.failed += 1
@@ -666,7 +667,7 @@ class Worker:
         new = dict(s)
         if what == "progress":
             new["progress"] = v
-            self.queue._put(new, [("progress", {"progress": v})])  # CodecError reaches the handler
+            self.queue._put(new, [{"event": "progress", "progress": v}])  # CodecError reaches the handler
         else:
             new["logs"] = list(s.get("logs") or []) + [v]
             self.queue._put(new)
