@@ -114,6 +114,7 @@ class EventLog:
     def __init__(self, broker, queue_name: str):
         self.topic = broker.topic(queue_name + EVENTS_SUFFIX, partitions=1, retention_ms=RETENTION_MS,
                                   retention_bytes=RETENTION_BYTES, segment_bytes=SEGMENT_BYTES)
+        self.topic.log(0)                  # opened now, not in the first add
         self.lost = 0
 
     def emit(self, events) -> None:
