@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import multiprocessing as mp
+import threading
 import time
 
 import msgspec
@@ -331,3 +332,39 @@ def test_an_event_that_cannot_be_written_is_logged_and_loses_no_job(tq, caplog):
     assert [e.event for e in drain(ev, lambda e: e.event == "completed")] == \
         ["added", "waiting", "active", "completed"]
     ev.close()
+
+
+def test_many_waits_share_one_listener_and_a_cancelled_one_leaves_no_callback(tq):
+    """200 waiters are woken by the task queue's one listener: they do not hold the
+    loop's default executor (200 waiters polling there in 100 ms slices would keep any
+    other run_in_executor call waiting for seconds)."""
+    jobs = [tq.add("x", i) for i in range(200)]
+    gate = threading.Event()
+
+    async def main():
+        gone = asyncio.ensure_future(jobs[0].wait())
+        await asyncio.sleep(0.2)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        waits = asyncio.gather(*(j.wait(60) for j in jobs))
+        await asyncio.sleep(0.5)                               # all registered, none finished
+        t0 = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        executor_wait = time.monotonic() - t0
+        w = fastq.Worker(tq, lambda j: gate.wait() and j.data + 1, batch=200)
+        try:
+            while w.completed < 0 or jobs[0].state != "active":
+                await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            gate.set()                                         # all 200 finish within milliseconds
+            got = await waits
+            return got, time.monotonic() - t0, executor_wait
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, w.close)
+
+    got, took, executor_wait = asyncio.run(main())
+    assert got == [i + 1 for i in range(200)]
+    assert took < 1.5, took
+    assert executor_wait < 0.5, executor_wait
+    assert tq._job_listeners._by_job == {}                    # every callback was removed

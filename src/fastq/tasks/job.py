@@ -256,19 +256,47 @@ class Job:
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait(self, timeout: float | None = None) -> Any:
-        """The asyncio twin of :meth:`result`: waits in a thread, in 100 ms slices, so it
-        never blocks the event loop and a cancelled wait leaves nothing behind."""
-        from ..broker._aio import SLICE, to_thread
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
+        """The asyncio twin of :meth:`result`. It never blocks the loop: the task queue's
+        event listener wakes it when the job completes or fails (and it looks every second
+        anyway, in a thread), so waiters cost no thread each. A cancelled wait leaves
+        nothing behind."""
+        import asyncio
+
+        from ..broker._aio import to_thread
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+
+        def wake(_payload) -> None:              # the listener thread
             try:
-                return await to_thread(self.result, left)
-            except Timeout:
-                if deadline is not None and time.monotonic() >= deadline:
+                loop.call_soon_threadsafe(woke.set)
+            except RuntimeError:                 # the loop is gone
+                pass
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lst = None
+        try:
+            lst = await to_thread(self._tq._listeners)
+            await to_thread(lst.add, self, "completed", wake)
+            await to_thread(lst.add, self, "failed", wake)
+            while True:
+                try:
+                    return await to_thread(self.result, 0)
+                except Timeout:
+                    pass
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     s = self._s
                     raise Timeout(f"job {self.id!r} did not finish within {timeout} s "
                                   f"(state: {effective_state(s) if s else 'unknown'})") from None
+                try:
+                    await asyncio.wait_for(woke.wait(), 1.0 if left is None else min(left, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                woke.clear()
+        finally:
+            if lst is not None:
+                lst.remove(self, "completed", wake)
+                lst.remove(self, "failed", wake)
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job finishes: its return value when completed; raises
