@@ -213,8 +213,7 @@ class QueueEvents:
 
     def __init__(self, tq: "TaskQueue", *, since: float | datetime.datetime | None = None,
                  offset: int | None = None):
-        from .taskqueue import TaskQueue
-        if not isinstance(tq, TaskQueue):
+        if not isinstance(getattr(tq, "_events", None), EventLog):     # a TaskQueue (it imports us)
             raise InvalidArgument(f"QueueEvents takes a fastq.TaskQueue, got {tq!r}")
         tq._check_open()
         self.queue = tq

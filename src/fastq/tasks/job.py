@@ -18,6 +18,7 @@ Thread-safety: a JobIndex takes its own lock; Job objects may be read from any t
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..broker._aio import to_thread
 from ..errors import CorruptRecord, InvalidArgument, JobCancelled, JobFailed, Timeout
 
 if TYPE_CHECKING:
@@ -260,9 +262,6 @@ class Job:
         event listener wakes it when the job completes or fails (and it looks every second
         anyway, in a thread), so waiters cost no thread each. A cancelled wait leaves
         nothing behind."""
-        import asyncio
-
-        from ..broker._aio import to_thread
         loop = asyncio.get_running_loop()
         woke = asyncio.Event()
 
