@@ -72,6 +72,12 @@ def sleeper(job):
     return os.getpid()
 
 
+def die_once(job):
+    if job.attempts_made == 1:
+        os._exit(3)                                # the child dies mid-job (not a timeout)
+    return os.getpid()
+
+
 def unstorable(job):
     return object()
 

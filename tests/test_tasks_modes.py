@@ -161,6 +161,17 @@ def test_a_timed_out_process_handler_is_killed_and_replaced(tq):
         os.kill(first, 0)                                  # the timed-out child is gone
 
 
+def test_a_process_child_that_dies_mid_job_fails_the_attempt_not_a_stall_and_is_replaced(tq):
+    job = tq.add("die", None, attempts=2)
+    coro = tq.add("async", 21)
+    with fastq.Worker(tq, {"die": tew.die_once, "async": tew.adouble}, mode="process") as w:
+        pid = job.result(60)
+        assert pid == w._children[0].pid                   # the replacement ran the retry
+        assert coro.result(60) == 42                       # async def runs under asyncio.run there
+    assert job.attempts_made == 2 and job.stalled_count == 0
+    assert job.stacktrace[0].startswith("the worker's child process ") and "(exit code 3)" in job.stacktrace[0]
+
+
 # -- every mode --------------------------------------------------------------------------------
 
 async def _slow_async(job):
