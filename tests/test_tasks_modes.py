@@ -13,7 +13,7 @@ import pytest
 
 import fastq
 import task_event_workers as tew
-from task_event_workers import broker, tq, wait_for  # noqa: F401 - fixtures
+from task_event_workers import broker, tq  # noqa: F401 - fixtures
 
 
 # -- asyncio ------------------------------------------------------------------------------------

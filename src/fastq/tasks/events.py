@@ -1,7 +1,7 @@
 """Task events: what happened to a task queue's jobs, as a log any process can tail or
 replay (BullMQ's ``QueueEvents``; docs/TASKS.md, "Events").
 
-On disk (docs/FORMAT.md, "Task events"): the topic ``<queue>.events`` — one partition, not
+On disk (docs/FORMAT.md, "Task queues"): the topic ``<queue>.events`` — one partition, not
 compacted, with retention (:data:`RETENTION_MS`, :data:`RETENTION_BYTES` per partition, in
 segments of :data:`SEGMENT_BYTES`; applied by ``broker.maintain()``, changed with
 ``broker.alter_topic``). One record per event, Kafka RecordBatch v2 like every topic:
@@ -29,7 +29,6 @@ called from any thread, and listeners run in the QueueEvents' own dispatcher thr
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import threading
