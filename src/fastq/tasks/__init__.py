@@ -7,8 +7,10 @@ compacted topic of job states. See docs/TASKS.md.
 from __future__ import annotations
 
 from .backoff import Backoff
+from .events import EVENTS, QueueEvents, TaskEvent
 from .job import STATES, Job
 from .taskqueue import JOB_OPTIONS, TaskQueue
 from .worker import MODES, Worker
 
-__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "STATES", "JOB_OPTIONS", "MODES"]
+__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent", "STATES", "JOB_OPTIONS",
+           "MODES", "EVENTS"]

@@ -7,7 +7,9 @@ A task queue ``name`` is two things in the broker:
   the task queue never reimplements them;
 - the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
 - the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
-  (see :mod:`fastq.tasks.scheduler`).
+  (see :mod:`fastq.tasks.scheduler`);
+- the topic ``<name>.events``: what happened, for listeners and replay (see
+  :mod:`fastq.tasks.events`), written right after each state record.
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
 can never be overwritten by the "waiting" that came before it.
@@ -18,6 +20,7 @@ processes may open the same task queue, add, run workers and read jobs.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -26,6 +29,7 @@ from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
 from ..queue.queue import PRIORITIES
 from .backoff import Backoff
+from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import STATES, Job, JobIndex, encode_state, now_ms
 from .scheduler import Schedulers
 
@@ -36,8 +40,9 @@ __all__ = ["TaskQueue", "JOB_OPTIONS"]
 
 QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
-MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(EVENTS_SUFFIX))
 MAX_JOB_ID = 512
+_WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
@@ -110,6 +115,9 @@ class TaskQueue:
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
         self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
+        self._events = EventLog(broker, name)
+        self._job_listeners: JobListeners | None = None
+        self._listeners_lock = threading.Lock()
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
@@ -201,6 +209,12 @@ class TaskQueue:
                     plain.setdefault(o["priority"], []).append(body)
             for prio, bodies in plain.items():
                 self.queue.publish_many(bodies, priority=prio)
+            evs = []                               # last: a job is stored whatever happens to them
+            for s, _ in new:
+                k = s["id"].encode()
+                evs.append((k, {"event": "added", "name": s["name"]}))
+                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
+            self._events.emit(evs)
         out, it = [], iter(new)
         for s, _, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
@@ -262,12 +276,33 @@ class TaskQueue:
 
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict) -> None:
-        self.topic.publish(encode_state(state), key=state["id"].encode())
+    def _put(self, state: dict, events=()) -> None:
+        """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``."""
+        key = state["id"].encode()
+        self.topic.log(0).append(encode_state(state), key)
+        if events:
+            self._events.emit([(key, v) for v in events])
 
     def _remove_ids(self, ids: list[str]) -> None:
         if ids:
             self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
+            idx = self._index
+            self._events.emit([(j.encode(), {"event": "removed", "prev": (idx.final(j) or {}).get("state")})
+                               for j in ids])
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, *, since=None, offset: int | None = None) -> QueueEvents:
+        """This queue's events (:class:`fastq.QueueEvents`): new ones, or replayed from
+        ``since`` (seconds since the epoch, or a datetime) or an ``offset``."""
+        return QueueEvents(self, since=since, offset=offset)
+
+    def _listeners(self) -> JobListeners:
+        with self._listeners_lock:
+            if self._job_listeners is None:
+                self._check_open()
+                self._job_listeners = JobListeners(self)
+            return self._job_listeners
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
@@ -278,8 +313,11 @@ class TaskQueue:
         return self._closed or self.broker.closed
 
     def close(self) -> None:
-        """Forget this handle (the broker owns the queue and topic). Idempotent."""
+        """Forget this handle (the broker owns the queue and topics) and stop the thread
+        of ``job.on`` listeners, if any. Idempotent."""
         self._closed = True
+        if self._job_listeners is not None:
+            self._job_listeners.close()
 
     def __enter__(self) -> "TaskQueue":
         return self
