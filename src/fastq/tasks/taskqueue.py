@@ -5,7 +5,11 @@ A task queue ``name`` is two things in the broker:
 - the message queue ``<name>.tasks`` (:class:`fastq.Queue`): one message per job run, with
   the queue's delay, priority, dedup (``job_id``), leases and dead-consumer detection —
   the task queue never reimplements them;
-- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`).
+- the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
+- the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
+  (see :mod:`fastq.tasks.scheduler`);
+- the topic ``<name>.events``: what happened, for listeners and replay (see
+  :mod:`fastq.tasks.events`), written right after each state record.
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
 can never be overwritten by the "waiting" that came before it.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..broker.config import validate_name
@@ -25,7 +30,9 @@ from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
 from ..queue.queue import PRIORITIES
 from .backoff import Backoff
+from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import STATES, Job, JobIndex, encode_state, now_ms
+from .scheduler import Schedulers
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -34,7 +41,7 @@ __all__ = ["TaskQueue", "JOB_OPTIONS"]
 
 QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
-MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX))
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(EVENTS_SUFFIX))
 MAX_JOB_ID = 512
 # job ids: 128 random bits as 32 hex digits, like uuid4().hex without its urandom call per
 # job; a private generator (a user's random.seed() must not repeat ids), reseeded in a
@@ -43,6 +50,7 @@ _ids = random.Random()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)
 _new_id_bits = _ids.getrandbits
+_WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
@@ -59,6 +67,9 @@ def _keep(what: str, v) -> bool | int:
 def validate_options(opts: dict) -> dict:
     """The stored form of a job's options, or InvalidArgument naming what is wrong."""
     unknown = set(opts) - set(JOB_OPTIONS)
+    if "repeat" in unknown:
+        raise InvalidArgument("repeat is an option of add() and upsert_job_scheduler() only (not of add_bulk "
+                              "or of a scheduler's job options)")
     if unknown:
         raise InvalidArgument(f"unknown job option(s) {sorted(unknown)}; known: {list(JOB_OPTIONS)}")
     out: dict[str, Any] = {}
@@ -114,14 +125,20 @@ class TaskQueue:
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
+        self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
+        self._events = EventLog(broker, name)
+        self._job_listeners: JobListeners | None = None
+        self._listeners_lock = threading.Lock()
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
 
-    def _prepare(self, name, data, opts: dict) -> tuple[dict, bytes, Job | None]:
+    def _prepare(self, name, data, opts: dict, repeat: dict | None = None) -> tuple[dict, bytes, Job | None]:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
         stored = validate_options(opts) if opts else dict(_DEFAULT_OPTIONS)   # add_bulk's (name, data)
+        if repeat is not None:                     # a scheduler's tick (fastq.tasks.scheduler)
+            stored["repeat"] = repeat
         jid = stored.get("job_id")
         if jid is not None:
             s = self._index.get(jid)
@@ -143,21 +160,27 @@ class TaskQueue:
     def add(self, name: str, data: Any = None, *, delay: float | None = None, attempts: int = 1,
             backoff: Backoff | float | None = None, priority: int = 0, job_id: str | None = None,
             remove_on_complete: bool | int = False, remove_on_fail: bool | int = False,
-            timeout: float | None = None, **unknown) -> Job:
+            timeout: float | None = None, repeat: dict | None = None, **unknown) -> Job:
         """Add a job; returns it. ``delay``: seconds before it may run (never earlier).
         ``attempts``: runs before it fails for good; ``backoff``: the wait before each retry
         (:class:`fastq.Backoff`, or seconds). ``priority``: 0..9, higher first. ``job_id``:
         while a job with this id exists, adding it again returns that job. ``remove_on_complete``
         / ``remove_on_fail``: True removes the job when it finishes so, a count keeps that many
         of the most recent. ``timeout``: seconds a run may take (the handler sees
-        ``job.cancelled``; past it the attempt fails). Unknown options are InvalidArgument."""
-        if delay is None and backoff is None and job_id is None and timeout is None and not unknown \
-                and remove_on_complete is False and remove_on_fail is False \
+        ``job.cancelled``; past it the attempt fails). ``repeat``: ``{"cron": "0 9 * * *",
+        "tz": ...}`` or ``{"every": seconds}`` makes a job scheduler instead (see
+        :meth:`upsert_job_scheduler`; its id is ``job_id`` or derived from the name and the
+        repeat) and returns its first job (None if it has no tick left). Unknown options are
+        InvalidArgument."""
+        if delay is None and backoff is None and job_id is None and timeout is None and repeat is None \
+                and not unknown and remove_on_complete is False and remove_on_fail is False \
                 and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
             return self._add_many([(name, data, {})])[0]         # every option at its default
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
+        if repeat is not None:
+            return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
@@ -176,12 +199,12 @@ class TaskQueue:
             items.append((j[0], j[1], opts))
         return self._add_many(items)
 
-    def _add_many(self, items: list) -> list[Job]:
+    def _add_many(self, items: list, repeat: dict | None = None) -> list[Job]:
         self._check_open()
         prepared = []
         first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
         for n, d, o in items:
-            st, body, existing = self._prepare(n, d, o)
+            st, body, existing = self._prepare(n, d, o, repeat)
             jid = o.get("job_id")
             if existing is None and jid is not None:
                 if jid in first:
@@ -209,6 +232,12 @@ class TaskQueue:
                     self.queue.publish(bodies[0], priority=prio)
                 else:
                     self.queue.publish_many(bodies, priority=prio)
+            evs = []                               # last: a job is stored whatever happens to them
+            for s, _ in new:
+                k = s["id"].encode()
+                evs.append((k, {"event": "added", "name": s["name"]}))
+                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
+            self._events.emit(evs)
         out, it = [], iter(new)
         for s, _, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)[0]))
@@ -237,14 +266,66 @@ class TaskQueue:
         knows them (the job-state topic read to its end)."""
         return self._index.counts()
 
+    # -- repeat: job schedulers (fastq.tasks.scheduler) ------------------------------------------
+
+    def upsert_job_scheduler(self, scheduler_id: str, repeat: dict, *, name: str | None = None,
+                             data: Any = None, opts: dict | None = None) -> Job | None:
+        """Create or replace the job scheduler ``scheduler_id`` (BullMQ's upsertJobScheduler):
+        ``repeat`` is ``{"cron": expr}`` (5 fields, or 6 with seconds first; ``tz``: an IANA
+        zone, default UTC) or ``{"every": seconds}``, with optional ``start`` / ``end``
+        (aware datetimes or epoch seconds), ``limit`` (jobs to make), ``missed`` (``"once"``
+        default, ``"all"``, ``"skip"``: ticks that passed while nothing ran) and ``grace``
+        (seconds late before ``"skip"`` drops a tick, default 60). Each tick makes one job
+        ``name`` (default: the scheduler id) with ``data`` and job ``opts`` (as :meth:`add`'s,
+        without ``job_id`` / ``delay``), across all processes. The same definition again
+        changes nothing; another one replaces the pending tick. Returns the next tick's job
+        (None when the schedule has no more ticks). See docs/TASKS.md."""
+        return self._schedulers().upsert(scheduler_id, repeat, name, data, opts)
+
+    def get_job_scheduler(self, scheduler_id: str) -> dict | None:
+        """The scheduler's definition and ``next`` tick (epoch seconds), or None."""
+        return self._schedulers().get(scheduler_id)
+
+    def get_job_schedulers(self) -> list[dict]:
+        """All job schedulers of this queue, by id (see :meth:`get_job_scheduler`)."""
+        return self._schedulers().list()
+
+    def remove_job_scheduler(self, scheduler_id: str) -> bool:
+        """Remove a job scheduler: no tick after this one starts. False if there was none."""
+        return self._schedulers().remove(scheduler_id)
+
+    def _schedulers(self) -> Schedulers:
+        return self._sched
+
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict) -> None:
-        self.topic.publish(encode_state(state), key=state["id"].encode())
+    def _put(self, state: dict, events=()) -> None:
+        """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``."""
+        key = state["id"].encode()
+        self.topic.log(0).append(encode_state(state), key)
+        if events:
+            self._events.emit([(key, v) for v in events])
 
     def _remove_ids(self, ids: list[str]) -> None:
         if ids:
             self.topic.log(0).append_batch([(None, j.encode(), None) for j in ids])
+            idx = self._index
+            self._events.emit([(j.encode(), {"event": "removed", "prev": (idx.final(j) or {}).get("state")})
+                               for j in ids])
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, *, since=None, offset: int | None = None) -> QueueEvents:
+        """This queue's events (:class:`fastq.QueueEvents`): new ones, or replayed from
+        ``since`` (seconds since the epoch, or a datetime) or an ``offset``."""
+        return QueueEvents(self, since=since, offset=offset)
+
+    def _listeners(self) -> JobListeners:
+        with self._listeners_lock:
+            if self._job_listeners is None:
+                self._check_open()
+                self._job_listeners = JobListeners(self)
+            return self._job_listeners
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
@@ -255,8 +336,11 @@ class TaskQueue:
         return self._closed or self.broker.closed
 
     def close(self) -> None:
-        """Forget this handle (the broker owns the queue and topic). Idempotent."""
+        """Forget this handle (the broker owns the queue and topics) and stop the thread
+        of ``job.on`` listeners, if any. Idempotent."""
         self._closed = True
+        if self._job_listeners is not None:
+            self._job_listeners.close()
 
     def __enter__(self) -> "TaskQueue":
         return self
