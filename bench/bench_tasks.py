@@ -33,7 +33,8 @@ PAYLOAD = b"j" * JOB_BYTES
 
 # What a job costs over the queue message it travels in. The bars are floors under the
 # first version's ratios (three runs on 2026-12-06, 04:39-04:55 UTC, load average 2-4 on the
-# 2-core VM: 0.11-0.13, 0.06-0.08, 0.08-0.16), so a regression shows; not targets.
+# 2-core VM: 0.11-0.13, 0.06-0.08, 0.08-0.16; with task events, 05:20 UTC: 0.15, 0.11,
+# 0.07), so a regression shows; not targets.
 add_ratio("tasks add one-by-one / Queue.publish", "tasks_add_one", "tasks_base_publish_one", 0.08)
 add_ratio("tasks add_bulk(1000) / Queue.publish_many(1000)", "tasks_add_bulk", "tasks_base_publish_bulk", 0.04)
 add_ratio("tasks Worker completion / receive(32)+ack", "tasks_worker_complete", "tasks_base_receive_ack", 0.06)
