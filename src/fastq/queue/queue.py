@@ -27,7 +27,7 @@ nack with delay or error) keeps its id in the ``fq-id`` header.
 Record headers the queue writes (all start with ``fq-``; ``Message.headers`` hides them):
 ``fq-id`` (8 bytes, little-endian: the message id), ``fq-src`` (8 bytes: lane << 48 |
 offset of the record copied, to recognise a copy after a crash), ``fq-due`` (8 bytes:
-due time in ms, delayed lane), ``fq-prio`` (1 byte: the priority a delayed message goes
+due time in ms, rounded up, delayed lane), ``fq-prio`` (1 byte: the priority a delayed message goes
 to), ``fq-pub`` (8 bytes: the first publish time in ms), ``fq-del`` (4 bytes: deliveries
 before this copy), ``fq-err`` (the last error a consumer reported), ``fq-dd`` (16 bytes: the
 BLAKE2b hash of a dedup_id, so a publisher killed before recording it is recorded by the
@@ -156,6 +156,13 @@ class QueueDepth(NamedTuple):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _due_ms(delay: float) -> int:
+    """The first whole millisecond at or after now + ``delay`` s: a due time never early
+    (``_now_ms() + delay`` would be up to 1 ms early, which a receiver woken at the due
+    time shows)."""
+    return -(-(time.time_ns() + int(delay * 1e9)) // 1_000_000)
 
 
 def message_id(offset: int, partition: int, lane: int) -> int:
@@ -630,7 +637,9 @@ class Queue:
             lg = self._lane_log(lane, create=True)
             end = lg.end_offset
             mid = message_id(end, p, DELAYED) if mid is None else mid
-            h = [("fq-id", _U64.pack(mid)), ("fq-due", _U64.pack(now + int(delay * 1000))),
+            # 0.001: _nack's "again at once" that keeps an error; else never before the delay
+            due = now + 1 if delay <= 0.001 else _due_ms(delay)
+            h = [("fq-id", _U64.pack(mid)), ("fq-due", _U64.pack(due)),
                  ("fq-prio", bytes((prio,))), ("fq-pub", _U64.pack(now))]
             if deliveries:
                 h.append(("fq-del", _U32.pack(deliveries)))
@@ -819,6 +828,9 @@ class Queue:
             timeout = self.liveness_interval
             if deadline is not None:
                 timeout = min(timeout, deadline - now)
+            top = self._state.heap_peek()      # unlocked: only a hint, the wait stays capped
+            if top is not None:                # wake when the next delayed message is due
+                timeout = min(timeout, max(top[0] / 1000 - time.time(), 0.0001))
             self._notifier.wait(seen, timeout)
 
     def _housekeeping(self, mono: float) -> None:
@@ -1116,7 +1128,7 @@ class Queue:
 
     def _nack(self, m: Message, delay: float, error) -> None:
         if self.ordered:                     # stays at the head of its lane: order holds
-            self._settle(m, AVAILABLE, _now_ms() + int(delay * 1000) if delay else 0)
+            self._settle(m, AVAILABLE, _due_ms(delay) if delay else 0)
             self._notifier.bump()
             return
         if not delay and error is None:
@@ -1124,7 +1136,7 @@ class Queue:
             self._notifier.bump()
             return
         if delay < 1.0 and error is None:
-            self._settle(m, AVAILABLE, _now_ms() + int(delay * 1000))
+            self._settle(m, AVAILABLE, _due_ms(delay))
             return
         # a long delay, or an error to keep: copy it to the delayed lane and settle this one,
         # so a waiting message does not hold a slot of the lane's window

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from .admin import CLEAN_STATES, COUNT_STATES
 from .backoff import Backoff
+from .events import EVENTS, QueueEvents, TaskEvent
 from .job import STATES, Job
 from .taskqueue import JOB_OPTIONS, TaskQueue
 from .worker import MODES, Worker
 
-__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "STATES", "COUNT_STATES", "CLEAN_STATES", "JOB_OPTIONS",
-           "MODES"]
+__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent", "STATES", "COUNT_STATES",
+           "CLEAN_STATES", "JOB_OPTIONS", "MODES", "EVENTS"]

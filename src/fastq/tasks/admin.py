@@ -35,7 +35,7 @@ COUNT_STATES = ("waiting", "active", "delayed", "prioritized", "completed", "fai
 CLEAN_STATES = ("completed", "failed", "waiting", "delayed", "prioritized", "paused")
 ALIASES = {"wait": "waiting"}              # BullMQ's name for the wait list
 BATCH = 1000                               # tombstones per append: a crash leaves whole batches
-RUN, DROP, PAUSED = "run", "drop", "paused"        # TaskQueue._begin verdicts
+RUN, DROP, PAUSED, FAILED = "run", "drop", "paused", "failed"     # TaskQueue._begin verdicts
 
 
 def dedup_id(jid: str, gen: int) -> str:
@@ -200,15 +200,20 @@ class AdminMixin:
 
     def _remove_states(self, states: list[dict]) -> None:
         """Remove these jobs: a tombstone each (see :meth:`_tombstones`)."""
-        self._tombstones([(s["id"], s.get("gen", 0) if "job_id" in s.get("opts", {}) else None) for s in states])
+        self._tombstones([(s["id"], s.get("gen", 0) if "job_id" in s.get("opts", {}) else None, s.get("state"))
+                          for s in states])
 
-    def _tombstones(self, ids: list) -> None:
-        """Append a tombstone per ``(job id, gen or None)``, in batches of :data:`BATCH`; a gen
-        goes in the ``fq-gen`` header (a job_id job: see :mod:`fastq.tasks.job`)."""
+    def _tombstones(self, ids: list, events: bool = True) -> None:
+        """Append a tombstone per ``(job id, gen or None, previous state or None)``, in
+        batches of :data:`BATCH` (a gen goes in the ``fq-gen`` header: a job_id job, see
+        :mod:`fastq.tasks.job`), each batch followed by its ``removed`` events."""
         lg = self.topic.log(0)
-        recs = [(None, j.encode(), None if g is None else [(GEN_HEADER, str(g).encode())]) for j, g in ids]
-        for i in range(0, len(recs), BATCH):
-            lg.append_batch(recs[i:i + BATCH])
+        for i in range(0, len(ids), BATCH):
+            part = ids[i:i + BATCH]
+            lg.append_batch([(None, j.encode(), None if g is None else [(GEN_HEADER, str(g).encode())])
+                             for j, g, _ in part])
+            if events:
+                self._events.emit([(j.encode(), {"event": "removed", "prev": prev}) for j, _, prev in part])
 
     def remove(self, job_id: str) -> None:
         """Remove a job that is not running (BullMQ's ``job.remove()``): its state goes, and
@@ -300,7 +305,7 @@ class AdminMixin:
                 before.update(idx.jobs)
                 keep_gens = {j: g for j, g in idx.gens.items() if j not in idx.jobs}
             self._remove_states(doomed)            # readers of any position see the removals
-            self._tombstones(list(keep_gens.items()))   # job_id incarnations outlive the old segments
+            self._tombstones([(j, g, None) for j, g in keep_gens.items()], events=False)   # gens outlive the old segments
             self.queue.purge()
             lg.delete_before(base)
             if self._ctl.paused():
@@ -417,7 +422,9 @@ class AdminMixin:
 
     def _begin(self, msg: dict, dc: int, active, before=None) -> tuple[str, dict | None, list | None]:
         """Admit the job of queue message ``msg`` (delivery ``dc``) and record it active:
-        ``(RUN, state, ticket)`` — ``active(msg, prev, dc)`` built the state, now recorded;
+        ``(RUN, state, ticket)`` — ``active(msg, prev, dc)`` built the state and its events,
+        now recorded; ``(FAILED, state, None)`` — it built a ``failed`` state instead (a job
+        stalled too often), recorded: ack the message;
         ``(DROP, None, None)`` — the job was removed, replaced by another ``gen`` or has
         finished, or ``before(prev)`` said no: ack the message, do not run it;
         ``(PAUSED, None, None)``. ``before``: called once admitted, before the record
@@ -442,8 +449,8 @@ class AdminMixin:
         if dc == 1 and msg.get("ep") == ep and not msg.get("gen"):
             if before is not None and not before(None):
                 return DROP, None, None
-            s = active(msg, None, dc)
-            a = self._put(s)
+            s, evs = active(msg, None, dc)
+            a = self._put(s, evs)
             if clog.end_offset == ep:
                 return RUN, s, [ep, a]
             with ctl.shared():                    # an admin operation began meanwhile: it is over now
@@ -455,7 +462,8 @@ class AdminMixin:
                         self._undo(s, last)
                     return DROP, None, None
                 if ctl.paused():                  # paused meanwhile: back to waiting, held
-                    self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1})
+                    self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1},
+                              [{"event": "waiting"}])
                     return PAUSED, None, None
                 return RUN, s, [ctl.epoch, a]
         with ctl.shared():
@@ -468,8 +476,11 @@ class AdminMixin:
                 return DROP, None, None
             if before is not None and not before(prev if dc > 1 else None):
                 return DROP, None, None
-            s = active(msg, prev, dc)
-            return RUN, s, [ep, self._put(s)]
+            s, evs = active(msg, prev, dc)
+            a = self._put(s, evs)
+            if s["state"] != "active":
+                return FAILED, s, None            # stalled too often: failed for good (the worker acks)
+            return RUN, s, [ep, a]
 
     def _foreign(self, jid: str, gen: int, start: int, end: int, ours: int) -> tuple[bool, dict | None, bool]:
         """Read job ``jid``'s records in ``[start, end)`` but ``ours``: (whether one removed
@@ -494,7 +505,7 @@ class AdminMixin:
         else:
             self._put(last)                       # a new incarnation (a re-added job_id)
 
-    def _put_if_current(self, s: dict, ticket: list) -> bool:
+    def _put_if_current(self, s: dict, ticket: list, events=()) -> bool:
         """Record worker state ``s`` of a running job, unless the job was removed
         (``obliterate(force=True)``) while it ran: False then, and the job stays removed.
         ``ticket``: ``[epoch, offset]`` — the epoch at admission and the offset of the
@@ -505,7 +516,7 @@ class AdminMixin:
         it. Moved — wait for the operation (the lock, shared) and read the job's records
         since the ticket's offset, or since the first such operation began if later: if one
         before ours removed or replaced the job, put that back over ours."""
-        w = self._put(s)
+        w = self._put(s, events)
         if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True
@@ -523,6 +534,7 @@ class AdminMixin:
     _index: Any
     _ctl: Any
     _schedulers: Any
+    _events: Any
     queue: Any
     topic: Any
     name: str

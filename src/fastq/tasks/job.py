@@ -12,8 +12,10 @@ backoff as a dict), ``state`` (``waiting``/``delayed``/``active``/``completed``/
 ``due_ms`` (delayed: not before), ``attempts_made`` (times started, including a run a
 killed worker never finished), ``progress``, ``return_value``, ``failed_reason``,
 ``stacktrace`` (one text per failed attempt), ``logs``, ``added_ms``, ``processed_ms``,
-``finished_ms``, ``gen`` (the job's incarnation: 0 when added, + 1 at each retry or
-promote, and when a removed ``job_id`` is added again; its queue message names it).
+``finished_ms``, ``stalled_count`` (runs whose worker died mid-run; absent: 0), ``gen``
+(the job's incarnation: 0 when added, + 1 at each retry or promote, and when a removed
+``job_id`` is added again; its queue message names it), ``ep`` (first record only: the
+admin epoch its add saw; the record is also the job's queue message).
 
 A removed job is a tombstone; one of a job added with a ``job_id`` carries its last ``gen``
 in the header ``fq-gen`` (ASCII digits), so that adding the id again makes incarnation
@@ -23,6 +25,7 @@ Thread-safety: a JobIndex takes its own lock; Job objects may be read from any t
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..broker._aio import to_thread
 from ..errors import CorruptRecord, InvalidArgument, JobCancelled, JobFailed, Timeout, UnknownJob
 
 if TYPE_CHECKING:
@@ -196,6 +200,7 @@ class Job:
     data = property(lambda self: self._state().get("data"))
     opts = property(lambda self: dict(self._state().get("opts") or {}))
     attempts_made = property(lambda self: self._state().get("attempts_made", 0))
+    stalled_count = property(lambda self: self._state().get("stalled_count", 0))
     progress = property(lambda self: self._state().get("progress"))
     return_value = property(lambda self: self._state().get("return_value"))
     failed_reason = property(lambda self: self._state().get("failed_reason"))
@@ -215,15 +220,17 @@ class Job:
 
     # -- inside a handler ------------------------------------------------------------------
 
-    def update_progress(self, progress: Any) -> None:
-        """Record progress (a number or any JSON value); any process sees it in ``progress``."""
+    def update_progress(self, progress: Any):
+        """Record progress (a number or any JSON value); any process sees it in
+        ``progress`` and as a ``progress`` event. In an asyncio worker it returns an
+        awaitable (``await job.update_progress(50)``): the write runs off the loop."""
         self._check_own("update_progress")
-        self._write("progress", progress)
+        return self._write("progress", progress)
 
-    def log(self, line: str) -> None:
-        """Append a line to the job's log (``logs``)."""
+    def log(self, line: str):
+        """Append a line to the job's log (``logs``); awaitable in an asyncio worker."""
         self._check_own("log")
-        self._write("log", str(line))
+        return self._write("log", str(line))
 
     @property
     def cancelled(self) -> bool:
@@ -254,7 +261,60 @@ class Job:
         """Run this delayed job now."""
         self._tq.promote(self.id)
 
+    # -- listening -------------------------------------------------------------------------
+
+    def on(self, event: str, callback) -> None:
+        """From any process: ``callback(progress)`` on each ``"progress"`` of this job,
+        ``callback(return_value)`` once it is ``"completed"``, ``callback(failed_reason)``
+        once it has ``"failed"`` for good (at once, if it already has). Callbacks run in the
+        task queue's listener thread (stopped by ``TaskQueue.close()``)."""
+        self._tq._listeners().add(self, event, callback)
+
+    def off(self, event: str, callback=None) -> None:
+        """Stop calling ``callback`` (every callback of ``event`` for this job when None)."""
+        self._tq._listeners().remove(self, event, callback)
+
     # -- waiting ---------------------------------------------------------------------------
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """The asyncio twin of :meth:`result`. It never blocks the loop: the task queue's
+        event listener wakes it when the job completes or fails (and it looks every second
+        anyway, in a thread), so waiters cost no thread each. A cancelled wait leaves
+        nothing behind."""
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+
+        def wake(_payload) -> None:              # the listener thread
+            try:
+                loop.call_soon_threadsafe(woke.set)
+            except RuntimeError:                 # the loop is gone
+                pass
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lst = None
+        try:
+            lst = await to_thread(self._tq._listeners)
+            await to_thread(lst.add, self, "completed", wake)
+            await to_thread(lst.add, self, "failed", wake)
+            while True:
+                try:
+                    return await to_thread(self.result, 0)
+                except Timeout:
+                    pass
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    s = self._s
+                    raise Timeout(f"job {self.id!r} did not finish within {timeout} s "
+                                  f"(state: {effective_state(s) if s else 'unknown'})") from None
+                try:
+                    await asyncio.wait_for(woke.wait(), 1.0 if left is None else min(left, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                woke.clear()
+        finally:
+            if lst is not None:
+                lst.remove(self, "completed", wake)
+                lst.remove(self, "failed", wake)
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job finishes: its return value when completed; raises

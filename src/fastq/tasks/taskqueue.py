@@ -8,6 +8,8 @@ A task queue ``name`` is two things in the broker:
 - the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
 - the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
   (see :mod:`fastq.tasks.scheduler`);
+- the topic ``<name>.events``: what happened, for listeners and replay (see
+  :mod:`fastq.tasks.events`), written right after each state record;
 - the control topic ``<name>.ctl`` and the admin lock ``tasks/<name>/admin.lock``: the
   pause flag and the admin epoch (see :mod:`fastq.tasks.control`).
 
@@ -28,7 +30,9 @@ processes may open the same task queue, add, run workers and read jobs.
 from __future__ import annotations
 
 import math
-import uuid
+import os
+import random
+import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..broker.config import validate_name
@@ -38,6 +42,7 @@ from ..queue.queue import PRIORITIES
 from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
 from .control import CTL_SUFFIX, Control
+from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import Job, JobIndex, encode_state, now_ms
 from .scheduler import Schedulers
 
@@ -48,8 +53,16 @@ __all__ = ["TaskQueue", "JOB_OPTIONS"]
 
 QUEUE_SUFFIX = ".tasks"
 TOPIC_SUFFIX = ".jobs"
-MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(CTL_SUFFIX))
+MAX_NAME = 249 - max(len(QUEUE_SUFFIX), len(TOPIC_SUFFIX), len(EVENTS_SUFFIX), len(CTL_SUFFIX))
 MAX_JOB_ID = 512
+# job ids: 128 random bits as 32 hex digits, like uuid4().hex without its urandom call per
+# job; a private generator (a user's random.seed() must not repeat ids), reseeded in a
+# forked child so parent and child never draw the same ids
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+_new_id_bits = _ids.getrandbits
+_WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout")
 
@@ -118,6 +131,9 @@ def validate_options(opts: dict) -> dict:
     return out
 
 
+_DEFAULT_OPTIONS = validate_options({})
+
+
 class TaskQueue(AdminMixin):
     """Named jobs with results, delay, attempts and backoff, priority, progress and
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
@@ -140,6 +156,9 @@ class TaskQueue(AdminMixin):
         self._index = JobIndex(self.topic)
         self._ctl = Control(broker, name)
         self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
+        self._events = EventLog(broker, name)
+        self._job_listeners: JobListeners | None = None
+        self._listeners_lock = threading.Lock()
         self._closed = False
 
     # -- adding ------------------------------------------------------------------------------
@@ -147,7 +166,7 @@ class TaskQueue(AdminMixin):
     def _prepare(self, name, data, opts: dict, repeat: dict | None = None) -> tuple[dict, Job | None]:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
-        stored = validate_options(opts)
+        stored = validate_options(opts) if opts else dict(_DEFAULT_OPTIONS)   # add_bulk's (name, data)
         if repeat is not None:                     # a scheduler's tick (fastq.tasks.scheduler)
             stored["repeat"] = repeat
         jid = stored.get("job_id")
@@ -159,7 +178,7 @@ class TaskQueue(AdminMixin):
             if jid in self._index.gens:            # added again after its removal: a new incarnation
                 gen = self._index.gens[jid] + 1
         else:
-            jid = uuid.uuid4().hex
+            jid = f"{_new_id_bits(128):032x}"
         now = now_ms()
         delay = stored.get("delay")
         state = {"id": jid, "name": name, "data": data, "opts": stored,
@@ -170,7 +189,7 @@ class TaskQueue(AdminMixin):
         return state, None
 
     def _body(self, s: dict, ep: int, a0: int = 0) -> bytes:
-        """The queue message of job state ``s`` (module docstring)."""
+        """The queue message of job state ``s`` (module docstring), for a retry or a promote."""
         doc = {"id": s["id"], "name": s["name"], "data": s.get("data"), "opts": s["opts"],
                "added_ms": s.get("added_ms"), "gen": s.get("gen", 0), "ep": ep}
         if a0:
@@ -192,6 +211,10 @@ class TaskQueue(AdminMixin):
         :meth:`upsert_job_scheduler`; its id is ``job_id`` or derived from the name and the
         repeat) and returns its first job (None if it has no tick left). Unknown options are
         InvalidArgument."""
+        if delay is None and backoff is None and job_id is None and timeout is None and repeat is None \
+                and not unknown and remove_on_complete is False and remove_on_fail is False \
+                and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
+            return self._add_many([(name, data, {})])[0]         # every option at its default
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
@@ -232,18 +255,36 @@ class TaskQueue(AdminMixin):
         if new:
             with self._ctl.shared():               # no admin operation between state and message
                 ep = self._ctl.epoch
-                bodies = [self._body(s, ep) for s in new]      # CodecError here: nothing stored
-                self.topic.log(0).append_batch([(encode_state(s), s["id"].encode(), None) for s in new])
+                encoded = []
+                for s in new:                      # CodecError here: nothing stored
+                    s["ep"] = ep
+                    # one encoding is both the job's first state record and its message's body
+                    # (the worker reads the body's id, name, data, opts, added_ms, gen and ep)
+                    encoded.append((s, bytes(self._codec.encode(s))))
+                lg = self.topic.log(0)
+                if len(encoded) == 1:              # add(): one record, not a batch of one
+                    lg.append(encoded[0][1], encoded[0][0]["id"].encode())
+                else:
+                    lg.append_batch([(body, s["id"].encode(), None) for s, body in encoded])
                 plain: dict[int, list] = {}
-                for s, body in zip(new, bodies):
+                for s, body in encoded:
                     o = s["opts"]
                     if o.get("delay") or "job_id" in o:
                         self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
                                            dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
                     else:
                         plain.setdefault(o["priority"], []).append(body)
-                for prio, group in plain.items():
-                    self.queue.publish_many(group, priority=prio)
+                for prio, bodies in plain.items():
+                    if len(bodies) == 1:
+                        self.queue.publish(bodies[0], priority=prio)
+                    else:
+                        self.queue.publish_many(bodies, priority=prio)
+            evs = []                               # last: a job is stored whatever happens to them
+            for s in new:
+                k = s["id"].encode()
+                evs.append((k, {"event": "added", "name": s["name"]}))
+                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
+            self._events.emit(evs)
         out, it = [], iter(new)
         for s, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)))
@@ -291,22 +332,42 @@ class TaskQueue(AdminMixin):
 
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict) -> int:
-        """Append a job state; returns its offset in the job-state topic."""
-        return self.topic.publish(encode_state(state), key=state["id"].encode()).offset
+    def _put(self, state: dict, events=()) -> int:
+        """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``;
+        returns the state record's offset in the job-state topic."""
+        key = state["id"].encode()
+        off = self.topic.log(0).append(encode_state(state), key)
+        if events:
+            self._events.emit([(key, v) for v in events])
+        return off
 
     def _remove_ids(self, ids: list[str]) -> None:
         """Remove these jobs from the job-state topic (a tombstone each, with the gen of a
-        job_id job this process knows)."""
+        job_id job this process knows; a ``removed`` event each)."""
         if not ids:
             return
         idx = self._index
         idx.refresh()
         gens = []
         for j in ids:
-            s = idx.get(j, refresh=False)
-            gens.append((j, s.get("gen", 0) if s is not None and "job_id" in s.get("opts", {}) else None))
+            s = idx.final(j)
+            gen = s.get("gen", 0) if s is not None and "job_id" in s.get("opts", {}) else None
+            gens.append((j, gen, None if s is None else s.get("state")))
         self._tombstones(gens)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self, *, since=None, offset: int | None = None) -> QueueEvents:
+        """This queue's events (:class:`fastq.QueueEvents`): new ones, or replayed from
+        ``since`` (seconds since the epoch, or a datetime) or an ``offset``."""
+        return QueueEvents(self, since=since, offset=offset)
+
+    def _listeners(self) -> JobListeners:
+        with self._listeners_lock:
+            if self._job_listeners is None:
+                self._check_open()
+                self._job_listeners = JobListeners(self)
+            return self._job_listeners
 
     def _check_open(self) -> None:
         if self._closed or self.broker.closed:
@@ -317,9 +378,12 @@ class TaskQueue(AdminMixin):
         return self._closed or self.broker.closed
 
     def close(self) -> None:
-        """Forget this handle (the broker owns the queue and topics). Idempotent."""
+        """Forget this handle (the broker owns the queue and topics) and stop the thread
+        of ``job.on`` listeners, if any. Idempotent."""
         self._closed = True
         self._ctl.close()
+        if self._job_listeners is not None:
+            self._job_listeners.close()
 
     def __enter__(self) -> "TaskQueue":
         return self

@@ -1,0 +1,185 @@
+"""The task queue (``TaskQueue`` + ``Worker``, issue 16) in one process, beside the message
+queue it is built on, measured in the same run.
+
+Measured, with no-op jobs whose data is ``{"i": n}`` (durability "os"; jobs/s in
+``extra_info``, ratios printed at the end); every round gets a fresh task queue:
+- ``TaskQueue.add`` one job per call, and ``add_bulk`` of 1,000;
+- one ``Worker`` (one thread) completing jobs added beforehand (the adds are outside the
+  timed region): from its construction until the handler has run for the last job;
+- the baselines: ``Queue.publish`` of a message of the size of a job's (one per call and
+  ``publish_many`` of 1,000), and ``receive(32)`` + ``ack()`` per message — the queue
+  operations a job's add and run are built on; what the task queue adds is job states (a
+  record per transition in a compacted topic), ids, options and the handler call.
+Cross-process numbers (add, then ONE worker process completes; delayed-job lateness) and
+the peers (Huey on SQLite, the Python BullMQ) are ``fastq bench --scenario tasks --compare``.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import threading
+
+import pytest
+
+import fastq
+from conftest import add_ratio, record
+
+N = 100_000                     # jobs per round: about a second on the development VM
+BULK = 1000
+ROUNDS = 3
+JOB_BYTES = 160                 # about the size of a no-op job's message (id, name, data, opts)
+PAYLOAD = b"j" * JOB_BYTES
+
+# What a job costs over the queue message it travels in. The bars are floors under the
+# first version's ratios (three runs on 2026-12-06, 04:39-04:55 UTC, load average 2-4 on the
+# 2-core VM: 0.11-0.13, 0.06-0.08, 0.08-0.16; with task events, 05:20 UTC: 0.15, 0.11,
+# 0.07), so a regression shows; not targets.
+add_ratio("tasks add one-by-one / Queue.publish", "tasks_add_one", "tasks_base_publish_one", 0.08)
+add_ratio("tasks add_bulk(1000) / Queue.publish_many(1000)", "tasks_add_bulk", "tasks_base_publish_bulk", 0.04)
+add_ratio("tasks Worker completion / receive(32)+ack", "tasks_worker_complete", "tasks_base_receive_ack", 0.06)
+
+
+@pytest.fixture
+def broker():
+    d = tempfile.mkdtemp(prefix="fastq-bench-")
+    b = fastq.open(d)
+    yield b
+    b.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _fresh_tq(b, names):
+    return fastq.TaskQueue(f"t{next(names)}", b)
+
+
+def _fill(tq):
+    for i in range(0, N, BULK):
+        tq.add_bulk([("noop", {"i": j}) for j in range(i, min(i + BULK, N))])
+
+
+# -- adding ---------------------------------------------------------------------------------------
+
+def test_tasks_add_one(benchmark, broker):
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["tq"] = _fresh_tq(broker, names)
+
+    def run():
+        add = state["tq"].add
+        for i in range(N):
+            add("noop", {"i": i})
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["tq"].counts()["waiting"] == N
+    record(benchmark, "tasks_add_one", N, 0)
+
+
+def test_tasks_add_bulk(benchmark, broker):
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["tq"] = _fresh_tq(broker, names)
+
+    def run():
+        _fill(state["tq"])
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["tq"].counts()["waiting"] == N
+    record(benchmark, "tasks_add_bulk", N, 0)
+
+
+# -- running --------------------------------------------------------------------------------------
+
+def test_tasks_worker_complete(benchmark, broker):
+    """One Worker (one thread) completes N no-op jobs added beforehand."""
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["tq"] = tq = _fresh_tq(broker, names)
+        _fill(tq)
+
+    def run():
+        done, count = threading.Event(), [0]
+
+        def handler(job):
+            count[0] += 1
+            if count[0] >= N:
+                done.set()
+
+        w = fastq.Worker(state["tq"], handler)
+        assert done.wait(120), f"completed {count[0]} of {N}"
+        w.close()
+        state["w"] = w
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["w"].completed == N
+    assert state["tq"].counts()["completed"] == N
+    record(benchmark, "tasks_worker_complete", N, 0)
+
+
+# -- baselines: the queue underneath --------------------------------------------------------------
+
+def _fresh_q(b, names):
+    return b.queue(f"q{next(names)}", codec="raw")
+
+
+def test_tasks_base_publish_one(benchmark, broker):
+    """Baseline: ``Queue.publish`` of a job-sized message per call."""
+    names, state = itertools.count(), {}
+
+    def setup():
+        state["q"] = _fresh_q(broker, names)
+
+    def run():
+        publish = state["q"].publish
+        for _ in range(N):
+            publish(PAYLOAD)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["q"].depth().ready == N
+    record(benchmark, "tasks_base_publish_one", N, JOB_BYTES)
+
+
+def test_tasks_base_publish_bulk(benchmark, broker):
+    names, state = itertools.count(), {}
+    msgs = [PAYLOAD] * BULK
+
+    def setup():
+        state["q"] = _fresh_q(broker, names)
+
+    def run():
+        publish_many = state["q"].publish_many
+        for _ in range(N // BULK):
+            publish_many(msgs)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert state["q"].depth().ready == N
+    record(benchmark, "tasks_base_publish_bulk", N, JOB_BYTES)
+
+
+def test_tasks_base_receive_ack(benchmark, broker):
+    """Baseline: ``receive(32)`` + ``ack()`` per message (the worker's batch and settle)."""
+    names, state = itertools.count(), {}
+    msgs = [PAYLOAD] * BULK
+
+    def setup():
+        state["q"] = q = _fresh_q(broker, names)
+        for _ in range(N // BULK):
+            q.publish_many(msgs)
+
+    def run():
+        receive = state["q"].receive
+        got = 0
+        while got < N:
+            batch = receive(32, wait=0)
+            assert batch, f"got {got} of {N}"
+            for m in batch:
+                m.ack()
+            got += len(batch)
+
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    d = state["q"].depth()
+    assert d.ready == d.in_flight == 0, d
+    record(benchmark, "tasks_base_receive_ack", N, JOB_BYTES)
