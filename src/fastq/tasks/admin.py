@@ -194,9 +194,10 @@ class AdminMixin:
 
     # -- removing ------------------------------------------------------------------------------
 
-    def _bump(self, op: str) -> int:
-        """Move the admin epoch on (the caller holds the lock exclusively); the new epoch."""
-        return self._ctl.bump(op, self.topic.log(0).end_offset)
+    def _op(self, op: str):
+        """An admin operation: the admin lock exclusively, its begin record (the epoch moves
+        before it reads anything), and its done record at the end, however it ends."""
+        return self._ctl.operation(op, self.topic.log(0).end_offset)
 
     def _remove_states(self, states: list[dict]) -> None:
         """Remove these jobs: a tombstone each (see :meth:`_tombstones`)."""
@@ -223,8 +224,7 @@ class AdminMixin:
         if not isinstance(job_id, str):
             raise InvalidArgument(f"job_id must be a str, got {job_id!r}")
         self._check_open()
-        with self._ctl.exclusive():
-            self._bump("remove")              # before reading: see _begin
+        with self._op("remove"):              # the epoch moves before it reads: see _begin
             s = self._index.get(job_id)
             if s is None:
                 raise UnknownJob(f"no job {job_id!r} in task queue {self.name!r}")
@@ -240,8 +240,7 @@ class AdminMixin:
             raise InvalidArgument(f"delayed must be True or False, got {delayed!r}")
         self._check_open()
         want = {"waiting", "prioritized", "paused"} | ({"delayed"} if delayed else set())
-        with self._ctl.exclusive():
-            self._bump("drain")
+        with self._op("drain"):
             doomed = [s for _, _, s in self._select(want)]
             self._remove_states(doomed)
         return len(doomed)
@@ -260,8 +259,7 @@ class AdminMixin:
                                   f"one of {list(CLEAN_STATES)}")
         want = _states(state, CLEAN_STATES, "clean")
         self._check_open()
-        with self._ctl.exclusive():
-            self._bump("clean")
+        with self._op("clean"):
             cutoff = now_ms() - int(grace * 1000)
             rows = []
             for _, j, s in self._select(want):
@@ -285,8 +283,7 @@ class AdminMixin:
         self._check_open()
         idx = self._index
         lg = self.topic.log(0)
-        with self._ctl.exclusive():
-            self._bump("obliterate")
+        with self._op("obliterate"):
             idx.refresh()
             with idx._lock:
                 active = list(idx.by_state["active"])
@@ -307,6 +304,11 @@ class AdminMixin:
             self._remove_states(doomed)            # readers of any position see the removals
             self._tombstones([(j, g, None) for j, g in keep_gens.items()], events=False)   # gens outlive the old segments
             self.queue.purge()
+            idx.refresh()                          # jobs added (without the lock) before the purge ended
+            with idx._lock:
+                late = list(idx.jobs.values())
+                before.update(idx.jobs)
+            self._remove_states(late)              # their messages may be purged: they go too
             lg.delete_before(base)
             if self._ctl.paused():
                 self._ctl.set_paused(False)
@@ -370,8 +372,7 @@ class AdminMixin:
         keeps its attempts made. Returns the promoted ids."""
         count = _int("count", count, 1, none_ok=True)
         self._check_open()
-        with self._ctl.exclusive():
-            ep = self._bump("promote")        # before reading (see _begin); the old delayed messages are stale
+        with self._op("promote") as ep:      # before reading (see _begin); the old delayed messages are stale
             if job_id is not None:
                 s = self._index.get(job_id)
                 if s is None:

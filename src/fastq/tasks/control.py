@@ -11,16 +11,21 @@ a UTF-8 name, value = msgspec JSON. Two keys:
   removes jobs or makes a job's queue message stale (remove, drain, clean, obliterate,
   promote) *before* it reads or changes anything, to move the epoch on; ``at`` is the
   job-state topic's end offset just before, below which the operation writes nothing (a
-  worker checking what the operations since its epoch did reads from there).
+  worker checking what the operations since its epoch did reads from there);
+- ``done``: ``{"op": str, "ms": int}`` — written when that operation ends, however it
+  ends. An ``op`` with no ``done`` after it is an operation under way (or killed midway:
+  then until the next one is done).
 
 The control topic's end offset is the **admin epoch**: it only grows (compaction keeps
 offsets), so "the epoch did not move" means "no admin operation started". ``add`` stores
-the epoch it saw in each job message (``ep``).
+the epoch it saw in each job message (``ep``) — or -1 while an operation is under way, so
+that no message published during one is ever admitted on a worker's fast path.
 
 ``<broker>/tasks/<name>/admin.lock`` — the **admin lock** (an flock): admin operations
-hold it exclusively, from their epoch record (written before they read any job state)
-to their last write; ``add`` holds it shared from reading the epoch to publishing the
-messages, so an admin operation never sees a job whose message is not published yet.
+hold it exclusively, from their ``op`` record (written before they read any job state)
+to their ``done`` record; a worker admitting a message off its fast path holds it shared.
+``add`` takes no lock: a job added while an operation runs carries ``ep`` -1, or an epoch
+the operation moves on, so workers check it against its state after the operation.
 The kernel releases an flock when its process dies, so a kill -9 never leaves it held.
 
 How a worker admits a job (:meth:`fastq.tasks.admin.AdminMixin._begin`): a first delivery
@@ -67,6 +72,7 @@ TASKS_DIR = "tasks"
 LOCK_FILE = "admin.lock"
 KEY_PAUSED = b"paused"
 KEY_OP = b"op"
+KEY_DONE = b"done"
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -85,6 +91,7 @@ class Control:
         self._mutex = threading.Lock()
         self._seen = 0                      # control records read up to here
         self._paused = False
+        self._busy = False                  # the last op record read has no done record after it
         self._pool: list[int] = []          # unlocked fds for shared holders
         self._closed = False
 
@@ -105,7 +112,12 @@ class Control:
             if pos >= end:
                 return
             for rec in lg.read(pos, end):
-                if rec.key is not None and bytes(rec.key) == KEY_PAUSED and rec.value is not None:
+                key = None if rec.key is None else bytes(rec.key)
+                if key == KEY_OP:
+                    self._busy = True
+                elif key == KEY_DONE:
+                    self._busy = False
+                if key == KEY_PAUSED and rec.value is not None:
                     try:
                         v = _dec.decode(rec.value)
                         self._paused = bool(v["paused"])
@@ -151,6 +163,26 @@ class Control:
             return 0
         return low
 
+    def add_epoch(self) -> int:
+        """The epoch an ``add`` stores in its messages: the current one, or -1 (never a
+        worker's fast path) while an admin operation is under way — begun, not done — or
+        was killed midway (until the next one is done)."""
+        e = self.log.end_offset
+        if e != self._seen:
+            self._catch_up()
+        return -1 if self._busy else e
+
+    @contextlib.contextmanager
+    def operation(self, op: str, at: int) -> Iterator[int]:
+        """An admin operation: hold the lock exclusively, write its begin record (yields
+        the new epoch), and its done record when the block ends, however it ends."""
+        with self.exclusive():
+            ep = self.bump(op, at)
+            try:
+                yield ep
+            finally:
+                self.log.append(_enc.encode({"op": op, "ms": int(time.time() * 1000)}), KEY_DONE)
+
     def wait_change(self, timeout: float) -> bool:
         """Block until a control record is appended past what was read, or ``timeout``."""
         return self.topic.wait_any({0: max(self._seen, self.log.end_offset)}, timeout)
@@ -162,7 +194,7 @@ class Control:
             return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def shared(self) -> "_Shared":
-        """Hold the admin lock shared (add; a worker's admission off its fast path):
+        """Hold the admin lock shared (a worker's admission off its fast path, retention):
         ``with ctl.shared(): ...``. Uncontended it costs two flock calls."""
         return _Shared(self)
 

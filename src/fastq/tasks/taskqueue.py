@@ -14,9 +14,10 @@ A task queue ``name`` is two things in the broker:
   pause flag and the admin epoch (see :mod:`fastq.tasks.control`).
 
 ``add`` writes the job's first state, then publishes its message: a worker's "active"
-can never be overwritten by the "waiting" that came before it. It holds the admin lock
-shared for both, so an admin operation (:mod:`fastq.tasks.admin`) never sees a job with
-a state and no message yet.
+can never be overwritten by the "waiting" that came before it. It takes no lock: its
+messages carry the admin epoch it saw (``ep``; -1 while an admin operation is under way),
+and a worker checks a message against the job state whenever the epoch moved since
+(:mod:`fastq.tasks.control`).
 
 A job message is msgspec JSON: ``id``, ``name``, ``data``, ``opts``, ``added_ms``, ``gen``
 (the job incarnation it runs: a message whose ``gen`` is not the job state's is stale and
@@ -253,32 +254,31 @@ class TaskQueue(AdminMixin):
             prepared.append((st, existing))
         new = [s for s, existing in prepared if existing is None]
         if new:
-            with self._ctl.shared():               # no admin operation between state and message
-                ep = self._ctl.epoch
-                encoded = []
-                for s in new:                      # CodecError here: nothing stored
-                    s["ep"] = ep
-                    # one encoding is both the job's first state record and its message's body
-                    # (the worker reads the body's id, name, data, opts, added_ms, gen and ep)
-                    encoded.append((s, bytes(self._codec.encode(s))))
-                lg = self.topic.log(0)
-                if len(encoded) == 1:              # add(): one record, not a batch of one
-                    lg.append(encoded[0][1], encoded[0][0]["id"].encode())
+            ep = self._ctl.add_epoch()             # -1 while an admin operation is under way
+            encoded = []
+            for s in new:                      # CodecError here: nothing stored
+                s["ep"] = ep
+                # one encoding is both the job's first state record and its message's body
+                # (the worker reads the body's id, name, data, opts, added_ms, gen and ep)
+                encoded.append((s, bytes(self._codec.encode(s))))
+            lg = self.topic.log(0)
+            if len(encoded) == 1:              # add(): one record, not a batch of one
+                lg.append(encoded[0][1], encoded[0][0]["id"].encode())
+            else:
+                lg.append_batch([(body, s["id"].encode(), None) for s, body in encoded])
+            plain: dict[int, list] = {}
+            for s, body in encoded:
+                o = s["opts"]
+                if o.get("delay") or "job_id" in o:
+                    self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
+                                       dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
                 else:
-                    lg.append_batch([(body, s["id"].encode(), None) for s, body in encoded])
-                plain: dict[int, list] = {}
-                for s, body in encoded:
-                    o = s["opts"]
-                    if o.get("delay") or "job_id" in o:
-                        self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
-                                           dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
-                    else:
-                        plain.setdefault(o["priority"], []).append(body)
-                for prio, bodies in plain.items():
-                    if len(bodies) == 1:
-                        self.queue.publish(bodies[0], priority=prio)
-                    else:
-                        self.queue.publish_many(bodies, priority=prio)
+                    plain.setdefault(o["priority"], []).append(body)
+            for prio, bodies in plain.items():
+                if len(bodies) == 1:
+                    self.queue.publish(bodies[0], priority=prio)
+                else:
+                    self.queue.publish_many(bodies, priority=prio)
             evs = []                               # last: a job is stored whatever happens to them
             for s in new:
                 k = s["id"].encode()
