@@ -114,6 +114,12 @@ static inline uint8_t *put_bytes(uint8_t *p, const uint8_t *src, int32_t len) {
 
 int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                         const fq_record_in *recs, int32_t n) {
+    return fq_batch_encode_producer(dst, cap, base_offset, attributes, -1, -1, -1, recs, n);
+}
+
+int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
+                                 int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
+                                 const fq_record_in *recs, int32_t n) {
     if (n < 1 || !recs || !dst) return FQ_EINVAL;
     /* fastq writes records uncompressed; a compression bit would mislabel them */
     if (attributes & FQ_ATTR_COMPRESSION_MASK) return FQ_EINVAL;
@@ -152,9 +158,9 @@ int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t a
     fq_be_put32(dst + FQ_BATCH_OFF_LAST_OFFSET_DELTA, (uint32_t)(n - 1));
     fq_be_put64(dst + FQ_BATCH_OFF_BASE_TIMESTAMP, (uint64_t)base_ts);
     fq_be_put64(dst + FQ_BATCH_OFF_MAX_TIMESTAMP, (uint64_t)max_ts);
-    fq_be_put64(dst + FQ_BATCH_OFF_PRODUCER_ID, UINT64_MAX);     /* -1 */
-    fq_be_put16(dst + FQ_BATCH_OFF_PRODUCER_EPOCH, UINT16_MAX);  /* -1 */
-    fq_be_put32(dst + FQ_BATCH_OFF_BASE_SEQUENCE, UINT32_MAX);   /* -1 */
+    fq_be_put64(dst + FQ_BATCH_OFF_PRODUCER_ID, (uint64_t)producer_id);
+    fq_be_put16(dst + FQ_BATCH_OFF_PRODUCER_EPOCH, (uint16_t)producer_epoch);
+    fq_be_put32(dst + FQ_BATCH_OFF_BASE_SEQUENCE, (uint32_t)base_sequence);
     fq_be_put32(dst + FQ_BATCH_OFF_RECORD_COUNT, (uint32_t)n);
     uint32_t crc = fq_crc32c(0, dst + FQ_BATCH_OFF_ATTRIBUTES,
                              (size_t)(total - FQ_BATCH_OFF_ATTRIBUTES));

@@ -13,9 +13,9 @@
  *   23  4   lastOffsetDelta       int32
  *   27  8   baseTimestamp         int64   (Kafka calls it firstTimestamp)
  *   35  8   maxTimestamp          int64
- *   43  8   producerId            int64   (-1)
+ *   43  8   producerId            int64   (-1: no idempotent producer; see fq_producer.h)
  *   51  2   producerEpoch         int16   (-1)
- *   53  4   baseSequence          int32   (-1)
+ *   53  4   baseSequence          int32   (-1; else the first record's sequence)
  *   57  4   recordCount           int32
  *   61  ... records
  *
@@ -122,6 +122,12 @@ int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int
  * (including compression bits in attributes: fastq writes uncompressed records). */
 int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                         const fq_record_in *recs, int32_t n);
+
+/* fq_batch_encode with the idempotent producer's fields (KIP-98): producerId,
+ * producerEpoch and baseSequence as given (-1, -1, -1 for none; see fq_producer.h). */
+int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
+                                 int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
+                                 const fq_record_in *recs, int32_t n);
 
 /* Rewrite the baseOffset field (outside the CRC). */
 void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset);

@@ -12,18 +12,19 @@ layout (described above ``Ring._put_record`` in fastq/_ring.pyx).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from fastq._core._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_batch_size, fq_header, fq_record_in
 from fastq._core._ring cimport OP_GET, FrameView, Ring, _frame_header, _frame_view, _raise_status
-from fastq._core._storage cimport LogCore, RecordMetadata, RecScratch, fq_kafka_partition
+from fastq._core._storage cimport (IdemResult, LogCore, RecordMetadata, RecScratch, SharedWord, fq_kafka_partition,
+                                   idem_many, idem_one)
 
 import random
 
 from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, UsedAfterFork
-from fastq._core._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
+from fastq._core._storage import STICKY_BATCH_BYTES, _producer_entry, key_bytes as _key_bytes
 
-__all__ = ["ProducerCore", "memory_publish"]
+__all__ = ["ProducerCore", "IdempotentCore", "memory_publish"]
 
 cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
 
@@ -458,6 +459,111 @@ cdef class ProducerCore:
             raise RecordTooLarge(f"record of {size} encoded bytes exceeds max_record_bytes={limit} "
                                  f"of topic {self.topic.name!r}: not sent (nothing was queued)")
         return 0
+
+
+cdef class IdempotentCore(ProducerCore):
+    """The hot path of fastq.broker.producer.IdempotentProducer: each ``publish`` is one
+    batch stamped with the producer id, the epoch and the partition's next sequence,
+    appended by the log's idempotent append (``_storage.idem_one``), which stores a
+    retry of a stored batch once and answers with the original offset. The partition
+    is chosen as ``ProducerCore.send`` chooses it; no ring, no linger."""
+    cdef public int64_t producer_id      # stamped into every batch
+    cdef public int16_t epoch            # this instance's epoch
+    cdef public SharedWord _fence        # the transactional id's epoch word, or None
+    cdef public int64_t duplicates       # publishes answered from a stored batch
+    cdef list _next                      # partition -> next sequence, None: ask the log
+
+    def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
+        self.topic = topic
+        self._log_of = topic.log
+        self._ring = None
+        self._held = []
+        self._max_record = topic.config["max_record_bytes"]
+        self.producer_id = producer_id
+        self.epoch = epoch
+        self._fence = fence
+        self._next = [None] * topic.partitions
+        self._sticky = -1
+        self._closed = False
+
+    cdef int32_t _seq_for(self, int32_t p, LogCore lg, object sequence) except -1:
+        """`sequence` if given (checked), else the partition's next one (asked of the
+        log, under its writer lock, when unknown: after an open or a failed publish)."""
+        if sequence is not None:
+            if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < (1 << 31):
+                raise InvalidArgument(f"sequence must be an int in [0, 2**31), got {sequence!r}")
+            return sequence
+        v = self._next[p]
+        if v is None:
+            e = _producer_entry(lg, self.producer_id)
+            v = 0 if e is None else e.next_sequence
+            self._next[p] = v
+        return v
+
+    cdef int _failed(self, int32_t p, int32_t seq, object err) except -1:
+        """A publish raised: its outcome may be unknown (appended, then the fsync or the
+        wait for it failed), so the next sequence is asked of the log again. The error
+        says which (partition, sequence) to retry with: ``err.partition`` and
+        ``err.sequence``."""
+        self._next[p] = None
+        try:
+            err.partition = p
+            err.sequence = seq
+        except AttributeError:
+            pass
+        return 0
+
+    def publish(self, value, *, key=None, headers=None, partition=None, timestamp=None, sequence=None):
+        """Append one record as one idempotent batch; returns its RecordMetadata — for a
+        retry of a batch already stored (same ``sequence``), the original's, and
+        nothing is appended. ``sequence``: this record's sequence in the partition
+        (default: the next one); pass the one a failed publish raised with
+        (``err.sequence``, ``err.partition``) to retry it. Raises ProducerFenced,
+        OutOfOrderSequence, and what ``Topic.publish`` raises."""
+        cdef IdemResult r
+        cdef int32_t p, seq
+        cdef LogCore lg
+        cdef RecordMetadata m
+        self._check_usable()
+        p = self._partition_for(value, key, partition)
+        lg = self._log_of(p)
+        seq = self._seq_for(p, lg, sequence)
+        try:
+            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r)
+        except BaseException as e:
+            self._failed(p, seq, e)
+            raise
+        self._next[p] = r.next_seq
+        if r.duplicate:
+            self.duplicates += 1
+        m = RecordMetadata.__new__(RecordMetadata)
+        m.topic = self.topic.name
+        m.partition = p
+        m.offset = r.offset
+        m.timestamp = r.timestamp
+        return m
+
+    def _publish_many(self, values, key, headers, partition, timestamp, sequence):
+        """publish_many's core: ``(partition, base_offset, count, timestamp)``."""
+        cdef IdemResult r
+        cdef int32_t p, seq
+        cdef int n
+        cdef LogCore lg
+        self._check_usable()
+        p = self._partition_for(b"", key, partition) if key is not None or partition is not None \
+            else self._next_sticky(self.topic.partitions)
+        lg = self._log_of(p)
+        seq = self._seq_for(p, lg, sequence)
+        try:
+            n = idem_many(lg, values, key, headers, timestamp, self.producer_id, self.epoch, seq,
+                          self._fence, &r)
+        except BaseException as e:
+            self._failed(p, seq, e)
+            raise
+        self._next[p] = r.next_seq
+        if r.duplicate:
+            self.duplicates += 1
+        return p, r.offset, n, r.timestamp
 
 
 cdef uint8_t _DUMMY_BYTE = 0

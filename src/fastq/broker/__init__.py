@@ -22,9 +22,9 @@ from .broker import Broker, open
 from .config import validate_name
 from .consumer import Consumer
 from .memtopic import MemoryTopic
-from .producer import Producer
+from .producer import IdempotentProducer, Producer
 from .topic import BatchMetadata, Topic
 
 __all__ = ["Broker", "open", "Topic", "MemoryTopic", "Producer", "Consumer", "RecordMetadata", "BatchMetadata",
            "validate_name", "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-           "AsyncProducer"]
+           "AsyncProducer", "IdempotentProducer"]

@@ -69,6 +69,7 @@ from ..errors import (
     Timeout,
     UsedAfterFork,
 )
+from . import producer_state
 from ._process import PRETOUCHER, fork_registry
 from ._recovery import RecoveryMixin
 from .columns import ColumnsMixin
@@ -508,7 +509,33 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
             self._active = seg
             self._gen = gen
             self._active_created_ms = int(time.time() * 1000)
+            self._snapshot_producers_locked(s["next_offset"])
             self._enforce_retention_locked()
+
+    # -- idempotent producers -----------------------------------------------------------
+
+    def _load_producer_state(self) -> _storage.ProducerState:
+        """Writer lock held (called from the idempotent append path): a new producer
+        state from the newest usable snapshot, else empty at the log start; the caller
+        reads the batches after it (see fastq.log.producer_state)."""
+        return producer_state.load(self.path, self.end_offset, self.start_offset)
+
+    def _snapshot_producers_locked(self, offset: int) -> None:
+        """At a roll (writer lock held, the log ends at ``offset``): snapshot the producer
+        state, if this process has one. Best effort: a failure costs a longer rebuild."""
+        state = _storage._producer_state_locked(self)
+        if state is not None and state.scanned_to == offset:
+            producer_state.write(self.path, state, offset, sync=bool(self._durability))
+
+    def producer_state(self) -> _storage.ProducerState:
+        """The idempotent producers' state of this log, brought up to its end (a copy's
+        worth of diagnostics: ``get(producer_id)`` gives a PEntry)."""
+        self._lock_py()
+        try:
+            _storage._producer_entry_locked(self, -1)      # builds it, brings it up to date
+            return self._pstate
+        finally:
+            self._unlock_py()
 
     def roll(self) -> None:
         """Seal the active segment now (if it holds any data) and start a new one."""
