@@ -26,6 +26,8 @@ from .._core._producer import IdempotentCore, ProducerCore
 from .._core._ring import Ring
 from .._core._storage import RecordMetadata, _producer_entry
 from ..errors import Closed, InvalidArgument, RingFull, UsedAfterFork
+from .idempotence import allocate_producer_id, open_transactional
+from .metadata import BatchMetadata
 
 __all__ = ["Producer", "IdempotentProducer"]
 
@@ -291,7 +293,6 @@ class IdempotentProducer(IdempotentCore):
     """
 
     def __init__(self, topic, *, transactional_id: str | None = None):
-        from .idempotence import allocate_producer_id, open_transactional
         path = topic.broker.path
         if transactional_id is None:
             pid, epoch, fence = allocate_producer_id(path), 0, None
@@ -306,7 +307,6 @@ class IdempotentProducer(IdempotentCore):
         ``sequence``, default the next); returns a :class:`fastq.BatchMetadata` — the
         original's for a retry. The batch must fit ``max_record_bytes`` (an idempotent
         batch is never split)."""
-        from .topic import BatchMetadata
         if timestamp is None:
             timestamp = int(time.time() * 1000)
         p, base, n, ts = self._publish_many(values, key, headers, partition, timestamp, sequence)

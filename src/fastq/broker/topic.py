@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .._core import _storage
 from ..errors import Closed, InvalidArgument, ReadOnly, UsedAfterFork
@@ -20,6 +20,7 @@ from ..log.columns import DEFAULT_MAX_RECORDS, Columns
 from ..log.compaction import compact_log
 from ..log.log import Log, Record
 from .consumer import Consumer
+from .metadata import BatchMetadata
 from .producer import IdempotentProducer, Producer
 
 if TYPE_CHECKING:
@@ -31,24 +32,6 @@ STICKY_BATCH_BYTES = _storage.STICKY_BATCH_BYTES   # Kafka's batch.size: unkeyed
 
 
 RecordMetadata = _storage.RecordMetadata   # (topic, partition, offset, timestamp), tuple-like
-
-
-class BatchMetadata(NamedTuple):
-    """Where a batch published with ``publish_many`` landed: ``count`` records at
-    consecutive offsets from ``base_offset``. Iterate for one RecordMetadata each."""
-
-    topic: str
-    partition: int
-    base_offset: int
-    count: int
-    timestamp: int
-
-    @property
-    def offsets(self) -> range:
-        return range(self.base_offset, self.base_offset + self.count)
-
-    def records(self) -> list[RecordMetadata]:
-        return [RecordMetadata(self.topic, self.partition, o, self.timestamp) for o in self.offsets]
 
 
 _key_bytes = _storage.key_bytes
