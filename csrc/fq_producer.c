@@ -3,8 +3,8 @@
 
 #include <stddef.h>
 
-int fq_pentry_check(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
-                    const fq_pbatch **dup) {
+int fq_pentry_check_slow(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                         const fq_pbatch **dup) {
     if (!e || e->count == 0) return FQ_PSEQ_APPEND;
     if (epoch < e->epoch) return FQ_PSEQ_FENCED;
     for (int i = 0; i < e->count; i++) {
@@ -21,17 +21,4 @@ int fq_pentry_check(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_
 int32_t fq_pentry_next_seq(const fq_pentry *e) {
     if (!e || e->count == 0) return -1;
     return fq_seq_next(e->batches[e->head].last_seq);
-}
-
-void fq_pentry_record(fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
-                      int64_t base_offset, int64_t max_timestamp) {
-    if (e->count > 0 && epoch < e->epoch) return;
-    e->epoch = epoch;
-    int16_t at = e->count == 0 ? 0 : (int16_t)((e->head + 1) % FQ_PRODUCER_BATCHES);
-    e->batches[at].first_seq = first_seq;
-    e->batches[at].last_seq = last_seq;
-    e->batches[at].base_offset = base_offset;
-    e->batches[at].max_timestamp = max_timestamp;
-    e->head = at;
-    if (e->count < FQ_PRODUCER_BATCHES) e->count++;
 }

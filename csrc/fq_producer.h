@@ -58,18 +58,38 @@ typedef struct fq_pentry {
 static inline int32_t fq_seq_next(int32_t seq) { return seq == INT32_MAX ? 0 : seq + 1; }
 /* The last sequence of a batch of `count` >= 1 records starting at `first`. */
 static inline int32_t fq_seq_last(int32_t first, int32_t count) {
-    return (int32_t)(((int64_t)first + count - 1) % ((int64_t)INT32_MAX + 1));
+    int64_t last = (int64_t)first + count - 1;
+    return (int32_t)(last > INT32_MAX ? last - INT32_MAX - 1 : last);
 }
 
+/* fq_pentry_check's slow path: a retry, a gap, or a fenced epoch. */
+int fq_pentry_check_slow(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                         const fq_pbatch **dup);
+
 /* Judge a batch (epoch, first..last) against entry `e` (NULL: an unknown producer).
- * Returns an FQ_PSEQ_* code; for FQ_PSEQ_DUPLICATE, *dup points at the cached batch. */
-int fq_pentry_check(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
-                    const fq_pbatch **dup);
+ * Returns an FQ_PSEQ_* code; for FQ_PSEQ_DUPLICATE, *dup points at the cached batch.
+ * Inline: the next batch of the current epoch is every append's case. */
+static inline int fq_pentry_check(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                                  const fq_pbatch **dup) {
+    if (!e || e->count == 0) return FQ_PSEQ_APPEND;
+    if (epoch == e->epoch && first_seq == fq_seq_next(e->batches[e->head].last_seq)) return FQ_PSEQ_APPEND;
+    return fq_pentry_check_slow(e, epoch, first_seq, last_seq, dup);
+}
 /* The sequence the producer's next batch must start with (-1 for an empty entry). */
 int32_t fq_pentry_next_seq(const fq_pentry *e);
 /* Record a stored batch (appended now, or found in the log) in `e`. A batch of an older
  * epoch than the entry's, found while rebuilding, changes nothing. */
-void fq_pentry_record(fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
-                      int64_t base_offset, int64_t max_timestamp);
+static inline void fq_pentry_record(fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                                    int64_t base_offset, int64_t max_timestamp) {
+    if (e->count > 0 && epoch < e->epoch) return;
+    e->epoch = epoch;
+    int16_t at = e->count == 0 ? 0 : (int16_t)((e->head + 1) % FQ_PRODUCER_BATCHES);
+    e->batches[at].first_seq = first_seq;
+    e->batches[at].last_seq = last_seq;
+    e->batches[at].base_offset = base_offset;
+    e->batches[at].max_timestamp = max_timestamp;
+    e->head = at;
+    if (e->count < FQ_PRODUCER_BATCHES) e->count++;
+}
 
 #endif

@@ -16,8 +16,8 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from fastq._core._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_batch_size, fq_header, fq_record_in
 from fastq._core._ring cimport OP_GET, FrameView, Ring, _frame_header, _frame_view, _raise_status
-from fastq._core._storage cimport (IdemResult, LogCore, RecordMetadata, RecScratch, SharedWord, fq_kafka_partition,
-                                   idem_many, idem_one)
+from fastq._core._storage cimport (IdemResult, LogCore, RecordMetadata, RecScratch, SharedWord, TopicCore,
+                                   fq_kafka_partition, idem_many, idem_one)
 
 import random
 
@@ -83,6 +83,7 @@ cdef class ProducerCore:
     cdef int32_t _sticky                 # this producer's sticky partition (unkeyed records)
     cdef int64_t _sticky_bytes           # bytes sent to it since it was chosen
     cdef object _log_of                  # topic.log
+    cdef int32_t _nparts                 # topic.partitions
 
     def __cinit__(self, *args, **kwargs):     # the Python subclass takes the arguments
         self._closed = True
@@ -97,6 +98,7 @@ cdef class ProducerCore:
         self._sticky = -1
         self._held = []
         self._max_record = topic.config["max_record_bytes"]
+        self._nparts = topic.partitions
 
     cdef int32_t _next_sticky(self, int32_t nparts) except -1:
         """Kafka's sticky partitioner: after ~batch.size bytes, move to another partition."""
@@ -118,14 +120,16 @@ cdef class ProducerCore:
         if partition is None and key is None:
             self._sticky_bytes += PyBytes_GET_SIZE(value) if type(value) is bytes else _STICKY_BYTES
             if self._sticky < 0 or self._sticky_bytes >= _STICKY_BYTES:
-                self._next_sticky(self.topic.partitions)
+                self._next_sticky(self._nparts)
             return self._sticky
         if partition is None:
             if type(key) is not bytes:
                 key = _key_bytes(key)
             return fq_kafka_partition(<const uint8_t *>PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key),
-                                      self.topic.partitions)
-        nparts = self.topic.partitions
+                                      self._nparts)
+        nparts = self._nparts
+        if type(partition) is int and 0 <= <long long>partition < nparts:   # the common case: no PyLong
+            return <int32_t><long long>partition
         if not isinstance(partition, int) or isinstance(partition, bool):
             raise InvalidArgument(f"partition must be an int, got {type(partition).__name__}")
         if not 0 <= partition < nparts:
@@ -471,41 +475,60 @@ cdef class IdempotentCore(ProducerCore):
     cdef public int16_t epoch            # this instance's epoch
     cdef public SharedWord _fence        # the transactional id's epoch word, or None
     cdef public int64_t duplicates       # publishes answered from a stored batch
-    cdef list _next                      # partition -> next sequence, None: ask the log
+    cdef object _pid                     # producer_id as a Python int (the state's dict key)
+    cdef object _name                    # the topic's name
+    cdef int64_t *_next                  # partition -> next sequence, -1: ask the log (_nparts of them)
+
+    def __dealloc__(self):
+        PyMem_Free(self._next)
 
     def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
+        cdef int32_t i
         self.topic = topic
         self._log_of = topic.log
         self._ring = None
         self._held = []
         self._max_record = topic.config["max_record_bytes"]
         self.producer_id = producer_id
+        self._pid = producer_id
+        self._name = topic.name
         self.epoch = epoch
         self._fence = fence
-        self._next = [None] * topic.partitions
+        self._nparts = topic.partitions
+        self._next = <int64_t *>PyMem_Malloc(self._nparts * sizeof(int64_t))
+        if self._next == NULL:
+            raise MemoryError()
+        for i in range(self._nparts):
+            self._next[i] = -1
         self._sticky = -1
         self._closed = False
+
+    cdef LogCore _log(self, int32_t p):
+        """The partition's log: the topic's cached one, else opened through topic.log."""
+        lg = (<TopicCore>self.topic)._logs[p]
+        return self._log_of(p) if lg is None else lg
 
     cdef int32_t _seq_for(self, int32_t p, LogCore lg, object sequence) except -1:
         """`sequence` if given (checked), else the partition's next one (asked of the
         log, under its writer lock, when unknown: after an open or a failed publish)."""
+        cdef int64_t v
         if sequence is not None:
             if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < (1 << 31):
                 raise InvalidArgument(f"sequence must be an int in [0, 2**31), got {sequence!r}")
             return sequence
         v = self._next[p]
-        if v is None:
+        if v < 0:
             e = _producer_entry(lg, self.producer_id)
             v = 0 if e is None else e.next_sequence
             self._next[p] = v
-        return v
+        return <int32_t>v
 
     cdef int _failed(self, int32_t p, int32_t seq, object err) except -1:
         """A publish raised: its outcome may be unknown (appended, then the fsync or the
         wait for it failed), so the next sequence is asked of the log again. The error
         says which (partition, sequence) to retry with: ``err.partition`` and
         ``err.sequence``."""
-        self._next[p] = None
+        self._next[p] = -1
         try:
             err.partition = p
             err.sequence = seq
@@ -526,10 +549,10 @@ cdef class IdempotentCore(ProducerCore):
         cdef RecordMetadata m
         self._check_usable()
         p = self._partition_for(value, key, partition)
-        lg = self._log_of(p)
+        lg = self._log(p)
         seq = self._seq_for(p, lg, sequence)
         try:
-            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r)
+            idem_one(lg, value, key, headers, timestamp, self._pid, self.epoch, seq, self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)
             raise
@@ -537,7 +560,7 @@ cdef class IdempotentCore(ProducerCore):
         if r.duplicate:
             self.duplicates += 1
         m = RecordMetadata.__new__(RecordMetadata)
-        m.topic = self.topic.name
+        m.topic = self._name
         m.partition = p
         m.offset = r.offset
         m.timestamp = r.timestamp
@@ -551,11 +574,11 @@ cdef class IdempotentCore(ProducerCore):
         cdef LogCore lg
         self._check_usable()
         p = self._partition_for(b"", key, partition) if key is not None or partition is not None \
-            else self._next_sticky(self.topic.partitions)
-        lg = self._log_of(p)
+            else self._next_sticky(self._nparts)
+        lg = self._log(p)
         seq = self._seq_for(p, lg, sequence)
         try:
-            n = idem_many(lg, values, key, headers, timestamp, self.producer_id, self.epoch, seq,
+            n = idem_many(lg, values, key, headers, timestamp, self._pid, self.epoch, seq,
                           self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)

@@ -57,13 +57,20 @@ cdef class ProducerState:
         self.scanned_to = scanned_to
         self.loaded_from = loaded_from
 
-    cdef PEntry entry(self, int64_t pid):
-        """The entry of `pid`, created empty when missing."""
-        cdef PEntry e = self.entries.get(pid)
+    cdef PEntry entry(self, object pid):
+        """The entry of producer id `pid` (an int), created empty when missing. A
+        producer passes the same int object every time: the last one asked for is
+        recognized by identity, without the dict."""
+        cdef PEntry e
+        if pid is self._last_key:
+            return self._last
+        e = self.entries.get(pid)
         if e is None:
             e = PEntry.__new__(PEntry)
             e.e.producer_id = pid
             self.entries[pid] = e
+        self._last_key = pid
+        self._last = e
         return e
 
     cdef int apply(self, const uint8_t *h) except -1:
@@ -237,9 +244,9 @@ cdef int check_fence(SharedWord fence, int16_t epoch) except -1:
     return 0
 
 
-cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
+cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid, int16_t epoch,
                      int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
-    """Append recs[0:n] as ONE batch stamped (pid, epoch, first_seq), unless it is a retry
+    """Append recs[0:n] as ONE batch stamped (pid, an int, epoch, first_seq), unless it is a retry
     of a batch already stored (same producer id and sequence range): then nothing is
     appended and `out` names the original. Under one hold of the writer lock: the
     fence, the producer state brought up to date, the sequence rule, the append.
@@ -252,6 +259,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
     cdef fq_log_snapshot s
     cdef PEntry e
     cdef Segment seg
+    cdef int64_t pid64 = pid
     if n < 1:
         raise InvalidArgument("an idempotent append needs at least one record")
     if not 0 <= first_seq <= INT32_MAX:
@@ -276,7 +284,8 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
     try:
         if fence is not None:
             check_fence(fence, epoch)
-        pstate_sync_locked(lg)
+        if lg._pstate is None or lg._pstate.scanned_to != lg.st.next_offset:
+            pstate_sync_locked(lg)               # another process appended, or first use
         e = lg._pstate.entry(pid)
         rc = fq_pentry_check(&e.e, epoch, first_seq, last_seq, &dup)
         if rc == FQ_PSEQ_DUPLICATE:
@@ -299,7 +308,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
             lg._begin_locked(&s)
             first = s.next_offset
             seg = lg._active
-            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, 0, pid, epoch,
+            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, 0, pid64, epoch,
                                             first_seq, recs, n)
             if size < 0:
                 raise_status(size, "encode batch")
@@ -324,7 +333,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
     return 0
 
 
-cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
+cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, object pid,
                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
     """append_idem of one record (value, key, headers, timestamp as ``LogCore.append``)."""
     cdef fq_record_in rec
@@ -334,7 +343,7 @@ cdef int idem_one(LogCore lg, object value, object key, object headers, object t
     return append_idem(lg, &rec, 1, pid, epoch, first_seq, fence, out)
 
 
-cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
+cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, object pid,
                    int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
     """append_idem of many values as one batch (as ``LogCore.append_many``); returns how
     many records the batch holds."""
