@@ -418,3 +418,25 @@ def test_epochs_exhausted_gives_a_new_producer_id_and_fences_the_old(broker):
     assert values(t) == [b"a", b"b"]
     old.close()
     new.close()
+
+
+def test_send_appends_at_once_and_async_face(broker):
+    import asyncio
+    t = broker.topic("t")
+    p = t.producer(idempotent=True)
+    p.send(b"s", partition=0)                            # no accumulator: appended now
+    assert values(t) == [b"s"] and p._put_nowait(b"x") == -1 and p.flush() == 0
+    p.close()
+
+    async def main():
+        ab = fastq.AsyncBroker(broker)
+        at = await ab.topic("t")
+        async with at.producer(transactional_id="aio") as ap:
+            m = await ap.publish(b"a", partition=0)
+            again = await ap.publish(b"a", partition=0, sequence=await ap.next_sequence(0) - 1)
+            assert again == m and ap.duplicates == 1
+            b = await ap.publish_many([b"b", b"c"], partition=0)
+            assert b.offsets == range(2, 4)
+
+    asyncio.run(main())
+    assert values(t) == [b"s", b"a", b"b", b"c"]

@@ -536,6 +536,22 @@ cdef class IdempotentCore(ProducerCore):
             pass
         return 0
 
+    def send(self, value, *, key=None, headers=None, partition=None, timestamp=None):
+        """``publish`` that returns nothing (the batching producer's call): the record is
+        appended, as one idempotent batch, before this returns."""
+        self.publish(value, key=key, headers=headers, partition=partition, timestamp=timestamp)
+
+    def _put_nowait(self, value, key=None, headers=None, partition=None, timestamp=None):
+        """Nothing is ever queued without appending (there is no accumulator): -1."""
+        self._check_usable()
+        return -1
+
+    cdef inline void _settled(self, int32_t p, IdemResult *r) noexcept:
+        """A publish returned: the partition's next sequence, the duplicate count."""
+        self._next[p] = r.next_seq
+        if r.duplicate:
+            self.duplicates += 1
+
     def publish(self, value, *, key=None, headers=None, partition=None, timestamp=None, sequence=None):
         """Append one record as one idempotent batch; returns its RecordMetadata — for a
         retry of a batch already stored (same ``sequence``), the original's, and
@@ -556,9 +572,7 @@ cdef class IdempotentCore(ProducerCore):
         except BaseException as e:
             self._failed(p, seq, e)
             raise
-        self._next[p] = r.next_seq
-        if r.duplicate:
-            self.duplicates += 1
+        self._settled(p, &r)
         m = RecordMetadata.__new__(RecordMetadata)
         m.topic = self._name
         m.partition = p
@@ -583,9 +597,7 @@ cdef class IdempotentCore(ProducerCore):
         except BaseException as e:
             self._failed(p, seq, e)
             raise
-        self._next[p] = r.next_seq
-        if r.duplicate:
-            self.duplicates += 1
+        self._settled(p, &r)
         return p, r.offset, n, r.timestamp
 
 
