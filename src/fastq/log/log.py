@@ -321,6 +321,10 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
             if not (self._flags & FLAG_CLEAN and self._boot_id == boot and self._consistent()):
                 self._recover(trust_state=self._boot_id == boot, have_state=True)
         if first:
+            # a snapshot past the end describes batches the log no longer has (a tail lost
+            # to a power failure under "os"): once the log grew past it again it would
+            # pass for this history's
+            producer_state.drop_after(self.path, self.snapshot()["next_offset"])
             self._flags = self._flags & ~(FLAG_CLEAN | FLAG_CHECKED)
             self._boot_id = boot
             self._opens = self._opens + 1

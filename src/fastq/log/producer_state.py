@@ -33,7 +33,9 @@ roll. The newest ``KEEP`` snapshots are kept, older ones deleted.
 Load rule: the newest snapshot whose offset is at most the log's end and that passes
 every check (size, magic, version, checksum, ranges) is used; a damaged one is skipped
 for the next older one; without any, the state is built from the log's first offset.
-``Log.truncate`` deletes the snapshots past the new end.
+``Log.truncate`` deletes the snapshots past the new end, and so does the first open of the
+log by any process (after a recovery that cut a tail lost to a power failure, a snapshot
+past the end would otherwise pass for this history's once the log grew past it again).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import os
 import re
 import struct
 
-from .._core._codec import crc32c
+from .._core._codec import crc32c, os_errors
 from .._core._storage import ProducerState
 from ..errors import CorruptRecord, StorageError
 from .config import write_bytes_atomic
@@ -145,10 +147,13 @@ def write(log_dir: str, state: ProducerState, offset: int, sync: bool) -> bool:
 
 
 def drop_after(log_dir: str, offset: int) -> None:
-    """Delete the snapshots past ``offset`` (the log was truncated to it)."""
+    """Delete the snapshots past ``offset`` (the log was truncated to it, or recovered to
+    it after losing its tail). One that cannot be deleted fails the caller, naming it."""
     for off in _offsets(log_dir):
         if off > offset:
-            try:
-                os.unlink(os.path.join(log_dir, snapshot_name(off)))
-            except FileNotFoundError:
-                pass
+            path = os.path.join(log_dir, snapshot_name(off))
+            with os_errors("delete producer snapshot", path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
