@@ -168,6 +168,31 @@ int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, 
     return total;
 }
 
+int64_t fq_batch_encode_control(uint8_t *dst, size_t cap, int64_t base_offset, int64_t producer_id,
+                                int16_t producer_epoch, int16_t type, int32_t coordinator_epoch,
+                                int64_t timestamp) {
+    if (type != FQ_CONTROL_ABORT && type != FQ_CONTROL_COMMIT) return FQ_EINVAL;
+    uint8_t key[4], value[6];
+    fq_be_put16(key, 0);
+    fq_be_put16(key + 2, (uint16_t)type);
+    fq_be_put16(value, 0);
+    fq_be_put32(value + 2, (uint32_t)coordinator_epoch);
+    fq_record_in r = {timestamp, key, 4, value, 6, NULL, 0};
+    return fq_batch_encode_producer(dst, cap, base_offset, FQ_ATTR_TRANSACTIONAL | FQ_ATTR_CONTROL,
+                                    producer_id, producer_epoch, -1, &r, 1);
+}
+
+int fq_batch_control_type(const uint8_t *batch, const fq_batch_info *info) {
+    if (!(info->attributes & FQ_ATTR_CONTROL) || info->record_count != 1) return FQ_ECORRUPT;
+    if (info->attributes & FQ_ATTR_COMPRESSION_MASK) return FQ_ECORRUPT;
+    fq_record_view v;
+    int rc = fq_record_decode(batch + FQ_BATCH_HEADER_SIZE,
+                              (size_t)(info->total_size - FQ_BATCH_HEADER_SIZE), &v);
+    if (rc < 0 || v.key_len != 4 || fq_be_get16(v.key) != 0) return FQ_ECORRUPT;
+    int type = (int16_t)fq_be_get16(v.key + 2);
+    return type == FQ_CONTROL_ABORT || type == FQ_CONTROL_COMMIT ? type : FQ_ECORRUPT;
+}
+
 void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset) {
     fq_be_put64(batch + FQ_BATCH_OFF_BASE_OFFSET, (uint64_t)base_offset);
 }

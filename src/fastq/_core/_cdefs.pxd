@@ -146,6 +146,14 @@ cdef extern from "fq_batch.h" nogil:
     int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                                      int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
                                      const fq_record_in *recs, int32_t n)
+    enum:
+        FQ_CONTROL_ABORT
+        FQ_CONTROL_COMMIT
+        FQ_CONTROL_BATCH_SIZE
+    int64_t fq_batch_encode_control(uint8_t *dst, size_t cap, int64_t base_offset, int64_t producer_id,
+                                    int16_t producer_epoch, int16_t type, int32_t coordinator_epoch,
+                                    int64_t timestamp)
+    int fq_batch_control_type(const uint8_t *batch, const fq_batch_info *info)
     void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset)
     int fq_batch_validate(const uint8_t *buf, size_t avail, int64_t max_size, int check_crc,
                           fq_batch_info *info)
