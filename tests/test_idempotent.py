@@ -131,7 +131,9 @@ def test_retry_after_an_error_raised_once_the_batch_was_appended(broker, monkeyp
 
 def test_retry_after_an_error_before_the_append_appends_it_once(tmp_path):
     """A roll that cannot preallocate the next segment (a full disk): nothing was
-    appended; the retry with the same sequence appends it, once."""
+    appended, and no sequence was taken (``err.sequence`` None): publishing again
+    appends it, once; with an explicit sequence the error names it, and the retry with
+    it appends once too."""
     b = fastq.open(tmp_path / "b")
     t = b.topic("t", segment_bytes=4096)
     p = t.producer(idempotent=True)
@@ -141,8 +143,11 @@ def test_retry_after_an_error_before_the_append_appends_it_once(tmp_path):
     p.publish(big, partition=0)
     with c_fault("preallocate", errno.ENOSPC, times=-1):
         with pytest.raises(fastq.DiskFull) as ei:
-            p.publish(third, partition=0)               # needs a roll
-    assert ei.value.sequence == 2
+            p.publish(third, partition=0)                # needs a roll
+        assert (ei.value.sequence, ei.value.partition) == (None, 0)
+        with pytest.raises(fastq.DiskFull) as ei:
+            p.publish(third, partition=0, sequence=2)
+        assert (ei.value.sequence, ei.value.partition) == (2, 0)
     assert values(t) == [big, big]
     m = p.publish(third, partition=0, sequence=ei.value.sequence)
     assert m.offset == 2 and p.duplicates == 0
@@ -150,6 +155,34 @@ def test_retry_after_an_error_before_the_append_appends_it_once(tmp_path):
     assert values(t) == [big, big, third]
     p.close()
     b.close()
+
+
+def test_threads_sharing_a_producer_never_share_a_sequence(broker):
+    """Sequences without ``sequence=`` are taken under the writer lock, which a thread
+    may wait for with the GIL released: two threads must still get two sequences (else
+    the second record would pass for a retry of the first and be dropped)."""
+    import threading
+    t = broker.topic("t")
+    p = t.producer(idempotent=True)
+    other = broker.topic("t").producer(idempotent=True)
+    per = 400
+
+    def work(prod, tag):
+        for i in range(per):
+            prod.publish(b"%s%d" % (tag, i), partition=0)
+
+    threads = [threading.Thread(target=work, args=(p, b"a%d." % j)) for j in range(3)]
+    threads.append(threading.Thread(target=work, args=(other, b"o.")))
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    got = values(t)
+    assert len(got) == 4 * per and len(set(got)) == 4 * per
+    assert p.duplicates == other.duplicates == 0
+    assert p.next_sequence(0) == 3 * per and other.next_sequence(0) == per
+    p.close()
+    other.close()
 
 
 def test_out_of_order_and_too_old_sequences_raise_and_append_nothing(broker):

@@ -477,29 +477,19 @@ cdef class IdempotentCore(ProducerCore):
     cdef public int64_t duplicates       # publishes answered from a stored batch
     cdef object _pid                     # producer_id as a Python int (the state's dict key)
     cdef object _name                    # the topic's name
-    cdef int64_t *_next                  # partition -> next sequence, -1: ask the log (_nparts of them)
-
-    def __dealloc__(self):
-        PyMem_Free(self._next)
 
     def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
-        cdef int32_t i
         self.topic = topic
         self._log_of = topic.log
         self._ring = None
         self._held = []
         self._max_record = topic.config["max_record_bytes"]
+        self._nparts = topic.partitions
         self.producer_id = producer_id
         self._pid = producer_id
         self._name = topic.name
         self.epoch = epoch
         self._fence = fence
-        self._nparts = topic.partitions
-        self._next = <int64_t *>PyMem_Malloc(self._nparts * sizeof(int64_t))
-        if self._next == NULL:
-            raise MemoryError()
-        for i in range(self._nparts):
-            self._next[i] = -1
         self._sticky = -1
         self._closed = False
 
@@ -508,30 +498,24 @@ cdef class IdempotentCore(ProducerCore):
         lg = (<TopicCore>self.topic)._logs[p]
         return self._log_of(p) if lg is None else lg
 
-    cdef int32_t _seq_for(self, int32_t p, LogCore lg, object sequence) except -1:
-        """`sequence` if given (checked), else the partition's next one (asked of the
-        log, under its writer lock, when unknown: after an open or a failed publish)."""
-        cdef int64_t v
-        if sequence is not None:
-            if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < (1 << 31):
-                raise InvalidArgument(f"sequence must be an int in [0, 2**31), got {sequence!r}")
-            return sequence
-        v = self._next[p]
-        if v < 0:
-            e = _producer_entry(lg, self.producer_id)
-            v = 0 if e is None else e.next_sequence
-            self._next[p] = v
-        return <int32_t>v
+    cdef int32_t _seq_arg(self, object sequence) except -2:
+        """`sequence` checked, or -1 (None): the log takes the producer's next one under
+        its writer lock."""
+        if sequence is None:
+            return -1
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < (1 << 31):
+            raise InvalidArgument(f"sequence must be an int in [0, 2**31), got {sequence!r}")
+        return sequence
 
     cdef int _failed(self, int32_t p, int32_t seq, object err) except -1:
-        """A publish raised: its outcome may be unknown (appended, then the fsync or the
-        wait for it failed), so the next sequence is asked of the log again. The error
-        says which (partition, sequence) to retry with: ``err.partition`` and
-        ``err.sequence``."""
-        self._next[p] = -1
+        """A publish raised. The error says what to retry with: ``err.partition``, and
+        ``err.sequence`` — the sequence the batch was stamped with when it was (or may
+        have been) appended; None when no sequence was taken (nothing was appended: a
+        plain publish again is the retry)."""
         try:
-            err.partition = p
-            err.sequence = seq
+            if getattr(err, "sequence", None) is None:
+                err.sequence = seq if seq >= 0 else None
+                err.partition = p
         except AttributeError:
             pass
         return 0
@@ -546,9 +530,8 @@ cdef class IdempotentCore(ProducerCore):
         self._check_usable()
         return -1
 
-    cdef inline void _settled(self, int32_t p, IdemResult *r) noexcept:
-        """A publish returned: the partition's next sequence, the duplicate count."""
-        self._next[p] = r.next_seq
+    cdef inline void _settled(self, IdemResult *r) noexcept:
+        """A publish returned: count a duplicate."""
         if r.duplicate:
             self.duplicates += 1
 
@@ -557,7 +540,9 @@ cdef class IdempotentCore(ProducerCore):
         retry of a batch already stored (same ``sequence``), the original's, and
         nothing is appended. ``sequence``: this record's sequence in the partition
         (default: the next one); pass the one a failed publish raised with
-        (``err.sequence``, ``err.partition``) to retry it. Raises ProducerFenced,
+        (``err.sequence``, ``err.partition``) to retry it; without it, the log stamps
+        the producer's next sequence in the partition under its writer lock (threads
+        sharing a producer never get the same one). Raises ProducerFenced,
         OutOfOrderSequence, and what ``Topic.publish`` raises."""
         cdef IdemResult r
         cdef int32_t p, seq
@@ -566,13 +551,13 @@ cdef class IdempotentCore(ProducerCore):
         self._check_usable()
         p = self._partition_for(value, key, partition)
         lg = self._log(p)
-        seq = self._seq_for(p, lg, sequence)
+        seq = self._seq_arg(sequence)
         try:
             idem_one(lg, value, key, headers, timestamp, self._pid, self.epoch, seq, self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)
             raise
-        self._settled(p, &r)
+        self._settled(&r)
         m = RecordMetadata.__new__(RecordMetadata)
         m.topic = self._name
         m.partition = p
@@ -590,14 +575,14 @@ cdef class IdempotentCore(ProducerCore):
         p = self._partition_for(b"", key, partition) if key is not None or partition is not None \
             else self._next_sticky(self._nparts)
         lg = self._log(p)
-        seq = self._seq_for(p, lg, sequence)
+        seq = self._seq_arg(sequence)
         try:
             n = idem_many(lg, values, key, headers, timestamp, self._pid, self.epoch, seq,
                           self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)
             raise
-        self._settled(p, &r)
+        self._settled(&r)
         return p, r.offset, n, r.timestamp
 
 

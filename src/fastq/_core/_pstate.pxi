@@ -248,10 +248,13 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
                      int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
     """Append recs[0:n] as ONE batch stamped (pid, an int, epoch, first_seq), unless it is a retry
     of a batch already stored (same producer id and sequence range): then nothing is
-    appended and `out` names the original. Under one hold of the writer lock: the
-    fence, the producer state brought up to date, the sequence rule, the append.
-    Raises ProducerFenced, OutOfOrderSequence, RecordTooLarge (an idempotent batch is
-    never split: retries are recognized batch by batch)."""
+    appended and `out` names the original. `first_seq` -1: the producer's next sequence
+    in this log, taken under the lock (so concurrent publishes of one producer never get
+    the same one). Under one hold of the writer lock: the fence, the producer state
+    brought up to date, the sequence rule, the append. Raises ProducerFenced,
+    OutOfOrderSequence, RecordTooLarge (an idempotent batch is never split: retries are
+    recognized batch by batch). An error raised once the batch was appended (its fsync)
+    carries ``appended_offset``, ``sequence`` and ``partition``."""
     cdef int64_t size, first, done_offset, max_ts
     cdef int32_t last_seq, i
     cdef int rc
@@ -262,7 +265,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
     cdef int64_t pid64 = pid
     if n < 1:
         raise InvalidArgument("an idempotent append needs at least one record")
-    if not 0 <= first_seq <= INT32_MAX:
+    if not -1 <= first_seq <= INT32_MAX:
         raise InvalidArgument(f"sequence {first_seq} out of range [0, 2**31)")
     if lg._ts_ahead_ms >= 0:
         for i in range(n):
@@ -275,7 +278,6 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
         raise RecordTooLarge(f"idempotent batch of {n} record(s), {size} encoded bytes, exceeds "
                              f"max_record_bytes={lg.max_record_bytes}: an idempotent publish is "
                              "one batch (retries are recognized batch by batch); publish fewer")
-    last_seq = fq_seq_last(first_seq, n)
     max_ts = recs[0].timestamp
     for i in range(1, n):
         if recs[i].timestamp > max_ts:
@@ -287,6 +289,12 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
         if lg._pstate is None or lg._pstate.scanned_to != lg.st.next_offset:
             pstate_sync_locked(lg)               # another process appended, or first use
         e = lg._pstate.entry(pid)
+        if first_seq < 0:
+            first_seq = fq_pentry_next_seq(&e.e)
+            if first_seq < 0:
+                first_seq = 0                    # nothing of this producer id here
+        out.first_seq = first_seq
+        last_seq = fq_seq_last(first_seq, n)
         rc = fq_pentry_check(&e.e, epoch, first_seq, last_seq, &dup)
         if rc == FQ_PSEQ_DUPLICATE:
             out.duplicate = True
@@ -329,6 +337,8 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
             lg._after_append(done_offset)
         except BaseException as ex:
             ex.appended_offset = out.offset
+            ex.sequence = out.first_seq
+            ex.partition = lg.partition_id
             raise
     return 0
 

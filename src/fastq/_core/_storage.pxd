@@ -162,6 +162,7 @@ cdef struct IdemResult:
     int64_t offset            # first offset of the batch (the original one for a duplicate)
     int64_t timestamp         # the batch's max timestamp as stored
     int32_t next_seq          # the sequence this producer's next batch here must start with
+    int32_t first_seq         # the sequence the batch was stamped with (asked for, or the next)
     bint duplicate            # the batch was a retry of one already stored: nothing appended
 
 

@@ -274,11 +274,14 @@ class IdempotentProducer(IdempotentCore):
     and the original's offset is returned (``duplicates`` counts these); any other
     sequence than the next raises :class:`fastq.OutOfOrderSequence`.
 
-    Retrying: a publish that raises after its sequence was assigned (a failed fsync, a
-    timeout, an interrupt) may have been appended. The error carries ``partition`` and
+    Retrying: a publish that raises once its batch was appended (a failed fsync, a
+    timeout, an interrupt) did store it. The error carries ``partition`` and
     ``sequence``; publishing the same record again with ``partition=err.partition,
-    sequence=err.sequence`` stores it once. A publish without ``sequence`` always gets
-    a fresh one (asked of the log after a failure), so it is never taken for a retry.
+    sequence=err.sequence`` stores it once. ``err.sequence`` is None when no sequence
+    was taken (nothing was appended): publish it again plainly. A publish without
+    ``sequence`` is stamped with the producer's next sequence in the partition under
+    the partition's writer lock, so it is never taken for a retry, and threads that
+    share the producer never get the same one.
 
     ``transactional_id="name"``: a stable identity across restarts. The producer id is
     the same at every open and the epoch higher; the instance opened before is fenced
@@ -288,8 +291,8 @@ class IdempotentProducer(IdempotentCore):
     record numbering, or ``next_sequence`` to learn what was stored) and the record is
     stored once.
 
-    Thread-safety: one thread at a time (a lock around your calls if you share it).
-    Process-safety: any number of producers in any number of processes.
+    Thread-safety: may be shared by threads (sequences are taken under the partition's
+    writer lock). Process-safety: any number of producers in any number of processes.
     """
 
     def __init__(self, topic, *, transactional_id: str | None = None):
