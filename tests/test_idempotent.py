@@ -494,3 +494,28 @@ def test_first_open_deletes_snapshots_past_the_end(tmp_path):
     assert not os.path.exists(stale) and os.path.exists(kept)
     assert t.log(0).producer_state().loaded_from == 1
     b.close()
+
+
+def test_forked_child_cannot_use_the_parents_producer(broker):
+    t = broker.topic("t")
+    p = t.producer(transactional_id="fork")
+    p.publish(b"parent", partition=0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                         # child: report, never return into pytest
+        code = 1
+        try:
+            try:
+                p.publish(b"child", partition=0)
+            except fastq.UsedAfterFork:
+                code = 0
+        finally:
+            os.write(w, b"%d" % code)
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"0"
+    os.waitpid(pid, 0)
+    assert p.publish(b"after", partition=0).offset == 1
+    assert values(t) == [b"parent", b"after"]
+    p.close()
