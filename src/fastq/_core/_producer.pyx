@@ -475,7 +475,6 @@ cdef class IdempotentCore(ProducerCore):
     cdef public int16_t epoch            # this instance's epoch
     cdef public SharedWord _fence        # the transactional id's epoch word, or None
     cdef public int64_t duplicates       # publishes answered from a stored batch
-    cdef object _pid                     # producer_id as a Python int (the state's dict key)
     cdef object _name                    # the topic's name
 
     def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
@@ -486,7 +485,6 @@ cdef class IdempotentCore(ProducerCore):
         self._max_record = topic.config["max_record_bytes"]
         self._nparts = topic.partitions
         self.producer_id = producer_id
-        self._pid = producer_id
         self._name = topic.name
         self.epoch = epoch
         self._fence = fence
@@ -553,7 +551,7 @@ cdef class IdempotentCore(ProducerCore):
         lg = self._log(p)
         seq = self._seq_arg(sequence)
         try:
-            idem_one(lg, value, key, headers, timestamp, self._pid, self.epoch, seq, self._fence, &r)
+            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)
             raise
@@ -577,7 +575,7 @@ cdef class IdempotentCore(ProducerCore):
         lg = self._log(p)
         seq = self._seq_arg(sequence)
         try:
-            n = idem_many(lg, values, key, headers, timestamp, self._pid, self.epoch, seq,
+            n = idem_many(lg, values, key, headers, timestamp, self.producer_id, self.epoch, seq,
                           self._fence, &r)
         except BaseException as e:
             self._failed(p, seq, e)

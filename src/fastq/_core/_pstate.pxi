@@ -56,21 +56,25 @@ cdef class ProducerState:
         self.entries = {}
         self.scanned_to = scanned_to
         self.loaded_from = loaded_from
+        self.pos = -1
 
-    cdef PEntry entry(self, object pid):
-        """The entry of producer id `pid` (an int), created empty when missing. A
-        producer passes the same int object every time: the last one asked for is
-        recognized by identity, without the dict."""
-        cdef PEntry e
-        if pid is self._last_key:
-            return self._last
-        e = self.entries.get(pid)
-        if e is None:
-            e = PEntry.__new__(PEntry)
-            e.e.producer_id = pid
-            self.entries[pid] = e
-        self._last_key = pid
-        self._last = e
+    cdef PEntry entry(self, int64_t pid):
+        """The entry of producer id `pid`, created empty when missing. The last two
+        asked for are found without the dict (a producer's own appends, and two
+        producers taking turns on a partition)."""
+        cdef PEntry e = self._e0
+        if e is not None and e.e.producer_id == pid:
+            return e
+        e = self._e1
+        if e is None or e.e.producer_id != pid:
+            key = pid
+            e = self.entries.get(key)
+            if e is None:
+                e = PEntry.__new__(PEntry)
+                e.e.producer_id = pid
+                self.entries[key] = e
+        self._e1 = self._e0
+        self._e0 = e
         return e
 
     cdef int apply(self, const uint8_t *h) except -1:
@@ -212,16 +216,23 @@ cdef int pstate_sync_locked(LogCore lg) except -1:
     process has none yet, or rebuilt when the log ends before what it has applied
     (truncated); then every batch appended since (by any process) is applied."""
     cdef ProducerState ps = lg._pstate
-    cdef int64_t end = lg.st.next_offset
+    cdef fq_log_state *st = lg.st
+    cdef int64_t end = st.next_offset
     cdef LogReader rd
     if ps is None or ps.scanned_to > end:
         lg._pstate = None
         ps = lg._load_producer_state()
         lg._pstate = ps
-    if ps.scanned_to < lg.st.log_start_offset:
-        ps.scanned_to = lg.st.log_start_offset       # retention removed what lay below
+    if ps.scanned_to < st.log_start_offset:
+        ps.scanned_to = st.log_start_offset          # retention removed what lay below
+        ps.pos = -1
     if ps.scanned_to >= end:
         return 0
+    if (ps.pos >= 0 and ps.pos_gen == st.generation and ps.pos_base == st.active_base
+            and lg._gen == st.generation and ps.pos <= st.end_pos):
+        # another process appended to the active segment since: walk its batches from
+        # where this state stopped (no reader, no index search)
+        return pstate_walk_active(lg, ps, end)
     rd = lg.read(ps.scanned_to, end)
     while rd._next_batch():
         # _next_batch validated the batch (CRC included); its header sits before rp
@@ -229,6 +240,41 @@ cdef int pstate_sync_locked(LogCore lg) except -1:
         rd.remaining = 0
         rd.next_offset = rd.expect
     ps.scanned_to = end
+    pstate_at_end(ps, st)
+    return 0
+
+
+cdef inline void pstate_at_end(ProducerState ps, fq_log_state *st) noexcept:
+    """The state has applied everything up to the committed end: remember where that is."""
+    ps.pos = st.end_pos
+    ps.pos_base = st.active_base
+    ps.pos_gen = st.generation
+
+
+cdef int pstate_walk_active(LogCore lg, ProducerState ps, int64_t end) except -1:
+    """pstate_sync_locked's fast path: the batches in [ps.pos, end_pos) of the active
+    segment, validated as a reader validates them (CRC, the offsets expected)."""
+    cdef fq_batch_info info
+    cdef Segment seg = lg._active
+    cdef int64_t pos = ps.pos, limit = lg.st.end_pos, off = ps.scanned_to
+    cdef int rc
+    if seg.alloc_size < limit:
+        seg.refresh_size()
+    while pos < limit:
+        rc = fq_batch_validate(seg.data + pos, <size_t>(limit - pos), INT32_MAX, 1, &info)
+        if rc < 0:
+            raise_status(rc, f"producer state: batch at offset {off}", seg.path, pos)
+        if info.base_offset < off or (info.base_offset != off and not lg.allow_gaps):
+            raise CorruptRecord(f"producer state: batch at position {pos} of {seg.path} has base "
+                                f"offset {info.base_offset}, expected {off}", seg.path, pos)
+        ps.apply(seg.data + pos)
+        off = info.base_offset + info.last_offset_delta + 1
+        pos += info.total_size
+    if off != end:
+        raise CorruptRecord(f"producer state: the batches of {seg.path} end at offset {off}, the "
+                            f"log at {end}", seg.path, pos)
+    ps.scanned_to = end
+    pstate_at_end(ps, lg.st)
     return 0
 
 
@@ -244,9 +290,9 @@ cdef int check_fence(SharedWord fence, int16_t epoch) except -1:
     return 0
 
 
-cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid, int16_t epoch,
+cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
                      int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
-    """Append recs[0:n] as ONE batch stamped (pid, an int, epoch, first_seq), unless it is a retry
+    """Append recs[0:n] as ONE batch stamped (pid, epoch, first_seq), unless it is a retry
     of a batch already stored (same producer id and sequence range): then nothing is
     appended and `out` names the original. `first_seq` -1: the producer's next sequence
     in this log, taken under the lock (so concurrent publishes of one producer never get
@@ -262,7 +308,6 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
     cdef fq_log_snapshot s
     cdef PEntry e
     cdef Segment seg
-    cdef int64_t pid64 = pid
     if n < 1:
         raise InvalidArgument("an idempotent append needs at least one record")
     if not -1 <= first_seq <= INT32_MAX:
@@ -316,7 +361,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
             lg._begin_locked(&s)
             first = s.next_offset
             seg = lg._active
-            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, 0, pid64, epoch,
+            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, 0, pid, epoch,
                                             first_seq, recs, n)
             if size < 0:
                 raise_status(size, "encode batch")
@@ -324,6 +369,9 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
             lg._publish_locked(&s)
             fq_pentry_record(&e.e, epoch, first_seq, last_seq, first, max_ts)
             lg._pstate.scanned_to = s.next_offset
+            lg._pstate.pos = s.end_pos
+            lg._pstate.pos_base = s.active_base
+            lg._pstate.pos_gen = s.generation
             out.duplicate = False
             out.offset = first
             out.timestamp = max_ts
@@ -343,7 +391,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid
     return 0
 
 
-cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, object pid,
+cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
     """append_idem of one record (value, key, headers, timestamp as ``LogCore.append``)."""
     cdef fq_record_in rec
@@ -353,7 +401,7 @@ cdef int idem_one(LogCore lg, object value, object key, object headers, object t
     return append_idem(lg, &rec, 1, pid, epoch, first_seq, fence, out)
 
 
-cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, object pid,
+cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
                    int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
     """append_idem of many values as one batch (as ``LogCore.append_many``); returns how
     many records the batch holds."""

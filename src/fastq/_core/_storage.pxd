@@ -176,10 +176,13 @@ cdef class ProducerState:
     cdef dict entries                   # producer id -> PEntry
     cdef public int64_t scanned_to      # every batch below this offset has been applied
     cdef public int64_t loaded_from     # offset of the snapshot it started from (-1: none)
-    cdef object _last_key               # the producer id `entry` was last asked for (identity)
-    cdef PEntry _last                   # its entry
+    cdef int64_t pos                    # byte position of scanned_to in the active segment, or -1
+    cdef int64_t pos_base               # ... of the segment with this base offset
+    cdef uint64_t pos_gen               # ... while the log's generation is this one
+    cdef PEntry _e0                     # the entry `entry` returned last (None: none)
+    cdef PEntry _e1                     # the one before (producers alternating on a partition)
 
-    cdef PEntry entry(self, object pid)
+    cdef PEntry entry(self, int64_t pid)
     cdef int apply(self, const uint8_t *h) except -1
 
 
@@ -328,9 +331,9 @@ cdef class ConsumerCore:
 
 
 cdef int pstate_sync_locked(LogCore lg) except -1
-cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, object pid, int16_t epoch,
+cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
                      int32_t first_seq, SharedWord fence, IdemResult *out) except -1
-cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, object pid,
+cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1
-cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, object pid,
+cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
                    int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1
