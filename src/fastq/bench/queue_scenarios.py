@@ -212,6 +212,8 @@ def _q_producer(tr, idx, producers, n, size, batch, cap_s, ready, go, sent, erro
     except BaseException as e:  # reported to the parent, which raises
         errors.put(f"producer {idx}: {type(e).__name__}: {e}")
         code = 1
+    errors.close()                  # flush the report before the _exit (the queue's feeder thread)
+    errors.join_thread()
     _exit_child(code)
 
 
