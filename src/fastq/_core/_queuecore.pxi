@@ -218,8 +218,12 @@ cdef class QueueCore:
     cdef list _build_plain(self, Py_ssize_t got, const int64_t *offs, const uint32_t *dels, const uint8_t *ks):
         """The Messages of what _take_plain leased. A damaged record: every readable one is
         handed back (Queue._release_readable) and CorruptRecord raised, as on the Python
-        path."""
+        path. The lane lists and numbers are read once: Queue._message is Python, and while
+        it runs another thread may open a lane (_set_fast_lanes)."""
         cdef list out = []
+        cdef list lanes = self._fast_lanes, logs = self._fast_logs, readers = self._fast_readers
+        cdef uint32_t index[FQ_Q_PRIORITIES]
+        cdef int64_t bits[FQ_Q_PRIORITIES]
         cdef Py_ssize_t i
         cdef int k
         cdef int64_t off, roff, maxd = -1
@@ -229,30 +233,32 @@ cdef class QueueCore:
         cdef PyTypeObject *mtype = <PyTypeObject *>self._message_type   # tp_new straight: no __new__ lookup
         if self.max_deliveries is not None:
             maxd = self.max_deliveries
+        memcpy(index, self._fast_index, sizeof(index))
+        memcpy(bits, self._fast_bits, sizeof(bits))
         try:
             for i in range(got):
                 k = ks[i]
                 off = offs[i]
-                rd = <LogReader>self._fast_readers[k]
+                rd = <LogReader>readers[k]
                 if rd is None or rd.next_offset != off:
-                    rd = (<LogCore>self._fast_logs[k]).read(off, None, True)
-                    self._fast_readers[k] = rd
+                    rd = (<LogCore>logs[k]).read(off, None, True)
+                    readers[k] = rd
                 if not rd._next_view(&v, &roff) or roff != off:
-                    lane = self._fast_lanes[k]
+                    lane = lanes[k]
                     raise CorruptRecord(f"queue {self.name!r}: lane log {lane.path} ends before offset "
                                         f"{off}, which queue.state has delivered", lane.path)
                 if v.n_headers != 0 or (maxd >= 0 and dels[i] > maxd):
-                    m2 = self._message(self._fast_lanes[k], off, dels[i], rd._record_of(&v, roff))
+                    m2 = self._message(lanes[k], off, dels[i], rd._record_of(&v, roff))
                     if m2 is not None:
                         out.append(m2)
                     continue
                 m = <MessageCore>mtype.tp_new(<type>mtype, <PyObject *>_NO_ARGS, NULL)
                 m._q = self
-                m._lane = self._fast_index[k]
+                m._lane = index[k]
                 m._offset = off
                 m._deliveries = dels[i]
                 m._session = self._session
-                m.id = (off << 12) | self._fast_bits[k]
+                m.id = (off << 12) | bits[k]
                 m.key = None if v.key_len < 0 else PyBytes_FromStringAndSize(<const char *>v.key, v.key_len)
                 m.body = (b"" if v.value_len < 0
                           else PyBytes_FromStringAndSize(<const char *>v.value, v.value_len))
@@ -261,7 +267,7 @@ cdef class QueueCore:
                 m.delivery_count = dels[i]
                 out.append(m)
         except CorruptRecord:
-            self._release_readable([(self._fast_lanes[ks[i]], offs[i], dels[i]) for i in range(got)])
+            self._release_readable([(lanes[ks[i]], offs[i], dels[i]) for i in range(got)])
             raise
         return out
 
