@@ -11,13 +11,7 @@ import pytest
 
 import fastq
 from fastq.errors import Closed, CodecError, InvalidArgument, LeaseLost
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = fastq.open(str(tmp_path / "b"))
-    yield b
-    b.close()
+from test_queue import broker  # noqa: F401 - fixture
 
 
 def _warm(q):
