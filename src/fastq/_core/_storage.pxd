@@ -1,6 +1,6 @@
 # Header of fastq._core._storage: the mmap-backed segment and the log's hot path.
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from fastq._core._cdefs cimport fq_batch_info, fq_record_in, fq_header, fq_pentry
+from fastq._core._cdefs cimport fq_batch_info, fq_record_in, fq_header, fq_pentry, fq_record_view
 
 
 cdef extern from "fq_log.h" nogil:
@@ -306,6 +306,8 @@ cdef class LogReader:
     cdef int _next_batch(self) except -1
     cdef void _recheck(self) noexcept
     cdef Record _next(self)
+    cdef int _next_view(self, fq_record_view *v, int64_t *offset) except -1
+    cdef Record _record_of(self, const fq_record_view *v, int64_t off)
 
 
 cdef class ConsumerCore:

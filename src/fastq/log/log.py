@@ -140,12 +140,13 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
         self._synced = 0
         self._syncing = False
         if not os.path.isdir(self.path):
-            if os.path.exists(self.path):
+            if not os.path.exists(self.path):
+                if not create or readonly:
+                    raise LogNotFound(f"no log at {self.path}")
+                with os_errors("create log directory", self.path):
+                    os.makedirs(self.path, exist_ok=True)
+            elif not os.path.isdir(self.path):     # not one another process made just now
                 raise InvalidArgument(f"{self.path} exists and is not a directory")
-            if not create or readonly:
-                raise LogNotFound(f"no log at {self.path}")
-            with os_errors("create log directory", self.path):
-                os.makedirs(self.path, exist_ok=True)
         args = dict(durability=durability, segment_bytes=segment_bytes, segment_ms=segment_ms,
                     max_record_bytes=max_record_bytes, index_interval=index_interval,
                     retention_ms=retention_ms, retention_bytes=retention_bytes, compact=compact,
