@@ -55,7 +55,7 @@ def ext(name, sources):
 
 CORE_C = [
     "csrc/fq_crc32c.c", "csrc/fq_varint.c", "csrc/fq_batch.c", "csrc/fq_os.c", "csrc/fq_index.c", "csrc/fq_log.c",
-    "csrc/fq_hash.c",
+    "csrc/fq_hash.c", "csrc/fq_producer.c",
 ]
 
 CORE = "src/fastq/_core/"

@@ -114,6 +114,12 @@ static inline uint8_t *put_bytes(uint8_t *p, const uint8_t *src, int32_t len) {
 
 int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                         const fq_record_in *recs, int32_t n) {
+    return fq_batch_encode_producer(dst, cap, base_offset, attributes, -1, -1, -1, recs, n);
+}
+
+int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
+                                 int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
+                                 const fq_record_in *recs, int32_t n) {
     if (n < 1 || !recs || !dst) return FQ_EINVAL;
     /* fastq writes records uncompressed; a compression bit would mislabel them */
     if (attributes & FQ_ATTR_COMPRESSION_MASK) return FQ_EINVAL;
@@ -152,14 +158,39 @@ int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t a
     fq_be_put32(dst + FQ_BATCH_OFF_LAST_OFFSET_DELTA, (uint32_t)(n - 1));
     fq_be_put64(dst + FQ_BATCH_OFF_BASE_TIMESTAMP, (uint64_t)base_ts);
     fq_be_put64(dst + FQ_BATCH_OFF_MAX_TIMESTAMP, (uint64_t)max_ts);
-    fq_be_put64(dst + FQ_BATCH_OFF_PRODUCER_ID, UINT64_MAX);     /* -1 */
-    fq_be_put16(dst + FQ_BATCH_OFF_PRODUCER_EPOCH, UINT16_MAX);  /* -1 */
-    fq_be_put32(dst + FQ_BATCH_OFF_BASE_SEQUENCE, UINT32_MAX);   /* -1 */
+    fq_be_put64(dst + FQ_BATCH_OFF_PRODUCER_ID, (uint64_t)producer_id);
+    fq_be_put16(dst + FQ_BATCH_OFF_PRODUCER_EPOCH, (uint16_t)producer_epoch);
+    fq_be_put32(dst + FQ_BATCH_OFF_BASE_SEQUENCE, (uint32_t)base_sequence);
     fq_be_put32(dst + FQ_BATCH_OFF_RECORD_COUNT, (uint32_t)n);
     uint32_t crc = fq_crc32c(0, dst + FQ_BATCH_OFF_ATTRIBUTES,
                              (size_t)(total - FQ_BATCH_OFF_ATTRIBUTES));
     fq_be_put32(dst + FQ_BATCH_OFF_CRC, crc);
     return total;
+}
+
+int64_t fq_batch_encode_control(uint8_t *dst, size_t cap, int64_t base_offset, int64_t producer_id,
+                                int16_t producer_epoch, int16_t type, int32_t coordinator_epoch,
+                                int64_t timestamp) {
+    if (type != FQ_CONTROL_ABORT && type != FQ_CONTROL_COMMIT) return FQ_EINVAL;
+    uint8_t key[4], value[6];
+    fq_be_put16(key, 0);
+    fq_be_put16(key + 2, (uint16_t)type);
+    fq_be_put16(value, 0);
+    fq_be_put32(value + 2, (uint32_t)coordinator_epoch);
+    fq_record_in r = {timestamp, key, 4, value, 6, NULL, 0};
+    return fq_batch_encode_producer(dst, cap, base_offset, FQ_ATTR_TRANSACTIONAL | FQ_ATTR_CONTROL,
+                                    producer_id, producer_epoch, -1, &r, 1);
+}
+
+int fq_batch_control_type(const uint8_t *batch, const fq_batch_info *info) {
+    if (!(info->attributes & FQ_ATTR_CONTROL) || info->record_count != 1) return FQ_ECORRUPT;
+    if (info->attributes & FQ_ATTR_COMPRESSION_MASK) return FQ_ECORRUPT;
+    fq_record_view v;
+    int rc = fq_record_decode(batch + FQ_BATCH_HEADER_SIZE,
+                              (size_t)(info->total_size - FQ_BATCH_HEADER_SIZE), &v);
+    if (rc < 0 || v.key_len != 4 || fq_be_get16(v.key) != 0) return FQ_ECORRUPT;
+    int type = (int16_t)fq_be_get16(v.key + 2);
+    return type == FQ_CONTROL_ABORT || type == FQ_CONTROL_COMMIT ? type : FQ_ECORRUPT;
 }
 
 void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset) {

@@ -13,9 +13,9 @@
  *   23  4   lastOffsetDelta       int32
  *   27  8   baseTimestamp         int64   (Kafka calls it firstTimestamp)
  *   35  8   maxTimestamp          int64
- *   43  8   producerId            int64   (-1)
+ *   43  8   producerId            int64   (-1: no idempotent producer; see fq_producer.h)
  *   51  2   producerEpoch         int16   (-1)
- *   53  4   baseSequence          int32   (-1)
+ *   53  4   baseSequence          int32   (-1; else the first record's sequence)
  *   57  4   recordCount           int32
  *   61  ... records
  *
@@ -122,6 +122,31 @@ int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int
  * (including compression bits in attributes: fastq writes uncompressed records). */
 int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                         const fq_record_in *recs, int32_t n);
+
+/* fq_batch_encode with the idempotent producer's fields (KIP-98): producerId,
+ * producerEpoch and baseSequence as given (-1, -1, -1 for none; see fq_producer.h). */
+int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
+                                 int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
+                                 const fq_record_in *recs, int32_t n);
+
+/* Kafka's control records (transaction markers): a control batch has attributes
+ * transactional | control, the producer's id and epoch, baseSequence -1, and one record
+ * whose key is version int16 (0) | type int16 and whose value is version int16 (0) |
+ * coordinatorEpoch int32, all big-endian. */
+#define FQ_CONTROL_ABORT 0
+#define FQ_CONTROL_COMMIT 1
+#define FQ_CONTROL_BATCH_SIZE 78   /* the encoded size of a control batch */
+
+/* Encode a COMMIT or ABORT marker batch into dst (cap >= FQ_CONTROL_BATCH_SIZE).
+ * Returns bytes written, FQ_ETOOBIG, or FQ_EINVAL for another type. */
+int64_t fq_batch_encode_control(uint8_t *dst, size_t cap, int64_t base_offset, int64_t producer_id,
+                                int16_t producer_epoch, int16_t type, int32_t coordinator_epoch,
+                                int64_t timestamp);
+
+/* The marker type (FQ_CONTROL_ABORT / FQ_CONTROL_COMMIT) of a validated control batch, or
+ * FQ_ECORRUPT when it is not one (not a control batch, not one record, a key that is not
+ * version 0 of 4 bytes). */
+int fq_batch_control_type(const uint8_t *batch, const fq_batch_info *info);
 
 /* Rewrite the baseOffset field (outside the CRC). */
 void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset);

@@ -18,13 +18,13 @@ from .log import DURABILITY_MODES, Log, LogReader, Pacer, Record, open_log  # no
 __all__ += ["Log", "LogReader", "Record", "Pacer", "open_log", "DURABILITY_MODES"]
 
 # --- the broker: topics, producers, consumer groups, memory topics, asyncio twins ---
-from .broker import (AsyncBroker, AsyncConsumer, AsyncMemoryConsumer, AsyncProducer, AsyncTopic,  # noqa: E402
-                     BatchMetadata, Broker, Consumer, Producer, RecordMetadata, Topic, open, open_async,
-                     validate_name)
+from .broker import (AsyncBroker, AsyncConsumer, AsyncIdempotentProducer, AsyncMemoryConsumer,  # noqa: E402
+                     AsyncProducer, AsyncTopic, BatchMetadata, Broker, Consumer, IdempotentProducer, Producer,
+                     RecordMetadata, Topic, open, open_async, validate_name)
 
 __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name",
             "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-            "AsyncProducer", "Consumer"]
+            "AsyncProducer", "Consumer", "IdempotentProducer", "AsyncIdempotentProducer"]
 
 # --- the shared-memory ring ---
 from .ring import Ring, RingQueue  # noqa: E402

@@ -43,6 +43,8 @@ __all__ = [
     "UnknownJob",
     "JobStateError",
     "JobActive",
+    "ProducerFenced",
+    "OutOfOrderSequence",
 ]
 
 
@@ -144,6 +146,17 @@ class QueueFull(FastqError, queue.Full):
 
 class QueueEmpty(FastqError, queue.Empty):
     """A queue has nothing to hand out."""
+
+
+class ProducerFenced(FastqError, RuntimeError):
+    """An idempotent producer was fenced: its transactional id was opened again (a newer
+    epoch), so this instance may no longer write. Close it; the newer one carries on."""
+
+
+class OutOfOrderSequence(FastqError, ValueError):
+    """An idempotent producer's batch does not continue its sequence in the partition:
+    a gap, or a retry of a batch older than the last five it stored. The message names
+    the sequence expected next."""
 
 
 class LogNotFound(FastqError, FileNotFoundError):

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fq_batch.h"
+#include "fq_producer.h"
 #include "fq_hash.h"
 #include "fq_index.h"
 #include "fq_status.h"
@@ -250,10 +251,56 @@ static void check_murmur2(void) {
     }
 }
 
+/* The idempotent producer's sequence rule (csrc/fq_producer.h), case by case. */
+static void check_producer_rule(void) {
+    fq_pentry e;
+    memset(&e, 0, sizeof e);
+    const fq_pbatch *dup = NULL;
+    CHECK(fq_pentry_check(&e, 0, 17, 17, &dup) == FQ_PSEQ_APPEND, "an unknown producer starts anywhere");
+    CHECK(fq_pentry_next_seq(&e) == -1, "no next sequence before a batch");
+    for (int32_t i = 0; i < 7; i++) fq_pentry_record(&e, 2, i * 2, i * 2 + 1, 100 + i * 2, 1000 + i);
+    CHECK(e.count == FQ_PRODUCER_BATCHES, "keeps %d batches, has %d", FQ_PRODUCER_BATCHES, e.count);
+    CHECK(fq_pentry_next_seq(&e) == 14, "next sequence %d", fq_pentry_next_seq(&e));
+    CHECK(fq_pentry_check(&e, 2, 14, 15, &dup) == FQ_PSEQ_APPEND, "the next batch");
+    CHECK(fq_pentry_check(&e, 3, 14, 14, &dup) == FQ_PSEQ_APPEND, "a newer epoch continues");
+    CHECK(fq_pentry_check(&e, 1, 14, 14, &dup) == FQ_PSEQ_FENCED, "an older epoch is fenced");
+    CHECK(fq_pentry_check(&e, 1, 12, 13, &dup) == FQ_PSEQ_FENCED, "even for a retry");
+    for (int32_t i = 2; i < 7; i++) {
+        dup = NULL;
+        CHECK(fq_pentry_check(&e, 2, i * 2, i * 2 + 1, &dup) == FQ_PSEQ_DUPLICATE && dup &&
+              dup->base_offset == 100 + i * 2, "batch %d is a remembered duplicate", i);
+    }
+    CHECK(fq_pentry_check(&e, 2, 2, 3, &dup) == FQ_PSEQ_OUT_OF_ORDER, "past the window");
+    CHECK(fq_pentry_check(&e, 2, 12, 12, &dup) == FQ_PSEQ_OUT_OF_ORDER, "a partial overlap");
+    CHECK(fq_pentry_check(&e, 2, 16, 16, &dup) == FQ_PSEQ_OUT_OF_ORDER, "a gap");
+    fq_pentry_record(&e, 1, 14, 14, 200, 0);
+    CHECK(fq_pentry_next_seq(&e) == 14, "an older epoch's batch found while rebuilding changes nothing");
+    CHECK(fq_seq_last(INT32_MAX, 2) == 0 && fq_seq_next(INT32_MAX) == 0 && fq_seq_last(5, 3) == 7,
+          "sequences wrap after INT32_MAX");
+}
+
+/* Transaction markers are Kafka's control batches and read back as such. */
+static void check_control_batches(void) {
+    uint8_t buf[FQ_CONTROL_BATCH_SIZE];
+    for (int16_t type = 0; type <= 1; type++) {
+        int64_t n = fq_batch_encode_control(buf, sizeof buf, 9, 77, 3, type, 5, 1234);
+        CHECK(n == FQ_CONTROL_BATCH_SIZE, "control batch of %" PRId64 " bytes", n);
+        fq_batch_info info;
+        CHECK(fq_batch_validate(buf, sizeof buf, INT32_MAX, 1, &info) == FQ_OK, "validates");
+        CHECK(info.attributes == (FQ_ATTR_TRANSACTIONAL | FQ_ATTR_CONTROL) && info.producer_id == 77 &&
+              info.producer_epoch == 3 && info.base_sequence == -1, "header fields");
+        CHECK(fq_batch_control_type(buf, &info) == type, "type %d reads back", type);
+    }
+    CHECK(fq_batch_encode_control(buf, sizeof buf, 0, 1, 0, 2, 0, 0) == FQ_EINVAL, "type 2 refused");
+    CHECK(fq_batch_encode_control(buf, 10, 0, 1, 0, 1, 0, 0) == FQ_ETOOBIG, "room checked");
+}
+
 void suite_codec(void) {
     fqt_rng rng = fqt_rng_new(fqt_seed ^ 0xC0DEC);
     check_varints(&rng);
     for (int round = 0; round < 5; round++) check_batch_round_trip(&rng);
     check_index(&rng);
     check_murmur2();
+    check_producer_rule();
+    check_control_batches();
 }

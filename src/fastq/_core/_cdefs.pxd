@@ -143,6 +143,17 @@ cdef extern from "fq_batch.h" nogil:
     int32_t fq_batch_fit(const fq_record_in *recs, int32_t n, int64_t max_bytes, int64_t *size)
     int64_t fq_batch_encode(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
                             const fq_record_in *recs, int32_t n)
+    int64_t fq_batch_encode_producer(uint8_t *dst, size_t cap, int64_t base_offset, int16_t attributes,
+                                     int64_t producer_id, int16_t producer_epoch, int32_t base_sequence,
+                                     const fq_record_in *recs, int32_t n)
+    enum:
+        FQ_CONTROL_ABORT
+        FQ_CONTROL_COMMIT
+        FQ_CONTROL_BATCH_SIZE
+    int64_t fq_batch_encode_control(uint8_t *dst, size_t cap, int64_t base_offset, int64_t producer_id,
+                                    int16_t producer_epoch, int16_t type, int32_t coordinator_epoch,
+                                    int64_t timestamp)
+    int fq_batch_control_type(const uint8_t *batch, const fq_batch_info *info)
     void fq_batch_set_base_offset(uint8_t *batch, int64_t base_offset)
     int fq_batch_validate(const uint8_t *buf, size_t avail, int64_t max_size, int check_crc,
                           fq_batch_info *info)
@@ -155,6 +166,36 @@ cdef extern from "fq_batch.h" nogil:
     uint64_t fq_be_get64(const uint8_t *p)
     uint32_t fq_be_get32(const uint8_t *p)
     uint16_t fq_be_get16(const uint8_t *p)
+
+
+cdef extern from "fq_producer.h" nogil:
+    enum:
+        FQ_PRODUCER_BATCHES
+        FQ_PSEQ_APPEND
+        FQ_PSEQ_DUPLICATE
+        FQ_PSEQ_FENCED
+        FQ_PSEQ_OUT_OF_ORDER
+
+    ctypedef struct fq_pbatch:
+        int32_t first_seq
+        int32_t last_seq
+        int64_t base_offset
+        int64_t max_timestamp
+
+    ctypedef struct fq_pentry:
+        int64_t producer_id
+        int16_t epoch
+        int16_t count
+        int16_t head
+        fq_pbatch batches[5]
+
+    int32_t fq_seq_next(int32_t seq)
+    int32_t fq_seq_last(int32_t first, int32_t count)
+    int fq_pentry_check(const fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                        const fq_pbatch **dup)
+    int32_t fq_pentry_next_seq(const fq_pentry *e)
+    void fq_pentry_record(fq_pentry *e, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                          int64_t base_offset, int64_t max_timestamp)
 
 
 cdef extern from "fq_index.h" nogil:

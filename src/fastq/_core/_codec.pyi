@@ -74,6 +74,9 @@ def encode_batch(records: Sequence[RecordIn], *, base_offset: int = 0, attribute
     compression bits in ``attributes`` raise InvalidArgument.
     """
 
+def encode_control_batch(kind: str, *, producer_id: int, producer_epoch: int, timestamp: int,
+                         coordinator_epoch: int = 0, base_offset: int = 0) -> bytes: ...
+def control_type(buf: Buffer) -> str: ...   # "commit" | "abort"
 def decode_batch(buf: Buffer, *, check_crc: bool = True) -> Tuple[BatchInfo, list[RecordOut]]:
     """Validate and decode the batch at the start of ``buf``.
 

@@ -29,6 +29,7 @@ __all__ = [
     "BatchInfo", "crc32c", "crc32c_hw", "crc32c_sw",
     "encode_varint", "decode_varint", "encode_varlong", "decode_varlong",
     "encode_uvarint", "decode_uvarint", "encode_batch", "decode_batch",
+    "encode_control_batch", "control_type",
     "index_floor", "timeindex_ceil", "timeindex_floor",
     "index_put", "index_get", "timeindex_put", "timeindex_get",
     "BATCH_HEADER_SIZE", "INDEX_ENTRY", "TIMEINDEX_ENTRY",
@@ -500,6 +501,46 @@ cdef object decode_headers(const uint8_t *p, int32_t n, int32_t area, Py_ssize_t
         p += rc
         left -= <size_t>rc
     return out
+
+
+def encode_control_batch(str kind, *, producer_id, producer_epoch, timestamp, coordinator_epoch=0,
+                         base_offset=0):
+    """A Kafka transaction marker: a control batch (attributes transactional | control)
+    holding one COMMIT (``kind="commit"``) or ABORT (``"abort"``) record for the
+    producer, as Kafka's brokers write them (csrc/fq_batch.h). Returns its bytes."""
+    cdef uint8_t buf[FQ_CONTROL_BATCH_SIZE]
+    cdef int64_t n
+    if kind not in ("commit", "abort"):
+        raise InvalidArgument(f"kind={kind!r}: expected 'commit' or 'abort'")
+    n = fq_batch_encode_control(buf, FQ_CONTROL_BATCH_SIZE,
+                                as_int64(base_offset, 0, INT64_MAX, "base_offset"),
+                                as_int64(producer_id, 0, INT64_MAX, "producer_id"),
+                                <int16_t>as_int64(producer_epoch, 0, INT16_MAX, "producer_epoch"),
+                                FQ_CONTROL_COMMIT if kind == "commit" else FQ_CONTROL_ABORT,
+                                <int32_t>as_int64(coordinator_epoch, INT32_MIN, INT32_MAX, "coordinator_epoch"),
+                                as_int64(timestamp, 0, INT64_MAX, "timestamp"))
+    if n < 0:
+        raise status_error(n, "encode control batch")
+    return PyBytes_FromStringAndSize(<char *>buf, n)
+
+
+def control_type(buf):
+    """``"commit"`` or ``"abort"`` for the control batch at the start of ``buf`` (validated,
+    CRC included); CorruptRecord for anything else."""
+    cdef Py_buffer view
+    cdef fq_batch_info info
+    cdef int rc
+    get_buffer(buf, &view, PyBUF_SIMPLE, "buf")
+    try:
+        rc = fq_batch_validate(<const uint8_t *>view.buf, <size_t>view.len, INT32_MAX, 1, &info)
+        if rc < 0:
+            raise batch_error(rc, <const uint8_t *>view.buf, view.len, True)
+        rc = fq_batch_control_type(<const uint8_t *>view.buf, &info)
+    finally:
+        PyBuffer_Release(&view)
+    if rc < 0:
+        raise CorruptRecord("not a transaction marker (control batch of one COMMIT/ABORT record)", None, 0)
+    return "commit" if rc == FQ_CONTROL_COMMIT else "abort"
 
 
 def decode_batch(buf, *, check_crc=True):

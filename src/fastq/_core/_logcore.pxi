@@ -676,13 +676,18 @@ cdef class LogCore:
 
     cdef int64_t _append_one(self, object value, object key, object headers, int64_t ts) except -1:
         """append() for C callers (LogCore.publish, TopicCore.publish): `ts` checked."""
-        cdef list keep = None
         cdef fq_record_in rec
-        cdef fq_record_in *r = &rec
-        cdef RecScratch sc = None
-        cdef int32_t nh = 0
         if self._closed:
             self._check_open()
+        keep = self._fill_one(&rec, value, key, headers, ts)
+        return self._append_recs(&rec, 1)
+
+    cdef object _fill_one(self, fq_record_in *r, object value, object key, object headers, int64_t ts):
+        """Point `r` at one record's fields (`ts` checked). Returns what must stay alive
+        while `r` is in use (copies of non-bytes buffers, the header array), or None."""
+        cdef list keep = None
+        cdef RecScratch sc = None
+        cdef int32_t nh = 0
         r.timestamp = ts
         if type(value) is bytes and PyBytes_GET_SIZE(value) < INT32_MAX - 1024:
             r.value = <const uint8_t *>PyBytes_AS_STRING(value)
@@ -703,10 +708,11 @@ cdef class LogCore:
             sc = RecScratch.__new__(RecScratch)
             nh = self._fill_headers(headers, sc, 0, keep)
             r.headers = sc.hdrs
+            keep.append(sc)
         else:
             r.headers = NULL
         r.n_headers = nh
-        return self._append_recs(r, 1)
+        return keep
 
     def publish(self, value, key=None, headers=None, timestamp=None):
         """``append`` that returns a :class:`RecordMetadata` (topic, partition, offset,
@@ -750,14 +756,21 @@ cdef class LogCore:
         """Append many values as one batch (split only if larger than max_record_bytes),
         with one key, one header list and one timestamp for all. Returns the first
         offset; the records get consecutive offsets."""
-        cdef Py_ssize_t i, n
         cdef list keep = []
-        cdef int64_t ts
+        cdef RecScratch sc = RecScratch.__new__(RecScratch)
+        cdef Py_ssize_t n
+        self._check_open()
+        n = self._fill_many(values, key, headers, check_ts(timestamp), sc, keep)
+        return self._append_recs(sc.recs, <int32_t>n)
+
+    cdef Py_ssize_t _fill_many(self, object values, object key, object headers, int64_t ts, RecScratch sc,
+                               list keep) except -1:
+        """Fill sc.recs with one record per value, all with `key`, `headers` and `ts`
+        (checked); copies of non-bytes buffers go into `keep`. Returns how many."""
+        cdef Py_ssize_t i, n
         cdef const uint8_t *kp = NULL
         cdef int32_t klen = -1, nh = 0
         cdef fq_record_in *r
-        cdef RecScratch sc = RecScratch.__new__(RecScratch)
-        self._check_open()
         try:
             seq = PySequence_Fast(values, "values must be a sequence of bytes-like objects")
         except TypeError as e:
@@ -767,11 +780,11 @@ cdef class LogCore:
             raise InvalidArgument("append_many needs at least one value")
         if n > INT32_MAX // 2:
             raise InvalidArgument(f"too many values ({n}) for one call")
-        ts = check_ts(timestamp)
         set_field(key, &kp, &klen, keep, "key")
         if headers:
             nh = self._fill_headers(headers, sc, 0, keep)
         sc.reserve(n, 0)
+        keep.append(seq)                   # the values' bytes are pointed at, not copied
         for i in range(n):
             v = <object>PySequence_Fast_GET_ITEM(seq, i)
             r = sc.recs + i
@@ -785,7 +798,7 @@ cdef class LogCore:
             r.key_len = klen
             r.headers = sc.hdrs if nh else NULL
             r.n_headers = nh
-        return self._append_recs(sc.recs, <int32_t>n)
+        return n
 
     def append_batch(self, records):
         """Append records given as ``(value, key, headers, timestamp)`` tuples (any

@@ -24,6 +24,18 @@ class ProducerCore:
     def _drain_held(self, want_timestamps: bool, out: list[tuple[int, int, int, list[int] | None]]) -> int: ...
     def _hold_ring(self) -> int: ...
 
+class IdempotentCore(ProducerCore):
+    """The idempotent producer's hot path (fastq.broker.producer.IdempotentProducer)."""
+    producer_id: int
+    epoch: int
+    duplicates: int             # publishes answered from a stored batch
+    _fence: Any                 # _storage.SharedWord of the transactional id, or None
+    def _init_idem(self, topic: Any, producer_id: int, epoch: int, fence: Any) -> None: ...
+    def publish(self, value: Any, *, key: Any = None, headers: Any = None, partition: int | None = None,
+                timestamp: int | None = None, sequence: int | None = None) -> Any: ...  # RecordMetadata
+    def _publish_many(self, values: Any, key: Any, headers: Any, partition: int | None,
+                      timestamp: int | None, sequence: int | None) -> tuple[int, int, int, int]: ...
+
 MEMORY_MODE_AT: int     # memory.state: offset of the mode byte
 MEMORY_MODE_RING: int   # mode: publishers put into the ring
 MEMORY_MODE_SPILL: int  # mode: publishers append to the topic's log

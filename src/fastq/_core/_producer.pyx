@@ -12,18 +12,19 @@ layout (described above ``Ring._put_record`` in fastq/_ring.pyx).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from fastq._core._cdefs cimport FQ_EEMPTY, FQ_ETIMEDOUT, fq_batch_size, fq_header, fq_record_in
 from fastq._core._ring cimport OP_GET, FrameView, Ring, _frame_header, _frame_view, _raise_status
-from fastq._core._storage cimport LogCore, RecordMetadata, RecScratch, fq_kafka_partition
+from fastq._core._storage cimport (IdemResult, LogCore, RecordMetadata, RecScratch, SharedWord, TopicCore,
+                                   fq_kafka_partition, idem_many, idem_one)
 
 import random
 
 from fastq.errors import Closed, CorruptRecord, InvalidArgument, RecordTooLarge, RingFull, UsedAfterFork
-from fastq._core._storage import STICKY_BATCH_BYTES, key_bytes as _key_bytes
+from fastq._core._storage import STICKY_BATCH_BYTES, _producer_entry, key_bytes as _key_bytes
 
-__all__ = ["ProducerCore", "memory_publish"]
+__all__ = ["ProducerCore", "IdempotentCore", "memory_publish"]
 
 cdef int64_t _STICKY_BYTES = STICKY_BATCH_BYTES   # Kafka's batch.size, as Topic.publish uses
 
@@ -82,6 +83,7 @@ cdef class ProducerCore:
     cdef int32_t _sticky                 # this producer's sticky partition (unkeyed records)
     cdef int64_t _sticky_bytes           # bytes sent to it since it was chosen
     cdef object _log_of                  # topic.log
+    cdef int32_t _nparts                 # topic.partitions
 
     def __cinit__(self, *args, **kwargs):     # the Python subclass takes the arguments
         self._closed = True
@@ -96,6 +98,7 @@ cdef class ProducerCore:
         self._sticky = -1
         self._held = []
         self._max_record = topic.config["max_record_bytes"]
+        self._nparts = topic.partitions
 
     cdef int32_t _next_sticky(self, int32_t nparts) except -1:
         """Kafka's sticky partitioner: after ~batch.size bytes, move to another partition."""
@@ -117,14 +120,16 @@ cdef class ProducerCore:
         if partition is None and key is None:
             self._sticky_bytes += PyBytes_GET_SIZE(value) if type(value) is bytes else _STICKY_BYTES
             if self._sticky < 0 or self._sticky_bytes >= _STICKY_BYTES:
-                self._next_sticky(self.topic.partitions)
+                self._next_sticky(self._nparts)
             return self._sticky
         if partition is None:
             if type(key) is not bytes:
                 key = _key_bytes(key)
             return fq_kafka_partition(<const uint8_t *>PyBytes_AS_STRING(key), <size_t>PyBytes_GET_SIZE(key),
-                                      self.topic.partitions)
-        nparts = self.topic.partitions
+                                      self._nparts)
+        nparts = self._nparts
+        if type(partition) is int and 0 <= <long long>partition < nparts:   # the common case: no PyLong
+            return <int32_t><long long>partition
         if not isinstance(partition, int) or isinstance(partition, bool):
             raise InvalidArgument(f"partition must be an int, got {type(partition).__name__}")
         if not 0 <= partition < nparts:
@@ -458,6 +463,125 @@ cdef class ProducerCore:
             raise RecordTooLarge(f"record of {size} encoded bytes exceeds max_record_bytes={limit} "
                                  f"of topic {self.topic.name!r}: not sent (nothing was queued)")
         return 0
+
+
+cdef class IdempotentCore(ProducerCore):
+    """The hot path of fastq.broker.producer.IdempotentProducer: each ``publish`` is one
+    batch stamped with the producer id, the epoch and the partition's next sequence,
+    appended by the log's idempotent append (``_storage.idem_one``), which stores a
+    retry of a stored batch once and answers with the original offset. The partition
+    is chosen as ``ProducerCore.send`` chooses it; no ring, no linger."""
+    cdef public int64_t producer_id      # stamped into every batch
+    cdef public int16_t epoch            # this instance's epoch
+    cdef public SharedWord _fence        # the transactional id's epoch word, or None
+    cdef public int64_t duplicates       # publishes answered from a stored batch
+    cdef object _name                    # the topic's name
+
+    def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
+        self.topic = topic
+        self._log_of = topic.log
+        self._ring = None
+        self._held = []
+        self._max_record = topic.config["max_record_bytes"]
+        self._nparts = topic.partitions
+        self.producer_id = producer_id
+        self._name = topic.name
+        self.epoch = epoch
+        self._fence = fence
+        self._sticky = -1
+        self._closed = False
+
+    cdef LogCore _log(self, int32_t p):
+        """The partition's log: the topic's cached one, else opened through topic.log."""
+        lg = (<TopicCore>self.topic)._logs[p]
+        return self._log_of(p) if lg is None else lg
+
+    cdef int32_t _seq_arg(self, object sequence) except -2:
+        """`sequence` checked, or -1 (None): the log takes the producer's next one under
+        its writer lock."""
+        if sequence is None:
+            return -1
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < (1 << 31):
+            raise InvalidArgument(f"sequence must be an int in [0, 2**31), got {sequence!r}")
+        return sequence
+
+    cdef int _failed(self, int32_t p, int32_t seq, object err) except -1:
+        """A publish raised. The error says what to retry with: ``err.partition``, and
+        ``err.sequence`` — the sequence the batch was stamped with when it was (or may
+        have been) appended; None when no sequence was taken (nothing was appended: a
+        plain publish again is the retry)."""
+        try:
+            if getattr(err, "sequence", None) is None:
+                err.sequence = seq if seq >= 0 else None
+                err.partition = p
+        except AttributeError:
+            pass
+        return 0
+
+    def send(self, value, *, key=None, headers=None, partition=None, timestamp=None):
+        """``publish`` that returns nothing (the batching producer's call): the record is
+        appended, as one idempotent batch, before this returns."""
+        self.publish(value, key=key, headers=headers, partition=partition, timestamp=timestamp)
+
+    def _put_nowait(self, value, key=None, headers=None, partition=None, timestamp=None):
+        """Nothing is ever queued without appending (there is no accumulator): -1."""
+        self._check_usable()
+        return -1
+
+    cdef inline void _settled(self, IdemResult *r) noexcept:
+        """A publish returned: count a duplicate."""
+        if r.duplicate:
+            self.duplicates += 1
+
+    def publish(self, value, *, key=None, headers=None, partition=None, timestamp=None, sequence=None):
+        """Append one record as one idempotent batch; returns its RecordMetadata — for a
+        retry of a batch already stored (same ``sequence``), the original's, and
+        nothing is appended. ``sequence``: this record's sequence in the partition
+        (default: the next one); pass the one a failed publish raised with
+        (``err.sequence``, ``err.partition``) to retry it; without it, the log stamps
+        the producer's next sequence in the partition under its writer lock (threads
+        sharing a producer never get the same one). Raises ProducerFenced,
+        OutOfOrderSequence, and what ``Topic.publish`` raises."""
+        cdef IdemResult r
+        cdef int32_t p, seq
+        cdef LogCore lg
+        cdef RecordMetadata m
+        self._check_usable()
+        p = self._partition_for(value, key, partition)
+        lg = self._log(p)
+        seq = self._seq_arg(sequence)
+        try:
+            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r)
+        except BaseException as e:
+            self._failed(p, seq, e)
+            raise
+        self._settled(&r)
+        m = RecordMetadata.__new__(RecordMetadata)
+        m.topic = self._name
+        m.partition = p
+        m.offset = r.offset
+        m.timestamp = r.timestamp
+        return m
+
+    def _publish_many(self, values, key, headers, partition, timestamp, sequence):
+        """publish_many's core: ``(partition, base_offset, count, timestamp)``."""
+        cdef IdemResult r
+        cdef int32_t p, seq
+        cdef int n
+        cdef LogCore lg
+        self._check_usable()
+        p = self._partition_for(b"", key, partition) if key is not None or partition is not None \
+            else self._next_sticky(self._nparts)
+        lg = self._log(p)
+        seq = self._seq_arg(sequence)
+        try:
+            n = idem_many(lg, values, key, headers, timestamp, self.producer_id, self.epoch, seq,
+                          self._fence, &r)
+        except BaseException as e:
+            self._failed(p, seq, e)
+            raise
+        self._settled(&r)
+        return p, r.offset, n, r.timestamp
 
 
 cdef uint8_t _DUMMY_BYTE = 0

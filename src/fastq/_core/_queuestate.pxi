@@ -211,24 +211,25 @@ cdef class QueueState:
             return -2
         raise_status(o, "acquire from queue lane", self.path)
 
-    cdef int _lock_fast(self) except -2:
-        """Take the lock for one call: 0 taken, -1 when a repair is owed (the lock is
-        released again: the caller goes the slow way, lock() + repair())."""
+    cdef int _lock_fast(self) noexcept:
+        """Take the lock for one short call of this process's fast paths: 0 taken, -1 when
+        it is not (held by another thread or process, or a repair is owed): the caller
+        goes the Python way then, whose wait holds the queue's mutex — so close() never
+        unmaps the state under a thread waiting here."""
+        if self.map == NULL:
+            return -1
         cdef int rc = fq_q_lock(&self.q, 0)
-        if rc == FQ_ETIMEDOUT:
-            with nogil:
-                rc = fq_q_lock(&self.q, -1)
-        if rc < 0:
-            raise_status(rc, "lock queue state", self.path)
+        if rc == 0:
+            return 0
         if rc == 1:
             fq_q_unlock(&self.q)
-            return -1
-        return 0
+        return -1
 
     def settle_now(self, uint32_t lane, int64_t offset, uint32_t deliveries, uint32_t owner,
                    int new_state, int64_t not_before_ms=0):
         """settle() under the lock taken and released here (one call for an ack): True,
-        False when the lease is not current, None when a repair is owed (nothing done)."""
+        False when the lease is not current, None when the lock is busy or a repair is
+        owed (nothing done: take it the careful way)."""
         cdef int rc
         self._lane(lane)
         if self._lock_fast() < 0:
@@ -240,17 +241,6 @@ cdef class QueueState:
         if rc < 0:
             raise_status(rc, "settle queue message", self.path)
         return True
-
-    def take_now(self, list lanes, list ends, Py_ssize_t max_n, uint32_t owner, int64_t now_ms,
-                 int64_t lease_ms):
-        """take() under the lock taken and released here; None when a repair is owed."""
-        self._live()
-        if self._lock_fast() < 0:
-            return None
-        try:
-            return self.take(lanes, ends, max_n, owner, now_ms, lease_ms)
-        finally:
-            fq_q_unlock(&self.q)
 
     def take(self, list lanes, list ends, Py_ssize_t max_n, uint32_t owner, int64_t now_ms,
              int64_t lease_ms):

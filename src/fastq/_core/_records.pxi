@@ -177,15 +177,24 @@ cdef class LogReader:
     cdef Record _next(self):
         """The next record, or None at the end."""
         cdef fq_record_view v
+        cdef int64_t off
+        if not self._next_view(&v, &off):
+            return None
+        return self._record_of(&v, off)
+
+    cdef int _next_view(self, fq_record_view *v, int64_t *offset) except -1:
+        """Decode the next record into `v` (pointers into the current segment, valid
+        while it is mapped) and its offset into `offset`: 1, or 0 at the end. For
+        callers that copy what they need (fastq.queue's receive) instead of holding a
+        Record."""
         cdef int rc
         cdef int64_t off
-        cdef Record r
         self._recheck()
         while True:
             if self.remaining <= 0:
                 if not self._next_batch():
-                    return None
-            rc = fq_record_decode(self.rp, <size_t>self.rleft, &v)
+                    return 0
+            rc = fq_record_decode(self.rp, <size_t>self.rleft, v)
             if rc < 0:
                 raise_status(rc, f"record in batch {self.base}", self.seg.path, self.pos)
             self.rp += rc
@@ -197,22 +206,27 @@ cdef class LogReader:
             if off >= self.end:
                 self.remaining = 0
                 self.next_offset = self.end
-                return None
-            r = Record.__new__(Record)
-            r.offset = off
-            r.timestamp = self.base_ts + v.timestamp_delta
-            r.topic = self.log.topic_name
-            r.partition = self.log.partition_id
-            r.seg = self.seg
-            r.kp = v.key
-            r.klen = v.key_len
-            r.vp = v.value
-            r.vlen = v.value_len
-            r.hp = v.headers
-            r.nh = v.n_headers
-            r.hlen = v.headers_len
+                return 0
             self.next_offset = off + 1
-            return r
+            offset[0] = off
+            return 1
+
+    cdef Record _record_of(self, const fq_record_view *v, int64_t off):
+        """The Record of what _next_view just decoded."""
+        cdef Record r = Record.__new__(Record)
+        r.offset = off
+        r.timestamp = self.base_ts + v.timestamp_delta
+        r.topic = self.log.topic_name
+        r.partition = self.log.partition_id
+        r.seg = self.seg
+        r.kp = v.key
+        r.klen = v.key_len
+        r.vp = v.value
+        r.vlen = v.value_len
+        r.hp = v.headers
+        r.nh = v.n_headers
+        r.hlen = v.headers_len
+        return r
 
     def read_values(self, max_records):
         """Up to max_records record values as a list of ``bytes`` copies (None for a

@@ -1,6 +1,6 @@
 # Header of fastq._core._storage: the mmap-backed segment and the log's hot path.
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from fastq._core._cdefs cimport fq_batch_info, fq_record_in, fq_header
+from fastq._core._cdefs cimport fq_batch_info, fq_record_in, fq_header, fq_pentry, fq_record_view
 
 
 cdef extern from "fq_log.h" nogil:
@@ -158,6 +158,44 @@ cdef class Notifier:
     cdef uint32_t *_unmap       # mapping close left to the last of them to unmap
 
 
+cdef struct IdemResult:
+    int64_t offset            # first offset of the batch (the original one for a duplicate)
+    int64_t timestamp         # the batch's max timestamp as stored
+    int32_t next_seq          # the sequence this producer's next batch here must start with
+    int32_t first_seq         # the sequence the batch was stamped with (asked for, or the next)
+    bint duplicate            # the batch was a retry of one already stored: nothing appended
+
+
+cdef class PEntry:
+    """One producer id's sequence state in one partition (see _pstate.pxi)."""
+    cdef fq_pentry e
+
+
+cdef class ProducerState:
+    """Idempotent producers' state of one partition log, as this process knows it."""
+    cdef dict entries                   # producer id -> PEntry
+    cdef public int64_t scanned_to      # every batch below this offset has been applied
+    cdef public int64_t loaded_from     # offset of the snapshot it started from (-1: none)
+    cdef int64_t pos                    # byte position of scanned_to in the active segment, or -1
+    cdef int64_t pos_base               # ... of the segment with this base offset
+    cdef uint64_t pos_gen               # ... while the log's generation is this one
+    cdef PEntry _e0                     # the entry `entry` returned last (None: none)
+    cdef PEntry _e1                     # the one before (producers alternating on a partition)
+
+    cdef PEntry entry(self, int64_t pid)
+    cdef int apply(self, const uint8_t *h) except -1
+
+
+cdef class SharedWord:
+    """A 64-bit word in a small file, mapped shared (a transactional producer's fence)."""
+    cdef uint64_t *w            # the word in the mapping (NULL when closed)
+    cdef void *map              # the mapping
+    cdef size_t maplen          # its length
+    cdef readonly str path      # the file
+
+    cdef uint64_t *_word(self) except NULL
+
+
 cdef class RecScratch:
     """Per-call record and header arrays for one append (see _logcore.pxi)."""
     cdef fq_record_in *recs             # records (PyMem), recs_cap of them
@@ -199,6 +237,7 @@ cdef class LogCore:
     cdef int64_t _ts_bound              # a timestamp bound known to pass: coarse clock + _ts_ahead_ms, when read
     cdef int _in_wait                   # threads of this process in _wait or waiting for the lock (GIL released)
     cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
+    cdef public ProducerState _pstate   # idempotent producers' state (built on first use), or None
 
     cdef int _lock(self) except -1
     cdef int _check_writer(self, str what) except -1
@@ -219,6 +258,9 @@ cdef class LogCore:
     cdef int _wait_done(self) except -1
     cdef int _lock_done(self, fq_log_state *st, int rc, bint closer) except -1
     cdef int32_t _fill_headers(self, object headers, RecScratch sc, Py_ssize_t at, list keep) except -1
+    cdef object _fill_one(self, fq_record_in *r, object value, object key, object headers, int64_t ts)
+    cdef Py_ssize_t _fill_many(self, object values, object key, object headers, int64_t ts, RecScratch sc,
+                               list keep) except -1
 
 
 cdef class TopicCore:
@@ -264,6 +306,8 @@ cdef class LogReader:
     cdef int _next_batch(self) except -1
     cdef void _recheck(self) noexcept
     cdef Record _next(self)
+    cdef int _next_view(self, fq_record_view *v, int64_t *offset) except -1
+    cdef Record _record_of(self, const fq_record_view *v, int64_t off)
 
 
 cdef class ConsumerCore:
@@ -286,3 +330,12 @@ cdef class ConsumerCore:
     cdef Py_ssize_t _read_ready(self, object out, Py_ssize_t max_records) except -1
     cdef Py_ssize_t _tail_one(self, object out, object p, Py_ssize_t max_records) except -1
     cdef object _wait_read(self, list out, Py_ssize_t max_records, int64_t timeout_ns)
+
+
+cdef int pstate_sync_locked(LogCore lg) except -1
+cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
+                     int32_t first_seq, SharedWord fence, IdemResult *out) except -1
+cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
+                  int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1
+cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
+                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1

@@ -244,6 +244,46 @@ class LogCore:
     def get(self, offset: int) -> Record: ...
     def wait(self, offset: int, timeout: Optional[float] = None, spin_us: float = 50.0,
              pacer: Optional[Pacer] = None) -> bool: ...
+    _pstate: Optional[ProducerState]   # idempotent producers' state, built on first use
+
+# -- idempotent producers (_pstate.pxi over csrc/fq_producer.h) ---------------------------
+
+class PEntry:
+    """One producer id's sequence state in one partition."""
+    @property
+    def producer_id(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def next_sequence(self) -> int: ...
+    def batches(self) -> list[tuple[int, int, int, int]]: ...  # (first_seq, last_seq, base_offset, max_ts)
+
+class ProducerState:
+    """Idempotent producers' state of one partition log (every batch below scanned_to applied)."""
+    scanned_to: int
+    loaded_from: int        # offset of the snapshot it started from, -1: none
+    def __init__(self, scanned_to: int = 0, loaded_from: int = -1) -> None: ...
+    def get(self, pid: int) -> Optional[PEntry]: ...
+    def rows(self) -> list[tuple[int, int, list[tuple[int, int, int, int]]]]: ...
+    def add_row(self, pid: int, epoch: int, batches: Sequence[tuple[int, int, int, int]]) -> None: ...
+    def __len__(self) -> int: ...
+
+class SharedWord:
+    """A 64-bit word in a small file, mapped shared (a transactional producer's fence)."""
+    path: str
+    def __init__(self, path: str, at: int) -> None: ...
+    def load(self) -> int: ...
+    def store(self, v: int) -> None: ...
+    def sync(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+
+def fence_word(epoch: int) -> int: ...
+def fence_word_epoch(w: int) -> int: ...     # -1: damaged
+def _producer_entry(lg: LogCore, pid: int) -> Optional[PEntry]: ...
+def _producer_entry_locked(lg: LogCore, pid: int) -> Optional[PEntry]: ...
+def _producer_state_locked(lg: LogCore) -> Optional[ProducerState]: ...
 
 # -- queue state (_queuestate.pxi over csrc/fq_queue.h; used by fastq.queue) --------------
 
@@ -295,10 +335,8 @@ class QueueState:
         """Offset leased; -1 when nothing is due, -2 when the lane's window is full."""
     def settle_now(self, lane: int, offset: int, deliveries: int, owner: int, new_state: int,
                    not_before_ms: int = 0) -> Optional[bool]:
-        """settle() taking and releasing the lock itself; None when a repair is owed."""
-    def take_now(self, lanes: list[int], ends: list[int], max_n: int, owner: int, now_ms: int,
-                 lease_ms: int) -> Optional[list[tuple[int, int, int]]]:
-        """take() taking and releasing the lock itself; None when a repair is owed."""
+        """settle() taking and releasing the lock itself; None when the lock is busy or a
+        repair is owed (nothing done)."""
     def take(self, lanes: list[int], ends: list[int], max_n: int, owner: int, now_ms: int,
              lease_ms: int) -> list[tuple[int, int, int]]:
         """Lease up to max_n from lanes in order: [(index into lanes, offset, deliveries)]."""
@@ -326,3 +364,51 @@ class QueueState:
     def session_release(self, idx: int) -> None: ...
     def sessions_in_flight(self) -> dict[int, int]: ...
     def session(self, idx: int) -> tuple[int, int, int, int]: ...
+
+class QueueCore:
+    """The compiled receive/ack/publish path under fastq.queue.Queue (its subclass):
+    _queuecore.pxi. Fields are the Queue's attributes."""
+
+    _closed: bool
+    _session: int
+    _lease_ms: int
+    _sync: bool
+    _next_housekeeping: float
+    _next_expire_ms: int
+    max_deliveries: Optional[int]
+    codec: Any
+    def _core_init(self, state: QueueState, message_type: type, raw_codec: Any) -> None: ...
+    def _set_fast_lanes(self, lanes: list[Any], publish_logs: list[Optional[LogCore]]) -> None:
+        """Lanes receive takes from when compiled ([]: off); lane logs by priority publish
+        appends to ([]: off)."""
+    def publish(self, data: Any, *, key: Any = None, headers: Any = None, delay: Optional[float] = None,
+                priority: int = 0, dedup_id: Union[str, bytes, None] = None) -> int: ...
+    def publish_many(self, items: Any, *, key: Any = None, headers: Any = None,
+                     delay: Optional[float] = None, priority: int = 0) -> list[int]: ...
+    def receive(self, max_messages: int = 1, wait: Optional[float] = None) -> list[Any]: ...
+    def _take_fast(self, max_messages: int) -> Optional[list[Any]]:
+        """Leased messages on the compiled path, or None when the Python path must run."""
+    def _settle_many(self, messages: list[Any], state: int) -> Optional[list[Any]]:
+        """Messages whose lease was not current; None when the Python path must run."""
+
+class MessageCore:
+    """Fields of fastq.Message, and its compiled ``data`` and ``ack``."""
+
+    _q: QueueCore
+    _lane: int
+    _offset: int
+    _deliveries: int
+    _session: int
+    id: Any
+    key: Optional[bytes]
+    body: Any
+    _raw_headers: Any
+    _headers: Optional[dict[str, bytes]]
+    _pub_ms: int
+    delivery_count: int
+    _data: Any
+    _decoded: bool
+    _settled: bool
+    @property
+    def data(self) -> Any: ...
+    def ack(self) -> None: ...

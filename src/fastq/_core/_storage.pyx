@@ -882,5 +882,7 @@ def timeindex_entry(Segment seg, int64_t i):
 include "_faults.pxi"
 include "_records.pxi"
 include "_logcore.pxi"
+include "_pstate.pxi"
 include "_topicsupport.pxi"
 include "_queuestate.pxi"
+include "_queuecore.pxi"

@@ -29,6 +29,7 @@ stop at ``drain_seconds`` (30 s, or 6 × ``--seconds``) for a queue that cannot 
 """
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ import struct
 import time
 
 from ..broker import open as open_broker
+from ..queue import Message
 from .harness import (CTX, WorkloadConfig as Config, exit_child as _exit_child, percentile,
                       raise_child_errors as _raise_child_errors, result, set_up, start_children,
                       stop_children, with_batch)
@@ -156,18 +158,12 @@ class FastqQueue(QueueTransport):
             def __init__(self):
                 self.b = open_broker(tr.path)
                 self.q = tr._open(self.b)
+                # the public calls themselves, as a user's loop makes them: no wrapper frame
+                # per message (receive(n, wait), m.data, m.ack())
+                self.recv = self.q.receive
                 self.ack_many = self.q.ack_many
-                receive = self.q.receive
-
-                def recv(n, timeout):
-                    return receive(max_messages=n, wait=timeout)
-                self.recv = recv
-
-            def body(self, m):
-                return m.data
-
-            def ack(self, m):
-                m.ack()
+                self.body = operator.attrgetter("data")
+                self.ack = Message.ack
 
             def close(self):
                 self.q.close()
@@ -212,6 +208,8 @@ def _q_producer(tr, idx, producers, n, size, batch, cap_s, ready, go, sent, erro
     except BaseException as e:  # reported to the parent, which raises
         errors.put(f"producer {idx}: {type(e).__name__}: {e}")
         code = 1
+    errors.close()                  # flush the report before the _exit (the queue's feeder thread)
+    errors.join_thread()
     _exit_child(code)
 
 

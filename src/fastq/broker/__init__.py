@@ -17,14 +17,14 @@ Modules, bottom to top (each imports only those above it in this list, and
 from .._core._storage import RecordMetadata
 from .aio import AsyncBroker, AsyncTopic, open_async
 from .aio_consumer import AsyncConsumer, AsyncMemoryConsumer
-from .aio_producer import AsyncProducer
+from .aio_producer import AsyncIdempotentProducer, AsyncProducer
 from .broker import Broker, open
 from .config import validate_name
 from .consumer import Consumer
 from .memtopic import MemoryTopic
-from .producer import Producer
+from .producer import IdempotentProducer, Producer
 from .topic import BatchMetadata, Topic
 
 __all__ = ["Broker", "open", "Topic", "MemoryTopic", "Producer", "Consumer", "RecordMetadata", "BatchMetadata",
            "validate_name", "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-           "AsyncProducer"]
+           "AsyncProducer", "IdempotentProducer", "AsyncIdempotentProducer"]

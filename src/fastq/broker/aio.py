@@ -43,7 +43,7 @@ from typing import AsyncIterator
 from ..errors import RingFull
 from ._aio import SLICE as _SLICE, to_thread as _to_thread
 from .aio_consumer import AsyncConsumer, AsyncMemoryConsumer, _close_result
-from .aio_producer import AsyncProducer
+from .aio_producer import AsyncIdempotentProducer, AsyncProducer
 from .broker import Broker, _kind
 from .memtopic import MemoryTopic
 from .topic import BatchMetadata, RecordMetadata, Topic
@@ -158,7 +158,12 @@ class AsyncTopic:
                 pass
         return await _to_thread(self.sync.publish_many, values, **options)
 
-    def producer(self, **options) -> "AsyncProducer":
+    def producer(self, **options) -> "AsyncProducer | AsyncIdempotentProducer":
+        """The batching producer's async face, or with ``idempotent=True`` /
+        ``transactional_id`` an :class:`AsyncIdempotentProducer` (opened in the calling
+        thread: allocating a producer id writes a small file)."""
+        if options.get("idempotent") or options.get("transactional_id") is not None:
+            return AsyncIdempotentProducer(self.sync.producer(**options))
         return AsyncProducer(self.sync.producer(**options), inline=self._how == "inline")
 
     async def read(self, partition: int, offset: int | None = None, *, timestamp: int | None = None,

@@ -8,7 +8,7 @@ import collections
 
 from ._aio import to_thread as _to_thread
 
-__all__ = ["AsyncProducer"]
+__all__ = ["AsyncProducer", "AsyncIdempotentProducer"]
 
 
 class AsyncProducer:
@@ -140,6 +140,46 @@ class AsyncProducer:
             await _to_thread(self.sync.close)
 
     async def __aenter__(self) -> "AsyncProducer":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class AsyncIdempotentProducer:
+    """Async face of :class:`fastq.IdempotentProducer`: every call runs in a thread (an
+    append may wait for a partition's writer lock). A cancelled ``publish`` may still
+    have appended (the thread runs on): retry it with ``sequence=`` — the error-free
+    way to learn its fate — and a stored record is answered with its offset, once."""
+
+    def __init__(self, producer):
+        self.sync = producer
+
+    @property
+    def producer_id(self) -> int:
+        return self.sync.producer_id
+
+    @property
+    def epoch(self) -> int:
+        return self.sync.epoch
+
+    @property
+    def duplicates(self) -> int:
+        return self.sync.duplicates
+
+    async def publish(self, value, **options):
+        return await _to_thread(self.sync.publish, value, **options)
+
+    async def publish_many(self, values, **options):
+        return await _to_thread(self.sync.publish_many, list(values), **options)
+
+    async def next_sequence(self, partition: int) -> int:
+        return await _to_thread(self.sync.next_sequence, partition)
+
+    async def close(self) -> None:
+        self.sync.close()
+
+    async def __aenter__(self) -> "AsyncIdempotentProducer":
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -22,12 +22,14 @@ import threading
 import time
 from typing import Callable
 
-from .._core._producer import ProducerCore
+from .._core._producer import IdempotentCore, ProducerCore
 from .._core._ring import Ring
-from .._core._storage import RecordMetadata
+from .._core._storage import RecordMetadata, _producer_entry
 from ..errors import Closed, InvalidArgument, RingFull, UsedAfterFork
+from .idempotence import allocate_producer_id, open_transactional
+from .metadata import BatchMetadata
 
-__all__ = ["Producer"]
+__all__ = ["Producer", "IdempotentProducer"]
 
 MIN_BUFFER_BYTES = 1 << 16
 DEFAULT_BUFFER_BYTES = 4 << 20
@@ -258,3 +260,98 @@ class Producer(ProducerCore):
         self.close()
 
 
+
+
+class IdempotentProducer(IdempotentCore):
+    """A synchronous producer whose retries are stored once (Kafka's idempotent producer,
+    KIP-98): ``topic.producer(idempotent=True)``.
+
+    It has a producer id, allocated broker-wide (:mod:`fastq.broker.idempotence`), and an
+    epoch; every ``publish`` / ``publish_many`` is one RecordBatch stamped with them and
+    with the partition's next sequence number. The partition's log checks the sequence
+    under its writer lock, whichever process appends: a batch with the sequence range
+    of one of the producer's last five batches there is a retry — nothing is appended
+    and the original's offset is returned (``duplicates`` counts these); any other
+    sequence than the next raises :class:`fastq.OutOfOrderSequence`.
+
+    Retrying: a publish that raises once its batch was appended (a failed fsync, a
+    timeout, an interrupt) did store it. The error carries ``partition`` and
+    ``sequence``; publishing the same record again with ``partition=err.partition,
+    sequence=err.sequence`` stores it once. ``err.sequence`` is None when no sequence
+    was taken (nothing was appended): publish it again plainly. A publish without
+    ``sequence`` is stamped with the producer's next sequence in the partition under
+    the partition's writer lock, so it is never taken for a retry, and threads that
+    share the producer never get the same one.
+
+    ``transactional_id="name"``: a stable identity across restarts. The producer id is
+    the same at every open and the epoch higher; the instance opened before is fenced
+    (its next publish raises :class:`fastq.ProducerFenced`), and sequences continue
+    where the previous instance stopped (``next_sequence``). A process that died after
+    appending but before it learned so retries with the sequence it had used (its own
+    record numbering, or ``next_sequence`` to learn what was stored) and the record is
+    stored once.
+
+    Thread-safety: may be shared by threads (sequences are taken under the partition's
+    writer lock). Process-safety: any number of producers in any number of processes.
+    """
+
+    def __init__(self, topic, *, transactional_id: str | None = None):
+        path = topic.broker.path
+        if transactional_id is None:
+            pid, epoch, fence = allocate_producer_id(path), 0, None
+        else:
+            pid, epoch, fence = open_transactional(path, transactional_id)
+        self.transactional_id = transactional_id
+        self._init_idem(topic, pid, epoch, fence)
+
+    def publish_many(self, values, *, key=None, headers=None, partition: int | None = None,
+                     timestamp: int | None = None, sequence: int | None = None):
+        """Append many values as one idempotent batch (one sequence per record, from
+        ``sequence``, default the next); returns a :class:`fastq.BatchMetadata` — the
+        original's for a retry. The batch must fit ``max_record_bytes`` (an idempotent
+        batch is never split)."""
+        if timestamp is None:
+            timestamp = int(time.time() * 1000)
+        p, base, n, ts = self._publish_many(values, key, headers, partition, timestamp, sequence)
+        return BatchMetadata(self.topic.name, p, base, n, ts)
+
+    def next_sequence(self, partition: int) -> int:
+        """The sequence this producer id's next batch in ``partition`` must start with:
+        0 when nothing of it is stored there, else one past the last stored record. Read
+        from the log (under its writer lock), so after a restart it tells what the
+        previous instance stored."""
+        self._check_fork()
+        if self._closed:
+            raise Closed("producer is closed")
+        e = _producer_entry(self.topic.log(self.topic._check_partition(partition)), self.producer_id)
+        return 0 if e is None else e.next_sequence
+
+    def _check_fork(self) -> None:
+        if self._forked:
+            raise UsedAfterFork(f"producer of topic {self.topic.name!r} was created before fork(): "
+                                "it belongs to the parent; open a new one in the child")
+
+    def _abandon_after_fork(self) -> None:
+        self._forked = True
+        self._closed = True
+
+    def flush(self) -> int:
+        """Nothing waits in an idempotent producer: every publish appended. Returns 0."""
+        return 0
+
+    def close(self) -> None:
+        """Stop publishing and unmap the fence. Idempotent."""
+        self._closed = True
+        if self._fence is not None:
+            self._fence.close()
+
+    def __enter__(self) -> "IdempotentProducer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        tx = f" transactional_id={self.transactional_id!r}" if self.transactional_id else ""
+        return (f"<fastq.IdempotentProducer topic={self.topic.name!r} producer_id={self.producer_id} "
+                f"epoch={self.epoch}{tx}{' closed' if self._closed else ''}>")

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .._core import _storage
 from ..errors import Closed, InvalidArgument, ReadOnly, UsedAfterFork
@@ -20,7 +20,8 @@ from ..log.columns import DEFAULT_MAX_RECORDS, Columns
 from ..log.compaction import compact_log
 from ..log.log import Log, Record
 from .consumer import Consumer
-from .producer import Producer
+from .metadata import BatchMetadata
+from .producer import IdempotentProducer, Producer
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -31,24 +32,6 @@ STICKY_BATCH_BYTES = _storage.STICKY_BATCH_BYTES   # Kafka's batch.size: unkeyed
 
 
 RecordMetadata = _storage.RecordMetadata   # (topic, partition, offset, timestamp), tuple-like
-
-
-class BatchMetadata(NamedTuple):
-    """Where a batch published with ``publish_many`` landed: ``count`` records at
-    consecutive offsets from ``base_offset``. Iterate for one RecordMetadata each."""
-
-    topic: str
-    partition: int
-    base_offset: int
-    count: int
-    timestamp: int
-
-    @property
-    def offsets(self) -> range:
-        return range(self.base_offset, self.base_offset + self.count)
-
-    def records(self) -> list[RecordMetadata]:
-        return [RecordMetadata(self.topic, self.partition, o, self.timestamp) for o in self.offsets]
 
 
 _key_bytes = _storage.key_bytes
@@ -171,16 +154,32 @@ class Topic(_storage.TopicCore):
         return BatchMetadata(self.name, p, base, n, timestamp)
 
     def producer(self, *, linger_ms: float = 5.0, batch_size: int = 16384, max_pending: int = 100_000,
-                 on_delivery=None, buffer_bytes: int = 4 << 20):
+                 on_delivery=None, buffer_bytes: int = 4 << 20, idempotent: bool = False,
+                 transactional_id: str | None = None):
         """A batching producer: ``send()`` accumulates records in a ring buffer and the
         records of each partition are appended as one batch when ``batch_size`` bytes per
         partition are waiting or ``linger_ms`` has passed; ``flush()`` appends everything
-        now (see :class:`fastq.Producer`)."""
+        now (see :class:`fastq.Producer`).
+
+        ``idempotent=True`` (implied by ``transactional_id``): a synchronous
+        :class:`fastq.IdempotentProducer` instead — ``publish`` / ``publish_many``, each
+        one batch, a retry stored once; ``transactional_id`` keeps its identity across
+        restarts and fences the instance opened before. The batching options do not
+        apply to it (InvalidArgument if given)."""
 
         self._check_closed()
         self._refuse_if_readonly("a producer")
-        p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
-                     on_delivery=on_delivery, buffer_bytes=buffer_bytes)
+        if idempotent or transactional_id is not None:
+            if not isinstance(idempotent, bool):
+                raise InvalidArgument(f"idempotent must be a bool, got {idempotent!r}")
+            if (linger_ms, batch_size, max_pending, on_delivery, buffer_bytes) != (5.0, 16384, 100_000, None,
+                                                                                     4 << 20):
+                raise InvalidArgument("an idempotent producer publishes synchronously: linger_ms, "
+                                      "batch_size, max_pending, on_delivery and buffer_bytes do not apply")
+            p = IdempotentProducer(self, transactional_id=transactional_id)
+        else:
+            p = Producer(self, linger_ms=linger_ms, batch_size=batch_size, max_pending=max_pending,
+                         on_delivery=on_delivery, buffer_bytes=buffer_bytes)
         with self._mutex:
             self._producers.add(p)
         return p

@@ -16,6 +16,7 @@ import time
 from .._core._codec import os_errors
 from .._core._storage import Segment
 from ..errors import InvalidArgument, OffsetOutOfRange, StorageError
+from . import producer_state
 
 __all__ = ["RetentionMixin"]
 
@@ -182,6 +183,8 @@ class RetentionMixin:
                 self._commit(offset, pos, target.base_offset, r["max_timestamp"], r["index_count"],
                              r["timeindex_count"], r["bytes_since_index"], pos, gen)
                 self._store_recovery_point(min(self.recovery_point, offset))
+                self._pstate = None              # it applied batches that are gone now
+                producer_state.drop_after(self.path, offset)
                 self._segments = keep
                 self._active = target
                 target.sealed_end = -1

@@ -56,8 +56,15 @@ def write_json_atomic(path: str, obj: dict) -> None:
     """temp -> fsync -> rename -> fsync(dir): a metadata file is old or new, never torn.
     A failure (a full disk: DiskFull; EROFS: ReadOnly; ...) removes the temp file and
     raises the fastq error naming ``path``; a failed fsync is FsyncFailed."""
+    write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def write_bytes_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """``write_json_atomic`` for bytes. ``sync=False`` skips both fsyncs: the file is
+    then old or new after a process crash, but a power failure may leave it torn (for
+    files that carry their own checksum and may be lost, such as producer snapshots)."""
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    data = memoryview(json.dumps(obj, indent=1, sort_keys=True).encode())
+    data = memoryview(data)
     try:
         with os_errors("write", path):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -65,10 +72,11 @@ def write_json_atomic(path: str, obj: dict) -> None:
                 done = 0
                 while done < len(data):            # os.write may write less than asked
                     done += os.write(fd, data[done:])
-                try:
-                    os.fsync(fd)
-                except OSError as e:
-                    raise os_error(e, "fsync", tmp, "sync") from e
+                if sync:
+                    try:
+                        os.fsync(fd)
+                    except OSError as e:
+                        raise os_error(e, "fsync", tmp, "sync") from e
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -78,7 +86,8 @@ def write_json_atomic(path: str, obj: dict) -> None:
         except OSError:
             pass
         raise
-    _storage.fsync_dir(os.path.dirname(path) or ".")
+    if sync:
+        _storage.fsync_dir(os.path.dirname(path) or ".")
 
 
 def check_int(name: str, value, lo: int, hi: int, allow_none: bool = False):

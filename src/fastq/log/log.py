@@ -69,6 +69,7 @@ from ..errors import (
     Timeout,
     UsedAfterFork,
 )
+from . import producer_state
 from ._process import PRETOUCHER, fork_registry
 from ._recovery import RecoveryMixin
 from .columns import ColumnsMixin
@@ -139,12 +140,13 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
         self._synced = 0
         self._syncing = False
         if not os.path.isdir(self.path):
-            if os.path.exists(self.path):
+            if not os.path.exists(self.path):
+                if not create or readonly:
+                    raise LogNotFound(f"no log at {self.path}")
+                with os_errors("create log directory", self.path):
+                    os.makedirs(self.path, exist_ok=True)
+            elif not os.path.isdir(self.path):     # not one another process made just now
                 raise InvalidArgument(f"{self.path} exists and is not a directory")
-            if not create or readonly:
-                raise LogNotFound(f"no log at {self.path}")
-            with os_errors("create log directory", self.path):
-                os.makedirs(self.path, exist_ok=True)
         args = dict(durability=durability, segment_bytes=segment_bytes, segment_ms=segment_ms,
                     max_record_bytes=max_record_bytes, index_interval=index_interval,
                     retention_ms=retention_ms, retention_bytes=retention_bytes, compact=compact,
@@ -320,6 +322,10 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
             if not (self._flags & FLAG_CLEAN and self._boot_id == boot and self._consistent()):
                 self._recover(trust_state=self._boot_id == boot, have_state=True)
         if first:
+            # a snapshot past the end describes batches the log no longer has (a tail lost
+            # to a power failure under "os"): once the log grew past it again it would
+            # pass for this history's
+            producer_state.drop_after(self.path, self.snapshot()["next_offset"])
             self._flags = self._flags & ~(FLAG_CLEAN | FLAG_CHECKED)
             self._boot_id = boot
             self._opens = self._opens + 1
@@ -508,7 +514,33 @@ class Log(RecoveryMixin, RetentionMixin, ColumnsMixin, LogCore):
             self._active = seg
             self._gen = gen
             self._active_created_ms = int(time.time() * 1000)
+            self._snapshot_producers_locked(s["next_offset"])
             self._enforce_retention_locked()
+
+    # -- idempotent producers -----------------------------------------------------------
+
+    def _load_producer_state(self) -> _storage.ProducerState:
+        """Writer lock held (called from the idempotent append path): a new producer
+        state from the newest usable snapshot, else empty at the log start; the caller
+        reads the batches after it (see fastq.log.producer_state)."""
+        return producer_state.load(self.path, self.end_offset, self.start_offset)
+
+    def _snapshot_producers_locked(self, offset: int) -> None:
+        """At a roll (writer lock held, the log ends at ``offset``): snapshot the producer
+        state, if this process has one. Best effort: a failure costs a longer rebuild."""
+        state = _storage._producer_state_locked(self)
+        if state is not None and state.scanned_to == offset:
+            producer_state.write(self.path, state, offset, sync=bool(self._durability))
+
+    def producer_state(self) -> _storage.ProducerState:
+        """The idempotent producers' state of this log, brought up to its end (a copy's
+        worth of diagnostics: ``get(producer_id)`` gives a PEntry)."""
+        self._lock_py()
+        try:
+            _storage._producer_entry_locked(self, -1)      # builds it, brings it up to date
+            return self._pstate
+        finally:
+            self._unlock_py()
 
     def roll(self) -> None:
         """Seal the active segment now (if it holds any data) and start a new one."""

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from .._core import _storage
 from .._core._codec import os_errors
-from .._core._storage import QueueState
+from .._core._storage import MessageCore, QueueCore, QueueState
 from ..errors import (Closed, CodecError, CorruptRecord, DiskFull, FastqError, InvalidArgument, LeaseLost, QueueFull,
                       UsedAfterFork)
 from ..broker.config import validate_name
@@ -217,10 +217,7 @@ def _hdr(headers, name: str) -> bytes | None:
     return None
 
 
-_UNDECODED = object()
-
-
-class Message:
+class Message(MessageCore):
     """A message received from a queue, leased to this consumer until it is settled or
     its lease ends. ``data`` (decoded by the queue's codec on first access), ``body`` (the
     stored bytes), ``id``, ``key``, ``headers`` (dict), ``published_at`` (seconds since the
@@ -228,10 +225,12 @@ class Message:
 
     Settle with exactly one of :meth:`ack`, :meth:`nack`, :meth:`reject`; :meth:`extend`
     keeps the lease longer. Each raises :class:`fastq.LeaseLost` when the lease is no longer
-    current (it ended and another consumer took the message, or it was settled)."""
+    current (it ended and another consumer took the message, or it was settled).
 
-    __slots__ = ("_q", "_lane", "_offset", "_deliveries", "_session", "id", "key", "body",
-                 "_pub_ms", "delivery_count", "_data", "_settled", "_raw_headers", "_headers")
+    The fields, ``data`` and ``ack`` are compiled (:class:`fastq._core._storage.MessageCore`):
+    receive builds messages there, without running this ``__init__``."""
+
+    __slots__ = ()
 
     def __init__(self, q: "Queue", lane: int, offset: int, deliveries: int, session: int, mid: int,
                  key, body: bytes, raw_headers, published_ms: int, delivery_count: int):
@@ -246,9 +245,6 @@ class Message:
         self._raw_headers = raw_headers
         self._pub_ms = published_ms
         self.delivery_count = delivery_count
-        self._data = _UNDECODED
-        self._settled = False
-        self._headers = None
 
     @property
     def headers(self) -> dict[str, bytes]:
@@ -260,21 +256,6 @@ class Message:
     @property
     def published_at(self) -> float:
         return self._pub_ms / 1000.0
-
-    @property
-    def data(self):
-        d = self._data
-        if d is _UNDECODED:
-            codec = self._q.codec
-            if codec.loads is bytes:           # raw: the body is the data
-                d = self.body
-            else:
-                try:
-                    d = codec.loads(self.body)
-                except Exception:              # named only when it fails: no f-string per message
-                    d = codec.decode(self.body, f"message {self.id} of queue {self._q.name!r}")
-            self._data = d
-        return d
 
     @property
     def queue(self) -> str:
@@ -290,10 +271,6 @@ class Message:
         """The error the previous delivery's consumer reported with ``nack(error=...)``."""
         e = _hdr(self._raw_headers, "fq-err")
         return None if e is None else bytes(e).decode("utf-8", "replace")
-
-    def ack(self) -> None:
-        """Settle for good: the message is never delivered again."""
-        self._q._settle(self, ACKED, 0)
 
     def nack(self, delay: float = 0.0, *, error: str | BaseException | None = None) -> None:
         """Hand the message back, to be delivered again after ``delay`` seconds. ``error``
@@ -329,9 +306,13 @@ class _Lane:
         self.reader = None
 
 
-class Queue:
+class Queue(QueueCore):
     """A message queue of a :class:`fastq.Broker` (see the module docstring). Made by
-    ``broker.queue(name, ...)``; shared by threads; every process opens its own."""
+    ``broker.queue(name, ...)``; shared by threads; every process opens its own.
+
+    ``receive`` and the acks run compiled in the common case
+    (:class:`fastq._core._storage.QueueCore`, src/fastq/_core/_queuecore.pxi); every other
+    case comes back to the Python methods here."""
 
     liveness_interval = 0.010            # seconds between checks for dead consumers
     reclaim_interval = 1.0               # seconds between space reclaim passes per lane
@@ -373,6 +354,7 @@ class Queue:
         self._next_expire_ms = 0
         self._sync = self.durability != "os"
         self._dlq: "Queue | None" = None
+        self._core_init(self._state, Message, resolve_codec("raw"))
 
     # -- lanes --------------------------------------------------------------------------
 
@@ -535,13 +517,10 @@ class Queue:
             return next(self._rr) % self.partitions
         return zlib.crc32(key) % self.partitions
 
-    def publish(self, data, *, key=None, headers=None, delay: float | None = None, priority: int = 0,
-                dedup_id: str | bytes | None = None) -> int:
-        """Store one message; returns its id once it is stored (durably, under
-        ``"group"``/``"always"``). ``key``: bytes or str, picks the partition. ``delay``:
-        seconds before it may be delivered (no upper limit). ``priority``: 0..9, higher
-        delivered first, FIFO within one. ``dedup_id``: a publish with an id seen in the
-        last ``dedup_window`` seconds stores nothing and returns the first one's id."""
+    def _publish(self, data, *, key=None, headers=None, delay: float | None = None, priority: int = 0,
+                 dedup_id: str | bytes | None = None) -> int:
+        """publish() when its compiled path (QueueCore.publish: one partition, no options
+        but the priority, the lane log open) does not apply."""
         self._check_open()
         body = self.codec.encode(data)
         if key is not None:
@@ -588,9 +567,10 @@ class Queue:
         finally:
             self._unlock()
 
-    def publish_many(self, items: Iterable, *, key=None, headers=None, delay: float | None = None,
-                     priority: int = 0) -> list[int]:
-        """Store several messages (one append when there is no delay); returns their ids."""
+    def _publish_many(self, items: Iterable, *, key=None, headers=None, delay: float | None = None,
+                      priority: int = 0) -> list[int]:
+        """publish_many() when its compiled path (QueueCore.publish_many: a list, one
+        partition, no options but the priority, the lane log open) does not apply."""
         self._check_open()
         if isinstance(items, (str, bytes, bytearray, memoryview, dict)):
             raise InvalidArgument(f"publish_many takes an iterable of messages, got {type(items).__name__}")
@@ -802,10 +782,9 @@ class Queue:
                 st.expire(i, now)
             self._next_expire_ms = now + 5
 
-    def receive(self, max_messages: int = 1, wait: float | None = None) -> list[Message]:
-        """Lease up to ``max_messages`` messages: the highest priority first, FIFO within
-        one. ``wait``: seconds to wait for the first (None: until one comes; 0: return at
-        once). Returns a list (empty when the wait ran out)."""
+    def _receive(self, max_messages: int = 1, wait: float | None = None) -> list[Message]:
+        """receive() when its compiled path (QueueCore.receive) did not return messages:
+        checks the arguments, claims a session, waits."""
         if type(max_messages) is not int or not 0 < max_messages <= 1 << 20:
             check_int("max_messages", max_messages, 1, 1 << 20)
         if wait is not None and (type(wait) not in (int, float) or not 0 <= wait < 1e12):
@@ -868,20 +847,20 @@ class Queue:
         self._live_rows = [row for row in self._live_rows if row]
         self._live = [lane for row in self._live_rows for lane in row]
         self._live_ids = [lane.index for lane in self._live]
+        one = self.partitions == 1
+        self._set_fast_lanes(self._live if one and not self.ordered else [],
+                             [lane.log for lane in self._lanes[:PRIORITIES]] if one else [])
 
     def _take(self, max_messages: int) -> list[Message]:
         st = self._state
         mono = time.monotonic()
         if mono >= self._next_housekeeping:
             self._housekeeping(mono)
+        got = self._take_fast(max_messages)  # nothing to promote or expire: all compiled
+        if got is not None:
+            return got
         now = _now_ms()
         lease = self._lease_ms
-        if self.partitions == 1 and not self.ordered and not st.heap_len and now < self._next_expire_ms:
-            live = self._live                 # nothing to promote or expire: one compiled call
-            got = st.take_now(self._live_ids, [lane.log.end_offset for lane in live], max_messages,
-                              self._session, now, lease)
-            if got is not None:
-                return self._messages(got, live)
         self._lock()
         try:
             if st.heap_len or now >= self._next_expire_ms:
@@ -1101,10 +1080,12 @@ class Queue:
         """Ack several messages under one lock. Raises LeaseLost naming those whose lease
         was no longer current, after acking all the others."""
         ms = messages if isinstance(messages, list) else list(messages)
-        for m in ms:
-            if m._q is not self or m._session < 0:
-                self._own(m)
-        lost = self._state_settle_many(ms, ACKED)
+        lost = self._settle_many(ms, ACKED)       # compiled, one lock; None: the careful way
+        if lost is None:
+            for m in ms:
+                if m._q is not self or m._session < 0:
+                    self._own(m)
+            lost = self._state_settle_many(ms, ACKED)
         if self._sync and len(lost) < len(ms):
             self._state.sync()
         if lost:
@@ -1410,6 +1391,7 @@ class Queue:
                     self._session = -1
                     self._session_fd = -1
             self._closed = True
+            self._set_fast_lanes([], [])
             errors = []
             for lane in self._lanes:
                 lane.reader = None
@@ -1429,6 +1411,7 @@ class Queue:
         locks (the session flock stays the parent's: we only close our descriptor)."""
         self._forked = True
         self._closed = True
+        self._set_fast_lanes([], [])
         self._mutex = threading.RLock()
         self._holder = None
         for lane in self._lanes:
