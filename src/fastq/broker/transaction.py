@@ -1,0 +1,371 @@
+"""Transactions (Kafka's KIP-98) on the local log: ``with broker.transaction("id") as tx``.
+
+A transaction is a transactional producer's run of publishes, to any topics and
+partitions, made visible together (COMMIT) or never (ABORT) to ``read_committed``
+readers. As in Kafka:
+
+- the transactional id (:mod:`fastq.broker.idempotence`) gives the producer id and, at
+  each open, a higher epoch, which fences the instance opened before;
+- every batch of a transaction is an idempotent batch with the *transactional* bit
+  (attributes bit 4) set;
+- the transaction ends with a control batch (a COMMIT or ABORT marker, attributes
+  transactional | control, ``fq_batch_encode_control``) appended to every partition the
+  transaction wrote to;
+- readers with ``isolation="read_committed"`` skip the batches of aborted transactions
+  and stop at the partition's *last stable offset*: the first offset of the earliest
+  transaction there that has no marker yet (``fastq._core._storage.TxnIndex``).
+
+The transaction coordinator's state is a small file per transactional id,
+``<broker>/producers/<transactional_id>.txn`` — two slots of SLOT_SIZE bytes, written
+alternately in place (``pwrite``; fdatasync for durability ``"group"``/``"always"``
+brokers); integers little-endian::
+
+    slot i at i * SLOT_SIZE:
+        0   magic    8 bytes  b"FQTXST\\x00\\x01"
+        8   seq      u64      write number; the valid slot with the higher one is current
+        16  length   u32      payload bytes
+        20  check    u32      CRC-32C of bytes [8, 20) and of the payload
+        24  payload  JSON     {"state": S, "producer_id": P, "epoch": E,
+                               "partitions": [[topic, partition], ...],
+                               "started_ms": T, "timeout_ms": D}
+
+States (Kafka's coordinator states): ``"ongoing"`` (written, with the partition added,
+*before* the first append to each new partition), ``"prepare_commit"`` /
+``"prepare_abort"`` (written before the first marker), ``"complete_commit"`` /
+``"complete_abort"`` (after the last marker). A torn or damaged slot is ignored (the
+other one is the state); both damaged is :class:`fastq.CorruptRecord`.
+
+Recovery, each time the transactional id is opened (after the epoch bump has fenced
+the previous instance): ``ongoing`` or ``prepare_abort`` → ABORT markers on its
+partitions; ``prepare_commit`` → COMMIT markers (rolled forward); then ``complete_*``.
+A marker written twice (a crash after some markers) is harmless: a reader applies a
+marker only to an open transaction of that producer id. An ongoing transaction whose
+process died and whose id nobody reopens is aborted after its ``timeout_ms`` by
+:func:`abort_expired` (``Broker.abort_expired_transactions``; read_committed reads held
+back by an open transaction call it, at most once a second per topic).
+
+Process-safety: one transactional id, one live instance (fencing); the state file is
+written only by the instance holding the current epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+
+from .._core import _storage
+from .._core._codec import crc32c, os_errors
+from .._core._producer import IdempotentCore
+from ..errors import Closed, CorruptRecord, InvalidArgument, ProducerFenced, TransactionStateError, UnknownTopic
+from .idempotence import PRODUCERS_DIR, open_transactional
+from .metadata import BatchMetadata
+
+__all__ = ["Transaction", "TransactionalProducer", "abort_expired", "read_state"]
+
+MAGIC = b"FQTXST\x00\x01"
+SUFFIX = ".txn"
+SLOT_SIZE = 65536
+_HEAD = struct.Struct("<8sQII")          # magic, seq, length, check
+ATTR_TRANSACTIONAL = 0x10
+DEFAULT_TIMEOUT_MS = 60_000
+
+
+def _check_slot(data: bytes):
+    """(seq, payload dict) of a slot, or None when it is empty, torn or damaged."""
+    if len(data) < _HEAD.size:
+        return None
+    magic, seq, length, check = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC or length > SLOT_SIZE - _HEAD.size or len(data) < _HEAD.size + length:
+        return None
+    payload = data[_HEAD.size:_HEAD.size + length]
+    if crc32c(data[8:20] + payload) != check:
+        return None
+    try:
+        return seq, json.loads(payload)
+    except ValueError:
+        return None
+
+
+def read_state(path: str):
+    """``(seq, state dict)`` of a transaction state file, ``(0, None)`` when it holds none."""
+    with os_errors("read", path):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(2 * SLOT_SIZE)
+        except FileNotFoundError:
+            return 0, None
+    if not data.strip(b"\x00"):
+        return 0, None
+    slots = [s for s in (_check_slot(data[:SLOT_SIZE]), _check_slot(data[SLOT_SIZE:])) if s]
+    if not slots:
+        raise CorruptRecord(f"{path}: neither slot of the transaction state is intact", path, 0)
+    return max(slots, key=lambda s: s[0])
+
+
+class _StateFile:
+    """The transactional id's state file, kept open by its live instance."""
+
+    def __init__(self, path: str, sync: bool):
+        self.path = path
+        self.sync = sync
+        self.seq, self.state = read_state(path)
+        with os_errors("open", path):
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def write(self, state: dict) -> None:
+        payload = json.dumps(state, separators=(",", ":")).encode()
+        if len(payload) > SLOT_SIZE - _HEAD.size:
+            raise TransactionStateError(f"transaction touches too many partitions "
+                                        f"({len(state['partitions'])}) for its state file")
+        seq = self.seq + 1
+        tail = struct.pack("<QI", seq, len(payload))
+        buf = MAGIC + tail + struct.pack("<I", crc32c(tail + payload)) + payload
+        with os_errors("write", self.path):
+            os.pwrite(self.fd, buf, (seq % 2) * SLOT_SIZE)
+            if self.sync:
+                os.fdatasync(self.fd)
+        self.seq, self.state = seq, state
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _markers(broker, partitions, producer_id: int, epoch: int, fence, commit: bool, hook=None) -> None:
+    """A COMMIT or ABORT marker on each (topic, partition); topics deleted since are skipped."""
+    for name, p in partitions:
+        try:
+            topic = broker.topic(name, create=False)
+        except UnknownTopic:
+            continue
+        _storage._append_marker(topic.log(p), producer_id, epoch, commit, fence)
+        if hook is not None:
+            hook("marker")
+
+
+class TransactionalProducer:
+    """The live instance of a transactional id (``broker.transaction(id)`` opens or
+    reuses it): its producer id, epoch and state file; one transaction at a time.
+    Opening it fences the previous instance and finishes what that one left
+    (see the module docstring). Not for threads to share mid-transaction."""
+
+    def __init__(self, broker, transactional_id: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+        if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms < 1:
+            raise InvalidArgument(f"timeout_ms must be a positive int, got {timeout_ms!r}")
+        self.broker = broker
+        self.transactional_id = transactional_id
+        self.timeout_ms = timeout_ms
+        self.producer_id, self.epoch, self._fence = open_transactional(broker.path, transactional_id)
+        self._closed = False
+        self._current: Transaction | None = None
+        self._lock = threading.Lock()
+        self._hook = None                    # tests: called with each step's name
+        try:
+            path = os.path.join(broker.path, PRODUCERS_DIR, transactional_id + SUFFIX)
+            self._state = _StateFile(path, broker.durability != "os")
+            self._recover()
+        except BaseException:
+            self._fence.close()
+            raise
+
+    def _recover(self) -> None:
+        st = self._state.state
+        if not st or st["state"].startswith("complete"):
+            return
+        commit = st["state"] == "prepare_commit"
+        if st["state"] == "ongoing":
+            st = dict(st, state="prepare_abort")
+            self._state.write(st)
+        _markers(self.broker, st["partitions"], st["producer_id"], self.epoch, self._fence, commit)
+        self._state.write(dict(st, state="complete_commit" if commit else "complete_abort"))
+
+    def _check_fence(self) -> None:
+        if _storage.fence_word_epoch(self._fence.load()) != self.epoch:
+            raise ProducerFenced(f"transactional id {self.transactional_id!r} epoch {self.epoch} was "
+                                 "fenced: it was opened again")
+
+    def begin(self) -> "Transaction":
+        """Start a transaction (``broker.transaction`` calls this)."""
+        with self._lock:
+            if self._closed:
+                raise Closed(f"transactional producer {self.transactional_id!r} is closed")
+            if self._current is not None:
+                raise TransactionStateError(f"transactional id {self.transactional_id!r} already has a "
+                                            "transaction under way (transactions do not nest)")
+            self._check_fence()
+            self._current = Transaction(self)
+            return self._current
+
+    def _abandon(self) -> None:
+        """Unusable from now on, without writing anything (a failed commit or abort)."""
+        self._closed = True
+        self._state.close()
+        self._fence.close()
+
+    def close(self) -> None:
+        """Abort a transaction under way, then release the fence and the state file."""
+        if self._closed:
+            return
+        if self._current is not None:
+            try:
+                self._current.abort()
+            except (ProducerFenced, Closed):
+                pass
+        self._closed = True
+        self._state.close()
+        self._fence.close()
+
+
+class Transaction:
+    """One transaction: ``publish`` / ``publish_many`` to any topics, then ``commit()`` or
+    ``abort()`` — or use it as a context manager (commit on a clean exit, abort on an
+    exception). After either, it takes nothing more (:class:`fastq.TransactionStateError`)."""
+
+    def __init__(self, owner: TransactionalProducer):
+        self._owner = owner
+        self._cores: dict = {}               # topic name -> IdempotentCore (transactional)
+        self._parts: list = []               # [topic, partition] in the order first written
+        self._seen: set = set()
+        self._started_ms = int(time.time() * 1000)
+        self.state = "ongoing"               # then "committed" / "aborted"
+
+    @property
+    def transactional_id(self) -> str:
+        return self._owner.transactional_id
+
+    def _check_ongoing(self) -> None:
+        if self.state != "ongoing":
+            raise TransactionStateError(f"transaction of {self.transactional_id!r} is {self.state}: "
+                                        "it takes no more publishes, commit or abort")
+
+    def _core(self, topic):
+        if isinstance(topic, str):
+            topic = self._owner.broker.topic(topic, create=False)     # UnknownTopic
+        core = self._cores.get(topic.name)
+        if core is None:
+            o = self._owner
+            core = IdempotentCore()
+            core._init_idem(topic, o.producer_id, o.epoch, o._fence)
+            core._attrs = ATTR_TRANSACTIONAL
+            self._cores[topic.name] = core
+        return topic, core
+
+    def _add_partition(self, topic, p: int) -> None:
+        """Kafka's AddPartitionsToTxn: recorded durably before the first append there."""
+        k = (topic.name, p)
+        if k in self._seen:
+            return
+        self._parts.append([topic.name, p])
+        o = self._owner
+        try:
+            o._state.write({"state": "ongoing", "producer_id": o.producer_id, "epoch": o.epoch,
+                            "partitions": self._parts, "started_ms": self._started_ms,
+                            "timeout_ms": o.timeout_ms})
+        except BaseException:
+            self._parts.pop()
+            raise
+        self._seen.add(k)
+        if o._hook is not None:
+            o._hook("add_partition")
+
+    def publish(self, topic, value, *, key=None, headers=None, partition=None, timestamp=None):
+        """Publish one record to ``topic`` (a name or a Topic) inside the transaction;
+        returns its RecordMetadata. Visible to read_committed readers once committed."""
+        self._check_ongoing()
+        topic, core = self._core(topic)
+        p = topic.choose_partition(key, partition)
+        self._add_partition(topic, p)
+        m = core.publish(value, key=key, headers=headers, partition=p, timestamp=timestamp)
+        if self._owner._hook is not None:
+            self._owner._hook("publish")
+        return m
+
+    def publish_many(self, topic, values, *, key=None, headers=None, partition=None, timestamp=None):
+        """Publish many values as one transactional batch to one partition of ``topic``;
+        returns a :class:`fastq.BatchMetadata`."""
+        self._check_ongoing()
+        topic, core = self._core(topic)
+        p = topic.choose_partition(key, partition)
+        self._add_partition(topic, p)
+        if timestamp is None:
+            timestamp = int(time.time() * 1000)
+        p, base, n, ts = core._publish_many(values, key, headers, p, timestamp, None)
+        if self._owner._hook is not None:
+            self._owner._hook("publish")
+        return BatchMetadata(topic.name, p, base, n, ts)
+
+    def _end(self, commit: bool) -> None:
+        self._check_ongoing()
+        o = self._owner
+        try:
+            o._check_fence()
+            if self._parts:
+                st = {"state": "prepare_commit" if commit else "prepare_abort", "producer_id": o.producer_id,
+                      "epoch": o.epoch, "partitions": self._parts, "started_ms": self._started_ms,
+                      "timeout_ms": o.timeout_ms}
+                o._state.write(st)
+                if o._hook is not None:
+                    o._hook("prepare")
+                _markers(o.broker, self._parts, o.producer_id, o.epoch, o._fence, commit, o._hook)
+                o._state.write(dict(st, state="complete_commit" if commit else "complete_abort"))
+                if o._hook is not None:
+                    o._hook("complete")
+        except BaseException:
+            # unfinished: this instance stops here; the next open of the transactional id
+            # finishes it from the state file (a prepared commit rolled forward)
+            self.state = "failed"
+            o._current = None
+            o._abandon()
+            raise
+        self.state = "committed" if commit else "aborted"
+        o._current = None
+
+    def commit(self) -> None:
+        """Make every record of the transaction visible to read_committed readers: a
+        prepare-commit state record, a COMMIT marker on each partition written to, a
+        complete-commit record. Once the prepare record is written the commit is
+        decided: a crash after it is rolled forward at the next open."""
+        self._end(True)
+
+    def abort(self) -> None:
+        """Discard the transaction: ABORT markers on each partition written to."""
+        self._end(False)
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.state != "ongoing":
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def abort_expired(broker, now_ms: int | None = None) -> list[str]:
+    """Finish every transaction whose ``timeout_ms`` has passed without an end: its
+    transactional id is opened (which fences a live instance, as Kafka's coordinator
+    does) and recovered (ongoing → aborted, prepared → finished). Returns the ids."""
+    d = os.path.join(broker.path, PRODUCERS_DIR)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    done = []
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return done
+    for name in names:
+        if not name.endswith(SUFFIX):
+            continue
+        try:
+            _, st = read_state(os.path.join(d, name))
+        except CorruptRecord:
+            continue
+        if not st or st["state"].startswith("complete") or st["started_ms"] + st["timeout_ms"] > now:
+            continue
+        TransactionalProducer(broker, name[:-len(SUFFIX)]).close()
+        done.append(name[:-len(SUFFIX)])
+    return done
