@@ -157,20 +157,27 @@ def test_prepared_commit_is_rolled_forward_at_the_next_open(broker):
 
 
 def test_state_file_slots_survive_one_damaged_slot(tmp_path, broker):
+    path = os.path.join(broker.path, "producers", "s.txn")
     with broker.transaction("s") as tx:
         tx.publish("t", b"x", partition=0)
-    path = os.path.join(broker.path, "producers", "s.txn")
+        tx.publish("t", b"y", partition=1)
     seq, st = txmod.read_state(path)
-    assert st["state"] == "complete_commit" and st["partitions"] == [["t", 0]]
+    # two partitions: the prepare record; the complete one is written lazily
+    assert st["state"] == "prepare_commit" and st["partitions"] == [["t", 0], ["t", 1]]
+    broker.close()                               # close writes the complete record
+    seq, st = txmod.read_state(path)
+    assert st["state"] == "complete_commit"
     with open(path, "r+b") as f:                 # tear the current slot
         f.seek((seq % 2) * txmod.SLOT_SIZE + 30)
         f.write(b"\xff")
     seq2, st2 = txmod.read_state(path)
     assert seq2 == seq - 1 and st2["state"] == "prepare_commit"
-    broker.close()
-    with fastq.open(broker.path) as b:           # re-marks the prepared commit: harmless
+    with fastq.open(broker.path) as b:           # finds both markers written: nothing to add
+        end = b.topic("t").log(0).end_offset
         b.transaction("s").abort()
-        assert values(b.topic("t"), 0) == [b"x"]
+        assert b.topic("t").log(0).end_offset == end
+        assert values(b.topic("t"), 0) == [b"x"] and values(b.topic("t"), 1) == [b"y"]
+    assert txmod.read_state(path)[1]["state"] == "complete_commit"
     with open(path, "r+b") as f:
         f.write(b"\x00" * 64)
         f.seek(txmod.SLOT_SIZE)

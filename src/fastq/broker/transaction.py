@@ -58,6 +58,7 @@ import time
 from .._core import _storage
 from .._core._codec import crc32c, os_errors
 from .._core._producer import IdempotentCore
+from .. import errors as fastq_errors
 from ..errors import Closed, CorruptRecord, InvalidArgument, ProducerFenced, TransactionStateError, UnknownTopic
 from .idempotence import PRODUCERS_DIR, open_transactional
 from .metadata import BatchMetadata
@@ -115,10 +116,13 @@ class _StateFile:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, state: dict) -> None:
-        payload = json.dumps(state, separators=(",", ":")).encode()
+        self.write_raw(json.dumps(state, separators=(",", ":")), len(state["partitions"]))
+
+    def write_raw(self, text: str, nparts: int) -> None:
+        payload = text.encode()
         if len(payload) > SLOT_SIZE - _HEAD.size:
-            raise TransactionStateError(f"transaction touches too many partitions "
-                                        f"({len(state['partitions'])}) for its state file")
+            raise TransactionStateError(f"transaction touches too many partitions ({nparts}) for its "
+                                        "state file")
         seq = self.seq + 1
         tail = struct.pack("<QI", seq, len(payload))
         buf = MAGIC + tail + struct.pack("<I", crc32c(tail + payload)) + payload
@@ -126,7 +130,7 @@ class _StateFile:
             os.pwrite(self.fd, buf, (seq % 2) * SLOT_SIZE)
             if self.sync:
                 os.fdatasync(self.fd)
-        self.seq, self.state = seq, state
+        self.seq, self.state = seq, None   # (read back only at open)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -134,13 +138,25 @@ class _StateFile:
             self.fd = -1
 
 
-def _markers(broker, partitions, producer_id: int, epoch: int, fence, commit: bool, hook=None) -> None:
-    """A COMMIT or ABORT marker on each (topic, partition); topics deleted since are skipped."""
+def _open_in(broker, partitions, producer_id: int) -> list:
+    """The (topic, partition) of ``partitions`` where ``producer_id`` has a transaction
+    without a marker (topics deleted since are skipped)."""
+    out = []
     for name, p in partitions:
         try:
             topic = broker.topic(name, create=False)
         except UnknownTopic:
             continue
+        lg = topic.log(p)
+        _storage._txn_lso(lg)
+        if producer_id in lg._txnidx.open:
+            out.append((topic, p))
+    return out
+
+
+def _markers(parts, producer_id: int, epoch: int, fence, commit: bool, hook=None) -> None:
+    """A COMMIT or ABORT marker on each (Topic, partition)."""
+    for topic, p in parts:
         _storage._append_marker(topic.log(p), producer_id, epoch, commit, fence)
         if hook is not None:
             hook("marker")
@@ -163,6 +179,8 @@ class TransactionalProducer:
         self._current: Transaction | None = None
         self._lock = threading.Lock()
         self._hook = None                    # tests: called with each step's name
+        self._cores: dict = {}               # topic name -> (Topic, transactional IdempotentCore)
+        self._pending: tuple | None = None   # (state, parts, started_ms) whose complete record is not written
         try:
             path = os.path.join(broker.path, PRODUCERS_DIR, transactional_id + SUFFIX)
             self._state = _StateFile(path, broker.durability != "os")
@@ -172,15 +190,36 @@ class TransactionalProducer:
             raise
 
     def _recover(self) -> None:
+        """Finish what the previous instance left: markers where its transaction is
+        still open (COMMIT for a prepared commit, else ABORT), then the complete record."""
         st = self._state.state
         if not st or st["state"].startswith("complete"):
             return
         commit = st["state"] == "prepare_commit"
-        if st["state"] == "ongoing":
-            st = dict(st, state="prepare_abort")
-            self._state.write(st)
-        _markers(self.broker, st["partitions"], st["producer_id"], self.epoch, self._fence, commit)
-        self._state.write(dict(st, state="complete_commit" if commit else "complete_abort"))
+        parts = _open_in(self.broker, st["partitions"], st["producer_id"])
+        _markers(parts, st["producer_id"], self.epoch, self._fence, commit)
+        done = "complete_commit" if commit else "complete_abort" if parts or st["state"] != "ongoing" else "complete"
+        self._state.write(dict(st, state=done))
+
+    def _topic_core(self, topic):
+        """(Topic, its transactional IdempotentCore), cached per topic name."""
+        name = topic if isinstance(topic, str) else topic.name
+        hit = self._cores.get(name)
+        if hit is not None and not hit[0].closed:
+            return hit
+        if isinstance(topic, str):
+            topic = self.broker.topic(topic, create=False)     # UnknownTopic
+        core = IdempotentCore()
+        core._init_idem(topic, self.producer_id, self.epoch, self._fence)
+        core._attrs = ATTR_TRANSACTIONAL
+        self._cores[name] = hit = (topic, core)
+        return hit
+
+    def _write_state(self, state: str, parts: list, started_ms: int) -> None:
+        self._state.write_raw(
+            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":%s,"started_ms":%d,"timeout_ms":%d}'
+            % (state, self.producer_id, self.epoch, json.dumps(parts, separators=(",", ":")), started_ms,
+               self.timeout_ms), len(parts))
 
     def _check_fence(self) -> None:
         if _storage.fence_word_epoch(self._fence.load()) != self.epoch:
@@ -214,6 +253,13 @@ class TransactionalProducer:
                 self._current.abort()
             except (ProducerFenced, Closed):
                 pass
+        if self._pending is not None:
+            try:
+                self._check_fence()
+                self._write_state(*self._pending)
+            except (ProducerFenced, fastq_errors.StorageError):
+                pass                         # the next open finds the markers written
+            self._pending = None
         self._closed = True
         self._state.close()
         self._fence.close()
@@ -226,7 +272,6 @@ class Transaction:
 
     def __init__(self, owner: TransactionalProducer):
         self._owner = owner
-        self._cores: dict = {}               # topic name -> IdempotentCore (transactional)
         self._parts: list = []               # [topic, partition] in the order first written
         self._seen: set = set()
         self._started_ms = int(time.time() * 1000)
@@ -241,32 +286,20 @@ class Transaction:
             raise TransactionStateError(f"transaction of {self.transactional_id!r} is {self.state}: "
                                         "it takes no more publishes, commit or abort")
 
-    def _core(self, topic):
-        if isinstance(topic, str):
-            topic = self._owner.broker.topic(topic, create=False)     # UnknownTopic
-        core = self._cores.get(topic.name)
-        if core is None:
-            o = self._owner
-            core = IdempotentCore()
-            core._init_idem(topic, o.producer_id, o.epoch, o._fence)
-            core._attrs = ATTR_TRANSACTIONAL
-            self._cores[topic.name] = core
-        return topic, core
-
     def _add_partition(self, topic, p: int) -> None:
-        """Kafka's AddPartitionsToTxn: recorded durably before the first append there."""
+        """Kafka's AddPartitionsToTxn: recorded in the state file before the first append
+        there (this record also completes the transaction before, see ``_end``)."""
         k = (topic.name, p)
         if k in self._seen:
             return
         self._parts.append([topic.name, p])
         o = self._owner
         try:
-            o._state.write({"state": "ongoing", "producer_id": o.producer_id, "epoch": o.epoch,
-                            "partitions": self._parts, "started_ms": self._started_ms,
-                            "timeout_ms": o.timeout_ms})
+            o._write_state("ongoing", self._parts, self._started_ms)
         except BaseException:
             self._parts.pop()
             raise
+        o._pending = None
         self._seen.add(k)
         if o._hook is not None:
             o._hook("add_partition")
@@ -275,7 +308,7 @@ class Transaction:
         """Publish one record to ``topic`` (a name or a Topic) inside the transaction;
         returns its RecordMetadata. Visible to read_committed readers once committed."""
         self._check_ongoing()
-        topic, core = self._core(topic)
+        topic, core = self._owner._topic_core(topic)
         p = topic.choose_partition(key, partition)
         self._add_partition(topic, p)
         m = core.publish(value, key=key, headers=headers, partition=p, timestamp=timestamp)
@@ -287,7 +320,7 @@ class Transaction:
         """Publish many values as one transactional batch to one partition of ``topic``;
         returns a :class:`fastq.BatchMetadata`."""
         self._check_ongoing()
-        topic, core = self._core(topic)
+        topic, core = self._owner._topic_core(topic)
         p = topic.choose_partition(key, partition)
         self._add_partition(topic, p)
         if timestamp is None:
@@ -303,14 +336,18 @@ class Transaction:
         try:
             o._check_fence()
             if self._parts:
-                st = {"state": "prepare_commit" if commit else "prepare_abort", "producer_id": o.producer_id,
-                      "epoch": o.epoch, "partitions": self._parts, "started_ms": self._started_ms,
-                      "timeout_ms": o.timeout_ms}
-                o._state.write(st)
-                if o._hook is not None:
-                    o._hook("prepare")
-                _markers(o.broker, self._parts, o.producer_id, o.epoch, o._fence, commit, o._hook)
-                o._state.write(dict(st, state="complete_commit" if commit else "complete_abort"))
+                parts = [(o._topic_core(name)[0], p) for name, p in self._parts]
+                if len(parts) > 1:
+                    # several partitions: the decision is recorded before the first marker
+                    o._write_state("prepare_commit" if commit else "prepare_abort", self._parts,
+                                   self._started_ms)
+                    if o._hook is not None:
+                        o._hook("prepare")
+                # one partition: its marker is the decision (recovery looks for it)
+                _markers(parts, o.producer_id, o.epoch, o._fence, commit, o._hook)
+                # the complete record is written by the next transaction's first record
+                # (or at close): recovery finds the markers written and writes nothing
+                o._pending = ("complete_commit" if commit else "complete_abort", self._parts, self._started_ms)
                 if o._hook is not None:
                     o._hook("complete")
         except BaseException:
@@ -366,6 +403,8 @@ def abort_expired(broker, now_ms: int | None = None) -> list[str]:
             continue
         if not st or st["state"].startswith("complete") or st["started_ms"] + st["timeout_ms"] > now:
             continue
+        if not _open_in(broker, st["partitions"], st["producer_id"]):
+            continue                         # its markers are written (the complete record is lazy)
         TransactionalProducer(broker, name[:-len(SUFFIX)]).close()
         done.append(name[:-len(SUFFIX)])
     return done
