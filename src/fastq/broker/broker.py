@@ -376,6 +376,10 @@ class Broker:
         ``timeout_ms`` (default 60 s): after it, a transaction left open is aborted by
         whoever calls :meth:`abort_expired_transactions`. See
         :mod:`fastq.broker.transaction`."""
+        tp = self._txns.get(transactional_id)
+        if tp is not None and not tp._closed and (timeout_ms is None or tp.timeout_ms == timeout_ms) \
+                and not self._closed:
+            return tp.begin()                    # the common case: the id is open here
         from .transaction import DEFAULT_TIMEOUT_MS, TransactionalProducer
         self._check_open()
         self._refuse_if_readonly("transaction")

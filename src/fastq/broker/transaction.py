@@ -138,6 +138,17 @@ class _StateFile:
             self.fd = -1
 
 
+def _part_json(name: str, p: int, _cache: dict = {}) -> str:
+    """``[name, p]`` as JSON (cached: every state record repeats it)."""
+    k = (name, p)
+    j = _cache.get(k)
+    if j is None:
+        if len(_cache) > 4096:
+            _cache.clear()
+        j = _cache[k] = json.dumps([name, p], separators=(",", ":"))
+    return j
+
+
 def _open_in(broker, partitions, producer_id: int) -> list:
     """The (topic, partition) of ``partitions`` where ``producer_id`` has a transaction
     without a marker (topics deleted since are skipped)."""
@@ -217,8 +228,8 @@ class TransactionalProducer:
 
     def _write_state(self, state: str, parts: list, started_ms: int) -> None:
         self._state.write_raw(
-            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":%s,"started_ms":%d,"timeout_ms":%d}'
-            % (state, self.producer_id, self.epoch, json.dumps(parts, separators=(",", ":")), started_ms,
+            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":[%s],"started_ms":%d,"timeout_ms":%d}'
+            % (state, self.producer_id, self.epoch, ",".join(_part_json(n, p) for n, p in parts), started_ms,
                self.timeout_ms), len(parts))
 
     def _check_fence(self) -> None:
