@@ -214,3 +214,28 @@ def test_kafka_python_reads_our_transactional_batches_and_markers(broker):
                    (2, True, True, True, [(1, 2)]),              # COMMIT
                    (3, True, False, True, [(b"gone", 3)]),
                    (4, True, True, True, [(0, 4)])]              # ABORT
+
+
+def test_read_committed_consumer(broker):
+    t = broker.topic("t")
+    c = t.consumer("g", isolation="read_committed", from_="earliest")
+    u = t.consumer("h", from_="earliest")
+    assert u.isolation == "read_uncommitted"
+    tx = broker.transaction("cx")
+    tx.publish("t", b"a", partition=0)
+    t.publish(b"plain", partition=0)
+    assert [bytes(r.value) for r in c.poll(timeout=0.05)] == []         # held at the LSO
+    assert sorted(bytes(r.value) for r in u.poll(timeout=0.05)) == [b"a", b"plain"]
+    tx.abort()
+    assert [bytes(r.value) for r in c.poll(timeout=1)] == [b"plain"]
+    with broker.transaction("cx") as tx:
+        tx.publish("t", b"b", partition=1)
+        tx.publish("t", b"c", partition=0)
+    got = []
+    for _ in range(5):
+        got += [bytes(r.value) for r in c.poll(timeout=0.2)]
+    assert sorted(got) == [b"b", b"c"]
+    with pytest.raises(fastq.InvalidArgument):
+        t.consumer(isolation="dirty")
+    c.close()
+    u.close()

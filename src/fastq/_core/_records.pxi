@@ -532,8 +532,8 @@ cdef class ConsumerCore:
         if rdo is None or end < pos or pos < lg.st.log_start_offset:
             return NOT_SERVED
         rd = <LogReader>rdo
-        if rd.next_offset != pos:
-            return NOT_SERVED
+        if rd.next_offset != pos or rd.aborted is not None:
+            return NOT_SERVED                            # read_committed: bounded by the LSO in Python
         while got < max_records:
             nxt = rd._next()
             if nxt is None:
