@@ -239,3 +239,45 @@ def test_read_committed_consumer(broker):
         t.consumer(isolation="dirty")
     c.close()
     u.close()
+
+
+def test_commit_offsets_move_with_the_transaction(broker):
+    src, dst = broker.topic("u"), broker.topic("t")
+    for i in range(6):
+        src.publish(b"in%d" % i)
+    c = src.consumer("eos", from_="earliest")
+    recs = c.poll(max_records=3, timeout=1)
+    assert len(recs) == 3
+    with pytest.raises(RuntimeError):
+        with broker.transaction("eos") as tx:
+            for r in recs:
+                tx.publish(dst, bytes(r.value) + b"-out", partition=0)
+            tx.commit_offsets(c)
+            raise RuntimeError("handler failed")
+    assert c.committed().get(0) is None                   # aborted: offsets did not move
+    with broker.transaction("eos") as tx:
+        for r in recs:
+            tx.publish(dst, bytes(r.value) + b"-out", partition=0)
+        tx.commit_offsets(c)
+    assert c.committed().get(0) == 3
+    assert values(dst, 0) == [b"in0-out", b"in1-out", b"in2-out"]
+    # crash after the prepare record and the marker, before the offsets: rolled forward
+    recs = c.poll(max_records=3, timeout=1)
+    tx = broker.transaction("eos")
+    tx.publish(dst, b"last", partition=0)
+    tx.commit_offsets(c, {0: 6})
+
+    def crash(step):
+        if step == "marker":
+            raise KeyboardInterrupt
+    tx._owner._hook = crash
+    with pytest.raises(KeyboardInterrupt):
+        tx.commit()
+    assert c.committed().get(0) == 3
+    broker.transaction("eos").abort()               # the reopen applies the offsets
+    assert c.committed().get(0) == 6
+    plain = src.consumer()
+    with pytest.raises(fastq.InvalidArgument):
+        broker.transaction("eos2").commit_offsets(plain)                   # no group
+    plain.close()
+    c.close()

@@ -149,6 +149,34 @@ def _part_json(name: str, p: int, _cache: dict = {}) -> str:
     return j
 
 
+def _apply_offsets(broker, offsets, consumers=None) -> None:
+    """Commit ``offsets`` (``[[group, topic, {partition: offset}], ...]``) to the groups'
+    offset stores (the same files ``Consumer.commit`` writes); setting them again is
+    harmless, so recovery may repeat it."""
+    from .offsets import OffsetStore
+    for group, name, offs in offsets:
+        c = (consumers or {}).get((group, name))
+        store = c._store if c is not None and c._store is not None and not c._store.closed else None
+        mine = store is None
+        if mine:
+            try:
+                topic = broker.topic(name, create=False)
+            except UnknownTopic:
+                continue
+            store = OffsetStore(os.path.join(broker.path, "groups", group, "offsets", f"{name}.offsets"),
+                                topic.partitions, sync=topic.durability in ("group", "always"))
+        try:
+            for p, off in offs.items():
+                store.put(int(p), off)
+                if c is not None and int(p) in c._last_commit:
+                    c._last_commit[int(p)] = off
+            if store.sync_commits:
+                store.sync()
+        finally:
+            if mine:
+                store.close()
+
+
 def _open_in(broker, partitions, producer_id: int) -> list:
     """The (topic, partition) of ``partitions`` where ``producer_id`` has a transaction
     without a marker (topics deleted since are skipped)."""
@@ -209,6 +237,8 @@ class TransactionalProducer:
         commit = st["state"] == "prepare_commit"
         parts = _open_in(self.broker, st["partitions"], st["producer_id"])
         _markers(parts, st["producer_id"], self.epoch, self._fence, commit)
+        if commit and st.get("offsets"):
+            _apply_offsets(self.broker, st["offsets"])
         done = "complete_commit" if commit else "complete_abort" if parts or st["state"] != "ongoing" else "complete"
         self._state.write(dict(st, state=done))
 
@@ -226,11 +256,11 @@ class TransactionalProducer:
         self._cores[name] = hit = (topic, core)
         return hit
 
-    def _write_state(self, state: str, parts: list, started_ms: int) -> None:
+    def _write_state(self, state: str, parts: list, started_ms: int, offsets: list | None = None) -> None:
         self._state.write_raw(
-            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":[%s],"started_ms":%d,"timeout_ms":%d}'
+            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":[%s],"started_ms":%d,"timeout_ms":%d%s}'
             % (state, self.producer_id, self.epoch, ",".join(_part_json(n, p) for n, p in parts), started_ms,
-               self.timeout_ms), len(parts))
+               self.timeout_ms, "" if not offsets else ',"offsets":' + json.dumps(offsets)), len(parts))
 
     def _check_fence(self) -> None:
         if _storage.fence_word_epoch(self._fence.load()) != self.epoch:
@@ -286,6 +316,8 @@ class Transaction:
         self._parts: list = []               # [topic, partition] in the order first written
         self._seen: set = set()
         self._started_ms = int(time.time() * 1000)
+        self._offsets: dict = {}             # (group, topic) -> {partition: offset}
+        self._consumers: dict = {}           # (group, topic) -> Consumer
         self.state = "ongoing"               # then "committed" / "aborted"
 
     @property
@@ -341,24 +373,54 @@ class Transaction:
             self._owner._hook("publish")
         return BatchMetadata(topic.name, p, base, n, ts)
 
+    def commit_offsets(self, consumer, offsets: dict | None = None) -> None:
+        """Commit ``consumer``'s group offsets with this transaction (Kafka's
+        ``sendOffsetsToTransaction``: consume -> process -> produce, exactly once): they
+        move when the transaction commits, never if it aborts. ``offsets``:
+        ``{partition: offset}`` (default: the consumer's positions, the offset after the
+        last record it handed out, for every partition it owns)."""
+        self._check_ongoing()
+        store = getattr(consumer, "_store", None)
+        if store is None or getattr(consumer, "group", None) is None:
+            raise InvalidArgument("commit_offsets needs a consumer with a group (topic.consumer(group=...))")
+        if offsets is None:
+            offsets = dict(consumer._pos)
+        if not isinstance(offsets, dict):
+            raise InvalidArgument(f"offsets must be a dict {{partition: offset}}, got {type(offsets).__name__}")
+        for p, off in offsets.items():
+            consumer.topic._check_partition(p)
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise InvalidArgument(f"offset {off!r} of partition {p}: expected an int >= 0")
+        k = (consumer.group, consumer.topic.name)
+        self._offsets.setdefault(k, {}).update(offsets)
+        self._consumers[k] = consumer
+
     def _end(self, commit: bool) -> None:
         self._check_ongoing()
         o = self._owner
         try:
             o._check_fence()
-            if self._parts:
+            offsets = [[g, t, offs] for (g, t), offs in self._offsets.items()] if commit else None
+            if self._parts or offsets:
                 parts = [(o._topic_core(name)[0], p) for name, p in self._parts]
-                if len(parts) > 1:
+                if len(parts) > 1 or offsets:
                     # several partitions: the decision is recorded before the first marker
                     o._write_state("prepare_commit" if commit else "prepare_abort", self._parts,
-                                   self._started_ms)
+                                   self._started_ms, offsets)
                     if o._hook is not None:
                         o._hook("prepare")
                 # one partition: its marker is the decision (recovery looks for it)
                 _markers(parts, o.producer_id, o.epoch, o._fence, commit, o._hook)
+                if offsets:
+                    _apply_offsets(o.broker, offsets, self._consumers)
+                    if o._hook is not None:
+                        o._hook("offsets")
                 # the complete record is written by the next transaction's first record
                 # (or at close): recovery finds the markers written and writes nothing
                 o._pending = ("complete_commit" if commit else "complete_abort", self._parts, self._started_ms)
+                if offsets:                  # eagerly: a recovery must not set them again later
+                    o._write_state(*o._pending)
+                    o._pending = None
                 if o._hook is not None:
                     o._hook("complete")
         except BaseException:
