@@ -31,18 +31,27 @@ brokers); integers little-endian::
 
 States (Kafka's coordinator states): ``"ongoing"`` (written, with the partition added,
 *before* the first append to each new partition), ``"prepare_commit"`` /
-``"prepare_abort"`` (written before the first marker), ``"complete_commit"`` /
-``"complete_abort"`` (after the last marker). A torn or damaged slot is ignored (the
-other one is the state); both damaged is :class:`fastq.CorruptRecord`.
+``"prepare_abort"`` (written before the first marker when the transaction wrote to more
+than one partition or carries group offsets — then the decision must outlive a crash
+between markers; with one partition the marker itself is the decision),
+``"complete_commit"`` / ``"complete_abort"`` / ``"complete"`` (after the last marker;
+written lazily — by the next transaction's first record or at close — except when the
+transaction carried offsets). A prepare record may hold ``"offsets": [[group, topic,
+{partition: offset}], ...]`` (``tx.commit_offsets``), written to the groups' offset
+stores after the COMMIT markers. A torn or damaged slot is ignored (the other one is the
+state); both damaged is :class:`fastq.CorruptRecord`.
 
-Recovery, each time the transactional id is opened (after the epoch bump has fenced
-the previous instance): ``ongoing`` or ``prepare_abort`` → ABORT markers on its
-partitions; ``prepare_commit`` → COMMIT markers (rolled forward); then ``complete_*``.
-A marker written twice (a crash after some markers) is harmless: a reader applies a
-marker only to an open transaction of that producer id. An ongoing transaction whose
-process died and whose id nobody reopens is aborted after its ``timeout_ms`` by
-:func:`abort_expired` (``Broker.abort_expired_transactions``; read_committed reads held
-back by an open transaction call it, at most once a second per topic).
+Recovery, each time the transactional id is opened (after the epoch bump has fenced the
+previous instance), for a state not complete: on each listed partition where the
+producer id still has a transaction without a marker (the partition's TxnIndex), a
+COMMIT marker for ``prepare_commit`` (rolled forward), else ABORT; for
+``prepare_commit`` the offsets are written (again: setting them twice is harmless); then
+a complete record. A partition already marked gets nothing (a marker is applied only to
+an open transaction anyway). An ongoing transaction whose process died and whose id
+nobody reopens is aborted after its ``timeout_ms`` by :func:`abort_expired`
+(``Broker.abort_expired_transactions``; a read_committed read held back by an open
+transaction calls it, at most once a second per topic); a state whose markers are all
+written is left alone (its complete record is only late).
 
 Process-safety: one transactional id, one live instance (fencing); the state file is
 written only by the instance holding the current epoch.
