@@ -49,6 +49,24 @@ def broker():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def _interleaved(benchmark, rates, variants, unit, repeat=1):
+    """Run the variants one after another each round (each ``repeat`` times), timed by
+    thread CPU and wall clock; record rates of ``unit`` per second from the median."""
+    cpu = {k: [] for k in variants}
+    wall = {k: [] for k in variants}
+
+    def one_round():
+        for name, fn in variants.items():
+            w0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(repeat):
+                fn()
+            cpu[name].append(time.thread_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    _record(benchmark, rates, cpu, wall, unit)
+
+
 def _record(benchmark, rates, cpu, wall, unit):
     for name in cpu:
         for kind, times in (("cpu", cpu[name][1:]), ("wall", wall[name][1:])):   # [0]: the warm-up
@@ -69,20 +87,7 @@ def test_transaction_vs_publish_many(benchmark, broker, rates):
         with broker.transaction("bench") as tx:
             tx.publish_many("tx", values, partition=0)
 
-    variants = {"many100": many100, "txn100": txn100}
-    cpu = {k: [] for k in variants}
-    wall = {k: [] for k in variants}
-
-    def one_round():
-        for name, fn in variants.items():
-            w0, c0 = time.perf_counter(), time.thread_time()
-            for _ in range(TXNS):
-                fn()
-            cpu[name].append(time.thread_time() - c0)
-            wall[name].append(time.perf_counter() - w0)
-
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, rates, cpu, wall, TXNS)
+    _interleaved(benchmark, rates, {"many100": many100, "txn100": txn100}, TXNS, repeat=TXNS)
     benchmark.extra_info["unit"] = "calls of 100 records per second"
 
 
@@ -103,17 +108,6 @@ def test_read_committed_vs_read_uncommitted(benchmark, broker, rates):
             assert got == n
         return run
 
-    variants = {"read_uncommitted": reader("read_uncommitted"), "read_committed": reader("read_committed")}
-    cpu = {k: [] for k in variants}
-    wall = {k: [] for k in variants}
-
-    def one_round():
-        for name, fn in variants.items():
-            w0, c0 = time.perf_counter(), time.thread_time()
-            fn()
-            cpu[name].append(time.thread_time() - c0)
-            wall[name].append(time.perf_counter() - w0)
-
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, rates, cpu, wall, n)
+    _interleaved(benchmark, rates, {"read_uncommitted": reader("read_uncommitted"),
+                                    "read_committed": reader("read_committed")}, n)
     benchmark.extra_info["unit"] = "records per second"

@@ -65,12 +65,16 @@ def _check(path, ack):
     return len(groups), len(acked), unc
 
 
-def test_kill_at_each_step_of_a_transaction(tmp_path):
+def _setup(tmp_path):
     path, ack = str(tmp_path / "b"), str(tmp_path / "ack")
-    b = fastq.open(path)
-    b.topic("out", partitions=2)
-    b.topic("other", partitions=1)
-    b.close()
+    with fastq.open(path) as b:
+        b.topic("out", partitions=2)
+        b.topic("other", partitions=1)
+    return path, ack
+
+
+def test_kill_at_each_step_of_a_transaction(tmp_path):
+    path, ack = _setup(tmp_path)
     run = 0
     plain = 0
     for step in STEPS:
@@ -89,11 +93,7 @@ def test_kill_at_each_step_of_a_transaction(tmp_path):
 
 def test_kill_at_random_moments(tmp_path):
     rng = random.Random(seed_for("txn kill loop"))
-    path, ack = str(tmp_path / "b"), str(tmp_path / "ack")
-    b = fastq.open(path)
-    b.topic("out", partitions=2)
-    b.topic("other", partitions=1)
-    b.close()
+    path, ack = _setup(tmp_path)
     kills = 0
     for run in range(1, (120 if TORTURE else 12) + 1):
         rc = _run(path, run, 200, ack, kill_after=rng.uniform(0.0, 0.15))
