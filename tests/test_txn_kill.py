@@ -103,3 +103,39 @@ def test_kill_at_random_moments(tmp_path):
     committed, acked, unc = _check(path, ack)
     print(f"kills={kills} committed={committed} acknowledged={acked} uncommitted records={unc}")
     assert kills >= 3
+
+
+def test_consume_process_produce_exactly_once_under_kills(tmp_path):
+    """The consumer's group offsets commit with the transaction that published its
+    output: killed at random and restarted, the output holds every input once, in order."""
+    rng = random.Random(seed_for("txn eos kill loop"))
+    n = 100_000 if TORTURE else 20_000
+    path = str(tmp_path / "b")
+    with fastq.open(path) as b:
+        b.topic("in").publish_many([b"m%d" % i for i in range(n)], partition=0)
+        b.topic("out2")
+    worker = os.path.join(os.path.dirname(__file__), "eos_worker.py")
+    kills = 0
+    for _ in range(1000):
+        proc = subprocess.Popen([sys.executable, worker, path, str(n), str(rng.randint(1, 7))],
+                                stdout=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline().strip() == "ready", "worker did not start"
+        try:
+            proc.wait(timeout=rng.uniform(0.0, 0.04))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        proc.stdout.close()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.returncode
+    assert proc.returncode == 0, "the worker never finished"
+    with fastq.open(path) as b:
+        b.transaction("eos").abort()
+        out = [bytes(r.value) for r in b.topic("out2").read(0, isolation="read_committed")]
+        assert out == [b"m%d-out" % i for i in range(n)]
+        raw = sum(1 for _ in b.topic("out2").read(0))
+    print(f"kills={kills} output records read uncommitted={raw} (committed {n})")
+    assert kills >= 3

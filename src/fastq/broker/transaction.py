@@ -387,7 +387,12 @@ class Transaction:
         ``sendOffsetsToTransaction``: consume -> process -> produce, exactly once): they
         move when the transaction commits, never if it aborts. ``offsets``:
         ``{partition: offset}`` (default: the consumer's positions, the offset after the
-        last record it handed out, for every partition it owns)."""
+        last record it handed out, for every partition it owns). Open the transactional
+        id (``broker.transaction``) *before* the consumer reads its committed offsets
+        (before its first poll): that open rolls a killed instance's prepared commit
+        forward, offsets included; a consumer that read them earlier would resume from
+        the older offset and process those records again. Start the consumer with the
+        default ``from_="committed"``."""
         self._check_ongoing()
         store = getattr(consumer, "_store", None)
         if store is None or getattr(consumer, "group", None) is None:
