@@ -21,9 +21,10 @@ STEPS = ("add_partition", "publish", "prepare", "marker", "complete")
 RECORDS = 6                                   # per transaction: out/0 x2, out/1 x3, other/0 x1
 
 
-def _run(path, run, ntx, ack, crash="none:0", kill_after=None):
-    proc = subprocess.Popen([sys.executable, WORKER, path, "tk", str(run), str(ntx), ack, crash],
-                            stdout=subprocess.PIPE, text=True)
+def _spawn(args, kill_after=None):
+    """Run a worker script until it exits, or SIGKILL it ``kill_after`` seconds after it
+    said ``ready``; returns its exit status."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     assert ready and proc.stdout.readline().strip() == "ready", "worker did not start"
     if kill_after is not None:
@@ -34,6 +35,10 @@ def _run(path, run, ntx, ack, crash="none:0", kill_after=None):
     proc.wait(timeout=300)
     proc.stdout.close()
     return proc.returncode
+
+
+def _run(path, run, ntx, ack, crash="none:0", kill_after=None):
+    return _spawn([WORKER, path, "tk", str(run), str(ntx), ack, crash], kill_after)
 
 
 def _check(path, ack):
@@ -117,21 +122,12 @@ def test_consume_process_produce_exactly_once_under_kills(tmp_path):
     worker = os.path.join(os.path.dirname(__file__), "eos_worker.py")
     kills = 0
     for _ in range(1000):
-        proc = subprocess.Popen([sys.executable, worker, path, str(n), str(rng.randint(1, 7))],
-                                stdout=subprocess.PIPE, text=True)
-        ready, _, _ = select.select([proc.stdout], [], [], 120)
-        assert ready and proc.stdout.readline().strip() == "ready", "worker did not start"
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 0.04))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        proc.stdout.close()
-        if proc.returncode == 0:
+        rc = _spawn([worker, path, str(n), str(rng.randint(1, 7))], rng.uniform(0.0, 0.04))
+        if rc == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, proc.returncode
-    assert proc.returncode == 0, "the worker never finished"
+        assert rc == -signal.SIGKILL, rc
+        kills += 1
+    assert rc == 0, "the worker never finished"
     with fastq.open(path) as b:
         b.transaction("eos").abort()
         out = [bytes(r.value) for r in b.topic("out2").read(0, isolation="read_committed")]
