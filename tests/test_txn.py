@@ -281,3 +281,22 @@ def test_commit_offsets_move_with_the_transaction(broker):
         broker.transaction("eos2").commit_offsets(plain)                   # no group
     plain.close()
     c.close()
+
+
+def test_a_forked_child_cannot_use_the_parents_transaction(broker):
+    tx = broker.transaction("fk")
+    tx.publish("t", b"parent", partition=0)
+    pid = os.fork()
+    if pid == 0:                                 # child: report through the exit status
+        code = 1
+        try:
+            tx.publish("t", b"child", partition=0)
+        except fastq.UsedAfterFork:
+            code = 0
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    tx.commit()                                  # the parent's transaction goes on
+    assert values(broker.topic("t"), 0) == [b"parent"]

@@ -181,6 +181,9 @@ class Broker:
             except OSError:
                 pass
         self._queues.clear()
+        for tp in list(self._txns.values()):
+            tp._abandon_after_fork()            # the parent's transactions stay the parent's
+        self._txns.clear()
 
     def _topic_dir(self, name: str) -> str:
         return os.path.join(self.path, "topics", name)

@@ -68,7 +68,8 @@ from .._core import _storage
 from .._core._codec import crc32c, os_errors
 from .._core._producer import IdempotentCore
 from .. import errors as fastq_errors
-from ..errors import Closed, CorruptRecord, InvalidArgument, ProducerFenced, TransactionStateError, UnknownTopic
+from ..errors import (Closed, CorruptRecord, InvalidArgument, ProducerFenced, TransactionStateError, UnknownTopic,
+                      UsedAfterFork)
 from .idempotence import PRODUCERS_DIR, open_transactional
 from .metadata import BatchMetadata
 
@@ -227,6 +228,7 @@ class TransactionalProducer:
         self._current: Transaction | None = None
         self._lock = threading.Lock()
         self._hook = None                    # tests: called with each step's name
+        self._forked = False
         self._cores: dict = {}               # topic name -> (Topic, transactional IdempotentCore)
         self._pending: tuple | None = None   # (state, parts, started_ms) whose complete record is not written
         try:
@@ -288,6 +290,15 @@ class TransactionalProducer:
             self._current = Transaction(self)
             return self._current
 
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: unusable, nothing written, nothing closed that the parent
+        uses (its transaction goes on in the parent)."""
+        self._closed = True
+        self._forked = True
+        for _, core in self._cores.values():
+            core._closed = True
+            core._forked = True
+
     def _abandon(self) -> None:
         """Unusable from now on, without writing anything (a failed commit or abort)."""
         self._closed = True
@@ -334,6 +345,9 @@ class Transaction:
         return self._owner.transactional_id
 
     def _check_ongoing(self) -> None:
+        if self._owner._forked:
+            raise UsedAfterFork(f"transaction of {self.transactional_id!r} was begun before fork(): it "
+                                "belongs to the parent; begin one in the child")
         if self.state != "ongoing":
             raise TransactionStateError(f"transaction of {self.transactional_id!r} is {self.state}: "
                                         "it takes no more publishes, commit or abort")
