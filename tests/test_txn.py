@@ -131,7 +131,7 @@ def test_expired_transactions_are_aborted_by_whoever_reads(broker):
         dead._owner._state.close()
     assert broker.abort_expired_transactions(now_ms=0) == []        # not expired yet at time 0
     import time
-    time.sleep(0.1)
+    time.sleep(0.15)                         # past 2 x timeout_ms
     t.publish(b"after", partition=0)
     assert values(t, 0) == [b"after"]        # the read found it held back and aborted it
     assert txmod.read_state(os.path.join(broker.path, "producers", "slow.txn"))[1]["state"] == "complete_abort"
@@ -300,3 +300,19 @@ def test_a_forked_child_cannot_use_the_parents_transaction(broker):
     assert os.WEXITSTATUS(status) == 0
     tx.commit()                                  # the parent's transaction goes on
     assert values(broker.topic("t"), 0) == [b"parent"]
+
+
+def test_a_reused_ongoing_record_still_aborts_a_killed_transaction(broker):
+    t = broker.topic("t")
+    path = os.path.join(broker.path, "producers", "r.txn")
+    with broker.transaction("r") as tx:
+        tx.publish("t", b"one", partition=0)
+    seq = txmod.read_state(path)[0]
+    tx = broker.transaction("r")
+    tx.publish("t", b"two", partition=0)         # same partition: the record on disk is reused
+    assert txmod.read_state(path)[0] == seq
+    assert txmod.read_state(path)[1]["state"] == "ongoing"
+    with fastq.open(broker.path) as b2:          # as after a kill -9: another instance opens the id
+        b2.transaction("r").abort()
+        assert values(b2.topic("t"), 0) == [b"one"]
+        assert b2.topic("t").last_stable_offset(0) == b2.topic("t").log(0).end_offset

@@ -376,8 +376,9 @@ class Broker:
         ``tx.abort()``. read_committed readers see all of its records or none. The
         first transaction of an id in this broker object opens the id (fencing any
         other instance, and finishing what a crashed one left); later ones reuse it.
-        ``timeout_ms`` (default 60 s): after it, a transaction left open is aborted by
-        whoever calls :meth:`abort_expired_transactions`. See
+        ``timeout_ms`` (default 60 s): a transaction left open is aborted between
+        ``timeout_ms`` and twice that after it began, by whoever calls
+        :meth:`abort_expired_transactions` (read_committed reads held back call it). See
         :mod:`fastq.broker.transaction`."""
         tp = self._txns.get(transactional_id)
         if tp is not None and not tp._closed and (timeout_ms is None or tp.timeout_ms == timeout_ms) \

@@ -27,7 +27,8 @@ brokers); integers little-endian::
         20  check    u32      CRC-32C of bytes [8, 20) and of the payload
         24  payload  JSON     {"state": S, "producer_id": P, "epoch": E,
                                "partitions": [[topic, partition], ...],
-                               "started_ms": T, "timeout_ms": D}
+                               "started_ms": T, "timeout_ms": D,
+                               "deadline_ms": T + 2 * D}
 
 States (Kafka's coordinator states): ``"ongoing"`` (written, with the partition added,
 *before* the first append to each new partition), ``"prepare_commit"`` /
@@ -48,10 +49,14 @@ COMMIT marker for ``prepare_commit`` (rolled forward), else ABORT; for
 ``prepare_commit`` the offsets are written (again: setting them twice is harmless); then
 a complete record. A partition already marked gets nothing (a marker is applied only to
 an open transaction anyway). An ongoing transaction whose process died and whose id
-nobody reopens is aborted after its ``timeout_ms`` by :func:`abort_expired`
+nobody reopens is aborted after its deadline by :func:`abort_expired`
 (``Broker.abort_expired_transactions``; a read_committed read held back by an open
 transaction calls it, at most once a second per topic); a state whose markers are all
-written is left alone (its complete record is only late).
+written is left alone (its complete record is only late). The deadline is written as
+start + 2 x ``timeout_ms``, and a transaction on the same partitions as the one before
+reuses that one's "ongoing" record (no write) while its deadline is at least
+``timeout_ms`` away: a transaction left open is aborted between ``timeout_ms`` and
+2 x ``timeout_ms`` after it began.
 
 Process-safety: one transactional id, one live instance (fencing); the state file is
 written only by the instance holding the current epoch.
@@ -231,6 +236,7 @@ class TransactionalProducer:
         self._forked = False
         self._cores: dict = {}               # topic name -> (Topic, transactional IdempotentCore)
         self._pending: tuple | None = None   # (state, parts, started_ms) whose complete record is not written
+        self._disk: tuple | None = None      # (state, {(topic, partition)}, deadline_ms) of the last record written
         try:
             path = os.path.join(broker.path, PRODUCERS_DIR, transactional_id + SUFFIX)
             self._state = _StateFile(path, broker.durability != "os")
@@ -268,10 +274,13 @@ class TransactionalProducer:
         return hit
 
     def _write_state(self, state: str, parts: list, started_ms: int, offsets: list | None = None) -> None:
+        deadline = started_ms + 2 * self.timeout_ms
         self._state.write_raw(
-            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":[%s],"started_ms":%d,"timeout_ms":%d%s}'
+            '{"state":"%s","producer_id":%d,"epoch":%d,"partitions":[%s],"started_ms":%d,"timeout_ms":%d,'
+            '"deadline_ms":%d%s}'
             % (state, self.producer_id, self.epoch, ",".join(_part_json(n, p) for n, p in parts), started_ms,
-               self.timeout_ms, "" if not offsets else ',"offsets":' + json.dumps(offsets)), len(parts))
+               self.timeout_ms, deadline, "" if not offsets else ',"offsets":' + json.dumps(offsets)), len(parts))
+        self._disk = (state, {(n, p) for n, p in parts}, deadline)
 
     def _check_fence(self) -> None:
         if _storage.fence_word_epoch(self._fence.load()) != self.epoch:
@@ -360,11 +369,16 @@ class Transaction:
             return
         self._parts.append([topic.name, p])
         o = self._owner
-        try:
-            o._write_state("ongoing", self._parts, self._started_ms)
-        except BaseException:
-            self._parts.pop()
-            raise
+        d = o._disk
+        if d is None or d[0] != "ongoing" or k not in d[1] or d[2] - self._started_ms < o.timeout_ms:
+            try:
+                o._write_state("ongoing", self._parts, self._started_ms)
+            except BaseException:
+                self._parts.pop()
+                raise
+        # else: the record on disk already says "ongoing" with this partition (the
+        # transaction before, on the same partitions, left it; its complete record is
+        # lazy), and its deadline is at least timeout_ms away: nothing to write
         o._pending = None
         self._seen.add(k)
         if o._hook is not None:
@@ -502,7 +516,7 @@ def abort_expired(broker, now_ms: int | None = None) -> list[str]:
             _, st = read_state(os.path.join(d, name))
         except CorruptRecord:
             continue
-        if not st or st["state"].startswith("complete") or st["started_ms"] + st["timeout_ms"] > now:
+        if not st or st["state"].startswith("complete") or st.get("deadline_ms", st["started_ms"] + st["timeout_ms"]) > now:
             continue
         if not _open_in(broker, st["partitions"], st["producer_id"]):
             continue                         # its markers are written (the complete record is lazy)
