@@ -39,6 +39,7 @@ from .config import (ALTERABLE, BROKER_FILE, BROKER_LOCK, BROKER_VERSION, NAME_R
                      read_json, validate_name, validate_topic_config)
 from .memtopic import MemoryTopic
 from .topic import Topic
+from .transaction import DEFAULT_TIMEOUT_MS, TransactionalProducer, abort_expired
 
 __all__ = ["Broker", "open"]
 
@@ -384,7 +385,6 @@ class Broker:
         if tp is not None and not tp._closed and (timeout_ms is None or tp.timeout_ms == timeout_ms) \
                 and not self._closed:
             return tp.begin()                    # the common case: the id is open here
-        from .transaction import DEFAULT_TIMEOUT_MS, TransactionalProducer
         self._check_open()
         self._refuse_if_readonly("transaction")
         with self._mutex:
@@ -404,7 +404,6 @@ class Broker:
         """Abort every transaction left open past its ``timeout_ms`` (its process died, or
         hangs): the transactional id is opened, which fences its instance. Returns the
         transactional ids finished."""
-        from .transaction import abort_expired
         self._check_open()
         return abort_expired(self, now_ms)
 

@@ -77,6 +77,7 @@ from ..errors import (Closed, CorruptRecord, InvalidArgument, ProducerFenced, Tr
                       UsedAfterFork)
 from .idempotence import PRODUCERS_DIR, open_transactional
 from .metadata import BatchMetadata
+from .offsets import OffsetStore
 
 __all__ = ["Transaction", "TransactionalProducer", "abort_expired", "read_state"]
 
@@ -168,7 +169,6 @@ def _apply_offsets(broker, offsets, consumers=None) -> None:
     """Commit ``offsets`` (``[[group, topic, {partition: offset}], ...]``) to the groups'
     offset stores (the same files ``Consumer.commit`` writes); setting them again is
     harmless, so recovery may repeat it."""
-    from .offsets import OffsetStore
     for group, name, offs in offsets:
         c = (consumers or {}).get((group, name))
         store = c._store if c is not None and c._store is not None and not c._store.closed else None
