@@ -92,6 +92,7 @@ def test_add_get_count_and_run_through_the_async_face(tmp_path):
             first = await ev.apoll(10, timeout=5)
             assert first and first[0].event == "added"
             ev.close()
+            assert await atq.repair(0) == []                  # its message is there
             assert await atq.obliterate() == 1
             assert await atq.counts() == dict.fromkeys(fastq.tasks.COUNT_STATES, 0)
             await atq.close()

@@ -1276,6 +1276,33 @@ class Queue(QueueCore):
             self._unlock()
         return out
 
+    def unsettled(self) -> list[bytes]:
+        """The raw bodies of every message not settled — ready, delayed or in flight — in
+        no order. Each lane is read under the lock on its own, so a message that moves
+        lanes meanwhile (coming due, a nack) may be seen twice or not at all: for a sweep
+        that must only mostly find a message (fastq.tasks' repair), not for accounting."""
+        self._check_open()
+        self._scan_lanes()
+        out: list[bytes] = []
+        for lane in self._lanes:
+            lg = lane.log
+            if lg is None:
+                continue
+            self._lock()
+            try:
+                st = self._state
+                spso, speo = st.lane(lane.index)[:2]
+                for rec in lg.read(max(spso, lg.start_offset), lg.end_offset):
+                    if rec.offset < speo:
+                        slot = st.slot(lane.index, rec.offset)
+                        if slot is not None and slot[0] in (ACKED, ARCHIVED):
+                            continue
+                    out.append(bytes(rec.value) if rec.value is not None else b"")
+                    del rec
+            finally:
+                self._unlock()
+        return out
+
     def purge(self) -> int:
         """Drop every message that is ready or delayed (messages in flight stay with their
         consumers, as in SQS). Returns how many were dropped."""

@@ -2,8 +2,8 @@
 ``fastq.AsyncTaskQueue(fastq.TaskQueue("images", broker))``) gives an
 :class:`AsyncTaskQueue` whose calls are coroutines: ``await tq.add(...)``, ``add_bulk``,
 ``get_job``, ``get_jobs``, ``counts`` and the getters, and the admin methods (pause /
-resume, drain, clean, retry_failed, retry_job, promote, remove, obliterate) and job
-schedulers.
+resume, drain, clean, retry_failed, retry_job, promote, remove, obliterate, repair)
+and job schedulers.
 
 Inline or thread (the rule of :mod:`fastq.broker.aio`): every one of these may wait for
 another process — the admin lock (``flock``), the job-state topic read to its end, a
@@ -138,6 +138,11 @@ class AsyncTaskQueue:
 
     async def obliterate(self, *, force: bool = False) -> int:
         return await to_thread(self.sync.obliterate, force=force)
+
+    async def repair(self, grace: float | None = None) -> list[str]:
+        """As :meth:`fastq.TaskQueue.repair`: re-publish jobs whose ``add`` died between
+        their state and their message."""
+        return await to_thread(self.sync.repair, grace)
 
     # -- job schedulers --------------------------------------------------------------------------
 
