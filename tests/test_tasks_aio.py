@@ -93,7 +93,11 @@ def test_add_get_count_and_run_through_the_async_face(tmp_path):
             assert first and first[0].event == "added"
             ev.close()
             assert await atq.repair(0) == []                  # its message is there
-            assert await atq.obliterate() == 1
+            dd = await atq.add("d", 1, deduplication={"id": "u"})
+            assert (await atq.add("d", 2, deduplication={"id": "u"})).id == dd.id
+            assert await atq.get_deduplication_job_id("u") == dd.id
+            assert await atq.remove_deduplication_key("u") is True
+            assert await atq.obliterate() == 2
             assert await atq.counts() == dict.fromkeys(fastq.tasks.COUNT_STATES, 0)
             await atq.close()
     run(main())

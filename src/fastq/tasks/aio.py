@@ -144,6 +144,12 @@ class AsyncTaskQueue:
         their state and their message."""
         return await to_thread(self.sync.repair, grace)
 
+    async def get_deduplication_job_id(self, dedup_id: str) -> str | None:
+        return await to_thread(self.sync.get_deduplication_job_id, dedup_id)
+
+    async def remove_deduplication_key(self, dedup_id: str) -> bool:
+        return await to_thread(self.sync.remove_deduplication_key, dedup_id)
+
     # -- job schedulers --------------------------------------------------------------------------
 
     async def upsert_job_scheduler(self, scheduler_id: str, repeat: dict, *, name: str | None = None,
