@@ -8,6 +8,7 @@ while a child adds jobs (long version behind FASTQ_TORTURE=1).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import fastq.tasks.admin as admin_mod
 import fastq.tasks.worker as worker_mod
 from fastq.errors import InvalidArgument
 from taskutil import wait_for
+from test_cli_tasks import run as cli_run
 
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
 
@@ -189,3 +191,13 @@ def test_kill_9_loop_while_adding_every_stored_job_runs_exactly_once(tmp_path):
         assert set(runs.values()) == {1}, {k: v for k, v in runs.items() if v != 1}
         print("jobs", len(jobs), "repaired", len(fixed))
         tq.close()
+
+
+def test_cli_tasks_repair(tmp_path):
+    p = _child(DIE_AT_PUBLISH, tmp_path / "b", "job_id")
+    assert p.returncode == -signal.SIGKILL
+    path = str(tmp_path / "b")
+    assert cli_run("tasks", "repair", "t", "-b", path).output.strip() == "repaired: t: 0 job(s)"   # not 60 s old
+    assert json.loads(cli_run("tasks", "repair", "t", "--grace", "0", "-b", path, "--json").output) == ["fixed"]
+    assert json.loads(cli_run("tasks", "repair", "t", "--grace", "0", "-b", path, "--json").output) == []
+    assert cli_run("tasks", "repair", "nope", "-b", path, ok=False).exit_code != 0

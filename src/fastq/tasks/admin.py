@@ -412,8 +412,11 @@ class AdminMixin:
             raise InvalidArgument(f"grace must be seconds >= 0, got {grace!r}")
         self._check_open()
         cutoff = now_ms() - int(grace * 1000)
-        old = [s for _, _, s in self._select({"waiting", "prioritized", "paused", "delayed"})
-               if max(s.get("added_ms") or 0, s.get("due_ms") or 0) <= cutoff]
+        idx = self._index
+        idx.refresh()
+        with idx._lock:                           # waiting and delayed only (not the finished many)
+            old = [s for st in ("waiting", "delayed") for s in (idx.jobs[j] for j in idx.by_state[st])
+                   if max(s.get("added_ms") or 0, s.get("due_ms") or 0) <= cutoff]
         if not old:
             return []
         queued = set()

@@ -242,6 +242,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._children: list[_Child | None] = []
         self._keeper: threading.Thread | None = None
+        self._repairing = threading.Lock()        # held while a repair() thread runs
         self._started = False
         self._loop_thread: int | None = None       # asyncio: the thread whose loop runs it
         if autorun:
@@ -431,14 +432,20 @@ class Worker:
                         pass
                     except FastqError:
                         log.exception("worker of %r could not extend message %s", self.queue.name, m.id)
-            if now >= repair_at and not self._stop.is_set():
+            if now >= repair_at and not self._stop.is_set() and not self._repairing.locked():
                 repair_at = now + REPAIR_EVERY_S * (0.5 + random.random())
-                try:
-                    self.queue.repair()
-                except Closed:
-                    pass
-                except FastqError:
-                    log.exception("worker of %r could not repair jobs", self.queue.name)
+                threading.Thread(target=self._repair, daemon=True,   # not in the way of lease extensions
+                                 name=f"fastq-worker-{self.queue.name}-repair").start()
+
+    def _repair(self) -> None:
+        """TaskQueue.repair, in a thread of its own (it may read the whole backlog)."""
+        with self._repairing:
+            try:
+                self.queue.repair()
+            except Closed:
+                pass
+            except Exception:                     # noqa: BLE001 - a background sweep: log, try next time
+                log.exception("worker of %r could not repair jobs", self.queue.name)
 
     # -- asyncio mode ------------------------------------------------------------------------
 
