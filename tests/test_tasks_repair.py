@@ -201,3 +201,17 @@ def test_cli_tasks_repair(tmp_path):
     assert json.loads(cli_run("tasks", "repair", "t", "--grace", "0", "-b", path, "--json").output) == ["fixed"]
     assert json.loads(cli_run("tasks", "repair", "t", "--grace", "0", "-b", path, "--json").output) == []
     assert cli_run("tasks", "repair", "nope", "-b", path, ok=False).exit_code != 0
+
+
+def test_queue_unsettled_lists_ready_delayed_and_in_flight_not_acked(tmp_path):
+    with fastq.open(tmp_path / "b") as b:
+        q = b.queue("q", codec="raw")
+        for x in (b"a", b"b", b"c"):
+            q.publish(x)
+        q.publish(b"d", delay=60)
+        got = q.receive(2, wait=1)
+        assert [m.body for m in got] == [b"a", b"b"]
+        got[0].ack()
+        assert sorted(q.unsettled()) == [b"b", b"c", b"d"]
+        got[1].ack()
+        assert sorted(q.unsettled()) == [b"c", b"d"]
