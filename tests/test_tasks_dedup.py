@@ -64,6 +64,9 @@ def test_throttle_mode_deduplicates_for_ttl_whatever_became_of_the_job(tq):
     time.sleep(max(0.0, 3.1 - (time.monotonic() - t0)))
     c = tq.add("x", 3, deduplication={"id": "t", "ttl": 3.0})
     assert c.id != a.id
+    d = tq.add("x", 4, deduplication={"id": "t2", "ttl": 30.0})
+    tq.remove(d.id)
+    assert tq.add("x", 5, deduplication={"id": "t2", "ttl": 30.0}).id != d.id   # removed: the key went too
 
 
 def test_debounce_extend_restarts_the_ttl_at_each_add(tq):

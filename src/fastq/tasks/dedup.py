@@ -7,7 +7,8 @@ Modes (docs/TASKS.md, "Deduplication"):
   delayed, active) and not removed, adding another with the same id adds nothing and
   returns that job;
 - **throttle** (``{"id", "ttl"}``): for ``ttl`` seconds after the job was added, adding
-  another with the id adds nothing, whatever became of the job;
+  another with the id adds nothing, whether the job finished or not (a removed job
+  deduplicates nothing);
 - **debounce** (``{"id", "ttl", "extend": True}`` and/or ``"replace": True``): ``extend``
   restarts the ``ttl`` at each deduplicated add; ``replace`` makes the new add replace the
   deduplicated job while that one is still ``delayed`` (not started: it is removed and the
@@ -131,9 +132,11 @@ class Deduplicator:
         if e is None:
             return None
         s = self.tq._index.get(e["job"])
+        if s is None:                             # removed (or never stored): as BullMQ, the key goes too
+            return None
         if e.get("exp") is not None:
-            return (s or {"id": e["job"]}) if now < e["exp"] else None
-        return s if s is not None and s["state"] not in FINISHED else None
+            return s if now < e["exp"] else None
+        return s if s["state"] not in FINISHED else None
 
     def _record(self, did: str, jid: str, now: int, ttl: float | None) -> None:
         v = {"job": jid, "ms": now, "exp": None if ttl is None else now + int(ttl * 1000)}
@@ -163,7 +166,7 @@ class Deduplicator:
                 if dd.get("extend"):
                     self._record(did, e["job"], now, ttl)
                 tq._events.emit([(e["job"].encode(), {"event": "deduplicated", "dedup_id": did})])
-                return Job(tq, e["job"], kept if "state" in kept else None)
+                return Job(tq, e["job"], kept)
             job = tq._add_many([(name, data, opts)])[0]
             self._record(did, job.id, now, ttl)
             return job
