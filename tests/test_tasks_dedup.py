@@ -189,4 +189,6 @@ def test_deduplication_is_refused_in_add_bulk_and_with_repeat(tq):
         tq.add("x", 1, repeat={"every": 10}, deduplication={"id": "u"})
     with pytest.raises(InvalidArgument):
         tq.add("", 1, deduplication={"id": "u"})
+    with pytest.raises(InvalidArgument, match="scheduler"):
+        tq.upsert_job_scheduler("s", {"every": 10}, opts={"deduplication": {"id": "u"}})
     assert tq.counts()["waiting"] == 0 and tq.get_job_schedulers() == []

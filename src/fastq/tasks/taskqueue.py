@@ -141,6 +141,15 @@ def validate_options(opts: dict) -> dict:
 _DEFAULT_OPTIONS = validate_options({})
 
 
+def _scheduled_options(opts: dict) -> dict:
+    """A job scheduler's job options: :func:`validate_options`'s, without ``deduplication``
+    (a scheduler makes one job per tick already)."""
+    if opts.get("deduplication") is not None:
+        raise InvalidArgument("deduplication is not an option of a job scheduler's jobs (a scheduler makes one "
+                              "job per tick already)")
+    return validate_options(opts)
+
+
 class TaskQueue(AdminMixin):
     """Named jobs with results, delay, attempts and backoff, priority, progress and
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
@@ -162,7 +171,7 @@ class TaskQueue(AdminMixin):
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
         self._ctl = Control(broker, name)
-        self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
+        self._sched = Schedulers(self, _scheduled_options)   # job schedulers (opens <name>.sched when used)
         self._events = EventLog(broker, name)
         self._job_listeners: JobListeners | None = None
         self._dedup: Deduplicator | None = None    # deduplication entries (opens <name>.dedup when used)
