@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from ..broker._aio import to_thread
 from .admin import COUNT_STATES
+from .worker import Worker
 
 if TYPE_CHECKING:
     from .events import QueueEvents
     from .job import Job
     from .taskqueue import TaskQueue
-    from .worker import Worker
 
 __all__ = ["AsyncTaskQueue"]
 
@@ -176,7 +176,6 @@ class AsyncTaskQueue:
     def worker(self, handler, **options) -> "Worker":
         """A :class:`fastq.Worker` on this queue (``mode="asyncio"`` for coroutine handlers;
         ``await worker.run()`` runs it on the current loop, ``await worker.aclose()`` stops it)."""
-        from .worker import Worker
         return Worker(self.sync, handler, **options)
 
     async def close(self) -> None:
