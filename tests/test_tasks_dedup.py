@@ -2,18 +2,22 @@
 (extend / replace), across processes, with a kill -9 loop and bad input."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
 import fastq
+from fastq._core import _storage
 from fastq.errors import InvalidArgument
+from faultfs import c_fault
 from fastq.tasks.dedup import DEDUP_SUFFIX
 from taskutil import wait_for
 
@@ -96,7 +100,6 @@ def test_debounce_replace_runs_the_last_of_a_burst_once(tq):
 
 
 def test_replace_leaves_an_active_job_and_deduplicates(tq):
-    import threading
     go = threading.Event()
     a = tq.add("x", 1, delay=0.05, deduplication={"id": "r", "ttl": 30, "replace": True})
     with fastq.Worker(tq, lambda j: go.wait(10) and j.data):
@@ -192,3 +195,70 @@ def test_deduplication_is_refused_in_add_bulk_and_with_repeat(tq):
     with pytest.raises(InvalidArgument, match="scheduler"):
         tq.upsert_job_scheduler("s", {"every": 10}, opts={"deduplication": {"id": "u"}})
     assert tq.counts()["waiting"] == 0 and tq.get_job_schedulers() == []
+
+
+def test_injected_io_errors_in_a_deduplicated_add_are_clear_and_nothing_is_lost(tmp_path):
+    """Every C fault point a deduplicated add reaches fails once (EIO), at its first and
+    last call: the add raises a FastqError or succeeds; after reopening, every dedup entry
+    names a stored job, repair() gives a job left without its message one, and every job
+    runs exactly once."""
+    def op(tq, i):
+        tq.add("x", i, deduplication={"id": f"u{i % 2}"})
+
+    dry = str(tmp_path / "dry")
+    with fastq.open(dry, durability="always") as b:
+        tq = fastq.TaskQueue("t", b)
+        op(tq, 0)                                              # the topics exist: count a steady add
+        for p in _storage.FAULT_POINTS:
+            _storage._fault_inject(p, errno.EIO, 1 << 40, 1)
+        try:
+            op(tq, 1)
+            calls = {p: _storage._fault_calls(p) for p in _storage.FAULT_POINTS}
+        finally:
+            _storage._fault_clear()
+        tq.close()
+    calls = {p: n for p, n in calls.items() if n}
+    assert calls, "a deduplicated add reaches no fault point"
+    print("fault points reached:", calls)
+    hit_any = 0
+    for point, n in sorted(calls.items()):
+        for k in (range(n) if TORTURE else sorted({0, n - 1})):
+            path = str(tmp_path / f"{point}{k}")
+            b = fastq.open(path, durability="always")
+            try:
+                tq = fastq.TaskQueue("t", b)
+                op(tq, 0)
+                exc = None
+                with c_fault(point, errno.EIO, k, 1) as hits:
+                    try:
+                        op(tq, 1)
+                    except Exception as e:                     # noqa: BLE001 - checked below
+                        exc = e
+                    hit = hits()
+            finally:
+                try:
+                    b.close()
+                except fastq.FastqError:
+                    pass
+            if hit:
+                hit_any += 1
+                assert exc is None or isinstance(exc, fastq.FastqError), f"{point}#{k}: {exc!r}"
+            elif exc is not None:
+                raise exc
+            with fastq.open(path) as b:
+                tq = fastq.TaskQueue("t", b)
+                d = tq._deduplicator()
+                with d._locked():
+                    entries = dict(d._entries)
+                for did, e in entries.items():
+                    assert tq.get_job(e["job"]).opts["deduplication"]["id"] == did, f"{point}#{k}"
+                tq.repair(grace=0)
+                ran = []
+                ids = {j.id for j in tq.get_jobs()}
+                with fastq.Worker(tq, lambda j: ran.append(j.id)):
+                    wait_for(lambda: tq.counts()["completed"] == len(ids), 20, f"{point}#{k}: all run")
+                    time.sleep(0.1)
+                assert sorted(ran) == sorted(ids), f"{point}#{k}: {ran} vs {ids}"
+                op(tq, 1)                                      # works again
+                tq.close()
+    assert hit_any, "no injected fault was reached"
