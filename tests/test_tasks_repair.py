@@ -8,9 +8,11 @@ while a child adds jobs (long version behind FASTQ_TORTURE=1).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +23,10 @@ import pytest
 
 import fastq
 import fastq.tasks.admin as admin_mod
+from fastq._core import _storage
 import fastq.tasks.worker as worker_mod
 from fastq.errors import InvalidArgument
+from faultfs import c_fault
 from taskutil import wait_for
 from test_cli_tasks import run as cli_run
 
@@ -215,3 +219,61 @@ def test_queue_unsettled_lists_ready_delayed_and_in_flight_not_acked(tmp_path):
         assert sorted(q.unsettled()) == [b"b", b"c", b"d"]
         got[1].ack()
         assert sorted(q.unsettled()) == [b"c", b"d"]
+
+
+def test_injected_io_errors_in_repair_are_clear_and_the_next_repair_finishes(tmp_path):
+    """Every C fault point repair() reaches fails once (EIO), at its first and last call:
+    repair raises a FastqError or succeeds; a repair after it, then a worker, runs the
+    lost job exactly once."""
+    seed_dir = tmp_path / "seed"
+    p = _child(DIE_AT_PUBLISH, seed_dir, "bulk")
+    assert p.returncode == -signal.SIGKILL
+
+    def fresh(dst):
+        shutil.copytree(seed_dir, dst)
+        return fastq.open(dst, durability="always")
+
+    with fresh(tmp_path / "dry") as b:
+        tq = fastq.TaskQueue("t", b)
+        for pt in _storage.FAULT_POINTS:
+            _storage._fault_inject(pt, errno.EIO, 1 << 40, 1)
+        try:
+            assert len(tq.repair(grace=0)) == 5
+            calls = {pt: _storage._fault_calls(pt) for pt in _storage.FAULT_POINTS}
+        finally:
+            _storage._fault_clear()
+        tq.close()
+    calls = {pt: n for pt, n in calls.items() if n}
+    assert calls, "repair reaches no fault point"
+    print("fault points reached:", calls)
+    hit_any = 0
+    for point, n in sorted(calls.items()):
+        for k in (range(n) if TORTURE else sorted({0, n - 1})):
+            dst = tmp_path / f"{point}{k}"
+            b = fresh(dst)
+            try:
+                tq = fastq.TaskQueue("t", b)
+                exc = None
+                with c_fault(point, errno.EIO, k, 1) as hits:
+                    try:
+                        tq.repair(grace=0)
+                    except Exception as e:                     # noqa: BLE001 - checked below
+                        exc = e
+                    hit = hits()
+            finally:
+                try:
+                    b.close()
+                except fastq.FastqError:
+                    pass
+            if hit:
+                hit_any += 1
+                assert exc is None or isinstance(exc, fastq.FastqError), f"{point}#{k}: {exc!r}"
+            elif exc is not None:
+                raise exc
+            with fastq.open(dst) as b:
+                tq = fastq.TaskQueue("t", b)
+                tq.repair(grace=0)
+                runs = _run_all(tq, dst / "runs")
+                assert len(runs) == 5 and set(runs.values()) == {1}, (point, k, runs)
+                tq.close()
+    assert hit_any, "no injected fault was reached"
