@@ -2,7 +2,6 @@
 (extend / replace), across processes, with a kill -9 loop and bad input."""
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -15,11 +14,9 @@ import time
 import pytest
 
 import fastq
-from fastq._core import _storage
 from fastq.errors import InvalidArgument
-from faultfs import c_fault
 from fastq.tasks.dedup import DEDUP_SUFFIX
-from taskutil import wait_for
+from taskutil import fail_once, fault_calls, wait_for
 
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
 
@@ -205,46 +202,29 @@ def test_injected_io_errors_in_a_deduplicated_add_are_clear_and_nothing_is_lost(
     def op(tq, i):
         tq.add("x", i, deduplication={"id": f"u{i % 2}"})
 
-    dry = str(tmp_path / "dry")
-    with fastq.open(dry, durability="always") as b:
+    def add_one(b, i):
+        tq = fastq.TaskQueue("t", b)
+        try:
+            op(tq, i)
+        finally:
+            tq.close()
+
+    with fastq.open(tmp_path / "dry", durability="always") as b:
         tq = fastq.TaskQueue("t", b)
         op(tq, 0)                                              # the topics exist: count a steady add
-        for p in _storage.FAULT_POINTS:
-            _storage._fault_inject(p, errno.EIO, 1 << 40, 1)
-        try:
-            op(tq, 1)
-            calls = {p: _storage._fault_calls(p) for p in _storage.FAULT_POINTS}
-        finally:
-            _storage._fault_clear()
+        calls = fault_calls(lambda: op(tq, 1))
         tq.close()
-    calls = {p: n for p, n in calls.items() if n}
     assert calls, "a deduplicated add reaches no fault point"
     print("fault points reached:", calls)
     hit_any = 0
     for point, n in sorted(calls.items()):
         for k in (range(n) if TORTURE else sorted({0, n - 1})):
             path = str(tmp_path / f"{point}{k}")
-            b = fastq.open(path, durability="always")
-            try:
-                tq = fastq.TaskQueue("t", b)
-                op(tq, 0)
-                exc = None
-                with c_fault(point, errno.EIO, k, 1) as hits:
-                    try:
-                        op(tq, 1)
-                    except Exception as e:                     # noqa: BLE001 - checked below
-                        exc = e
-                    hit = hits()
-            finally:
-                try:
-                    b.close()
-                except fastq.FastqError:
-                    pass
-            if hit:
-                hit_any += 1
-                assert exc is None or isinstance(exc, fastq.FastqError), f"{point}#{k}: {exc!r}"
-            elif exc is not None:
-                raise exc
+
+            with fastq.open(path, durability="always") as b0:
+                add_one(b0, 0)
+            hit_any += fail_once(lambda: fastq.open(path, durability="always"), point, k,
+                                 lambda b: add_one(b, 1), "deduplicated add")
             with fastq.open(path) as b:
                 tq = fastq.TaskQueue("t", b)
                 d = tq._deduplicator()

@@ -8,7 +8,6 @@ while a child adds jobs (long version behind FASTQ_TORTURE=1).
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -23,11 +22,9 @@ import pytest
 
 import fastq
 import fastq.tasks.admin as admin_mod
-from fastq._core import _storage
 import fastq.tasks.worker as worker_mod
 from fastq.errors import InvalidArgument
-from faultfs import c_fault
-from taskutil import wait_for
+from taskutil import fail_once, fault_calls, wait_for
 from test_cli_tasks import run as cli_run
 
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
@@ -233,43 +230,23 @@ def test_injected_io_errors_in_repair_are_clear_and_the_next_repair_finishes(tmp
         shutil.copytree(seed_dir, dst)
         return fastq.open(dst, durability="always")
 
-    with fresh(tmp_path / "dry") as b:
+    def repair(b):
         tq = fastq.TaskQueue("t", b)
-        for pt in _storage.FAULT_POINTS:
-            _storage._fault_inject(pt, errno.EIO, 1 << 40, 1)
         try:
-            assert len(tq.repair(grace=0)) == 5
-            calls = {pt: _storage._fault_calls(pt) for pt in _storage.FAULT_POINTS}
+            return tq.repair(grace=0)
         finally:
-            _storage._fault_clear()
-        tq.close()
-    calls = {pt: n for pt, n in calls.items() if n}
+            tq.close()
+
+    with fresh(tmp_path / "dry") as b:
+        calls = fault_calls(lambda: len(repair(b)) == 5 or pytest.fail("the dry run repaired not 5"))
     assert calls, "repair reaches no fault point"
     print("fault points reached:", calls)
     hit_any = 0
     for point, n in sorted(calls.items()):
         for k in (range(n) if TORTURE else sorted({0, n - 1})):
             dst = tmp_path / f"{point}{k}"
-            b = fresh(dst)
-            try:
-                tq = fastq.TaskQueue("t", b)
-                exc = None
-                with c_fault(point, errno.EIO, k, 1) as hits:
-                    try:
-                        tq.repair(grace=0)
-                    except Exception as e:                     # noqa: BLE001 - checked below
-                        exc = e
-                    hit = hits()
-            finally:
-                try:
-                    b.close()
-                except fastq.FastqError:
-                    pass
-            if hit:
-                hit_any += 1
-                assert exc is None or isinstance(exc, fastq.FastqError), f"{point}#{k}: {exc!r}"
-            elif exc is not None:
-                raise exc
+            shutil.copytree(seed_dir, dst)
+            hit_any += fail_once(lambda: fastq.open(dst, durability="always"), point, k, repair, "repair")
             with fastq.open(dst) as b:
                 tq = fastq.TaskQueue("t", b)
                 tq.repair(grace=0)
