@@ -1,7 +1,8 @@
 """Kafka's transactional formats, both directions with kafka-python: transaction markers
 (control batches of one COMMIT/ABORT record) written by fastq, and transactional batches
 with producer id, epoch and sequence written by kafka-python, read by fastq. These are
-the on-disk pieces of transactions (issue 15); the transaction itself is not built yet."""
+the on-disk pieces of transactions (issue 15); markers written by real transactions are
+read back by kafka-python in test_txn.py."""
 import warnings
 
 import pytest

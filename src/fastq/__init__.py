@@ -20,11 +20,11 @@ __all__ += ["Log", "LogReader", "Record", "Pacer", "open_log", "DURABILITY_MODES
 # --- the broker: topics, producers, consumer groups, memory topics, asyncio twins ---
 from .broker import (AsyncBroker, AsyncConsumer, AsyncIdempotentProducer, AsyncMemoryConsumer,  # noqa: E402
                      AsyncProducer, AsyncTopic, BatchMetadata, Broker, Consumer, IdempotentProducer, Producer,
-                     RecordMetadata, Topic, open, open_async, validate_name)
+                     RecordMetadata, Topic, Transaction, open, open_async, validate_name)
 
 __all__ += ["open", "Broker", "Topic", "Producer", "RecordMetadata", "BatchMetadata", "validate_name",
             "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-            "AsyncProducer", "Consumer", "IdempotentProducer", "AsyncIdempotentProducer"]
+            "AsyncProducer", "Consumer", "IdempotentProducer", "AsyncIdempotentProducer", "Transaction"]
 
 # --- the shared-memory ring ---
 from .ring import Ring, RingQueue  # noqa: E402

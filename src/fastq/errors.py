@@ -10,6 +10,7 @@ import queue
 
 __all__ = [
     "FastqError",
+    "TransactionStateError",
     "LeaseLost",
     "UnknownQueue",
     "CodecError",
@@ -151,6 +152,12 @@ class QueueEmpty(FastqError, queue.Empty):
 class ProducerFenced(FastqError, RuntimeError):
     """An idempotent producer was fenced: its transactional id was opened again (a newer
     epoch), so this instance may no longer write. Close it; the newer one carries on."""
+
+
+class TransactionStateError(FastqError, RuntimeError):
+    """A transaction was used outside its life: a publish, commit or abort after it
+    ended, or a second transaction of the same transactional id while one is under way
+    (transactions do not nest)."""
 
 
 class OutOfOrderSequence(FastqError, ValueError):

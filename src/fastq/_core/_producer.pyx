@@ -476,6 +476,7 @@ cdef class IdempotentCore(ProducerCore):
     cdef public SharedWord _fence        # the transactional id's epoch word, or None
     cdef public int64_t duplicates       # publishes answered from a stored batch
     cdef object _name                    # the topic's name
+    cdef public int16_t _attrs           # batch attributes: FQ_ATTR_TRANSACTIONAL in a transaction
 
     def _init_idem(self, topic, int64_t producer_id, int16_t epoch, SharedWord fence):
         self.topic = topic
@@ -551,7 +552,8 @@ cdef class IdempotentCore(ProducerCore):
         lg = self._log(p)
         seq = self._seq_arg(sequence)
         try:
-            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r)
+            idem_one(lg, value, key, headers, timestamp, self.producer_id, self.epoch, seq, self._fence, &r,
+                     self._attrs)
         except BaseException as e:
             self._failed(p, seq, e)
             raise
@@ -576,7 +578,7 @@ cdef class IdempotentCore(ProducerCore):
         seq = self._seq_arg(sequence)
         try:
             n = idem_many(lg, values, key, headers, timestamp, self.producer_id, self.epoch, seq,
-                          self._fence, &r)
+                          self._fence, &r, self._attrs)
         except BaseException as e:
             self._failed(p, seq, e)
             raise

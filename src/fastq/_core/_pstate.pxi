@@ -291,7 +291,7 @@ cdef int check_fence(SharedWord fence, int16_t epoch) except -1:
 
 
 cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
-                     int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
+                     int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=0) except -1:
     """Append recs[0:n] as ONE batch stamped (pid, epoch, first_seq), unless it is a retry
     of a batch already stored (same producer id and sequence range): then nothing is
     appended and `out` names the original. `first_seq` -1: the producer's next sequence
@@ -361,7 +361,7 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
             lg._begin_locked(&s)
             first = s.next_offset
             seg = lg._active
-            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, 0, pid, epoch,
+            size = fq_batch_encode_producer(seg.data + s.end_pos, <size_t>size, first, attrs, pid, epoch,
                                             first_seq, recs, n)
             if size < 0:
                 raise_status(size, "encode batch")
@@ -392,17 +392,17 @@ cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pi
 
 
 cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
-                  int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
+                  int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=0) except -1:
     """append_idem of one record (value, key, headers, timestamp as ``LogCore.append``)."""
     cdef fq_record_in rec
     if lg._closed:
         lg._check_open()
     keep = lg._fill_one(&rec, value, key, headers, check_ts(timestamp))
-    return append_idem(lg, &rec, 1, pid, epoch, first_seq, fence, out)
+    return append_idem(lg, &rec, 1, pid, epoch, first_seq, fence, out, attrs)
 
 
 cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
-                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1:
+                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=0) except -1:
     """append_idem of many values as one batch (as ``LogCore.append_many``); returns how
     many records the batch holds."""
     cdef list keep = []
@@ -410,7 +410,7 @@ cdef int idem_many(LogCore lg, object values, object key, object headers, object
     cdef Py_ssize_t n
     lg._check_open()
     n = lg._fill_many(values, key, headers, check_ts(timestamp), sc, keep)
-    append_idem(lg, sc.recs, <int32_t>n, pid, epoch, first_seq, fence, out)
+    append_idem(lg, sc.recs, <int32_t>n, pid, epoch, first_seq, fence, out, attrs)
     return <int>n
 
 
@@ -438,3 +438,132 @@ def _producer_state_locked(LogCore lg):
         return None
     pstate_sync_locked(lg)
     return lg._pstate
+
+
+cdef int append_control(LogCore lg, int64_t pid, int16_t epoch, int16_t kind, SharedWord fence) except -1:
+    """Append a transaction marker (Kafka's control batch: COMMIT ``kind`` 1 or ABORT 0)
+    for producer ``pid`` under the writer lock, then wait for the log's durability.
+    Returns 0; the marker's offset is the log end before the call."""
+    cdef fq_log_snapshot s
+    cdef int64_t size, done
+    cdef Segment seg
+    lg._check_open()
+    lg._lock()
+    try:
+        if fence is not None:
+            check_fence(fence, epoch)           # a fenced instance writes no marker
+        lg._prepare_locked(FQ_CONTROL_BATCH_SIZE)
+        lg._begin_locked(&s)
+        seg = lg._active
+        size = fq_batch_encode_control(seg.data + s.end_pos, FQ_CONTROL_BATCH_SIZE, s.next_offset, pid,
+                                       epoch, kind, 0, <int64_t>(time.time() * 1000))
+        if size < 0:
+            raise_status(size, "encode control batch")
+        lg._stage_locked(&s, s.end_pos, size, <int64_t>(time.time() * 1000), 1)
+        lg._publish_locked(&s)
+        done = s.next_offset
+    finally:
+        lg._unlock()
+    if lg._durability:
+        lg._after_append(done)
+    return 0
+
+
+def _append_marker(LogCore lg, int64_t pid, int epoch, bint commit, SharedWord fence=None):
+    """Write a COMMIT (``commit``) or ABORT marker for producer ``pid`` to ``lg``, unless
+    ``fence`` (the transactional id's epoch word) says ``epoch`` was fenced."""
+    append_control(lg, pid, <int16_t>epoch, FQ_CONTROL_COMMIT if commit else FQ_CONTROL_ABORT, fence)
+
+
+cdef class TxnIndex:
+    """The transactions of one partition as this process knows them (read_committed):
+    every batch below ``scanned_to`` has been applied. ``open``: producer id -> first
+    offset of its transaction still without a marker; ``aborted``: producer id ->
+    ascending flat ``[first, last, ...]`` offset ranges of its aborted transactions
+    (first transactional batch .. its ABORT marker). Rebuilt by each process from the
+    batch headers of the log (validated, CRC included), from the log start; kept up to
+    date by walking what was appended since. The last stable offset is the smallest
+    first offset of an open transaction, else the end."""
+    cdef public int64_t scanned_to
+    cdef public dict open
+    cdef public dict aborted
+
+    def __init__(self):
+        self.scanned_to = -1
+        self.open = {}
+        self.aborted = {}
+
+    def sync(self, LogCore lg, int64_t end):
+        """Apply the batches in [scanned_to, end); returns the last stable offset."""
+        cdef LogReader rd
+        cdef const uint8_t *h
+        cdef int16_t attrs
+        cdef int64_t pid, base
+        cdef fq_record_view v
+        cdef int kind
+        cdef int64_t start = lg._state().log_start_offset
+        if self.scanned_to > end:                # truncated: start over
+            self.scanned_to = -1
+            self.open = {}
+            self.aborted = {}
+        if self.scanned_to < start:
+            self.scanned_to = start              # retention removed what lay below
+        if self.scanned_to < end:
+            rd = lg.read(self.scanned_to, end)
+            rd.raw = True
+            while rd._next_batch():
+                h = rd.rp - FQ_BATCH_HEADER_SIZE
+                attrs = <int16_t>fq_be_get16(h + FQ_BATCH_OFF_ATTRIBUTES)
+                if attrs & FQ_ATTR_TRANSACTIONAL:
+                    pid = <int64_t>fq_be_get64(h + FQ_BATCH_OFF_PRODUCER_ID)
+                    base = <int64_t>fq_be_get64(h + FQ_BATCH_OFF_BASE_OFFSET)
+                    if attrs & FQ_ATTR_CONTROL:
+                        if fq_record_decode(rd.rp, <size_t>rd.rleft, &v) < 0 or v.key_len != 4:
+                            raise CorruptRecord(f"control batch at offset {base} of "
+                                                f"{getattr(lg, 'path', '?')} is not a transaction marker",
+                                                getattr(lg, 'path', None), None)
+                        kind = (v.key[2] << 8) | v.key[3]
+                        first = self.open.pop(pid, None)
+                        if first is not None and kind == FQ_CONTROL_ABORT:
+                            r = self.aborted.get(pid)
+                            if r is None:
+                                self.aborted[pid] = [first, base]
+                            else:
+                                r.append(first)
+                                r.append(base)
+                    elif pid not in self.open:
+                        self.open[pid] = base
+                rd.remaining = 0
+                rd.next_offset = rd.expect
+            self.scanned_to = end
+        return min(self.open.values()) if self.open else end
+
+
+def _txn_reader(LogCore lg, int64_t offset, object end, bint follow=False):
+    """A read_committed LogReader of ``lg`` from ``offset``: it skips the batches of
+    aborted transactions and (control batches are always skipped) stops at the last
+    stable offset as of now, or at ``end`` if smaller. ``follow``: no end set here; the
+    caller bounds it with ``_txn_lso`` before each read."""
+    cdef TxnIndex idx = lg._txnidx
+    cdef LogReader rd
+    cdef int64_t lso
+    if idx is None:
+        idx = lg._txnidx = TxnIndex()
+    lso = idx.sync(lg, lg.end_offset)
+    rd = lg.read(offset, None if follow else (lso if end is None else min(lso, max(end, offset))),
+                 follow)
+    rd.aborted = idx.aborted
+    return rd
+
+
+def _txn_lso(LogCore lg):
+    """The last stable offset of ``lg`` now (read_committed readers stop there)."""
+    cdef TxnIndex idx = lg._txnidx
+    if idx is None:
+        idx = lg._txnidx = TxnIndex()
+    return idx.sync(lg, lg.end_offset)
+
+
+def _set_reader_end(LogReader rd, int64_t end):
+    """Move a reader's end (a following read_committed reader bounded by the LSO)."""
+    rd.end = end

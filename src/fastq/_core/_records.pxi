@@ -63,6 +63,24 @@ cdef inline Py_ssize_t count_arg(object n) except -1:
     return 0 if n < 0 else (PY_SSIZE_T_MAX if n > PY_SSIZE_T_MAX else n)
 
 
+cdef bint range_aborted(dict aborted, int64_t pid, int64_t offset) except -1:
+    """read_committed: whether the transactional batch of producer ``pid`` at ``offset``
+    lies in one of its aborted transactions (``aborted[pid]``: ascending flat
+    ``[first, last, first, last, ...]`` offset ranges, see TxnIndex)."""
+    cdef list r = aborted.get(pid)
+    cdef Py_ssize_t lo = 0, hi, mid
+    if r is None:
+        return 0
+    hi = len(r) // 2
+    while lo < hi:                       # the first range whose last >= offset
+        mid = (lo + hi) // 2
+        if <int64_t>r[2 * mid + 1] < offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < len(r) // 2 and <int64_t>r[2 * lo] <= offset
+
+
 cdef class LogReader:
     """Iterator over a log's records from an offset to an end offset.
 
@@ -150,7 +168,15 @@ cdef class LogReader:
             self.base_ts = info.base_timestamp
             self.pos += info.total_size
             if info.attributes & FQ_ATTR_CONTROL:
+                if self.raw:
+                    return 1             # a header walk (TxnIndex) sees the markers
                 self.remaining = 0       # control batches carry no user records
+                if self.expect > self.next_offset:
+                    self.next_offset = self.expect
+                continue
+            if (info.attributes & FQ_ATTR_TRANSACTIONAL and self.aborted is not None
+                    and range_aborted(self.aborted, info.producer_id, info.base_offset)):
+                self.remaining = 0       # read_committed: a batch of an aborted transaction
                 if self.expect > self.next_offset:
                     self.next_offset = self.expect
                 continue
@@ -506,8 +532,8 @@ cdef class ConsumerCore:
         if rdo is None or end < pos or pos < lg.st.log_start_offset:
             return NOT_SERVED
         rd = <LogReader>rdo
-        if rd.next_offset != pos:
-            return NOT_SERVED
+        if rd.next_offset != pos or rd.aborted is not None:
+            return NOT_SERVED                            # read_committed: bounded by the LSO in Python
         while got < max_records:
             nxt = rd._next()
             if nxt is None:

@@ -238,6 +238,7 @@ cdef class LogCore:
     cdef int _in_wait                   # threads of this process in _wait or waiting for the lock (GIL released)
     cdef fq_log_state *_st_unmap        # state mapping close left to the last of them to unmap
     cdef public ProducerState _pstate   # idempotent producers' state (built on first use), or None
+    cdef public object _txnidx          # TxnIndex: transactions' state for read_committed (on first use), or None
 
     cdef int _lock(self) except -1
     cdef int _check_writer(self, str what) except -1
@@ -302,6 +303,8 @@ cdef class LogReader:
     cdef int32_t remaining    # records left in the current batch
     cdef int64_t base         # base offset of the current batch
     cdef int64_t base_ts      # base timestamp of the current batch
+    cdef dict aborted         # read_committed: producer id -> [first, last, ...] aborted ranges, else None
+    cdef bint raw             # hand out control batches too (a header walk), not their records
 
     cdef int _next_batch(self) except -1
     cdef void _recheck(self) noexcept
@@ -333,9 +336,10 @@ cdef class ConsumerCore:
 
 
 cdef int pstate_sync_locked(LogCore lg) except -1
+cdef int append_control(LogCore lg, int64_t pid, int16_t epoch, int16_t kind, SharedWord fence) except -1
 cdef int append_idem(LogCore lg, const fq_record_in *recs, int32_t n, int64_t pid, int16_t epoch,
-                     int32_t first_seq, SharedWord fence, IdemResult *out) except -1
+                     int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=*) except -1
 cdef int idem_one(LogCore lg, object value, object key, object headers, object timestamp, int64_t pid,
-                  int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1
+                  int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=*) except -1
 cdef int idem_many(LogCore lg, object values, object key, object headers, object timestamp, int64_t pid,
-                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out) except -1
+                   int16_t epoch, int32_t first_seq, SharedWord fence, IdemResult *out, int16_t attrs=*) except -1

@@ -25,6 +25,7 @@ from fastq._core._cdefs cimport *
 from fastq._core._codec cimport ERR_OP_NONE, ERR_OP_SYNC, status_error
 
 import os
+import time
 import warnings
 
 from fastq.errors import (

@@ -24,7 +24,8 @@ from .consumer import Consumer
 from .memtopic import MemoryTopic
 from .producer import IdempotentProducer, Producer
 from .topic import BatchMetadata, Topic
+from .transaction import Transaction
 
 __all__ = ["Broker", "open", "Topic", "MemoryTopic", "Producer", "Consumer", "RecordMetadata", "BatchMetadata",
            "validate_name", "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-           "AsyncProducer", "IdempotentProducer", "AsyncIdempotentProducer"]
+           "AsyncProducer", "IdempotentProducer", "AsyncIdempotentProducer", "Transaction"]

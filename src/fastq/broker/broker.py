@@ -110,6 +110,7 @@ class Broker:
         self._mutex = threading.RLock()
         self._topics: dict[str, Any] = {}
         self._queues: dict[str, Any] = {}
+        self._txns: dict[str, Any] = {}          # transactional id -> TransactionalProducer
         self.readonly = bool(readonly)
         if not os.path.isdir(self.path):
             if os.path.exists(self.path):
@@ -181,6 +182,9 @@ class Broker:
             except OSError:
                 pass
         self._queues.clear()
+        for tp in list(self._txns.values()):
+            tp._abandon_after_fork()            # the parent's transactions stay the parent's
+        self._txns.clear()
 
     def _topic_dir(self, name: str) -> str:
         return os.path.join(self.path, "topics", name)
@@ -372,6 +376,45 @@ class Broker:
         self._check_open()
         return _kind("tasks").open(self, name, options)
 
+    def transaction(self, transactional_id: str, *, timeout_ms: int | None = None):
+        """Begin a transaction of ``transactional_id`` (Kafka's transactions, KIP-98):
+        ``with broker.transaction("billing-tx") as tx: tx.publish(topic, value)`` —
+        committed on a clean exit, aborted on an exception; or ``tx.commit()`` /
+        ``tx.abort()``. read_committed readers see all of its records or none. The
+        first transaction of an id in this broker object opens the id (fencing any
+        other instance, and finishing what a crashed one left); later ones reuse it.
+        ``timeout_ms`` (default 60 s): a transaction left open is aborted between
+        ``timeout_ms`` and twice that after it began, by whoever calls
+        :meth:`abort_expired_transactions` (read_committed reads held back call it). See
+        :mod:`fastq.broker.transaction`."""
+        tp = self._txns.get(transactional_id)
+        if tp is not None and not tp._closed and (timeout_ms is None or tp.timeout_ms == timeout_ms) \
+                and not self._closed:
+            return tp.begin()                    # the common case: the id is open here
+        from .transaction import DEFAULT_TIMEOUT_MS, TransactionalProducer
+        self._check_open()
+        self._refuse_if_readonly("transaction")
+        with self._mutex:
+            tp = self._txns.get(transactional_id)
+            if tp is not None and (tp._closed or (timeout_ms is not None and tp.timeout_ms != timeout_ms)):
+                if not tp._closed and tp._current is None:
+                    tp.close()
+                if tp._closed:
+                    tp = None
+            if tp is None:
+                tp = TransactionalProducer(self, transactional_id,
+                                           timeout_ms=DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms)
+                self._txns[transactional_id] = tp
+        return tp.begin()
+
+    def abort_expired_transactions(self, now_ms: int | None = None) -> list[str]:
+        """Abort every transaction left open past its ``timeout_ms`` (its process died, or
+        hangs): the transactional id is opened, which fences its instance. Returns the
+        transactional ids finished."""
+        from .transaction import abort_expired
+        self._check_open()
+        return abort_expired(self, now_ms)
+
     def maintain(self, now_ms: int | None = None) -> dict:
         """Run retention and compaction on every topic opened in this process.
         Returns {topic: segments deleted}."""
@@ -396,6 +439,9 @@ class Broker:
             for q in list(self._queues.values()):
                 q.close()
             self._queues.clear()
+            for tp in list(self._txns.values()):
+                tp.close()                       # aborts a transaction under way
+            self._txns.clear()
             for t in topics:
                 t.close()
             self._topics.clear()

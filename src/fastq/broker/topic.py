@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Topic", "RecordMetadata", "BatchMetadata"]
 
+ISOLATION_LEVELS = ("read_uncommitted", "read_committed")   # Kafka's isolation.level
 STICKY_BATCH_BYTES = _storage.STICKY_BATCH_BYTES   # Kafka's batch.size: unkeyed records stick this long
 
 
@@ -62,6 +63,7 @@ class Topic(_storage.TopicCore):
         self._producers: weakref.WeakSet = weakref.WeakSet()   # closed (flushed) by close()
         self._sticky = random.randrange(self.partitions)
         self._sticky_bytes = 0
+        self._txn_checked = -1e9             # monotonic time read_committed last aborted expired ones
 
     # -- partitions ---------------------------------------------------------------------
 
@@ -187,12 +189,21 @@ class Topic(_storage.TopicCore):
     # -- reading ------------------------------------------------------------------------
 
     def read(self, partition: int, offset: int | None = None, *, timestamp: int | None = None,
-             end: int | None = None) -> Iterator[Record]:
+             end: int | None = None, isolation: str = "read_uncommitted") -> Iterator[Record]:
         """Replay one partition from ``offset`` (default: the earliest) or from the first
         record with timestamp >= ``timestamp``, up to ``end`` (exclusive; default: the
         end at the time of the call). Records' key and value are zero-copy memoryviews
-        (see :class:`fastq.Record`)."""
+        (see :class:`fastq.Record`).
+
+        ``isolation`` (Kafka's ``isolation.level``; the default, as in Kafka, is
+        ``"read_uncommitted"``: every record, those of open and aborted transactions
+        included). ``"read_committed"``: never the records of aborted transactions, and
+        stop at the partition's last stable offset — the first offset of the earliest
+        transaction still open there. Transaction markers (control batches) are never
+        returned."""
         self._check_partition(partition)
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidArgument(f"isolation={isolation!r}: expected one of {', '.join(ISOLATION_LEVELS)}")
         if offset is not None and timestamp is not None:
             raise InvalidArgument("give offset or timestamp, not both")
         lg = self.log(partition)
@@ -200,10 +211,30 @@ class Topic(_storage.TopicCore):
             off = lg.offset_for_timestamp(timestamp)
             if off is None:
                 return iter(())
-            return lg.read(off, end)
-        if offset is None:
+            offset = off
+        elif offset is None:
             offset = lg.start_offset
-        return lg.read(offset, end)
+        if isolation == "read_uncommitted":
+            return lg.read(offset, end)
+        self._abort_expired_if_held(lg)
+        return _storage._txn_reader(lg, offset, end)
+
+    def last_stable_offset(self, partition: int) -> int:
+        """The partition's last stable offset: read_committed readers stop before it (the
+        first offset of its earliest open transaction; the end when none is open)."""
+        self._check_partition(partition)
+        return _storage._txn_lso(self.log(partition))
+
+    def _abort_expired_if_held(self, lg) -> None:
+        """An open transaction holds read_committed readers back: at most once a second,
+        abort the transactions past their timeout (their process died)."""
+        if _storage._txn_lso(lg) >= lg.end_offset:
+            return
+        now = time.monotonic()
+        if now - self._txn_checked < 1.0:
+            return
+        self._txn_checked = now
+        self.broker.abort_expired_transactions()
 
     def read_columns(self, partition: int, offset: int | None = None,
                      max_records: int = DEFAULT_MAX_RECORDS, end: int | None = None) -> Columns:
