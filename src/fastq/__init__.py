@@ -37,6 +37,6 @@ from .queue import AsyncQueue, Message, Queue, QueueDepth, Subscription  # noqa:
 __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 
 # --- task queues in the style of BullMQ (fastq.tasks) ---
-from .tasks import Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
+from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
-__all__ += ["TaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+__all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]

@@ -97,6 +97,11 @@ class AsyncBroker:
         q = await _to_thread(self.sync.queue, name, **options)
         return _kind("queue").asyncio(q)
 
+    async def tasks(self, name: str, **options):
+        """The task queue's asyncio face (:class:`fastq.AsyncTaskQueue`); see ``Broker.tasks``."""
+        tq = await _to_thread(self.sync.tasks, name, **options)
+        return _kind("tasks").asyncio(tq)
+
     async def queues(self) -> list[str]:
         return await _to_thread(self.sync.queues)
 

@@ -71,7 +71,8 @@ _OPEN_BROKERS: "weakref.WeakSet[Broker]" = fork_registry()   # this process's op
 
 # Kinds built on the broker by the layers above it (imports go only downward): fastq.queue
 # registers "queue" at import with an object offering open(broker, name, codec, options),
-# names(broker) and delete(broker, name).
+# names(broker) and delete(broker, name); fastq.tasks registers "tasks" (open(broker, name,
+# options), asyncio(task_queue)).
 _KINDS: dict[str, Any] = {}
 
 
@@ -369,6 +370,12 @@ class Broker:
         for q in handles:
             q.close()
         _kind("queue").delete(self, name)
+
+    def tasks(self, name: str, **options):
+        """The task queue ``name`` (:class:`fastq.TaskQueue`, get or create; ``options`` as
+        its constructor's): a new handle each call, closed by its ``close()``."""
+        self._check_open()
+        return _kind("tasks").open(self, name, options)
 
     def transaction(self, transactional_id: str, *, timeout_ms: int | None = None):
         """Begin a transaction of ``transactional_id`` (Kafka's transactions, KIP-98):

@@ -1,5 +1,5 @@
-"""``fastq tasks add | counts | list | show | pause | resume | retry-failed | promote | clean | drain |
-remove | obliterate``: a broker's task queues (docs/TASKS.md) — jobs by state, one job in
+"""``fastq tasks add | counts | list | show | pause | resume | retry-failed | promote | repair | clean |
+drain | remove | obliterate``: a broker's task queues (docs/TASKS.md) — jobs by state, one job in
 full, and the operator's levers, each the :class:`fastq.TaskQueue` method of the same name.
 Reading a task queue opens its queue and topics, so these commands open the broker
 writable; only the levers change anything, and the ones that remove jobs ask first unless
@@ -187,6 +187,19 @@ def promote(queue: str, job_id: str | None, count: int | None, broker_path: str,
     with open_broker(broker_path, readonly=False) as b:
         ids = _open(b, queue).promote(job_id, count=count)
     _done("promoted", queue, ids, as_json)
+
+
+@tasks.command()
+@click.argument("queue")
+@click.option("--grace", type=click.FloatRange(0), default=None,
+              help="Only jobs waiting longer than this (seconds)  [default: 60].")
+@broker_option
+@json_option
+def repair(queue: str, grace: float | None, broker_path: str, as_json: bool) -> None:
+    """Re-publish QUEUE's jobs whose add died between their state and their message."""
+    with open_broker(broker_path, readonly=False) as b:
+        ids = _open(b, queue).repair(grace)
+    _done("repaired", queue, ids, as_json)
 
 
 def _confirm(yes: bool, what: str) -> None:

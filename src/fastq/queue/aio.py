@@ -150,6 +150,9 @@ class AsyncQueue:
     async def peek(self, max_messages: int = 10) -> list["Message"]:
         return await to_thread(self.queue.peek, max_messages)
 
+    async def unsettled(self) -> list[bytes]:
+        return await to_thread(self.queue.unsettled)
+
     async def purge(self) -> int:
         return await to_thread(self.queue.purge)
 

@@ -1276,6 +1276,46 @@ class Queue(QueueCore):
             self._unlock()
         return out
 
+    def unsettled(self) -> list[bytes]:
+        """The raw bodies of every message not settled — ready, delayed or in flight — in
+        no order. The lane logs are read without the lock, which is taken per chunk of
+        records only to look at their slots; so a message that moves lanes meanwhile
+        (coming due, a nack) may be seen twice or not at all: for a sweep that must only
+        mostly find a message (fastq.tasks' repair), not for accounting."""
+        self._check_open()
+        self._scan_lanes()
+        out: list[bytes] = []
+        for lane in self._lanes:
+            lg = lane.log
+            if lg is None:
+                continue
+            self._lock()
+            try:
+                spso = self._state.lane(lane.index)[0]
+            finally:
+                self._unlock()
+            end = lg.end_offset
+            pos = max(spso, lg.start_offset)
+            while pos < end:
+                chunk = [(rec.offset, bytes(rec.value) if rec.value is not None else b"")
+                         for rec in lg.read(pos, min(end, pos + 4096))]
+                if not chunk:
+                    break
+                pos = chunk[-1][0] + 1
+                self._lock()
+                try:
+                    st = self._state
+                    speo = st.lane(lane.index)[1]
+                    for off, body in chunk:
+                        if off < speo:
+                            slot = st.slot(lane.index, off)
+                            if slot is not None and slot[0] in (ACKED, ARCHIVED):
+                                continue
+                        out.append(body)
+                finally:
+                    self._unlock()
+        return out
+
     def purge(self) -> int:
         """Drop every message that is ready or delayed (messages in flight stay with their
         consumers, as in SQS). Returns how many were dropped."""

@@ -7,12 +7,29 @@ compacted topic of job states, with a control topic for pause and administration
 """
 from __future__ import annotations
 
+from ..broker import broker as _broker_mod
 from .admin import CLEAN_STATES, COUNT_STATES
+from .aio import AsyncTaskQueue
 from .backoff import Backoff
 from .events import EVENTS, QueueEvents, TaskEvent
 from .job import STATES, Job
 from .taskqueue import JOB_OPTIONS, TaskQueue
 from .worker import MODES, Worker
 
-__all__ = ["TaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent", "STATES", "COUNT_STATES",
+__all__ = ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent", "STATES", "COUNT_STATES",
            "CLEAN_STATES", "JOB_OPTIONS", "MODES", "EVENTS"]
+
+
+class _TasksKind:
+    """What ``Broker.tasks`` / ``AsyncBroker.tasks`` call (fastq.broker.broker.register_kind)."""
+
+    @staticmethod
+    def open(broker, name: str, options: dict) -> TaskQueue:
+        return TaskQueue(name, broker, **options)
+
+    @staticmethod
+    def asyncio(tq: TaskQueue) -> AsyncTaskQueue:
+        return AsyncTaskQueue(tq)
+
+
+_broker_mod.register_kind("tasks", _TasksKind())

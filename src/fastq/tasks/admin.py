@@ -29,13 +29,14 @@ from typing import Any, Iterable
 from ..errors import InvalidArgument, JobActive, JobStateError, UnknownJob
 from .job import FINISHED, GEN_HEADER, Job, decode_state as _dec_state, encode_state, now_ms
 
-__all__ = ["AdminMixin", "COUNT_STATES", "CLEAN_STATES", "dedup_id"]
+__all__ = ["AdminMixin", "COUNT_STATES", "CLEAN_STATES", "REPAIR_GRACE", "dedup_id"]
 
 COUNT_STATES = ("waiting", "active", "delayed", "prioritized", "completed", "failed", "paused")
 CLEAN_STATES = ("completed", "failed", "waiting", "delayed", "prioritized", "paused")
 ALIASES = {"wait": "waiting"}              # BullMQ's name for the wait list
 BATCH = 1000                               # tombstones per append: a crash leaves whole batches
 RUN, DROP, PAUSED, FAILED = "run", "drop", "paused", "failed"     # TaskQueue._begin verdicts
+REPAIR_GRACE = 60.0                        # repair(): seconds a job may wait before its message is looked for
 
 
 def dedup_id(jid: str, gen: int) -> str:
@@ -388,6 +389,57 @@ class AdminMixin:
             if doomed:
                 self._rerun(doomed, ep, promote=True)
         return [s["id"] for s in doomed]
+
+    # -- repair: jobs whose add died between their state and their message -----------------------
+
+    def repair(self, grace: float | None = None) -> list[str]:
+        """Re-publish the jobs whose ``add`` was killed between the job's first state record
+        and its queue message (the job would wait forever): every waiting or delayed job
+        that was added — or came due — more than ``grace`` seconds ago and whose message
+        (of its ``gen``) is not among the queue's unsettled ones runs again as a new
+        incarnation (``gen`` + 1, as :meth:`promote` does: a late or missed original
+        message is then stale and dropped, so a job never runs twice). ``grace`` (None:
+        :data:`REPAIR_GRACE`) must exceed the longest an ``add`` may stall between the two.
+        Workers call it every :data:`fastq.tasks.worker.REPAIR_EVERY_S`; returns the ids
+        re-published.
+
+        Cheap when there is nothing to repair: no lock and no admin epoch unless a job
+        lacks its message; it reads the queue's unsettled messages only when some job has
+        waited longer than ``grace``."""
+        if grace is None:
+            grace = REPAIR_GRACE
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not math.isfinite(grace) or grace < 0:
+            raise InvalidArgument(f"grace must be seconds >= 0, got {grace!r}")
+        self._check_open()
+        cutoff = now_ms() - int(grace * 1000)
+        idx = self._index
+        idx.refresh()
+        with idx._lock:                           # waiting and delayed only (not the finished many)
+            old = [s for st in ("waiting", "delayed") for s in (idx.jobs[j] for j in idx.by_state[st])
+                   if max(s.get("added_ms") or 0, s.get("due_ms") or 0) <= cutoff]
+        if not old:
+            return []
+        queued = set()
+        for body in self.queue.unsettled():
+            try:
+                m = _dec_state(body)
+                queued.add((m["id"], m.get("gen", 0)))
+            except Exception:                     # noqa: BLE001 - not a job message: not ours to judge
+                continue
+        lost = {s["id"]: s for s in old if (s["id"], s.get("gen", 0)) not in queued}
+        if not lost:
+            return []
+        with self._op("repair") as ep:           # the epoch moves before the states are read again
+            redo = []
+            for jid, was in lost.items():
+                s = self._index.get(jid)
+                if s is not None and s["state"] in ("waiting", "delayed") and s.get("gen", 0) == was.get("gen", 0) \
+                        and s.get("added_ms") == was.get("added_ms"):
+                    redo.append(s)
+            if redo:
+                self._rerun(redo, ep, promote=True)
+                self._events.emit([(s["id"].encode(), {"event": "waiting", "repaired": True}) for s in redo])
+        return [s["id"] for s in redo]
 
     # -- retention (the worker calls it after recording a job's end) ------------------------------
 

@@ -9,7 +9,7 @@ a UTF-8 name, value = msgspec JSON. Two keys:
   (:meth:`TaskQueue.pause` / ``resume``). No record: not paused.
 - ``op``: ``{"op": str, "ms": int, "at": int}`` — written by every admin operation that
   removes jobs or makes a job's queue message stale (remove, drain, clean, obliterate,
-  promote) *before* it reads or changes anything, to move the epoch on; ``at`` is the
+  promote, repair) *before* it reads or changes anything, to move the epoch on; ``at`` is the
   job-state topic's end offset just before, below which the operation writes nothing (a
   worker checking what the operations since its epoch did reads from there);
 - ``done``: ``{"op": str, "ms": int}`` — written when that operation ends, however it

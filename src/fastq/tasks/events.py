@@ -63,6 +63,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "stalled": ("stalled_count",),               # its worker died mid-run; the job was picked up again
     "retried": ("failed_reason", "attempts_made"),  # a run failed with attempts left: it runs again
     "removed": ("prev",),                        # retention (or remove) deleted it; prev: its last state
+    "deduplicated": ("dedup_id",),               # an add with its dedup id added nothing (or replaced_by: a new job)
 }
 EVENTS = tuple(EVENT_FIELDS)
 

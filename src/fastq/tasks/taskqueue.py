@@ -8,6 +8,8 @@ A task queue ``name`` is two things in the broker:
 - the compacted topic ``<name>.jobs``: the job states (see :mod:`fastq.tasks.job`);
 - the compacted topic ``<name>.sched``, once a job scheduler is made: the schedulers' definitions
   (see :mod:`fastq.tasks.scheduler`);
+- the compacted topic ``<name>.dedup``, once an add uses ``deduplication``: the dedup
+  entries (see :mod:`fastq.tasks.dedup`);
 - the topic ``<name>.events``: what happened, for listeners and replay (see
   :mod:`fastq.tasks.events`), written right after each state record;
 - the control topic ``<name>.ctl`` and the admin lock ``tasks/<name>/admin.lock``: the
@@ -43,6 +45,7 @@ from ..queue.queue import PRIORITIES
 from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
 from .control import CTL_SUFFIX, Control
+from .dedup import Deduplicator, validate_dedup
 from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import Job, JobIndex, encode_state, now_ms
 from .scheduler import Schedulers
@@ -65,7 +68,7 @@ if hasattr(os, "register_at_fork"):
 _new_id_bits = _ids.getrandbits
 _WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
-               "remove_on_fail", "timeout")
+               "remove_on_fail", "timeout", "deduplication")
 
 
 def _keep(what: str, v) -> bool | int | dict:
@@ -129,10 +132,22 @@ def validate_options(opts: dict) -> dict:
                 or timeout <= 0:
             raise InvalidArgument(f"timeout must be None or seconds > 0, got {timeout!r}")
         out["timeout"] = float(timeout)
+    dd = opts.get("deduplication")
+    if dd is not None:
+        out["deduplication"] = validate_dedup(dd)
     return out
 
 
 _DEFAULT_OPTIONS = validate_options({})
+
+
+def _scheduled_options(opts: dict) -> dict:
+    """A job scheduler's job options: :func:`validate_options`'s, without ``deduplication``
+    (a scheduler makes one job per tick already)."""
+    if opts.get("deduplication") is not None:
+        raise InvalidArgument("deduplication is not an option of a job scheduler's jobs (a scheduler makes one "
+                              "job per tick already)")
+    return validate_options(opts)
 
 
 class TaskQueue(AdminMixin):
@@ -156,9 +171,10 @@ class TaskQueue(AdminMixin):
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
         self._ctl = Control(broker, name)
-        self._sched = Schedulers(self, validate_options)   # job schedulers (opens <name>.sched when used)
+        self._sched = Schedulers(self, _scheduled_options)   # job schedulers (opens <name>.sched when used)
         self._events = EventLog(broker, name)
         self._job_listeners: JobListeners | None = None
+        self._dedup: Deduplicator | None = None    # deduplication entries (opens <name>.dedup when used)
         self._listeners_lock = threading.Lock()
         self._closed = False
 
@@ -210,8 +226,11 @@ class TaskQueue(AdminMixin):
         ``job.cancelled``; past it the attempt fails). ``repeat``: ``{"cron": "0 9 * * *",
         "tz": ...}`` or ``{"every": seconds}`` makes a job scheduler instead (see
         :meth:`upsert_job_scheduler`; its id is ``job_id`` or derived from the name and the
-        repeat) and returns its first job (None if it has no tick left). Unknown options are
-        InvalidArgument."""
+        repeat) and returns its first job (None if it has no tick left).
+        ``deduplication={"id": str, "ttl": s, "extend": bool, "replace": bool}``: BullMQ's
+        simple / throttle / debounce modes — an add with the id of a job that still
+        deduplicates returns that job and adds nothing (:mod:`fastq.tasks.dedup`). Unknown
+        options are InvalidArgument.""" 
         if delay is None and backoff is None and job_id is None and timeout is None and repeat is None \
                 and not unknown and remove_on_complete is False and remove_on_fail is False \
                 and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
@@ -219,6 +238,8 @@ class TaskQueue(AdminMixin):
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
+        if unknown.get("deduplication") is not None:
+            return self._add_deduplicated(name, data, opts, repeat)
         if repeat is not None:
             return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
@@ -236,6 +257,9 @@ class TaskQueue(AdminMixin):
                 opts = {}
             if not isinstance(opts, dict):
                 raise InvalidArgument(f"job options must be a dict, got {opts!r}")
+            if opts.get("deduplication") is not None:
+                raise InvalidArgument("deduplication is an option of add() only (each add is checked "
+                                      "against the others under a lock)")
             items.append((j[0], j[1], opts))
         return self._add_many(items)
 
@@ -289,6 +313,32 @@ class TaskQueue(AdminMixin):
         for s, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)))
         return out
+
+    def _add_deduplicated(self, name, data, opts: dict, repeat) -> Job:
+        if repeat is not None:
+            raise InvalidArgument("deduplication and repeat cannot be combined (a job scheduler makes one "
+                                  "job per tick already)")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
+        dd = validate_options(opts)["deduplication"]       # every option checked before the lock
+        return self._deduplicator().add(name, data, opts, dd)
+
+    def _deduplicator(self) -> Deduplicator:
+        self._check_open()
+        with self._listeners_lock:
+            if self._dedup is None:
+                self._dedup = Deduplicator(self)
+            return self._dedup
+
+    def get_deduplication_job_id(self, dedup_id: str) -> str | None:
+        """The id of the job that an add with ``deduplication={"id": dedup_id, ...}`` would
+        return now, or None (BullMQ's getDeduplicationJobId)."""
+        return self._deduplicator().job_id(dedup_id)
+
+    def remove_deduplication_key(self, dedup_id: str) -> bool:
+        """Forget ``dedup_id``: the next add with it adds a job (BullMQ's
+        removeDeduplicationKey). False if it was not known."""
+        return self._deduplicator().remove_key(dedup_id)
 
     # -- reading -----------------------------------------------------------------------------
 

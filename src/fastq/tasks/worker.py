@@ -50,6 +50,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import random
 import threading
 import time
 import traceback
@@ -71,6 +72,7 @@ __all__ = ["Worker", "MODES"]
 
 MODES = ("thread", "asyncio", "process")
 TICK_S = 0.01                        # how often the keeper checks timeouts
+REPAIR_EVERY_S = 30.0                # the keeper's TaskQueue.repair(): jobs whose add died before the message
 CHILD_START_S = 120.0                # a spawned child must load the handler within this
 CHILD_STOP_S = 5.0                   # close(): a child that does not stop by then is killed
 log = logging.getLogger("fastq.tasks")
@@ -240,6 +242,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._children: list[_Child | None] = []
         self._keeper: threading.Thread | None = None
+        self._repairing = threading.Lock()        # held while a repair() thread runs
         self._started = False
         self._loop_thread: int | None = None       # asyncio: the thread whose loop runs it
         if autorun:
@@ -408,6 +411,7 @@ class Worker:
         """Extend the leases of held messages; cancel jobs past their timeout."""
         extend_every = max(self._vt / 3.0, TICK_S)
         last = time.monotonic()
+        repair_at = last + REPAIR_EVERY_S * (0.5 + random.random())    # jittered: processes spread out
         while not (self._finished.is_set() and not self._held):
             time.sleep(TICK_S)
             now = time.monotonic()
@@ -428,6 +432,20 @@ class Worker:
                         pass
                     except FastqError:
                         log.exception("worker of %r could not extend message %s", self.queue.name, m.id)
+            if now >= repair_at and not self._stop.is_set() and not self._repairing.locked():
+                repair_at = now + REPAIR_EVERY_S * (0.5 + random.random())
+                threading.Thread(target=self._repair, daemon=True,   # not in the way of lease extensions
+                                 name=f"fastq-worker-{self.queue.name}-repair").start()
+
+    def _repair(self) -> None:
+        """TaskQueue.repair, in a thread of its own (it may read the whole backlog)."""
+        with self._repairing:
+            try:
+                self.queue.repair()
+            except Closed:
+                pass
+            except Exception:                     # noqa: BLE001 - a background sweep: log, try next time
+                log.exception("worker of %r could not repair jobs", self.queue.name)
 
     # -- asyncio mode ------------------------------------------------------------------------
 
