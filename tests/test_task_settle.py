@@ -1,8 +1,8 @@
-"""A thread worker's batched settling (worker.py ``_Pending``): the completions of a received
-batch are recorded with the next job's start (or at the batch's end) and acked together —
-never later than the next handler's start. So a completed job is recorded completed before
-any other handler runs, its events stay after its state, and a worker killed -9 mid-batch
-leaves the jobs it finished completed (never run again) and the one it was running stalled."""
+"""A thread worker's settling inside a received batch (32 messages for concurrency 1): a
+completed job is recorded completed (and acked) before the next handler runs, its events
+stay after its state, and a worker killed -9 mid-batch leaves the jobs it finished completed
+(never run again) and the one it was running stalled — whatever the worker does to save
+appends (a batched settle was tried and measured slower, see docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -58,7 +58,7 @@ def test_events_follow_their_states_in_a_batch(tq):
     for e in seen:
         by_job.setdefault(e.job_id, []).append(e.event)
     assert all(by_job[j.id] == ["added", "waiting", "active", "completed"] for j in jobs)
-    # each completed event is written with (before) the next job's active one, never after it
+    # each completed event is written before the next job's active one
     run_order = [e.job_id for e in seen if e.event == "active"]
     at = {(e.event, e.job_id): e.offset for e in seen}
     for a, b in zip(run_order, run_order[1:]):

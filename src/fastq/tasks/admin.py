@@ -421,7 +421,7 @@ class AdminMixin:
 
     # -- the worker's side of the admin lock ---------------------------------------------------
 
-    def _begin(self, msg: dict, dc: int, active, before=None, pending=None) -> tuple[str, dict | None, list | None]:
+    def _begin(self, msg: dict, dc: int, active, before=None) -> tuple[str, dict | None, list | None]:
         """Admit the job of queue message ``msg`` (delivery ``dc``) and record it active:
         ``(RUN, state, ticket)`` — ``active(msg, prev, dc)`` built the state and its events,
         now recorded; ``(FAILED, state, None)`` — it built a ``failed`` state instead (a job
@@ -430,8 +430,6 @@ class AdminMixin:
         finished, or ``before(prev)`` said no: ack the message, do not run it;
         ``(PAUSED, None, None)``. ``before``: called once admitted, before the record
         (a scheduler's tick adds its successor: :func:`fastq.tasks.scheduler.on_tick`).
-        ``pending``: the worker's completions not yet recorded (``TaskQueue._put``): on the
-        fast path they go in the same append as the ``active`` record, before it.
 
         Fast path, no lock: a first delivery published at the current epoch (nothing
         removed or replaced since its add) is recorded active at once, and the epoch read
@@ -453,7 +451,7 @@ class AdminMixin:
             if before is not None and not before(None):
                 return DROP, None, None
             s, evs = active(msg, None, dc)
-            a = self._put(s, evs, pending)
+            a = self._put(s, evs)
             if clog.end_offset == ep:
                 return RUN, s, [ep, a]
             with ctl.shared():                    # an admin operation began meanwhile: it is over now
@@ -519,12 +517,7 @@ class AdminMixin:
         it. Moved — wait for the operation (the lock, shared) and read the job's records
         since the ticket's offset, or since the first such operation began if later: if one
         before ours removed or replaced the job, put that back over ours."""
-        return self._current(s, ticket, self._put(s, events))
-
-    def _current(self, s: dict, ticket: list, w: int) -> bool:
-        """Whether worker record ``s``, appended at offset ``w``, stands (the rest of
-        :meth:`_put_if_current`): False when an admin operation begun before the append
-        removed or replaced the job — its record is put back over ours."""
+        w = self._put(s, events)
         if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True

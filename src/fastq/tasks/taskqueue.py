@@ -333,35 +333,14 @@ class TaskQueue(AdminMixin):
 
     # -- internals for the worker -----------------------------------------------------------
 
-    def _put(self, state: dict, events=(), pending=None) -> int:
+    def _put(self, state: dict, events=()) -> int:
         """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``;
-        returns the state record's offset in the job-state topic. ``pending``: a worker's
-        batch of other jobs' states not yet recorded (``Worker``'s ``_Pending``): they go
-        first, in the same append, and their events before this one's (their offsets are
-        ``pending.first`` on)."""
+        returns the state record's offset in the job-state topic."""
         key = state["id"].encode()
-        if pending is not None and pending.items and pending.first is None:
-            items = pending.items
-            recs = [(encode_state(p[1]), p[1]["id"].encode(), None) for p in items]
-            recs.append((encode_state(state), key, None))
-            first = self._lg.append_batch(recs)
-            pending.first = first
-            evs = [(r[1], v) for p, r in zip(items, recs) for v in p[2]]
-            evs.extend((key, v) for v in events)
-            self._events.emit(evs)
-            return first + len(items)
         off = self._lg.append(encode_state(state), key)
         if events:
             self._events.emit([(key, v) for v in events])
         return off
-
-    def _put_many(self, states: list) -> int:
-        """Record ``[(state, events), ...]`` of several jobs in one append, then all their
-        events in one; returns the first state's offset (the others follow it)."""
-        recs = [(encode_state(s), s["id"].encode(), None) for s, _ in states]
-        first = self._lg.append_batch(recs)
-        self._events.emit([(r[1], v) for (_, evs), r in zip(states, recs) for v in evs])
-        return first
 
     def _remove_ids(self, ids: list[str]) -> None:
         """Remove these jobs from the job-state topic (a tombstone each, with the gen of a

@@ -109,19 +109,6 @@ class _Running:
         self.ticket: list | None = None         # TaskQueue._put_if_current's [epoch, offset]
 
 
-class _Pending:
-    """A thread-mode batch's completions not yet recorded: ``items`` of ``[message, state,
-    events, ticket]``; ``first``: the offset of the first one's state record once
-    appended (None before). They are recorded with the next job's ``active`` record, in
-    one append (``TaskQueue._put``), or on their own when the received batch ends — always
-    before another handler starts — and then acked together."""
-    __slots__ = ("items", "first")
-
-    def __init__(self):
-        self.items: list = []
-        self.first: int | None = None
-
-
 class _Child:
     """A spawned child process of a process-mode worker and its end of the pipe."""
 
@@ -332,44 +319,33 @@ class Worker:
             with self._lock:
                 for m in msgs:
                     self._held[m] = _Running(None, None)
-            # a batch's completions are recorded together (with the next job's start)
-            pending = _Pending() if len(msgs) > 1 and self.mode == "thread" else None
             for m in msgs:
-                deferred = False                # its completion is pending: held (lease kept) until settled
                 try:
                     if self._stop.is_set():
                         self._hand_back(m)
                         continue
-                    deferred = self._process(m, slot, pending)
+                    self._process(m, slot)
                 except (LeaseLost, Closed):
                     pass
                 except Exception:               # storage trouble: the message comes back
                     log.exception("worker of %r could not run message %s", self.queue.name, m.id)
                 finally:
-                    if not deferred:
-                        with self._lock:
-                            self._held.pop(m, None)
+                    with self._lock:
+                        self._held.pop(m, None)
                 if self.mode == "process" and not self._stop.is_set():
                     try:
                         self._ensure_child(slot)   # a timeout killed it: start another now
                     except FastqError:
                         log.exception("worker of %r could not start a child process", self.queue.name)
-            if pending is not None and pending.items:
-                self._settle_or_log(pending)
-                if pending.items:               # not recorded: their messages come back (stalled)
-                    with self._lock:
-                        for p in pending.items:
-                            self._held.pop(p[0], None)
         if self.mode == "process":
             c, self._children[slot] = self._children[slot], None
             if c is not None:
                 c.stop()
 
-    def _process(self, m, slot: int, pending: _Pending | None = None) -> bool:
-        """Run message ``m``'s job; True when its completion was left in ``pending``."""
-        begun = self._begin(m, pending)
+    def _process(self, m, slot: int) -> None:
+        begun = self._begin(m)
         if begun is None:
-            return False
+            return
         job, s, running = begun
         timeout = s["opts"].get("timeout")
         try:
@@ -384,8 +360,8 @@ class Worker:
                 raise JobTimedOut(timeout)
         except Exception as e:
             self._failed(m, s, e, self._timed_out(job, running), timeout, running.ticket)
-            return False
-        return self._completed(m, s, rv, raw, running.ticket, pending)
+            return
+        self._completed(m, s, rv, raw, running.ticket)
 
     def _in_child(self, slot: int, job: Job, s: dict, running: _Running) -> bytes:
         c = self._ensure_child(slot)
@@ -594,9 +570,8 @@ class Worker:
     def _timed_out(job: Job, running: _Running) -> bool:
         return running.deadline is not None and (job.cancelled or time.monotonic() >= running.deadline)
 
-    def _begin(self, m, pending: _Pending | None = None):
-        """Record the run's start; None when the message is not to be run (settled here).
-        ``pending`` completions are recorded first (with the start, or on their own)."""
+    def _begin(self, m):
+        """Record the run's start; None when the message is not to be run (settled here)."""
         tq = self.queue
         try:
             msg = _dec.decode(m.body)
@@ -608,9 +583,7 @@ class Worker:
         if opts.get("repeat") is not None:
             tick = lambda prev: on_tick(tq, jid, opts["repeat"], prev)      # noqa: E731
         while True:
-            verdict, s, ticket = tq._begin(msg, m.delivery_count, self._activate, tick, pending)  # records it
-            if pending is not None and pending.items:
-                self._settle_or_log(pending)       # before any wait, and before the handler runs
+            verdict, s, ticket = tq._begin(msg, m.delivery_count, self._activate, tick)  # records it
             if verdict == RUN:
                 break
             if verdict == DROP:                      # removed, replaced, finished or a dropped tick: never run it
@@ -675,60 +648,18 @@ class Worker:
         evs.append({"event": "active", "attempts_made": n})
         return s, evs
 
-    def _completed(self, m, s: dict, rv, raw, ticket: list, pending: _Pending | None = None) -> bool:
-        """Record the run's completion and ack, or leave both to ``pending`` (True)."""
+    def _completed(self, m, s: dict, rv, raw, ticket: list) -> None:
         s.update(state="completed", return_value=msgspec.Raw(raw), failed_reason=None, finished_ms=now_ms())
-        evs = [{"event": "completed", "return_value": s["return_value"], "attempts_made": s["attempts_made"]}]
-        if pending is not None:                      # recorded with the next start, or at the batch's end
-            pending.items.append([m, s, evs, ticket, rv])
-            return True
         tq = self.queue
-        mine = tq._put_if_current(s, ticket, evs)
+        mine = tq._put_if_current(s, ticket, [{"event": "completed", "return_value": s["return_value"],
+                                               "attempts_made": s["attempts_made"]}])
         s["return_value"] = rv
         m.ack()
         if not mine:                                 # removed while it ran (obliterate, force)
-            return False
+            return
         with self._lock:
             self.completed += 1
         tq._retain(s, "remove_on_complete", "completed")
-        return False
-
-    def _settle(self, pending: _Pending) -> None:
-        """Record the pending completions (unless the next start took them along), then ack
-        their messages together; count them and apply their retention."""
-        tq = self.queue
-        items = pending.items
-        first = pending.first
-        if first is None:
-            first = tq._put_many([(p[1], p[2]) for p in items])
-        pending.items, pending.first = [], None
-        mine = []
-        try:
-            for i, (m, s, _, ticket, rv) in enumerate(items):
-                if tq._current(s, ticket, first + i):    # else removed while it ran (obliterate, force)
-                    mine.append(s)
-                s["return_value"] = rv
-            self._q.ack_many([p[0] for p in items])
-        except LeaseLost:                            # the others were acked; those states are recorded
-            pass
-        finally:
-            with self._lock:
-                for p in items:
-                    self._held.pop(p[0], None)
-            if mine:
-                with self._lock:
-                    self.completed += len(mine)
-                for s in mine:
-                    if s["opts"].get("remove_on_complete", False) is not False:
-                        tq._retain(s, "remove_on_complete", "completed")
-
-    def _settle_or_log(self, pending: _Pending) -> None:
-        try:
-            self._settle(pending)
-        except Closed:
-            pass
-        except Exception:                            # noqa: BLE001 - storage trouble: retried at the batch's end
-            log.exception("worker of %r could not record %d completion(s)", self.queue.name, len(pending.items))
 
     def _failed(self, m, s: dict, e: Exception, timed_out: bool, timeout, ticket: list) -> None:
         tq = self.queue
