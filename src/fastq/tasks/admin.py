@@ -491,7 +491,7 @@ class AdminMixin:
         after our record), drop it, and make sure it stays removed. Anything else is
         checked against the job's latest state under the lock."""
         ctl = self._ctl
-        lg = self.topic.log(0)
+        lg = self._lg
         since = lg.end_offset                     # before the epoch read: an admin op's writes come after
         clog = ctl.log
         ep = clog.end_offset                      # the epoch

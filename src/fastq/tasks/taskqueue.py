@@ -170,6 +170,7 @@ class TaskQueue(AdminMixin):
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
+        self._lg = self._index.log                 # the job-state log, cached for the hot paths
         self._ctl = Control(broker, name)
         self._sched = Schedulers(self, _scheduled_options)   # job schedulers (opens <name>.sched when used)
         self._events = EventLog(broker, name)
@@ -285,7 +286,7 @@ class TaskQueue(AdminMixin):
                 # one encoding is both the job's first state record and its message's body
                 # (the worker reads the body's id, name, data, opts, added_ms, gen and ep)
                 encoded.append((s, bytes(self._codec.encode(s))))
-            lg = self.topic.log(0)
+            lg = self._lg
             if len(encoded) == 1:              # add(): one record, not a batch of one
                 lg.append(encoded[0][1], encoded[0][0]["id"].encode())
             else:
@@ -386,7 +387,7 @@ class TaskQueue(AdminMixin):
         """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``;
         returns the state record's offset in the job-state topic."""
         key = state["id"].encode()
-        off = self.topic.log(0).append(encode_state(state), key)
+        off = self._lg.append(encode_state(state), key)
         if events:
             self._events.emit([(key, v) for v in events])
         return off

@@ -636,10 +636,14 @@ class Worker:
         added), carrying on from its state ``prev`` (None: a first run), and its events —
         or, for a job whose worker died under it more than ``max_stalled_count`` times, its
         ``failed`` state (:meth:`TaskQueue._begin` records either)."""
-        s = dict(prev) if prev is not None else {"id": msg["id"], "name": msg["name"], "progress": 0,
-                                                 "added_ms": msg.get("added_ms")}
         n = dc + msg.get("a0", 0)
-        stalled = prev is not None and prev["state"] == "active"     # its run never ended
+        if prev is None:                             # a first run: one dict, in the order below
+            return ({"id": msg["id"], "name": msg["name"], "progress": 0, "added_ms": msg.get("added_ms"),
+                     "data": msg.get("data"), "opts": msg["opts"], "attempts_made": n, "gen": msg.get("gen", 0),
+                     "state": "active", "processed_ms": now_ms()},
+                    [{"event": "active", "attempts_made": n}])
+        s = dict(prev)
+        stalled = prev["state"] == "active"          # its run never ended
         s.update(data=msg.get("data"), opts=msg["opts"], attempts_made=n, gen=msg.get("gen", 0))
         s.pop("due_ms", None)
         s.pop("ep", None)
