@@ -57,7 +57,7 @@ def _child_ids(path, conn):
     conn.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is what reseeds; spawn starts fresh anyway")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform (Windows): only a forked child inherits the job-id generator, a spawned one seeds its own")
 def test_a_forked_child_draws_other_job_ids(broker):
     tq = fastq.TaskQueue("ids", broker)
     tq.add("x")                         # the generator has been used in the parent
