@@ -2,8 +2,9 @@
 
 Layers, bottom to top (docs/ARCHITECTURE.md opens with this map)::
 
-    errors  <  _core  <  log | ring  <  broker  <  queue | flow | pubsub  <  tasks
-            <  fastq (the public face, fastq/__init__.py)  <  bench  <  cli  <  __main__
+    errors  <  _core  <  log | ring  <  broker  <  flow  <  queue | pubsub  <  tasks
+            <  admission | pool  <  fastq (the public face, fastq/__init__.py)  <  bench  <  cli
+            <  __main__
 
 A module may import its own layer's package and any layer below; packages that share a
 layer (``log`` and ``ring``) are independent of each other. Every import of a fastq
@@ -31,8 +32,10 @@ LAYERS = [
     {"_core"},
     {"log", "ring"},
     {"broker"},
-    {"queue", "flow", "pubsub"},
+    {"flow"},                             # back pressure: rate limiter, backoff (queue and tasks use them)
+    {"queue", "pubsub"},
     {"tasks"},                            # task queues are built on queue's leases
+    {"admission", "pool"},                # HTTP admission middleware, WorkerPool: over queues and tasks
     {""},                                 # fastq/__init__.py: the public face
     {"bench"},
     {"cli"},

@@ -46,6 +46,7 @@ __all__ = [
     "JobActive",
     "ProducerFenced",
     "OutOfOrderSequence",
+    "RateLimited",
 ]
 
 
@@ -142,7 +143,12 @@ class RingEmpty(FastqError, queue.Empty):
 
 
 class QueueFull(FastqError, queue.Full):
-    """A queue reached its size limit."""
+    """A queue reached its size limit. ``retry_after``: seconds until there is likely
+    room (estimated from the measured drain rate), or None when nothing is known."""
+
+    def __init__(self, message: str = "", retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class QueueEmpty(FastqError, queue.Empty):
@@ -234,3 +240,13 @@ class JobStateError(FastqError, RuntimeError):
 class JobActive(JobStateError):
     """A task-queue job is being run by a worker, so it cannot be removed (BullMQ's job
     lock); ``obliterate()`` refuses while jobs are active unless ``force=True``."""
+
+
+class RateLimited(FastqError):
+    """A rate limiter refused: there are not enough points now. ``retry_after``: seconds
+    until the request would be admitted; ``key``: the limited key (None: the whole limiter)."""
+
+    def __init__(self, message: str, retry_after: float, key=None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.key = key
