@@ -479,7 +479,9 @@ class AdminMixin:
         now recorded; ``(FAILED, state, None)`` — it built a ``failed`` state instead (a job
         stalled too often), recorded: ack the message;
         ``(DROP, None, None)`` — the job was removed, replaced by another ``gen`` or has
-        finished, or ``before(prev)`` said no: ack the message, do not run it;
+        finished, or ``before(prev)`` said no: ack the message, do not run it (``(DROP,
+        state, None)`` for a job that failed: its dead letter is sent again first, see
+        :mod:`fastq.tasks.deadletter`);
         ``(PAUSED, None, None)``. ``before``: called once admitted, before the record
         (a scheduler's tick adds its successor: :func:`fastq.tasks.scheduler.on_tick`).
 
@@ -524,9 +526,11 @@ class AdminMixin:
             if ctl.paused():
                 return PAUSED, None, None
             prev = self._index.get(msg["id"])
-            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) or prev["state"] in FINISHED \
+            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) \
                     or prev.get("added_ms") != msg.get("added_ms"):   # (an incarnation whose gen was forgotten)
                 return DROP, None, None
+            if prev["state"] in FINISHED:         # its worker died before settling: failed ones are dead-lettered
+                return DROP, (prev if prev["state"] == "failed" else None), None
             if before is not None and not before(prev if dc > 1 else None):
                 return DROP, None, None
             s, evs = active(msg, prev, dc)

@@ -45,6 +45,7 @@ from ..queue.queue import PRIORITIES
 from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
 from .control import CTL_SUFFIX, Control
+from .deadletter import DeadLetters
 from .dedup import Deduplicator, validate_dedup
 from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import Job, JobIndex, encode_state, now_ms
@@ -155,15 +156,21 @@ class TaskQueue(AdminMixin):
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
     ``visibility_timeout``: the lease of the underlying queue (workers keep extending it
     while a job runs; a killed worker's jobs come back at once through the queue's
-    dead-consumer detection, not after the lease). Administration — counts, paging,
+    dead-consumer detection, not after the lease). ``dead_letter``: a message queue name or
+    another TaskQueue that jobs ending failed are also sent to, exactly once
+    (:mod:`fastq.tasks.deadletter`; every process running workers passes the same).
+    Administration — counts, paging,
     pause/resume, drain, clean, retry, promote, remove, obliterate — is
     :class:`fastq.tasks.admin.AdminMixin`'s."""
 
-    def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0):
+    def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0,
+                 dead_letter: "str | TaskQueue | None" = None):
         validate_name("task queue", name)
         if len(name) > MAX_NAME:
             raise InvalidName(f"task queue name {name!r} is longer than {MAX_NAME} characters "
                               f"(its queue and topic add {QUEUE_SUFFIX!r} / {TOPIC_SUFFIX!r})")
+        self._dead_letters = None if dead_letter is None else \
+            DeadLetters(name, name + QUEUE_SUFFIX, broker, dead_letter)
         self.name = name
         self.broker = broker
         self.queue = broker.queue(name + QUEUE_SUFFIX, codec="raw", visibility_timeout=visibility_timeout)

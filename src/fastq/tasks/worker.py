@@ -605,9 +605,12 @@ class Worker:
             if verdict == RUN:
                 break
             if verdict == DROP:                      # removed, replaced, finished or a dropped tick: never run it
+                if s is not None:                    # failed, its worker died before the ack
+                    self._dead_letter(s, m)
                 m.ack()
                 return None
             if verdict == FAILED:                    # stalled past max_stalled_count: failed for good
+                self._dead_letter(s, m)
                 m.ack()
                 with self._lock:
                     self.failed += 1
@@ -717,12 +720,21 @@ class Worker:
             return
         s.update(state="failed", finished_ms=now_ms())
         mine = tq._put_if_current(s, ticket, [{"event": "failed", "failed_reason": reason, "attempts_made": dc}])
+        if mine:
+            self._dead_letter(s, m)
         m.ack()
         if not mine:
             return
         with self._lock:
             self.failed += 1
         tq._retain(s, "remove_on_fail", "failed")
+
+    def _dead_letter(self, s: dict, m) -> None:
+        """Send failed job ``s`` to the task queue's dead letters, if it has them (before the
+        ack: a crash in between sends it again, deduplicated — :mod:`fastq.tasks.deadletter`)."""
+        dl = self.queue._dead_letters
+        if dl is not None:
+            dl.send(s, m)
 
     def _write(self, s: dict, what: str, v, ticket: list) -> None:
         new = dict(s)
