@@ -508,19 +508,7 @@ class AdminMixin:
             a = self._put(s, evs)
             if clog.end_offset == ep:
                 return RUN, s, [ep, a]
-            with ctl.shared():                    # an admin operation began meanwhile: it is over now
-                at = ctl.ops_since(ep)
-                foreign, last, last_is_ours = (False, None, False) if at is None else \
-                    self._foreign(s["id"], s.get("gen", 0), max(since, at), lg.end_offset, a)
-                if foreign:
-                    if last_is_ours:              # our record came after its removal: undo it
-                        self._undo(s, last)
-                    return DROP, None, None
-                if ctl.paused():                  # paused meanwhile: back to waiting, held
-                    self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1},
-                              [{"event": "waiting"}])
-                    return PAUSED, None, None
-                return RUN, s, [ctl.epoch, a]
+            return self._begun_while_moved(s, ep, since, a)
         with ctl.shared():
             ep = ctl.epoch
             if ctl.paused():
@@ -538,6 +526,27 @@ class AdminMixin:
             if s["state"] != "active":
                 return FAILED, s, None            # stalled too often: failed for good (the worker acks)
             return RUN, s, [ep, a]
+
+    def _begun_while_moved(self, s: dict, ep: int, since: int, a: int) -> tuple[str, dict | None, list | None]:
+        """:meth:`_begin`'s fast path, once the job's ``active`` record ``s`` (at offset
+        ``a``) is written and the epoch moved from ``ep`` since: an admin operation began
+        meanwhile; wait for it, then RUN, DROP (it removed the job) or PAUSED (paused
+        meanwhile: the job is recorded waiting again). ``since``: the job-state log's end
+        before the epoch was read."""
+        ctl = self._ctl
+        with ctl.shared():                        # an admin operation began meanwhile: it is over now
+            at = ctl.ops_since(ep)
+            foreign, last, last_is_ours = (False, None, False) if at is None else \
+                self._foreign(s["id"], s.get("gen", 0), max(since, at), self._lg.end_offset, a)
+            if foreign:
+                if last_is_ours:                  # our record came after its removal: undo it
+                    self._undo(s, last)
+                return DROP, None, None
+            if ctl.paused():                      # paused meanwhile: back to waiting, held
+                self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1},
+                          [{"event": "waiting"}])
+                return PAUSED, None, None
+            return RUN, s, [ctl.epoch, a]
 
     def _foreign(self, jid: str, gen: int, start: int, end: int, ours: int) -> tuple[bool, dict | None, bool]:
         """Read job ``jid``'s records in ``[start, end)`` but ``ours``: (whether one removed
@@ -577,6 +586,11 @@ class AdminMixin:
         if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True
+        return self._current_after_move(s, ticket, w)
+
+    def _current_after_move(self, s: dict, ticket: list, w: int) -> bool:
+        """:meth:`_put_if_current` once ``s`` is written at offset ``w`` and the epoch moved
+        since ``ticket[0]``: whether the job was still there (else it is put back removed)."""
         with self._ctl.shared():
             at = self._ctl.ops_since(ticket[0])
             foreign, last, _ = (False, None, False) if at is None else \

@@ -38,6 +38,8 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
+import msgspec
+
 from ..broker.config import validate_name
 from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
@@ -140,6 +142,19 @@ def validate_options(opts: dict) -> dict:
 
 
 _DEFAULT_OPTIONS = validate_options({})
+_RAW_DEFAULT_OPTIONS = msgspec.Raw(msgspec.json.encode(_DEFAULT_OPTIONS))
+_WAITING_EVENT = msgspec.json.encode(_WAITING)
+_FAST_ADD = os.environ.get("FASTQ_TASKS_FASTPATH", "1") != "0"    # (fastq.tasks._fastrun: off for comparison)
+_names: dict[str, bytes] = {}                 # job name -> its JSON string, for the added event
+
+
+def _name_json(name: str) -> bytes:
+    b = _names.get(name)
+    if b is None:
+        b = msgspec.json.encode(name)
+        if len(_names) < 1024:
+            _names[name] = b
+    return b
 
 
 def _scheduled_options(opts: dict) -> dict:
@@ -242,7 +257,9 @@ class TaskQueue(AdminMixin):
         if delay is None and backoff is None and job_id is None and timeout is None and repeat is None \
                 and not unknown and remove_on_complete is False and remove_on_fail is False \
                 and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
-            return self._add_many([(name, data, {})])[0]         # every option at its default
+            if _FAST_ADD:
+                return self._add_default(name, data)             # every option at its default
+            return self._add_many([(name, data, {})])[0]
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
@@ -251,6 +268,24 @@ class TaskQueue(AdminMixin):
         if repeat is not None:
             return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
+
+    def _add_default(self, name, data) -> Job:
+        """:meth:`_add_many` of one job with every option at its default: the same records
+        (state = message body, then the ``added`` and ``waiting`` events), built directly."""
+        self._check_open()
+        if type(name) is not str or not name:
+            raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
+        jid = f"{_new_id_bits(128):032x}"
+        s = {"id": jid, "name": name, "data": data, "opts": _RAW_DEFAULT_OPTIONS, "state": "waiting",
+             "attempts_made": 0, "progress": 0, "added_ms": now_ms(), "gen": 0, "ep": self._ctl.add_epoch()}
+        body = self._codec.encode(s)              # CodecError here: nothing stored
+        s["opts"] = dict(_DEFAULT_OPTIONS)
+        k = jid.encode()
+        self._lg.append(body, k)
+        self.queue.publish(body)
+        self._events.emit_raw_many([(b'{"event":"added","name":%s}' % _name_json(name), k, None),
+                                    (_WAITING_EVENT, k, None)])
+        return Job(self, jid, s)
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
         """Add many jobs at once: an iterable of ``(name, data)`` or ``(name, data, options)``

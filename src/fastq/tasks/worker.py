@@ -62,6 +62,7 @@ from ..broker._aio import SLICE
 from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, UnknownJob
 from ..log.config import check_int
 from . import _child
+from ._fastrun import ENABLED as FAST_ENABLED, FastRun
 from .backoff import Backoff
 from .admin import DROP, FAILED, RUN
 from .job import Job, now_ms
@@ -233,6 +234,7 @@ class Worker:
         self.retried = 0
         self.stalled = 0
         self._batch = batch
+        self._fast = FAST_ENABLED                  # the common case without per-step encoding (_fastrun)
         self._q = queue.queue
         self._vt = float(self._q.config["visibility_timeout"])
         self._stop = threading.Event()
@@ -311,6 +313,7 @@ class Worker:
     def _run(self, slot: int) -> None:
         q = self._q
         ctl = self.queue._ctl
+        fast = FastRun(self) if self.mode == "thread" and self._fast else None
         while not self._stop.is_set():
             try:
                 if ctl.paused():                  # take nothing while paused (any process's pause)
@@ -327,7 +330,8 @@ class Worker:
                     if self._stop.is_set():
                         self._hand_back(m)
                         continue
-                    self._process(m, slot)
+                    if fast is None or not fast.run(m):
+                        self._process(m, slot)
                 except (LeaseLost, Closed):
                     pass
                 except Exception:               # storage trouble: the message comes back

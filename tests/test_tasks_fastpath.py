@@ -1,0 +1,151 @@
+"""The task queue's fast paths (fastq/tasks/_fastrun.py: a thread worker's common case with
+records spliced from the message bytes; TaskQueue._add_default) against the Python path
+they stand in for: the same records and events for the same jobs, each fallback (the epoch
+moved, progress and logs, a failure, retention, an unencodable result) — and
+tests/test_tasks.py run again here with the Python path (FASTQ_TASKS_FASTPATH=0, which
+spawned worker processes inherit), so both paths pass the same tests."""
+from __future__ import annotations
+
+import threading
+
+import msgspec
+import pytest
+
+import fastq
+import fastq.tasks.taskqueue as taskqueue_mod
+import fastq.tasks.worker as worker_mod
+from fastq.tasks.events import EventLog
+
+from taskutil import wait_for
+from test_tasks import *                    # noqa: F401,F403 - run again below, with the Python path
+import test_tasks
+
+TIMES = ("added_ms", "processed_ms", "finished_ms")
+
+
+@pytest.fixture(autouse=True)
+def python_path(request, monkeypatch):
+    """Tests imported from test_tasks (and the "python" parameter below) take the Python path."""
+    param = getattr(request, "param", None)
+    slow = param == "python" or (param is None and request.function.__module__ == test_tasks.__name__)
+    if slow:
+        monkeypatch.setenv("FASTQ_TASKS_FASTPATH", "0")
+        monkeypatch.setattr(worker_mod, "FAST_ENABLED", False)
+        monkeypatch.setattr(taskqueue_mod, "_FAST_ADD", False)
+    return "python" if slow else "fast"
+
+
+both = pytest.mark.parametrize("python_path", ["fast", "python"], indirect=True)
+
+
+def _records(tq, jid: str) -> list[dict]:
+    """The job's state records, oldest first, timestamps blanked."""
+    lg = tq.topic.log(0)
+    out = []
+    for rec in lg.read(lg.start_offset, lg.end_offset):
+        if bytes(rec.key) == jid.encode() and rec.value is not None:
+            s = msgspec.json.decode(bytes(rec.value))
+            out.append({k: (0 if k in TIMES else v) for k, v in s.items()})
+    return out
+
+
+def _events(tq, jid: str) -> list[dict]:
+    lg = tq._events.topic.log(0)
+    return [msgspec.json.decode(bytes(r.value)) for r in lg.read(lg.start_offset, lg.end_offset)
+            if bytes(r.key) == jid.encode()]
+
+
+def _run(tq, handler, n: int, **kw) -> fastq.Worker:
+    w = fastq.Worker(tq, handler, **kw)
+    wait_for(lambda: w.completed + w.failed >= n, 10, f"{n} jobs to end")
+    w.close()
+    return w
+
+
+def test_both_paths_record_the_same_states_and_events(tmp_path):
+    seen = {}
+    for path in ("fast", "python"):
+        mp = pytest.MonkeyPatch()
+        if path == "python":
+            mp.setattr(worker_mod, "FAST_ENABLED", False)
+            mp.setattr(taskqueue_mod, "_FAST_ADD", False)
+        try:
+            with fastq.open(tmp_path / path) as b:
+                tq = fastq.TaskQueue("same", b)
+                job = tq.add("resize", {"url": "u", "w": [1, 2]})
+                _run(tq, lambda j: {"ok": j.data["w"]}, 1)
+                seen[path] = (_records(tq, job.id), _events(tq, job.id), job.return_value)
+                ids = {job.id}
+        finally:
+            mp.undo()
+        for s in seen[path][0]:
+            assert s.pop("id") in ids
+    assert seen["fast"] == seen["python"]
+    states, events, rv = seen["fast"]
+    assert [s["state"] for s in states] == ["waiting", "active", "completed"] and rv == {"ok": [1, 2]}
+    assert [e["event"] for e in events] == ["added", "waiting", "active", "completed"]
+
+
+@both
+def test_progress_logs_failures_and_retention_take_the_python_steps(tq, python_path):
+    def handle(j):
+        if j.name == "progress":
+            j.update_progress(40)
+            j.log("halfway")
+            return "p"
+        if j.name == "fail":
+            raise ValueError("no")
+        if j.name == "unencodable":
+            return object()
+        return "plain"
+
+    p = tq.add("progress", 1)
+    f = tq.add("fail", 2, attempts=2)
+    u = tq.add("unencodable", 3)
+    r = tq.add("plain", 4, remove_on_complete=True)
+    kept = tq.add("plain", 5)
+    w = _run(tq, handle, 5)
+    assert (w.completed, w.failed, w.retried) == (3, 2, 1)
+    assert p.state == "completed" and p.progress == 40 and p.logs == ["halfway"] and p.return_value == "p"
+    assert f.state == "failed" and f.attempts_made == 2 and len(f.stacktrace) == 2
+    assert u.state == "failed" and "cannot be stored" in u.failed_reason and u.attempts_made == 1
+    assert r.state == "removed" and kept.return_value == "plain"
+
+
+@both
+def test_an_admin_operation_between_the_active_record_and_its_check(tq, python_path, monkeypatch):
+    """A pause that lands right after a job's first record: the job goes back to waiting,
+    held, and runs after resume (the fast path hands it to the Python path)."""
+    real = EventLog.emit_raw if python_path == "fast" else EventLog.emit
+    paused = threading.Event()
+
+    def emit(self, *a):
+        real(self, *a)
+        if not paused.is_set() and self is tq._events and b"active" in repr(a).encode():
+            paused.set()
+            tq.pause()
+    monkeypatch.setattr(EventLog, "emit_raw" if python_path == "fast" else "emit", emit)
+    job = tq.add("x", 1)
+    w = fastq.Worker(tq, lambda j: j.data + 1)
+    try:
+        assert paused.wait(10)
+        wait_for(lambda: job.state == "waiting", 10, "the job to be put back")
+        tq.resume()
+        assert job.result(10) == 2
+        assert job.attempts_made == 1
+    finally:
+        w.close()
+
+
+@both
+def test_an_admin_operation_while_the_handler_runs(tq, python_path):
+    """The epoch moves while the job runs (another job is removed): its completion is
+    checked against the operation, and stands."""
+    other = tq.add("other", 0, delay=60)
+    def handle(j):
+        if j.name == "x":
+            tq.remove(other.id)
+        return j.data
+    job = tq.add("x", 7)
+    _run(tq, handle, 1)
+    assert job.state == "completed" and job.return_value == 7 and other.state == "removed"
