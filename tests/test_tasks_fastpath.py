@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 import fastq
+import fastq.tasks._fastrun as _fastrun
 import fastq.tasks.taskqueue as taskqueue_mod
 import fastq.tasks.worker as worker_mod
 from fastq.tasks.events import EventLog
@@ -116,15 +117,37 @@ def test_progress_logs_failures_and_retention_take_the_python_steps(tq, python_p
 def test_an_admin_operation_between_the_active_record_and_its_check(tq, python_path, monkeypatch):
     """A pause that lands right after a job's first record: the job goes back to waiting,
     held, and runs after resume (the fast path hands it to the Python path)."""
-    real = EventLog.emit_raw if python_path == "fast" else EventLog.emit
     paused = threading.Event()
+    if python_path == "fast":                   # between the compiled record and its epoch check
+        class PausingCore:
+            def __init__(self, real):
+                self.real = real
 
-    def emit(self, *a):
-        real(self, *a)
-        if not paused.is_set() and self is tq._events and b"active" in repr(a).encode():
-            paused.set()
-            tq.pause()
-    monkeypatch.setattr(EventLog, "emit_raw" if python_path == "fast" else "emit", emit)
+            def begin(self, m, handler, handlers):
+                r = self.real.begin(m, handler, handlers)
+                if r is not None and not paused.is_set():
+                    paused.set()
+                    tq.pause()
+                    r = r[:-1] + (self.real.epoch() != r[6],)
+                return r
+
+            def complete(self, *a):
+                return self.real.complete(*a)
+        real_init = _fastrun.FastRun.__init__
+
+        def init(self, worker):
+            real_init(self, worker)
+            self.core = PausingCore(self.core)
+        monkeypatch.setattr(_fastrun.FastRun, "__init__", init)
+    else:
+        real = EventLog.emit
+
+        def emit(self, events):
+            real(self, events)
+            if not paused.is_set() and self is tq._events and events[0][1].get("event") == "active":
+                paused.set()
+                tq.pause()
+        monkeypatch.setattr(EventLog, "emit", emit)
     job = tq.add("x", 1)
     w = fastq.Worker(tq, lambda j: j.data + 1)
     try:

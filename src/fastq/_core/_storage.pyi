@@ -1,6 +1,6 @@
 """Type stub of fastq._core._storage: mmap-backed segments and the log's hot path (Cython)."""
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from typing_extensions import Buffer
 
@@ -412,6 +412,18 @@ class MessageCore:
     @property
     def data(self) -> Any: ...
     def ack(self) -> None: ...
+
+class TaskRunCore:
+    """A thread-mode task worker's compiled steps (fastq.tasks._fastrun): the common case's
+    ``active`` and ``completed`` records, spliced from the job message's bytes."""
+
+    def __init__(self, jobs: LogCore, events: LogCore, ctl: LogCore, control: Any,
+                 decode: Callable[[bytes], Any], lost: Callable[[int, Exception], None]) -> None: ...
+    def epoch(self) -> int: ...
+    def begin(self, m: MessageCore, handler: Optional[Callable[..., Any]],
+              handlers: Optional[dict[str, Callable[..., Any]]]) -> Optional[tuple[Any, ...]]: ...
+    def complete(self, m: MessageCore, prefix: bytes, key: bytes, added: int, processed: int, raw: bytes,
+                 ep: int) -> Optional[tuple[int, int]]: ...
 
 class TxnIndex:
     """A partition's transactions as this process knows them (read_committed)."""

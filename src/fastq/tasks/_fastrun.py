@@ -8,7 +8,8 @@ Its job message is byte for byte its first state record (:mod:`fastq.tasks.taskq
 "added_ms", "gen", "ep"}``: the ``active`` and ``completed`` records are the message's bytes
 up to ``"state"`` followed by the fields the Python path's :meth:`Worker._activate` and
 :meth:`Worker._completed` would write (the same keys and values, so the same state to a
-reader), and their events are the same JSON, formatted. Everything else — a handler that
+reader), and their events are the same JSON, formatted — built and appended by the compiled
+:class:`fastq._core._storage.TaskRunCore` (src/fastq/_core/_taskcore.pxi). Everything else — a handler that
 raised, reported progress or logged, an admin operation that began meanwhile, a result the
 codec cannot encode, retention — goes through the Python path's functions, so both paths
 record the same states (tests/test_tasks_fastpath.py runs the task-queue tests both ways).
@@ -19,24 +20,17 @@ path), which is what bench/bench_tasks.py compares it with.
 from __future__ import annotations
 
 import os
-import time
 
 import msgspec
 
+from .._core._storage import LogCore, TaskRunCore
 from .admin import DROP, RUN
 from .job import Job
 
 __all__ = ["FastRun", "ENABLED"]
 
 ENABLED = os.environ.get("FASTQ_TASKS_FASTPATH", "1") != "0"
-WAITING = b',"state":"waiting","attempts_made":0,"progress":0,"added_ms":'
-ACTIVE_EVENT = b'{"event":"active","attempts_made":1}'
-ACTIVE = b'%s,"state":"active","attempts_made":1,"progress":0,"added_ms":%d,"gen":0,"processed_ms":%d}'
-COMPLETED = (b'%s,"state":"completed","attempts_made":1,"progress":0,"added_ms":%d,"gen":0,"processed_ms":%d,'
-             b'"return_value":%s,"failed_reason":null,"finished_ms":%d}')
-COMPLETED_EVENT = b'{"event":"completed","return_value":%s,"attempts_made":1}'
 _dec = msgspec.json.Decoder()
-_time = time.time
 
 
 class FastRun:
@@ -46,47 +40,23 @@ class FastRun:
         self.w = worker
         tq = worker.queue
         self.tq = tq
-        self.ctl = tq._ctl
-        self.clog = tq._ctl.log
-        self.lg = tq._lg
-        self.events = tq._events
+        logs = (tq._lg, tq._events.topic.log(0), tq._ctl.log)
+        # logs that are not fastq's own (a test's stand-in): no fast path
+        self.core = TaskRunCore(*logs, tq._ctl, _dec.decode, tq._events._lost) \
+            if all(isinstance(lg, LogCore) for lg in logs) else None
 
     def run(self, m) -> bool:
         """Run message ``m``'s job; False — with nothing written — when it is not the
         common case (or the queue was paused meanwhile): the Python path takes it."""
-        if m.delivery_count != 1:
-            return False
-        body = m.body
-        i = body.rfind(WAITING)
-        if i < 0:
-            return False
-        try:
-            s = _dec.decode(body)
-            opts = s["opts"]
-            added = s["added_ms"]
-        except (msgspec.DecodeError, KeyError, TypeError):
-            return False
         w = self.w
-        fn = w._handler if w._handlers is None else w._handlers.get(s.get("name"))
-        ctl, clog = self.ctl, self.clog
-        ep = clog.end_offset
-        if fn is None or type(added) is not int or s.get("gen") != 0 or s.pop("ep", None) != ep or "a0" in s \
-                or ep != ctl._seen or ctl._paused or type(opts) is not dict or opts.get("repeat") is not None \
-                or opts.get("timeout") is not None:
+        if self.core is None:
             return False
-        lg = self.lg
-        since = lg.end_offset
-        now = int(_time() * 1000)
-        prefix = body[:i]
-        key = s["id"].encode()
-        s.pop("due_ms", None)                        # (as Worker._activate's first-run state)
-        s["state"] = "active"
-        s["attempts_made"] = 1
-        s["processed_ms"] = now
-        a = lg.append(ACTIVE % (prefix, added, now), key)
-        self.events.emit_raw(key, ACTIVE_EVENT)
+        r = self.core.begin(m, w._handler, w._handlers)
+        if r is None:
+            return False
+        s, fn, prefix, key, added, now, ep, since, a, moved = r
         tq = self.tq
-        if clog.end_offset == ep:
+        if not moved:
             ticket = [ep, a]
         else:                                        # an admin operation began meanwhile
             verdict, _, ticket = tq._begun_while_moved(s, ep, since, a)
@@ -106,18 +76,17 @@ class FastRun:
         if len(s) != 10 or s["progress"] != 0:       # progress or logs were recorded: the Python path
             w._completed(m, s, rv, raw, ticket)
             return True
-        fin = int(_time() * 1000)
-        off = lg.append(COMPLETED % (prefix, added, now, raw, fin), key)
-        self.events.emit_raw(key, COMPLETED_EVENT % raw)
+        moved = self.core.complete(m, prefix, key, added, now, raw, ticket[0])
         mine = True
-        if clog.end_offset != ticket[0]:
+        if moved is not None:                        # acked unless an admin operation began meanwhile
+            off, fin = moved
             s.update(state="completed", return_value=msgspec.Raw(raw), failed_reason=None, finished_ms=fin)
             mine = tq._current_after_move(s, ticket, off)
-        m.ack()
+            m.ack()
         if mine:
             with w._lock:
                 w.completed += 1
-            if opts.get("remove_on_complete", False) is not False:
-                s.update(state="completed", return_value=rv, failed_reason=None, finished_ms=fin)
+            if s["opts"].get("remove_on_complete", False) is not False:
+                s.update(state="completed", return_value=rv, failed_reason=None)
                 tq._retain(s, "remove_on_complete", "completed")
         return True

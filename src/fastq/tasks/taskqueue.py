@@ -347,11 +347,12 @@ class TaskQueue(AdminMixin):
                 else:
                     self.queue.publish_many(bodies, priority=prio)
             evs = []                               # last: a job is stored whatever happens to them
-            for s in new:
+            for s in new:                          # (pre-encoded: the same JSON as EventLog.emit's)
                 k = s["id"].encode()
-                evs.append((k, {"event": "added", "name": s["name"]}))
-                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
-            self._events.emit(evs)
+                evs.append((b'{"event":"added","name":%s}' % _name_json(s["name"]), k, None))
+                evs.append((b'{"event":"delayed","due_ms":%d}' % s["due_ms"] if "due_ms" in s else _WAITING_EVENT,
+                            k, None))
+            self._events.emit_raw_many(evs)
         out, it = [], iter(new)
         for s, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)))
