@@ -15,15 +15,9 @@ import pytest
 import fastq
 
 import task_workers
-from taskutil import wait_for
+from taskutil import broker, wait_for  # noqa: F401 - a fixture
 
 CTX = mp.get_context("spawn")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
 
 
 def _letters(broker, name: str) -> list[tuple[dict, dict]]:
