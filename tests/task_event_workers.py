@@ -7,8 +7,6 @@ import asyncio
 import os
 import time
 
-import pytest
-
 import fastq
 from task_workers import _note as note
 from taskutil import broker, tq  # noqa: F401 - fixtures, re-exported to the test modules
