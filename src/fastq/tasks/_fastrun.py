@@ -40,6 +40,8 @@ class FastRun:
         self.w = worker
         tq = worker.queue
         self.tq = tq
+        # one runner thread: the only one that counts (the keeper never does), so no lock
+        self.alone = worker.concurrency == 1
         logs = (tq._lg, tq._events.topic.log(0), tq._ctl.log)
         # logs that are not fastq's own (a test's stand-in): no fast path
         self.core = TaskRunCore(*logs, tq._ctl, _dec.decode, tq._events._lost) \
@@ -84,8 +86,11 @@ class FastRun:
             mine = tq._current_after_move(s, ticket, off)
             m.ack()
         if mine:
-            with w._lock:
+            if self.alone:
                 w.completed += 1
+            else:
+                with w._lock:
+                    w.completed += 1
             if s["opts"].get("remove_on_complete", False) is not False:
                 s.update(state="completed", return_value=rv, failed_reason=None)
                 tq._retain(s, "remove_on_complete", "completed")
