@@ -42,6 +42,7 @@ class FastRun:
         self.tq = tq
         # one runner thread: the only one that counts (the keeper never does), so no lock
         self.alone = worker.concurrency == 1
+        self.dumps = tq._codec.dumps                 # (Worker._encode says what went wrong)
         logs = (tq._lg, tq._events.topic.log(0), tq._ctl.log)
         # logs that are not fastq's own (a test's stand-in): no fast path
         self.core = TaskRunCore(*logs, tq._ctl, _dec.decode, tq._events._lost) \
@@ -71,7 +72,10 @@ class FastRun:
         job._write = lambda what, v: w._write(s, what, v, ticket)
         try:
             rv = fn(job)
-            raw = w._encode(rv)
+            try:
+                raw = self.dumps(rv)
+            except Exception:                        # noqa: BLE001 - the Python path names it
+                raw = w._encode(rv)
         except Exception as e:                       # noqa: BLE001 - the handler's failure (as Worker._process)
             w._failed(m, s, e, False, None, ticket)
             return True

@@ -278,7 +278,10 @@ class TaskQueue(AdminMixin):
         jid = f"{_new_id_bits(128):032x}"
         s = {"id": jid, "name": name, "data": data, "opts": _RAW_DEFAULT_OPTIONS, "state": "waiting",
              "attempts_made": 0, "progress": 0, "added_ms": now_ms(), "gen": 0, "ep": self._ctl.add_epoch()}
-        body = self._codec.encode(s)              # CodecError here: nothing stored
+        try:
+            body = self._codec.dumps(s)
+        except Exception:                         # noqa: BLE001 - CodecError, with the reason: nothing stored
+            body = self._codec.encode(s)
         s["opts"] = dict(_DEFAULT_OPTIONS)
         k = jid.encode()
         self._lg.append(body, k)
