@@ -7,6 +7,7 @@ spawned worker processes inherit), so both paths pass the same tests."""
 from __future__ import annotations
 
 import threading
+import time
 
 import msgspec
 import pytest
@@ -39,13 +40,16 @@ def python_path(request, monkeypatch):
 both = pytest.mark.parametrize("python_path", ["fast", "python"], indirect=True)
 
 
-def _records(tq, jid: str) -> list[dict]:
-    """The job's state records, oldest first, timestamps blanked."""
+def _records(tq, jid: str, t0: int, t1: int) -> list[dict]:
+    """The job's state records, oldest first, timestamps checked (in [t0, t1] ms, in
+    order) and blanked."""
     lg = tq.topic.log(0)
     out = []
     for rec in lg.read(lg.start_offset, lg.end_offset):
         if bytes(rec.key) == jid.encode() and rec.value is not None:
             s = msgspec.json.decode(bytes(rec.value))
+            times = [s[k] for k in TIMES if k in s]
+            assert times == sorted(times) and all(type(t) is int and t0 <= t <= t1 for t in times), s
             out.append({k: (0 if k in TIMES else v) for k, v in s.items()})
     return out
 
@@ -73,9 +77,11 @@ def test_both_paths_record_the_same_states_and_events(tmp_path):
         try:
             with fastq.open(tmp_path / path) as b:
                 tq = fastq.TaskQueue("same", b)
+                t0 = int(time.time() * 1000)
                 job = tq.add("resize", {"url": "u", "w": [1, 2]})
                 _run(tq, lambda j: {"ok": j.data["w"]}, 1)
-                seen[path] = (_records(tq, job.id), _events(tq, job.id), job.return_value)
+                t1 = int(time.time() * 1000)
+                seen[path] = (_records(tq, job.id, t0, t1), _events(tq, job.id), job.return_value)
                 ids = {job.id}
         finally:
             mp.undo()
