@@ -6,6 +6,7 @@ tests/test_tasks.py run again here with the Python path (FASTQ_TASKS_FASTPATH=0,
 spawned worker processes inherit), so both paths pass the same tests."""
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
@@ -178,3 +179,61 @@ def test_an_admin_operation_while_the_handler_runs(tq, python_path):
     job = tq.add("x", 7)
     _run(tq, handle, 1)
     assert job.state == "completed" and job.return_value == 7 and other.state == "removed"
+
+
+def test_an_injected_io_error_on_the_fast_path_loses_no_job(tmp_path, monkeypatch):
+    """Each C fault point that one fast-path run (FastRun.run, the receive before it not
+    included) reaches, with durability "always" (the syncs too), fails once with EIO, at
+    its first and last call: the worker logs it and goes on (a failed fsync closes the log
+    for good: fsyncgate), and with the broker reopened the job ends completed — run again
+    if its completion was not recorded — never lost."""
+    from fastq._core import _storage
+    real_run = _fastrun.FastRun.run
+    arm = {}                 # {"point", "k"}: fail that call; {"dry"}: count the calls; "done" after one run
+
+    def run(self, m):
+        if not arm or "done" in arm:
+            return real_run(self, m)
+        dry = "point" not in arm
+        for p in (_storage.FAULT_POINTS if dry else [arm["point"]]):
+            _storage._fault_inject(p, errno.EIO, 1 << 40 if dry else arm["k"], 1)
+        try:
+            return real_run(self, m)
+        finally:
+            if dry:
+                arm["calls"] = {p: _storage._fault_calls(p) for p in _storage.FAULT_POINTS}
+            else:
+                arm["hit"] = _storage._fault_hits(arm["point"])
+            arm["done"] = True                     # one armed run only
+            _storage._fault_clear()
+    monkeypatch.setattr(_fastrun.FastRun, "run", run)
+
+    def one(path, ran) -> str:
+        with fastq.open(path, durability="always") as b:
+            tq = fastq.TaskQueue("f", b, visibility_timeout=0.3)
+            jid = tq.add("x", 1).id
+            with fastq.Worker(tq, lambda j: ran.append(j.id) or j.data + 1) as w:
+                wait_for(lambda: "done" in arm or w.completed, 10, "the first run")
+            tq.close()
+        return jid
+
+    arm["dry"] = True
+    one(tmp_path / "dry", [])
+    calls = {p: n for p, n in arm.pop("calls").items() if n}
+    arm.clear()
+    print("fault points reached:", calls)
+    assert calls
+    for i, (point, n) in enumerate(sorted(calls.items())):
+        for k in sorted({0, n - 1}):
+            path, ran = tmp_path / f"{i}-{k}", []
+            arm.update(point=point, k=k)
+            jid = one(path, ran)
+            assert arm.get("hit") == 1, f"{point}#{k} was not reached"
+            arm.clear()
+            with fastq.open(path) as b:                # reopened: what the fault left is recovered
+                tq = fastq.TaskQueue("f", b, visibility_timeout=0.3)
+                with fastq.Worker(tq, lambda j: ran.append(j.id) or j.data + 1):
+                    assert tq.get_job(jid).result(20) == 2, f"{point}#{k}"
+                    assert tq.add("x", 2).result(10) == 3
+                tq.close()
+            assert 1 <= ran.count(jid) <= 2, f"{point}#{k}: ran {ran}"
