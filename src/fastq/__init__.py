@@ -40,3 +40,8 @@ __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+
+# --- rate limiting in shared memory (fastq.flow.limiter; issue 17) ---
+from .flow.limiter import AsyncRateLimiter, RateLimiter  # noqa: E402
+
+__all__ += ["RateLimiter", "AsyncRateLimiter"]

@@ -32,6 +32,7 @@ from fastq.errors import (
     Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
     RecordTooLarge, StorageError, Timeout, UsedAfterFork,
 )
+from fastq.errors import RateLimited
 
 cdef extern from "fcntl.h" nogil:
     enum:
@@ -887,3 +888,4 @@ include "_pstate.pxi"
 include "_topicsupport.pxi"
 include "_queuestate.pxi"
 include "_queuecore.pxi"
+include "_limiter.pxi"

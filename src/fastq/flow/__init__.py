@@ -3,3 +3,5 @@
 Modules, bottom to top: (filled in as they land — each module's docstring names its
 format and contracts).
 """
+
+from .limiter import AsyncRateLimiter, RateLimiter  # noqa: E402  (limiter.py: shared-memory GCRA)
