@@ -420,3 +420,66 @@ def test_kill9_loop_keeps_the_file_valid_and_the_bound(tmp_path):
     assert counted + parent <= burst + rate * (time.monotonic() - t0) + 1
     g.close()
     churn.close()
+
+
+# -- integrations ---------------------------------------------------------------------------
+
+def test_queue_rate_limit_producer_option(broker):
+    q = broker.queue("jobs", rate_limit=(3, 60.0))
+    assert isinstance(q.rate_limit, fastq.RateLimiter) and q.rate_limit.name == "queue.jobs.publish"
+    for i in range(3):
+        q.publish({"i": i})
+    with pytest.raises(RateLimited) as ei:
+        q.publish({"i": 3})
+    assert 0 < ei.value.retry_after <= 20.0
+    assert q.depth().ready == 3                         # the refused one was not stored
+    lim = q.rate_limit
+    q.set_rate_limit(None)                              # removed (and closed: it opened it)
+    assert lim.closed and "rate_limit" not in q.__dict__
+    q.publish({"i": 3})
+    with open_lim(broker, "shared", points=3, duration=60.0) as shared:
+        q2 = broker.queue("jobs", rate_limit=shared)    # the same handle, limited again
+        assert q2 is q
+        q.publish("x")
+        with pytest.raises(RateLimited):
+            q.publish_many([1, 2, 3])                   # all or nothing
+        assert q.depth().ready == 5
+        assert q.publish_many([1, 2]) and q.depth().ready == 7
+        with pytest.raises(InvalidArgument):
+            q.publish_many([1, 2, 3, 4])                # more than the bucket ever holds
+        q.close()
+        assert not shared.closed                        # the caller's limiter stays open
+    with pytest.raises(InvalidArgument):
+        broker.queue("other", rate_limit=5)
+
+
+def test_worker_limiter_global_defers_without_losing(broker):
+    tq = fastq.TaskQueue("lim", broker)
+    jobs = [tq.add("j", i) for i in range(6)]
+    ran = []
+    t0 = time.monotonic()
+    with fastq.Worker(tq, lambda j: ran.append((time.monotonic(), j.data)) or j.data,
+                      limiter={"max": 2, "duration": 0.4}) as w:
+        assert [j.result(timeout=20) for j in jobs] == list(range(6))
+    assert sorted(d for _, d in ran) == list(range(6))  # each ran once, none lost
+    assert w.rate_limited > 0
+    elapsed = max(t for t, _ in ran) - t0
+    assert elapsed >= 0.4 * (6 - 2) / 2 - 0.05           # burst 2, then 2 per 0.4 s
+    for j in jobs:
+        j.reload()
+        assert j.attempts_made == 1                     # a deferral is not an attempt
+
+
+def test_worker_limiter_per_group(broker):
+    tq = fastq.TaskQueue("grp", broker)
+    slow = [tq.add("j", {"tenant": "a", "n": i}) for i in range(4)]
+    other = tq.add("j", {"tenant": "b", "n": 0})
+    done = {}
+    with fastq.Worker(tq, lambda j: done.setdefault((j.data["tenant"], j.data["n"]), time.monotonic()),
+                      limiter={"max": 1, "duration": 0.3, "group_key": "tenant"}) as w:
+        for j in slow + [other]:
+            j.result(timeout=20)
+    assert len(done) == 5 and w.rate_limited >= 3
+    a_times = sorted(t for (k, _), t in done.items() if k == "a")
+    assert a_times[-1] - a_times[0] >= 0.3 * 3 - 0.05    # tenant a: one per 0.3 s
+    assert done[("b", 0)] < a_times[-1]                 # tenant b was not held behind a

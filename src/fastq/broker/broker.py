@@ -341,18 +341,23 @@ class Broker:
         """Get or create the message queue ``name`` (:class:`fastq.Queue`; options and their
         defaults: :data:`fastq.queue.QUEUE_DEFAULTS`). For an existing queue the stored
         configuration wins over ``options``. ``codec``: see :mod:`fastq.queue.codecs`.
-        A missing queue with ``create=False`` is :class:`fastq.UnknownQueue`."""
+        A missing queue with ``create=False`` is :class:`fastq.UnknownQueue`.
+        ``rate_limit``: a producer limit on this process's handle (a
+        :class:`fastq.RateLimiter` or ``(points, duration)``; see
+        :meth:`fastq.Queue.set_rate_limit`)."""
         self._check_open()
         validate_name("queue", name)
         self._refuse_if_readonly(f"open queue {name!r} (receiving writes its delivery state)")
+        rate_limit = options.pop("rate_limit", None)   # a producer option of this handle
         impl = _kind("queue")
         ident = (name, impl.codec_key(codec))        # one handle per queue and codec
         with self._mutex:
             q = self._queues.get(ident)
-            if q is not None and not q.closed:
-                return q
-            q = impl.open(self, name, codec, options, create)
-            self._queues[ident] = q
+            if q is None or q.closed:
+                q = impl.open(self, name, codec, options, create)
+                self._queues[ident] = q
+            if rate_limit is not None:
+                q.set_rate_limit(rate_limit)
             return q
 
     def queues(self) -> list[str]:

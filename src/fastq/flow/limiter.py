@@ -352,3 +352,87 @@ class AsyncRateLimiter:
 
     def __repr__(self) -> str:
         return f"<AsyncRateLimiter {self.limiter!r}>"
+
+
+# -- integrations: a queue's publish, a task worker ------------------------------------------
+
+def as_limiter(name: str, broker, spec, what: str) -> tuple[RateLimiter, bool]:
+    """The RateLimiter a ``rate_limit=``/``limiter=`` option names, and whether the caller
+    owns it (opened here: close it with the object that uses it). ``spec``: a RateLimiter,
+    ``(points, duration)``, or a dict ``{"max": points, "duration": seconds}`` (BullMQ's
+    limiter) — the latter two open limiter ``name`` under ``broker``."""
+    if isinstance(spec, RateLimiter):
+        return spec, False
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return RateLimiter(name, broker, spec[0], spec[1]), True
+    if isinstance(spec, dict) and "max" in spec:
+        unknown = set(spec) - {"max", "duration", "group_key"}
+        if unknown:
+            raise InvalidArgument(f"{what}: unknown key(s) {sorted(unknown)}; known: max, duration, group_key")
+        return RateLimiter(name, broker, spec["max"], spec.get("duration", 1.0)), True
+    raise InvalidArgument(f"{what} must be a fastq.RateLimiter, (points, duration) or "
+                          f"{{'max': points, 'duration': seconds}}, got {spec!r}")
+
+
+def limit_publish(queue, spec) -> None:
+    """``broker.queue(name, rate_limit=spec)``: every ``publish`` through this handle takes
+    one point (``publish_many``: one per message, all or none) before storing, and raises
+    :class:`fastq.RateLimited` — nothing stored — when they are not there (a producer
+    decides: retry after ``e.retry_after``, answer 429, or call ``limiter.acquire()``
+    first to wait). ``spec`` None removes the limit. The limiter of a ``(points,
+    duration)`` spec is ``queue.<name>.publish``, shared by every process."""
+    unlimit_publish(queue)
+    if spec is None:
+        return
+    lim, owned = as_limiter(f"queue.{queue.name}.publish", queue.broker, spec, "rate_limit")
+    publish = type(queue).publish.__get__(queue)
+    publish_many = type(queue).publish_many.__get__(queue)
+
+    def limited_publish(data, **options):
+        lim.consume(1)
+        return publish(data, **options)
+
+    def limited_publish_many(items, **options):
+        items = list(items)
+        if items:
+            lim.consume(len(items))
+        return publish_many(items, **options)
+
+    # instance attributes shadow the class's (compiled) methods for this handle only
+    queue.publish = limited_publish
+    queue.publish_many = limited_publish_many
+    queue.__dict__["rate_limit"] = lim
+    queue.__dict__["_rate_limit_owned"] = owned
+
+
+def unlimit_publish(queue) -> None:
+    """Remove a :func:`limit_publish` limit (closing the limiter when it opened it)."""
+    d = queue.__dict__
+    for k in ("publish", "publish_many"):
+        d.pop(k, None)
+    lim = d.pop("rate_limit", None)
+    if d.pop("_rate_limit_owned", False) and lim is not None:
+        lim.close()
+
+
+def group_key_function(spec):
+    """The ``group_key`` of a worker's ``limiter`` dict as a function of a job's data: a
+    callable is used as it is, a str names a field of the data (a dict). Keys that are
+    not str, bytes or int become ``str(key)``; a missing one is None (the limiter's
+    global bucket)."""
+    if spec is None:
+        return None
+    if callable(spec):
+        fn = spec
+    elif isinstance(spec, str):
+        def fn(data):
+            return data.get(spec) if isinstance(data, dict) else None
+    else:
+        raise InvalidArgument(f"group_key must be a callable or the name of a data field, got {spec!r}")
+
+    def key_of(data):
+        k = fn(data)
+        if k is None or type(k) in (str, bytes, int):
+            return k
+        return str(k)
+    return key_of

@@ -66,6 +66,7 @@ from .._core._storage import MessageCore, QueueCore, QueueState
 from ..errors import (Closed, CodecError, CorruptRecord, DiskFull, FastqError, InvalidArgument, LeaseLost, QueueFull,
                       UsedAfterFork)
 from ..broker.config import validate_name
+from ..flow.limiter import limit_publish, unlimit_publish
 from ..log.config import DURABILITY_MODES, check_int
 from ..log.log import Log
 from .codecs import Codec, resolve_codec
@@ -1413,11 +1414,20 @@ class Queue(QueueCore):
     def closed(self) -> bool:
         return self._closed
 
+    def set_rate_limit(self, rate_limit) -> None:
+        """Limit publishing through this handle (``broker.queue(name, rate_limit=...)``):
+        a :class:`fastq.RateLimiter`, or ``(points, duration)`` for limiter
+        ``queue.<name>.publish`` shared by every process; None removes it. Over the limit
+        ``publish``/``publish_many`` raise :class:`fastq.RateLimited` and store nothing
+        (:func:`fastq.flow.limiter.limit_publish`)."""
+        limit_publish(self, rate_limit)
+
     def close(self) -> None:
         """Release this handle: messages it holds become available to others at once."""
         with self._mutex:
             if self._closed:
                 return
+            unlimit_publish(self)
             if self._session >= 0:
                 try:
                     self._lock()

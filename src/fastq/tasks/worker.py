@@ -60,6 +60,7 @@ import msgspec
 
 from ..broker._aio import SLICE
 from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, UnknownJob
+from ..flow.limiter import as_limiter, group_key_function
 from ..log.config import check_int
 from . import _child
 from .backoff import Backoff
@@ -184,11 +185,22 @@ class Worker:
     it before the job fails (BullMQ's ``maxStalledCount``, default 1). ``batch``: messages
     taken per receive in thread mode (more is faster for short jobs; each waits its turn).
 
-    ``completed``, ``failed``, ``retried`` and ``stalled`` count what this worker did.
+    ``limiter``: BullMQ's worker rate limit, across every worker of the queue in every
+    process — ``{"max": n, "duration": seconds}`` (limiter ``tasks.<queue>.worker``), a
+    :class:`fastq.RateLimiter`, or either with ``"group_key"`` (a dict
+    ``{"limiter": RateLimiter, "group_key": ...}`` for the latter): a callable of the
+    job's data, or the name of a data field, giving each group its own bucket (BullMQ
+    Pro's groups). A job over its limit is not run now and not lost: its message is
+    published again delayed by the limiter's ``retry_after`` (with its attempt count
+    carried over), then the taken one is acked; ``rate_limited`` counts these.
+
+    ``completed``, ``failed``, ``retried``, ``stalled`` and ``rate_limited`` count what
+    this worker did.
     """
 
     def __init__(self, queue: TaskQueue, handler: Handler, *, concurrency: int = 1, mode: str = "thread",
-                 batch: int | None = None, max_stalled_count: int = 1, autorun: bool = True):
+                 batch: int | None = None, max_stalled_count: int = 1, autorun: bool = True,
+                 limiter=None):
         if not isinstance(queue, TaskQueue):
             raise InvalidArgument(f"Worker takes a fastq.TaskQueue, got {queue!r}")
         if isinstance(handler, Mapping):
@@ -224,6 +236,16 @@ class Worker:
         if not isinstance(autorun, bool):
             raise InvalidArgument(f"autorun must be a bool, got {autorun!r}")
         queue._check_open()
+        group_key = None
+        if isinstance(limiter, dict) and "limiter" in limiter:
+            group_key = limiter.get("group_key")
+            limiter = limiter["limiter"]
+        elif isinstance(limiter, dict):
+            group_key = limiter.get("group_key")
+        self._group_key = group_key_function(group_key)
+        self._limiter, self._limiter_owned = (None, False) if limiter is None else as_limiter(
+            f"tasks.{queue.name}.worker", queue.broker, limiter, "limiter")
+        self.rate_limited = 0
         self.queue = queue
         self.mode = mode
         self.concurrency = concurrency
@@ -597,6 +619,8 @@ class Worker:
         except (msgspec.DecodeError, KeyError, TypeError) as e:
             m.reject(f"not a fastq job message: {e}")
             return None
+        if self._limiter is not None and self._defer_if_limited(m, msg):
+            return None
         tick = None                                  # a scheduler's tick: add the next one first
         if opts.get("repeat") is not None:
             tick = lambda prev: on_tick(tq, jid, opts["repeat"], prev)      # noqa: E731
@@ -630,6 +654,26 @@ class Worker:
         with self._lock:
             self._held[m] = running
         return job, s, running
+
+    def _defer_if_limited(self, m, msg: dict) -> bool:
+        """Over the limiter (its group's bucket): publish the message again, delayed by the
+        wait, its ``a0`` grown by the deliveries this one used (so attempts_made stays what
+        it would have been), and ack this one. True when deferred. A kill between the two
+        leaves a duplicate message, which admission drops once the job has run."""
+        key = self._group_key(msg.get("data")) if self._group_key is not None else None
+        wait = self._limiter._retry_after(1, key)
+        if wait == 0.0:
+            return False
+        doc = dict(msg)
+        a0 = msg.get("a0", 0) + m.delivery_count - 1
+        if a0:
+            doc["a0"] = a0
+        self._q.publish(bytes(self.queue._codec.encode(doc)), delay=wait,
+                        priority=msg["opts"].get("priority", 0))
+        m.ack()
+        with self._lock:
+            self.rate_limited += 1
+        return True
 
     def _activate(self, msg: dict, prev: dict | None, dc: int) -> tuple[dict, list]:
         """The ``active`` state of the job of message ``msg`` (delivery ``dc``, its ``a0``
@@ -749,6 +793,7 @@ class Worker:
         asks it to stop (await :meth:`aclose`, or the ``run()`` task)."""
         self._stop.set()
         if not self._started:
+            self._close_limiter()
             return True
         if self._loop_thread == threading.get_ident() and not self._threads:
             return self._finished.is_set()
@@ -756,13 +801,20 @@ class Worker:
         self._finished.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._keeper is not None:
             self._keeper.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not self.running:
+            self._close_limiter()
         return not self.running and not (self._keeper is not None and self._keeper.is_alive())
+
+    def _close_limiter(self) -> None:
+        if self._limiter_owned and self._limiter is not None:
+            self._limiter.close()
 
     async def aclose(self) -> None:
         """Stop taking jobs and wait (off the loop) until the running ones finished."""
         self._stop.set()
         while self._started and not self._finished.is_set():
             await asyncio.sleep(TICK_S)
+        self._close_limiter()
 
     def __enter__(self) -> "Worker":
         return self
