@@ -142,17 +142,16 @@ def _child(path_args, n, ready, go, done):
     done.release()
 
 
-@pytest.mark.parametrize("mode", ["admit", "refuse"])
-def test_limiter_cross_process(benchmark, directory, mode):
-    lim = _limiter(directory, mode)
+def _race(benchmark, target, args, rounds):
+    """Time NPROC forked processes running ``target(*args, ready, go, done)`` from the
+    start signal until the last one is done (started and made ready before each round)."""
     state = {}
 
     def setup():
         for p in state.get("procs", []):
             p.join()
         ready, done, go = CTX.Semaphore(0), CTX.Semaphore(0), CTX.Event()
-        procs = [CTX.Process(target=_child, args=((lim.name, directory), N_PROC_EACH, ready, go, done))
-                 for _ in range(NPROC)]
+        procs = [CTX.Process(target=target, args=(*args, ready, go, done)) for _ in range(NPROC)]
         for p in procs:
             p.start()
         for _ in procs:
@@ -165,10 +164,16 @@ def test_limiter_cross_process(benchmark, directory, mode):
         for _ in state["procs"]:
             state["done"].acquire()
 
-    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+    benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
     for p in state["procs"]:
         p.join()
     benchmark.extra_info["processes"] = NPROC
+
+
+@pytest.mark.parametrize("mode", ["admit", "refuse"])
+def test_limiter_cross_process(benchmark, directory, mode):
+    lim = _limiter(directory, mode)
+    _race(benchmark, _child, ((lim.name, directory), N_PROC_EACH), rounds=3)
     record(benchmark, f"limiter_xproc[{mode}]", N_PROC_EACH * NPROC, 0)
     lim.close()
 
@@ -186,26 +191,5 @@ def _pyrate_child(bucket, n, ready, go, done):
 def test_baseline_pyrate_cross_process(benchmark):
     n_each = 2_000
     bucket = pyrate_limiter.MultiprocessBucket.init([pyrate_limiter.Rate(10**9, pyrate_limiter.Duration.SECOND)])
-    state = {}
-
-    def setup():
-        for p in state.get("procs", []):
-            p.join()
-        ready, done, go = CTX.Semaphore(0), CTX.Semaphore(0), CTX.Event()
-        procs = [CTX.Process(target=_pyrate_child, args=(bucket, n_each, ready, go, done)) for _ in range(NPROC)]
-        for p in procs:
-            p.start()
-        for _ in procs:
-            ready.acquire()
-        state.update(procs=procs, go=go, done=done)
-        return (), {}
-
-    def run():
-        state["go"].set()
-        for _ in state["procs"]:
-            state["done"].acquire()
-
-    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1)
-    for p in state["procs"]:
-        p.join()
+    _race(benchmark, _pyrate_child, (bucket, n_each), rounds=2)
     record(benchmark, "baseline_pyrate_xproc", n_each * NPROC, 0)

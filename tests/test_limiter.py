@@ -483,3 +483,16 @@ def test_worker_limiter_per_group(broker):
     a_times = sorted(t for (k, _), t in done.items() if k == "a")
     assert a_times[-1] - a_times[0] >= 0.3 * 3 - 0.05    # tenant a: one per 0.3 s
     assert done[("b", 0)] < a_times[-1]                 # tenant b was not held behind a
+
+
+def test_clock_choice(broker):
+    res = _storage.limiter_coarse_resolution()
+    with open_lim(broker, "c1", points=100, duration=1.0) as lim:        # tau 1 s: many ticks
+        assert lim.coarse_clock == (0 < res <= 1.0 / 16)
+    with open_lim(broker, "c2", points=20000, duration=1.0, burst=100) as lim:   # tau 5 ms
+        assert not lim.coarse_clock
+    with open_lim(broker, "c3", points=20000, duration=1.0, burst=100, clock="coarse") as lim:
+        assert lim.coarse_clock == (res > 0)
+        assert lim.try_consume(100) and not lim.try_consume()
+    with open_lim(broker, "c4", points=100, duration=1.0, clock="exact") as lim:
+        assert not lim.coarse_clock

@@ -261,6 +261,10 @@ cdef class LimiterCore:
         self._live()
         return fq_lim_available(&self.lim, _limiter_key(key), -1)
 
+    def _use_coarse_clock(self, bint on):
+        """Read CLOCK_MONOTONIC_COARSE (on) or the exact clock for decisions."""
+        self.flags = (self.flags | FQ_LIM_COARSE) if on else (self.flags & ~FQ_LIM_COARSE)
+
     def _after_fork(self):
         """In a forked child: the insert lock and BUSY marks name processes by pid."""
         self.lim.me = <uint32_t>fq_getpid()

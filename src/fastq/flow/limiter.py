@@ -213,18 +213,12 @@ class RateLimiter(LimiterCore):
             res = _storage.limiter_coarse_resolution()
             coarse = clock == "coarse" or (clock == "auto" and 0 < res and
                                            self.burst * self.emission_interval >= COARSE_TICKS * res)
-            if coarse and res > 0:
-                self._open_flags(flags | _storage.LIMITER_COARSE)
+            self._use_coarse_clock(coarse and res > 0)
         except BaseException:
             self.close()
             raise
         self.on_full = on_full
         _open_limiters.add(self)
-
-    def _open_flags(self, flags: int) -> None:
-        path, name = self.path, self.name
-        self.close()
-        self._open(path, name, _boot_id(), flags)
 
     @staticmethod
     def _create(path: str, config: tuple) -> None:
