@@ -15,12 +15,12 @@
 #define RELEASE __ATOMIC_RELEASE
 #define ACQ_REL __ATOMIC_ACQ_REL
 
-#define GEN(s) ((uint32_t)((s) >> 56))
+#define GEN(s) ((uint32_t)((s) >> FQ_LIM_TAT_BITS))
 #define TAT(s) ((int64_t)((s)&FQ_LIM_TAT_MASK))
-#define PACK(g, t) (((uint64_t)(g) << 56) | ((uint64_t)(t)&FQ_LIM_TAT_MASK))
+#define PACK(g, t) (((uint64_t)(g) << FQ_LIM_TAT_BITS) | ((uint64_t)(t)&FQ_LIM_TAT_MASK))
 #define BUSY(oldgen, pid) \
-    (((uint64_t)FQ_LIM_GEN_BUSY << 56) | ((uint64_t)(oldgen) << 40) | (uint64_t)(pid))
-#define BUSY_GEN(s) ((uint32_t)(((s) >> 40) & 0xFFu))
+    (((uint64_t)FQ_LIM_GEN_BUSY << FQ_LIM_TAT_BITS) | ((uint64_t)(oldgen) << 40) | (uint64_t)(pid))
+#define BUSY_GEN(s) ((uint32_t)(((s) >> 40) & 0xFu))
 #define BUSY_PID(s) ((uint32_t)(s))
 
 enum { MOVED = 2 };   /* gcra(): the slot was re-keyed under us; look the key up again */

@@ -15,8 +15,8 @@
  * not refill while the machine sleeps: conservative, never over-admits). It restarts at
  * each boot, so the header records the boot id it was written under; an opener that
  * finds another boot's id resets every bucket to full (fq_lim_reset) under the file's
- * flock. Times are 56-bit (2.28 years of uptime; beyond that decisions return
- * FQ_EUNSUPPORTED).
+ * flock. Times are 60-bit; now and tau stay below 2^59 ns (18 years of uptime; beyond
+ * that decisions return FQ_EUNSUPPORTED).
  *
  * Layout (native byte order, little-endian on every supported platform; the file never
  * leaves the machine; byte offsets):
@@ -32,10 +32,11 @@
  *   256   slots[capacity], 16 bytes each: key u64 (64-bit hash of the key, never 0;
  *         0 = never used) | state u64
  *
- * State word: bits 63..56 gen, bits 55..0 tat (ns of CLOCK_MONOTONIC). gen counts the
- * times a slot changed key (0..254, wrapping), so a CAS prepared against the previous
- * key's state always fails. gen 0xFF marks BUSY: a slot being re-keyed, bits 47..40 the
- * old gen, bits 31..0 the pid of the process re-keying it.
+ * State word: bits 63..60 gen, bits 59..0 tat (ns of CLOCK_MONOTONIC). gen counts the
+ * times a slot changed key (0..14, wrapping), so a CAS prepared against the previous
+ * key's state fails (it would take 15 re-keys during one CAS and the very same tat to
+ * succeed). gen 0xF marks BUSY: a slot being re-keyed, bits 43..40 the old gen, bits
+ * 31..0 the pid of the process re-keying it.
  *
  * Key table: open addressing, linear probing from hash & (capacity - 1) over at most
  * `window` slots. Slots never become empty again (key 0) except by a reset, so a
@@ -65,10 +66,10 @@
 #define FQ_LIM_CRC_END 88
 #define FQ_LIM_MAX_CAPACITY (1u << 24)
 #define FQ_LIM_MAX_WINDOW 64
-#define FQ_LIM_TAT_BITS 56
+#define FQ_LIM_TAT_BITS 60
 #define FQ_LIM_TAT_MASK ((1ull << FQ_LIM_TAT_BITS) - 1)
-#define FQ_LIM_MAX_NS ((int64_t)1 << 55)   /* bound of tau and of now */
-#define FQ_LIM_GEN_BUSY 0xFFu
+#define FQ_LIM_MAX_NS ((int64_t)1 << 59)   /* bound of tau and of now (18 years) */
+#define FQ_LIM_GEN_BUSY 0xFu
 #define FQ_LIM_LOCK_CHECK_NS 1000000LL
 /* a tat this far past now + tau cannot have been written on this boot: damaged bytes
  * (more than a coarse clock's tick, so processes reading either clock agree) */

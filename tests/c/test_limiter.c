@@ -5,7 +5,8 @@
  *  - GCRA on a fake clock: burst at once, then one point per T, retry_ns exact;
  *  - the key table: keys in their own buckets, reuse of a refilled slot, FQ_EFULL with the
  *    time until the oldest live key frees, eviction of the oldest with FQ_LIM_EVICT;
- *  - a BUSY slot left by a dead process becomes a full bucket; a damaged tat is FQ_ECORRUPT;
+ *  - a BUSY slot left by a dead process becomes a full bucket, the insert lock of a dead
+ *    process is taken over; a damaged tat is FQ_ECORRUPT;
  *  - 4 threads on the real clock admit no more than burst + elapsed / T (+1), and nearly that.
  */
 #define _GNU_SOURCE
@@ -129,10 +130,15 @@ static void test_keys(void) {
     for (uint32_t i = 0; i < 4; i++)
         if (lim->slots[i].key == 10) sl = &lim->slots[i];
     REQUIRE(sl, "key 10 in the table");
-    sl->state = ((uint64_t)FQ_LIM_GEN_BUSY << 56) | ((uint64_t)3 << 40) | (uint32_t)pid;
+    sl->state = ((uint64_t)FQ_LIM_GEN_BUSY << FQ_LIM_TAT_BITS) | ((uint64_t)3 << 40) | (uint32_t)pid;
     CHECK(fq_lim_consume(lim, 10, 2, t0 + 2000000000, 0, &retry) == 0, "recovered from BUSY");
-    CHECK(lim->hdr->busy_recoveries == 1 && (sl->state >> 56) == 4, "gen moved on: %llx",
+    CHECK(lim->hdr->busy_recoveries == 1 && (sl->state >> FQ_LIM_TAT_BITS) == 4, "gen moved on: %llx",
           (unsigned long long)sl->state);
+    /* the insert lock held by a dead process: taken over, the insert goes through */
+    lim->hdr->lock = (uint32_t)pid;
+    CHECK(fq_lim_consume(lim, 77, 1, t0 + 2000000000, FQ_LIM_EVICT, &retry) == 0, "insert after takeover");
+    CHECK(lim->hdr->lock_steals == 1 && lim->hdr->lock == 0, "steals=%llu lock=%u",
+          (unsigned long long)lim->hdr->lock_steals, lim->hdr->lock);
     drop(lim);
 }
 

@@ -186,7 +186,7 @@ class RateLimiter(LimiterCore):
                 raise InvalidArgument(
                     f"rate limiter {name!r}: points={points} per duration={duration!r} s with "
                     f"burst={burst} is out of range (at most 1e9 points per second, and "
-                    f"burst * duration / points below ~417 days)")
+                    f"burst * duration / points below ~18 years)")
             config = (points, duration_ns, burst, capacity)
             if not os.path.exists(path):
                 self._create(path, config)
