@@ -496,3 +496,27 @@ def test_clock_choice(broker):
         assert lim.try_consume(100) and not lim.try_consume()
     with open_lim(broker, "c4", points=100, duration=1.0, clock="exact") as lim:
         assert not lim.coarse_clock
+
+
+def test_async_queue_and_asyncio_worker_limits(tmp_path):
+    async def main():
+        async with await fastq.open_async(str(tmp_path / "ab")) as ab:
+            aq = await ab.queue("aq", rate_limit=(2, 60.0))
+            await aq.publish(b"1")
+            await aq.publish(b"2")
+            with pytest.raises(RateLimited):
+                await aq.publish(b"3")
+            assert (await aq.depth()).ready == 2
+
+    asyncio.run(main())
+    with fastq.open(str(tmp_path / "b2")) as b:
+        tq = fastq.TaskQueue("al", b)
+        jobs = [tq.add("j", i) for i in range(4)]
+
+        async def handle(job):
+            return job.data
+
+        with fastq.Worker(tq, handle, mode="asyncio", concurrency=2,
+                          limiter={"max": 2, "duration": 0.3}) as w:
+            assert [j.result(timeout=20) for j in jobs] == [0, 1, 2, 3]
+        assert w.rate_limited > 0 and w.completed == 4
