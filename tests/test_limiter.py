@@ -520,3 +520,14 @@ def test_async_queue_and_asyncio_worker_limits(tmp_path):
                           limiter={"max": 2, "duration": 0.3}) as w:
             assert [j.result(timeout=20) for j in jobs] == [0, 1, 2, 3]
         assert w.rate_limited > 0 and w.completed == 4
+
+
+def test_group_keys_never_fail_a_job():
+    key_of = limiter_mod.group_key_function("g")
+    assert key_of({"g": "a"}) == "a" and key_of({"g": 7}) == 7 and key_of({}) is None
+    assert key_of("not a dict") is None and key_of({"g": 2**70}) == str(2**70)
+    assert key_of({"g": ("t", 1)}) == "('t', 1)"
+    assert len(key_of({"g": "x" * 5000})) == 32 and key_of({"g": "x" * 5000}) != key_of({"g": "y" * 5000})
+    assert limiter_mod.group_key_function(lambda d: d["n"] % 2)({"n": 3}) == 1
+    with pytest.raises(InvalidArgument):
+        limiter_mod.group_key_function(42)

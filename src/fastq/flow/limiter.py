@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import math
 import os
 import tempfile
@@ -412,8 +413,8 @@ def unlimit_publish(queue) -> None:
 def group_key_function(spec):
     """The ``group_key`` of a worker's ``limiter`` dict as a function of a job's data: a
     callable is used as it is, a str names a field of the data (a dict). Keys that are
-    not str, bytes or int become ``str(key)``; a missing one is None (the limiter's
-    global bucket)."""
+    not str, bytes or a 64-bit int become ``str(key)``, long ones their SHA-256; a missing
+    one is None (the limiter's global bucket)."""
     if spec is None:
         return None
     if callable(spec):
@@ -426,7 +427,13 @@ def group_key_function(spec):
 
     def key_of(data):
         k = fn(data)
-        if k is None or type(k) in (str, bytes, int):
+        if k is None:
+            return None
+        if type(k) is int and -(1 << 63) <= k < (1 << 63):
             return k
-        return str(k)
+        if type(k) is not bytes:
+            k = str(k)
+        if len(k) > 256:        # a group's key must never fail the job: long ones by digest
+            k = hashlib.sha256(k.encode() if isinstance(k, str) else k).digest()
+        return k
     return key_of
