@@ -42,6 +42,7 @@ from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQue
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
 
 # --- back pressure: backoff policies, client-side retries, HTTP admission (issue 17) ---
+from . import admission  # noqa: E402
 from .flow.retry import aretry, retry, retry_delay, retrying  # noqa: E402
 
-__all__ += ["retry", "aretry", "retrying", "retry_delay"]
+__all__ += ["admission", "retry", "aretry", "retrying", "retry_delay"]
