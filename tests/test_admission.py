@@ -428,3 +428,21 @@ def test_a_client_retrying_with_fastq_aretry_waits_retry_after_and_gets_in(broke
         r, took = asyncio.run(main())
     assert r.status_code == 200 and len(waits) == 1
     assert waits[0] == 1.0 and took >= 1.0                  # slept Retry-After (1 s), not the backoff's <= 0.05
+
+
+def test_gates_over_a_real_task_queue_and_a_closed_queue(broker, caplog):
+    tq = fastq.TaskQueue("t", broker)
+    for i in range(4):
+        tq.add("job", i, priority=i % 2)
+    tq.add("later", 0, delay=60)                            # delayed: not backlog yet
+    g = fastq.admission.Gate(fastq.AsyncTaskQueue(tq), high=4, interval=0)
+    v = g.check()
+    assert v.reason == "depth" and v.depth == 4             # waiting + prioritized
+    q = broker.queue("jobs")
+    fill(q, 3)
+    g = Gate(q, high=3, interval=0)
+    assert g.check().depth == 3
+    q.close()
+    with caplog.at_level(logging.WARNING, logger="fastq.admission"):
+        assert g.check().depth == 3                          # the read fails: the last decision stands
+    assert "Closed" in caplog.text

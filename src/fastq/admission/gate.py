@@ -155,7 +155,8 @@ class Gate:
     ``high`` leaves only ``max_age``). ``max_age``: seconds; refuse while the oldest
     unsettled message is older. ``interval``: seconds between samples (cache).
     ``window``: the drain-rate window. A read that fails (a closed queue) is logged and the
-    last decision kept: the gate fails open rather than take a server down with it."""
+    last decision kept (admit when there is none yet): a broken read neither takes the
+    server down nor flips the answer."""
 
     def __init__(self, queue: Any, *, high: int | None = None, low: int | None = None,
                  max_age: float | None = None, interval: float = 0.1, window: float = 10.0,
@@ -208,7 +209,7 @@ class Gate:
         try:
             try:
                 s = read_sample(self.queue)
-            except Exception as e:          # noqa: BLE001 -- fail open, loudly
+            except Exception as e:          # noqa: BLE001 -- keep serving, loudly
                 log.warning("admission gate: reading %r failed (%s: %s); keeping the last decision",
                             self.queue, type(e).__name__, e)
             else:

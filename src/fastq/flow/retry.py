@@ -10,7 +10,7 @@ would only be refused again; sleeping at least the jittered delay keeps the retr
 many clients spread out.
 
 Why not tenacity or stamina (both checked, both good): they retry on exceptions with
-exponential backoff and jitter, and stamina (since 25.1) lets an ``on=`` hook return a
+exponential backoff and jitter, and stamina's ``on=`` backoff hook may return a
 wait, which covers ``retry_after``. What they lack is what fastq needs in the same object:
 a policy that is stored with a job and replayed by another process (``Backoff.to_dict``),
 used by queue nacks and task retries, with AWS's equal and decorrelated jitter. Depending
