@@ -446,3 +446,22 @@ def test_gates_over_a_real_task_queue_and_a_closed_queue(broker, caplog):
     with caplog.at_level(logging.WARNING, logger="fastq.admission"):
         assert g.check().depth == 3                          # the read fails: the last decision stands
     assert "Closed" in caplog.text
+
+
+def test_refusals_are_built_once_per_sample_and_the_route_memo_is_bounded(monkeypatch):
+    q, clock = FakeQueue(ready=50), Clock()
+    m = WSGIMiddleware(None, queue=q, high=10, interval=1)
+    rule = m.rules.match("/a", "GET")
+    rule.gate._clock = clock
+    rule.gate.refresh()
+    r1, r2 = rule.refusal({}), rule.refusal({})
+    assert r1 is r2 and r1.status == 503
+    clock.t += 1
+    q.ready = 60
+    rule.gate.refresh()
+    r3 = rule.refusal({})
+    assert r3 is not r1 and b'"depth":60' in r3.body
+    monkeypatch.setattr(fastq.admission.rules, "MATCH_CACHE", 8)
+    for i in range(100):
+        assert m.rules.match(f"/jobs/{i}", "POST") is rule
+    assert len(m.rules._cache) <= 8

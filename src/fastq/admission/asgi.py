@@ -48,7 +48,7 @@ class ASGIMiddleware:
         rule = self.rules.match(scope.get("path", "/"), scope.get("method", "GET"))
         if rule is not None:
             gate = rule.gate
-            if gate is not None and gate.claim():
+            if gate is not None and gate.stale() and gate.claim():
                 await asyncio.to_thread(gate.sample_claimed)
             refusal = rule.refusal(scope)
             if refusal is not None:

@@ -220,7 +220,7 @@ class Gate:
 
     def refresh(self) -> None:
         """Sample now if due and nobody else is (blocking)."""
-        if self.claim():
+        if self._clock() >= self._due and self.claim():
             self.sample_claimed()
 
     def check(self) -> Verdict | None:

@@ -29,6 +29,7 @@ __all__ = ["Rule", "Rules", "Refusal", "client_ip", "header", "overloaded", "rat
 GATE_OPTIONS = ("queue", "high", "low", "max_age", "interval", "window", "min_retry_after",
                 "max_retry_after", "default_retry_after")
 RULE_OPTIONS = GATE_OPTIONS + ("limiter", "key", "points", "methods")
+MATCH_CACHE = 4096          # distinct (path, method) pairs whose rule is remembered
 
 
 class Refusal(NamedTuple):
@@ -108,7 +109,7 @@ class Rule:
     (callable: scope/environ -> key), ``points`` (int, or callable: scope/environ -> int),
     ``methods`` (None: all)."""
 
-    __slots__ = ("gate", "limiter", "key", "points", "methods")
+    __slots__ = ("gate", "limiter", "key", "points", "methods", "_last")
 
     def __init__(self, gate: Gate | None, limiter: Any, key, points, methods):
         if limiter is not None and not callable(getattr(limiter, "consume", None)):
@@ -122,6 +123,7 @@ class Rule:
                 methods = (methods,)
             methods = frozenset(m.upper() for m in methods)
         self.gate, self.limiter, self.key, self.points, self.methods = gate, limiter, key, points, methods
+        self._last: tuple = (None, None)   # (verdict, its 503): built once per sample, not per request
 
     def refusal(self, req: Mapping) -> Refusal | None:
         """The refusal for a request whose gate sample is fresh enough (the gate's cached
@@ -131,7 +133,10 @@ class Rule:
         if self.gate is not None:
             v = self.gate.verdict()
             if v is not None:
-                return overloaded(v, self.gate)
+                last = self._last
+                if last[0] is not v:
+                    last = self._last = (v, overloaded(v, self.gate))
+                return last[1]
         if self.limiter is not None:
             pts = self.points(req) if callable(self.points) else self.points
             try:
@@ -152,6 +157,7 @@ class Rules:
         self.include = _prefixes("include", include)
         self.exclude = _prefixes("exclude", exclude)
         self._gates: dict[tuple, Gate] = {}
+        self._cache: dict[tuple[str, str], Rule | None] = {}
         self.default = self._rule(options)
         self.routes: list[tuple[str, Rule | None]] = []
         for prefix, over in (routes or {}).items():
@@ -187,7 +193,20 @@ class Rules:
         return Rule(gate, o.get("limiter"), o.get("key"), o.get("points", 1), o.get("methods"))
 
     def match(self, path: str, method: str) -> Rule | None:
-        """The rule guarding a request, or None to pass it through."""
+        """The rule guarding a request, or None to pass it through (memoized for the
+        first :data:`MATCH_CACHE` distinct paths and methods)."""
+        k = (path, method)
+        try:
+            return self._cache[k]
+        except KeyError:
+            pass
+        rule = self._match(path, method)
+        if len(self._cache) >= MATCH_CACHE:
+            self._cache.clear()             # paths with ids in them: do not grow without bound
+        self._cache[k] = rule
+        return rule
+
+    def _match(self, path: str, method: str) -> Rule | None:
         if any(_under(path, p) for p in self.exclude):
             return None
         for prefix, rule in self.routes:
