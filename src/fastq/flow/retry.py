@@ -63,10 +63,11 @@ def _predicate(retry_on) -> Callable[[BaseException], bool]:
                           f"predicate exc -> bool, got {retry_on!r}")
 
 
-class _Plan:
-    """The checked options of one retry loop, shared by the sync and async flavours."""
+class _Run:
+    """One retry loop's checked options and state (attempt count, the delay chain, the
+    start time), shared by the sync and async flavours."""
 
-    __slots__ = ("backoff", "attempts", "should", "timeout", "on_retry")
+    __slots__ = ("attempts", "should", "timeout", "on_retry", "attempt", "delays", "started")
 
     def __init__(self, backoff, attempts, retry_on, timeout, on_retry):
         b = DEFAULT_BACKOFF if backoff is None else Backoff.coerce(backoff)
@@ -77,22 +78,26 @@ class _Plan:
             raise InvalidArgument(f"timeout must be None or seconds > 0, got {timeout!r}")
         if on_retry is not None and not callable(on_retry):
             raise InvalidArgument(f"on_retry must be None or a callable, got {on_retry!r}")
-        self.backoff = b
         self.attempts = attempts
         self.should = _predicate(retry_on)
         self.timeout = timeout
         self.on_retry = on_retry
+        self.attempt = 1
+        self.delays = b.delays()
+        self.started = time.monotonic()
 
-    def wait(self, attempt: int, delays, exc: BaseException, started: float) -> float | None:
+    def wait(self, exc: BaseException) -> float | None:
         """Seconds to sleep before the next attempt, or None: give up and re-raise ``exc``."""
-        if attempt >= self.attempts or not self.should(exc):
+        n = self.attempt
+        if n >= self.attempts or not self.should(exc):
             return None
-        d = retry_delay(next(delays), exc)
-        if self.timeout is not None and time.monotonic() - started + d > self.timeout:
+        d = retry_delay(next(self.delays), exc)
+        if self.timeout is not None and time.monotonic() - self.started + d > self.timeout:
             return None
         if self.on_retry is not None:
-            self.on_retry(attempt, exc, d)
-        log.debug("attempt %d failed (%s: %s); retrying in %.3f s", attempt, type(exc).__name__, exc, d)
+            self.on_retry(n, exc, d)
+        log.debug("attempt %d failed (%s: %s); retrying in %.3f s", n, type(exc).__name__, exc, d)
+        self.attempt = n + 1
         return d
 
 
@@ -107,17 +112,12 @@ def retry(fn: Callable[..., T], /, *args, backoff: "Backoff | float | None" = No
     (re-raise) rather than sleep past this many seconds from the first call.
     ``on_retry(attempt, exc, delay)`` is called before each sleep. The last exception, or
     one that does not match, propagates unchanged."""
-    plan = _Plan(backoff, attempts, retry_on, timeout, on_retry)
-    delays = plan.backoff.delays()
-    started = time.monotonic()
-    attempt = 0
+    run = _Run(backoff, attempts, retry_on, timeout, on_retry)
     while True:
-        attempt += 1
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            d = plan.wait(attempt, delays, e, started)
-            if d is None:
+            if (d := run.wait(e)) is None:
                 raise
         time.sleep(d)
 
@@ -127,17 +127,12 @@ async def aretry(fn: Callable[..., Awaitable[T]], /, *args, backoff: "Backoff | 
                  on_retry: Callable[[int, BaseException, float], Any] | None = None, **kwargs) -> T:
     """:func:`retry` for a coroutine function: awaits ``fn(*args, **kwargs)`` and sleeps
     with ``asyncio.sleep`` (the event loop keeps running; cancelling stops the retries)."""
-    plan = _Plan(backoff, attempts, retry_on, timeout, on_retry)
-    delays = plan.backoff.delays()
-    started = time.monotonic()
-    attempt = 0
+    run = _Run(backoff, attempts, retry_on, timeout, on_retry)
     while True:
-        attempt += 1
         try:
             return await fn(*args, **kwargs)
         except Exception as e:
-            d = plan.wait(attempt, delays, e, started)
-            if d is None:
+            if (d := run.wait(e)) is None:
                 raise
         await asyncio.sleep(d)
 
@@ -152,7 +147,7 @@ def retrying(*, backoff: "Backoff | float | None" = None, attempts: int = 5, ret
         def publish(msg):
             return q.publish(msg)          # QueueFull / RateLimited: wait retry_after, try again
     """
-    _Plan(backoff, attempts, retry_on, timeout, on_retry)            # bad options fail at decoration
+    _Run(backoff, attempts, retry_on, timeout, on_retry)             # bad options fail at decoration
     opts = dict(backoff=backoff, attempts=attempts, retry_on=retry_on, timeout=timeout, on_retry=on_retry)
 
     def deco(fn):
