@@ -465,3 +465,25 @@ def test_refusals_are_built_once_per_sample_and_the_route_memo_is_bounded(monkey
     for i in range(100):
         assert m.rules.match(f"/jobs/{i}", "POST") is rule
     assert len(m.rules._cache) <= 8
+
+
+def test_asgi_429_with_points_per_request_and_a_route_limiter():
+    lim = FakeLimiter(5)
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(msg):
+        sent.append(msg)
+    m = ASGIMiddleware(app, limiter=lim, key=client_ip, points=lambda scope: 3 if scope["path"] == "/bulk" else 1)
+
+    async def main():
+        for path in ("/bulk", "/one", "/one", "/bulk"):
+            await m({"type": "http", "method": "POST", "path": path, "client": ("10.1.1.1", 1)}, None, send)
+    asyncio.run(main())
+    statuses = [s["status"] for s in sent if s["type"] == "http.response.start"]
+    assert statuses == [200, 200, 200, 429]
+    assert lim.calls == [(3, "10.1.1.1"), (1, "10.1.1.1"), (1, "10.1.1.1"), (3, "10.1.1.1")]
+    start = next(s for s in sent if s.get("status") == 429)
+    assert (b"retry-after", b"2") in start["headers"]
