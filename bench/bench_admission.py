@@ -29,7 +29,7 @@ from fastq.admission import ASGIMiddleware, WSGIMiddleware, client_ip
 N = 100_000
 ROUNDS = 3
 
-add_ratio("ASGI admitted through admission / bare app", "asgi_admit", "asgi_bare", 0.3)
+add_ratio("ASGI admitted through admission / bare app", "asgi_admit", "asgi_bare", 0.25)   # one more coroutine frame
 add_ratio("WSGI admitted through admission / bare app", "wsgi_admit", "wsgi_bare", 0.1)
 
 SCOPE = {"type": "http", "method": "POST", "path": "/jobs", "client": ("127.0.0.1", 5000), "headers": []}
