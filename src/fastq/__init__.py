@@ -40,3 +40,9 @@ __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+
+# --- back pressure: backoff policies, client-side retries, HTTP admission (issue 17) ---
+from . import admission  # noqa: E402
+from .flow.retry import aretry, retry, retry_delay, retrying  # noqa: E402
+
+__all__ += ["admission", "retry", "aretry", "retrying", "retry_delay"]
