@@ -46,3 +46,9 @@ from . import admission  # noqa: E402
 from .flow.retry import aretry, retry, retry_delay, retrying  # noqa: E402
 
 __all__ += ["admission", "retry", "aretry", "retrying", "retry_delay"]
+
+# --- worker processes scaled by runnable depth (fastq.pool, issue 17) ---
+from . import pool  # noqa: E402
+from .pool import ScaleDecision, WorkerPool  # noqa: E402
+
+__all__ += ["WorkerPool", "ScaleDecision"]
