@@ -51,3 +51,21 @@ class Unloadable:
 
     def __call__(self, m):                        # pragma: no cover - never loaded
         return None
+
+
+async def arecord(m) -> int:
+    """An ``async def`` handler: notes ``done <n> <pid>`` in the file named by $POOL_OUT
+    (spawned processes inherit the environment)."""
+    note(os.environ["POOL_OUT"], f"done {m.data} {os.getpid()}")
+    return m.data
+
+
+POOL_MAIN = """
+import sys, time
+import fastq, pool_workers as pw
+with fastq.open(sys.argv[1]) as b:
+    q = b.queue("work")
+    with fastq.WorkerPool(q, pw.Record(sys.argv[2], delay=0.005), min=2, max=2, interval=0.05):
+        print("ready", flush=True)
+        time.sleep(600)
+"""

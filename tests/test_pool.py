@@ -9,9 +9,14 @@ Handlers live in tests/pool_workers.py (spawned processes import them).
 from __future__ import annotations
 
 import os
+import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
+
+import psutil
 
 import pytest
 
@@ -206,6 +211,54 @@ def test_on_scale_callback_errors_do_not_stop_the_pool(broker, tmp_path, caplog)
         wait_for(lambda: pw.lines(out), what="the message handled")
         wait_for(lambda: pool.workers == 0, what="back to zero")
     assert "callback failed" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["queue", "tasks"])
+def test_async_handlers_run_in_the_pool(broker, tmp_path, kind, monkeypatch):
+    q, put = _source(broker, kind)
+    out = str(tmp_path / "done")
+    monkeypatch.setenv("POOL_OUT", out)                    # the spawned processes inherit it
+    put(range(20))
+    with fastq.WorkerPool(q, pw.arecord, min=1, max=1, interval=0.05):
+        wait_for(lambda: len(pw.lines(out)) >= 20, what="all handled")
+    assert sorted(int(ln[1]) for ln in pw.lines(out)) == list(range(20))
+
+
+def test_kill_9_of_the_pools_process_loses_nothing(tmp_path):
+    """kill -9 the process running a pool mid-drain: its workers exit (they watch their
+    parent), what they held comes back, and a new consumer finishes the queue — every message
+    handled, and only those in hand at the kill (at most one per worker) twice."""
+    rounds = 10 if os.environ.get("FASTQ_TORTURE") == "1" else 1
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed} rounds={rounds}")
+    rng = random.Random(seed)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    for r in range(rounds):
+        path, out = str(tmp_path / f"b{r}"), str(tmp_path / f"done{r}")
+        n = 200
+        with fastq.open(path) as b:
+            b.queue("work", visibility_timeout=5.0).publish_many(list(range(n)))
+        proc = subprocess.Popen([sys.executable, "-c", pw.POOL_MAIN, path, out], env=env, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            children = psutil.Process(proc.pid).children()     # the workers and multiprocessing's resource tracker
+            assert sum("resource_tracker" not in " ".join(c.cmdline()) for c in children) == 2
+            k = rng.randrange(1, n // 2)
+            wait_for(lambda: len(pw.lines(out)) >= k, what=f"{k} handled")
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"children outlived their pool's process: {alive}"
+        with fastq.open(path) as b:
+            q = b.queue("work")
+            with q.subscribe(pw.Record(out), concurrency=2):      # in this process: quicker than a pool
+                wait_for(lambda: {int(ln[1]) for ln in pw.lines(out)} >= set(range(n)), what="the rest")
+                wait_for(lambda: q.depth() == (0, 0, 0, 0, 0.0), what="everything acked")
+        done = Counter(int(ln[1]) for ln in pw.lines(out))
+        twice = {m: c for m, c in done.items() if c > 1}
+        assert sorted(done) == list(range(n)) and len(twice) <= 2 and max(done.values()) <= 2, (seed, twice)
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ queue through its dead-consumer detection, as after a kill -9.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import signal
@@ -33,7 +32,7 @@ import threading
 from ..broker.broker import Broker
 from ..tasks._child import _watch_parent
 from ..tasks.taskqueue import TaskQueue
-from ..tasks.worker import Worker
+from ..tasks.worker import Worker, _is_async
 
 POLL_S = 0.2                    # how often the main thread looks at the stop flag
 
@@ -47,7 +46,7 @@ class _Consumer:
             if spec["kind"] == "tasks":
                 handler = spec["handler"]
                 fns = list(handler.values()) if isinstance(handler, dict) else [handler]
-                mode = "asyncio" if all(inspect.iscoroutinefunction(f) for f in fns) else "thread"
+                mode = "asyncio" if all(_is_async(f) for f in fns) else "thread"
                 self.tq = TaskQueue(spec["name"], self.broker)
                 self.run = Worker(self.tq, handler, concurrency=spec["concurrency"], mode=mode,
                                   batch=spec["max_messages"] if mode == "thread" else None)
