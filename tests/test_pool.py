@@ -23,6 +23,7 @@ import pytest
 import fastq
 import pool_workers as pw
 from fastq.pool import Scaler, desired_workers, runnable_depth
+from fastq.pool.scaling import Respawn
 
 FAST = {"interval": 0.05, "cooldown": 0.5}
 
@@ -89,6 +90,23 @@ def test_scaler_hysteresis_dead_band_and_a_spike_resets_the_window():
     assert s.decide(900, 4, now=4)[0] == 8                 # the spike ends the low window
     assert s.decide(0, 8, now=6)[0] == 8                   # a fresh 5 s from here
     assert s.decide(0, 8, now=11)[0] == 1
+
+
+def test_respawn_replaces_the_first_death_at_once_then_backs_off():
+    r = Respawn(base=0.5, cap=4.0, window=60.0)
+    r.died(1, now=100.0)
+    assert r.wait(100.0) == 0.0                            # one crash: replaced now
+    r.died(1, now=101.0)
+    assert r.wait(101.0) == 0.5                            # a second within the window: waits
+    r.died(1, now=102.0)
+    assert r.wait(102.0) == 1.0 and r.wait(102.6) == pytest.approx(0.4)
+    for t in range(103, 110):
+        r.died(1, now=float(t))
+    assert r.wait(109.0) == 4.0                            # capped
+    r.died(1, now=200.0)                                   # a quiet minute forgets the streak
+    assert r.streak == 1 and r.wait(200.0) == 0.0
+    r.died(2, now=300.0)                                   # two at once after a quiet spell: wait
+    assert r.wait(300.0) == 0.5
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -194,6 +212,17 @@ def test_sigterm_lets_a_worker_finish_then_it_is_replaced(broker, tmp_path):
     assert [int(ln[1]) for ln in done] == [-1, 7]
     assert int(done[0][2]) == victim and int(done[0][3]) == 1   # finished by the signalled process, once
     assert exits[0] == {"pid": victim, "exit_code": 0, "at": exits[0]["at"]}
+
+
+def test_a_worker_whose_consumer_ended_is_replaced(broker, tmp_path):
+    q, put = _source(broker, "queue")
+    with fastq.WorkerPool(q, pw.exit_thread, min=1, max=1, interval=0.05) as pool:
+        first = pool.pids()
+        put([1])
+        wait_for(lambda: pool.stats()["replaced"] >= 1, what="a replacement")
+        wait_for(lambda: q.depth().in_flight + q.depth().ready == 0, what="the second delivery handled")
+        st = pool.stats()
+    assert st["exits"] == [{"pid": first[0], "exit_code": 3, "at": st["exits"][0]["at"]}]
 
 
 def test_on_scale_callback_errors_do_not_stop_the_pool(broker, tmp_path, caplog):

@@ -17,7 +17,8 @@ handler returns); a task queue by a thread-mode (``async def`` handler: asyncio-
 :class:`fastq.Worker`. On ``("stop",)``, on SIGTERM and when the pipe closes, the child
 stops taking messages, lets the handler finish the ones it runs, hands back the ones it
 received but did not start, closes the broker (its session is released: nothing stays
-leased to it) and exits 0. SIGINT is ignored: a Ctrl-C in a terminal reaches the whole
+leased to it) and exits 0. A child whose consuming threads all end unasked (a handler
+raised ``SystemExit``) exits 3, and the pool replaces it. SIGINT is ignored: a Ctrl-C in a terminal reaches the whole
 process group, and the pool's process decides (``pool.stop()``). A child whose parent dies
 exits at once (the watchdog of :mod:`fastq.tasks._child`); what it held comes back to the
 queue through its dead-consumer detection, as after a kill -9.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 import threading
 
 from ..broker.broker import Broker
@@ -35,6 +37,7 @@ from ..tasks.taskqueue import TaskQueue
 from ..tasks.worker import Worker, _is_async
 
 POLL_S = 0.2                    # how often the main thread looks at the stop flag
+EXIT_CONSUMER_ENDED = 3         # exit code: the consumer's threads ended without being asked
 
 
 class _Consumer:
@@ -86,6 +89,7 @@ def main(conn, payload: bytes, ppid: int) -> None:
         conn.send(("fatal", f"{spec['kind']} {spec['name']!r} of {spec['path']} did not open "
                             f"in pid {os.getpid()}: {type(e).__name__}: {e}"))
         return
+    ended = False
     try:
         conn.send(("ready",))
         while not stop.is_set():
@@ -96,5 +100,10 @@ def main(conn, payload: bytes, ppid: int) -> None:
                     break
                 if msg[0] == "stop":
                     break
+            elif not consumer.run.running:        # its threads ended (a handler raised SystemExit...)
+                ended = True
+                break
     finally:
         consumer.close()
+    if ended:
+        sys.exit(EXIT_CONSUMER_ENDED)             # the pool replaces a worker that consumes no more

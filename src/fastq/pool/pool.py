@@ -11,7 +11,9 @@ A decision thread in the pool's process, every ``interval`` seconds:
 
 1. replaces children that died without being asked to (a crash, a kill -9: what they
    held comes back to the queue at once through its dead-consumer detection, or when its
-   lease runs out) — counted in ``stats()["replaced"]``;
+   lease runs out) — counted in ``stats()["replaced"]``; when they keep dying,
+   replacements (and scaling up) wait an exponential backoff
+   (:class:`fastq.pool.scaling.Respawn`);
 2. reads the runnable depth (:func:`runnable_depth`) and asks the
    :class:`fastq.pool.scaling.Scaler` for a count (ceil(depth / per_worker) in [min, max],
    up at once, down after ``cooldown`` with ``hysteresis``);
@@ -47,7 +49,7 @@ from ..queue.queue import Queue
 from ..tasks.taskqueue import TaskQueue
 from ..tasks.worker import _Child, pickled_for_child
 from . import _child
-from .scaling import Scaler, ScaleDecision, _seconds
+from .scaling import Respawn, Scaler, ScaleDecision, _seconds
 
 __all__ = ["WorkerPool", "runnable_depth"]
 
@@ -147,6 +149,8 @@ class WorkerPool:
         self._state = "new"                       # new -> running -> stopped
         self._last: ScaleDecision | None = None
         self._exits: list[dict] = []              # unexpected exits: pid, exit code, when
+        self._respawn = Respawn()                 # spaces replacements when workers keep dying
+        self._owed: list[tuple[int, int | None]] = []   # dead workers not replaced yet: (pid, exit code)
         self._counts = {"started": 0, "retired": 0, "replaced": 0, "killed_on_stop": 0, "start_failures": 0}
         self._self_ps = psutil.Process(os.getpid())
         self._self_ps.cpu_percent(None)
@@ -236,15 +240,24 @@ class WorkerPool:
     def _tick(self) -> ScaleDecision:
         """One step of the decision loop: replace dead processes, sample the depth, scale."""
         dead = self._reap()
+        now = time.monotonic()
         if dead:
+            self._respawn.died(len(dead), now)
+            self._owed.extend(dead)
+        hold = self._respawn.wait(now)
+        if self._owed and not hold and not self._halt.is_set():
             before = self.workers
-            self._spawn(len(dead))
-            self._count("replaced", len(dead))
+            owed, self._owed = self._owed, []
+            self._spawn(len(owed) if before + len(owed) <= self.max else self.max - before)
+            self._count("replaced", self.workers - before)
             self._announce(ScaleDecision(time.time(), -1, before, self.workers,
-                                         "replaced " + ", ".join(f"pid {p} (exit code {c})" for p, c in dead)))
+                                         "replaced " + ", ".join(f"pid {p} (exit code {c})" for p, c in owed)))
         depth = runnable_depth(self.queue)
         workers = self.workers
         target, reason = self.scaler.decide(depth, workers, time.monotonic())
+        if hold and target > workers:
+            target, reason = workers, (f"respawn backoff: {self._respawn.streak} workers died in a row, "
+                                       f"next start in {hold:.1f} s ({reason})")
         if self._halt.is_set():
             target = workers
         if target > workers:

@@ -14,7 +14,14 @@ The course's rule: ``desired = ceil(runnable_depth / per_worker)``, clamped to
   workers start at a depth of 201 but go back to two only below 160: a depth wandering
   between 160 and 200 changes nothing.
 
-Thread-safety: a :class:`Scaler` belongs to one thread (the pool's decision loop).
+A worker that dies unasked is replaced at once — but a handler that kills its process
+every time would have the pool respawn processes as fast as they start: :class:`Respawn`
+spaces replacements by an exponential backoff once deaths follow each other (the
+second within ``window`` seconds of the first waits ``base`` s, then 2×, 4×, ... up to
+``cap``), and forgets the streak after ``window`` s without a death.
+
+Thread-safety: a :class:`Scaler` or :class:`Respawn` belongs to one thread (the pool's
+decision loop).
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from ..log.config import check_int
+from ..tasks.backoff import Backoff
 
-__all__ = ["desired_workers", "Scaler", "ScaleDecision", "check_policy"]
+__all__ = ["desired_workers", "Scaler", "ScaleDecision", "Respawn", "check_policy"]
 
 
 def _seconds(name: str, v, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
@@ -61,7 +69,7 @@ def _clamp(n: int, lo: int, hi: int) -> int:
 
 class ScaleDecision(NamedTuple):
     """One sample of the decision loop. ``at``: wall-clock time (``time.time()``);
-    ``depth``: the runnable depth read; ``workers``: live workers before; ``target``:
+    ``depth``: the runnable depth read (-1 for the replacement of dead workers); ``workers``: live workers before; ``target``:
     workers after; ``reason``: why, in words."""
 
     at: float
@@ -114,3 +122,27 @@ class Scaler:
         target = self._low_peak
         self._low_since = None
         return target, f"scale down: depth low for {self.cooldown:g} s, at most {target} needed"
+
+
+class Respawn:
+    """When to replace dead workers (see the module docstring): ``died(n, now)`` records
+    ``n`` unasked deaths at monotonic time ``now``; ``wait(now)`` is how many seconds the
+    replacements must still wait (0.0: now)."""
+
+    def __init__(self, *, base: float = 0.5, cap: float = 30.0, window: float = 60.0):
+        self.backoff = Backoff.exponential(base, cap=cap)
+        self.window = window
+        self.streak = 0                          # deaths in a row, each within window of the last
+        self._last: float | None = None
+        self._until = 0.0
+
+    def died(self, n: int, now: float) -> None:
+        if self._last is None or now - self._last > self.window:
+            self.streak = 0
+        first = self.streak == 0
+        self.streak += n
+        self._last = now
+        self._until = now if first and n == 1 else now + self.backoff(self.streak - 1)
+
+    def wait(self, now: float) -> float:
+        return self._until - now if self._until > now else 0.0
