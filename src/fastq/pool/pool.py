@@ -323,6 +323,7 @@ class WorkerPool:
                 self._retire(_Slot(c))
         if failed is not None:
             self._count("start_failures", len(new) - len(ok))
+            self._respawn.died(len(new) - len(ok), time.monotonic())   # a child that cannot start backs off too
             raise failed
 
     def _retire(self, s: _Slot) -> None:
