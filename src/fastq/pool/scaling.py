@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from ..log.config import check_int
-from ..tasks.backoff import Backoff
+from ..flow.backoff import Backoff
 
 __all__ = ["desired_workers", "Scaler", "ScaleDecision", "Respawn", "check_policy"]
 
