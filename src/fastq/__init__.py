@@ -40,3 +40,8 @@ __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+
+# --- pub/sub (broker.pubsub) and the in-process EventEmitter (fastq.pubsub) ---
+from .pubsub import AsyncSubscriber, EventEmitter, PubSub, PubSubMessage, Subscriber  # noqa: E402
+
+__all__ += ["PubSub", "PubSubMessage", "Subscriber", "AsyncSubscriber", "EventEmitter"]
