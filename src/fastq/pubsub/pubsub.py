@@ -47,6 +47,7 @@ import time
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
+from .._core._storage import PubSubMessage, _route_records
 from ..broker.config import read_json, validate_name
 from ..broker.topic import BatchMetadata, RecordMetadata
 from ..errors import Closed, CorruptRecord, InvalidArgument, RingEmpty
@@ -63,29 +64,6 @@ TOPIC_OPTIONS = ("durability", "retention_ms", "retention_bytes", "segment_bytes
 DEFAULT_BUFFER_BYTES = 1 << 20     # an ephemeral subscriber's ring
 MAX_POLL = 100_000
 _WAIT_SLICE_S = 0.5
-
-
-class PubSubMessage:
-    """One message handed to a subscriber: ``channel`` (str), ``data`` (bytes),
-    ``offset`` (the record's offset in the namespace's log; -1 in ephemeral mode) and
-    ``timestamp`` (ms since the epoch, set by the publisher)."""
-
-    __slots__ = ("channel", "data", "offset", "timestamp")
-
-    def __init__(self, channel: str, data: bytes, offset: int, timestamp: int):
-        self.channel = channel
-        self.data = data
-        self.offset = offset
-        self.timestamp = timestamp
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, PubSubMessage) and (self.channel, self.data, self.offset, self.timestamp) == \
-            (other.channel, other.data, other.offset, other.timestamp)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"PubSubMessage(channel={self.channel!r}, data={self.data[:40]!r}, offset={self.offset})"
 
 
 def _ms(from_time) -> int:
@@ -343,37 +321,26 @@ class _DurableSource:
             self.consumer.close()
             raise
 
-    def _channel(self, key) -> str | None:
-        if key is None:
-            return None
-        k = bytes(key)
+    def _classify(self, key: bytes) -> str | None:
+        """A key not seen before: its channel if the patterns want it, else None (cached)."""
         try:
-            ch = k.decode()
+            ch = key.decode()
         except UnicodeDecodeError:
             ch = None
         v = ch if ch is not None and self.matcher(ch) else None
         if len(self.cache) >= 65536:
             self.cache.clear()
-        self.cache[k] = v
+        self.cache[key] = v
         return v
 
     def fetch(self, max_n: int, timeout: float | None) -> list[PubSubMessage]:
         deadline = None if timeout is None else time.monotonic() + timeout
         c = self.consumer
-        cache = self.cache
-        miss = cache            # a sentinel no channel maps to
         while True:
             left = _WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
             recs = c.poll(max_n, left)
-            out = []
-            for r in recs:
-                k = r.key
-                ch = cache.get(k, miss)
-                if ch is miss:
-                    ch = self._channel(k)
-                if ch is not None:
-                    out.append(PubSubMessage(ch, bytes(r.value), r.offset, r.timestamp))
-            recs = r = k = None
+            out = _route_records(recs, self.cache, self._classify) if recs else recs
+            recs = None                 # no view of the log outlives the call
             if out or (deadline is not None and time.monotonic() >= deadline):
                 return out
 
@@ -402,7 +369,7 @@ class _EphemeralSource:
     def __init__(self, ps: PubSub, matcher: Matcher, buffer_bytes: int):
         self.reg = Registration(ps.broker.path, ps.name, ps.dir, ps._state, matcher, buffer_bytes)
         self.ring = self.reg.ring
-        self.cache: dict[bytes, str] = {}
+        self.cache: dict[bytes, str | None] = {}
 
     def fetch(self, max_n: int, timeout: float | None) -> list[PubSubMessage]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -410,22 +377,20 @@ class _EphemeralSource:
         while True:
             left = _WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                recs = ring._get_records(max_n, True, left)
+                recs = ring._get_records(max_n, True, left, "")
             except RingEmpty:
                 recs = None
             if recs:
-                cache = self.cache
-                out = []
-                for _p, _o, ts, k, v, _h in recs:
-                    ch = cache.get(k)
-                    if ch is None:
-                        ch = cache[k] = k.decode()
-                        if len(cache) > 65536:
-                            cache.clear()
-                    out.append(PubSubMessage(ch, v, -1, ts))
-                return out
+                return _route_records(recs, self.cache, self._classify)
             if deadline is not None and time.monotonic() >= deadline:
                 return []
+
+    def _classify(self, key: bytes) -> str:
+        """Publishers copy only what this subscriber's patterns match: decode, remember."""
+        if len(self.cache) >= 65536:
+            self.cache.clear()
+        ch = self.cache[key] = key.decode()
+        return ch
 
     def _commit(self, offset: int) -> None:
         pass
