@@ -7,6 +7,7 @@ import errno
 import fnmatch
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -426,3 +427,22 @@ def test_asyncio_subscriber(broker, durable):
         ps.close()
 
     asyncio.run(main())
+
+
+def test_psubscribe_several_patterns_and_messages(broker):
+    with broker.pubsub("ev") as ps:
+        sub = ps.psubscribe(["orders:*", "users:?"])
+        both = ps.subscribe(["a.*", "b.>", "c"])
+        for ch in ["orders:eu", "users:1", "users:12", "a.x", "b.x.y", "c", "c.d", "a"]:
+            ps.publish(ch, ch.encode())
+        assert [m.channel for m in sub.poll(100, timeout=1)] == ["orders:eu", "users:1"]
+        got = both.poll(100, timeout=1)
+        assert [m.channel for m in got] == ["a.x", "b.x.y", "c"]
+        m = got[0]
+        assert isinstance(m, fastq.PubSubMessage) and m.data == b"a.x" and m.offset == 3
+        assert pickle.loads(pickle.dumps(m)) == m and m != got[1] and "a.x" in repr(m)
+        assert sub.patterns == [("orders:*", "glob"), ("users:?", "glob")]
+        sub.close()
+        both.close()
+        with pytest.raises(fastq.Closed):
+            sub.poll(1, timeout=0)

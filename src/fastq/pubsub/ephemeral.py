@@ -51,7 +51,7 @@ import uuid
 from .._core import _storage
 from .._core._codec import os_errors
 from .._core._ring import Ring, _frame_record, ring_path
-from ..errors import FastqError, RecordTooLarge, RingEmpty, RingFull, StorageError
+from ..errors import Closed, FastqError, RecordTooLarge, RingEmpty, RingFull, StorageError
 from .patterns import Matcher
 
 __all__ = ["Fanout", "Registration", "STATE_MAGIC", "STATE_SIZE", "ephemeral_ring_name"]
@@ -313,7 +313,7 @@ class Fanout:
                 for f in frames:
                     self.put([ring], [f])
                 continue
-            except (StorageError, OSError):            # the subscriber went away meanwhile
+            except (StorageError, OSError, Closed):    # the subscriber went away meanwhile
                 continue
             n = len(frames)
             while True:
