@@ -329,6 +329,17 @@ def test_ephemeral_is_at_most_once_and_never_blocks_the_publisher(broker):
         assert [(m.channel, m.data, m.offset) for m in late.poll(10, timeout=1)] == [("a.c", b"x", -1)]
         slow.close()
         assert ps.publish("a.c", b"y") == 2                # unsubscribed at once
+        small = ps.subscribe("big", buffer_bytes=4096)
+        fits = ps.subscribe("big", buffer_bytes=1 << 16)
+        dropped = ps.dropped
+        assert ps.publish("big", b"x" * 10_000) == 2       # too large for one ring: dropped there only
+        assert ps.dropped == dropped + 1
+        assert small.poll(1, timeout=0) == [] and len(fits.poll(1, timeout=1)[0].data) == 10_000
+        for bad in ("str", 5):                             # bad data is an error even with no subscriber
+            with pytest.raises(InvalidArgument):
+                ps.publish("nobody", bad)
+            with pytest.raises(InvalidArgument):
+                ps.publish_many("nobody", [bad])
 
 
 def test_killed_ephemeral_subscriber_is_reaped(broker):

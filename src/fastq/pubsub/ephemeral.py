@@ -308,8 +308,9 @@ class Fanout:
             except RingFull:
                 pass
             except RecordTooLarge:                     # the batch is larger than the ring
-                if len(frames) == 1:
-                    raise
+                if len(frames) == 1:                   # one message larger than this ring:
+                    self.dropped += 1                  # lost to this subscriber, never an error
+                    continue                           # for the publisher (or the others)
                 for f in frames:
                     self.put([ring], [f])
                 continue

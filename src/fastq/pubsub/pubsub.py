@@ -163,10 +163,11 @@ class PubSub:
         key = self._key(channel)
         if self._topic is not None:
             return self._topic.publish(data, key=key)
+        f = frame(key, data, int(time.time() * 1000))     # framed even for no one: bad data is an error
         fo = self._fanout
         rings = fo.routes(channel)
         if rings:
-            fo.put(rings, [frame(key, data, int(time.time() * 1000))])
+            fo.put(rings, [f])
         return len(rings)
 
     def publish_many(self, channel: str, values: Sequence) -> BatchMetadata | int:
@@ -180,11 +181,12 @@ class PubSub:
             raise InvalidArgument("publish_many needs at least one value")
         if self._topic is not None:
             return self._topic.publish_many(values, key=key)
+        ts = int(time.time() * 1000)
+        frames = [frame(key, v, ts) for v in values]
         fo = self._fanout
         rings = fo.routes(channel)
         if rings:
-            ts = int(time.time() * 1000)
-            fo.put(rings, [frame(key, v, ts) for v in values])
+            fo.put(rings, frames)
         return len(rings)
 
     @property
