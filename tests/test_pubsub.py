@@ -457,3 +457,36 @@ def test_psubscribe_several_patterns_and_messages(broker):
         both.close()
         with pytest.raises(fastq.Closed):
             sub.poll(1, timeout=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+@pytest.mark.parametrize("durable", [True, False])
+def test_fork_releases_the_childs_copy_only(broker, durable):
+    ps = broker.pubsub("f", durable=durable)
+    sub = ps.subscribe(">")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                           # the child: everything inherited is released
+        code = 0
+        try:
+            for call in (lambda: ps.publish("a", b"x"), lambda: sub.poll(1, timeout=0)):
+                try:
+                    call()
+                    code = 1
+                except fastq.UsedAfterFork:
+                    pass
+            sub.close()
+            ps.close()
+        except BaseException:
+            code = 2
+        os.write(w, bytes([code]))
+        os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"\x00" and status == 0
+    got = ps.publish("a", b"after")                        # the parent's subscriber is intact
+    assert durable or got == 1
+    assert [m.data for m in sub.poll(10, timeout=1)] == [b"after"]
+    ps.close()
+    assert sub.closed

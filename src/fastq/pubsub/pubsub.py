@@ -44,13 +44,15 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
 from .._core._storage import PubSubMessage, _route_records
 from ..broker.config import read_json, validate_name
 from ..broker.topic import BatchMetadata, RecordMetadata
-from ..errors import Closed, CorruptRecord, InvalidArgument, RingEmpty
+from ..errors import Closed, CorruptRecord, InvalidArgument, RingEmpty, UsedAfterFork
+from ..log._process import fork_registry
 from ..log.config import write_json_atomic
 from .aio import AsyncSubscriber, to_thread
 from .ephemeral import Fanout, Registration, _State, frame
@@ -64,6 +66,8 @@ TOPIC_OPTIONS = ("durability", "retention_ms", "retention_bytes", "segment_bytes
 DEFAULT_BUFFER_BYTES = 1 << 20     # an ephemeral subscriber's ring
 MAX_POLL = 100_000
 _WAIT_SLICE_S = 0.5
+
+_LIVE: "weakref.WeakSet[PubSub]" = fork_registry()    # released in a forked child
 
 
 def _ms(from_time) -> int:
@@ -108,6 +112,7 @@ class PubSub:
         if not self.durable and topic_options:
             raise InvalidArgument(f"{sorted(topic_options)}: log options apply to durable namespaces only")
         self._closed = False
+        self._forked = False
         self._mutex = threading.Lock()
         self._subs: set[Subscriber] = set()
         self._keys: dict[str, bytes] = {}         # validated channel -> its key bytes
@@ -123,6 +128,7 @@ class PubSub:
             broker._refuse_if_readonly(f"open ephemeral pubsub {name!r}")
             self._state = _State(self.dir)
             self._fanout = Fanout(self.dir, self._state)
+        _LIVE.add(self)
 
     def _load_or_create(self, durable: bool | None) -> dict:
         path = os.path.join(self.dir, PUBSUB_FILE)
@@ -144,6 +150,9 @@ class PubSub:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise UsedAfterFork(f"pubsub {self.name!r} was opened before fork(): it belongs to the "
+                                    "parent; open the broker again in the child")
             raise Closed(f"pubsub {self.name!r} is closed")
 
     def _key(self, channel) -> bytes:
@@ -277,6 +286,17 @@ class PubSub:
     def closed(self) -> bool:
         return self._closed
 
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptors and mappings without touching
+        what the parent holds (its subscribers stay registered, their rings stay)."""
+        self._closed = self._forked = True
+        for sub in list(self._subs):
+            sub._abandon_after_fork()
+        self._subs.clear()
+        if self._fanout is not None:
+            self._fanout.close()
+            self._state.close()
+
     def close(self) -> None:
         """Close this handle and the subscribers made through it. Idempotent."""
         if self._closed:
@@ -362,6 +382,9 @@ class _DurableSource:
     def close(self) -> None:
         self.consumer.close()
 
+    def abandon(self) -> None:
+        pass                    # the broker released the consumer at the fork
+
 
 class _EphemeralSource:
     """Takes messages from this subscriber's own ring (see fastq.pubsub.ephemeral)."""
@@ -400,6 +423,9 @@ class _EphemeralSource:
     def close(self) -> None:
         self.reg.close()
 
+    def abandon(self) -> None:
+        self.reg.abandon()
+
 
 class Subscriber:
     """A subscription (``ps.subscribe(...)``): ``poll(max_messages, timeout)``, iteration,
@@ -420,7 +446,15 @@ class Subscriber:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self.pubsub._forked:
+                raise UsedAfterFork(f"subscriber of pubsub {self.pubsub.name!r} was made before fork(): "
+                                    "subscribe again in the child")
             raise Closed(f"subscriber of pubsub {self.pubsub.name!r} is closed")
+
+    def _abandon_after_fork(self) -> None:
+        self._closed = True
+        self._buf.clear()
+        self._src.abandon()
 
     def _handed_out_upto(self) -> int:
         """Durable: the offset after everything handed out (or skipped)."""
