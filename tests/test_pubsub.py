@@ -402,7 +402,7 @@ def test_state_file_fault_and_damage(broker):
 @pytest.mark.parametrize("durable", [True, False])
 def test_asyncio_subscriber(broker, durable):
     async def main():
-        ps = broker.pubsub("aio", durable=durable)
+        ps = await fastq.AsyncBroker(broker).pubsub("aio", durable=durable)
         sub = await ps.subscribe_async("a.*")
         # a cancelled poll consumes nothing
         t = asyncio.ensure_future(sub.poll(10))
