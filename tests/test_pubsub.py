@@ -87,6 +87,38 @@ def test_glob_patterns(pattern, channel, want):
     assert fastq.pubsub.Matcher([(pattern, "glob")])(channel) is want
 
 
+def test_matcher_against_reference_on_random_patterns():
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rnd = random.Random(seed)
+    toks = ["a", "b", "ab", "orders", "eu"]
+    for _ in range(300):
+        chans = [".".join(rnd.choice(toks) for _ in range(rnd.randint(1, 4))) for _ in range(20)]
+        pats = []
+        for _ in range(rnd.randint(1, 3)):
+            p = [rnd.choice(toks + ["*", "*"]) for _ in range(rnd.randint(1, 4))]
+            if rnd.random() < 0.3:
+                p[-1] = ">"
+            pats.append(".".join(p))
+        m = fastq.pubsub.Matcher([(p, "nats") for p in pats])
+        for c in chans:
+            assert m(c) == any(nats_match(p, c) for p in pats), (pats, c, seed)
+        globs = []
+        for _ in range(2):
+            p = "".join(rnd.choice(["a", "b", ".", "*", "?", "[ab]", "[^a]"]) for _ in range(rnd.randint(1, 5)))
+            try:
+                fastq.pubsub.compile_pattern(p, "glob")
+                globs.append(p)
+            except InvalidArgument:         # only a wildcard-free pattern that is no valid channel
+                assert not any(ch in p for ch in "*?[") and (".." in p or p[0] == "." or p[-1] == ".")
+        if not globs:
+            continue
+        g = fastq.pubsub.Matcher([(p, "glob") for p in globs])
+        for c in chans:
+            want = any(fnmatch.fnmatchcase(c, p.replace("[^", "[!")) for p in globs)
+            assert g(c) == want, (globs, c, seed)
+
+
 @pytest.mark.parametrize("pattern,syntax", [
     ("", "nats"), ("a..b", "nats"), ("a.>.b", "nats"), ("a*.b", "nats"), ("a.b>", "nats"), (".a", "nats"),
     ("a b", "nats"), ("h[ello", "glob"), ("ab\\", "glob"), ("a]", "glob"), ("h[z-a]", "glob"),
