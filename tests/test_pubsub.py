@@ -13,14 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
 import fastq
+import fastq._core._ring
 import fastq.pubsub.ephemeral as eph
 from fastq import InvalidArgument
 from fastq._core._ring import ring_path
-from faultfs import os_fault
+from faultfs import fill, os_fault
 
 WORKERS = os.path.join(os.path.dirname(__file__), "pubsub_workers.py")
 
@@ -398,17 +400,25 @@ def test_killed_ephemeral_subscriber_is_reaped(broker):
         assert os.listdir(subs) == [] and not os.path.exists(ring_path(reg["ring"]))
 
 
-def test_registration_fault_leaves_nothing_behind(broker):
+def _fixed_subscriber_id(monkeypatch, broker_path: str, ns: str) -> str:
+    """The next subscriber's id is fixed: returns the path its ring would have."""
+    fixed = uuid.UUID(int=random.getrandbits(128))
+    monkeypatch.setattr(eph.uuid, "uuid4", lambda: fixed)
+    return ring_path(eph.ephemeral_ring_name(broker_path, ns, fixed.hex))
+
+
+def test_registration_fault_leaves_nothing_behind(broker, monkeypatch):
     with broker.pubsub("live", durable=False) as ps:
-        shm_before = set(os.listdir(os.path.dirname(ring_path("x"))))
+        ring = _fixed_subscriber_id(monkeypatch, broker.path, "live")
         with os_fault(eph, "rename", errno.ENOSPC) as hit:
             with pytest.raises(fastq.StorageError):
                 ps.subscribe(">")
         assert hit.hits == 1
         assert os.listdir(os.path.join(ps.dir, "subs")) == []
-        assert set(os.listdir(os.path.dirname(ring_path("x")))) == shm_before
+        assert not os.path.exists(ring)
         assert ps.publish("a", b"x") == 0
         with ps.subscribe(">") as sub:                     # works again once the fault is gone
+            assert os.path.exists(ring)                    # (the same id: the path checked above is right)
             assert ps.publish("a", b"x") == 1
             assert sub.poll(1, timeout=1)[0].data == b"x"
 
@@ -427,6 +437,45 @@ def test_state_file_fault_and_damage(broker):
             with broker.pubsub("live") as ps2:
                 assert ps2.publish("x", b"1") == 1
             assert sub.poll(1, timeout=1)[0].data == b"1"
+
+
+def test_full_disk_is_disk_full_for_state_registration_and_ring(tmpfs_dir, monkeypatch):
+    """A real full filesystem (tmpfs): opening a namespace, registering a subscriber and
+    making its ring fail with DiskFull and leave nothing half-made."""
+    monkeypatch.setattr(fastq._core._ring, "shm_dir", lambda: os.path.join(tmpfs_dir, "shm"))
+    os.mkdir(os.path.join(tmpfs_dir, "shm"))
+    with fastq.open(os.path.join(tmpfs_dir, "b")) as b:
+        b.pubsub("live", durable=False).close()
+        d = os.path.join(b.path, "pubsub", "live")
+        os.unlink(os.path.join(d, "pubsub.state"))
+        release = fill(tmpfs_dir, leave=0)
+        try:
+            with pytest.raises(fastq.DiskFull):
+                b.pubsub("live")
+        finally:
+            release()
+        with b.pubsub("live") as ps:
+            release = fill(tmpfs_dir, leave=0)
+            try:
+                with pytest.raises(fastq.DiskFull):
+                    ps.subscribe(">", buffer_bytes=1 << 20)
+            finally:
+                release()
+            assert os.listdir(os.path.join(tmpfs_dir, "shm")) == []
+            subs = os.path.join(d, "subs")
+            assert not os.path.exists(subs) or os.listdir(subs) == []
+            assert ps.publish("a", b"x") == 0
+            with ps.subscribe(">") as sub:
+                assert ps.publish("a", b"x") == 1 and sub.poll(1, timeout=1)[0].data == b"x"
+            monkeypatch.undo()                              # rings in the real shm: only the file fails
+            ring = _fixed_subscriber_id(monkeypatch, b.path, "live")
+            release = fill(tmpfs_dir, leave=0)
+            try:
+                with pytest.raises(fastq.DiskFull):
+                    ps.subscribe(">")
+            finally:
+                release()
+            assert not os.path.exists(ring) and os.listdir(subs) == []
 
 
 # -- asyncio ---------------------------------------------------------------------------------
