@@ -571,3 +571,25 @@ def test_fork_releases_the_childs_copy_only(broker, durable):
     assert [m.data for m in sub.poll(10, timeout=1)] == [b"after"]
     ps.close()
     assert sub.closed
+
+
+def test_asyncio_named_subscription_commits_only_what_it_handed_out(broker):
+    async def main():
+        ps = broker.pubsub("an")
+        await (await ps.subscribe_async(">", name="n")).close()    # a new name: start committed
+        await ps.publish_many_async("x", [b"%d" % i for i in range(10)])
+        sub = await ps.subscribe_async(">", name="n")
+        got = []
+        async for m in sub:                                        # reads all 10 ahead
+            got.append(m.data)
+            if len(got) == 3:
+                break
+        await sub.commit()
+        assert [m.data for m in await sub.poll(2)] == [b"3", b"4"]
+        await sub.close()                                          # 5.. were fetched, not handed out
+        sub = await ps.subscribe_async(">", name="n")
+        assert [m.data for m in await sub.poll(100, timeout=1)] == [b"%d" % i for i in range(5, 10)]
+        await sub.close()
+        ps.close()
+
+    asyncio.run(main())

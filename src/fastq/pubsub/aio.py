@@ -35,7 +35,7 @@ class AsyncSubscriber:
     def __init__(self, sync: "Subscriber", pool: concurrent.futures.ThreadPoolExecutor | None = None):
         self.sync = sync
         self._pool = pool or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastq-pubsub")
-        self._buffer: list = []
+        self._buffer: list = []       # fetched ahead by ``async for``, reversed: pop() is the next
         self._closing = None
         self._pid = os.getpid()
 
@@ -62,10 +62,9 @@ class AsyncSubscriber:
 
     async def poll(self, max_messages: int | None = None, timeout: float | None = None) -> list["PubSubMessage"]:
         """As ``Subscriber.poll``; a cancelled poll hands out nothing and consumes nothing."""
-        if self._buffer:
-            n = max_messages or self.sync.max_poll
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-            return out
+        buf = self._buffer
+        if buf:
+            return [buf.pop() for _ in range(min(max_messages or self.sync.max_poll, len(buf)))]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
@@ -80,13 +79,13 @@ class AsyncSubscriber:
         while not self._buffer:
             if self.sync.closed:
                 raise StopAsyncIteration
-            self._buffer = await self.poll(None, None)
-        return self._buffer.pop(0)
+            self._buffer = (await self.poll(None, None))[::-1]
+        return self._buffer.pop()
 
     async def commit(self) -> None:
         """Commit what was handed out (messages fetched ahead by ``async for`` are given
         back to the subscriber first, so they are not committed)."""
-        buf, self._buffer = self._buffer, []
+        buf, self._buffer = self._buffer[::-1], []
         await asyncio.wrap_future(self._submit(self._commit_delivered, buf))
 
     def _commit_delivered(self, buf: list) -> None:
@@ -103,7 +102,7 @@ class AsyncSubscriber:
         if os.getpid() != self._pid:
             return
         if self._closing is None:
-            buf, self._buffer = self._buffer, []
+            buf, self._buffer = self._buffer[::-1], []
 
             def close():
                 self.sync._give_back(buf)
