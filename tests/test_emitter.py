@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 
 import pytest
@@ -212,3 +214,18 @@ def test_async_listener_from_another_thread():
     em.on("x", listener)
     with pytest.raises(InvalidArgument):               # no loop to run it on
         em.emit("x")
+
+
+def test_docs_examples_run(tmp_path, monkeypatch, capsys):
+    """The self-contained examples (those starting with ``import fastq``) of the pub/sub
+    section of docs/BACKPRESSURE.md run as written."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "BACKPRESSURE.md")) as f:
+        doc = f.read()
+    section = doc.split("## Pub/sub and EventEmitter", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if b.startswith("import fastq")]
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    for b in blocks:
+        exec(compile(b, "BACKPRESSURE.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "email for order 42" in out and "reserve stock for order 42" in out
