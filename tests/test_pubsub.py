@@ -169,6 +169,9 @@ def test_bad_arguments(broker):
             ps.publish_many("a", [])
     with pytest.raises(InvalidArgument):       # the stored mode wins; asking for the other is an error
         broker.pubsub("ev", durable=False)
+    broker.topic("pubsub.taken", partitions=2)
+    with pytest.raises(InvalidArgument):       # a user's topic where the namespace's would be
+        broker.pubsub("taken")
     with broker.pubsub("eph", durable=False) as ps:
         for kw in ({"name": "n"}, {"from_offset": 0}, {"from_time": 0}, {"buffer_bytes": 10}):
             with pytest.raises(InvalidArgument):

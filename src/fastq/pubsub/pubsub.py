@@ -48,6 +48,7 @@ import weakref
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
+from .._core._codec import os_errors
 from .._core._storage import PubSubMessage, _route_records
 from ..broker.config import read_json, validate_name
 from ..broker.topic import BatchMetadata, RecordMetadata
@@ -122,8 +123,9 @@ class PubSub:
         if self.durable:
             self._topic = broker.topic(TOPIC_PREFIX + name, partitions=1, **topic_options)
             if self._topic.partitions != 1:
-                raise CorruptRecord(f"topic {self._topic.name!r} has {self._topic.partitions} partitions; "
-                                    "a pub/sub namespace's topic has one", self._topic.dir)
+                raise InvalidArgument(f"topic {self._topic.name!r} has {self._topic.partitions} partitions: it "
+                                      f"is not pub/sub namespace {name!r}'s (that topic has one); choose "
+                                      "another namespace name")
         else:
             broker._refuse_if_readonly(f"open ephemeral pubsub {name!r}")
             self._state = _State(self.dir)
@@ -136,7 +138,8 @@ class PubSub:
             self.broker._refuse_if_readonly(f"create pubsub {self.name!r}")
             with self.broker._lock_dir():
                 if not os.path.exists(path):
-                    os.makedirs(self.dir, exist_ok=True)
+                    with os_errors(f"create pubsub {self.name!r}", self.dir):
+                        os.makedirs(self.dir, exist_ok=True)
                     write_json_atomic(path, {"version": 1, "durable": True if durable is None else durable})
         cfg = read_json(path)
         if not isinstance(cfg, dict) or not isinstance(cfg.get("durable"), bool):
