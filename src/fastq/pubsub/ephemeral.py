@@ -9,7 +9,8 @@ reads at its own pace, and misses what was published while it was not subscribed
 
 A ring that is full drops its *oldest* messages to make room (the publisher takes them
 out; ``PubSub.dropped`` counts this process's drops): a slow subscriber loses messages
-and never blocks a publisher. At-most-once: a subscriber that dies loses its ring.
+and never blocks a publisher. A message larger than a ring can ever hold is dropped for
+that subscriber alone (counted too). At-most-once: a subscriber that dies loses its ring.
 
 Files, in ``<broker>/pubsub/<namespace>/``::
 
