@@ -401,6 +401,21 @@ def test_killed_ephemeral_subscriber_is_reaped(broker):
             assert time.monotonic() < deadline, "the dead subscriber was never reaped"
             time.sleep(0.05)
         assert os.listdir(subs) == [] and not os.path.exists(ring_path(reg["ring"]))
+        p = _spawn("hold", broker.path, "live")                # killed again: now opening the namespace reaps
+        try:
+            _ready(p)
+            with open(os.path.join(subs, os.listdir(subs)[0])) as f:
+                reg = json.load(f)
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+        assert os.path.exists(ring_path(reg["ring"]))
+        broker.pubsub("live").close()
+        assert os.listdir(subs) == [] and not os.path.exists(ring_path(reg["ring"]))
 
 
 def _fixed_subscriber_id(monkeypatch, broker_path: str, ns: str) -> str:

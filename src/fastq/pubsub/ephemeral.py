@@ -28,7 +28,8 @@ Files, in ``<broker>/pubsub/<namespace>/``::
 A publisher reads ``generation`` (a load from a mapping) on every publish and re-reads
 ``subs/`` when it changed, and at least every second. A registration file whose flock
 it can take belongs to a dead subscriber (killed): the publisher unlinks it and its
-ring. Registration happens before ``subscribe`` returns, so a message published after
+ring (opening the namespace does the same, so a ring is left behind only until the
+namespace is next opened). Registration happens before ``subscribe`` returns, so a message published after
 that (in any process) reaches the subscriber.
 
 Recovery: ``pubsub.state`` of the wrong size or magic is rewritten (it holds no data,

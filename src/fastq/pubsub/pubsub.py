@@ -130,6 +130,12 @@ class PubSub:
             broker._refuse_if_readonly(f"open ephemeral pubsub {name!r}")
             self._state = _State(self.dir)
             self._fanout = Fanout(self.dir, self._state)
+            try:
+                self._fanout._refresh()       # reaps what killed subscribers left, publishing or not
+            except BaseException:
+                self._fanout.close()
+                self._state.close()
+                raise
         _LIVE.add(self)
 
     def _load_or_create(self, durable: bool | None) -> dict:
