@@ -52,3 +52,8 @@ from . import pool  # noqa: E402
 from .pool import ScaleDecision, WorkerPool  # noqa: E402
 
 __all__ += ["WorkerPool", "ScaleDecision"]
+
+# --- pub/sub (broker.pubsub) and the in-process EventEmitter (fastq.pubsub) ---
+from .pubsub import AsyncSubscriber, EventEmitter, PubSub, PubSubMessage, Subscriber  # noqa: E402
+
+__all__ += ["PubSub", "PubSubMessage", "Subscriber", "AsyncSubscriber", "EventEmitter"]
