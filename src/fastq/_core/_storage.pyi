@@ -1,5 +1,5 @@
 """Type stub of fastq._core._storage: mmap-backed segments and the log's hot path (Cython)."""
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 from typing_extensions import Buffer
@@ -467,3 +467,14 @@ class LimiterCore:
     @property
     def closed(self) -> bool: ...
     def close(self) -> None: ...
+class PubSubMessage:
+    """One message handed to a pub/sub subscriber (fastq.pubsub)."""
+
+    channel: str
+    data: Optional[bytes]
+    offset: int
+    timestamp: int
+    def __init__(self, channel: str, data: Optional[bytes], offset: int, timestamp: int) -> None: ...
+
+def _route_records(recs: list[Any], channels: dict[bytes, Optional[str]],
+                   classify: Callable[[bytes], Optional[str]]) -> list[PubSubMessage]: ...
