@@ -8,15 +8,16 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from ..errors import Closed, FastqError, InvalidArgument, LeaseLost
+from ..errors import Closed, FastqError, InvalidArgument, LeaseLost, ProducerFenced
 from ..log.config import check_int
+from .exactly_once import ExactlyOnceRunner
 
 if TYPE_CHECKING:
     from .backend import LeasedMessage as Message, QueueBackend as Queue
 
 __all__ = ["Subscription", "GUARANTEES", "exponential_backoff", "resolve_backoff"]
 
-GUARANTEES = ("at-least-once", "at-most-once")
+GUARANTEES = ("at-least-once", "at-most-once", "exactly-once")
 log = logging.getLogger("fastq.queue")
 
 Backoff = Union[None, float, Callable[[int], float]]
@@ -59,7 +60,9 @@ class Subscription:
     event loop of the worker thread's own): ``stop()`` asks the workers to finish the
     message in hand and return; ``join(timeout)`` waits for them; use as a context manager
     to stop and join on exit. ``handled`` counts messages handled without error,
-    ``failed`` those whose handler raised; ``errors`` keeps the last few exceptions."""
+    ``failed`` those whose handler raised; ``errors`` keeps the last few exceptions.
+    ``"exactly-once"``: see :mod:`fastq.queue.exactly_once` (``skipped`` counts the
+    redelivered messages found already handled and acked without calling the handler)."""
 
     def __init__(self, queue: "Queue", handler: Callable[["Message"], Any], *, concurrency: int,
                  guarantee: str, max_messages: int, backoff: Backoff):
@@ -77,13 +80,15 @@ class Subscription:
         self.guarantee = guarantee
         self.max_messages = max_messages
         self.backoff = resolve_backoff(backoff)
+        self._eos = ExactlyOnceRunner(queue) if guarantee == "exactly-once" else None
+        self.skipped = 0
         self.handled = 0
         self.failed = 0
         self.errors: list[BaseException] = []
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, name=f"fastq-sub-{queue.name}-{i}", daemon=True)
-                         for i in range(concurrency)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"fastq-sub-{queue.name}-{i}",
+                                          daemon=True) for i in range(concurrency)]
         for t in self._threads:
             t.start()
 
@@ -95,15 +100,112 @@ class Subscription:
                 self.failed += 1
                 self.errors = (self.errors + [exc])[-16:]
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         q = self.queue
         at_most = self.guarantee == "at-most-once"
         loop = asyncio.new_event_loop() if self.is_async else None   # a coroutine handler runs here
         try:
-            self._loop(q, at_most, loop)
+            if self._eos is not None:
+                self._eos_loop(q, index, loop)
+            else:
+                self._loop(q, at_most, loop)
         finally:
             if loop is not None:
                 loop.close()
+
+    def _call(self, loop, *args) -> None:
+        if loop is not None:
+            loop.run_until_complete(self.handler(*args))
+        else:
+            self.handler(*args)
+
+    def _hand_back(self, m: "Message", e: BaseException | None) -> None:
+        """nack (after the backoff when the handler failed), ignoring a lost lease."""
+        try:
+            m.nack(self.backoff(m.delivery_count) if e is not None else 0.0, error=e)
+        except (LeaseLost, Closed):
+            pass
+
+    def _eos_loop(self, q: "Queue", index: int, loop) -> None:
+        """guarantee="exactly-once" (fastq.queue.exactly_once): the handler's outputs and
+        the outcome record in one transaction, committed before the ack."""
+        eos = self._eos
+        tp = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    msgs = q.receive(self.max_messages, wait=0.1)
+                except Closed:
+                    return
+                for m in msgs:
+                    if self._stop.is_set():
+                        self._hand_back(m, None)     # not started: hand it back at once
+                        continue
+                    try:
+                        if tp is None or tp._closed:
+                            tp = eos.producer(index)
+                        if m.delivery_count > 1:
+                            eos.maybe_finish_dead()
+                            done = eos.outcomes.committed(m)
+                            if done is not None:     # handled by an earlier delivery: finish it
+                                eos.apply(m, done["out"])
+                                m.ack()
+                                with self._count_lock:
+                                    self.skipped += 1
+                                continue
+                        tx = tp.begin()
+                    except ProducerFenced as e:      # another subscriber finished our id's transaction
+                        self._record(False, e)
+                        if tp is not None:
+                            tp.close()
+                            tp = None
+                        self._hand_back(m, None)
+                        continue
+                    except LeaseLost as e:
+                        self._record(False, e)
+                        continue
+                    except FastqError as e:          # storage trouble: the message comes back
+                        self._record(False, e)
+                        self._hand_back(m, e)
+                        continue
+                    self._eos_one(q, m, tx, tp, loop)
+        finally:
+            if tp is not None:
+                tp.close()
+
+    def _eos_one(self, q: "Queue", m: "Message", tx, tp, loop) -> None:
+        eos = self._eos
+        try:
+            ctx = eos.context(tx, m)
+            self._call(loop, m, ctx)
+            eos.step("handled")
+            if m.settled:
+                raise InvalidArgument("an exactly-once handler must not ack, nack or reject its message: "
+                                      "the subscription acks it with the transaction")
+            eos.outcome(ctx, tp)
+            eos.step("outcome")
+            m.extend(q.visibility_timeout)   # still ours: nobody else can be handling it
+            tx.commit()
+            eos.step("committed")
+        except Exception as e:
+            if tx.state == "ongoing":
+                try:
+                    tx.abort()
+                except FastqError:
+                    pass                     # the next open of the id aborts it
+            self._record(False, e)
+            if not isinstance(e, LeaseLost) and not m.settled:
+                log.debug("exactly-once handler failed on %r", m, exc_info=True)
+                self._hand_back(m, e)
+            return
+        try:
+            eos.apply(m, ctx._out)
+            eos.step("applied")
+            m.ack()
+        except (LeaseLost, FastqError) as e:     # committed: a redelivery finds it and acks
+            self._record(False, e)
+            return
+        self._record(True)
 
     def _loop(self, q: "Queue", at_most: bool, loop) -> None:
         while not self._stop.is_set():
