@@ -48,3 +48,39 @@ def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None
     sub.join()
     b.close()
     log("stopped")
+
+
+def recipe_source(doc: str) -> str:
+    """The Python block after ``<!-- recipe:sqlite -->`` in ``doc`` (docs/GUARANTEES.md)."""
+    with open(doc) as f:
+        text = f.read()
+    after = text.split("<!-- recipe:sqlite -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def sqlite_subscriber(path: str, workdir: str, doc: str, logfile: str, stopfile: str, kill_after: int) -> None:
+    """The docs' sqlite recipe as an at-least-once handler of queue ``orders``; with
+    ``kill_after``, SIGKILLs itself right after the handler's ``kill_after``-th return
+    — its DB transaction committed, its ack not made."""
+    log = EventLog(logfile)
+    os.chdir(workdir)
+    ns: dict = {}
+    exec(recipe_source(doc), ns)
+    b = fastq.open(path)
+    q = b.queue("orders")
+    done = {"n": 0}
+
+    def handler(m):
+        log("handled", m.data["order"], m.delivery_count)
+        ns["handle"](m)
+        done["n"] += 1
+        if done["n"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sub = q.subscribe(handler, backoff=0.0)
+    while not os.path.exists(stopfile):
+        time.sleep(0.01)
+    sub.stop()
+    sub.join()
+    b.close()
+    ns["db"].close()
