@@ -202,3 +202,48 @@ def test_asyncio_face_refuses_exactly_once(tmp_path):
             with pytest.raises(fastq.InvalidArgument, match="exactly-once"):
                 aq.subscribe(lambda m: None, guarantee="exactly-once")
     asyncio.run(main())
+
+
+# -- IdempotencyStore -----------------------------------------------------------------------
+
+def test_idempotency_store_counts_only_committed_keys(tmp_path, broker):
+    store = fastq.IdempotencyStore(broker, "done")
+    assert "k1" not in store and len(store) == 0
+    store.record("k1")
+    with broker.transaction("t") as tx:
+        store.record(b"k2", tx)
+        assert not store.seen("k2")                   # open: not done yet
+    with pytest.raises(RuntimeError):
+        with broker.transaction("t") as tx:
+            store.record("k3", tx)
+            raise RuntimeError("aborted")
+    store.record("k4")                                # after the aborted one: still read
+    assert [store.seen(k) for k in ("k1", "k2", "k3", "k4")] == [True, True, False, True]
+    with fastq.open(tmp_path / "b") as other:         # another handle (as another process)
+        assert len(fastq.IdempotencyStore(other, "done")) == 3
+    with store.once("k5") as first:
+        assert first
+    with store.once("k5") as first:
+        assert not first
+    with pytest.raises(ValueError):
+        with store.once("k6") as first:
+            raise ValueError("the work failed: not recorded")
+    assert "k6" not in store and "k5" in store
+    with pytest.raises(fastq.InvalidArgument):
+        store.seen(6)
+
+
+def test_idempotency_store_in_an_exactly_once_handler(broker):
+    store = fastq.IdempotencyStore(broker, "charged")
+    q = broker.queue("jobs")
+    q.publish_many([{"order": "o1"}, {"order": "o2"}, {"order": "o1"}])   # o1 twice, as two messages
+    charged = []
+
+    def handler(m, tx):
+        with store.once(m.data["order"], tx) as first:
+            if first:
+                charged.append(m.data["order"])
+
+    sub = q.subscribe(handler, guarantee="exactly-once")
+    run_until_empty(q, sub)
+    assert charged == ["o1", "o2"] and len(store) == 2

@@ -40,3 +40,9 @@ __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+
+# --- exactly-once queue handlers and idempotency keys (issue 15) ---
+from .broker import IdempotencyStore  # noqa: E402
+from .queue import ExactlyOnce  # noqa: E402
+
+__all__ += ["ExactlyOnce", "IdempotencyStore"]
