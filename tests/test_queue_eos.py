@@ -6,12 +6,15 @@ The kill -9 loop is tests/test_guarantees_kill.py."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 import time
 
 import pytest
 
 import fastq
+import fastq.broker.transaction as txmod
+from faultfs import os_fault
 from fastq.queue.exactly_once import ExactlyOnceRunner, outcome_topic
 
 
@@ -247,3 +250,32 @@ def test_idempotency_store_in_an_exactly_once_handler(broker):
     sub = q.subscribe(handler, guarantee="exactly-once")
     run_until_empty(q, sub)
     assert charged == ["o1", "o2"] and len(store) == 2
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,err,after", [("pwrite", errno.ENOSPC, a) for a in range(6)]
+                         + [("fdatasync", errno.EIO, a) for a in range(6)])
+def test_state_file_fault_at_each_write_handles_each_message_once(tmp_path, name, err, after):
+    """A full disk or a failed fdatasync at each write of the transaction state (the
+    records of an added partition, the prepare record) while an exactly-once subscriber
+    works: the attempt fails and the message comes back — rolled forward (a prepare
+    record whose sync failed is in the file: acked without the handler) or aborted
+    (handled again) — and the output holds every message once."""
+    with fastq.open(tmp_path / "b", durability="group") as b:
+        b.topic("out")
+        q = b.queue("jobs")
+        q.publish_many(["a", "b", "c"])
+        calls = []
+
+        def handler(m, tx):
+            calls.append(m.data)
+            tx.publish("out", m.data.encode(), partition=0)
+
+        with os_fault(txmod, name, err, after=after) as hits:
+            sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0)
+            run_until_empty(q, sub)
+        assert hits.hits == 1
+        assert sorted(committed(b)) == ["a", "b", "c"]
+        assert sub.failed == 1 and isinstance(sub.errors[0], fastq.StorageError)
+        assert len(calls) + sub.skipped == 4                # the failed attempt ran again or was found done
