@@ -19,7 +19,7 @@ IN, OUT, NEXT = "in", "out", "next"
 
 
 def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None, kill_at: int,
-                   concurrency: int) -> None:
+                   concurrency: int, max_messages: int = 1) -> None:
     log = EventLog(logfile)
     log("start", os.getpid())
     b = fastq.open(path)
@@ -41,7 +41,8 @@ def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None
 
     if kill_step is not None:
         exactly_once.ExactlyOnceRunner.hook = staticmethod(hook)
-    sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0, concurrency=concurrency)
+    sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0, concurrency=concurrency,
+                      max_messages=max_messages)
     while not os.path.exists(stopfile):
         time.sleep(0.01)
     sub.stop()

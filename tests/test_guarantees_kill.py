@@ -76,7 +76,8 @@ def test_exactly_once_under_kills(tmp_path):
     def start(kill_step, kill_at):
         lf = str(tmp_path / f"sub{len(logs)}.log")
         logs.append(lf)
-        p = ctx.Process(target=eos_subscriber, args=(path, lf, stop, kill_step, kill_at, rng.choice((1, 2))))
+        p = ctx.Process(target=eos_subscriber, args=(path, lf, stop, kill_step, kill_at, rng.choice((1, 2)),
+                                                          rng.choice((1, 1, 4))))
         p.start()
         return p
 

@@ -74,6 +74,29 @@ def test_outputs_and_ack_together_failure_aborts(broker):
     assert isinstance(sub.errors[0], ValueError)
 
 
+def test_a_batch_shares_a_transaction_and_a_failure_reruns_the_others_alone(broker):
+    broker.topic("out")
+    q = broker.queue("jobs")
+    q.publish_many([f"m{i}" for i in range(24)])
+    calls = []
+
+    def handler(m, tx):
+        calls.append((m.data, m.delivery_count))
+        tx.publish("out", m.data.encode(), partition=0)
+        if m.data == "m2" and m.delivery_count == 1:
+            raise ValueError("boom")
+
+    sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0, max_messages=8)
+    run_until_empty(q, sub)
+    assert sorted(committed(broker)) == sorted(f"m{i}" for i in range(24))
+    assert sub.handled == 24 and sub.failed == 1
+    assert ("m0", 1) in calls and calls.count(("m0", 1)) == 2      # ran again, alone, same delivery
+    assert ("m2", 2) in calls
+    outcomes = list(broker.topic(outcome_topic("jobs")).read(0, isolation="read_committed"))
+    assert len(outcomes) <= 8 + 1 + 2                               # the later batches shared one each
+    del outcomes
+
+
 def _commit_without_ack(broker, q, data_out: str, commit: bool = True):
     """What a subscriber killed after its commit (or, ``commit=False``, before it) leaves."""
     m = q.receive(1)[0]
@@ -83,7 +106,7 @@ def _commit_without_ack(broker, q, data_out: str, commit: bool = True):
     ctx = runner.context(tx, m)
     ctx.publish("out", data_out.encode(), partition=0)
     ctx.enqueue("next", data_out)
-    runner.outcome(ctx, tp)
+    runner.outcome([ctx], tp)
     if commit:
         tx.commit()
         runner.apply(m, ctx._out)            # and died before the ack

@@ -10,15 +10,19 @@ follows it:
    the transaction), ``tx.enqueue`` to queues (kept in the outcome record, step 2).
 2. After the handler returns, one **outcome record** is appended, in the same
    transaction, to the queue's outcome topic ``__eos.<queue>`` (one partition, the
-   queue's durability; key: the message id in decimal; value: JSON
-   ``{"id": message id, "tid": transactional id, "pid": producer id,
-   "d": delivery count, "out": [[queue, body (base64), key (base64 or null),
-   {header: base64}, delay or null, priority], ...]}``).
-3. The lease is checked and extended (``message.extend``): a lease lost by now — the
-   message was redelivered to someone else — aborts the transaction.
+   queue's durability; key: the first message id in decimal; value: JSON
+   ``{"ids": [message id, ...], "tid": transactional id, "pid": producer id,
+   "out": {"<message id>": [[queue, body (base64), key (base64 or null),
+   {header: base64}, delay or null, priority], ...]}}``). The messages of one receive
+   (``max_messages``) share one transaction and one outcome record; when a handler
+   raises, the transaction is aborted, that message nacked, and the others of the
+   batch handled again, each in a transaction of its own.
+3. The leases are checked and extended (``message.extend``): a lease lost by now — the
+   message was redelivered to someone else — aborts the transaction (the batch's other
+   messages are handed back).
 4. The transaction commits (its COMMIT markers are the decision); then the ``enqueue``
    outputs are published to their queues with ``dedup_id = "eos:<queue>:<id>:<i>"``;
-   then the message is acked.
+   then the messages are acked.
 
 A handler that raises aborts the transaction (nothing of it is ever visible to
 read_committed readers) and nacks the message with the subscription's backoff.
@@ -38,8 +42,11 @@ attempt aborts. If after, the outcome record (step 2) was already in the log whe
 second receiver looked, and finishing its transaction fences the first attempt: either
 its commit is decided (then the second receiver acks without handling) or it is
 aborted (then the first attempt can no longer commit). Each subscriber thread has its
-own transactional id ``eos.<queue>.<session>.<thread>``, reopened by whoever next holds
-that session slot.
+own transactional id ``eos.<queue>.<session>.<slot>`` (slot: a number unique among the
+process's subscriber threads of that queue handle), reopened by whoever next holds that
+session and slot; the transactions of gone threads are finished by
+:meth:`ExactlyOnceRunner.finish_dead` when a subscriber starts and, at most once a
+second, at a redelivery.
 
 Limits, stated: queue outputs are exactly once while the redelivery after a crash comes
 within the target queue's ``dedup_window`` (default 300 s; a dead subscriber's
@@ -58,6 +65,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..broker.idempotence import PRODUCERS_DIR
@@ -71,6 +79,8 @@ __all__ = ["ExactlyOnce", "Outcomes", "outcome_topic", "OUTCOME_PREFIX"]
 
 OUTCOME_PREFIX = "__eos."
 _LOOKBACK_MS = 60_000                     # clock slack when reading outcomes from a publish time
+_SLOTS: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()   # queue handle -> slots in use
+_SLOTS_LOCK = threading.Lock()
 
 
 def outcome_topic(queue_name: str) -> str:
@@ -152,7 +162,8 @@ class Outcomes:
     def _scan(self, a: int, b: int) -> None:
         for rec in self.topic.read(0, a, end=b):
             v = json.loads(bytes(rec.value))
-            self._by_id.setdefault(v["id"], []).append((rec.offset, v))
+            for mid in v["ids"]:
+                self._by_id.setdefault(mid, []).append((rec.offset, v))
 
     def _find(self, mid: int, since_ms: int) -> list:
         lg = self.topic.log(0)
@@ -225,9 +236,11 @@ class ExactlyOnceRunner:
             return t
 
     def finish_dead(self) -> list[str]:
-        """Finish the transactions left open by the subscriber threads of sessions no live
-        process holds (killed subscribers): until then they hold read_committed readers
-        of the topics they wrote to back. Returns the transactional ids finished."""
+        """Finish the transactions left open by subscriber threads that are gone: those
+        of sessions no live process holds (killed subscribers), and those of this
+        process's session whose slot no thread here uses (a killed process's slot, now
+        ours, that this process does not run). Until then they hold read_committed
+        readers of the topics they wrote to back. Returns the transactional ids finished."""
         self._next_sweep = time.monotonic() + 1.0
         d = os.path.join(self.broker.path, PRODUCERS_DIR)
         prefix = f"eos.{self.queue.name}."
@@ -240,16 +253,25 @@ class ExactlyOnceRunner:
             if not (name.startswith(prefix) and name.endswith(SUFFIX)):
                 continue
             tid = name[:-len(SUFFIX)]
-            session, _, thread = tid[len(prefix):].partition(".")
-            if not (session.isdigit() and thread.isdigit()) or int(session) == self.queue._session:
+            session, _, slot = tid[len(prefix):].partition(".")
+            if not (session.isdigit() and slot.isdigit()):
                 continue
+            mine = int(session) == self.queue._session
+            if mine:
+                with _SLOTS_LOCK:
+                    if int(slot) in _SLOTS.get(self.queue, ()):
+                        continue             # a thread here runs it
             try:
                 _, st = read_state(os.path.join(d, name))
             except CorruptRecord:
                 continue
-            if st and not st["state"].startswith("complete") and \
-                    self.queue._if_session_dead(int(session), lambda: finish(self.broker, tid)):
-                done.append(tid)
+            if not st or st["state"].startswith("complete"):
+                continue
+            if mine:
+                finish(self.broker, tid)
+            elif not self.queue._if_session_dead(int(session), lambda: finish(self.broker, tid)):
+                continue
+            done.append(tid)
         return done
 
     def maybe_finish_dead(self) -> None:
@@ -257,24 +279,38 @@ class ExactlyOnceRunner:
         if time.monotonic() >= self._next_sweep:
             self.finish_dead()
 
-    def producer(self, thread: int) -> TransactionalProducer:
-        """A new transactional producer for worker ``thread`` (after a receive: the
-        queue's session is known); first, the transactions of dead sessions are finished."""
+    def claim_slot(self) -> int:
+        """A thread slot of this queue handle no other subscriber thread of this process
+        uses (it names the thread's transactional id); give it back with release_slot."""
+        with _SLOTS_LOCK:
+            used = _SLOTS.setdefault(self.queue, set())
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+            used.add(slot)
+            return slot
+
+    def release_slot(self, slot: int) -> None:
+        with _SLOTS_LOCK:
+            _SLOTS.get(self.queue, set()).discard(slot)
+
+    def producer(self, slot: int) -> TransactionalProducer:
+        """A new transactional producer for the thread holding ``slot`` (after a receive:
+        the queue's session is known); first, the transactions that dead sessions and
+        unused slots left open are finished."""
         self.finish_dead()
-        tp = TransactionalProducer(self.broker, f"eos.{self.queue.name}.{self.queue._session}.{thread}")
+        tp = TransactionalProducer(self.broker, f"eos.{self.queue.name}.{self.queue._session}.{slot}")
         tp._hook = self.hook
         return tp
 
     def context(self, tx, m: "Message") -> ExactlyOnce:
         return ExactlyOnce(self, tx, m)
 
-    def outcome(self, ctx: ExactlyOnce, tp: TransactionalProducer) -> None:
-        """Append ``ctx``'s outcome record to its transaction."""
-        m = ctx.message
-        v = {"id": m.id, "tid": tp.transactional_id, "pid": tp.producer_id, "d": m.delivery_count,
-             "out": ctx._out}
-        ctx.transaction.publish(self.outcomes.topic, json.dumps(v, separators=(",", ":")).encode(),
-                                key=str(m.id).encode(), partition=0)
+    def outcome(self, ctxs: list, tp: TransactionalProducer) -> None:
+        """Append the outcome record of the messages of ``ctxs`` (one transaction)."""
+        ids = [c.message.id for c in ctxs]
+        v = {"ids": ids, "tid": tp.transactional_id, "pid": tp.producer_id,
+             "out": {str(c.message.id): c._out for c in ctxs if c._out}}
+        ctxs[0].transaction.publish(self.outcomes.topic, json.dumps(v, separators=(",", ":")).encode(),
+                                    key=str(ids[0]).encode(), partition=0)
 
     def apply(self, m: "Message", out: list) -> None:
         """Publish an outcome's ``enqueue`` outputs (deduplicated: once, however often

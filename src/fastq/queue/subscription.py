@@ -126,65 +126,96 @@ class Subscription:
         except (LeaseLost, Closed):
             pass
 
-    def _eos_loop(self, q: "Queue", index: int, loop) -> None:
-        """guarantee="exactly-once" (fastq.queue.exactly_once): the handler's outputs and
-        the outcome record in one transaction, committed before the ack."""
+    def _eos_loop(self, q: "Queue", _index: int, loop) -> None:
+        """guarantee="exactly-once" (fastq.queue.exactly_once): the messages of one
+        receive are handled in one transaction with their outcome record, committed
+        before their acks; when a handler fails, the others of its batch run again, each
+        in a transaction of its own."""
         eos = self._eos
         tp = None
+        index = eos.claim_slot()                     # names this thread's transactional id
         try:
             while not self._stop.is_set():
                 try:
                     msgs = q.receive(self.max_messages, wait=0.1)
                 except Closed:
                     return
-                for m in msgs:
-                    if self._stop.is_set():
-                        self._hand_back(m, None)     # not started: hand it back at once
+                if self._stop.is_set():
+                    for m in msgs:
+                        self._hand_back(m, None)     # not started: hand them back at once
+                    continue
+                pending = [[m for m in msgs if not self._eos_done_before(m)]]
+                while pending:
+                    batch = pending.pop(0)
+                    if not batch:
                         continue
                     try:
                         if tp is None or tp._closed:
                             tp = eos.producer(index)
-                        if m.delivery_count > 1:
-                            eos.maybe_finish_dead()
-                            done = eos.outcomes.committed(m)
-                            if done is not None:     # handled by an earlier delivery: finish it
-                                eos.apply(m, done["out"])
-                                m.ack()
-                                with self._count_lock:
-                                    self.skipped += 1
-                                continue
-                        tx = tp.begin()
-                    except ProducerFenced as e:      # another subscriber finished our id's transaction
+                    except FastqError as e:          # storage trouble: the messages come back
                         self._record(False, e)
-                        if tp is not None:
-                            tp.close()
-                            tp = None
-                        self._hand_back(m, None)
+                        for m in batch:
+                            self._hand_back(m, e)
                         continue
-                    except LeaseLost as e:
-                        self._record(False, e)
-                        continue
-                    except FastqError as e:          # storage trouble: the message comes back
-                        self._record(False, e)
-                        self._hand_back(m, e)
-                        continue
-                    self._eos_one(q, m, tx, tp, loop)
+                    pending = [[m] for m in self._eos_batch(q, batch, tp, loop)] + pending
         finally:
             if tp is not None:
                 tp.close()
+            eos.release_slot(index)
 
-    def _eos_one(self, q: "Queue", m: "Message", tx, tp, loop) -> None:
+    def _eos_done_before(self, m: "Message") -> bool:
+        """A redelivered message found handled by an earlier delivery (committed): its
+        queue outputs are published (once) and it is acked, without the handler. True
+        also when it needs nothing more from this worker (its lease was lost)."""
+        if m.delivery_count <= 1:
+            return False
         eos = self._eos
         try:
-            ctx = eos.context(tx, m)
-            self._call(loop, m, ctx)
+            eos.maybe_finish_dead()
+            done = eos.outcomes.committed(m)
+            if done is None:
+                return False
+            eos.apply(m, done["out"].get(str(m.id), ()))
+            m.ack()
+        except LeaseLost as e:
+            self._record(False, e)
+        except FastqError as e:
+            self._record(False, e)
+            self._hand_back(m, e)
+        else:
+            with self._count_lock:
+                self.skipped += 1
+        return True
+
+    def _eos_batch(self, q: "Queue", ms: list, tp, loop) -> list:
+        """Handle ``ms`` in one transaction. Returns the messages to handle again (each
+        alone): the others of a batch whose handler failed on one."""
+        eos = self._eos
+        try:
+            tx = tp.begin()
+        except ProducerFenced as e:                  # another subscriber finished our id's transaction
+            self._record(False, e)
+            tp.close()
+            return ms
+        except FastqError as e:
+            self._record(False, e)
+            for m in ms:
+                self._hand_back(m, e)
+            return []
+        ctxs: list = []
+        try:
+            for m in ms:
+                ctx = eos.context(tx, m)
+                self._call(loop, m, ctx)
+                if m.settled:
+                    raise InvalidArgument("an exactly-once handler must not ack, nack or reject its message: "
+                                          "the subscription acks it with the transaction")
+                ctxs.append(ctx)
             eos.step("handled")
-            if m.settled:
-                raise InvalidArgument("an exactly-once handler must not ack, nack or reject its message: "
-                                      "the subscription acks it with the transaction")
-            eos.outcome(ctx, tp)
+            eos.outcome(ctxs, tp)
             eos.step("outcome")
-            m.extend(q.visibility_timeout)   # still ours: nobody else can be handling it
+            for m in ms:
+                m.extend(q.visibility_timeout)       # still ours: nobody else can be handling them
             tx.commit()
             eos.step("committed")
         except Exception as e:
@@ -192,20 +223,28 @@ class Subscription:
                 try:
                     tx.abort()
                 except FastqError:
-                    pass                     # the next open of the id aborts it
+                    pass                             # the next open of the id aborts it
             self._record(False, e)
-            if not isinstance(e, LeaseLost) and not m.settled:
-                log.debug("exactly-once handler failed on %r", m, exc_info=True)
-                self._hand_back(m, e)
-            return
+            if len(ctxs) < len(ms):                  # the handler failed on ms[len(ctxs)]
+                bad = ms[len(ctxs)]
+                log.debug("exactly-once handler failed on %r", bad, exc_info=True)
+                if not bad.settled:
+                    self._hand_back(bad, e)
+                return [m for m in ms if m is not bad]
+            for m in ms:                             # a lease lost, storage trouble: all come back
+                if not m.settled:
+                    self._hand_back(m, None if isinstance(e, LeaseLost) else e)
+            return []
         try:
-            eos.apply(m, ctx._out)
+            for ctx in ctxs:
+                eos.apply(ctx.message, ctx._out)
             eos.step("applied")
-            m.ack()
-        except (LeaseLost, FastqError) as e:     # committed: a redelivery finds it and acks
+            q.ack_many(ms)
+        except FastqError as e:                      # committed: a redelivery finds it and acks
             self._record(False, e)
-            return
-        self._record(True)
+        with self._count_lock:
+            self.handled += sum(1 for m in ms if m.settled)
+        return []
 
     def _loop(self, q: "Queue", at_most: bool, loop) -> None:
         while not self._stop.is_set():
