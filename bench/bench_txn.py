@@ -9,10 +9,11 @@ reading, in one process, measured in the same run (issue 15's bars).
   ``isolation="read_committed"`` against ``"read_uncommitted"``, the same log, every
   record's value touched. Bar: 0.9.
 - ``q.subscribe(handler, guarantee="exactly-once")`` against ``"at-least-once"``: a
-  queue of 500 small messages drained by one subscriber thread whose handler publishes
-  one 100-byte record per message to a topic (through ``tx`` / plainly). Exactly-once
-  pays a transaction per message (state records, a prepare record, two COMMIT markers,
-  the outcome record) and a lease extension. Timed by the process's CPU time (the
+  queue of 500 small messages drained by one subscriber thread (``max_messages=16``)
+  whose handler publishes one 100-byte record per message to a topic (through ``tx`` /
+  plainly). Exactly-once pays a transaction per receive (state records, a prepare
+  record, two COMMIT markers, the outcome record) and a lease extension per message;
+  ``sub_eos1`` is exactly-once with ``max_messages=1`` (a transaction per message). Timed by the process's CPU time (the
   handler runs on the subscription's thread) and the wall clock. Reported; no bar.
 
 Variants run interleaved, timed by the thread's CPU time (the shared 2-core VM's wall
@@ -48,6 +49,8 @@ add_ratio("exactly-once / at-least-once queue subscribe, 1 output each (process 
           "sub_alo_cpu", 0.0)
 add_ratio("exactly-once / at-least-once queue subscribe, 1 output each (wall clock; no bar)", "sub_eos_wall",
           "sub_alo_wall", 0.0)
+add_ratio("exactly-once, one message per transaction / at-least-once subscribe (process CPU; no bar)",
+          "sub_eos1_cpu", "sub_alo_cpu", 0.0)
 MESSAGES = 500
 
 
@@ -127,7 +130,7 @@ def test_read_committed_vs_read_uncommitted(benchmark, broker, rates):
 def test_exactly_once_vs_at_least_once_subscribe(benchmark, broker, rates):
     value = b"x" * SIZE
     out = broker.topic("out", partitions=1)
-    queues = {"sub_alo": broker.queue("alo"), "sub_eos": broker.queue("eos")}
+    queues = {"sub_alo": broker.queue("alo"), "sub_eos": broker.queue("eos"), "sub_eos1": broker.queue("eos1")}
 
     def alo(m):
         out.publish(value, partition=0)
@@ -135,16 +138,17 @@ def test_exactly_once_vs_at_least_once_subscribe(benchmark, broker, rates):
     def eos(m, tx):
         tx.publish(out, value, partition=0)
 
-    handlers = {"sub_alo": (alo, "at-least-once"), "sub_eos": (eos, "exactly-once")}
+    handlers = {"sub_alo": (alo, "at-least-once", 16), "sub_eos": (eos, "exactly-once", 16),
+                "sub_eos1": (eos, "exactly-once", 1)}
     cpu = {k: [] for k in queues}
     wall = {k: [] for k in queues}
 
     def one_round():
         for name, q in queues.items():
             q.publish_many([b"m"] * MESSAGES)
-            handler, guarantee = handlers[name]
+            handler, guarantee, batch = handlers[name]
             w0, c0 = time.perf_counter(), time.process_time()
-            with q.subscribe(handler, guarantee=guarantee, max_messages=16) as sub:
+            with q.subscribe(handler, guarantee=guarantee, max_messages=batch) as sub:
                 while sub.handled < MESSAGES:
                     time.sleep(0.0005)
                 cpu[name].append(time.process_time() - c0)       # not the stop (a receive's wait)
