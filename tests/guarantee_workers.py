@@ -18,6 +18,28 @@ from queue_workers import EventLog
 IN, OUT, NEXT = "in", "out", "next"
 
 
+def drain_data(q, wait: float = 0.05) -> list:
+    """Receive and ack everything ``q`` holds; their data."""
+    out = []
+    while True:
+        got = q.receive(100, wait=wait)
+        if not got:
+            return out
+        q.ack_many(got)
+        out += [m.data for m in got]
+
+
+def wait_idle(q, timeout: float, *, pause: float = 0.01) -> None:
+    """Wait until ``q`` holds nothing ready, delayed or in flight (fails after ``timeout``)."""
+    t0 = time.monotonic()
+    while True:
+        d = q.depth()
+        if d.ready == d.delayed == d.in_flight == 0:
+            return
+        assert time.monotonic() - t0 < timeout, f"not drained: {d}"
+        time.sleep(pause)
+
+
 def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None, kill_at: int,
                    concurrency: int, max_messages: int = 1) -> None:
     log = EventLog(logfile)

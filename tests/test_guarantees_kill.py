@@ -24,7 +24,7 @@ import sqlite3
 import time
 
 import fastq
-from guarantee_workers import IN, NEXT, OUT, eos_subscriber, sqlite_subscriber
+from guarantee_workers import IN, NEXT, OUT, drain_data, eos_subscriber, sqlite_subscriber, wait_idle
 from logutil import TORTURE, seed_for
 from queue_workers import read_lines
 
@@ -32,16 +32,6 @@ STEPS = ["add_partition", "publish", "handled", "outcome", "prepare", "marker", 
 ROUNDS = 120 if TORTURE else 16
 BATCH = 12                                   # messages published before each round
 N = ROUNDS * BATCH
-
-
-def _drain(q) -> list:
-    out = []
-    while True:
-        got = q.receive(100, wait=0.2)
-        if not got:
-            return out
-        q.ack_many(got)
-        out += [m.data for m in got]
 
 
 def _until_dead_or_idle(p, path) -> None:
@@ -98,19 +88,13 @@ def test_exactly_once_under_kills(tmp_path):
     last = start(None, 0)                            # one more, left to finish the queue
     with fastq.open(path) as b:
         q = b.queue(IN)
-        t0 = time.monotonic()
-        while True:
-            d = q.depth()
-            if d.ready == d.delayed == d.in_flight == 0:
-                break
-            assert time.monotonic() - t0 < 120, f"not drained: {d}"
-            time.sleep(0.05)
+        wait_idle(q, 120, pause=0.05)
         open(stop, "w").close()
         last.join(30)
         assert last.exitcode == 0
         assert q.depth().dead == 0
         out = [bytes(r.value).decode() for r in b.topic(OUT).read(0, isolation="read_committed")]
-        nxt = _drain(b.queue(NEXT))
+        nxt = drain_data(b.queue(NEXT), wait=0.2)
         everything = [bytes(r.value).decode() for r in b.topic(OUT).read(0)]
     runs = [ln for lf in logs for ln in read_lines(lf) if ln[0] == "handled"]
     print(f"kills {dict(kills)}; {len(runs)} handler runs for {N} messages; {len(everything)} records "

@@ -15,6 +15,7 @@ import pytest
 import fastq
 import fastq.broker.transaction as txmod
 from faultfs import os_fault
+from guarantee_workers import drain_data, wait_idle
 from fastq.queue.exactly_once import ExactlyOnceRunner, outcome_topic
 
 
@@ -29,24 +30,11 @@ def committed(b, topic="out"):
     return [bytes(r.value).decode() for r in b.topic(topic).read(0, isolation="read_committed")]
 
 
-def drain(q):
-    out = []
-    while True:
-        got = q.receive(100, wait=0.05)
-        if not got:
-            return out
-        q.ack_many(got)
-        out += [m.data for m in got]
+drain = drain_data
 
 
 def run_until_empty(q, sub, timeout=10.0):
-    t0 = time.monotonic()
-    while True:
-        d = q.depth()
-        if d.ready == d.in_flight == d.delayed == 0:
-            break
-        assert time.monotonic() - t0 < timeout, f"not drained: {d}"
-        time.sleep(0.01)
+    wait_idle(q, timeout)
     sub.stop()
     assert sub.join(10)
 
