@@ -5,7 +5,10 @@ before its commit). As Kafka's cleaner: aborted records and markers are dropped,
 at or above the last stable offset is cleaned."""
 from __future__ import annotations
 
+import os
+
 import fastq
+from fastq.log.compaction import _producer_of
 
 
 def _values(t, isolation):
@@ -67,3 +70,45 @@ def test_open_transaction_is_not_compacted(tmp_path):
         assert got == {b"k": b"pending"}
     finally:
         b.close()
+
+
+def test_compaction_keeps_producer_fields(tmp_path):
+    """An idempotent producer that wrote only to segments compaction rewrote is still
+    known to a state rebuilt from the log (no snapshot): its next sequence and a retry
+    of its last batch."""
+    b, t = _open(tmp_path)
+    try:
+        p = t.producer(transactional_id="c")
+        for i in range(20):                          # keys a0..a9 twice: seq 10..19 survive
+            p.publish(b"v%d" % i + b"." * 200, key=b"a%d" % (i % 10), partition=0)
+        p.close()
+        _fill_sealed(t)
+        t.maintain()
+        kept = [r for r in t.read(0) if bytes(r.key).startswith(b"a")]
+        assert [r.offset for r in kept] == list(range(10, 20))      # compaction did rewrite
+        del kept
+        d = t.log(0).path
+    finally:
+        b.close()
+    for name in os.listdir(d):
+        if name.endswith(".snapshot"):
+            os.unlink(os.path.join(d, name))
+    b, t = _open(tmp_path)
+    try:
+        assert t.log(0).producer_state().loaded_from == -1
+        p = t.producer(transactional_id="c")
+        assert p.next_sequence(0) == 20
+        again = p.publish(b"v19" + b"." * 200, key=b"a9", partition=0, sequence=19)
+        assert again.offset == 19 and p.duplicates == 1
+        p.close()
+    finally:
+        b.close()
+
+
+def test_producer_of_a_record_is_its_batch_only():
+    batches = [(0, 4, 7, 1, 0), (10, 10, 8, 2, 5)]           # (base, last, pid, epoch, base seq)
+    firsts = [0, 10]
+    assert _producer_of(batches, firsts, 3) == (7, 1, 3)
+    assert _producer_of(batches, firsts, 5) == (-1, -1, -1)   # a plain batch between them
+    assert _producer_of(batches, firsts, 10) == (8, 2, 5)
+    assert _producer_of([(0, 2, 7, 1, 2**31 - 2)], [0], 2) == (7, 1, 0)   # sequences wrap

@@ -25,6 +25,7 @@ generation is bumped at the end). One compactor at a time per log (``compact.loc
 """
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import time
@@ -63,6 +64,16 @@ def _ensure_mark(log: Log) -> None:
             os.fsync(f.fileno())
         _storage.fsync_dir(log.path)
     log.allow_gaps = True
+
+
+def _producer_of(batches: list, firsts: list, offset: int) -> tuple[int, int, int]:
+    """(producer id, epoch, sequence) of the record at ``offset`` — from the batch
+    holding it among ``batches`` (``_storage._batch_producers``) — or -1s for none."""
+    i = bisect.bisect_right(firsts, offset) - 1
+    if i < 0 or batches[i][1] < offset:
+        return -1, -1, -1
+    base, _, pid, epoch, seq = batches[i]
+    return pid, epoch, -1 if seq < 0 else (seq + offset - base) & 0x7FFFFFFF
 
 
 def _records_in(log: Log, start: int, end: int) -> int:
@@ -117,6 +128,8 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
             stats["segments"] += 1
             stats["removed"] += total
             continue
+        batches = _storage._batch_producers(log, start, nxt)
+        firsts = [bt[0] for bt in batches]
         os.makedirs(tmp, exist_ok=True)
         _ensure_mark(log)
         new = Segment(tmp, seg.base_offset, log._map_size, log._index_cap, True,
@@ -124,7 +137,8 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
         try:
             pos = 0
             for off, ts, key, value, headers in keep:
-                pos += write_single_batch(new, pos, off, ts, key, value, headers)
+                pid, epoch, seq = _producer_of(batches, firsts, off)
+                pos += write_single_batch(new, pos, off, ts, key, value, headers, pid, epoch, seq)
             new.scan(0, pos, seg.base_offset, -1, False, True, log.index_interval, allow_gaps=True)
             new.sync()
         finally:
