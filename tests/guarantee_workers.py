@@ -107,3 +107,29 @@ def sqlite_subscriber(path: str, workdir: str, doc: str, logfile: str, stopfile:
     sub.join()
     b.close()
     ns["db"].close()
+
+
+def plain_subscriber(path: str, logfile: str, stopfile: str, guarantee: str, kill: str | None, kill_at: int) -> None:
+    """``q.subscribe(handler, guarantee=guarantee)`` on queue ``in``; the handler's effect
+    is the line "effect <data>" appended to ``logfile`` (an O_APPEND write: done once it
+    returns). With ``kill``, SIGKILLs itself at the ``kill_at``-th handler call:
+    ``"before"`` its effect or ``"after"`` it (before the handler returns)."""
+    log = EventLog(logfile)
+    b = fastq.open(path)
+    q = b.queue(IN)
+    calls = {"n": 0}
+
+    def handler(m):
+        calls["n"] += 1
+        if kill == "before" and calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        log("effect", m.data)
+        if kill == "after" and calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sub = q.subscribe(handler, guarantee=guarantee, backoff=0.0)
+    while not os.path.exists(stopfile):
+        time.sleep(0.01)
+    sub.stop()
+    sub.join()
+    b.close()

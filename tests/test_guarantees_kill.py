@@ -1,4 +1,4 @@
-"""docs/GUARANTEES.md's exactly-once row under a kill loop (issue 15): subscriber
+"""docs/GUARANTEES.md's rows under kill loops (issue 15). Exactly-once: subscriber
 processes running ``q.subscribe(handler, guarantee="exactly-once")`` are SIGKILLed — at
 each step of handling a message (after the handler, after the outcome record, at the
 prepare record, at each COMMIT marker, after the commit, after the queue outputs, ...)
@@ -7,8 +7,10 @@ the handler's transactional output holds: the read_committed topic ``out`` and t
 queue ``next`` hold every input exactly once (none lost, none twice), though handlers
 ran more often than that; nothing was dead-lettered. And the sqlite recipe of
 docs/GUARANTEES.md ("Side effects outside fastq") under the same kind of loop pays every
-order exactly once. (at-most-once never repeating and
-at-least-once never losing, under the same kind of loop: tests/test_queue_guarantees.py.)
+order exactly once. And the other two rows, counting the handler's effects, with kills
+before and after an effect: at-most-once never repeats, at-least-once never loses (random
+kills of the same rows with priorities, delays and dead letters:
+tests/test_queue_guarantees.py).
 
 The seed is printed (replay: FASTQ_SEED=<seed>); FASTQ_TORTURE=1 runs more rounds.
 """
@@ -23,8 +25,11 @@ import signal
 import sqlite3
 import time
 
+import pytest
+
 import fastq
-from guarantee_workers import IN, NEXT, OUT, drain_data, eos_subscriber, sqlite_subscriber, wait_idle
+from guarantee_workers import (IN, NEXT, OUT, drain_data, eos_subscriber, plain_subscriber, sqlite_subscriber,
+                               wait_idle)
 from logutil import TORTURE, seed_for
 from queue_workers import read_lines
 
@@ -176,3 +181,63 @@ def test_sqlite_recipe_under_kills(tmp_path):
     assert max(c.values()) == 1, f"paid twice: {[k for k, v in c.items() if v > 1][:10]}"
     if self_kills:
         assert len(runs) > len(orders)          # a redelivery after a committed payment did happen
+
+
+@pytest.mark.parametrize("guarantee", ["at-most-once", "at-least-once"])
+def test_at_most_and_at_least_once_rows_under_kills(tmp_path, guarantee):
+    """The other two rows, counting the handler's effects (lines it appended): a
+    subscriber killed before its handler's effect and right after it (before the handler
+    returns), at chosen messages, and at random moments. at-most-once: no message's
+    effect twice, and the kills before an effect did lose messages; at-least-once: every
+    message's effect at least once, and the kills after an effect did repeat some."""
+    seed = seed_for(f"guarantees-{guarantee}-kill")
+    rng = random.Random(seed)
+    path = str(tmp_path / "b")
+    stop = str(tmp_path / "stop")
+    n_rounds = ROUNDS // 2
+    items = [f"m{i}" for i in range(n_rounds * BATCH)]
+    with fastq.open(path) as b:
+        b.queue(IN)
+    ctx = mp.get_context("fork")
+    logs: list[str] = []
+
+    def start(kill, at):
+        lf = str(tmp_path / f"plain{len(logs)}.log")
+        logs.append(lf)
+        p = ctx.Process(target=plain_subscriber, args=(path, lf, stop, guarantee, kill, at))
+        p.start()
+        return p
+
+    kills = collections.Counter()
+    for r in range(n_rounds):
+        with fastq.open(path) as b:
+            b.queue(IN).publish_many(items[r * BATCH:(r + 1) * BATCH])
+        if rng.random() < 0.8:
+            kill = rng.choice(("before", "after"))
+            p = start(kill, rng.randint(1, BATCH // 2))
+            _until_dead_or_idle(p, path)
+            kills[kill if p.exitcode == -signal.SIGKILL else "none"] += 1
+        else:
+            p = start(None, 0)
+            time.sleep(rng.uniform(0.01, 0.1))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+            kills["random"] += 1
+    last = start(None, 0)
+    with fastq.open(path) as b:
+        wait_idle(b.queue(IN), 60, pause=0.05)
+    open(stop, "w").close()
+    last.join(30)
+    assert last.exitcode == 0
+    effects = collections.Counter(ln[1] for lf in logs for ln in read_lines(lf) if ln[0] == "effect")
+    lost = sorted(set(items) - set(effects))
+    twice = sorted(k for k, v in effects.items() if v > 1)
+    print(f"{guarantee}: kills {dict(kills)}; {len(lost)} lost, {len(twice)} repeated")
+    if guarantee == "at-most-once":
+        assert twice == [], f"repeated under at-most-once: {twice[:10]}"
+        if kills["before"]:
+            assert lost                                  # at-most-once's price was paid
+    else:
+        assert lost == [], f"lost under at-least-once: {lost[:10]}"
+        if kills["after"]:
+            assert twice                                 # the kills after an effect repeated it
