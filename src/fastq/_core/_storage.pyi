@@ -1,5 +1,5 @@
 """Type stub of fastq._core._storage: mmap-backed segments and the log's hot path (Cython)."""
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 from typing_extensions import Buffer
@@ -427,3 +427,15 @@ def _txn_reader(lg: Any, offset: int, end: Optional[int], follow: bool = False) 
 def _txn_lso(lg: Any) -> int: ...
 def _batch_producers(lg: Any, start: int, end: int) -> list[tuple[int, int, int, int, int]]: ...
 def _set_reader_end(rd: LogReader, end: int) -> None: ...
+
+class PubSubMessage:
+    """One message handed to a pub/sub subscriber (fastq.pubsub)."""
+
+    channel: str
+    data: Optional[bytes]
+    offset: int
+    timestamp: int
+    def __init__(self, channel: str, data: Optional[bytes], offset: int, timestamp: int) -> None: ...
+
+def _route_records(recs: list[Any], channels: dict[bytes, Optional[str]],
+                   classify: Callable[[bytes], Optional[str]]) -> list[PubSubMessage]: ...

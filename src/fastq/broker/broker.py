@@ -72,7 +72,8 @@ _OPEN_BROKERS: "weakref.WeakSet[Broker]" = fork_registry()   # this process's op
 # Kinds built on the broker by the layers above it (imports go only downward): fastq.queue
 # registers "queue" at import with an object offering open(broker, name, codec, options),
 # names(broker) and delete(broker, name); fastq.tasks registers "tasks" (open(broker, name,
-# options), asyncio(task_queue)).
+# options), asyncio(task_queue)); fastq.pubsub registers "pubsub" (open(broker, name,
+# durable, options)).
 _KINDS: dict[str, Any] = {}
 
 
@@ -376,6 +377,15 @@ class Broker:
         its constructor's): a new handle each call, closed by its ``close()``."""
         self._check_open()
         return _kind("tasks").open(self, name, options)
+
+    def pubsub(self, name: str, *, durable: bool | None = None, **options):
+        """The pub/sub namespace ``name`` (:class:`fastq.PubSub`, get or create; a new
+        handle each call, closed by its ``close()``). ``durable`` (default True for a new
+        namespace; the stored mode wins): log-backed and replayable, or in memory and
+        at-most-once. ``options``: the log settings of a durable namespace's topic
+        (``retention_ms``, ``retention_bytes``, ``durability``, ...)."""
+        self._check_open()
+        return _kind("pubsub").open(self, name, durable, options)
 
     def transaction(self, transactional_id: str, *, timeout_ms: int | None = None):
         """Begin a transaction of ``transactional_id`` (Kafka's transactions, KIP-98):

@@ -2,4 +2,9 @@
 
 Modules, bottom to top: (filled in as they land — each module's docstring names its
 format and contracts).
+
+- ``backoff``: ``Backoff`` retry-delay policies (fixed, exponential, AWS full / equal /
+  decorrelated jitter), stored with jobs as ``{"type", "delay", "cap", "jitter"}``.
+- ``retry``: ``retry`` / ``aretry`` / ``retrying``, client-side retries that sleep
+  ``max(backoff delay, exc.retry_after)``.
 """

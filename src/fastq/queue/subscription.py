@@ -4,11 +4,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from ..errors import Closed, FastqError, InvalidArgument, LeaseLost, ProducerFenced
+from ..flow.backoff import Backoff as FlowBackoff, exponential_backoff
 from ..log.config import check_int
 from .exactly_once import ExactlyOnceRunner
 
@@ -20,34 +20,19 @@ __all__ = ["Subscription", "GUARANTEES", "exponential_backoff", "resolve_backoff
 GUARANTEES = ("at-least-once", "at-most-once", "exactly-once")
 log = logging.getLogger("fastq.queue")
 
-Backoff = Union[None, float, Callable[[int], float]]
-
-
-def exponential_backoff(base: float = 0.1, cap: float = 60.0, rng: random.Random | None = None,
-                        jitter: float = 1.0) -> Callable[[int], float]:
-    """Delay before the next delivery after the n-th failed one: exponential with jitter
-    (AWS's "Exponential Backoff and Jitter"): d = min(cap, base * 2**(n-1)), then uniform in
-    [d * (1 - jitter), d]. ``jitter=1.0`` (the default) is full jitter, ``0.0`` none
-    (BullMQ's ``jitter`` option means the same fraction). Jitter spreads the retries of
-    messages that failed together (a dependency down) so they do not all come back at the
-    same moment."""
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= jitter <= 1.0:
-        raise InvalidArgument(f"jitter must be a fraction in [0, 1], got {jitter!r}")
-    r = rng or random.Random()
-
-    def delay(n: int) -> float:
-        d = min(cap, base * (2.0 ** max(0, min(n - 1, 60))))
-        return d if not jitter else r.uniform(d * (1.0 - jitter), d)
-    return delay
+Backoff = Union[None, float, dict, Callable[[int], float]]
 
 
 def resolve_backoff(backoff: Backoff) -> Callable[[int], float]:
     """None: :func:`exponential_backoff` (0.1 s doubling up to 60 s, full jitter); a number:
-    that many seconds every time; a callable: delivery count -> seconds."""
+    that many seconds every time; a callable — a :class:`fastq.Backoff` is one — delivery
+    count -> seconds."""
     if backoff is None:
         return exponential_backoff()
     if callable(backoff):
         return backoff
+    if isinstance(backoff, dict):                    # the stored form of a fastq.Backoff
+        return FlowBackoff.coerce(backoff)
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < float("inf"):
         raise InvalidArgument(f"backoff must be None, seconds >= 0 or a callable, got {backoff!r}")
     fixed = float(backoff)

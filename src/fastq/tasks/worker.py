@@ -112,15 +112,19 @@ class _Running:
 
 
 class _Child:
-    """A spawned child process of a process-mode worker and its end of the pipe."""
+    """A spawned child process of a process-mode worker (or of a :class:`fastq.WorkerPool`:
+    ``target`` is then its child's ``main``, speaking the same start and stop handshake)
+    and its end of the pipe. ``what`` names its owner in the errors of :meth:`ready`."""
 
-    def __init__(self, payload: bytes, qname: str):
+    def __init__(self, payload: bytes, qname: str, target=_child.main, what: str = "mode='process'"):
         here, there = _SPAWN.Pipe()
-        self.process = _SPAWN.Process(target=_child.main, args=(there, payload, os.getpid()),
+        self.process = _SPAWN.Process(target=target, args=(there, payload, os.getpid()),
                                       name=f"fastq-worker-{qname}", daemon=True)
         self.process.start()
         there.close()
         self.conn = here
+        self.what = what
+        self.exitcode: int | None = None            # set by stop()
 
     def ready(self) -> None:
         """Wait for the child to load the handler; InvalidArgument if it could not."""
@@ -138,7 +142,7 @@ class _Child:
                              f"process worker needs the `if __name__ == '__main__':` guard") from None
         if msg[0] != "ready":
             self.kill()
-            raise InvalidArgument(f"mode='process': the handler could not be loaded in a child process "
+            raise InvalidArgument(f"{self.what}: the handler could not be loaded in a child process "
                                   f"({msg[1]}); it must be importable (a module-level function)")
 
     @property
@@ -154,17 +158,31 @@ class _Child:
         except (OSError, ValueError):
             pass
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = CHILD_STOP_S) -> bool:
+        """Ask the child to stop, wait ``timeout`` s, then kill it; True if it stopped by itself."""
         try:
             self.conn.send(("stop",))
         except (OSError, ValueError):
             pass
-        self.process.join(CHILD_STOP_S)
-        if self.process.is_alive():
+        self.process.join(timeout)
+        graceful = not self.process.is_alive()
+        if not graceful:
             self.kill()
             self.process.join(CHILD_STOP_S)
+        self.exitcode = self.process.exitcode
         self.conn.close()
         self.process.close()
+        return graceful
+
+
+def pickled_for_child(obj, what: str, handler) -> bytes:
+    """``obj`` pickled for a spawned child (:class:`_Child`), or InvalidArgument saying
+    that ``what`` needs ``handler`` to pickle."""
+    try:
+        return pickle.dumps(obj)
+    except Exception as e:                         # noqa: BLE001 - pickle raises many kinds
+        raise InvalidArgument(f"{what} sends the handler to child processes by pickling, and {handler!r} "
+                              f"cannot be pickled ({type(e).__name__}: {e}): use a module-level function") from None
 
 
 def _is_async(fn) -> bool:
@@ -211,12 +229,7 @@ class Worker:
                                   "(use mode='thread' or 'process' for plain functions)")
         self._payload = b""
         if mode == "process":
-            try:
-                self._payload = pickle.dumps(handler)
-            except Exception as e:                 # noqa: BLE001 - pickle raises many kinds
-                raise InvalidArgument(f"mode='process' sends the handler to child processes by pickling, and "
-                                      f"{handler!r} cannot be pickled ({type(e).__name__}: {e}): use a "
-                                      f"module-level function") from None
+            self._payload = pickled_for_child(handler, "mode='process'", handler)
         check_int("concurrency", concurrency, 1, 1024)
         batch = (1 if concurrency > 1 or mode == "process" else 32) if batch is None else batch
         check_int("batch", batch, 1, 1024)
