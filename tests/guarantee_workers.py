@@ -40,6 +40,15 @@ def wait_idle(q, timeout: float, *, pause: float = 0.01) -> None:
         time.sleep(pause)
 
 
+def _serve_until(stopfile: str, sub, b) -> None:
+    """Let ``sub`` run until ``stopfile`` exists, then stop it and close ``b``."""
+    while not os.path.exists(stopfile):
+        time.sleep(0.01)
+    sub.stop()
+    sub.join()
+    b.close()
+
+
 def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None, kill_at: int,
                    concurrency: int, max_messages: int = 1) -> None:
     log = EventLog(logfile)
@@ -65,11 +74,7 @@ def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None
         exactly_once.ExactlyOnceRunner.hook = staticmethod(hook)
     sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0, concurrency=concurrency,
                       max_messages=max_messages)
-    while not os.path.exists(stopfile):
-        time.sleep(0.01)
-    sub.stop()
-    sub.join()
-    b.close()
+    _serve_until(stopfile, sub, b)
     log("stopped")
 
 
@@ -101,11 +106,7 @@ def sqlite_subscriber(path: str, workdir: str, doc: str, logfile: str, stopfile:
             os.kill(os.getpid(), signal.SIGKILL)
 
     sub = q.subscribe(handler, backoff=0.0)
-    while not os.path.exists(stopfile):
-        time.sleep(0.01)
-    sub.stop()
-    sub.join()
-    b.close()
+    _serve_until(stopfile, sub, b)
     ns["db"].close()
 
 
@@ -128,8 +129,4 @@ def plain_subscriber(path: str, logfile: str, stopfile: str, guarantee: str, kil
             os.kill(os.getpid(), signal.SIGKILL)
 
     sub = q.subscribe(handler, guarantee=guarantee, backoff=0.0)
-    while not os.path.exists(stopfile):
-        time.sleep(0.01)
-    sub.stop()
-    sub.join()
-    b.close()
+    _serve_until(stopfile, sub, b)
