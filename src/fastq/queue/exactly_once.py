@@ -160,6 +160,9 @@ class Outcomes:
         self._by_id: dict[int, list] = {}
 
     def _scan(self, a: int, b: int) -> None:
+        a = max(a, self.topic.log(0).start_offset)     # retention may have moved past it
+        if a >= b:
+            return
         for rec in self.topic.read(0, a, end=b):
             v = json.loads(bytes(rec.value))
             for mid in v["ids"]:
