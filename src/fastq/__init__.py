@@ -62,3 +62,9 @@ __all__ += ["WorkerPool", "ScaleDecision"]
 from .pubsub import AsyncSubscriber, EventEmitter, PubSub, PubSubMessage, Subscriber  # noqa: E402
 
 __all__ += ["PubSub", "PubSubMessage", "Subscriber", "AsyncSubscriber", "EventEmitter"]
+
+# --- exactly-once queue handlers and idempotency keys (issue 15) ---
+from .broker import IdempotencyStore  # noqa: E402
+from .queue import ExactlyOnce  # noqa: E402
+
+__all__ += ["ExactlyOnce", "IdempotencyStore"]

@@ -62,8 +62,10 @@ class TopicCore:
                 timestamp: Optional[int] = None) -> RecordMetadata: ...
 
 def write_single_batch(seg: Segment, pos: int, offset: int, timestamp: int, key: Optional[Buffer],
-                       value: Optional[Buffer], headers: Optional[Sequence[tuple[str, Optional[Buffer]]]] = None) -> int:
-    """Encode one record as its own batch at ``pos`` (compaction); returns its size."""
+                       value: Optional[Buffer], headers: Optional[Sequence[tuple[str, Optional[Buffer]]]] = None,
+                       producer_id: int = -1, producer_epoch: int = -1, sequence: int = -1) -> int:
+    """Encode one record as its own batch at ``pos`` (compaction), with the producer
+    fields given (-1: none); returns its size."""
 
 def segment_name(base_offset: int) -> str:
     """``%020d`` of the base offset: the stem of a segment's file names."""
@@ -423,6 +425,7 @@ class TxnIndex:
 def _append_marker(lg: Any, pid: int, epoch: int, commit: bool, fence: Optional[SharedWord] = None) -> None: ...
 def _txn_reader(lg: Any, offset: int, end: Optional[int], follow: bool = False) -> LogReader: ...
 def _txn_lso(lg: Any) -> int: ...
+def _batch_producers(lg: Any, start: int, end: int) -> list[tuple[int, int, int, int, int]]: ...
 def _set_reader_end(rd: LogReader, end: int) -> None: ...
 
 # -- rate limiter (_limiter.pxi over csrc/fq_limiter.c) ----------------------------------
