@@ -143,6 +143,20 @@ def test_spike_scales_to_max_drain_scales_to_min_nothing_lost_or_run_twice(broke
     assert not pool.running and pool.workers == 0
 
 
+def test_a_scaling_step_that_keeps_failing_is_logged_once_not_every_interval(tmp_path, caplog):
+    """The pool's own queue handle closed under it: every sample fails the same way; the
+    log says so once (it used to log a traceback every interval)."""
+    b = fastq.open(str(tmp_path / "b"))
+    q = b.queue("work")
+    pool = fastq.WorkerPool(q, pw.Record(str(tmp_path / "done")), min=0, max=1, per_worker=1, **FAST)
+    with pool:
+        q.close()
+        time.sleep(20 * FAST["interval"])                  # ~20 failing samples
+        failures = caplog.text.count("a scaling step failed")
+    b.close()
+    assert failures == 1, caplog.text
+
+
 @pytest.mark.parametrize("kind", ["queue", "tasks"])
 def test_a_retired_worker_finishes_what_it_runs(broker, tmp_path, kind):
     """Scale-down while the retired process is inside the handler: it finishes, acks, and
