@@ -20,14 +20,14 @@ cdef bytes TASK_FINISHED = b',"failed_reason":null,"finished_ms":'
 cdef bytes TASK_END = b'}'
 
 
-cdef inline Py_ssize_t _put(char *p, bytes b) noexcept:
+cdef inline Py_ssize_t _task_put(char *p, bytes b) noexcept:
     """Copy ``b`` to ``p``; returns its length."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     memcpy(p, PyBytes_AS_STRING(b), n)
     return n
 
 
-cdef Py_ssize_t _put_i64(char *p, int64_t v) noexcept:
+cdef Py_ssize_t _task_put_i64(char *p, int64_t v) noexcept:
     """Write ``v`` in decimal at ``p`` (at most 20 bytes); returns the length (snprintf's
     "%lld" was 5 % of a worker's time)."""
     cdef char tmp[24]
@@ -50,7 +50,7 @@ cdef Py_ssize_t _put_i64(char *p, int64_t v) noexcept:
     return i
 
 
-cdef bytes _spliced(bytes prefix, const char *tail, Py_ssize_t tail_len, bytes raw, const char *tail2,
+cdef bytes _task_spliced(bytes prefix, const char *tail, Py_ssize_t tail_len, bytes raw, const char *tail2,
                     Py_ssize_t tail2_len):
     """prefix + tail [+ raw + tail2] as one new bytes (raw None: just prefix + tail)."""
     cdef Py_ssize_t n1 = PyBytes_GET_SIZE(prefix)
@@ -148,12 +148,12 @@ cdef class TaskRunCore:
         s["state"] = "active"
         s["attempts_made"] = 1
         s["processed_ms"] = now
-        n = _put(tail, TASK_ACTIVE_HEAD)
-        n += _put_i64(tail + n, added)
-        n += _put(tail + n, TASK_PROCESSED)
-        n += _put_i64(tail + n, now)
-        n += _put(tail + n, TASK_END)
-        a = self.jobs._append_one(_spliced(prefix, tail, n, None, NULL, 0), key, None, now)
+        n = _task_put(tail, TASK_ACTIVE_HEAD)
+        n += _task_put_i64(tail + n, added)
+        n += _task_put(tail + n, TASK_PROCESSED)
+        n += _task_put_i64(tail + n, now)
+        n += _task_put(tail + n, TASK_END)
+        a = self.jobs._append_one(_task_spliced(prefix, tail, n, None, NULL, 0), key, None, now)
         self._event(TASK_ACTIVE_EVENT, key)
         return (s, fn, prefix, key, added, now, ep, since, a, self._epoch() != ep)
 
@@ -168,15 +168,15 @@ cdef class TaskRunCore:
         cdef Py_ssize_t n, n2
         cdef int64_t fin = fq_realtime_ms()
         cdef int64_t off
-        n = _put(tail, TASK_COMPLETED_HEAD)
-        n += _put_i64(tail + n, added)
-        n += _put(tail + n, TASK_PROCESSED)
-        n += _put_i64(tail + n, processed)
-        n += _put(tail + n, TASK_RETURN_VALUE)
-        n2 = _put(tail2, TASK_FINISHED)
-        n2 += _put_i64(tail2 + n2, fin)
-        n2 += _put(tail2 + n2, TASK_END)
-        off = self.jobs._append_one(_spliced(prefix, tail, n, raw, tail2, n2), key, None, fin)
+        n = _task_put(tail, TASK_COMPLETED_HEAD)
+        n += _task_put_i64(tail + n, added)
+        n += _task_put(tail + n, TASK_PROCESSED)
+        n += _task_put_i64(tail + n, processed)
+        n += _task_put(tail + n, TASK_RETURN_VALUE)
+        n2 = _task_put(tail2, TASK_FINISHED)
+        n2 += _task_put_i64(tail2 + n2, fin)
+        n2 += _task_put(tail2 + n2, TASK_END)
+        off = self.jobs._append_one(_task_spliced(prefix, tail, n, raw, tail2, n2), key, None, fin)
         self._event(TASK_COMPLETED_EVENT_HEAD + raw + TASK_COMPLETED_EVENT_TAIL, key)
         if self._epoch() != ep:
             return (off, fin)

@@ -24,10 +24,11 @@ from .backend import LeasedMessage, QueueBackend
 from .codecs import CODECS, Codec, resolve_codec
 from .queue import (QUEUE_DEFAULTS, QUEUE_FILE, STATE_FILE, Message, Queue, QueueDepth, create_state,
                     validate_queue_config)
+from .exactly_once import ExactlyOnce
 from .subscription import Subscription
 
 __all__ = ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue", "QUEUE_DEFAULTS", "CODECS", "Codec",
-           "QueueBackend", "LeasedMessage"]
+           "QueueBackend", "LeasedMessage", "ExactlyOnce"]
 
 QUEUE_VERSION = 1
 
