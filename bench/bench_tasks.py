@@ -51,8 +51,11 @@ add_ratio("tasks Worker completion / receive(32)+ack", "tasks_worker_complete", 
 # The fast paths against the Python path in the same run (docs/TASKS.md "Speed"). Two runs
 # on 2026-12-06 on the 2-core VM shared with other jobs: 18:53 UTC (load average 3.8-4.3)
 # add 0.90x, Worker 2.98x; 19:10 UTC (load 2.6-3.3) add 1.54x (130,318 vs 84,785 jobs/s),
-# Worker 2.01x (107,815 vs 53,673 jobs/s). The add is three appends either way, so its
-# ratio drowns in the load's noise; the bars only catch a fast path no longer taken.
+# Worker 2.01x (107,815 vs 53,673 jobs/s); 19:18 UTC (load 1.7-2.4) add 0.88x, Worker 1.61x.
+# The add alone (-k add_one, 19:19 UTC, twice): 1.35x and 1.33x (151,207 vs 111,578 jobs/s).
+# An add is three appends either way, so in the whole file its ratio drowns in what the
+# tests before it leave behind (writeback of their logs); the bars only catch a fast path
+# no longer taken.
 add_ratio("tasks add, fast path / Python path", "tasks_add_one", "tasks_add_one_python", 0.8)
 add_ratio("tasks Worker, fast path / Python path", "tasks_worker_complete", "tasks_worker_complete_python", 1.3)
 
