@@ -141,9 +141,11 @@ ADD_UNTIL_KILLED = textwrap.dedent("""
     b = fastq.open(sys.argv[1])
     tq = fastq.TaskQueue("t", b)
     i = int(sys.argv[2])
+    tq.add("x", i, deduplication={"id": "d%d" % (i % 50), "ttl": 0.01})
+    print("adding", flush=True)
     while True:
-        tq.add("x", i, deduplication={"id": "d%d" % (i % 50), "ttl": 0.01 * (i % 3 + 1)})
         i += 1
+        tq.add("x", i, deduplication={"id": "d%d" % (i % 50), "ttl": 0.01 * (i % 3 + 1)})
 """)
 
 
@@ -153,10 +155,13 @@ def test_kill_9_loop_every_dedup_entry_names_a_stored_job(tmp_path):
     rnd = random.Random(seed)
     for r in range(30 if TORTURE else 5):
         p = subprocess.Popen([sys.executable, "-c", ADD_UNTIL_KILLED, str(tmp_path / "b"), str(r * 100_000)],
-                             stdout=subprocess.DEVNULL)
-        time.sleep(rnd.uniform(0.4, 0.9))
+                             stdout=subprocess.PIPE, text=True)
+        # killed while adding, not while importing (an import can outlast a fixed sleep on a busy box)
+        assert p.stdout.readline() == "adding\n"
+        time.sleep(rnd.uniform(0.0, 0.5))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        p.stdout.close()
     with fastq.open(tmp_path / "b") as b:
         tq = fastq.TaskQueue("t", b)
         d = tq._deduplicator()
