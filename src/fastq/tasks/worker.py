@@ -513,7 +513,7 @@ class Worker:
         except LeaseLost:                            # redelivered meanwhile: that delivery decides
             th.abort(tx)
             return
-        except FastqError:                           # undecided: the redelivery finds out (it fences us)
+        except Exception:                            # noqa: BLE001 - undecided: the redelivery finds out (fencing us)
             log.exception("worker of %r could not commit the run of job %s", self.queue.name, s["id"])
             th.abort(tx)
             th.reset()                               # the next open of our id finishes this one
