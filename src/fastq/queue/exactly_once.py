@@ -13,7 +13,8 @@ follows it:
    queue's durability; key: the first message id in decimal; value: JSON
    ``{"ids": [message id, ...], "tid": transactional id, "pid": producer id,
    "out": {"<message id>": [[queue, body (base64), key (base64 or null),
-   {header: base64}, delay or null, priority], ...]}}``). The messages of one receive
+   {header: base64}, delay or null, priority], ...]}}``; a task worker adds ``"jobs"``:
+   :mod:`fastq.tasks.exactly_once`). The messages of one receive
    (``max_messages``) share one transaction and one outcome record; when a handler
    raises, the transaction is aborted, that message nacked, and the others of the
    batch handled again, each in a transaction of its own.
