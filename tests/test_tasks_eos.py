@@ -14,7 +14,6 @@ import collections
 import multiprocessing as mp
 import os
 import random
-import signal
 import threading
 import time
 
@@ -23,7 +22,7 @@ import pytest
 
 import fastq
 from fastq.queue.exactly_once import ExactlyOnceRunner, outcome_topic
-from guarantee_workers import drain_data, wait_idle
+from guarantee_workers import drain_data, kill_at_step, kill_rounds, wait_idle
 from logutil import TORTURE, seed_for
 from queue_workers import EventLog, read_lines
 from taskutil import wait_for
@@ -203,13 +202,6 @@ def eos_worker(path: str, logfile: str, stopfile: str, kill_step: str | None, ki
     log = EventLog(logfile)
     b = fastq.open(path)
     tq = b.tasks("t")
-    seen = {"n": 0}
-
-    def hook(step):
-        if step == kill_step:
-            seen["n"] += 1
-            if seen["n"] >= kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
 
     def handler(job, tx):
         log("handled", job.data, job.attempts_made)
@@ -221,27 +213,13 @@ def eos_worker(path: str, logfile: str, stopfile: str, kill_step: str | None, ki
         return job.data.upper()
 
     if kill_step is not None:
-        ExactlyOnceRunner.hook = staticmethod(hook)
+        ExactlyOnceRunner.hook = staticmethod(kill_at_step(kill_step, kill_at))
     w = fastq.Worker(tq, handler, guarantee="exactly-once", concurrency=concurrency, max_stalled_count=1_000_000)
     while not os.path.exists(stopfile):
         time.sleep(0.01)
     w.close()
     tq.close()
     b.close()
-
-
-def _until_dead_or_idle(p, path) -> None:
-    t0 = time.monotonic()
-    with fastq.open(path) as b:
-        q = b.queue("t.tasks")
-        while p.exitcode is None:
-            p.join(0.05)
-            d = q.depth()
-            if (d.ready == d.in_flight == d.delayed == 0) or time.monotonic() - t0 > 30:
-                p.join(0.2)
-                if p.exitcode is None:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.join(10)
 
 
 def test_exactly_once_jobs_under_kills(tmp_path):
@@ -257,7 +235,6 @@ def test_exactly_once_jobs_under_kills(tmp_path):
         b.tasks("t").close()
     ctx = mp.get_context("fork")
     logs: list[str] = []
-    kills = collections.Counter()
 
     def start(kill_step, kill_at):
         lf = str(tmp_path / f"w{len(logs)}.log")
@@ -266,21 +243,14 @@ def test_exactly_once_jobs_under_kills(tmp_path):
         p.start()
         return p
 
-    ids = []
-    for r in range(ROUNDS):
+    ids: list[str] = []
+
+    def add_round(r):
         with fastq.open(path) as b, b.tasks("t") as tq:
-            ids += [j.id for j in tq.add_bulk([("j", d, {"attempts": 3}) for d in items[r * BATCH:(r + 1) * BATCH]])]
-        if rng.random() < 0.75:                          # die at a chosen step
-            step, at = rng.choice(STEPS), rng.randint(1, 3)
-            p = start(step, at)
-            _until_dead_or_idle(p, path)
-            kills[step if p.exitcode == -signal.SIGKILL else "none"] += 1
-        else:                                            # killed from outside, at a random moment
-            p = start(None, 0)
-            time.sleep(rng.uniform(0.05, 0.3))
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(10)
-            kills["random"] += 1
+            ids.extend(j.id for j in tq.add_bulk([("j", d, {"attempts": 3})
+                                                  for d in items[r * BATCH:(r + 1) * BATCH]]))
+
+    kills = kill_rounds(rng, ROUNDS, add_round, start, path, STEPS, queue="t.tasks", max_at=3, pause=(0.05, 0.3))
     last = start(None, 0)                                # one more, left to finish every job
     with fastq.open(path) as b:
         wait_idle(b.queue("t.tasks"), 60, pause=0.05)
