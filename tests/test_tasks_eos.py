@@ -11,6 +11,7 @@ FASTQ_TORTURE=1 runs more rounds."""
 from __future__ import annotations
 
 import collections
+import errno
 import multiprocessing as mp
 import os
 import random
@@ -21,6 +22,8 @@ import msgspec
 import pytest
 
 import fastq
+import fastq.broker.transaction as txmod
+from faultfs import os_fault
 from fastq.queue.exactly_once import ExactlyOnceRunner, outcome_topic
 from guarantee_workers import drain_data, kill_at_step, kill_rounds, wait_idle
 from logutil import TORTURE, seed_for
@@ -187,6 +190,31 @@ def test_bad_combinations_are_refused(broker):
             with pytest.raises(fastq.JobFailed, match="InvalidArgument"):
                 j.result(10)
     assert committed(broker) == []
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,err,after", [("pwrite", errno.ENOSPC, a) for a in range(6)]
+                         + [("fdatasync", errno.EIO, a) for a in range(6)])
+def test_state_file_fault_at_each_write_completes_each_job_once(tmp_path, name, err, after):
+    """A full disk or a failed fdatasync at each write of the transaction state (an
+    added partition's records — inside the handler's publish: the attempt fails and is
+    retried —, the prepare record — at the commit: the job is handed back, and its
+    redelivery completes it from the committed outcome or runs it again): every job
+    completed with its result, the output holds each once."""
+    with fastq.open(tmp_path / "b", durability="group") as b:
+        b.topic(OUT, partitions=1)
+        b.queue(NEXT)
+        tq = b.tasks("t")
+        jobs = [tq.add("j", d, attempts=2) for d in ("a", "b", "c")]
+        calls: list = []
+        with os_fault(txmod, name, err, after=after) as hits:
+            with fastq.Worker(tq, handler_for(calls), guarantee="exactly-once") as w:
+                assert [j.result(10) for j in jobs] == ["A", "B", "C"]
+                wait_for(lambda: len(calls) + w.skipped == 4, what="the failed attempt's redelivery")
+        assert hits.hits == 1
+        assert sorted(committed(b)) == sorted(drain_data(b.queue(NEXT))) == side_jobs(b) == ["a", "b", "c"]
+        assert w.completed == 3
 
 
 # -- the kill -9 loop ---------------------------------------------------------------------
