@@ -136,10 +136,13 @@ def test_an_abandoned_open_outcome_is_aborted_and_the_job_runs_again(broker, mon
         assert job.result(10) == "X"           # the other thread ran it again, after fencing the first
         release.set()
         wait_for(lambda: len(calls) == 2 and w.completed == 1, what="both runs")
-    assert calls == [("x", 1), ("x", 2)]
-    assert committed(broker) == ["x"] and drain_data(broker.queue(NEXT)) == ["x"] and side_jobs(broker) == ["x"]
-    outcomes = list(broker.topic(outcome_topic("t.tasks")).read(0))
-    assert len(outcomes) == 2                  # both runs wrote one; one committed
+        more = [tq.add("j", f"y{i}") for i in range(6)]     # the fenced thread goes on with a new producer
+        assert [j.result(10) for j in more] == [f"Y{i}" for i in range(6)]
+    assert calls[:2] == [("x", 1), ("x", 2)] and w.failed == 0
+    want = ["x"] + [f"y{i}" for i in range(6)]
+    assert sorted(committed(broker)) == sorted(drain_data(broker.queue(NEXT))) == side_jobs(broker) == want
+    outcomes = [r for r in broker.topic(outcome_topic("t.tasks")).read(0) if job.id.encode() in bytes(r.value)]
+    assert len(outcomes) == 2                  # both runs of x wrote one; one committed
 
 
 def test_a_job_timeout_aborts_the_outputs(broker):

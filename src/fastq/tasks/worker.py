@@ -124,13 +124,12 @@ class _EosThread:
                 self.tp.close()
         raise ProducerFenced(f"transactional id {self.tp.transactional_id!r} is fenced by another process")
 
-    @staticmethod
-    def abort(tx) -> None:
+    def abort(self, tx) -> None:
         if tx.state == "ongoing":
             try:
                 tx.abort()
             except FastqError:
-                pass                                 # the next open of the id aborts it
+                self.reset()                         # fenced, or storage trouble: the next open of the id aborts it
 
     def reset(self) -> None:
         if self.tp is not None:
@@ -499,6 +498,11 @@ class Worker:
             raw = self._encode(rv)
             if running.deadline is not None and (job.cancelled or time.monotonic() >= running.deadline):
                 raise JobTimedOut(timeout)
+        except ProducerFenced:                       # another worker took our id over: not the job's failure
+            th.abort(tx)
+            th.reset()
+            self._hand_back(m, s)
+            return
         except Exception as e:                       # the attempt failed: nothing of it is visible
             th.abort(tx)
             self._failed(m, s, e, self._timed_out(job, running), timeout, running.ticket)
@@ -512,6 +516,7 @@ class Worker:
             eos.step("committed")
         except LeaseLost:                            # redelivered meanwhile: that delivery decides
             th.abort(tx)
+            th.reset()                               # (and it has likely fenced our id)
             return
         except Exception:                            # noqa: BLE001 - undecided: the redelivery finds out (fencing us)
             log.exception("worker of %r could not commit the run of job %s", self.queue.name, s["id"])
