@@ -231,11 +231,16 @@ class WorkerPool:
     # -- the decision loop ---------------------------------------------------------------------
 
     def _loop(self) -> None:
+        failing = None          # the repr of the failure logged last: a repeat is not logged again
         while not self._halt.wait(self.interval):
             try:
                 self._tick()
-            except Exception:                      # noqa: BLE001 - one bad sample must not end scaling
-                log.exception("worker pool of %r: a scaling step failed", self.queue.name)
+                failing = None
+            except Exception as e:                 # noqa: BLE001 - one bad sample must not end scaling
+                if repr(e) != failing:             # a closed queue handle must not log every interval
+                    failing = repr(e)
+                    log.exception("worker pool of %r: a scaling step failed (logged again only when "
+                                  "the failure changes)", self.queue.name)
 
     def _tick(self) -> ScaleDecision:
         """One step of the decision loop: replace dead processes, sample the depth, scale."""

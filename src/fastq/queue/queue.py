@@ -1198,19 +1198,25 @@ class Queue(QueueCore):
         crash between the two steps never stores it twice), then settle as dead."""
         self._own(m)
         if self.dead_letter is not None:
-            dlq = self._dead_letter_queue()
-            hdrs = dict(m.headers)
-            hdrs.update({"dlq-source-queue": self.name, "dlq-original-id": str(m.id),
-                         "dlq-delivery-count": str(m.delivery_count), "dlq-reason": why[:4096],
-                         "dlq-published-ms": str(int(m.published_at * 1000)),
-                         "dlq-dead-lettered-ms": str(_now_ms())})
-            dlq._publish_raw(m.body, m.key, hdrs, dedup_id=f"dlq:{self.name}:{m.id}:{m._lane}:{m._offset}")
+            self._dead_letter_queue()._publish_dead(m, m.body, m.key, dict(m.headers), why,
+                                                    f"dlq:{self.name}:{m.id}:{m._lane}:{m._offset}")
         self._settle(m, ARCHIVED, -1, "its lease ended before it was dead-lettered; the other delivery stands")
 
     def _dead_letter_queue(self) -> "Queue":
         if self._dlq is None or self._dlq._closed:
             self._dlq = self.broker.queue(self.dead_letter, codec=self.codec)
         return self._dlq
+
+    def _publish_dead(self, m: Message, body: bytes, key, headers: dict, why: str, dedup_id: str) -> int:
+        """Publish ``body`` with ``key`` to this (dead-letter) queue for message ``m`` of another
+        queue, with ``headers`` and the dlq-* headers (docs/QUEUES.md); ``dedup_id`` makes a second
+        publish of the same dead letter (after a crash) store nothing. The task queue's
+        dead letters (:mod:`fastq.tasks.deadletter`) come this way too."""
+        headers.update({"dlq-source-queue": m.queue, "dlq-original-id": str(m.id),
+                        "dlq-delivery-count": str(m.delivery_count), "dlq-reason": why[:4096],
+                        "dlq-published-ms": str(int(m.published_at * 1000)),
+                        "dlq-dead-lettered-ms": str(_now_ms())})
+        return self._publish_raw(body, key, headers, dedup_id=dedup_id)
 
     def _publish_raw(self, body: bytes, key, headers: dict, dedup_id: str) -> int:
         """Publish already-encoded bytes (dead-lettering and redrive)."""

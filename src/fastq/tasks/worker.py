@@ -63,6 +63,7 @@ from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost,
 from ..flow.limiter import as_limiter, group_key_function
 from ..log.config import check_int
 from . import _child
+from ._fastrun import ENABLED as FAST_ENABLED, FastRun
 from .backoff import Backoff
 from .admin import DROP, FAILED, RUN
 from .exactly_once import MODES as EOS_MODES
@@ -324,6 +325,7 @@ class Worker:
         self.retried = 0
         self.stalled = 0
         self._batch = batch
+        self._fast = FAST_ENABLED                  # the common case without per-step encoding (_fastrun)
         self._q = queue.queue
         self._vt = float(self._q.config["visibility_timeout"])
         self._stop = threading.Event()
@@ -414,6 +416,10 @@ class Worker:
     def _serve(self, slot: int, th: "_EosThread | None") -> None:
         q = self._q
         ctl = self.queue._ctl
+        # the fast path is the common case without a limiter (its check is the Python path's)
+        # and at-least-once (exactly-once runs take the transactional path)
+        fast = FastRun(self) if self.mode == "thread" and self._fast and self._limiter is None and th is None \
+            else None
         while not self._stop.is_set():
             try:
                 if ctl.paused():                  # take nothing while paused (any process's pause)
@@ -430,10 +436,10 @@ class Worker:
                     if self._stop.is_set():
                         self._hand_back(m)
                         continue
-                    if th is None:
-                        self._process(m, slot)
-                    else:
+                    if th is not None:
                         self._eos_process(m, th)
+                    elif fast is None or not fast.run(m):
+                        self._process(m, slot)
                 except (LeaseLost, Closed):
                     pass
                 except Exception:               # storage trouble: the message comes back
@@ -794,9 +800,12 @@ class Worker:
             if verdict == RUN:
                 break
             if verdict == DROP:                      # removed, replaced, finished or a dropped tick: never run it
+                if s is not None:                    # failed, its worker died before the ack
+                    self._dead_letter(s, m)
                 m.ack()
                 return None
             if verdict == FAILED:                    # stalled past max_stalled_count: failed for good
+                self._dead_letter(s, m)
                 m.ack()
                 with self._lock:
                     self.failed += 1
@@ -926,12 +935,21 @@ class Worker:
             return
         s.update(state="failed", finished_ms=now_ms())
         mine = tq._put_if_current(s, ticket, [{"event": "failed", "failed_reason": reason, "attempts_made": dc}])
+        if mine:
+            self._dead_letter(s, m)
         m.ack()
         if not mine:
             return
         with self._lock:
             self.failed += 1
         tq._retain(s, "remove_on_fail", "failed")
+
+    def _dead_letter(self, s: dict, m) -> None:
+        """Send failed job ``s`` to the task queue's dead letters, if it has them (before the
+        ack: a crash in between sends it again, deduplicated — :mod:`fastq.tasks.deadletter`)."""
+        dl = self.queue._dead_letters
+        if dl is not None:
+            dl.send(s, m)
 
     def _write(self, s: dict, what: str, v, ticket: list) -> None:
         new = dict(s)
