@@ -15,6 +15,11 @@ reading, in one process, measured in the same run (issue 15's bars).
   record, two COMMIT markers, the outcome record) and a lease extension per message;
   ``sub_eos1`` is exactly-once with ``max_messages=1`` (a transaction per message). Timed by the process's CPU time (the
   handler runs on the subscription's thread) and the wall clock. Reported; no bar.
+- ``Worker(tq, handler, guarantee="exactly-once")`` against the default at-least-once
+  worker: 300 jobs run by one worker thread whose handler publishes one 100-byte record
+  per job (through ``tx`` / plainly) and returns a small result. Exactly-once pays a
+  transaction per job (as ``sub_eos1``) and a lease extension. Process CPU and wall
+  clock. Reported; no bar.
 
 Variants run interleaved, timed by the thread's CPU time (the shared 2-core VM's wall
 clock swings with the other tenants' load; see bench_idempotent.py) and by the wall
@@ -51,7 +56,12 @@ add_ratio("exactly-once / at-least-once queue subscribe, 1 output each (wall clo
           "sub_alo_wall", 0.0)
 add_ratio("exactly-once, one message per transaction / at-least-once subscribe (process CPU; no bar)",
           "sub_eos1_cpu", "sub_alo_cpu", 0.0)
+add_ratio("exactly-once / at-least-once task Worker, 1 output per job (process CPU; no bar)", "worker_eos_cpu",
+          "worker_alo_cpu", 0.0)
+add_ratio("exactly-once / at-least-once task Worker, 1 output per job (wall clock; no bar)", "worker_eos_wall",
+          "worker_alo_wall", 0.0)
 MESSAGES = 500
+JOBS = 300
 
 
 @pytest.fixture
@@ -158,3 +168,36 @@ def test_exactly_once_vs_at_least_once_subscribe(benchmark, broker, rates):
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     _record(benchmark, rates, cpu, wall, MESSAGES)
     benchmark.extra_info["unit"] = "messages handled per second"
+
+
+def test_exactly_once_vs_at_least_once_worker(benchmark, broker, rates):
+    value = b"x" * SIZE
+    out = broker.topic("out", partitions=1)
+
+    def alo(job):
+        out.publish(value, partition=0)
+        return job.data
+
+    def eos(job, tx):
+        tx.publish(out, value, partition=0)
+        return job.data
+
+    variants = {"worker_alo": (broker.tasks("alo"), alo, "at-least-once"),
+                "worker_eos": (broker.tasks("eos"), eos, "exactly-once")}
+    cpu = {k: [] for k in variants}
+    wall = {k: [] for k in variants}
+
+    def one_round():
+        for name, (tq, handler, guarantee) in variants.items():
+            tq.add_bulk([("j", i) for i in range(JOBS)])
+            w0, c0 = time.perf_counter(), time.process_time()
+            with fastq.Worker(tq, handler, guarantee=guarantee) as w:
+                while w.completed < JOBS:
+                    time.sleep(0.0005)
+                cpu[name].append(time.process_time() - c0)       # not the stop (a receive's wait)
+                wall[name].append(time.perf_counter() - w0)
+            assert w.failed == 0
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    _record(benchmark, rates, cpu, wall, JOBS)
+    benchmark.extra_info["unit"] = "jobs completed per second"

@@ -7,6 +7,7 @@ logs "handled <data> <delivery>". With ``kill_step``, the process SIGKILLs itsel
 the transaction's step names), else it runs until ``stopfile`` exists."""
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -40,6 +41,58 @@ def wait_idle(q, timeout: float, *, pause: float = 0.01) -> None:
         time.sleep(pause)
 
 
+def kill_at_step(kill_step: str | None, kill_at: int):
+    """An exactly-once runner hook that SIGKILLs this process the ``kill_at``-th time
+    ``kill_step`` is reached."""
+    seen = {"n": 0}
+
+    def hook(step):
+        if step == kill_step:
+            seen["n"] += 1
+            if seen["n"] >= kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def until_dead_or_idle(p, path: str, queue: str = IN) -> None:
+    """Wait for process ``p`` to kill itself; kill it once ``queue`` is idle (its step never came)."""
+    t0 = time.monotonic()
+    with fastq.open(path) as b:
+        q = b.queue(queue)
+        while p.exitcode is None:
+            p.join(0.05)
+            d = q.depth()
+            if (d.ready == d.in_flight == d.delayed == 0) or time.monotonic() - t0 > 30:
+                p.join(0.2)
+                if p.exitcode is None:
+                    os.kill(p.pid, signal.SIGKILL)
+                    p.join(10)
+
+
+def kill_rounds(rng, rounds: int, add_round, start, path: str, steps, *, queue: str = IN, max_at: int = 4,
+                pause=(0.01, 0.2)) -> collections.Counter:
+    """The exactly-once kill loops' rounds: ``add_round(r)`` adds the round's work, then a
+    process ``start(step, at)`` either SIGKILLs itself at the ``at``-th ``step`` (3 rounds
+    in 4; killed once ``queue`` is idle if the step never came) or is started with
+    ``start(None, 0)`` and killed from outside after a random ``pause``. Returns the
+    kills by step ("none": the step never came, "random": from outside)."""
+    kills: collections.Counter = collections.Counter()
+    for r in range(rounds):
+        add_round(r)
+        if rng.random() < 0.75:                      # die at a chosen step
+            step, at = rng.choice(steps), rng.randint(1, max_at)
+            p = start(step, at)
+            until_dead_or_idle(p, path, queue)
+            kills[step if p.exitcode == -signal.SIGKILL else "none"] += 1
+        else:                                        # killed from outside, at a random moment
+            p = start(None, 0)
+            time.sleep(rng.uniform(*pause))
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+            kills["random"] += 1
+    return kills
+
+
 def _serve_until(stopfile: str, sub, b) -> None:
     """Let ``sub`` run until ``stopfile`` exists, then stop it and close ``b``."""
     while not os.path.exists(stopfile):
@@ -55,13 +108,6 @@ def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None
     log("start", os.getpid())
     b = fastq.open(path)
     q = b.queue(IN)
-    seen = {"n": 0}
-
-    def hook(step):
-        if step == kill_step:
-            seen["n"] += 1
-            if seen["n"] >= kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
 
     def handler(m, tx):
         log("handled", m.data, m.delivery_count)
@@ -71,7 +117,7 @@ def eos_subscriber(path: str, logfile: str, stopfile: str, kill_step: str | None
             raise ValueError("fails on its first delivery")
 
     if kill_step is not None:
-        exactly_once.ExactlyOnceRunner.hook = staticmethod(hook)
+        exactly_once.ExactlyOnceRunner.hook = staticmethod(kill_at_step(kill_step, kill_at))
     sub = q.subscribe(handler, guarantee="exactly-once", backoff=0.0, concurrency=concurrency,
                       max_messages=max_messages)
     _serve_until(stopfile, sub, b)

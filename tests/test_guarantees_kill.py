@@ -29,7 +29,7 @@ import pytest
 
 import fastq
 from guarantee_workers import (IN, NEXT, OUT, drain_data, eos_subscriber, plain_subscriber, sqlite_subscriber,
-                               wait_idle)
+                               kill_rounds, until_dead_or_idle, wait_idle)
 from logutil import TORTURE, seed_for
 from queue_workers import read_lines
 
@@ -39,19 +39,7 @@ BATCH = 12                                   # messages published before each ro
 N = ROUNDS * BATCH
 
 
-def _until_dead_or_idle(p, path) -> None:
-    """Wait for ``p`` to kill itself; kill it once the queue is idle (its step never came)."""
-    t0 = time.monotonic()
-    with fastq.open(path) as b:
-        q = b.queue(IN)
-        while p.exitcode is None:
-            p.join(0.05)
-            d = q.depth()
-            if (d.ready == d.in_flight == d.delayed == 0) or time.monotonic() - t0 > 30:
-                p.join(0.2)
-                if p.exitcode is None:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.join(10)
+_until_dead_or_idle = until_dead_or_idle
 
 
 def test_exactly_once_under_kills(tmp_path):
@@ -66,7 +54,6 @@ def test_exactly_once_under_kills(tmp_path):
         b.queue(IN, visibility_timeout=30)
     ctx = mp.get_context("fork")
     logs: list[str] = []
-    kills = collections.Counter()
 
     def start(kill_step, kill_at):
         lf = str(tmp_path / f"sub{len(logs)}.log")
@@ -76,20 +63,11 @@ def test_exactly_once_under_kills(tmp_path):
         p.start()
         return p
 
-    for r in range(ROUNDS):
+    def add_round(r):
         with fastq.open(path) as b:
             b.queue(IN).publish_many(items[r * BATCH:(r + 1) * BATCH])
-        if rng.random() < 0.75:                      # die at a chosen step
-            step, at = rng.choice(STEPS), rng.randint(1, 4)
-            p = start(step, at)
-            _until_dead_or_idle(p, path)
-            kills[step if p.exitcode == -signal.SIGKILL else "none"] += 1
-        else:                                        # killed from outside, at a random moment
-            p = start(None, 0)
-            time.sleep(rng.uniform(0.01, 0.2))
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(10)
-            kills["random"] += 1
+
+    kills = kill_rounds(rng, ROUNDS, add_round, start, path, STEPS)
     last = start(None, 0)                            # one more, left to finish the queue
     with fastq.open(path) as b:
         q = b.queue(IN)

@@ -68,3 +68,8 @@ from .broker import IdempotencyStore  # noqa: E402
 from .queue import ExactlyOnce  # noqa: E402
 
 __all__ += ["ExactlyOnce", "IdempotencyStore"]
+
+# --- exactly-once task workers: Worker(tq, handler, guarantee="exactly-once") (issue 15) ---
+from .tasks import TaskExactlyOnce  # noqa: E402
+
+__all__ += ["TaskExactlyOnce"]

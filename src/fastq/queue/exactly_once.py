@@ -13,7 +13,8 @@ follows it:
    queue's durability; key: the first message id in decimal; value: JSON
    ``{"ids": [message id, ...], "tid": transactional id, "pid": producer id,
    "out": {"<message id>": [[queue, body (base64), key (base64 or null),
-   {header: base64}, delay or null, priority], ...]}}``). The messages of one receive
+   {header: base64}, delay or null, priority], ...]}}``; a task worker adds ``"jobs"``:
+   :mod:`fastq.tasks.exactly_once`). The messages of one receive
    (``max_messages``) share one transaction and one outcome record; when a handler
    raises, the transaction is aborted, that message nacked, and the others of the
    batch handled again, each in a transaction of its own.
@@ -124,7 +125,7 @@ class ExactlyOnce:
     def enqueue(self, queue: str, data: Any, *, key=None, headers: dict | None = None,
                 delay: float | None = None, priority: int = 0) -> None:
         """Publish ``data`` to queue ``queue`` when (and only when) this message is acked.
-        Encoded now by the subscribed queue's codec; published after the commit, deduplicated by
+        Encoded now by the subscribed queue's codec (a task worker's: JSON); published after the commit, deduplicated by
         message id and position, so a redelivery that finds this commit publishes it
         once. The target queue's ``dedup_window`` must be at least twice this queue's
         ``visibility_timeout``."""
@@ -209,12 +210,13 @@ class ExactlyOnceRunner:
 
     hook = None                           # tests: called with each step's name (and the transaction's)
 
-    def __init__(self, queue: "Queue"):
+    def __init__(self, queue: "Queue", codec=None):
         broker = getattr(queue, "broker", None)
         if broker is None or not hasattr(queue, "_session"):
             raise InvalidArgument(f"guarantee='exactly-once' needs a fastq queue with a broker, got {queue!r}")
         self.queue = queue
         self.broker = broker
+        self.codec = queue.codec if codec is None else codec   # of the queues enqueue writes to
         self.outcomes = Outcomes(queue)
         self._targets: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -228,7 +230,7 @@ class ExactlyOnceRunner:
         with self._lock:
             t = self._targets.get(name)
             if t is None or t.closed:
-                t = self.broker.queue(name, codec=self.queue.codec, create=False)
+                t = self.broker.queue(name, codec=self.codec, create=False)
                 need = 2 * self.queue.visibility_timeout
                 if t.config["dedup_window"] < need:
                     raise InvalidArgument(
@@ -307,11 +309,15 @@ class ExactlyOnceRunner:
     def context(self, tx, m: "Message") -> ExactlyOnce:
         return ExactlyOnce(self, tx, m)
 
-    def outcome(self, ctxs: list, tp: TransactionalProducer) -> None:
-        """Append the outcome record of the messages of ``ctxs`` (one transaction)."""
+    def outcome(self, ctxs: list, tp: TransactionalProducer, extra: dict | None = None) -> None:
+        """Append the outcome record of the messages of ``ctxs`` (one transaction).
+        ``extra``: more fields of the record (a task worker's ``"jobs"``:
+        :mod:`fastq.tasks.exactly_once`)."""
         ids = [c.message.id for c in ctxs]
         v = {"ids": ids, "tid": tp.transactional_id, "pid": tp.producer_id,
              "out": {str(c.message.id): c._out for c in ctxs if c._out}}
+        if extra:
+            v.update(extra)
         ctxs[0].transaction.publish(self.outcomes.topic, json.dumps(v, separators=(",", ":")).encode(),
                                     key=str(ids[0]).encode(), partition=0)
 

@@ -12,12 +12,13 @@ from .admin import CLEAN_STATES, COUNT_STATES
 from .aio import AsyncTaskQueue
 from .backoff import Backoff
 from .events import EVENTS, QueueEvents, TaskEvent
+from .exactly_once import TaskExactlyOnce
 from .job import STATES, Job
 from .taskqueue import JOB_OPTIONS, TaskQueue
 from .worker import MODES, Worker
 
 __all__ = ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent", "STATES", "COUNT_STATES",
-           "CLEAN_STATES", "JOB_OPTIONS", "MODES", "EVENTS"]
+           "CLEAN_STATES", "JOB_OPTIONS", "MODES", "EVENTS", "TaskExactlyOnce"]
 
 
 class _TasksKind:

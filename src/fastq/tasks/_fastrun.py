@@ -14,7 +14,8 @@ raised, reported progress or logged, an admin operation that began meanwhile, a 
 codec cannot encode, retention — goes through the Python path's functions, so both paths
 record the same states (tests/test_tasks_fastpath.py runs the task-queue tests both ways).
 
-A worker with a ``limiter`` takes the Python path for every job (its check comes first).
+A worker with a ``limiter`` takes the Python path for every job (its check comes first), and
+an exactly-once worker its transactional path (:mod:`fastq.tasks.exactly_once`).
 ``FASTQ_TASKS_FASTPATH=0`` in the environment turns it off (every job takes the Python
 path), which is what bench/bench_tasks.py compares it with.
 """

@@ -139,6 +139,13 @@ class JobIndex:
         with self._lock:
             return self.jobs.get(jid)
 
+    def state_and_offset(self, jid: str) -> tuple[dict | None, int | None]:
+        """The job's latest state and the offset of its record (None, None when there is none)."""
+        self.refresh()
+        with self._lock:
+            s = self.jobs.get(jid)
+            return (None, None) if s is None else (s, self.by_state[s["state"]].get(jid))
+
     def final(self, jid: str) -> dict | None:
         """The state of a job, or the last state of a removed one (while remembered)."""
         self.refresh()

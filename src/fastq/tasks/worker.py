@@ -59,20 +59,23 @@ from typing import Any, Callable, Mapping, Union
 import msgspec
 
 from ..broker._aio import SLICE
-from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, UnknownJob
+from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, ProducerFenced, UnknownJob
 from ..flow.limiter import as_limiter, group_key_function
 from ..log.config import check_int
 from . import _child
 from ._fastrun import ENABLED as FAST_ENABLED, FastRun
 from .backoff import Backoff
 from .admin import DROP, FAILED, RUN
-from .job import Job, now_ms
+from .exactly_once import MODES as EOS_MODES
+from .exactly_once import TaskRunner
+from .job import FINISHED, Job, now_ms
 from .scheduler import on_tick
 from .taskqueue import TaskQueue
 
-__all__ = ["Worker", "MODES"]
+__all__ = ["Worker", "MODES", "GUARANTEES"]
 
 MODES = ("thread", "asyncio", "process")
+GUARANTEES = ("at-least-once", "exactly-once")
 TICK_S = 0.01                        # how often the keeper checks timeouts
 REPAIR_EVERY_S = 30.0                # the keeper's TaskQueue.repair(): jobs whose add died before the message
 CHILD_START_S = 120.0                # a spawned child must load the handler within this
@@ -100,6 +103,43 @@ class _ChildFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.stack = stack
+
+
+class _EosThread:
+    """An exactly-once worker thread's slot (naming its transactional id) and producer."""
+
+    def __init__(self, eos: TaskRunner):
+        self.eos = eos
+        self.slot = eos.claim_slot()
+        self.tp = None
+
+    def begin(self):
+        """``(producer, transaction)``: a transaction begun by this thread's producer
+        (opened again when another worker finished our id's last transaction)."""
+        for _ in range(2):
+            if self.tp is None or self.tp._closed:
+                self.tp = self.eos.producer(self.slot)
+            try:
+                return self.tp, self.tp.begin()
+            except ProducerFenced:
+                self.tp.close()
+        raise ProducerFenced(f"transactional id {self.tp.transactional_id!r} is fenced by another process")
+
+    def abort(self, tx) -> None:
+        if tx.state == "ongoing":
+            try:
+                tx.abort()
+            except FastqError:
+                self.reset()                         # fenced, or storage trouble: the next open of the id aborts it
+
+    def reset(self) -> None:
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None
+
+    def close(self) -> None:
+        self.reset()
+        self.eos.release_slot(self.slot)
 
 
 class _Running:
@@ -213,13 +253,20 @@ class Worker:
     published again delayed by the limiter's ``retry_after`` (with its attempt count
     carried over), then the taken one is acked; ``rate_limited`` counts these.
 
-    ``completed``, ``failed``, ``retried``, ``stalled`` and ``rate_limited`` count what
-    this worker did.
+    ``guarantee``: ``"at-least-once"`` (default: a job whose worker dies mid-run runs
+    again) or ``"exactly-once"`` (thread mode only): the handler is called as
+    ``handler(job, tx)`` (:class:`fastq.TaskExactlyOnce`) and what it publishes through
+    ``tx`` is visible if and only if the job completes with that run's result; a job whose
+    outputs committed is never run again (:mod:`fastq.tasks.exactly_once`).
+
+    ``completed``, ``failed``, ``retried``, ``stalled``, ``rate_limited`` and ``skipped``
+    (exactly-once: redeliveries found committed, completed without the handler) count
+    what this worker did.
     """
 
     def __init__(self, queue: TaskQueue, handler: Handler, *, concurrency: int = 1, mode: str = "thread",
                  batch: int | None = None, max_stalled_count: int = 1, autorun: bool = True,
-                 limiter=None):
+                 limiter=None, guarantee: str = "at-least-once"):
         if not isinstance(queue, TaskQueue):
             raise InvalidArgument(f"Worker takes a fastq.TaskQueue, got {queue!r}")
         if isinstance(handler, Mapping):
@@ -234,6 +281,12 @@ class Worker:
             raise InvalidArgument(f"handler must be callable or a dict of job name -> callable, got {handler!r}")
         if mode not in MODES:
             raise InvalidArgument(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if guarantee not in GUARANTEES:
+            raise InvalidArgument(f"guarantee={guarantee!r}: expected one of {', '.join(GUARANTEES)}")
+        if guarantee == "exactly-once" and mode not in EOS_MODES:
+            raise InvalidArgument(f"guarantee='exactly-once' works in mode {' or '.join(map(repr, EOS_MODES))} "
+                                  f"only, not mode={mode!r}: run the handler as handler(job, tx) in threads "
+                                  "(a coroutine or a child process cannot share the worker thread's transaction)")
         fns = list(self._handlers.values()) if self._handlers is not None else [handler]
         if mode == "thread" and any(_is_async(f) for f in fns):
             raise InvalidArgument(f"handler {handler!r} is async: run it with mode='asyncio' (or 'process')")
@@ -260,6 +313,9 @@ class Worker:
         self._limiter, self._limiter_owned = (None, False) if limiter is None else as_limiter(
             f"tasks.{queue.name}.worker", queue.broker, limiter, "limiter")
         self.rate_limited = 0
+        self.skipped = 0
+        self.guarantee = guarantee
+        self._eos = TaskRunner(queue) if guarantee == "exactly-once" else None
         self.queue = queue
         self.mode = mode
         self.concurrency = concurrency
@@ -322,6 +378,8 @@ class Worker:
     def _join_runners(self) -> None:
         for t in self._threads:
             t.join()
+        if self._eos is not None:
+            self._eos.close()                      # the task queues tx.add wrote to
         self._finished.set()
 
     def run(self):
@@ -346,10 +404,22 @@ class Worker:
     # -- thread and process modes --------------------------------------------------------------
 
     def _run(self, slot: int) -> None:
+        if self._eos is None:
+            return self._serve(slot, None)
+        th = _EosThread(self._eos)
+        try:
+            self._serve(slot, th)
+        finally:
+            th.close()
+        return None
+
+    def _serve(self, slot: int, th: "_EosThread | None") -> None:
         q = self._q
         ctl = self.queue._ctl
         # the fast path is the common case without a limiter (its check is the Python path's)
-        fast = FastRun(self) if self.mode == "thread" and self._fast and self._limiter is None else None
+        # and at-least-once (exactly-once runs take the transactional path)
+        fast = FastRun(self) if self.mode == "thread" and self._fast and self._limiter is None and th is None \
+            else None
         while not self._stop.is_set():
             try:
                 if ctl.paused():                  # take nothing while paused (any process's pause)
@@ -366,7 +436,9 @@ class Worker:
                     if self._stop.is_set():
                         self._hand_back(m)
                         continue
-                    if fast is None or not fast.run(m):
+                    if th is not None:
+                        self._eos_process(m, th)
+                    elif fast is None or not fast.run(m):
                         self._process(m, slot)
                 except (LeaseLost, Closed):
                     pass
@@ -405,6 +477,87 @@ class Worker:
             self._failed(m, s, e, self._timed_out(job, running), timeout, running.ticket)
             return
         self._completed(m, s, rv, raw, running.ticket)
+
+    # -- exactly-once (thread mode): fastq.tasks.exactly_once ---------------------------------
+
+    def _eos_process(self, m, th: "_EosThread") -> None:
+        """One run of ``m`` whose outputs (through ``tx``) and completion are one
+        transaction's decision (the steps: :mod:`fastq.tasks.exactly_once`)."""
+        if m.delivery_count > 1 and self._eos_done_before(m):
+            return
+        begun = self._begin(m)
+        if begun is None:
+            return
+        job, s, running = begun
+        eos = self._eos
+        try:
+            tp, tx = th.begin()
+        except FastqError:                           # storage trouble: the job comes back unstarted
+            log.exception("worker of %r could not begin a transaction", self.queue.name)
+            self._hand_back(m, s)
+            return
+        timeout = s["opts"].get("timeout")
+        ctx = eos.task_context(tx, m, job)
+        try:
+            fn = self._handler_for(s["name"])
+            rv = fn(job, ctx)
+            raw = self._encode(rv)
+            if running.deadline is not None and (job.cancelled or time.monotonic() >= running.deadline):
+                raise JobTimedOut(timeout)
+        except ProducerFenced:                       # another worker took our id over: not the job's failure
+            th.abort(tx)
+            th.reset()
+            self._hand_back(m, s)
+            return
+        except Exception as e:                       # the attempt failed: nothing of it is visible
+            th.abort(tx)
+            self._failed(m, s, e, self._timed_out(job, running), timeout, running.ticket)
+            return
+        try:
+            eos.step("handled")
+            eos.job_outcome(ctx, tp, s, raw)
+            eos.step("outcome")
+            m.extend(self._vt)                       # still ours: no other delivery can be running
+            tx.commit()
+            eos.step("committed")
+        except LeaseLost:                            # redelivered meanwhile: that delivery decides
+            th.abort(tx)
+            th.reset()                               # (and it has likely fenced our id)
+            return
+        except Exception:                            # noqa: BLE001 - undecided: the redelivery finds out (fencing us)
+            log.exception("worker of %r could not commit the run of job %s", self.queue.name, s["id"])
+            th.abort(tx)
+            th.reset()                               # the next open of our id finishes this one
+            self._hand_back(m, s)
+            return
+        eos.apply_job(m, ctx._out, ctx._adds)        # raises: committed, the redelivery applies and completes
+        eos.step("applied")
+        self._completed(m, s, rv, raw, running.ticket)
+
+    def _eos_done_before(self, m) -> bool:
+        """A redelivered message whose outcome is committed: apply its outputs (once),
+        record its job ``completed`` with the stored result (unless finished, removed or
+        replaced), ack — True, the handler is not called."""
+        eos = self._eos
+        eos.maybe_finish_dead()
+        done = eos.outcomes.committed(m)
+        if done is None:
+            return False
+        j = done.get("jobs", {}).get(str(m.id))
+        if j is None:
+            raise FastqError(f"outcome of message {m.id} of {self._q.name!r} has no job: not a task worker's")
+        eos.apply_job(m, done["out"].get(str(m.id), ()), j.get("add", ()))
+        tq = self.queue
+        ticket = [tq._ctl.log.end_offset, None]      # the epoch before the read (TaskQueue._put_if_current)
+        prev, ticket[1] = tq._index.state_and_offset(j["id"])
+        if prev is None or prev.get("gen", 0) != j["gen"] or prev["state"] in FINISHED:
+            m.ack()
+        else:
+            raw = j["rv"].encode()
+            self._completed(m, dict(prev), _dec.decode(raw), raw, ticket)
+        with self._lock:
+            self.skipped += 1
+        return True
 
     def _in_child(self, slot: int, job: Job, s: dict, running: _Running) -> bytes:
         c = self._ensure_child(slot)
