@@ -44,6 +44,9 @@ cdef class QueueCore:
     cdef uint32_t _fast_index[FQ_Q_PRIORITIES]  # their lane numbers in queue.state
     cdef int64_t _fast_bits[FQ_Q_PRIORITIES]    # partition << 4 | priority: the low bits of an id
     cdef bint _busy                     # a thread is inside _take_fast
+    cdef list _bound_logs               # every lane's log (LogCore, None: not open here), by lane
+    cdef public double _next_bound_scan # time.monotonic() when a bounded publish looks for new lanes
+    cdef public bint _seen_over         # the watermark state this process last saw
 
     def _core_init(self, QueueState state, message_type, raw_codec):
         """Wire the state, the Message class and the raw codec (Queue.__init__ calls it
@@ -54,6 +57,59 @@ cdef class QueueCore:
         self._message_type = message_type
         self._raw_codec = raw_codec
         self._set_fast_lanes([], [])
+        self._bound_logs = []
+
+    def _set_bound_logs(self, list logs):
+        """Every lane's log (LogCore or None), in lane order: what the depth counts."""
+        for lg in logs:
+            if lg is not None and not isinstance(lg, LogCore):
+                raise InvalidArgument("bound logs: LogCore or None expected")
+        self._bound_logs = list(logs)
+
+    cdef int64_t _depth_now(self) except -1:
+        cdef QueueState st = self._st
+        cdef Py_ssize_t i, n = len(self._bound_logs)
+        cdef int64_t d = 0, end
+        cdef object lg
+        if st is None or st.map == NULL:
+            raise Closed("queue is closed")
+        if n > <Py_ssize_t>(st.q.hdr.partitions * FQ_Q_LANES):
+            n = st.q.hdr.partitions * FQ_Q_LANES
+        for i in range(n):
+            lg = self._bound_logs[i]
+            end = -1
+            if lg is not None:
+                end = <int64_t>fq_load_acquire_u64(<uint64_t *>&(<LogCore>lg)._state().next_offset)
+            d += st._unsettled(<uint32_t>i, end)
+        return d
+
+    def _depth_fast(self):
+        """Unsettled messages across processes (lock-free; lanes not open in this process
+        count only their window): what max_depth and the watermarks compare."""
+        return self._depth_now()
+
+    cdef bint _admit_fast(self, int64_t n) except -1:
+        """Whether a plain publish of n messages may go on without the Python path: the
+        queue is unbounded, or the depth leaves room and the watermark state this process
+        saw has not moved. False: the Python path decides (wait, refuse, drop, callbacks)."""
+        cdef QueueState st = self._st
+        cdef int64_t d
+        if st is None or st.map == NULL:
+            return 0
+        if not st._bounded():
+            return (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) == self._seen_over
+        if <double>fq_monotonic_ns() * 1e-9 >= self._next_bound_scan:
+            return 0
+        d = self._depth_now() + n
+        if st.q.hdr.limits.max_depth > 0 and d > st.q.hdr.limits.max_depth:
+            return 0
+        if st.q.hdr.limits.high > 0:
+            if st.q.hdr.limits.over:
+                if d <= st.q.hdr.limits.low:
+                    return 0
+            elif d >= st.q.hdr.limits.high:
+                return 0
+        return (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) == self._seen_over
 
     def publish(self, data, *, key=None, headers=None, delay=None, priority=0, dedup_id=None):
         """Store one message; returns its id once it is stored (durably, under
@@ -69,7 +125,7 @@ cdef class QueueCore:
                 and self._publish_logs):
             prio = priority
             lg = self._publish_logs[prio]
-            if lg is not None:                # a plain publish: one append to its lane, no lock
+            if lg is not None and self._admit_fast(1):   # a plain publish: one append, no lock
                 if type(data) is bytes and self.codec is self._raw_codec:
                     body = data
                 else:
@@ -92,7 +148,7 @@ cdef class QueueCore:
             prio = priority
             lg = self._publish_logs[prio]
             n = len(<list>items)
-            if lg is not None and n > 0:      # a plain publish_many: one append_many, no lock
+            if lg is not None and n > 0 and self._admit_fast(n):   # one append_many, no lock
                 bodies = <list>items
                 if self.codec is self._raw_codec:
                     for i in range(n):

@@ -350,6 +350,8 @@ class Broker:
         with self._mutex:
             q = self._queues.get(ident)
             if q is not None and not q.closed:
+                if options:
+                    impl.configure(q, options)     # limits given apply (the queue's are shared)
                 return q
             q = impl.open(self, name, codec, options, create)
             self._queues[ident] = q

@@ -98,7 +98,8 @@ class AsyncQueue:
                       dedup_id=None) -> int:
         q = self.queue
         if self._inline and not delay and dedup_id is None and isinstance(priority, int) \
-                and 0 <= priority < 10 and q.partitions == 1 and q._lanes[priority].log is not None:
+                and 0 <= priority < 10 and q.partitions == 1 and q._lanes[priority].log is not None \
+                and not q._may_block():            # overflow "block" may sleep: never on the loop
             return q.publish(data, key=key, headers=headers, priority=priority)
         return await to_thread(q.publish, data, key=key, headers=headers, delay=delay, priority=priority,
                                dedup_id=dedup_id)
