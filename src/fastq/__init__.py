@@ -40,3 +40,8 @@ __all__ += ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue"]
 from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQueue, Worker  # noqa: E402
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
+
+# --- bounded queues and depth signals (issue 17, fastq.queue.bounds) ---
+from .queue import OVERFLOW_POLICIES, QueueLimits, QueueSignals, SignalWatcher  # noqa: E402
+
+__all__ += ["QueueLimits", "QueueSignals", "SignalWatcher", "OVERFLOW_POLICIES"]

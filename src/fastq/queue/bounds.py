@@ -134,6 +134,7 @@ class BoundsMixin:
         self._watermark_callbacks: list[Callable[[bool, QueueSignals], Any]] = []
         self._next_bound_scan = 0.0
         self._seen_over = False
+        self._admitted = threading.local()  # .on: this thread's publishes were admitted already
 
     # -- limits ------------------------------------------------------------------------
 
@@ -187,6 +188,8 @@ class BoundsMixin:
 
     def _bounded_py(self: "Queue") -> bool:
         """Whether a Python-path publish must go through _admit."""
+        if getattr(self._admitted, "on", False):
+            return False
         lim = self._state.limits()
         return bool(lim[0] or lim[2]) or bool(lim[6]) != self._seen_over
 
@@ -225,10 +228,14 @@ class BoundsMixin:
                     self._note_depth(d + n)
                     return
         elif ov == 2:
-            self._drop_oldest(d + n - md)
-            d = self._depth_fast()
-            if d + n <= md:
-                return
+            # other publishers may take the room made before this one's append: drop again,
+            # until it fits or nothing ready is left to drop
+            for _ in range(1000):
+                if not self._drop_oldest(d + n - md):
+                    break
+                d = self._depth_fast()
+                if d + n <= md:
+                    return
         raise self._full(d + n - md, md, OVERFLOW_POLICIES[ov] if ov < 3 else "reject")
 
     def _full(self: "Queue", excess: int, md: int, policy: str) -> QueueFull:
