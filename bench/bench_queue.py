@@ -3,7 +3,9 @@ it is built on, measured in the same run.
 
 Measured, with 100-byte messages (``codec="raw"``, durability "os"; messages/s in
 ``extra_info``, ratios printed at the end):
-- ``Queue.publish`` one message per call, and ``publish_many`` of 100;
+- ``Queue.publish`` one message per call, and ``publish_many`` of 100; the same into a
+  bounded queue (``max_depth`` above what the round publishes, so every publish counts the
+  depth across lanes and is admitted: the cost of a bound, ratio vs unbounded, goal >= 0.9);
 - ``receive(max_messages=1, wait=0)`` + ``Message.ack()`` one message at a time, and
   ``receive(max_messages=100, wait=0)`` + ``ack_many``, over a queue filled beforehand
   (the fill is outside the timed region; every round gets a fresh queue);
@@ -41,6 +43,9 @@ ROUNDS = 3
 # 0.62-1.03, 0.31-0.66, 0.73-1.16, 0.28-0.39.
 add_ratio("queue publish one-by-one / Topic.publish", "queue_publish_one", "topic_publish_one", 0.4)
 add_ratio("queue publish_many(100) / Topic.publish_many(100)", "queue_publish_batch", "topic_publish_batch", 0.2)
+add_ratio("bounded queue publish one-by-one / unbounded", "queue_publish_one_bounded", "queue_publish_one", 0.8)
+add_ratio("bounded queue publish_many(100) / unbounded", "queue_publish_batch_bounded", "queue_publish_batch",
+          0.8)
 add_ratio("queue receive+ack one-by-one / Consumer.poll(1)", "queue_receive_ack_one", "topic_poll_one", 0.4)
 add_ratio("queue receive(100)+ack_many / Consumer.poll(100)", "queue_receive_ack_batch", "topic_poll_batch", 0.15)
 
@@ -55,8 +60,11 @@ def broker():
 
 
 def _fresh(b, names, kind):
-    """A new queue (or topic) per round, so every round starts from the same state."""
+    """A new queue (or topic) per round, so every round starts from the same state
+    (kind "qb": a queue bounded above what a round publishes)."""
     name = f"{kind}{next(names)}"
+    if kind == "qb":
+        return b.queue(name, codec="raw", max_depth=N + 1, overflow="reject")
     return b.queue(name, codec="raw") if kind == "q" else b.topic(name)
 
 
@@ -68,11 +76,12 @@ def _fill_queue(q):
 
 # -- publish ------------------------------------------------------------------------------------
 
-def test_queue_publish_one(benchmark, broker):
+@pytest.mark.parametrize("kind", ["q", "qb"], ids=["unbounded", "bounded"])
+def test_queue_publish_one(benchmark, broker, kind):
     names, state = itertools.count(), {}
 
     def setup():
-        state["q"] = _fresh(broker, names, "q")
+        state["q"] = _fresh(broker, names, kind)
 
     def run():
         publish = state["q"].publish
@@ -81,15 +90,16 @@ def test_queue_publish_one(benchmark, broker):
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     assert state["q"].depth().ready == N
-    record(benchmark, "queue_publish_one", N, SIZE)
+    record(benchmark, "queue_publish_one" + ("_bounded" if kind == "qb" else ""), N, SIZE)
 
 
-def test_queue_publish_batch(benchmark, broker):
+@pytest.mark.parametrize("kind", ["q", "qb"], ids=["unbounded", "bounded"])
+def test_queue_publish_batch(benchmark, broker, kind):
     names, state = itertools.count(), {}
     msgs = [PAYLOAD] * BATCH
 
     def setup():
-        state["q"] = _fresh(broker, names, "q")
+        state["q"] = _fresh(broker, names, kind)
 
     def run():
         publish_many = state["q"].publish_many
@@ -98,7 +108,7 @@ def test_queue_publish_batch(benchmark, broker):
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     assert state["q"].depth().ready == N
-    record(benchmark, "queue_publish_batch", N, SIZE)
+    record(benchmark, "queue_publish_batch" + ("_bounded" if kind == "qb" else ""), N, SIZE)
 
 
 def test_topic_publish_one(benchmark, broker):
