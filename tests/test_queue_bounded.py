@@ -210,6 +210,15 @@ def test_bad_input(tmp_path):
         assert q.limits.max_depth is None
         with pytest.raises(fastq.InvalidArgument):
             b.tasks("t", max_depth=0)
+        assert q.set_limits(max_depth=1, overflow="block", block_timeout=0).block_timeout == 0.0
+        assert q.set_limits(max_depth=2).block_timeout == 0.0        # kept, not reset to the default
+        assert q.set_limits(block_timeout=None).block_timeout is None
+        q.publish_many([1, 2])
+        t0 = time.monotonic()
+        q.set_limits(block_timeout=0)
+        with pytest.raises(fastq.QueueFull):
+            q.publish(3)                                             # a zero timeout: at once
+        assert time.monotonic() - t0 < 5
 
 
 def test_limits_are_shared_and_live_across_handles(tmp_path):

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
+from .._core import _storage
 from ..errors import FastqError, InvalidArgument, QueueFull
 from ..log.config import check_int
 
@@ -144,7 +145,8 @@ class BoundsMixin:
         self._check_open()
         md, _, high, low, bt, ov, _ = self._state.limits()
         return QueueLimits(md or None, OVERFLOW_POLICIES[ov] if ov < len(OVERFLOW_POLICIES) else "reject",
-                           None if bt < 0 else bt / 1e6, high or None, (low if high else None))
+                           None if bt < 0 else (DEFAULT_BLOCK_TIMEOUT if bt == 0 else bt / 1e6 if bt > 1 else 0.0),
+                           high or None, (low if high else None))
 
     def set_limits(self: "Queue", *, max_depth=_KEEP, overflow=_KEEP, block_timeout=_KEEP,
                    high_watermark=_KEEP, low_watermark=_KEEP) -> QueueLimits:
@@ -157,10 +159,7 @@ class BoundsMixin:
         cur = self.limits
         md = cur.max_depth if max_depth is _KEEP else max_depth
         ov = cur.overflow if overflow is _KEEP else overflow
-        if block_timeout is _KEEP:
-            bt = cur.block_timeout if self._state.limits()[4] != 0 else DEFAULT_BLOCK_TIMEOUT
-        else:
-            bt = block_timeout
+        bt = cur.block_timeout if block_timeout is _KEEP else block_timeout
         high = cur.high_watermark if high_watermark is _KEEP else high_watermark
         if low_watermark is _KEEP:
             low = cur.low_watermark if high_watermark is _KEEP else None
@@ -171,7 +170,8 @@ class BoundsMixin:
         check_limits(md, ov, bt, high, low)
         self._lock()
         try:
-            self._state.set_limits(md or 0, 0, high or 0, low or 0, -1 if bt is None else int(bt * 1e6),
+            # block_timeout_us: -1 forever, 0 never set (a zero timeout is kept as 1 us)
+            self._state.set_limits(md or 0, 0, high or 0, low or 0, -1 if bt is None else (int(bt * 1e6) or 1),
                                    OVERFLOW_POLICIES.index(ov))
             if not high:
                 self._state.set_over(False)
@@ -214,7 +214,7 @@ class BoundsMixin:
         if n > md:
             raise InvalidArgument(f"queue {self.name!r}: a batch of {n} messages can never fit max_depth={md}")
         if ov == 1:
-            deadline = None if bt < 0 else mono + bt / 1e6
+            deadline = None if bt < 0 else mono + (bt / 1e6 if bt else DEFAULT_BLOCK_TIMEOUT)
             pause = 0.0005
             while True:
                 now = time.monotonic()
@@ -259,7 +259,7 @@ class BoundsMixin:
         st = self._state
         dropped = 0
         for lane in sorted(self._lanes, key=lambda ln: (ln.prio, ln.partition)):
-            if lane.prio >= len(self._order) or dropped >= k:   # the delayed lane holds no ready one
+            if lane.prio == _storage.QUEUE_DELAYED or dropped >= k:   # delayed ones are never dropped
                 continue
             lg = lane.log
             if lg is None:
