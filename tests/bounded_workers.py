@@ -99,3 +99,46 @@ def killable_producer(path: str, logfile: str, w: int) -> None:
             except fastq.QueueFull:
                 time.sleep(0.001)
             j += 1
+
+
+TASKS = "btasks"
+
+
+def task_producer(path: str, logfile: str, w: int, count: int) -> None:
+    """Add jobs "w-j" as fast as it can into a bounded task queue, retrying on QueueFull:
+    "ok <job id> <item>" once add returned, "full <item>" on each refusal."""
+    log = EventLog(logfile)
+    with fastq.open(path) as b:
+        tq = b.tasks(TASKS)
+        try:
+            for j in range(count):
+                item = f"{w}-{j}"
+                while True:
+                    try:
+                        job = tq.add("item", item)
+                    except fastq.QueueFull as e:
+                        log("full", item)
+                        time.sleep(min(e.retry_after, 0.005))
+                        continue
+                    log("ok", job.id, item)
+                    break
+        finally:
+            tq.close()
+
+
+def task_worker(path: str, logfile: str, stopfile: str) -> None:
+    """Run jobs one at a time (1 ms each), logging "ran <job id> <item>", until stopfile."""
+    log = EventLog(logfile)
+    with fastq.open(path) as b:
+        tq = b.tasks(TASKS)
+
+        def handle(job):
+            log("ran", job.id, job.data)
+            time.sleep(0.001)
+        w = fastq.Worker(tq, handle, concurrency=1)
+        try:
+            while not os.path.exists(stopfile):
+                time.sleep(0.01)
+        finally:
+            w.close()
+            tq.close()

@@ -26,7 +26,10 @@ import pytest
 
 import fastq
 from fastq.queue.bounds import RETRY_AFTER_MAX, RETRY_AFTER_MIN, retry_after_estimate
-from bounded_workers import QUEUE, consumer, killable_producer, producer, steady_consumer
+import asyncio
+
+from bounded_workers import (QUEUE, TASKS, consumer, killable_producer, producer, steady_consumer, task_producer,
+                             task_worker)
 from queue_workers import read_lines
 
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
@@ -429,3 +432,73 @@ def test_task_queue_bounded_and_signals(tmp_path):
             assert tq.limits.max_depth == 3
         finally:
             tq.close()
+
+
+def test_task_queue_reject_across_processes_every_added_job_runs(tmp_path):
+    path = str(tmp_path / "b")
+    stop = str(tmp_path / "stop")
+    b = fastq.open(path)
+    tq = b.tasks(TASKS, max_depth=20, overflow="reject")
+    plogs = [str(tmp_path / f"tp{w}.log") for w in range(2)]
+    wlog = str(tmp_path / "w.log")
+    worker = CTX.Process(target=task_worker, args=(path, wlog, stop))
+    worker.start()
+    try:
+        run_procs([CTX.Process(target=task_producer, args=(path, plogs[w], w, 150)) for w in range(2)])
+        ok = {ln[1]: ln[2] for f in plogs for ln in read_lines(f) if ln[0] == "ok"}
+        assert len(ok) == 300
+        assert any(ln[0] == "full" for f in plogs for ln in read_lines(f)), "the limit was never met"
+        deadline = time.monotonic() + 60
+        while tq.counts()["completed"] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        open(stop, "w").close()
+        worker.join(60)
+    assert worker.exitcode == 0
+    ran = {ln[1]: ln[2] for ln in read_lines(wlog) if ln[0] == "ran"}
+    assert ran == ok                              # every added job ran; a refused add left no job
+    c = tq.counts()
+    assert c["completed"] == 300 and c["waiting"] == 0
+    tq.close()
+    b.close()
+
+
+def test_watermark_state_is_shared_across_processes(tmp_path):
+    path = str(tmp_path / "b")
+    with fastq.open(path) as b:
+        q = b.queue(QUEUE, high_watermark=30, low_watermark=10)
+        seen = []
+        q.on_watermark(lambda over, sig: seen.append(over))
+        run_procs([CTX.Process(target=producer, args=(path, str(tmp_path / "p.log"), 0, 40, False))])
+        assert q.over_high_watermark and seen == [True]     # moved by the other process's publishes
+        for m in q.receive(30, wait=0):
+            m.ack()
+        s = q.signals()
+        assert not s.over_high_watermark and s.depth == 10
+        assert seen == [True, False]
+
+
+def test_async_publish_with_block_never_blocks_the_loop(tmp_path):
+    async def main():
+        async with await fastq.open_async(tmp_path / "b") as ab:
+            aq = await ab.queue("q", max_depth=2, overflow="block", block_timeout=5.0)
+            await aq.publish(1)
+            await aq.publish(2)
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.005)
+                    ticks += 1
+            t = asyncio.ensure_future(ticker())
+            pub = asyncio.ensure_future(aq.publish(3))     # blocks in a thread, not on the loop
+            while ticks < 5:
+                await asyncio.sleep(0.005)
+            assert not pub.done()
+            m = (await aq.receive(1, wait=0))[0]
+            await m.ack()
+            await asyncio.wait_for(pub, 10)
+            t.cancel()
+            assert (await aq.depth()).ready == 2
+    asyncio.run(main())

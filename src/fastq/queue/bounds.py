@@ -207,7 +207,7 @@ class BoundsMixin:
             self._scan_lanes()            # lanes other processes opened count from now on
             self._sync_bound_logs()
         d = self._depth_fast()
-        self._note_depth(d + n)
+        self._note_depth(d + n, n)
         md, _, _, _, bt, ov, _ = self._state.limits()
         if not md or d + n <= md:
             return
@@ -225,7 +225,7 @@ class BoundsMixin:
                 self._check_open()
                 d = self._depth_fast()
                 if d + n <= md:
-                    self._note_depth(d + n)
+                    self._note_depth(d + n, n)
                     return
         elif ov == 2:
             # other publishers may take the room made before this one's append: drop again,
@@ -292,11 +292,16 @@ class BoundsMixin:
 
     # -- watermarks -------------------------------------------------------------------
 
-    def _note_depth(self: "Queue", d: int) -> None:
-        """Move the shared watermark state for depth d (hysteresis), then run this
-        handle's callbacks if the state it last saw changed."""
+    def _note_depth(self: "Queue", d: int, extra: int = 0) -> None:
+        """Move the shared watermark state for depth d (hysteresis; ``extra``: messages
+        being published, counted in d), then run this handle's callbacks if the state it
+        last saw changed. Turning the state off takes a fresh count over every lane: a
+        lane another process opened and this one has not would make d too small."""
         st = self._state
         _, _, high, low, _, _, over = st.limits()
+        if high and over and d <= low:
+            self._scan_lanes()
+            d = self._depth_fast() + extra
         if high and ((not over and d >= high) or (over and d <= low)):
             self._lock()
             try:
@@ -323,6 +328,7 @@ class BoundsMixin:
         """The watermark state: True from the moment the depth reached the high watermark
         until it fell to the low one (any process moves it; this reads the depth now)."""
         self._check_open()
+        self._scan_lanes()
         self._note_depth(self._depth_fast())
         return bool(self._state.limits()[6])
 
