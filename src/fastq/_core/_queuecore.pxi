@@ -99,8 +99,9 @@ cdef class QueueCore:
         one, a count grants a *credit*: 1/16 of the room left (below max_depth, and below
         the high watermark), valid for 1 ms. Publishers in up to 16 processes computing
         credits from the same depth cannot together exceed the room, so the bound stays
-        as tight as without credits (one message per racing publisher); near the limit
-        the credit is 0 and every publish counts."""
+        as tight as without credits (one message per racing publisher). The count here is
+        lock-free, and a consumer moving a message between counters may make it one too
+        small for an instant: within 16 of a limit the Python path counts under the lock."""
         cdef QueueState st = self._st
         cdef int64_t d, room, now
         if st is None or st.map == NULL:
@@ -119,7 +120,7 @@ cdef class QueueCore:
         d = self._depth_now() + n
         room = INT64_MAX
         if st.q.hdr.limits.max_depth > 0:
-            if d > st.q.hdr.limits.max_depth:
+            if d + 16 > st.q.hdr.limits.max_depth:
                 return 0
             room = st.q.hdr.limits.max_depth - d
         if st.q.hdr.limits.high > 0:

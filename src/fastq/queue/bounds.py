@@ -206,7 +206,7 @@ class BoundsMixin:
             self._next_bound_scan = mono + SCAN_INTERVAL
             self._scan_lanes()            # lanes other processes opened count from now on
             self._sync_bound_logs()
-        d = self._depth_fast()
+        d = self._depth_exact()
         self._note_depth(d + n, n)
         md, _, _, _, bt, ov, _ = self._state.limits()
         if not md or d + n <= md:
@@ -223,7 +223,7 @@ class BoundsMixin:
                 time.sleep(pause if deadline is None else min(pause, deadline - now))
                 pause = min(pause * 2, 0.02)
                 self._check_open()
-                d = self._depth_fast()
+                d = self._depth_exact()
                 if d + n <= md:
                     self._note_depth(d + n, n)
                     return
@@ -233,10 +233,19 @@ class BoundsMixin:
             for _ in range(1000):
                 if not self._drop_oldest(d + n - md):
                     break
-                d = self._depth_fast()
+                d = self._depth_exact()
                 if d + n <= md:
                     return
         raise self._full(d + n - md, md, OVERFLOW_POLICIES[ov] if ov < 3 else "reject")
+
+    def _depth_exact(self: "Queue") -> int:
+        """The depth counted under the lock: every counter writer holds it, so no message
+        is seen half-way between two counters (only publishers' appends race)."""
+        self._lock()
+        try:
+            return self._depth_fast()
+        finally:
+            self._unlock()
 
     def _full(self: "Queue", excess: int, md: int, policy: str) -> QueueFull:
         rate = self._drain_rate()
