@@ -142,3 +142,19 @@ def task_worker(path: str, logfile: str, stopfile: str) -> None:
         finally:
             w.close()
             tq.close()
+
+
+def dropping_producer(path: str, logfile: str, w: int) -> None:
+    """Publish forever into a drop-oldest queue: "ok <item>" after each publish returned."""
+    log = EventLog(logfile)
+    with fastq.open(path) as b:
+        q = b.queue(QUEUE)
+        j = 0
+        while True:
+            item = f"{w}-{j}"
+            try:
+                q.publish(item)
+                log("ok", item)
+            except fastq.QueueFull:
+                time.sleep(0.001)
+            j += 1

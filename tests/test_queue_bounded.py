@@ -28,8 +28,8 @@ import fastq
 from fastq.queue.bounds import RETRY_AFTER_MAX, RETRY_AFTER_MIN, retry_after_estimate
 import asyncio
 
-from bounded_workers import (QUEUE, TASKS, consumer, killable_producer, producer, steady_consumer, task_producer,
-                             task_worker)
+from bounded_workers import (QUEUE, TASKS, consumer, dropping_producer, killable_producer, producer, steady_consumer,
+                             task_producer, task_worker)
 from queue_workers import read_lines
 
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
@@ -373,6 +373,57 @@ def test_kill_producers_mid_publish_keeps_depth_consistent(tmp_path):
         q.ack_many(ms)
     assert n == d.ready
     assert q.depth().ready == 0 and q._depth_fast() == 0
+    b.close()
+
+
+def _drain_all(q) -> list:
+    out = []
+    while True:
+        ms = q.receive(256, wait=0.2)
+        if not ms:
+            return out
+        out += [m.data for m in ms]
+        q.ack_many(ms)
+
+
+def test_kill_droppers_mid_drop_loses_nothing_and_never_drops_in_flight(tmp_path):
+    """drop-oldest producers killed -9 at random points (mid-drop too): every publish that
+    returned is in the queue or the dead-letter queue; messages held in flight by this
+    process through every round are never dropped."""
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    q = b.queue(QUEUE, max_depth=30, overflow="drop-oldest", dead_letter="dead")
+    q.publish_many([f"held-{i}" for i in range(5)])
+    held = q.receive(5, wait=0)
+    for m in held:
+        m.extend(600)
+    logs = []
+    for r in range(30 if TORTURE else 6):
+        ps = []
+        for w in range(2):
+            logs.append(str(tmp_path / f"d{r}-{w}.log"))
+            ps.append(CTX.Process(target=dropping_producer, args=(path, logs[-1], r * 2 + w)))
+        for p in ps:
+            p.start()
+        time.sleep(rng.uniform(0.05, 0.3))
+        for p in ps:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+        assert q.depth().in_flight >= 5
+    ok = {ln[1] for f in logs for ln in read_lines(f) if ln[0] == "ok"}
+    assert len(ok) > 30
+    for m in held:
+        m.ack()
+    # a killed dropper's leased messages come back once its session is found dead
+    got = _drain_all(q)
+    dead = _drain_all(b.queue("dead"))
+    assert dead, "nothing was dropped: the test did not test it"
+    assert not {m.data for m in held} & set(dead)
+    assert ok <= set(got) | set(dead)                 # nothing that was acknowledged is lost
+    assert q.depth() == fastq.QueueDepth(0, 0, 0, q.depth().dead, 0.0)
     b.close()
 
 
