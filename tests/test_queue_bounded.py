@@ -339,6 +339,21 @@ def test_on_signals_thread(tmp_path):
         assert len(got) == n
 
 
+def kill_round(tmp_path, rng, target, path: str, tag: str, ids: list[int]) -> list[str]:
+    """Start ``target(path, logfile, w)`` for each w in ids, let them run 50-300 ms, kill
+    them -9; returns their log files."""
+    logs = [str(tmp_path / f"{tag}-{w}.log") for w in ids]
+    ps = [CTX.Process(target=target, args=(path, f, w)) for f, w in zip(logs, ids)]
+    for p in ps:
+        p.start()
+    time.sleep(rng.uniform(0.05, 0.3))
+    for p in ps:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        assert p.exitcode == -signal.SIGKILL
+    return logs
+
+
 def test_kill_producers_mid_publish_keeps_depth_consistent(tmp_path):
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
@@ -348,14 +363,7 @@ def test_kill_producers_mid_publish_keeps_depth_consistent(tmp_path):
     q = b.queue(QUEUE, max_depth=500, overflow="reject")
     rounds = 40 if TORTURE else 6
     for r in range(rounds):
-        logs = [str(tmp_path / f"k{r}-{w}.log") for w in range(2)]
-        ps = [CTX.Process(target=killable_producer, args=(path, logs[w], w)) for w in range(2)]
-        for p in ps:
-            p.start()
-        time.sleep(rng.uniform(0.05, 0.3))
-        for p in ps:
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(10)
+        kill_round(tmp_path, rng, killable_producer, path, f"k{r}", [0, 1])
         # receive a few, so the window moves too
         for m in q.receive(rng.randrange(1, 60), wait=0):
             m.ack()
@@ -402,16 +410,7 @@ def test_kill_droppers_mid_drop_loses_nothing_and_never_drops_in_flight(tmp_path
         m.extend(600)
     logs = []
     for r in range(30 if TORTURE else 6):
-        ps = []
-        for w in range(2):
-            logs.append(str(tmp_path / f"d{r}-{w}.log"))
-            ps.append(CTX.Process(target=dropping_producer, args=(path, logs[-1], r * 2 + w)))
-        for p in ps:
-            p.start()
-        time.sleep(rng.uniform(0.05, 0.3))
-        for p in ps:
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(10)
+        logs += kill_round(tmp_path, rng, dropping_producer, path, f"d{r}", [r * 2, r * 2 + 1])
         assert q.depth().in_flight >= 5
     ok = {ln[1] for f in logs for ln in read_lines(f) if ln[0] == "ok"}
     assert len(ok) > 30
