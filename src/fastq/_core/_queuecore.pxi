@@ -48,7 +48,7 @@ cdef class QueueCore:
     cdef public double _next_bound_scan # time.monotonic() when a bounded publish looks for new lanes
     cdef public bint _seen_over         # the watermark state this process last saw
     cdef public int64_t _credit         # publishes admitted without counting the depth again ...
-    cdef int64_t _credit_until_ns       # ... until this fq_monotonic_ns()
+    cdef int64_t _credit_ms             # ... from this fq_realtime_ms() to the next millisecond
 
     def _core_init(self, QueueState state, message_type, raw_codec):
         """Wire the state, the Message class and the raw codec (Queue.__init__ calls it
@@ -90,32 +90,32 @@ cdef class QueueCore:
         count only their window): what max_depth and the watermarks compare."""
         return self._depth_now()
 
-    cdef bint _admit_fast(self, int64_t n) except -1:
+    cdef bint _admit_fast(self, int64_t n, int64_t now_ms) except -1:
         """Whether a plain publish of n messages may go on without the Python path: the
         queue is unbounded, or the depth leaves room and the watermark state this process
         saw has not moved. False: the Python path decides (wait, refuse, drop, callbacks).
 
         Counting the depth reads every lane; to keep a bounded publish near an unbounded
         one, a count grants a *credit*: 1/16 of the room left (below max_depth, and below
-        the high watermark), valid for 1 ms. Publishers in up to 16 processes computing
+        the high watermark), valid within 1-2 ms (the wall-clock millisecond publish reads
+        for the record's timestamp anyway, and the next one; a clock stepped back ends it). Publishers in up to 16 processes computing
         credits from the same depth cannot together exceed the room, so the bound stays
         as tight as without credits (one message per racing publisher). The count here is
         lock-free, and a consumer moving a message between counters may make it one too
         small for an instant: within 16 of a limit the Python path counts under the lock."""
         cdef QueueState st = self._st
-        cdef int64_t d, room, now
+        cdef int64_t d, room
         if st is None or st.map == NULL:
             return 0
         if (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) != self._seen_over:
             return 0
         if not st._bounded():
             return 1
-        now = <int64_t>fq_monotonic_ns()
-        if self._credit >= n and now < self._credit_until_ns:
+        if self._credit >= n and self._credit_ms <= now_ms <= self._credit_ms + 1:
             self._credit -= n
             return 1
         self._credit = 0
-        if <double>now * 1e-9 >= self._next_bound_scan:
+        if <double>fq_monotonic_ns() * 1e-9 >= self._next_bound_scan:
             return 0
         d = self._depth_now() + n
         room = INT64_MAX
@@ -132,7 +132,7 @@ cdef class QueueCore:
             else:
                 room = min(room, st.q.hdr.limits.high - d - 1)
         self._credit = min(room // 16, 4096)
-        self._credit_until_ns = now + 1000000
+        self._credit_ms = now_ms
         return 1
 
     def publish(self, data, *, key=None, headers=None, delay=None, priority=0, dedup_id=None):
@@ -142,19 +142,20 @@ cdef class QueueCore:
         delivered first, FIFO within one. ``dedup_id``: a publish with an id seen in the
         last ``dedup_window`` seconds stores nothing and returns the first one's id."""
         cdef LogCore lg
-        cdef int64_t off
+        cdef int64_t off, now_ms
         cdef long prio
         if (key is None and headers is None and delay is None and dedup_id is None
                 and type(priority) is int and 0 <= priority < FQ_Q_PRIORITIES and not self._closed
                 and self._publish_logs):
             prio = priority
             lg = self._publish_logs[prio]
-            if lg is not None and self._admit_fast(1):   # a plain publish: one append, no lock
+            now_ms = fq_realtime_ms()
+            if lg is not None and self._admit_fast(1, now_ms):   # a plain publish: one append, no lock
                 if type(data) is bytes and self.codec is self._raw_codec:
                     body = data
                 else:
                     body = self.codec.encode(data)
-                off = lg._append_one(body, None, None, fq_realtime_ms())
+                off = lg._append_one(body, None, None, now_ms)
                 return (off << 12) | prio     # message id: offset, partition 0, lane
         return self._publish(data, key=key, headers=headers, delay=delay, priority=priority,
                              dedup_id=dedup_id)
@@ -172,7 +173,7 @@ cdef class QueueCore:
             prio = priority
             lg = self._publish_logs[prio]
             n = len(<list>items)
-            if lg is not None and n > 0 and self._admit_fast(n):   # one append_many, no lock
+            if lg is not None and n > 0 and self._admit_fast(n, fq_realtime_ms()):   # one append_many, no lock
                 bodies = <list>items
                 if self.codec is self._raw_codec:
                     for i in range(n):
