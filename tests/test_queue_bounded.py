@@ -551,4 +551,14 @@ def test_async_publish_with_block_never_blocks_the_loop(tmp_path):
             await asyncio.wait_for(pub, 10)
             t.cancel()
             assert (await aq.depth()).ready == 2
+            assert (await aq.signals()).depth == 2
+            assert (await aq.set_limits(high_watermark=2)).high_watermark == 2
+            assert await aq.over_high_watermark()
+            atq = await ab.tasks("t", max_depth=1)
+            await atq.add("a", 1)
+            with pytest.raises(fastq.QueueFull):
+                await atq.add("a", 2)
+            assert (await atq.signals()).runnable == 1
+            assert (await atq.set_limits(max_depth=None)).max_depth is None
+            await atq.close()
     asyncio.run(main())

@@ -148,6 +148,16 @@ class AsyncQueue:
     async def depth(self) -> "QueueDepth":
         return await to_thread(self.queue.depth)
 
+    async def signals(self):
+        """Queue.signals() off the event loop (it takes the queue lock)."""
+        return await to_thread(self.queue.signals)
+
+    async def set_limits(self, **limits):
+        return await to_thread(self.queue.set_limits, **limits)
+
+    async def over_high_watermark(self) -> bool:
+        return await to_thread(lambda: self.queue.over_high_watermark)
+
     async def peek(self, max_messages: int = 10) -> list["Message"]:
         return await to_thread(self.queue.peek, max_messages)
 
