@@ -159,7 +159,7 @@ typedef struct fq_q_intent {
 
 typedef struct fq_q_limits {
     int64_t max_depth;         /* unsettled messages allowed (0: unbounded) */
-    int64_t max_bytes;         /* reserved for a byte limit (0; not enforced yet) */
+    int64_t max_bytes;         /* estimated stored bytes allowed (0: unbounded) */
     int64_t high;              /* watermarks (high 0: none) */
     int64_t low;
     int64_t block_timeout_us;  /* overflow "block": how long a publish waits */

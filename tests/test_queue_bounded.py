@@ -135,6 +135,35 @@ def test_drop_oldest_drops_the_oldest_of_the_lowest_priority(tmp_path):
         assert held[0].data == 10
 
 
+def test_max_bytes_bounds_the_estimated_stored_bytes(tmp_path):
+    with fastq.open(str(tmp_path / "b")) as b:
+        q = b.queue("q", codec="raw")
+        q.publish(b"x" * 1000)
+        d, nb, rec = q._bytes_fast()
+        assert d == 1 and 1000 < rec < 1200 and nb == int(rec)     # a record's framing included
+        q.set_limits(max_bytes=int(rec * 50.5))
+        n = 1
+        with pytest.raises(fastq.QueueFull) as ei:
+            for _ in range(100):
+                q.publish(b"x" * 1000)
+                n += 1
+        assert n == 50 and "max_bytes" in str(ei.value)
+        s = q.signals()
+        assert s.depth == 50 and s.max_bytes == int(rec * 50.5) and s.bytes == pytest.approx(50 * rec, rel=0.01)
+        assert s.retry_after is not None
+        for m in q.receive(10, wait=0):
+            m.ack()
+        q.publish_many([b"x" * 1000] * 10)                           # room again
+        with pytest.raises(fastq.QueueFull):
+            q.publish_many([b"x" * 1000] * 2)                         # all or nothing
+        assert q.depth().ready == 50
+        q.set_limits(overflow="drop-oldest")
+        q.publish(b"y" * 1000)
+        assert q.dropped == 1 and q.depth().ready == 50
+        with pytest.raises(fastq.InvalidArgument):
+            q.set_limits(max_bytes=0)
+
+
 def test_block_times_out_with_queue_full(tmp_path):
     with fastq.open(str(tmp_path / "b")) as b:
         q = b.queue("q", max_depth=3, overflow="block", block_timeout=0.2)
@@ -198,7 +227,7 @@ def test_bad_input(tmp_path):
     with fastq.open(str(tmp_path / "b")) as b:
         for bad in ({"max_depth": 0}, {"max_depth": -5}, {"max_depth": 1.5}, {"overflow": "spill"},
                     {"overflow": "nope"}, {"high_watermark": 5, "low_watermark": 10},
-                    {"block_timeout": -1}, {"high_watermark": 0}):
+                    {"block_timeout": -1}, {"high_watermark": 0}, {"max_bytes": 0}, {"max_bytes": "1k"}):
             with pytest.raises(fastq.InvalidArgument):
                 b.queue("q", **bad)
         q = b.queue("q")

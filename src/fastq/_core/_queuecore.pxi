@@ -49,6 +49,7 @@ cdef class QueueCore:
     cdef public bint _seen_over         # the watermark state this process last saw
     cdef public int64_t _credit         # publishes admitted without counting the depth again ...
     cdef int64_t _credit_ms             # ... from this fq_realtime_ms() to the next millisecond
+    cdef double _record_bytes           # the last mean stored record size seen (bytes estimate)
 
     def _core_init(self, QueueState state, message_type, raw_codec):
         """Wire the state, the Message class and the raw codec (Queue.__init__ calls it
@@ -68,10 +69,15 @@ cdef class QueueCore:
                 raise InvalidArgument("bound logs: LogCore or None expected")
         self._bound_logs = list(logs)
 
-    cdef int64_t _depth_now(self) except -1:
+    cdef int64_t _depth_now(self, int64_t *nbytes=NULL) except -1:
+        """Unsettled messages; with nbytes, also an estimate of their stored bytes: per
+        lane, unsettled x the mean record size of its active segment (end_pos / records;
+        a segment just rolled has none: the last mean seen stands in)."""
         cdef QueueState st = self._st
         cdef Py_ssize_t i, n = len(self._bound_logs)
-        cdef int64_t d = 0, end
+        cdef int64_t d = 0, end, u, k
+        cdef double b = 0.0
+        cdef fq_log_state *ls
         cdef object lg
         if st is None or st.map == NULL:
             raise Closed("queue is closed")
@@ -81,9 +87,29 @@ cdef class QueueCore:
             lg = self._bound_logs[i]
             end = -1
             if lg is not None:
-                end = <int64_t>fq_load_acquire_u64(<uint64_t *>&(<LogCore>lg)._state().next_offset)
-            d += st._unsettled(<uint32_t>i, end)
+                ls = (<LogCore>lg)._state()
+                end = <int64_t>fq_load_acquire_u64(<uint64_t *>&ls.next_offset)
+                u = st._unsettled(<uint32_t>i, end)
+                if nbytes != NULL and u > 0:
+                    k = end - ls.active_base
+                    if k > 0 and ls.end_pos > 0:
+                        self._record_bytes = <double>ls.end_pos / <double>k
+                    b += u * self._record_bytes
+            else:
+                u = st._unsettled(<uint32_t>i, end)
+                if nbytes != NULL:
+                    b += u * self._record_bytes
+            d += u
+        if nbytes != NULL:
+            nbytes[0] = <int64_t>b
         return d
+
+    def _bytes_fast(self):
+        """(unsettled messages, estimated bytes they take in the lane logs, the mean stored
+        record size used: 0.0 before any record was seen), lock-free."""
+        cdef int64_t nb = 0
+        cdef int64_t d = self._depth_now(&nb)
+        return d, nb, self._record_bytes
 
     def _depth_fast(self):
         """Unsettled messages across processes (lock-free; lanes not open in this process
@@ -96,15 +122,16 @@ cdef class QueueCore:
         saw has not moved. False: the Python path decides (wait, refuse, drop, callbacks).
 
         Counting the depth reads every lane; to keep a bounded publish near an unbounded
-        one, a count grants a *credit*: 1/16 of the room left (below max_depth, and below
-        the high watermark), valid within 1-2 ms (the wall-clock millisecond publish reads
-        for the record's timestamp anyway, and the next one; a clock stepped back ends it). Publishers in up to 16 processes computing
+        one, a count grants a *credit*: 1/16 of the room left (below max_depth, max_bytes
+        and the high watermark), valid within 1-2 ms (the wall-clock millisecond publish
+        reads for the record's timestamp anyway, and the next one; a clock stepped back
+        ends it). Publishers in up to 16 processes computing
         credits from the same depth cannot together exceed the room, so the bound stays
         as tight as without credits (one message per racing publisher). The count here is
         lock-free, and a consumer moving a message between counters may make it one too
         small for an instant: within 16 of a limit the Python path counts under the lock."""
         cdef QueueState st = self._st
-        cdef int64_t d, room
+        cdef int64_t d, room, nb = 0
         if st is None or st.map == NULL:
             return 0
         if (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) != self._seen_over:
@@ -117,12 +144,19 @@ cdef class QueueCore:
         self._credit = 0
         if <double>fq_monotonic_ns() * 1e-9 >= self._next_bound_scan:
             return 0
-        d = self._depth_now() + n
+        if st.q.hdr.limits.max_bytes > 0:
+            d = self._depth_now(&nb) + n
+        else:
+            d = self._depth_now() + n
         room = INT64_MAX
+        if st.q.hdr.limits.max_bytes > 0:
+            if self._record_bytes <= 0 or nb + 16 * (n + 1) * self._record_bytes > st.q.hdr.limits.max_bytes:
+                return 0                    # within 16 records of the byte limit: the Python path
+            room = <int64_t>((st.q.hdr.limits.max_bytes - nb) / self._record_bytes) - n
         if st.q.hdr.limits.max_depth > 0:
             if d + 16 > st.q.hdr.limits.max_depth:
                 return 0
-            room = st.q.hdr.limits.max_depth - d
+            room = min(room, st.q.hdr.limits.max_depth - d)
         if st.q.hdr.limits.high > 0:
             if st.q.hdr.limits.over:
                 if d <= st.q.hdr.limits.low:

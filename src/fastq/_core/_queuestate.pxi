@@ -458,7 +458,8 @@ cdef class QueueState:
 
     cdef inline bint _bounded(self) noexcept:
         """Whether publish must count the depth: a limit or a watermark is set."""
-        return self.q.hdr.limits.max_depth > 0 or self.q.hdr.limits.high > 0
+        return self.q.hdr.limits.max_depth > 0 or self.q.hdr.limits.high > 0 \
+            or self.q.hdr.limits.max_bytes > 0
 
     cdef inline int64_t _unsettled(self, uint32_t lane, int64_t log_end) noexcept:
         """Messages of the lane not settled: in the window (available, or WAITING on a

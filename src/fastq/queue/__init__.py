@@ -80,7 +80,7 @@ class _QueueKind:
         limits = {k: v for k, v in limits.items() if v is not None}
         high = limits.get("high_watermark")
         check_limits(limits.get("max_depth"), limits.get("overflow", "reject"), limits.get("block_timeout"),
-                     high, limits.get("low_watermark") if high is not None else None)
+                     high, limits.get("low_watermark") if high is not None else None, limits.get("max_bytes"))
         return limits
 
     def _open(self, broker, name: str, codec, options: dict, create: bool) -> Queue:

@@ -1,6 +1,6 @@
 """Bounded queues, watermarks and depth signals of a :class:`fastq.Queue` (docs/BACKPRESSURE.md).
 
-Where it is kept: the limits (``max_depth``, ``overflow``, ``block_timeout``, the
+Where it is kept: the limits (``max_depth``, ``max_bytes``, ``overflow``, ``block_timeout``, the
 watermarks and their ``over`` state) and a ring of drain samples live in the header of the
 queue's ``queue.state`` (csrc/fq_queue.h "Limits", "Drain rate"; docs/FORMAT.md), so
 every process that opens the queue obeys the same limits at once and measures the same
@@ -34,6 +34,7 @@ last ~5 s, from the shared samples), clamped to [0.01, 30] s; 30 s when nothing 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -51,7 +52,7 @@ __all__ = ["QueueLimits", "QueueSignals", "SignalWatcher", "LIMIT_OPTIONS", "OVE
 log = logging.getLogger("fastq.queue")
 
 OVERFLOW_POLICIES = ("reject", "block", "drop-oldest")   # csrc/fq_queue.h FQ_Q_OVERFLOW_* order
-LIMIT_OPTIONS = ("max_depth", "overflow", "block_timeout", "high_watermark", "low_watermark")
+LIMIT_OPTIONS = ("max_depth", "max_bytes", "overflow", "block_timeout", "high_watermark", "low_watermark")
 RETRY_AFTER_MIN = 0.01
 RETRY_AFTER_MAX = 30.0
 DRAIN_WINDOW_MS = 5000
@@ -68,6 +69,7 @@ class QueueLimits(NamedTuple):
     block_timeout: float | None
     high_watermark: int | None
     low_watermark: int | None
+    max_bytes: int | None = None
 
 
 class QueueSignals(NamedTuple):
@@ -82,7 +84,9 @@ class QueueSignals(NamedTuple):
     ``over_high_watermark``: the watermark state (with hysteresis); ``depth``: unsettled
     messages (what ``max_depth`` bounds); ``max_depth``: the limit or None; ``retry_after``:
     seconds until the queue is likely back under its high watermark (when over it) or has
-    room (when full), else None; ``dead``: dead-lettered, rejected or dropped so far."""
+    room (when full), else None; ``dead``: dead-lettered, rejected or dropped so far;
+    ``bytes``: estimated bytes the unsettled messages take in the lane logs (unsettled x
+    the mean stored record size, framing included); ``max_bytes``: the limit or None."""
 
     runnable: int
     delayed: int
@@ -95,6 +99,8 @@ class QueueSignals(NamedTuple):
     max_depth: int | None
     retry_after: float | None
     dead: int
+    bytes: int = 0
+    max_bytes: int | None = None
 
 
 def retry_after_estimate(excess: int, drain_rate: float | None) -> float:
@@ -105,9 +111,10 @@ def retry_after_estimate(excess: int, drain_rate: float | None) -> float:
     return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, excess / drain_rate))
 
 
-def check_limits(max_depth, overflow, block_timeout, high, low) -> None:
+def check_limits(max_depth, overflow, block_timeout, high, low, max_bytes=None) -> None:
     """InvalidArgument for a bad limit (None: no limit)."""
     check_int("max_depth", max_depth, 1, 1 << 62, allow_none=True)
+    check_int("max_bytes", max_bytes, 1, 1 << 62, allow_none=True)
     if overflow not in OVERFLOW_POLICIES:
         raise InvalidArgument(f"overflow={overflow!r}: expected one of {list(OVERFLOW_POLICIES)}")
     if block_timeout is not None and (isinstance(block_timeout, bool) or not isinstance(block_timeout, (int, float))
@@ -143,21 +150,24 @@ class BoundsMixin:
     def limits(self: "Queue") -> QueueLimits:
         """The queue's limits (shared by every process that opens it)."""
         self._check_open()
-        md, _, high, low, bt, ov, _ = self._state.limits()
+        md, mb, high, low, bt, ov, _ = self._state.limits()
         return QueueLimits(md or None, OVERFLOW_POLICIES[ov] if ov < len(OVERFLOW_POLICIES) else "reject",
                            None if bt < 0 else (DEFAULT_BLOCK_TIMEOUT if bt == 0 else bt / 1e6 if bt > 1 else 0.0),
-                           high or None, (low if high else None))
+                           high or None, (low if high else None), (mb if mb > 0 else None))
 
     def set_limits(self: "Queue", *, max_depth=_KEEP, overflow=_KEEP, block_timeout=_KEEP,
-                   high_watermark=_KEEP, low_watermark=_KEEP) -> QueueLimits:
+                   high_watermark=_KEEP, low_watermark=_KEEP, max_bytes=_KEEP) -> QueueLimits:
         """Change the queue's limits for every process at once (left out: unchanged; None:
-        no limit). ``max_depth``: unsettled messages allowed; ``overflow``: "reject",
+        no limit). ``max_depth``: unsettled messages allowed; ``max_bytes``: estimated
+        bytes they may take in the lane logs (a publish is admitted while they fit);
+        ``overflow``: "reject",
         "block" or "drop-oldest" (module docstring); ``block_timeout``: seconds a blocked
         publish waits (None: forever; default 10); ``high_watermark``/``low_watermark``:
         the ``over_high_watermark`` state turns on at high and off at low (low defaults to
         80% of high). Returns the new limits."""
         cur = self.limits
         md = cur.max_depth if max_depth is _KEEP else max_depth
+        mb = cur.max_bytes if max_bytes is _KEEP else max_bytes
         ov = cur.overflow if overflow is _KEEP else overflow
         bt = cur.block_timeout if block_timeout is _KEEP else block_timeout
         high = cur.high_watermark if high_watermark is _KEEP else high_watermark
@@ -167,11 +177,11 @@ class BoundsMixin:
             low = low_watermark
         if high is not None and low is None and isinstance(high, int) and not isinstance(high, bool):
             low = high * 8 // 10
-        check_limits(md, ov, bt, high, low)
+        check_limits(md, ov, bt, high, low, mb)
         self._lock()
         try:
             # block_timeout_us: -1 forever, 0 never set (a zero timeout is kept as 1 us)
-            self._state.set_limits(md or 0, 0, high or 0, low or 0, -1 if bt is None else (int(bt * 1e6) or 1),
+            self._state.set_limits(md or 0, mb or 0, high or 0, low or 0, -1 if bt is None else (int(bt * 1e6) or 1),
                                    OVERFLOW_POLICIES.index(ov))
             if not high:
                 self._state.set_over(False)
@@ -191,12 +201,12 @@ class BoundsMixin:
         if getattr(self._admitted, "on", False):
             return False
         lim = self._state.limits()
-        return bool(lim[0] or lim[2]) or bool(lim[6]) != self._seen_over
+        return bool(lim[0] or lim[1] or lim[2]) or bool(lim[6]) != self._seen_over
 
     def _may_block(self: "Queue") -> bool:
         """A publish may wait (overflow "block" with a limit): never inline on an event loop."""
         lim = self._state.limits()
-        return bool(lim[0]) and lim[5] == 1
+        return bool(lim[0] or lim[1]) and lim[5] == 1
 
     def _admit(self: "Queue", n: int) -> None:
         """Before storing n messages: let them in, wait, drop, or raise QueueFull (nothing
@@ -206,12 +216,12 @@ class BoundsMixin:
             self._next_bound_scan = mono + SCAN_INTERVAL
             self._scan_lanes()            # lanes other processes opened count from now on
             self._sync_bound_logs()
-        d = self._depth_exact()
+        d, excess = self._excess(n)
         self._note_depth(d + n, n)
-        md, _, _, _, bt, ov, _ = self._state.limits()
-        if not md or d + n <= md:
+        if not excess:
             return
-        if n > md:
+        md, mb, _, _, bt, ov, _ = self._state.limits()
+        if md and n > md:
             raise InvalidArgument(f"queue {self.name!r}: a batch of {n} messages can never fit max_depth={md}")
         if ov == 1:
             deadline = None if bt < 0 else mono + (bt / 1e6 if bt else DEFAULT_BLOCK_TIMEOUT)
@@ -223,37 +233,46 @@ class BoundsMixin:
                 time.sleep(pause if deadline is None else min(pause, deadline - now))
                 pause = min(pause * 2, 0.02)
                 self._check_open()
-                d = self._depth_exact()
-                if d + n <= md:
+                d, excess = self._excess(n)
+                if not excess:
                     self._note_depth(d + n, n)
                     return
         elif ov == 2:
             # other publishers may take the room made before this one's append: drop again,
             # until it fits or nothing ready is left to drop
             for _ in range(1000):
-                if not self._drop_oldest(d + n - md):
+                if not self._drop_oldest(excess):
                     break
-                d = self._depth_exact()
-                if d + n <= md:
+                d, excess = self._excess(n)
+                if not excess:
                     return
-        raise self._full(d + n - md, md, OVERFLOW_POLICIES[ov] if ov < 3 else "reject")
+        raise self._full(excess, d + n, OVERFLOW_POLICIES[ov] if ov < 3 else "reject")
 
-    def _depth_exact(self: "Queue") -> int:
-        """The depth counted under the lock: every counter writer holds it, so no message
-        is seen half-way between two counters (only publishers' appends race)."""
+    def _excess(self: "Queue", n: int) -> tuple[int, int]:
+        """(depth, messages over the limits if n more were stored: 0 when they fit),
+        counted under the lock: every counter writer holds it, so no message is seen
+        half-way between two counters (only publishers' appends race). Over max_bytes:
+        the estimated bytes plus n mean-sized records exceed it."""
+        md, mb = self._state.limits()[:2]
         self._lock()
         try:
-            return self._depth_fast()
+            d, nb, rec = self._bytes_fast()
         finally:
             self._unlock()
+        over = d + n - md if md else 0
+        if mb and rec > 0 and nb + n * rec > mb:
+            over = max(over, math.ceil((nb + n * rec - mb) / rec))
+        return d, max(0, over)
 
-    def _full(self: "Queue", excess: int, md: int, policy: str) -> QueueFull:
+    def _full(self: "Queue", excess: int, total: int, policy: str) -> QueueFull:
         rate = self._drain_rate()
         ra = retry_after_estimate(excess, rate)
+        lim = self.limits
         what = {"reject": "", "block": " after waiting block_timeout",
                 "drop-oldest": " and dropping every ready message was not enough (the rest are in flight "
                                "or delayed)"}[policy]
-        return QueueFull(f"queue {self.name!r} is full: {md + excess} messages would exceed max_depth={md}"
+        return QueueFull(f"queue {self.name!r} is full: {total} messages would exceed max_depth={lim.max_depth} "
+                         f"/ max_bytes={lim.max_bytes} by {excess}"
                          f"{what}; overflow={policy!r}; retry after ~{ra:.3g} s (drain rate "
                          f"{(rate or 0.0):.1f}/s); nothing was stored", retry_after=ra)
 
@@ -386,14 +405,16 @@ class BoundsMixin:
         depth = c.ready + c.delayed + c.in_flight
         self._note_depth(depth)
         rate = self._drain_rate()
-        md, _, high, low, _, _, over = self._state.limits()
+        md, mb, high, low, _, _, over = self._state.limits()
+        _, excess = self._excess(1)
+        _, nb, _ = self._bytes_fast()
         ra = None
         if high and over:
             ra = retry_after_estimate(max(1, depth - low), rate)
-        elif md and depth >= md:
-            ra = retry_after_estimate(depth - md + 1, rate)
+        elif excess:
+            ra = retry_after_estimate(excess, rate)
         return QueueSignals(c.runnable, c.delayed, c.in_flight, depth - c.in_flight, rate, c.oldest_age,
-                            bool(over), depth, md or None, ra, c.dead)
+                            bool(over), depth, md or None, ra, c.dead, nb, mb or None)
 
     def on_signals(self: "Queue", callback: Callable[[QueueSignals], Any], interval: float = 1.0) -> "SignalWatcher":
         """Call ``callback(self.signals())`` every ``interval`` seconds from a daemon thread

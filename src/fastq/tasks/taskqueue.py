@@ -162,7 +162,8 @@ class TaskQueue(AdminMixin):
 
     def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0,
                  max_depth: int | None = None, overflow: str | None = None, block_timeout: float | None = None,
-                 high_watermark: int | None = None, low_watermark: int | None = None):
+                 high_watermark: int | None = None, low_watermark: int | None = None,
+                 max_bytes: int | None = None):
         validate_name("task queue", name)
         if len(name) > MAX_NAME:
             raise InvalidName(f"task queue name {name!r} is longer than {MAX_NAME} characters "
@@ -172,7 +173,8 @@ class TaskQueue(AdminMixin):
         # limits (None: as they are) are the message queue's: one message per waiting or delayed job
         self.queue = broker.queue(name + QUEUE_SUFFIX, codec="raw", visibility_timeout=visibility_timeout,
                                   max_depth=max_depth, overflow=overflow, block_timeout=block_timeout,
-                                  high_watermark=high_watermark, low_watermark=low_watermark)
+                                  high_watermark=high_watermark, low_watermark=low_watermark,
+                                  max_bytes=max_bytes)
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
