@@ -398,6 +398,8 @@ class QueueCore:
         """Every lane's log (None: not open here), in lane order: what the depth counts."""
     def _depth_fast(self) -> int:
         """Unsettled messages across processes, lock-free."""
+    def _bytes_fast(self) -> tuple[int, int, float]:
+        """(unsettled messages, their estimated stored bytes, the mean record size used)."""
     def publish(self, data: Any, *, key: Any = None, headers: Any = None, delay: Optional[float] = None,
                 priority: int = 0, dedup_id: Union[str, bytes, None] = None) -> int: ...
     def publish_many(self, items: Any, *, key: Any = None, headers: Any = None,
