@@ -52,7 +52,7 @@ def consumer(path: str, logfile: str, stopfile: str, pause: float) -> None:
                 continue
             idle = 0
             m = got[0]
-            log("recv", m.data, q._depth_fast())
+            log("recv", m.data, q._excess(0)[0])   # counted under the lock: exact but for appends racing
             m.ack()
             if pause:
                 time.sleep(pause)

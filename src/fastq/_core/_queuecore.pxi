@@ -48,7 +48,9 @@ cdef class QueueCore:
     cdef public double _next_bound_scan # time.monotonic() when a bounded publish looks for new lanes
     cdef public bint _seen_over         # the watermark state this process last saw
     cdef public int64_t _credit         # publishes admitted without counting the depth again ...
-    cdef int64_t _credit_ms             # ... from this fq_realtime_ms() to the next millisecond
+    cdef int64_t _credit_ms             # ... from this fq_realtime_ms() to the next millisecond ...
+    cdef uint32_t _credit_notify        # ... while the queue's notify word is this (no other commit)
+    cdef Notifier _notifier_core        # the queue's notify word (every lane commit bumps it)
     cdef double _record_bytes           # the last mean stored record size seen (bytes estimate)
 
     def _core_init(self, QueueState state, message_type, raw_codec):
@@ -61,6 +63,10 @@ cdef class QueueCore:
         self._raw_codec = raw_codec
         self._set_fast_lanes([], [])
         self._bound_logs = []
+
+    def _set_notifier(self, Notifier notifier):
+        """The queue's notify word: a credit holds only while no other commit moved it."""
+        self._notifier_core = notifier
 
     def _set_bound_logs(self, list logs):
         """Every lane's log (LogCore or None), in lane order: what the depth counts."""
@@ -123,23 +129,30 @@ cdef class QueueCore:
 
         Counting the depth reads every lane; to keep a bounded publish near an unbounded
         one, a count grants a *credit*: 1/16 of the room left (below max_depth, max_bytes
-        and the high watermark), valid within 1-2 ms (the wall-clock millisecond publish
-        reads for the record's timestamp anyway, and the next one; a clock stepped back
-        ends it). Publishers in up to 16 processes computing
-        credits from the same depth cannot together exceed the room, so the bound stays
-        as tight as without credits (one message per racing publisher). The count here is
-        lock-free, and a consumer moving a message between counters may make it one too
-        small for an instant: within 16 of a limit the Python path counts under the lock."""
+        and the high watermark) that holds while the queue's notify word — bumped by every
+        commit to any lane, in any process — moved only by this handle's own publishes,
+        and within 1-2 ms (the wall-clock millisecond publish reads for the record's
+        timestamp anyway, and the next; a clock stepped back ends it). So a credit never
+        lets a publish past a depth someone else's publish made: the bound is as tight as
+        without credits (one message per racing publisher), and a lone publisher counts
+        about once per 16th of the room. The count itself is lock-free, and a consumer
+        moving a message between counters may make it one off for an instant: within 16
+        of a limit the Python path counts under the lock."""
         cdef QueueState st = self._st
+        cdef Notifier nt = self._notifier_core
         cdef int64_t d, room, nb = 0
-        if st is None or st.map == NULL:
+        cdef uint32_t word
+        if st is None or st.map == NULL or nt is None or nt.words == NULL:
             return 0
         if (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) != self._seen_over:
             return 0
         if not st._bounded():
             return 1
-        if self._credit >= n and self._credit_ms <= now_ms <= self._credit_ms + 1:
+        word = fq_load_acquire_u32(nt.words)
+        if (self._credit >= n and word == self._credit_notify
+                and self._credit_ms <= now_ms <= self._credit_ms + 1):
             self._credit -= n
+            self._credit_notify = word + 1        # the commit this publish makes
             return 1
         self._credit = 0
         if <double>fq_monotonic_ns() * 1e-9 >= self._next_bound_scan:
@@ -167,6 +180,7 @@ cdef class QueueCore:
                 room = min(room, st.q.hdr.limits.high - d - 1)
         self._credit = min(room // 16, 4096)
         self._credit_ms = now_ms
+        self._credit_notify = word + 1            # read before the count: a commit since ends it
         return 1
 
     def publish(self, data, *, key=None, headers=None, delay=None, priority=0, dedup_id=None):

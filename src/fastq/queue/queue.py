@@ -365,6 +365,7 @@ class Queue(QueueCore, BoundsMixin):
         self._sync = self.durability != "os"
         self._dlq: "Queue | None" = None
         self._core_init(self._state, Message, resolve_codec("raw"))
+        self._set_notifier(self._notifier)
         self._bounds_init()
 
     # -- lanes --------------------------------------------------------------------------
