@@ -47,8 +47,10 @@ add_ratio("queue publish_many(100) / Topic.publish_many(100)", "queue_publish_ba
 # QueueCore._admit_fast). Goal >= 0.9. Runs on 2026-12-06, 2 cores, load 3.8-7 with other
 # sessions benchmarking (noise +-30%): before the credit one-by-one 0.70; with it (and the
 # record's clock read reused) one-by-one 0.83, 1.20, 0.66, 0.79, batch 0.50, 1.03, 0.98,
-# 0.86; a quieter interleaved loop (8 alternating rounds, best of each) 0.87-0.96. The bar
-# is a regression floor under that noise.
+# 0.86; a quieter interleaved loop (8 alternating rounds, best of each) 0.87-0.96. With
+# the credit tied to the queue's notify word (19:21 UTC, load 1.8-2.0): one-by-one 0.82,
+# 1.08, 1.20; batch 1.01, 0.97, 1.10; interleaved loop 0.97-1.04. The bar is a regression
+# floor under that noise.
 add_ratio("bounded queue publish one-by-one / unbounded", "queue_publish_one_bounded", "queue_publish_one", 0.8)
 add_ratio("bounded queue publish_many(100) / unbounded", "queue_publish_batch_bounded", "queue_publish_batch",
           0.8)
