@@ -16,7 +16,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.1"
 	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
 	    "pytest-benchmark>=4" "faster-fifo>=1.4" "jsonschema>=4" "matplotlib>=3.7" \
-	    "psutil>=5.9" "numpy>=1.24"
+	    "psutil>=5.9" "numpy>=1.24" "uvicorn>=0.30" "httpx>=0.27" "starlette>=0.37"
 	touch $@
 
 $(STAMP): $(VENV)/.deps $(SOURCES)

@@ -61,7 +61,7 @@ CORE_C = [
 CORE = "src/fastq/_core/"
 extensions = [
     ext("fastq._core._codec", [CORE + "_codec.pyx"] + CORE_C),
-    ext("fastq._core._storage", [CORE + "_storage.pyx", "csrc/fq_queue.c"] + CORE_C),
+    ext("fastq._core._storage", [CORE + "_storage.pyx", "csrc/fq_queue.c", "csrc/fq_limiter.c"] + CORE_C),
     ext("fastq._core._ring", [CORE + "_ring.pyx", "csrc/fq_ring.c", "csrc/fq_os.c"]),
     # the producer's hot path bridges the ring and the log. It calls the ring through
     # fastq._core._ring's methods: fq_ring.c keeps per-copy state (its pid cache), so it is

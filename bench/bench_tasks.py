@@ -10,6 +10,9 @@ Measured, with no-op jobs whose data is ``{"i": n}`` (durability "os"; jobs/s in
   ``publish_many`` of 1,000), and ``receive(32)`` + ``ack()`` per message — the queue
   operations a job's add and run are built on; what the task queue adds is job states (a
   record per transition in a compacted topic), ids, options and the handler call.
+- the fast paths (``TaskQueue._add_default``, :mod:`fastq.tasks._fastrun`) against the
+  Python path they stand in for (``_python`` benchmarks: the same work with the fast paths
+  switched off as ``FASTQ_TASKS_FASTPATH=0`` does), in the same run.
 Cross-process numbers (add, then ONE worker process completes; delayed-job lateness) and
 the peers (Huey on SQLite, the Python BullMQ) are ``fastq bench --scenario tasks --compare``.
 """
@@ -23,6 +26,8 @@ import threading
 import pytest
 
 import fastq
+import fastq.tasks.taskqueue as taskqueue_mod
+import fastq.tasks.worker as worker_mod
 from conftest import add_ratio, record
 
 N = 100_000                     # jobs per round: about a second on the development VM
@@ -43,6 +48,16 @@ PAYLOAD = b"j" * JOB_BYTES
 add_ratio("tasks add one-by-one / Queue.publish", "tasks_add_one", "tasks_base_publish_one", 0.035)
 add_ratio("tasks add_bulk(1000) / Queue.publish_many(1000)", "tasks_add_bulk", "tasks_base_publish_bulk", 0.02)
 add_ratio("tasks Worker completion / receive(32)+ack", "tasks_worker_complete", "tasks_base_receive_ack", 0.007)
+# The fast paths against the Python path in the same run (docs/TASKS.md "Speed"). Two runs
+# on 2026-12-06 on the 2-core VM shared with other jobs: 18:53 UTC (load average 3.8-4.3)
+# add 0.90x, Worker 2.98x; 19:10 UTC (load 2.6-3.3) add 1.54x (130,318 vs 84,785 jobs/s),
+# Worker 2.01x (107,815 vs 53,673 jobs/s); 19:18 UTC (load 1.7-2.4) add 0.88x, Worker 1.61x.
+# The add alone (-k add_one, 19:19 UTC, twice): 1.35x and 1.33x (151,207 vs 111,578 jobs/s).
+# An add is three appends either way, so in the whole file its ratio drowns in what the
+# tests before it leave behind (writeback of their logs); the bars only catch a fast path
+# no longer taken.
+add_ratio("tasks add, fast path / Python path", "tasks_add_one", "tasks_add_one_python", 0.8)
+add_ratio("tasks Worker, fast path / Python path", "tasks_worker_complete", "tasks_worker_complete_python", 1.3)
 
 
 @pytest.fixture
@@ -65,7 +80,16 @@ def _fill(tq):
 
 # -- adding ---------------------------------------------------------------------------------------
 
-def test_tasks_add_one(benchmark, broker):
+@pytest.fixture(params=["fast", "python"])
+def path(request, monkeypatch):
+    """Which path the task queue takes: its fast paths, or the Python path alone."""
+    if request.param == "python":
+        monkeypatch.setattr(taskqueue_mod, "_FAST_ADD", False)
+        monkeypatch.setattr(worker_mod, "FAST_ENABLED", False)
+    return "" if request.param == "fast" else "_python"
+
+
+def test_tasks_add_one(benchmark, broker, path):
     names, state = itertools.count(), {}
 
     def setup():
@@ -78,7 +102,7 @@ def test_tasks_add_one(benchmark, broker):
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     assert state["tq"].counts()["waiting"] == N
-    record(benchmark, "tasks_add_one", N, 0)
+    record(benchmark, "tasks_add_one" + path, N, 0)
 
 
 def test_tasks_add_bulk(benchmark, broker):
@@ -97,7 +121,7 @@ def test_tasks_add_bulk(benchmark, broker):
 
 # -- running --------------------------------------------------------------------------------------
 
-def test_tasks_worker_complete(benchmark, broker):
+def test_tasks_worker_complete(benchmark, broker, path):
     """One Worker (one thread) completes N no-op jobs added beforehand."""
     names, state = itertools.count(), {}
 
@@ -121,7 +145,7 @@ def test_tasks_worker_complete(benchmark, broker):
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     assert state["w"].completed == N
     assert state["tq"].counts()["completed"] == N
-    record(benchmark, "tasks_worker_complete", N, 0)
+    record(benchmark, "tasks_worker_complete" + path, N, 0)
 
 
 # -- baselines: the queue underneath --------------------------------------------------------------

@@ -8,6 +8,13 @@ reading, in one process, measured in the same run (issue 15's bars).
 - Reading a partition of 100-record committed transactions (markers in between) with
   ``isolation="read_committed"`` against ``"read_uncommitted"``, the same log, every
   record's value touched. Bar: 0.9.
+- ``q.subscribe(handler, guarantee="exactly-once")`` against ``"at-least-once"``: a
+  queue of 500 small messages drained by one subscriber thread (``max_messages=16``)
+  whose handler publishes one 100-byte record per message to a topic (through ``tx`` /
+  plainly). Exactly-once pays a transaction per receive (state records, a prepare
+  record, two COMMIT markers, the outcome record) and a lease extension per message;
+  ``sub_eos1`` is exactly-once with ``max_messages=1`` (a transaction per message). Timed by the process's CPU time (the
+  handler runs on the subscription's thread) and the wall clock. Reported; no bar.
 
 Variants run interleaved, timed by the thread's CPU time (the shared 2-core VM's wall
 clock swings with the other tenants' load; see bench_idempotent.py) and by the wall
@@ -38,6 +45,13 @@ add_ratio("read_committed / read_uncommitted reading (thread CPU, interleaved)",
           "read_uncommitted_cpu", 0.9)
 add_ratio("read_committed / read_uncommitted reading (wall clock, interleaved)", "read_committed_wall",
           "read_uncommitted_wall", 0.9)
+add_ratio("exactly-once / at-least-once queue subscribe, 1 output each (process CPU; no bar)", "sub_eos_cpu",
+          "sub_alo_cpu", 0.0)
+add_ratio("exactly-once / at-least-once queue subscribe, 1 output each (wall clock; no bar)", "sub_eos_wall",
+          "sub_alo_wall", 0.0)
+add_ratio("exactly-once, one message per transaction / at-least-once subscribe (process CPU; no bar)",
+          "sub_eos1_cpu", "sub_alo_cpu", 0.0)
+MESSAGES = 500
 
 
 @pytest.fixture
@@ -111,3 +125,36 @@ def test_read_committed_vs_read_uncommitted(benchmark, broker, rates):
     _interleaved(benchmark, rates, {"read_uncommitted": reader("read_uncommitted"),
                                     "read_committed": reader("read_committed")}, n)
     benchmark.extra_info["unit"] = "records per second"
+
+
+def test_exactly_once_vs_at_least_once_subscribe(benchmark, broker, rates):
+    value = b"x" * SIZE
+    out = broker.topic("out", partitions=1)
+    queues = {"sub_alo": broker.queue("alo"), "sub_eos": broker.queue("eos"), "sub_eos1": broker.queue("eos1")}
+
+    def alo(m):
+        out.publish(value, partition=0)
+
+    def eos(m, tx):
+        tx.publish(out, value, partition=0)
+
+    handlers = {"sub_alo": (alo, "at-least-once", 16), "sub_eos": (eos, "exactly-once", 16),
+                "sub_eos1": (eos, "exactly-once", 1)}
+    cpu = {k: [] for k in queues}
+    wall = {k: [] for k in queues}
+
+    def one_round():
+        for name, q in queues.items():
+            q.publish_many([b"m"] * MESSAGES)
+            handler, guarantee, batch = handlers[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            with q.subscribe(handler, guarantee=guarantee, max_messages=batch) as sub:
+                while sub.handled < MESSAGES:
+                    time.sleep(0.0005)
+                cpu[name].append(time.process_time() - c0)       # not the stop (a receive's wait)
+                wall[name].append(time.perf_counter() - w0)
+            assert sub.failed == 0, sub.errors
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    _record(benchmark, rates, cpu, wall, MESSAGES)
+    benchmark.extra_info["unit"] = "messages handled per second"

@@ -7,25 +7,11 @@ import asyncio
 import os
 import time
 
-import pytest
-
 import fastq
 from task_workers import _note as note
+from taskutil import broker, tq  # noqa: F401 - fixtures, re-exported to the test modules
 
 QUEUE = "images"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    q = fastq.TaskQueue(QUEUE, broker)
-    yield q
-    q.close()
 
 
 def wait_for(cond, timeout=30.0, what="condition"):

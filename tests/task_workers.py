@@ -81,3 +81,33 @@ def noop_worker(broker_dir: str, n: int, out_file: str) -> None:
         dt = time.monotonic() - t0
         w.close()
         _note(out_file, f"{dt}")
+
+
+def run_failing_worker(broker_dir: str, dead_letter: str, kill_at: str, kill_data: int, stop_file: str) -> None:
+    """A worker whose handler always raises, on task queue QUEUE with ``dead_letter``.
+    ``kill_at``: "before-letter" kills the process -9 when it is about to send the dead
+    letter of the job whose data is ``kill_data`` (after its failure is recorded),
+    "after-letter" right after sending it (before the ack), "" never. Runs until
+    ``stop_file`` exists."""
+    import fastq.tasks.deadletter as dl
+    real_send = dl.DeadLetters.send
+
+    def send(self, s, m):
+        if kill_at == "before-letter" and s["data"] == kill_data:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_send(self, s, m)
+        if kill_at == "after-letter" and s["data"] == kill_data:
+            os.kill(os.getpid(), signal.SIGKILL)
+    dl.DeadLetters.send = send
+
+    def handle(job):
+        raise ValueError(f"cannot process {job.data}")
+
+    with fastq.open(broker_dir) as b:
+        tq = fastq.TaskQueue(QUEUE, b, dead_letter=dead_letter)
+        w = fastq.Worker(tq, handle)
+        try:
+            while not os.path.exists(stop_file):
+                time.sleep(0.01)
+        finally:
+            w.close()

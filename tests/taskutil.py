@@ -1,9 +1,29 @@
-"""What the task-queue test modules share (not a test module)."""
+"""What the task-queue test modules share (not a test module): the ``broker`` and ``tq``
+fixtures (import them: ``from taskutil import broker, tq``), polling, runs files, faults."""
 from __future__ import annotations
 
 import errno
 import os
 import time
+
+import pytest
+
+import fastq
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A broker in a fresh directory, closed after the test."""
+    with fastq.open(tmp_path / "data") as b:
+        yield b
+
+
+@pytest.fixture
+def tq(broker):
+    """The task queue "images" of ``broker``, closed after the test."""
+    q = fastq.TaskQueue("images", broker)
+    yield q
+    q.close()
 
 
 def wait_for(cond, timeout=10.0, what="condition"):
@@ -40,7 +60,6 @@ def fail_once(open_broker, point: str, k: int, op, what: str) -> bool:
     """Open a broker (``open_broker()``), run ``op(broker)`` with C fault ``point`` failing
     its call ``k`` with EIO, close it; True if the fault was hit. A hit may only surface as
     a FastqError (or not at all); a miss must not fail."""
-    import fastq
     from faultfs import c_fault
     b = open_broker()
     exc = None

@@ -3,6 +3,8 @@ checked record by record against Log.read."""
 import os
 import random
 import struct
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -195,12 +197,22 @@ def test_read_columns_compressed_batch_raises_corrupt_record_like_read(tmp_path)
 
 def test_read_columns_without_numpy_raises_missing_dependency(tmp_path, monkeypatch):
     monkeypatch.setattr(columns_mod, "np", None)
+    monkeypatch.setitem(sys.modules, "numpy", None)      # `import numpy` raises ImportError
     with Log(tmp_path) as log:
         log.append(b"a")
         with pytest.raises(MissingDependency, match=r"pip install fastq-broker\[numpy\]") as ei:
             log.read_columns(0)
     assert isinstance(ei.value, FastqError) and isinstance(ei.value, ImportError)
     assert "MissingDependency" in fastq.errors.__all__
+
+
+def test_import_fastq_does_not_import_numpy():
+    """numpy is imported by the first read_columns, not by `import fastq`."""
+    code = ("import sys, fastq; assert 'numpy' not in sys.modules, 'imported'; "
+            "import tempfile; d = tempfile.mkdtemp(); log = fastq.Log(d); log.append(b'x'); "
+            "assert log.read_columns(0).offsets.tolist() == [0]; assert 'numpy' in sys.modules; log.close()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_read_columns_does_not_pin_the_segment(tmp_path):

@@ -299,7 +299,7 @@ def test_signals_runnable_net_of_delayed_and_nacks(tmp_path):
         m = q.receive(1, wait=0)[0]
         m.nack(delay=0.5)                            # AVAILABLE, not due for 0.5 s
         s = q.signals()
-        assert (s.runnable, s.delayed, s.in_flight, s.depth, s.lag) == (2, 2, 0, 5, 5)
+        assert (s.runnable, s.delayed, s.in_flight, s.depth, s.lag, s.ready) == (2, 2, 0, 5, 5, 3)
         assert s.max_depth is None and s.retry_after is None and not s.over_high_watermark
         held = q.receive(1, wait=0)
         s = q.signals()

@@ -17,12 +17,7 @@ import pytest
 import fastq
 from fastq.tasks.taskqueue import validate_options
 
-
-@pytest.fixture
-def broker(tmp_path):
-    b = fastq.open(str(tmp_path / "data"))
-    yield b
-    b.close()
+from taskutil import broker  # noqa: F401 - a fixture
 
 
 def test_job_ids_are_random_hex_and_ignore_random_seed(broker):

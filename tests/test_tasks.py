@@ -17,20 +17,9 @@ import fastq
 from fastq.tasks.job import JobIndex
 
 import task_workers
-from taskutil import runs, wait_for
+from taskutil import broker, runs, tq, wait_for  # noqa: F401 - fixtures
 
 CTX = mp.get_context("spawn")
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    return fastq.TaskQueue("images", broker)
 
 
 # -- the basics --------------------------------------------------------------------------

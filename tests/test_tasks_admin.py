@@ -19,21 +19,10 @@ from fastq.tasks.admin import COUNT_STATES
 
 import task_admin_workers
 import task_workers
-from taskutil import runs, wait_for
+from taskutil import broker, runs, tq, wait_for  # noqa: F401 - fixtures
 
 CTX = mp.get_context("spawn")
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with fastq.open(tmp_path / "data") as b:
-        yield b
-
-
-@pytest.fixture
-def tq(broker):
-    return fastq.TaskQueue("images", broker)
 
 
 def _start(target, *args):

@@ -22,7 +22,7 @@ from fastq._core import _storage
 from fastq.tasks.scheduler import next_after, validate_repeat
 
 import repeat_workers
-from test_tasks import broker, wait_for  # noqa: F401 (broker: a fixture)
+from taskutil import broker, wait_for  # noqa: F401 (broker: a fixture)
 
 CTX = mp.get_context("spawn")
 TORTURE = os.environ.get("FASTQ_TORTURE") == "1"

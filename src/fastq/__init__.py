@@ -41,6 +41,34 @@ from .tasks import AsyncTaskQueue, Backoff, Job, QueueEvents, TaskEvent, TaskQue
 
 __all__ += ["TaskQueue", "AsyncTaskQueue", "Job", "Worker", "Backoff", "QueueEvents", "TaskEvent"]
 
+# --- rate limiting in shared memory (fastq.flow.limiter; issue 17) ---
+from .flow.limiter import AsyncRateLimiter, RateLimiter  # noqa: E402
+
+__all__ += ["RateLimiter", "AsyncRateLimiter"]
+
+# --- back pressure: backoff policies, client-side retries, HTTP admission (issue 17) ---
+from . import admission  # noqa: E402
+from .flow.retry import aretry, retry, retry_delay, retrying  # noqa: E402
+
+__all__ += ["admission", "retry", "aretry", "retrying", "retry_delay"]
+
+# --- worker processes scaled by runnable depth (fastq.pool, issue 17) ---
+from . import pool  # noqa: E402
+from .pool import ScaleDecision, WorkerPool  # noqa: E402
+
+__all__ += ["WorkerPool", "ScaleDecision"]
+
+# --- pub/sub (broker.pubsub) and the in-process EventEmitter (fastq.pubsub) ---
+from .pubsub import AsyncSubscriber, EventEmitter, PubSub, PubSubMessage, Subscriber  # noqa: E402
+
+__all__ += ["PubSub", "PubSubMessage", "Subscriber", "AsyncSubscriber", "EventEmitter"]
+
+# --- exactly-once queue handlers and idempotency keys (issue 15) ---
+from .broker import IdempotencyStore  # noqa: E402
+from .queue import ExactlyOnce  # noqa: E402
+
+__all__ += ["ExactlyOnce", "IdempotencyStore"]
+
 # --- bounded queues and depth signals (issue 17, fastq.queue.bounds) ---
 from .queue import OVERFLOW_POLICIES, QueueLimits, QueueSignals, SignalWatcher  # noqa: E402
 

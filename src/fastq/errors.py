@@ -250,3 +250,16 @@ class RateLimited(FastqError):
         super().__init__(message)
         self.retry_after = retry_after
         self.key = key
+
+
+# --- pub/sub and EventEmitter (fastq.pubsub) ---
+class UnhandledEvent(FastqError, RuntimeError):
+    """``EventEmitter.emit("error", x)`` with no "error" listener, where ``x`` is not an
+    exception to re-raise (Node's ERR_UNHANDLED_ERROR); ``value`` is what was emitted."""
+
+    def __init__(self, message: str, value=None):
+        super().__init__(message)
+        self.value = value
+
+
+__all__ += ["UnhandledEvent"]

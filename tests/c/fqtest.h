@@ -47,5 +47,6 @@ void suite_codec(void);
 void suite_ring(void);
 void suite_log(void);
 void suite_queue(void);
+void suite_limiter(void);
 
 #endif

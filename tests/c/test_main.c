@@ -1,6 +1,6 @@
 /* test_main.c — runs the C-level test suites of fastq's core and reports.
  *
- *   test_core [suite ...]     suites: crc32c codec ring log queue (default: all)
+ *   test_core [suite ...]     suites: crc32c codec ring log queue limiter (default: all)
  *   FQ_TEST_SEED=N            replay a randomized run
  *
  * Prints the platform, which CRC-32C path is in use, one line per suite and a closing
@@ -51,6 +51,7 @@ static const struct {
     {"ring", suite_ring},
     {"log", suite_log},
     {"queue", suite_queue},
+    {"limiter", suite_limiter},
 };
 
 static const char *arch(void) {

@@ -556,6 +556,33 @@ def _txn_reader(LogCore lg, int64_t offset, object end, bint follow=False):
     return rd
 
 
+def _batch_producers(LogCore lg, int64_t start, int64_t end):
+    """The producer fields of the data batches of ``lg`` in [start, end) that have any
+    (producer id >= 0): a list of ``(base_offset, last_offset, producer_id, epoch,
+    base_sequence)``, ascending (compaction keeps them when it rewrites a record)."""
+    cdef LogReader rd
+    cdef const uint8_t *h
+    cdef int16_t attrs
+    cdef int64_t pid, base
+    cdef list out = []
+    if start >= end:
+        return out
+    rd = lg.read(start, end)
+    rd.raw = True
+    while rd._next_batch():
+        h = rd.rp - FQ_BATCH_HEADER_SIZE
+        attrs = <int16_t>fq_be_get16(h + FQ_BATCH_OFF_ATTRIBUTES)
+        pid = <int64_t>fq_be_get64(h + FQ_BATCH_OFF_PRODUCER_ID)
+        if pid >= 0 and not attrs & FQ_ATTR_CONTROL:
+            base = <int64_t>fq_be_get64(h + FQ_BATCH_OFF_BASE_OFFSET)
+            out.append((base, base + <int32_t>fq_be_get32(h + FQ_BATCH_OFF_LAST_OFFSET_DELTA), pid,
+                        <int16_t>fq_be_get16(h + FQ_BATCH_OFF_PRODUCER_EPOCH),
+                        <int32_t>fq_be_get32(h + FQ_BATCH_OFF_BASE_SEQUENCE)))
+        rd.remaining = 0
+        rd.next_offset = rd.expect
+    return out
+
+
 def _txn_lso(LogCore lg):
     """The last stable offset of ``lg`` now (read_committed readers stop there)."""
     cdef TxnIndex idx = lg._txnidx

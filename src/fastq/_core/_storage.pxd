@@ -289,6 +289,14 @@ cdef class Record:
     cdef int32_t hlen                 # bytes of the header area
 
 
+cdef class PubSubMessage:
+    """A message handed to a pub/sub subscriber (see _pubsub.pxi)."""
+    cdef readonly str channel         # the channel it was published to
+    cdef readonly object data         # its bytes (None for a null value)
+    cdef readonly int64_t offset      # offset in the namespace's log; -1 when ephemeral
+    cdef readonly int64_t timestamp   # ms since the epoch
+
+
 cdef class LogReader:
     """Sequential reader over a log (see _records.pxi)."""
     cdef LogCore log          # the log read from

@@ -16,7 +16,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.exc cimport PyErr_CheckSignals
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memcmp
 from libc.stdint cimport INT32_MAX, INT64_MAX, INT64_MIN
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport cython
@@ -32,6 +32,7 @@ from fastq.errors import (
     Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
     RecordTooLarge, StorageError, Timeout, UsedAfterFork,
 )
+from fastq.errors import RateLimited
 
 cdef extern from "fcntl.h" nogil:
     enum:
@@ -887,3 +888,6 @@ include "_pstate.pxi"
 include "_topicsupport.pxi"
 include "_queuestate.pxi"
 include "_queuecore.pxi"
+include "_limiter.pxi"
+include "_pubsub.pxi"
+include "_taskcore.pxi"

@@ -296,9 +296,10 @@ cdef class TopicCore:
 
 
 def write_single_batch(Segment seg, int64_t pos, int64_t offset, int64_t timestamp, key, value,
-                       headers=None):
+                       headers=None, int64_t producer_id=-1, int producer_epoch=-1, int32_t sequence=-1):
     """Encode one record as its own batch with base offset `offset` at `pos` of `seg`
-    (used by compaction to write a cleaned segment). Returns the batch size."""
+    (used by compaction to write a cleaned segment), with the producer fields given
+    (-1: none). Returns the batch size."""
     cdef fq_record_in r
     cdef list keep = []
     cdef Py_ssize_t i, n = 0
@@ -328,7 +329,8 @@ def write_single_batch(Segment seg, int64_t pos, int64_t offset, int64_t timesta
         if size < 0:
             raise_status(size, "encode batch")
         seg._grow(pos + size)
-        rc = fq_batch_encode(seg.data + pos, <size_t>size, offset, 0, &r, 1)
+        rc = fq_batch_encode_producer(seg.data + pos, <size_t>size, offset, 0, producer_id,
+                                      <int16_t>producer_epoch, sequence, &r, 1)
         if rc < 0:
             raise_status(rc, "encode batch")
         return size

@@ -32,7 +32,8 @@ redelivery after a consumer holding a message is killed with SIGKILL.
   consumer's item to a running one, so its redelivery is reported as unsupported.
 
 Task-queue peers (Huey on SQLite, the Python port of BullMQ; compared with the ``tasks``
-and ``tasks-bulk`` scenarios) are in :mod:`fastq.bench.task_peers`.
+and ``tasks-bulk`` scenarios) are in :mod:`fastq.bench.task_peers`; Redis pub/sub (compared
+with the ``pubsub`` scenario) in :mod:`fastq.bench.pubsub_scenarios`.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from .servers import free_port as _free_port, start_redis as _start_redis, stop 
 from .servers import wait_port as _wait_port, which as _which
 from .queue_scenarios import LEASE_S, LONG_LEASE_S, QBATCH, SWEEP_S, QConsumer, QProducer, QueueTransport, run_queue_peer
 from .scenarios import CTX, STAMP, Config, Transport, pipe_scenario
+from .pubsub_scenarios import PUBSUB_PEERS, PubSubTransport, run_pubsub
 from .task_peers import TASK_PEERS
 from .task_scenarios import TaskTransport, run_task_peer
 
@@ -690,7 +692,7 @@ class RabbitMQ(QueueTransport):
 
 
 PEERS: list[type] = [MPQueue, FasterFifo, PersistQueue, LiteQueue, RedisStreams, NatsJetStream,
-                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ, *TASK_PEERS]
+                     PersistAckQueue, LiteQueueAck, RedisStreamsGroup, RabbitMQ, *TASK_PEERS, *PUBSUB_PEERS]
 
 
 def peer_names() -> list[str]:
@@ -726,6 +728,8 @@ def run_peer(peer: type, cfg: Config, workdir: str, *, skip: dict[str, str] | No
             r = run_queue_peer(peer(), cfg, workdir)
         elif issubclass(peer, TaskTransport):
             r = run_task_peer(peer(), cfg, workdir)
+        elif issubclass(peer, PubSubTransport):
+            r = run_pubsub(peer(), cfg, workdir)
         else:
             r = pipe_scenario(peer.name, peer(), cfg, workdir)
     except Exception as e:  # a peer failing is reported, not fatal to the run

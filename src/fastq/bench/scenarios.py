@@ -50,6 +50,7 @@ from .harness import (CTX, STAMP, WorkloadConfig, await_report, exit_child as _e
                       raise_child_errors as _raise_child_errors, result, start_children, stop_children)
 from .queue_scenarios import sc_queue, sc_queue_batch
 from .task_scenarios import sc_tasks, sc_tasks_bulk
+from .pubsub_scenarios import sc_pubsub
 
 BATCH = 1000                     # publish_many batch size
 SCHEMA_ID = "fastq-bench/1"
@@ -561,6 +562,7 @@ SCENARIOS: dict[str, Callable[[Config, str], dict]] = {
     "queue-batch": sc_queue_batch,
     "tasks": sc_tasks,
     "tasks-bulk": sc_tasks_bulk,
+    "pubsub": sc_pubsub,
 }
 
 

@@ -13,6 +13,7 @@ Modules, bottom to top (each imports only those above it in this list, and
 ``broker``        the broker directory: get, create, alter, delete topics
 ``aio``           asyncio faces of the broker and its topics (the rule: nothing that can
                   block runs on the event loop; a cancelled await consumes nothing)
+``idempotency_store``  keys of work done, in a topic, recorded in transactions
 """
 from .._core._storage import RecordMetadata
 from .aio import AsyncBroker, AsyncTopic, open_async
@@ -20,6 +21,7 @@ from .aio_consumer import AsyncConsumer, AsyncMemoryConsumer
 from .aio_producer import AsyncIdempotentProducer, AsyncProducer
 from .broker import Broker, open
 from .config import validate_name
+from .idempotency_store import IdempotencyStore
 from .consumer import Consumer
 from .memtopic import MemoryTopic
 from .producer import IdempotentProducer, Producer
@@ -28,4 +30,5 @@ from .transaction import Transaction
 
 __all__ = ["Broker", "open", "Topic", "MemoryTopic", "Producer", "Consumer", "RecordMetadata", "BatchMetadata",
            "validate_name", "open_async", "AsyncBroker", "AsyncTopic", "AsyncConsumer", "AsyncMemoryConsumer",
-           "AsyncProducer", "IdempotentProducer", "AsyncIdempotentProducer", "Transaction"]
+           "AsyncProducer", "IdempotentProducer", "AsyncIdempotentProducer", "Transaction",
+           "IdempotencyStore"]

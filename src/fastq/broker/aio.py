@@ -102,6 +102,12 @@ class AsyncBroker:
         tq = await _to_thread(self.sync.tasks, name, **options)
         return _kind("tasks").asyncio(tq)
 
+    async def pubsub(self, name: str, **options):
+        """The pub/sub namespace (:class:`fastq.PubSub`; see ``Broker.pubsub``), opened in a
+        thread. Use its asyncio methods: ``await ps.subscribe_async(...)``,
+        ``await ps.publish_async(...)``."""
+        return await _to_thread(self.sync.pubsub, name, **options)
+
     async def queues(self) -> list[str]:
         return await _to_thread(self.sync.queues)
 

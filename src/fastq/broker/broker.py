@@ -72,7 +72,8 @@ _OPEN_BROKERS: "weakref.WeakSet[Broker]" = fork_registry()   # this process's op
 # Kinds built on the broker by the layers above it (imports go only downward): fastq.queue
 # registers "queue" at import with an object offering open(broker, name, codec, options),
 # names(broker) and delete(broker, name); fastq.tasks registers "tasks" (open(broker, name,
-# options), asyncio(task_queue)).
+# options), asyncio(task_queue)); fastq.pubsub registers "pubsub" (open(broker, name,
+# durable, options)).
 _KINDS: dict[str, Any] = {}
 
 
@@ -341,20 +342,25 @@ class Broker:
         """Get or create the message queue ``name`` (:class:`fastq.Queue`; options and their
         defaults: :data:`fastq.queue.QUEUE_DEFAULTS`). For an existing queue the stored
         configuration wins over ``options``. ``codec``: see :mod:`fastq.queue.codecs`.
-        A missing queue with ``create=False`` is :class:`fastq.UnknownQueue`."""
+        A missing queue with ``create=False`` is :class:`fastq.UnknownQueue`.
+        ``rate_limit``: a producer limit on this process's handle (a
+        :class:`fastq.RateLimiter` or ``(points, duration)``; see
+        :meth:`fastq.Queue.set_rate_limit`)."""
         self._check_open()
         validate_name("queue", name)
         self._refuse_if_readonly(f"open queue {name!r} (receiving writes its delivery state)")
+        rate_limit = options.pop("rate_limit", None)   # a producer option of this handle
         impl = _kind("queue")
         ident = (name, impl.codec_key(codec))        # one handle per queue and codec
         with self._mutex:
             q = self._queues.get(ident)
-            if q is not None and not q.closed:
-                if options:
-                    impl.configure(q, options)     # limits given apply (the queue's are shared)
-                return q
-            q = impl.open(self, name, codec, options, create)
-            self._queues[ident] = q
+            if q is None or q.closed:
+                q = impl.open(self, name, codec, options, create)
+                self._queues[ident] = q
+            elif options:
+                impl.configure(q, options)        # limits given apply (the queue's are shared)
+            if rate_limit is not None:
+                q.set_rate_limit(rate_limit)
             return q
 
     def queues(self) -> list[str]:
@@ -378,6 +384,15 @@ class Broker:
         its constructor's): a new handle each call, closed by its ``close()``."""
         self._check_open()
         return _kind("tasks").open(self, name, options)
+
+    def pubsub(self, name: str, *, durable: bool | None = None, **options):
+        """The pub/sub namespace ``name`` (:class:`fastq.PubSub`, get or create; a new
+        handle each call, closed by its ``close()``). ``durable`` (default True for a new
+        namespace; the stored mode wins): log-backed and replayable, or in memory and
+        at-most-once. ``options``: the log settings of a durable namespace's topic
+        (``retention_ms``, ``retention_bytes``, ``durability``, ...)."""
+        self._check_open()
+        return _kind("pubsub").open(self, name, durable, options)
 
     def transaction(self, transactional_id: str, *, timeout_ms: int | None = None):
         """Begin a transaction of ``transactional_id`` (Kafka's transactions, KIP-98):

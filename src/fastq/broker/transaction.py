@@ -79,7 +79,7 @@ from .idempotence import PRODUCERS_DIR, open_transactional
 from .metadata import BatchMetadata
 from .offsets import OffsetStore
 
-__all__ = ["Transaction", "TransactionalProducer", "abort_expired", "read_state"]
+__all__ = ["Transaction", "TransactionalProducer", "abort_expired", "read_state", "batch_status", "finish"]
 
 MAGIC = b"FQTXST\x00\x01"
 SUFFIX = ".txn"
@@ -523,3 +523,27 @@ def abort_expired(broker, now_ms: int | None = None) -> list[str]:
         TransactionalProducer(broker, name[:-len(SUFFIX)]).close()
         done.append(name[:-len(SUFFIX)])
     return done
+
+
+def batch_status(topic, partition: int, offset: int, producer_id: int) -> str:
+    """The fate of producer ``producer_id``'s transactional batch at ``offset`` of
+    ``topic``/``partition`` as the log says now: ``"open"`` (no marker yet),
+    ``"aborted"`` or ``"committed"`` (the partition's TxnIndex, brought up to date)."""
+    lg = topic.log(partition)
+    _storage._txn_lso(lg)
+    idx = lg._txnidx
+    first = idx.open.get(producer_id)
+    if first is not None and first <= offset:
+        return "open"
+    r = idx.aborted.get(producer_id) or ()
+    for i in range(0, len(r), 2):
+        if r[i] <= offset <= r[i + 1]:
+            return "aborted"
+    return "committed"
+
+
+def finish(broker, transactional_id: str) -> None:
+    """Open ``transactional_id`` once and close it: its live instance, if any, is fenced
+    and the transaction it left open is finished — rolled forward when its commit was
+    prepared, else aborted (what a redelivered exactly-once message needs to know)."""
+    TransactionalProducer(broker, transactional_id).close()

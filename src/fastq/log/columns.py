@@ -25,10 +25,20 @@ from typing import Any
 from ..errors import MissingDependency
 from .config import check_int
 
-try:
-    import numpy as np
-except ImportError:          # optional extra: read_columns says how to install it
-    np = None
+# numpy, imported on the first read_columns: it is an optional extra, and importing it
+# costs ~60 ms that `import fastq` should not pay for a feature most programs never call.
+np = None
+
+
+def _numpy():
+    global np
+    if np is None:
+        try:
+            import numpy
+        except ImportError as e:
+            raise MissingDependency("read_columns needs numpy: pip install fastq-broker[numpy]") from e
+        np = numpy
+    return np
 
 __all__ = ["Columns", "read_columns", "DEFAULT_MAX_RECORDS"]
 
@@ -87,8 +97,7 @@ def read_columns(log, offset: int = 0, max_records: int = DEFAULT_MAX_RECORDS,
     """Up to ``max_records`` records of ``log`` from ``offset`` (up to ``end``, exclusive;
     default the log end now) as numpy columns. Same offset errors as ``log.read``
     (OffsetOutOfRange outside [start, end]); MissingDependency without numpy."""
-    if np is None:
-        raise MissingDependency("read_columns needs numpy: pip install fastq-broker[numpy]")
+    _numpy()
     check_int("max_records", max_records, 0, math.inf)     # past int64 means no limit
     rd = log.read(offset, end)
     n = min(max_records, max(0, rd.end - rd.next_offset))   # offsets are dense or sparser

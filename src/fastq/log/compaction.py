@@ -8,6 +8,14 @@ see the delete, then it is dropped too. Offsets are preserved, as in Kafka: a co
 segment holds ascending offsets with gaps (one record per batch), and readers skip the
 gaps.
 
+Transactions (issue 15), as Kafka's cleaner: only segments wholly below the last stable
+offset are cleaned (a transaction still open is never rewritten — its records would
+lose their transactional bit and show before the commit); records are read as
+read_committed readers see them, so an aborted transaction's records neither shadow the
+committed value of their key nor survive the rewrite, and COMMIT/ABORT markers in a
+rewritten segment are dropped (the records kept are committed: they are rewritten as
+plain batches; a segment left as it is keeps its transactional batches and markers). Producer fields (id, epoch, sequence) are not kept by the rewrite.
+
 Crash safety: a cleaned segment is written to a temporary directory and fsynced; then
 the old segment's indexes are unlinked, the new ``.log`` is renamed over the old one,
 and the new indexes are renamed in (each step leaves a readable segment: a missing index
@@ -17,6 +25,7 @@ generation is bumped at the end). One compactor at a time per log (``compact.loc
 """
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import time
@@ -57,15 +66,37 @@ def _ensure_mark(log: Log) -> None:
     log.allow_gaps = True
 
 
+def _producer_of(batches: list, firsts: list, offset: int) -> tuple[int, int, int]:
+    """(producer id, epoch, sequence) of the record at ``offset`` — from the batch
+    holding it among ``batches`` (``_storage._batch_producers``) — or -1s for none."""
+    i = bisect.bisect_right(firsts, offset) - 1
+    if i < 0 or batches[i][1] < offset:
+        return -1, -1, -1
+    base, _, pid, epoch, seq = batches[i]
+    return pid, epoch, -1 if seq < 0 else (seq + offset - base) & 0x7FFFFFFF
+
+
+def _records_in(log: Log, start: int, end: int) -> int:
+    """How many records offsets [start, end) of ``log`` hold, aborted ones included
+    (markers are not records: a segment left as it is keeps them, and they stay right)."""
+    n = 0
+    for _ in log.read(start, end):
+        n += 1
+    return n
+
+
 def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
     log.segments()                        # refresh the segment list
     snap = log.snapshot()
-    sealed = [seg for seg in log._segments if seg.base_offset != snap["active_base"]]
+    lso = _storage._txn_lso(log)          # nothing at or above it is cleaned
+    bases = [seg.base_offset for seg in log._segments]
+    sealed = [seg for i, seg in enumerate(log._segments)
+              if seg.base_offset != snap["active_base"] and i + 1 < len(bases) and bases[i + 1] <= lso]
     stats = {"segments": 0, "removed": 0, "kept": 0}
     if not sealed:
         return stats
     latest: dict[bytes, int] = {}
-    for rec in log.read(log.start_offset, snap["next_offset"]):
+    for rec in _storage._txn_reader(log, log.start_offset, snap["next_offset"]):
         k = rec.key
         if k is not None:
             latest[bytes(k)] = rec.offset
@@ -73,13 +104,13 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
     cutoff = now_ms - delete_retention_ms
     tmp = os.path.join(log.path, ".compact-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    bases = [seg.base_offset for seg in log._segments]
     emptied: list[int] = []
     for seg in sealed:
         nxt = bases[bases.index(seg.base_offset) + 1]
         start = max(seg.base_offset, log.start_offset)
-        keep, total = [], 0
-        for rec in log.read(start, nxt):
+        keep = []
+        total = _records_in(log, start, nxt)
+        for rec in _storage._txn_reader(log, start, nxt):
             total += 1
             key = None if rec.key is None else bytes(rec.key)
             value = None if rec.value is None else bytes(rec.value)
@@ -88,7 +119,7 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
             if value is None and rec.timestamp < cutoff:
                 continue                   # an old tombstone: the delete has been seen long enough
             keep.append((rec.offset, rec.timestamp, key, value, rec.headers))
-        if len(keep) == total:
+        if len(keep) == total:                 # nothing to drop (no aborted records either)
             continue
         if not keep and seg is not sealed[0]:
             # nothing left: the segment goes away (the first one stays, empty, so the log
@@ -97,6 +128,8 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
             stats["segments"] += 1
             stats["removed"] += total
             continue
+        batches = _storage._batch_producers(log, start, nxt)
+        firsts = [bt[0] for bt in batches]
         os.makedirs(tmp, exist_ok=True)
         _ensure_mark(log)
         new = Segment(tmp, seg.base_offset, log._map_size, log._index_cap, True,
@@ -104,7 +137,8 @@ def _compact_locked(log: Log, delete_retention_ms: int, now_ms: int) -> dict:
         try:
             pos = 0
             for off, ts, key, value, headers in keep:
-                pos += write_single_batch(new, pos, off, ts, key, value, headers)
+                pid, epoch, seq = _producer_of(batches, firsts, off)
+                pos += write_single_batch(new, pos, off, ts, key, value, headers, pid, epoch, seq)
             new.scan(0, pos, seg.base_offset, -1, False, True, log.index_interval, allow_gaps=True)
             new.sync()
         finally:

@@ -25,10 +25,12 @@ from .bounds import LIMIT_OPTIONS, OVERFLOW_POLICIES, QueueLimits, QueueSignals,
 from .codecs import CODECS, Codec, resolve_codec
 from .queue import (QUEUE_DEFAULTS, QUEUE_FILE, STATE_FILE, Message, Queue, QueueDepth, create_state,
                     validate_queue_config)
+from .exactly_once import ExactlyOnce
 from .subscription import Subscription
 
 __all__ = ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue", "QUEUE_DEFAULTS", "CODECS", "Codec",
-           "QueueBackend", "LeasedMessage", "QueueLimits", "QueueSignals", "SignalWatcher", "OVERFLOW_POLICIES"]
+           "QueueBackend", "LeasedMessage", "ExactlyOnce", "QueueLimits", "QueueSignals", "SignalWatcher",
+           "OVERFLOW_POLICIES"]
 
 QUEUE_VERSION = 1
 

@@ -203,6 +203,10 @@ class AsyncSubscription:
         check_int("concurrency", concurrency, 1, 4096)
         if guarantee not in GUARANTEES:
             raise InvalidArgument(f"guarantee={guarantee!r}: expected one of {GUARANTEES}")
+        if guarantee == "exactly-once":
+            raise InvalidArgument("AsyncQueue.subscribe has no guarantee='exactly-once' yet: use "
+                                  "Queue.subscribe(handler, guarantee='exactly-once') (a coroutine handler "
+                                  "runs there on its worker thread's own event loop)")
         self.q = q
         self.handler = handler
         self.is_async = inspect.iscoroutinefunction(handler)

@@ -86,7 +86,9 @@ class QueueSignals(NamedTuple):
     seconds until the queue is likely back under its high watermark (when over it) or has
     room (when full), else None; ``dead``: dead-lettered, rejected or dropped so far;
     ``bytes``: estimated bytes the unsettled messages take in the lane logs (unsettled x
-    the mean stored record size, framing included); ``max_bytes``: the limit or None."""
+    the mean stored record size, framing included); ``max_bytes``: the limit or None;
+    ``ready``: ``depth().ready`` (deliverable now or after a nack's delay), what
+    fastq.admission's gate reads first."""
 
     runnable: int
     delayed: int
@@ -101,6 +103,7 @@ class QueueSignals(NamedTuple):
     dead: int
     bytes: int = 0
     max_bytes: int | None = None
+    ready: int = 0
 
 
 def retry_after_estimate(excess: int, drain_rate: float | None) -> float:
@@ -414,7 +417,7 @@ class BoundsMixin:
         elif excess:
             ra = retry_after_estimate(excess, rate)
         return QueueSignals(c.runnable, c.delayed, c.in_flight, depth - c.in_flight, rate, c.oldest_age,
-                            bool(over), depth, md or None, ra, c.dead, nb, mb or None)
+                            bool(over), depth, md or None, ra, c.dead, nb, mb or None, c.ready)
 
     def on_signals(self: "Queue", callback: Callable[[QueueSignals], Any], interval: float = 1.0) -> "SignalWatcher":
         """Call ``callback(self.signals())`` every ``interval`` seconds from a daemon thread

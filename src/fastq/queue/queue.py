@@ -66,6 +66,7 @@ from .._core._storage import MessageCore, QueueCore, QueueState
 from ..errors import (Closed, CodecError, CorruptRecord, DiskFull, FastqError, InvalidArgument, LeaseLost, QueueFull,
                       UsedAfterFork)
 from ..broker.config import validate_name
+from ..flow.limiter import limit_publish, unlimit_publish
 from ..log.config import DURABILITY_MODES, check_int
 from ..log.log import Log
 from .bounds import BoundsMixin
@@ -266,6 +267,14 @@ class Message(MessageCore):
     @property
     def published_at(self) -> float:
         return self._pub_ms / 1000.0
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<queue>:<message id>"``: the same on every delivery of this message (a copy
+        made by a nack or a delay keeps its id), different for every message of the
+        broker's queues. Record it with a side effect to do that side effect once (see
+        docs/GUARANTEES.md, "Side effects outside fastq")."""
+        return f"{self._q.name}:{self.id}"
 
     @property
     def queue(self) -> str:
@@ -530,11 +539,12 @@ class Queue(QueueCore, BoundsMixin):
         return zlib.crc32(key) % self.partitions
 
     def _publish(self, data, *, key=None, headers=None, delay: float | None = None, priority: int = 0,
-                 dedup_id: str | bytes | None = None) -> int:
+                 dedup_id: str | bytes | None = None, encoded: bool = False) -> int:
         """publish() when its compiled path (QueueCore.publish: one partition, no options
-        but the priority, the lane log open) does not apply."""
+        but the priority, the lane log open) does not apply. ``encoded``: ``data`` is
+        the body already encoded by this queue's codec (exactly-once outputs)."""
         self._check_open()
-        body = self.codec.encode(data)
+        body = bytes(data) if encoded else self.codec.encode(data)
         if key is not None:
             key = _key(key)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < PRIORITIES:
@@ -745,6 +755,19 @@ class Queue(QueueCore, BoundsMixin):
             raise
         os.close(fd)
         return -1
+
+    def _if_session_dead(self, idx: int, fn: Callable[[], Any]) -> bool:
+        """Call ``fn()`` holding session ``idx``'s lock when no live process holds it (so
+        none claims it meanwhile); False, without calling it, when one does."""
+        fd = self._try_session_lock(os.path.join(self.dir, "sessions"), idx)
+        if fd < 0:
+            return False
+        try:
+            fn()
+        finally:
+            _storage.funlock(fd)
+            os.close(fd)
+        return True
 
     def _reap_locked(self, idx: int) -> int:
         """Session idx's process is gone: every message it held is available again."""
@@ -1213,19 +1236,25 @@ class Queue(QueueCore, BoundsMixin):
         crash between the two steps never stores it twice), then settle as dead."""
         self._own(m)
         if self.dead_letter is not None:
-            dlq = self._dead_letter_queue()
-            hdrs = dict(m.headers)
-            hdrs.update({"dlq-source-queue": self.name, "dlq-original-id": str(m.id),
-                         "dlq-delivery-count": str(m.delivery_count), "dlq-reason": why[:4096],
-                         "dlq-published-ms": str(int(m.published_at * 1000)),
-                         "dlq-dead-lettered-ms": str(_now_ms())})
-            dlq._publish_raw(m.body, m.key, hdrs, dedup_id=f"dlq:{self.name}:{m.id}:{m._lane}:{m._offset}")
+            self._dead_letter_queue()._publish_dead(m, m.body, m.key, dict(m.headers), why,
+                                                    f"dlq:{self.name}:{m.id}:{m._lane}:{m._offset}")
         self._settle(m, ARCHIVED, -1, "its lease ended before it was dead-lettered; the other delivery stands")
 
     def _dead_letter_queue(self) -> "Queue":
         if self._dlq is None or self._dlq._closed:
             self._dlq = self.broker.queue(self.dead_letter, codec=self.codec)
         return self._dlq
+
+    def _publish_dead(self, m: Message, body: bytes, key, headers: dict, why: str, dedup_id: str) -> int:
+        """Publish ``body`` with ``key`` to this (dead-letter) queue for message ``m`` of another
+        queue, with ``headers`` and the dlq-* headers (docs/QUEUES.md); ``dedup_id`` makes a second
+        publish of the same dead letter (after a crash) store nothing. The task queue's
+        dead letters (:mod:`fastq.tasks.deadletter`) come this way too."""
+        headers.update({"dlq-source-queue": m.queue, "dlq-original-id": str(m.id),
+                        "dlq-delivery-count": str(m.delivery_count), "dlq-reason": why[:4096],
+                        "dlq-published-ms": str(int(m.published_at * 1000)),
+                        "dlq-dead-lettered-ms": str(_now_ms())})
+        return self._publish_raw(body, key, headers, dedup_id=dedup_id)
 
     def _publish_raw(self, body: bytes, key, headers: dict, dedup_id: str) -> int:
         """Publish already-encoded bytes (dead-lettering and redrive)."""
@@ -1449,7 +1478,12 @@ class Queue(QueueCore, BoundsMixin):
         with the exception as the error when it raises, to come back after ``backoff``
         (None: exponential from 0.1 s to 60 s with full jitter; seconds; or a callable
         delivery count -> seconds, see :func:`fastq.queue.subscription.exponential_backoff`);
-        ``"at-most-once"``: ack before calling it. Returns a :class:`Subscription`."""
+        ``"at-most-once"``: ack before calling it. ``"exactly-once"``: the handler is
+        called as ``handler(message, tx)`` and publishes through ``tx``
+        (:class:`fastq.ExactlyOnce`: ``publish`` / ``publish_many`` to topics, ``enqueue``
+        to queues); those outputs and the ack happen together or not at all, and a
+        redelivered message whose outputs were committed is acked without calling the
+        handler again (see :mod:`fastq.queue.exactly_once`). Returns a :class:`Subscription`."""
         return Subscription(self, handler, concurrency=concurrency, guarantee=guarantee,
                             max_messages=max_messages, backoff=backoff)
 
@@ -1459,11 +1493,20 @@ class Queue(QueueCore, BoundsMixin):
     def closed(self) -> bool:
         return self._closed
 
+    def set_rate_limit(self, rate_limit) -> None:
+        """Limit publishing through this handle (``broker.queue(name, rate_limit=...)``):
+        a :class:`fastq.RateLimiter`, or ``(points, duration)`` for limiter
+        ``queue.<name>.publish`` shared by every process; None removes it. Over the limit
+        ``publish``/``publish_many`` raise :class:`fastq.RateLimited` and store nothing
+        (:func:`fastq.flow.limiter.limit_publish`)."""
+        limit_publish(self, rate_limit)
+
     def close(self) -> None:
         """Release this handle: messages it holds become available to others at once."""
         with self._mutex:
             if self._closed:
                 return
+            unlimit_publish(self)
             if self._session >= 0:
                 try:
                     self._lock()

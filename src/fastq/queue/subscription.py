@@ -4,49 +4,35 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from ..errors import Closed, FastqError, InvalidArgument, LeaseLost
+from ..errors import Closed, FastqError, InvalidArgument, LeaseLost, ProducerFenced
+from ..flow.backoff import Backoff as FlowBackoff, exponential_backoff
 from ..log.config import check_int
+from .exactly_once import ExactlyOnceRunner
 
 if TYPE_CHECKING:
     from .backend import LeasedMessage as Message, QueueBackend as Queue
 
 __all__ = ["Subscription", "GUARANTEES", "exponential_backoff", "resolve_backoff"]
 
-GUARANTEES = ("at-least-once", "at-most-once")
+GUARANTEES = ("at-least-once", "at-most-once", "exactly-once")
 log = logging.getLogger("fastq.queue")
 
-Backoff = Union[None, float, Callable[[int], float]]
-
-
-def exponential_backoff(base: float = 0.1, cap: float = 60.0, rng: random.Random | None = None,
-                        jitter: float = 1.0) -> Callable[[int], float]:
-    """Delay before the next delivery after the n-th failed one: exponential with jitter
-    (AWS's "Exponential Backoff and Jitter"): d = min(cap, base * 2**(n-1)), then uniform in
-    [d * (1 - jitter), d]. ``jitter=1.0`` (the default) is full jitter, ``0.0`` none
-    (BullMQ's ``jitter`` option means the same fraction). Jitter spreads the retries of
-    messages that failed together (a dependency down) so they do not all come back at the
-    same moment."""
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= jitter <= 1.0:
-        raise InvalidArgument(f"jitter must be a fraction in [0, 1], got {jitter!r}")
-    r = rng or random.Random()
-
-    def delay(n: int) -> float:
-        d = min(cap, base * (2.0 ** max(0, min(n - 1, 60))))
-        return d if not jitter else r.uniform(d * (1.0 - jitter), d)
-    return delay
+Backoff = Union[None, float, dict, Callable[[int], float]]
 
 
 def resolve_backoff(backoff: Backoff) -> Callable[[int], float]:
     """None: :func:`exponential_backoff` (0.1 s doubling up to 60 s, full jitter); a number:
-    that many seconds every time; a callable: delivery count -> seconds."""
+    that many seconds every time; a callable — a :class:`fastq.Backoff` is one — delivery
+    count -> seconds."""
     if backoff is None:
         return exponential_backoff()
     if callable(backoff):
         return backoff
+    if isinstance(backoff, dict):                    # the stored form of a fastq.Backoff
+        return FlowBackoff.coerce(backoff)
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < float("inf"):
         raise InvalidArgument(f"backoff must be None, seconds >= 0 or a callable, got {backoff!r}")
     fixed = float(backoff)
@@ -59,7 +45,9 @@ class Subscription:
     event loop of the worker thread's own): ``stop()`` asks the workers to finish the
     message in hand and return; ``join(timeout)`` waits for them; use as a context manager
     to stop and join on exit. ``handled`` counts messages handled without error,
-    ``failed`` those whose handler raised; ``errors`` keeps the last few exceptions."""
+    ``failed`` those whose handler raised; ``errors`` keeps the last few exceptions.
+    ``"exactly-once"``: see :mod:`fastq.queue.exactly_once` (``skipped`` counts the
+    redelivered messages found already handled and acked without calling the handler)."""
 
     def __init__(self, queue: "Queue", handler: Callable[["Message"], Any], *, concurrency: int,
                  guarantee: str, max_messages: int, backoff: Backoff):
@@ -77,13 +65,15 @@ class Subscription:
         self.guarantee = guarantee
         self.max_messages = max_messages
         self.backoff = resolve_backoff(backoff)
+        self._eos = ExactlyOnceRunner(queue) if guarantee == "exactly-once" else None
+        self.skipped = 0
         self.handled = 0
         self.failed = 0
         self.errors: list[BaseException] = []
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, name=f"fastq-sub-{queue.name}-{i}", daemon=True)
-                         for i in range(concurrency)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"fastq-sub-{queue.name}-{i}",
+                                          daemon=True) for i in range(concurrency)]
         for t in self._threads:
             t.start()
 
@@ -95,15 +85,151 @@ class Subscription:
                 self.failed += 1
                 self.errors = (self.errors + [exc])[-16:]
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         q = self.queue
         at_most = self.guarantee == "at-most-once"
         loop = asyncio.new_event_loop() if self.is_async else None   # a coroutine handler runs here
         try:
-            self._loop(q, at_most, loop)
+            if self._eos is not None:
+                self._eos_loop(q, index, loop)
+            else:
+                self._loop(q, at_most, loop)
         finally:
             if loop is not None:
                 loop.close()
+
+    def _call(self, loop, *args) -> None:
+        if loop is not None:
+            loop.run_until_complete(self.handler(*args))
+        else:
+            self.handler(*args)
+
+    def _hand_back(self, m: "Message", e: BaseException | None) -> None:
+        """nack (after the backoff when the handler failed), ignoring a lost lease."""
+        try:
+            m.nack(self.backoff(m.delivery_count) if e is not None else 0.0, error=e)
+        except (LeaseLost, Closed):
+            pass
+
+    def _eos_loop(self, q: "Queue", _index: int, loop) -> None:
+        """guarantee="exactly-once" (fastq.queue.exactly_once): the messages of one
+        receive are handled in one transaction with their outcome record, committed
+        before their acks; when a handler fails, the others of its batch run again, each
+        in a transaction of its own."""
+        eos = self._eos
+        tp = None
+        index = eos.claim_slot()                     # names this thread's transactional id
+        try:
+            while not self._stop.is_set():
+                try:
+                    msgs = q.receive(self.max_messages, wait=0.1)
+                except Closed:
+                    return
+                if self._stop.is_set():
+                    for m in msgs:
+                        self._hand_back(m, None)     # not started: hand them back at once
+                    continue
+                pending = [[m for m in msgs if not self._eos_done_before(m)]]
+                while pending:
+                    batch = pending.pop(0)
+                    if not batch:
+                        continue
+                    try:
+                        if tp is None or tp._closed:
+                            tp = eos.producer(index)
+                    except FastqError as e:          # storage trouble: the messages come back
+                        self._record(False, e)
+                        for m in batch:
+                            self._hand_back(m, e)
+                        continue
+                    pending = [[m] for m in self._eos_batch(q, batch, tp, loop)] + pending
+        finally:
+            if tp is not None:
+                tp.close()
+            eos.release_slot(index)
+
+    def _eos_done_before(self, m: "Message") -> bool:
+        """A redelivered message found handled by an earlier delivery (committed): its
+        queue outputs are published (once) and it is acked, without the handler. True
+        also when it needs nothing more from this worker (its lease was lost)."""
+        if m.delivery_count <= 1:
+            return False
+        eos = self._eos
+        try:
+            eos.maybe_finish_dead()
+            done = eos.outcomes.committed(m)
+            if done is None:
+                return False
+            eos.apply(m, done["out"].get(str(m.id), ()))
+            m.ack()
+        except LeaseLost as e:
+            self._record(False, e)
+        except FastqError as e:
+            self._record(False, e)
+            self._hand_back(m, e)
+        else:
+            with self._count_lock:
+                self.skipped += 1
+        return True
+
+    def _eos_batch(self, q: "Queue", ms: list, tp, loop) -> list:
+        """Handle ``ms`` in one transaction. Returns the messages to handle again (each
+        alone): the others of a batch whose handler failed on one."""
+        eos = self._eos
+        try:
+            tx = tp.begin()
+        except ProducerFenced as e:                  # another subscriber finished our id's transaction
+            self._record(False, e)
+            tp.close()
+            return ms
+        except FastqError as e:
+            self._record(False, e)
+            for m in ms:
+                self._hand_back(m, e)
+            return []
+        ctxs: list = []
+        try:
+            for m in ms:
+                ctx = eos.context(tx, m)
+                self._call(loop, m, ctx)
+                if m.settled:
+                    raise InvalidArgument("an exactly-once handler must not ack, nack or reject its message: "
+                                          "the subscription acks it with the transaction")
+                ctxs.append(ctx)
+            eos.step("handled")
+            eos.outcome(ctxs, tp)
+            eos.step("outcome")
+            for m in ms:
+                m.extend(q.visibility_timeout)       # still ours: nobody else can be handling them
+            tx.commit()
+            eos.step("committed")
+        except Exception as e:
+            if tx.state == "ongoing":
+                try:
+                    tx.abort()
+                except FastqError:
+                    pass                             # the next open of the id aborts it
+            self._record(False, e)
+            if len(ctxs) < len(ms):                  # the handler failed on ms[len(ctxs)]
+                bad = ms[len(ctxs)]
+                log.debug("exactly-once handler failed on %r", bad, exc_info=True)
+                if not bad.settled:
+                    self._hand_back(bad, e)
+                return [m for m in ms if m is not bad]
+            for m in ms:                             # a lease lost, storage trouble: all come back
+                if not m.settled:
+                    self._hand_back(m, None if isinstance(e, LeaseLost) else e)
+            return []
+        try:
+            for ctx in ctxs:
+                eos.apply(ctx.message, ctx._out)
+            eos.step("applied")
+            q.ack_many(ms)
+        except FastqError as e:                      # committed: a redelivery finds it and acks
+            self._record(False, e)
+        with self._count_lock:
+            self.handled += sum(1 for m in ms if m.settled)
+        return []
 
     def _loop(self, q: "Queue", at_most: bool, loop) -> None:
         while not self._stop.is_set():

@@ -479,7 +479,9 @@ class AdminMixin:
         now recorded; ``(FAILED, state, None)`` — it built a ``failed`` state instead (a job
         stalled too often), recorded: ack the message;
         ``(DROP, None, None)`` — the job was removed, replaced by another ``gen`` or has
-        finished, or ``before(prev)`` said no: ack the message, do not run it;
+        finished, or ``before(prev)`` said no: ack the message, do not run it (``(DROP,
+        state, None)`` for a job that failed: its dead letter is sent again first, see
+        :mod:`fastq.tasks.deadletter`);
         ``(PAUSED, None, None)``. ``before``: called once admitted, before the record
         (a scheduler's tick adds its successor: :func:`fastq.tasks.scheduler.on_tick`).
 
@@ -506,27 +508,17 @@ class AdminMixin:
             a = self._put(s, evs)
             if clog.end_offset == ep:
                 return RUN, s, [ep, a]
-            with ctl.shared():                    # an admin operation began meanwhile: it is over now
-                at = ctl.ops_since(ep)
-                foreign, last, last_is_ours = (False, None, False) if at is None else \
-                    self._foreign(s["id"], s.get("gen", 0), max(since, at), lg.end_offset, a)
-                if foreign:
-                    if last_is_ours:              # our record came after its removal: undo it
-                        self._undo(s, last)
-                    return DROP, None, None
-                if ctl.paused():                  # paused meanwhile: back to waiting, held
-                    self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1},
-                              [{"event": "waiting"}])
-                    return PAUSED, None, None
-                return RUN, s, [ctl.epoch, a]
+            return self._begun_while_moved(s, ep, since, a)
         with ctl.shared():
             ep = ctl.epoch
             if ctl.paused():
                 return PAUSED, None, None
             prev = self._index.get(msg["id"])
-            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) or prev["state"] in FINISHED \
+            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) \
                     or prev.get("added_ms") != msg.get("added_ms"):   # (an incarnation whose gen was forgotten)
                 return DROP, None, None
+            if prev["state"] in FINISHED:         # its worker died before settling: failed ones are dead-lettered
+                return DROP, (prev if prev["state"] == "failed" else None), None
             if before is not None and not before(prev if dc > 1 else None):
                 return DROP, None, None
             s, evs = active(msg, prev, dc)
@@ -534,6 +526,27 @@ class AdminMixin:
             if s["state"] != "active":
                 return FAILED, s, None            # stalled too often: failed for good (the worker acks)
             return RUN, s, [ep, a]
+
+    def _begun_while_moved(self, s: dict, ep: int, since: int, a: int) -> tuple[str, dict | None, list | None]:
+        """:meth:`_begin`'s fast path, once the job's ``active`` record ``s`` (at offset
+        ``a``) is written and the epoch moved from ``ep`` since: an admin operation began
+        meanwhile; wait for it, then RUN, DROP (it removed the job) or PAUSED (paused
+        meanwhile: the job is recorded waiting again). ``since``: the job-state log's end
+        before the epoch was read."""
+        ctl = self._ctl
+        with ctl.shared():                        # an admin operation began meanwhile: it is over now
+            at = ctl.ops_since(ep)
+            foreign, last, last_is_ours = (False, None, False) if at is None else \
+                self._foreign(s["id"], s.get("gen", 0), max(since, at), self._lg.end_offset, a)
+            if foreign:
+                if last_is_ours:                  # our record came after its removal: undo it
+                    self._undo(s, last)
+                return DROP, None, None
+            if ctl.paused():                      # paused meanwhile: back to waiting, held
+                self._put({**s, "state": "waiting", "attempts_made": s["attempts_made"] - 1},
+                          [{"event": "waiting"}])
+                return PAUSED, None, None
+            return RUN, s, [ctl.epoch, a]
 
     def _foreign(self, jid: str, gen: int, start: int, end: int, ours: int) -> tuple[bool, dict | None, bool]:
         """Read job ``jid``'s records in ``[start, end)`` but ``ours``: (whether one removed
@@ -573,6 +586,11 @@ class AdminMixin:
         if self._ctl.log.end_offset == ticket[0]:
             ticket[1] = w
             return True
+        return self._current_after_move(s, ticket, w)
+
+    def _current_after_move(self, s: dict, ticket: list, w: int) -> bool:
+        """:meth:`_put_if_current` once ``s`` is written at offset ``w`` and the epoch moved
+        since ``ticket[0]``: whether the job was still there (else it is put back removed)."""
         with self._ctl.shared():
             at = self._ctl.ops_since(ticket[0])
             foreign, last, _ = (False, None, False) if at is None else \

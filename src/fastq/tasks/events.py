@@ -131,9 +131,30 @@ class EventLog:
         except Closed:
             raise
         except FastqError as e:
-            self.lost += len(events)
-            log.warning("task events of %r: %d event(s) not written (%s: %s); the jobs' states are",
-                        self.topic.name, len(events), type(e).__name__, e)
+            self._lost(len(events), e)
+
+    def emit_raw(self, key: bytes, value: bytes) -> None:
+        """Append one event already encoded (``value``: its msgspec JSON object), as :meth:`emit`."""
+        try:
+            self.topic.log(0).append(value, key)
+        except Closed:
+            raise
+        except FastqError as e:
+            self._lost(1, e)
+
+    def emit_raw_many(self, records: list) -> None:
+        """Append ``[(encoded event, job id as bytes, None), ...]`` in one batch, as :meth:`emit`."""
+        try:
+            self.topic.log(0).append_batch(records)
+        except Closed:
+            raise
+        except FastqError as e:
+            self._lost(len(records), e)
+
+    def _lost(self, n: int, e: FastqError) -> None:
+        self.lost += n
+        log.warning("task events of %r: %d event(s) not written (%s: %s); the jobs' states are",
+                    self.topic.name, n, type(e).__name__, e)
 
 
 def _decode(topic_name: str, rec) -> TaskEvent:

@@ -38,6 +38,8 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
+import msgspec
+
 from ..broker.config import validate_name
 from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
@@ -46,6 +48,7 @@ from ..queue.queue import PRIORITIES
 from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
 from .control import CTL_SUFFIX, Control
+from .deadletter import DeadLetters
 from .dedup import Deduplicator, validate_dedup
 from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
 from .job import Job, JobIndex, encode_state, now_ms
@@ -140,6 +143,19 @@ def validate_options(opts: dict) -> dict:
 
 
 _DEFAULT_OPTIONS = validate_options({})
+_RAW_DEFAULT_OPTIONS = msgspec.Raw(msgspec.json.encode(_DEFAULT_OPTIONS))
+_WAITING_EVENT = msgspec.json.encode(_WAITING)
+_FAST_ADD = os.environ.get("FASTQ_TASKS_FASTPATH", "1") != "0"    # (fastq.tasks._fastrun: off for comparison)
+_names: dict[str, bytes] = {}                 # job name -> its JSON string, for the added event
+
+
+def _name_json(name: str) -> bytes:
+    b = _names.get(name)
+    if b is None:
+        b = msgspec.json.encode(name)
+        if len(_names) < 1024:
+            _names[name] = b
+    return b
 
 
 def _scheduled_options(opts: dict) -> dict:
@@ -156,18 +172,23 @@ class TaskQueue(AdminMixin):
     retention, in the style of BullMQ: ``TaskQueue("images", broker)`` (get or create).
     ``visibility_timeout``: the lease of the underlying queue (workers keep extending it
     while a job runs; a killed worker's jobs come back at once through the queue's
-    dead-consumer detection, not after the lease). Administration — counts, paging,
+    dead-consumer detection, not after the lease). ``dead_letter``: a message queue name or
+    another TaskQueue that jobs ending failed are also sent to, exactly once
+    (:mod:`fastq.tasks.deadletter`; every process running workers passes the same).
+    Administration — counts, paging,
     pause/resume, drain, clean, retry, promote, remove, obliterate — is
     :class:`fastq.tasks.admin.AdminMixin`'s."""
 
     def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0,
                  max_depth: int | None = None, overflow: str | None = None, block_timeout: float | None = None,
                  high_watermark: int | None = None, low_watermark: int | None = None,
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, dead_letter: "str | TaskQueue | None" = None):
         validate_name("task queue", name)
         if len(name) > MAX_NAME:
             raise InvalidName(f"task queue name {name!r} is longer than {MAX_NAME} characters "
                               f"(its queue and topic add {QUEUE_SUFFIX!r} / {TOPIC_SUFFIX!r})")
+        self._dead_letters = None if dead_letter is None else \
+            DeadLetters(name, name + QUEUE_SUFFIX, broker, dead_letter)
         self.name = name
         self.broker = broker
         # limits (None: as they are) are the message queue's: one message per waiting or delayed job
@@ -243,7 +264,9 @@ class TaskQueue(AdminMixin):
         if delay is None and backoff is None and job_id is None and timeout is None and repeat is None \
                 and not unknown and remove_on_complete is False and remove_on_fail is False \
                 and type(attempts) is int and attempts == 1 and type(priority) is int and priority == 0:
-            return self._add_many([(name, data, {})])[0]         # every option at its default
+            if _FAST_ADD:
+                return self._add_default(name, data)             # every option at its default
+            return self._add_many([(name, data, {})])[0]
         opts = {"delay": delay, "attempts": attempts, "backoff": backoff, "priority": priority,
                 "job_id": job_id, "remove_on_complete": remove_on_complete, "remove_on_fail": remove_on_fail,
                 "timeout": timeout, **unknown}
@@ -252,6 +275,37 @@ class TaskQueue(AdminMixin):
         if repeat is not None:
             return self._schedulers().add_repeat(name, data, repeat, opts)
         return self._add_many([(name, data, opts)])[0]
+
+    def _add_default(self, name, data) -> Job:
+        """:meth:`_add_many` of one job with every option at its default: the same records
+        (state = message body, then the ``added`` and ``waiting`` events), built directly."""
+        self._check_open()
+        if type(name) is not str or not name:
+            raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
+        jid = f"{_new_id_bits(128):032x}"
+        s = {"id": jid, "name": name, "data": data, "opts": _RAW_DEFAULT_OPTIONS, "state": "waiting",
+             "attempts_made": 0, "progress": 0, "added_ms": now_ms(), "gen": 0, "ep": self._ctl.add_epoch()}
+        try:
+            body = self._codec.dumps(s)
+        except Exception:                         # noqa: BLE001 - CodecError, with the reason: nothing stored
+            body = self._codec.encode(s)
+        s["opts"] = dict(_DEFAULT_OPTIONS)
+        k = jid.encode()
+        q = self.queue
+        if q._bounded_py():                       # admitted before its state is stored (_add_many)
+            q._admit(1)
+            q._admitted.on = True
+            try:
+                self._lg.append(body, k)
+                q.publish(body)
+            finally:
+                q._admitted.on = False
+        else:
+            self._lg.append(body, k)
+            q.publish(body)
+        self._events.emit_raw_many([(b'{"event":"added","name":%s}' % _name_json(name), k, None),
+                                    (_WAITING_EVENT, k, None)])
+        return Job(self, jid, s)
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
         """Add many jobs at once: an iterable of ``(name, data)`` or ``(name, data, options)``
@@ -309,11 +363,12 @@ class TaskQueue(AdminMixin):
             finally:
                 self.queue._admitted.on = False
             evs = []                               # last: a job is stored whatever happens to them
-            for s in new:
+            for s in new:                          # (pre-encoded: the same JSON as EventLog.emit's)
                 k = s["id"].encode()
-                evs.append((k, {"event": "added", "name": s["name"]}))
-                evs.append((k, {"event": "delayed", "due_ms": s["due_ms"]} if "due_ms" in s else _WAITING))
-            self._events.emit(evs)
+                evs.append((b'{"event":"added","name":%s}' % _name_json(s["name"]), k, None))
+                evs.append((b'{"event":"delayed","due_ms":%d}' % s["due_ms"] if "due_ms" in s else _WAITING_EVENT,
+                            k, None))
+            self._events.emit_raw_many(evs)
         out, it = [], iter(new)
         for s, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)))

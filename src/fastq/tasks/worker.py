@@ -60,8 +60,10 @@ import msgspec
 
 from ..broker._aio import SLICE
 from ..errors import Closed, CodecError, FastqError, InvalidArgument, LeaseLost, UnknownJob
+from ..flow.limiter import as_limiter, group_key_function
 from ..log.config import check_int
 from . import _child
+from ._fastrun import ENABLED as FAST_ENABLED, FastRun
 from .backoff import Backoff
 from .admin import DROP, FAILED, RUN
 from .job import Job, now_ms
@@ -112,15 +114,19 @@ class _Running:
 
 
 class _Child:
-    """A spawned child process of a process-mode worker and its end of the pipe."""
+    """A spawned child process of a process-mode worker (or of a :class:`fastq.WorkerPool`:
+    ``target`` is then its child's ``main``, speaking the same start and stop handshake)
+    and its end of the pipe. ``what`` names its owner in the errors of :meth:`ready`."""
 
-    def __init__(self, payload: bytes, qname: str):
+    def __init__(self, payload: bytes, qname: str, target=_child.main, what: str = "mode='process'"):
         here, there = _SPAWN.Pipe()
-        self.process = _SPAWN.Process(target=_child.main, args=(there, payload, os.getpid()),
+        self.process = _SPAWN.Process(target=target, args=(there, payload, os.getpid()),
                                       name=f"fastq-worker-{qname}", daemon=True)
         self.process.start()
         there.close()
         self.conn = here
+        self.what = what
+        self.exitcode: int | None = None            # set by stop()
 
     def ready(self) -> None:
         """Wait for the child to load the handler; InvalidArgument if it could not."""
@@ -138,7 +144,7 @@ class _Child:
                              f"process worker needs the `if __name__ == '__main__':` guard") from None
         if msg[0] != "ready":
             self.kill()
-            raise InvalidArgument(f"mode='process': the handler could not be loaded in a child process "
+            raise InvalidArgument(f"{self.what}: the handler could not be loaded in a child process "
                                   f"({msg[1]}); it must be importable (a module-level function)")
 
     @property
@@ -154,17 +160,31 @@ class _Child:
         except (OSError, ValueError):
             pass
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = CHILD_STOP_S) -> bool:
+        """Ask the child to stop, wait ``timeout`` s, then kill it; True if it stopped by itself."""
         try:
             self.conn.send(("stop",))
         except (OSError, ValueError):
             pass
-        self.process.join(CHILD_STOP_S)
-        if self.process.is_alive():
+        self.process.join(timeout)
+        graceful = not self.process.is_alive()
+        if not graceful:
             self.kill()
             self.process.join(CHILD_STOP_S)
+        self.exitcode = self.process.exitcode
         self.conn.close()
         self.process.close()
+        return graceful
+
+
+def pickled_for_child(obj, what: str, handler) -> bytes:
+    """``obj`` pickled for a spawned child (:class:`_Child`), or InvalidArgument saying
+    that ``what`` needs ``handler`` to pickle."""
+    try:
+        return pickle.dumps(obj)
+    except Exception as e:                         # noqa: BLE001 - pickle raises many kinds
+        raise InvalidArgument(f"{what} sends the handler to child processes by pickling, and {handler!r} "
+                              f"cannot be pickled ({type(e).__name__}: {e}): use a module-level function") from None
 
 
 def _is_async(fn) -> bool:
@@ -184,11 +204,22 @@ class Worker:
     it before the job fails (BullMQ's ``maxStalledCount``, default 1). ``batch``: messages
     taken per receive in thread mode (more is faster for short jobs; each waits its turn).
 
-    ``completed``, ``failed``, ``retried`` and ``stalled`` count what this worker did.
+    ``limiter``: BullMQ's worker rate limit, across every worker of the queue in every
+    process — ``{"max": n, "duration": seconds}`` (limiter ``tasks.<queue>.worker``), a
+    :class:`fastq.RateLimiter`, or either with ``"group_key"`` (a dict
+    ``{"limiter": RateLimiter, "group_key": ...}`` for the latter): a callable of the
+    job's data, or the name of a data field, giving each group its own bucket (BullMQ
+    Pro's groups). A job over its limit is not run now and not lost: its message is
+    published again delayed by the limiter's ``retry_after`` (with its attempt count
+    carried over), then the taken one is acked; ``rate_limited`` counts these.
+
+    ``completed``, ``failed``, ``retried``, ``stalled`` and ``rate_limited`` count what
+    this worker did.
     """
 
     def __init__(self, queue: TaskQueue, handler: Handler, *, concurrency: int = 1, mode: str = "thread",
-                 batch: int | None = None, max_stalled_count: int = 1, autorun: bool = True):
+                 batch: int | None = None, max_stalled_count: int = 1, autorun: bool = True,
+                 limiter=None):
         if not isinstance(queue, TaskQueue):
             raise InvalidArgument(f"Worker takes a fastq.TaskQueue, got {queue!r}")
         if isinstance(handler, Mapping):
@@ -211,12 +242,7 @@ class Worker:
                                   "(use mode='thread' or 'process' for plain functions)")
         self._payload = b""
         if mode == "process":
-            try:
-                self._payload = pickle.dumps(handler)
-            except Exception as e:                 # noqa: BLE001 - pickle raises many kinds
-                raise InvalidArgument(f"mode='process' sends the handler to child processes by pickling, and "
-                                      f"{handler!r} cannot be pickled ({type(e).__name__}: {e}): use a "
-                                      f"module-level function") from None
+            self._payload = pickled_for_child(handler, "mode='process'", handler)
         check_int("concurrency", concurrency, 1, 1024)
         batch = (1 if concurrency > 1 or mode == "process" else 32) if batch is None else batch
         check_int("batch", batch, 1, 1024)
@@ -224,6 +250,16 @@ class Worker:
         if not isinstance(autorun, bool):
             raise InvalidArgument(f"autorun must be a bool, got {autorun!r}")
         queue._check_open()
+        group_key = None
+        if isinstance(limiter, dict) and "limiter" in limiter:
+            group_key = limiter.get("group_key")
+            limiter = limiter["limiter"]
+        elif isinstance(limiter, dict):
+            group_key = limiter.get("group_key")
+        self._group_key = group_key_function(group_key)
+        self._limiter, self._limiter_owned = (None, False) if limiter is None else as_limiter(
+            f"tasks.{queue.name}.worker", queue.broker, limiter, "limiter")
+        self.rate_limited = 0
         self.queue = queue
         self.mode = mode
         self.concurrency = concurrency
@@ -233,6 +269,7 @@ class Worker:
         self.retried = 0
         self.stalled = 0
         self._batch = batch
+        self._fast = FAST_ENABLED                  # the common case without per-step encoding (_fastrun)
         self._q = queue.queue
         self._vt = float(self._q.config["visibility_timeout"])
         self._stop = threading.Event()
@@ -311,6 +348,8 @@ class Worker:
     def _run(self, slot: int) -> None:
         q = self._q
         ctl = self.queue._ctl
+        # the fast path is the common case without a limiter (its check is the Python path's)
+        fast = FastRun(self) if self.mode == "thread" and self._fast and self._limiter is None else None
         while not self._stop.is_set():
             try:
                 if ctl.paused():                  # take nothing while paused (any process's pause)
@@ -327,7 +366,8 @@ class Worker:
                     if self._stop.is_set():
                         self._hand_back(m)
                         continue
-                    self._process(m, slot)
+                    if fast is None or not fast.run(m):
+                        self._process(m, slot)
                 except (LeaseLost, Closed):
                     pass
                 except Exception:               # storage trouble: the message comes back
@@ -597,6 +637,8 @@ class Worker:
         except (msgspec.DecodeError, KeyError, TypeError) as e:
             m.reject(f"not a fastq job message: {e}")
             return None
+        if self._limiter is not None and self._defer_if_limited(m, msg):
+            return None
         tick = None                                  # a scheduler's tick: add the next one first
         if opts.get("repeat") is not None:
             tick = lambda prev: on_tick(tq, jid, opts["repeat"], prev)      # noqa: E731
@@ -605,9 +647,12 @@ class Worker:
             if verdict == RUN:
                 break
             if verdict == DROP:                      # removed, replaced, finished or a dropped tick: never run it
+                if s is not None:                    # failed, its worker died before the ack
+                    self._dead_letter(s, m)
                 m.ack()
                 return None
             if verdict == FAILED:                    # stalled past max_stalled_count: failed for good
+                self._dead_letter(s, m)
                 m.ack()
                 with self._lock:
                     self.failed += 1
@@ -630,6 +675,26 @@ class Worker:
         with self._lock:
             self._held[m] = running
         return job, s, running
+
+    def _defer_if_limited(self, m, msg: dict) -> bool:
+        """Over the limiter (its group's bucket): publish the message again, delayed by the
+        wait, its ``a0`` grown by the deliveries this one used (so attempts_made stays what
+        it would have been), and ack this one. True when deferred. A kill between the two
+        leaves a duplicate message, which admission drops once the job has run."""
+        key = self._group_key(msg.get("data")) if self._group_key is not None else None
+        wait = self._limiter._retry_after(1, key)
+        if wait == 0.0:
+            return False
+        doc = dict(msg)
+        a0 = msg.get("a0", 0) + m.delivery_count - 1
+        if a0:
+            doc["a0"] = a0
+        self._q.publish(bytes(self.queue._codec.encode(doc)), delay=wait,
+                        priority=msg["opts"].get("priority", 0))
+        m.ack()
+        with self._lock:
+            self.rate_limited += 1
+        return True
 
     def _activate(self, msg: dict, prev: dict | None, dc: int) -> tuple[dict, list]:
         """The ``active`` state of the job of message ``msg`` (delivery ``dc``, its ``a0``
@@ -717,12 +782,21 @@ class Worker:
             return
         s.update(state="failed", finished_ms=now_ms())
         mine = tq._put_if_current(s, ticket, [{"event": "failed", "failed_reason": reason, "attempts_made": dc}])
+        if mine:
+            self._dead_letter(s, m)
         m.ack()
         if not mine:
             return
         with self._lock:
             self.failed += 1
         tq._retain(s, "remove_on_fail", "failed")
+
+    def _dead_letter(self, s: dict, m) -> None:
+        """Send failed job ``s`` to the task queue's dead letters, if it has them (before the
+        ack: a crash in between sends it again, deduplicated — :mod:`fastq.tasks.deadletter`)."""
+        dl = self.queue._dead_letters
+        if dl is not None:
+            dl.send(s, m)
 
     def _write(self, s: dict, what: str, v, ticket: list) -> None:
         new = dict(s)
@@ -749,6 +823,7 @@ class Worker:
         asks it to stop (await :meth:`aclose`, or the ``run()`` task)."""
         self._stop.set()
         if not self._started:
+            self._close_limiter()
             return True
         if self._loop_thread == threading.get_ident() and not self._threads:
             return self._finished.is_set()
@@ -756,13 +831,20 @@ class Worker:
         self._finished.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._keeper is not None:
             self._keeper.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not self.running:
+            self._close_limiter()
         return not self.running and not (self._keeper is not None and self._keeper.is_alive())
+
+    def _close_limiter(self) -> None:
+        if self._limiter_owned and self._limiter is not None:
+            self._limiter.close()
 
     async def aclose(self) -> None:
         """Stop taking jobs and wait (off the loop) until the running ones finished."""
         self._stop.set()
         while self._started and not self._finished.is_set():
             await asyncio.sleep(TICK_S)
+        self._close_limiter()
 
     def __enter__(self) -> "Worker":
         return self
