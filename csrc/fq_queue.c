@@ -13,6 +13,10 @@ _Static_assert(offsetof(fq_q_hdr, lock) == 64, "lock line");
 _Static_assert(offsetof(fq_q_hdr, heap_len) == 192, "heap line");
 _Static_assert(offsetof(fq_q_hdr, intent) == 256, "intent line");
 _Static_assert(sizeof(fq_q_intent) == 40, "intent is 40 bytes");
+_Static_assert(offsetof(fq_q_hdr, limits) == 512, "limits line");
+_Static_assert(sizeof(fq_q_limits) == 64, "limits are 64 bytes");
+_Static_assert(offsetof(fq_q_hdr, drain) == 576, "drain ring");
+_Static_assert(sizeof(fq_q_drain) == 16 + 16 * FQ_Q_DRAIN_SAMPLES, "drain ring size");
 _Static_assert(sizeof(fq_q_lane) == 64, "a lane is 64 bytes");
 _Static_assert(sizeof(fq_q_session) == 32, "a session is 32 bytes");
 _Static_assert(sizeof(fq_q_slot) == 16, "a slot is 16 bytes");
@@ -510,4 +514,56 @@ int fq_q_dedup_put(fq_q *q, uint64_t h1, uint64_t h2, int64_t expire_ms, uint64_
         free(live);
     }
     return dedup_insert(q, h1, h2, expire_ms, id, now_ms);
+}
+
+int64_t fq_q_available_due(fq_q *q, uint32_t lane, int64_t now_ms) {
+    if (lane >= nlanes(q) || is_delayed(lane)) return FQ_EINVAL;
+    fq_q_lane *l = &q->lanes[lane];
+    if (l->available <= 0) return 0;
+    int64_t n = 0;
+    for (int64_t o = l->avail_hint; o < l->speo; o++) {
+        const fq_q_slot *s = slot_at(q, lane, o);
+        if (s->state == FQ_Q_AVAILABLE && s->deadline_ms <= now_ms) n++;
+    }
+    return n;
+}
+
+/* ---- drain rate */
+
+int64_t fq_q_settled_total(fq_q *q) {
+    int64_t total = 0;
+    for (uint32_t lane = 0; lane < nlanes(q); lane++) {
+        if (!is_delayed(lane)) total += __atomic_load_n(&q->lanes[lane].settled, RELAXED);
+    }
+    return total;
+}
+
+int fq_q_drain_sample(fq_q *q, int64_t now_ms) {
+    fq_q_drain *d = &q->hdr->drain;
+    if (d->last_ms != 0 && now_ms - d->last_ms < FQ_Q_DRAIN_EVERY_MS && now_ms >= d->last_ms) return 0;
+    fq_q_drain_point *s = &d->samples[d->next % FQ_Q_DRAIN_SAMPLES];
+    s->ms = now_ms;
+    s->settled = fq_q_settled_total(q);
+    d->next += 1;
+    d->last_ms = now_ms;
+    return 1;
+}
+
+int fq_q_drain_rate(fq_q *q, int64_t now_ms, int64_t window_ms, double *rate) {
+    fq_q_drain *d = &q->hdr->drain;
+    uint32_t n = d->next < FQ_Q_DRAIN_SAMPLES ? d->next : FQ_Q_DRAIN_SAMPLES;
+    const fq_q_drain_point *best = NULL, *newest_old = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        const fq_q_drain_point *s = &d->samples[(d->next - 1 - i) % FQ_Q_DRAIN_SAMPLES];
+        int64_t age = now_ms - s->ms;
+        if (age < FQ_Q_DRAIN_EVERY_MS) continue;          /* too short a span to measure */
+        if (age <= window_ms) best = s;                    /* older and older, still in the window */
+        else if (newest_old == NULL || s->ms > newest_old->ms) newest_old = s;
+    }
+    if (best == NULL) best = newest_old;
+    if (best == NULL) return FQ_EEMPTY;
+    int64_t done = fq_q_settled_total(q) - best->settled;
+    if (done < 0) done = 0;                                /* counters reset (a new file) */
+    *rate = (double)done * 1000.0 / (double)(now_ms - best->ms);
+    return 0;
 }

@@ -17,6 +17,10 @@
  *   192   heap_len u64 | dedup_used u64 | reserved
  *   256   intent: op u32 | lane u32 | offset i64 | dst_lane u32 | pad u32 | dst_end i64 |
  *         deliveries u32 | pad u32   (a copy in progress, see "Copies" below)
+ *   512   limits (fq_q_limits, 64 bytes): max_depth i64 | max_bytes i64 | high i64 | low i64 |
+ *         block_timeout_us i64 | overflow u32 | over u32 | pad   (see "Limits" below)
+ *   576   drain: next u32 | pad u32 | last_ms i64 | samples[FQ_Q_DRAIN_SAMPLES] of
+ *         (ms i64, settled i64)   (see "Drain rate" below)
  *   4096  lanes[partitions * FQ_Q_LANES], 64 bytes each (fq_q_lane)
  *   then  sessions[max_sessions], 32 bytes each (fq_q_session)
  *   then  slots: for every lane in order, a ring of fq_q_slot (16 bytes) indexed by
@@ -61,6 +65,21 @@
  * the id's hash, and a taker that finds the record records the id in the dedup table,
  * so a retry of the killed publish stores nothing.
  *
+ * Limits (bounded queues, fastq.queue "Bounded queues"): written under the lock by whoever
+ * sets them, read lock-free by every publisher. All zero (the state of a file made before
+ * they existed: the bytes were reserved and zeroed) means unbounded and no watermarks, so
+ * files of either age open with the same version. `over` is the watermark state with
+ * hysteresis: set when the depth reaches `high`, cleared when it falls to `low`; any
+ * process that computes the depth moves it (under the lock).
+ *
+ * Drain rate: `samples` is a ring of (wall-clock ms, settled messages of the priority
+ * lanes so far), one sample at most every FQ_Q_DRAIN_EVERY_MS, appended under the lock by
+ * fq_q_drain_sample (consumers' housekeeping, signals(), a refused publish). Every process
+ * reads the same history, so the rate is measured across processes: fq_q_drain_rate
+ * takes the difference between now and the oldest sample of the last window. The settled
+ * counters are not recounted by a repair; a half-done settle killed mid-way may leave one
+ * uncounted, which only nudges the rate.
+ *
  * All functions return >= 0 on success or a negative FQ_E... status (fq_status.h). The
  * caller holds the lock for every function but fq_q_lock/fq_q_layout/fq_q_init.
  */
@@ -85,6 +104,9 @@ enum { FQ_Q_FREE = 0, FQ_Q_AVAILABLE = 1, FQ_Q_ACQUIRED = 2, FQ_Q_ACKED = 3,
 enum { FQ_Q_OP_NONE = 0, FQ_Q_OP_PROMOTE = 1, FQ_Q_OP_MOVE = 2, FQ_Q_OP_DEADLETTER = 3,
        FQ_Q_OP_DEDUP = 4 };  /* DEDUP: a publish with a dedup id; dst_lane/dst_end name its append */
 #define FQ_Q_FLAG_DIRTY 0x1u        /* repair needed (a holder died, or a repair did) */
+enum { FQ_Q_OVERFLOW_REJECT = 0, FQ_Q_OVERFLOW_BLOCK = 1, FQ_Q_OVERFLOW_DROP_OLDEST = 2 };
+#define FQ_Q_DRAIN_SAMPLES 32
+#define FQ_Q_DRAIN_EVERY_MS 250
 
 typedef struct fq_q_slot {
     uint8_t state;
@@ -135,6 +157,29 @@ typedef struct fq_q_intent {
     uint32_t _pad2;
 } fq_q_intent;
 
+typedef struct fq_q_limits {
+    int64_t max_depth;         /* unsettled messages allowed (0: unbounded) */
+    int64_t max_bytes;         /* estimated stored bytes allowed (0: unbounded) */
+    int64_t high;              /* watermarks (high 0: none) */
+    int64_t low;
+    int64_t block_timeout_us;  /* overflow "block": how long a publish waits */
+    uint32_t overflow;         /* FQ_Q_OVERFLOW_* */
+    uint32_t over;             /* 1: reached high, not yet back to low */
+    uint8_t _pad[16];
+} fq_q_limits;
+
+typedef struct fq_q_drain_point {
+    int64_t ms;
+    int64_t settled;
+} fq_q_drain_point;
+
+typedef struct fq_q_drain {
+    uint32_t next;             /* samples written so far (index next % FQ_Q_DRAIN_SAMPLES next) */
+    uint32_t _pad;
+    int64_t last_ms;           /* time of the latest sample (0: none) */
+    fq_q_drain_point samples[FQ_Q_DRAIN_SAMPLES];
+} fq_q_drain;
+
 typedef struct fq_q_hdr {
     char magic[8];
     uint32_t version;
@@ -158,7 +203,12 @@ typedef struct fq_q_hdr {
     uint8_t _pad3[48];
     /* @256 */
     fq_q_intent intent;
-    uint8_t _pad4[FQ_Q_HDR_SIZE - 256 - sizeof(fq_q_intent)];
+    uint8_t _pad4[512 - 256 - sizeof(fq_q_intent)];
+    /* @512 */
+    fq_q_limits limits;
+    /* @576 */
+    fq_q_drain drain;
+    uint8_t _pad5[FQ_Q_HDR_SIZE - 576 - sizeof(fq_q_drain)];
 } fq_q_hdr;
 
 /* A mapped queue state: pointers into the mapping, computed by fq_q_attach. */
@@ -238,5 +288,18 @@ int fq_q_dedup_get(fq_q *q, uint64_t h1, uint64_t h2, int64_t now_ms, uint64_t *
  * without them when it is 3/4 used. FQ_EFULL when every entry is alive. */
 int fq_q_dedup_put(fq_q *q, uint64_t h1, uint64_t h2, int64_t expire_ms, uint64_t id,
                    int64_t now_ms);
+
+/* AVAILABLE slots of a priority lane that are due at now_ms (a nack's "not before" has
+ * passed): what a receive could take now besides the records never delivered. */
+int64_t fq_q_available_due(fq_q *q, uint32_t lane, int64_t now_ms);
+/* Drain rate. Messages settled from the priority lanes so far (acked, dead, moved, purged). */
+int64_t fq_q_settled_total(fq_q *q);
+/* Append (now_ms, fq_q_settled_total) to the drain ring unless the latest sample is less
+ * than FQ_Q_DRAIN_EVERY_MS old. 1: sampled, 0: too soon. */
+int fq_q_drain_sample(fq_q *q, int64_t now_ms);
+/* Messages settled per second over the last window_ms: from the oldest sample not older
+ * than window_ms (or, when there is none, the newest sample) to (now_ms, settled_now).
+ * FQ_EEMPTY when there is no sample at least FQ_Q_DRAIN_EVERY_MS old. */
+int fq_q_drain_rate(fq_q *q, int64_t now_ms, int64_t window_ms, double *rate);
 
 #endif

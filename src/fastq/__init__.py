@@ -73,3 +73,8 @@ __all__ += ["ExactlyOnce", "IdempotencyStore"]
 from .tasks import TaskExactlyOnce  # noqa: E402
 
 __all__ += ["TaskExactlyOnce"]
+
+# --- bounded queues and depth signals (issue 17, fastq.queue.bounds) ---
+from .queue import OVERFLOW_POLICIES, QueueLimits, QueueSignals, SignalWatcher  # noqa: E402
+
+__all__ += ["QueueLimits", "QueueSignals", "SignalWatcher", "OVERFLOW_POLICIES"]

@@ -923,7 +923,49 @@ static void check_lane_truncate(void) {
     fq_unmap(mem, size);
 }
 
+/* The drain ring: one sample per FQ_Q_DRAIN_EVERY_MS at most, the rate from the oldest
+ * sample of the window, FQ_EEMPTY with no sample old enough, the ring wrapping. */
+static void check_drain(void) {
+    fq_q q;
+    void *mem;
+    uint64_t size;
+    double rate = -1;
+    REQUIRE(new_q(&q, 1, 64, 16, 4, 16, &mem, &size) == 0, "setup");
+    CHECK(q.hdr->limits.max_depth == 0 && q.hdr->limits.overflow == 0 && q.hdr->drain.last_ms == 0,
+          "a new file: unbounded, no samples");
+    CHECK(fq_q_drain_rate(&q, 1000, 5000, &rate) == FQ_EEMPTY, "no sample: no rate");
+    CHECK(fq_q_drain_sample(&q, 1000) == 1 && fq_q_drain_sample(&q, 1100) == 0, "one sample per 250 ms");
+    CHECK(fq_q_drain_rate(&q, 1100, 5000, &rate) == FQ_EEMPTY, "a sample 100 ms old is too recent");
+    uint32_t d;
+    for (int i = 0; i < 40; i++) fq_q_acquire(&q, LANE(0, 3), 40, 1, 1000, 30000, &d);
+    for (int64_t o = 0; o < 40; o++) fq_q_settle(&q, LANE(0, 3), o, 1, 1, FQ_Q_ACKED, 0);
+    CHECK(fq_q_available_due(&q, LANE(0, 3), 1000) == 0, "nothing available");
+    fq_q_acquire(&q, LANE(0, 2), 3, 1, 1000, 30000, &d);
+    fq_q_acquire(&q, LANE(0, 2), 3, 1, 1000, 30000, &d);
+    fq_q_settle(&q, LANE(0, 2), 0, 1, 1, FQ_Q_AVAILABLE, 0);
+    fq_q_settle(&q, LANE(0, 2), 1, 1, 1, FQ_Q_AVAILABLE, 5000);
+    CHECK(fq_q_available_due(&q, LANE(0, 2), 1000) == 1 && fq_q_available_due(&q, LANE(0, 2), 5000) == 2,
+          "one due now, both at 5000");
+    CHECK(fq_q_available_due(&q, DLANE(0), 1000) == FQ_EINVAL, "not for the delayed lane");
+    CHECK(fq_q_settled_total(&q) == 40, "settled total %" PRId64, fq_q_settled_total(&q));
+    CHECK(fq_q_drain_rate(&q, 3000, 5000, &rate) == 0 && rate > 19.99 && rate < 20.01,
+          "40 settled in 2 s: %f/s", rate);
+    /* samples every 250 ms for 20 s, 10 settled per sample: 40/s; the window covers 5 s */
+    int64_t t = 1250;
+    for (int k = 0; k < 80; k++, t += 250) {
+        q.lanes[LANE(0, 1)].settled += 10;
+        CHECK(fq_q_drain_sample(&q, t) == 1, "sample at %" PRId64, t);
+    }
+    CHECK(q.hdr->drain.next == 81, "81 samples written");
+    CHECK(fq_q_drain_rate(&q, t, 5000, &rate) == 0 && rate > 30.0 && rate <= 40.0,
+          "steady 40/s, last 250 ms without a sample: %f", rate);
+    CHECK(fq_q_drain_rate(&q, t + 60000, 5000, &rate) == 0 && rate < 1.0, "a minute idle: %f", rate);
+    CHECK(fq_q_drain_sample(&q, t - 100000) == 1, "a clock stepped back still samples");
+    fq_unmap(mem, size);
+}
+
 void suite_queue(void) {
+    check_drain();
     check_lane_truncate();
     check_layout();
     check_window();

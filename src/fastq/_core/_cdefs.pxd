@@ -252,6 +252,17 @@ cdef extern from "fq_queue.h" nogil:
         uint32_t dst_lane
         int64_t dst_end
         uint32_t deliveries
+    ctypedef struct fq_q_limits:
+        int64_t max_depth
+        int64_t max_bytes
+        int64_t high
+        int64_t low
+        int64_t block_timeout_us
+        uint32_t overflow
+        uint32_t over
+    ctypedef struct fq_q_drain:
+        uint32_t next
+        int64_t last_ms
     ctypedef struct fq_q_hdr:
         uint32_t version
         uint32_t partitions
@@ -266,6 +277,8 @@ cdef extern from "fq_queue.h" nogil:
         uint64_t heap_len
         uint64_t dedup_used
         fq_q_intent intent
+        fq_q_limits limits
+        fq_q_drain drain
     ctypedef struct fq_q:
         fq_q_hdr *hdr
         fq_q_lane *lanes
@@ -292,6 +305,10 @@ cdef extern from "fq_queue.h" nogil:
     int fq_q_delay_track(fq_q *q, uint32_t lane, int64_t offset, int64_t due_ms)
     int fq_q_heap_peek(fq_q *q, int64_t *due_ms, uint64_t *ref)
     int fq_q_heap_pop(fq_q *q)
+    int64_t fq_q_available_due(fq_q *q, uint32_t lane, int64_t now_ms)
+    int64_t fq_q_settled_total(fq_q *q)
+    int fq_q_drain_sample(fq_q *q, int64_t now_ms)
+    int fq_q_drain_rate(fq_q *q, int64_t now_ms, int64_t window_ms, double *rate)
     int fq_q_dedup_get(fq_q *q, uint64_t h1, uint64_t h2, int64_t now_ms, uint64_t *id)
     int fq_q_dedup_put(fq_q *q, uint64_t h1, uint64_t h2, int64_t expire_ms, uint64_t id,
                        int64_t now_ms)

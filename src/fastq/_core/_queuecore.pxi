@@ -44,6 +44,14 @@ cdef class QueueCore:
     cdef uint32_t _fast_index[FQ_Q_PRIORITIES]  # their lane numbers in queue.state
     cdef int64_t _fast_bits[FQ_Q_PRIORITIES]    # partition << 4 | priority: the low bits of an id
     cdef bint _busy                     # a thread is inside _take_fast
+    cdef list _bound_logs               # every lane's log (LogCore, None: not open here), by lane
+    cdef public double _next_bound_scan # time.monotonic() when a bounded publish looks for new lanes
+    cdef public bint _seen_over         # the watermark state this process last saw
+    cdef public int64_t _credit         # publishes admitted without counting the depth again ...
+    cdef int64_t _credit_ms             # ... from this fq_realtime_ms() to the next millisecond ...
+    cdef uint32_t _credit_notify        # ... while the queue's notify word is this (no other commit)
+    cdef Notifier _notifier_core        # the queue's notify word (every lane commit bumps it)
+    cdef double _record_bytes           # the last mean stored record size seen (bytes estimate)
 
     def _core_init(self, QueueState state, message_type, raw_codec):
         """Wire the state, the Message class and the raw codec (Queue.__init__ calls it
@@ -54,6 +62,126 @@ cdef class QueueCore:
         self._message_type = message_type
         self._raw_codec = raw_codec
         self._set_fast_lanes([], [])
+        self._bound_logs = []
+
+    def _set_notifier(self, Notifier notifier):
+        """The queue's notify word: a credit holds only while no other commit moved it."""
+        self._notifier_core = notifier
+
+    def _set_bound_logs(self, list logs):
+        """Every lane's log (LogCore or None), in lane order: what the depth counts."""
+        for lg in logs:
+            if lg is not None and not isinstance(lg, LogCore):
+                raise InvalidArgument("bound logs: LogCore or None expected")
+        self._bound_logs = list(logs)
+
+    cdef int64_t _depth_now(self, int64_t *nbytes=NULL) except -1:
+        """Unsettled messages; with nbytes, also an estimate of their stored bytes: per
+        lane, unsettled x the mean record size of its active segment (end_pos / records;
+        a segment just rolled has none: the last mean seen stands in)."""
+        cdef QueueState st = self._st
+        cdef Py_ssize_t i, n = len(self._bound_logs)
+        cdef int64_t d = 0, end, u, k
+        cdef double b = 0.0
+        cdef fq_log_state *ls
+        cdef object lg
+        if st is None or st.map == NULL:
+            raise Closed("queue is closed")
+        if n > <Py_ssize_t>(st.q.hdr.partitions * FQ_Q_LANES):
+            n = st.q.hdr.partitions * FQ_Q_LANES
+        for i in range(n):
+            lg = self._bound_logs[i]
+            end = -1
+            if lg is not None:
+                ls = (<LogCore>lg)._state()
+                end = <int64_t>fq_load_acquire_u64(<uint64_t *>&ls.next_offset)
+                u = st._unsettled(<uint32_t>i, end)
+                if nbytes != NULL and u > 0:
+                    k = end - ls.active_base
+                    if k > 0 and ls.end_pos > 0:
+                        self._record_bytes = <double>ls.end_pos / <double>k
+                    b += u * self._record_bytes
+            else:
+                u = st._unsettled(<uint32_t>i, end)
+                if nbytes != NULL:
+                    b += u * self._record_bytes
+            d += u
+        if nbytes != NULL:
+            nbytes[0] = <int64_t>b
+        return d
+
+    def _bytes_fast(self):
+        """(unsettled messages, estimated bytes they take in the lane logs, the mean stored
+        record size used: 0.0 before any record was seen), lock-free."""
+        cdef int64_t nb = 0
+        cdef int64_t d = self._depth_now(&nb)
+        return d, nb, self._record_bytes
+
+    def _depth_fast(self):
+        """Unsettled messages across processes (lock-free; lanes not open in this process
+        count only their window): what max_depth and the watermarks compare."""
+        return self._depth_now()
+
+    cdef bint _admit_fast(self, int64_t n, int64_t now_ms) except -1:
+        """Whether a plain publish of n messages may go on without the Python path: the
+        queue is unbounded, or the depth leaves room and the watermark state this process
+        saw has not moved. False: the Python path decides (wait, refuse, drop, callbacks).
+
+        Counting the depth reads every lane; to keep a bounded publish near an unbounded
+        one, a count grants a *credit*: 1/16 of the room left (below max_depth, max_bytes
+        and the high watermark) that holds while the queue's notify word — bumped by every
+        commit to any lane, in any process — moved only by this handle's own publishes,
+        and within 1-2 ms (the wall-clock millisecond publish reads for the record's
+        timestamp anyway, and the next; a clock stepped back ends it). So a credit never
+        lets a publish past a depth someone else's publish made: the bound is as tight as
+        without credits (one message per racing publisher), and a lone publisher counts
+        about once per 16th of the room. The count itself is lock-free, and a consumer
+        moving a message between counters may make it one off for an instant: within 16
+        of a limit the Python path counts under the lock."""
+        cdef QueueState st = self._st
+        cdef Notifier nt = self._notifier_core
+        cdef int64_t d, room, nb = 0
+        cdef uint32_t word
+        if st is None or st.map == NULL or nt is None or nt.words == NULL:
+            return 0
+        if (fq_load_acquire_u32(&st.q.hdr.limits.over) != 0) != self._seen_over:
+            return 0
+        if not st._bounded():
+            return 1
+        word = fq_load_acquire_u32(nt.words)
+        if (self._credit >= n and word == self._credit_notify
+                and self._credit_ms <= now_ms <= self._credit_ms + 1):
+            self._credit -= n
+            self._credit_notify = word + 1        # the commit this publish makes
+            return 1
+        self._credit = 0
+        if <double>fq_monotonic_ns() * 1e-9 >= self._next_bound_scan:
+            return 0
+        if st.q.hdr.limits.max_bytes > 0:
+            d = self._depth_now(&nb) + n
+        else:
+            d = self._depth_now() + n
+        room = INT64_MAX
+        if st.q.hdr.limits.max_bytes > 0:
+            if self._record_bytes <= 0 or nb + 16 * (n + 1) * self._record_bytes > st.q.hdr.limits.max_bytes:
+                return 0                    # within 16 records of the byte limit: the Python path
+            room = <int64_t>((st.q.hdr.limits.max_bytes - nb) / self._record_bytes) - n
+        if st.q.hdr.limits.max_depth > 0:
+            if d + 16 > st.q.hdr.limits.max_depth:
+                return 0
+            room = min(room, st.q.hdr.limits.max_depth - d)
+        if st.q.hdr.limits.high > 0:
+            if st.q.hdr.limits.over:
+                if d <= st.q.hdr.limits.low:
+                    return 0
+            elif d >= st.q.hdr.limits.high:
+                return 0
+            else:
+                room = min(room, st.q.hdr.limits.high - d - 1)
+        self._credit = min(room // 16, 4096)
+        self._credit_ms = now_ms
+        self._credit_notify = word + 1            # read before the count: a commit since ends it
+        return 1
 
     def publish(self, data, *, key=None, headers=None, delay=None, priority=0, dedup_id=None):
         """Store one message; returns its id once it is stored (durably, under
@@ -62,19 +190,20 @@ cdef class QueueCore:
         delivered first, FIFO within one. ``dedup_id``: a publish with an id seen in the
         last ``dedup_window`` seconds stores nothing and returns the first one's id."""
         cdef LogCore lg
-        cdef int64_t off
+        cdef int64_t off, now_ms
         cdef long prio
         if (key is None and headers is None and delay is None and dedup_id is None
                 and type(priority) is int and 0 <= priority < FQ_Q_PRIORITIES and not self._closed
                 and self._publish_logs):
             prio = priority
             lg = self._publish_logs[prio]
-            if lg is not None:                # a plain publish: one append to its lane, no lock
+            now_ms = fq_realtime_ms()
+            if lg is not None and self._admit_fast(1, now_ms):   # a plain publish: one append, no lock
                 if type(data) is bytes and self.codec is self._raw_codec:
                     body = data
                 else:
                     body = self.codec.encode(data)
-                off = lg._append_one(body, None, None, fq_realtime_ms())
+                off = lg._append_one(body, None, None, now_ms)
                 return (off << 12) | prio     # message id: offset, partition 0, lane
         return self._publish(data, key=key, headers=headers, delay=delay, priority=priority,
                              dedup_id=dedup_id)
@@ -92,7 +221,7 @@ cdef class QueueCore:
             prio = priority
             lg = self._publish_logs[prio]
             n = len(<list>items)
-            if lg is not None and n > 0:      # a plain publish_many: one append_many, no lock
+            if lg is not None and n > 0 and self._admit_fast(n, fq_realtime_ms()):   # one append_many, no lock
                 bodies = <list>items
                 if self.codec is self._raw_codec:
                     for i in range(n):

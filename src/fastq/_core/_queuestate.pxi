@@ -430,3 +430,79 @@ cdef class QueueState:
             raise InvalidArgument(f"session {idx} out of range")
         s = &self.q.sessions[idx]
         return (s.pid, s.live, s.inflight, s.claimed_ms)
+
+    # -- limits, watermarks and the drain rate (see "Limits" in csrc/fq_queue.h) --------
+
+    def limits(self):
+        """(max_depth, max_bytes, high, low, block_timeout_us, overflow, over): lock-free."""
+        self._live()
+        cdef fq_q_limits *l = &self.q.hdr.limits
+        return (l.max_depth, l.max_bytes, l.high, l.low, l.block_timeout_us, l.overflow,
+                fq_load_acquire_u32(&l.over))
+
+    def set_limits(self, int64_t max_depth, int64_t max_bytes, int64_t high, int64_t low,
+                   int64_t block_timeout_us, uint32_t overflow):
+        """Write the limits (under the lock; the caller validated them)."""
+        self._live()
+        cdef fq_q_limits *l = &self.q.hdr.limits
+        l.max_bytes = max_bytes
+        l.high = high
+        l.low = low
+        l.block_timeout_us = block_timeout_us
+        l.overflow = overflow
+        l.max_depth = max_depth
+
+    def set_over(self, bint over):
+        self._live()
+        fq_store_release_u32(&self.q.hdr.limits.over, 1 if over else 0)
+
+    cdef inline bint _bounded(self) noexcept:
+        """Whether publish must count the depth: a limit or a watermark is set."""
+        return self.q.hdr.limits.max_depth > 0 or self.q.hdr.limits.high > 0 \
+            or self.q.hdr.limits.max_bytes > 0
+
+    cdef inline int64_t _unsettled(self, uint32_t lane, int64_t log_end) noexcept:
+        """Messages of the lane not settled: in the window (available, or WAITING on a
+        delayed lane, and acquired) plus the records past speo (log_end < 0: the log is
+        not open here, its tail is not counted). Lock-free reads."""
+        cdef fq_q_lane *l = &self.q.lanes[lane]
+        cdef int64_t speo = <int64_t>fq_load_acquire_u64(<uint64_t *>&l.speo)
+        cdef int64_t n = l.available + l.acquired
+        if log_end > speo:
+            n += log_end - speo
+        return n if n > 0 else 0
+
+    def unsettled(self, uint32_t lane, int64_t log_end):
+        """Messages of `lane` not settled (see _unsettled)."""
+        self._lane(lane)
+        return self._unsettled(lane, log_end)
+
+    def available_due(self, uint32_t lane, int64_t now_ms):
+        """AVAILABLE slots of a priority lane due at now_ms (under the lock)."""
+        self._lane(lane)
+        cdef int64_t n = fq_q_available_due(&self.q, lane, now_ms)
+        if n < 0:
+            raise_status(n, "count due messages", self.path)
+        return n
+
+    def settled_total(self):
+        self._live()
+        return fq_q_settled_total(&self.q)
+
+    def drain_sample(self, int64_t now_ms):
+        """Add a drain sample unless the last is too recent (under the lock). True: added."""
+        self._live()
+        return fq_q_drain_sample(&self.q, now_ms) == 1
+
+    def drain_last_ms(self):
+        self._live()
+        return self.q.hdr.drain.last_ms
+
+    def drain_rate(self, int64_t now_ms, int64_t window_ms):
+        """Messages settled per second over the last window_ms, or None with no sample
+        old enough (under the lock)."""
+        cdef double rate = 0.0
+        self._live()
+        if fq_q_drain_rate(&self.q, now_ms, window_ms, &rate) < 0:
+            return None
+        return rate

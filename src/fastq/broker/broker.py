@@ -357,6 +357,8 @@ class Broker:
             if q is None or q.closed:
                 q = impl.open(self, name, codec, options, create)
                 self._queues[ident] = q
+            elif options:
+                impl.configure(q, options)        # limits given apply (the queue's are shared)
             if rate_limit is not None:
                 q.set_rate_limit(rate_limit)
             return q

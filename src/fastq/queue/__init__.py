@@ -21,6 +21,7 @@ from ..errors import CorruptRecord, InvalidArgument, UnknownQueue
 from ..log.config import write_json_atomic
 from .aio import AsyncQueue
 from .backend import LeasedMessage, QueueBackend
+from .bounds import LIMIT_OPTIONS, OVERFLOW_POLICIES, QueueLimits, QueueSignals, SignalWatcher, check_limits
 from .codecs import CODECS, Codec, resolve_codec
 from .queue import (QUEUE_DEFAULTS, QUEUE_FILE, STATE_FILE, Message, Queue, QueueDepth, create_state,
                     validate_queue_config)
@@ -28,7 +29,8 @@ from .exactly_once import ExactlyOnce
 from .subscription import Subscription
 
 __all__ = ["Queue", "Message", "QueueDepth", "Subscription", "AsyncQueue", "QUEUE_DEFAULTS", "CODECS", "Codec",
-           "QueueBackend", "LeasedMessage", "ExactlyOnce"]
+           "QueueBackend", "LeasedMessage", "ExactlyOnce", "QueueLimits", "QueueSignals", "SignalWatcher",
+           "OVERFLOW_POLICIES"]
 
 QUEUE_VERSION = 1
 
@@ -50,9 +52,40 @@ class _QueueKind:
         return os.path.join(broker.path, "queues")
 
     def open(self, broker, name: str, codec, options: dict, create: bool) -> Queue:
+        limits = self._limits(options)
         unknown = set(options) - set(QUEUE_DEFAULTS)
         if unknown:
-            raise InvalidArgument(f"unknown queue option(s) {sorted(unknown)}; known: {sorted(QUEUE_DEFAULTS)}")
+            raise InvalidArgument(f"unknown queue option(s) {sorted(unknown)}; known: "
+                                  f"{sorted(set(QUEUE_DEFAULTS) | set(LIMIT_OPTIONS))}")
+        q = self._open(broker, name, codec, options, create)
+        if limits:
+            try:
+                q.set_limits(**limits)
+            except BaseException:
+                q.close()
+                raise
+        return q
+
+    def configure(self, q: Queue, options: dict) -> None:
+        """``broker.queue(name, ...)`` found the handle open: apply the limits given (the
+        rest of the configuration is the stored one, as for a queue opened anew)."""
+        limits = self._limits(dict(options))
+        if limits:
+            q.set_limits(**limits)
+
+    @staticmethod
+    def _limits(options: dict) -> dict:
+        """Pop the limit options (None: not given) and check each value. Limits live in
+        queue.state (shared, changeable): given ones apply to an existing queue too,
+        unlike the stored configuration."""
+        limits = {k: options.pop(k) for k in LIMIT_OPTIONS if k in options}
+        limits = {k: v for k, v in limits.items() if v is not None}
+        high = limits.get("high_watermark")
+        check_limits(limits.get("max_depth"), limits.get("overflow", "reject"), limits.get("block_timeout"),
+                     high, limits.get("low_watermark") if high is not None else None, limits.get("max_bytes"))
+        return limits
+
+    def _open(self, broker, name: str, codec, options: dict, create: bool) -> Queue:
         codec = resolve_codec(codec)
         d = os.path.join(self.root(broker), name)
         path = os.path.join(d, QUEUE_FILE)

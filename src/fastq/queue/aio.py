@@ -98,7 +98,8 @@ class AsyncQueue:
                       dedup_id=None) -> int:
         q = self.queue
         if self._inline and not delay and dedup_id is None and isinstance(priority, int) \
-                and 0 <= priority < 10 and q.partitions == 1 and q._lanes[priority].log is not None:
+                and 0 <= priority < 10 and q.partitions == 1 and q._lanes[priority].log is not None \
+                and not q._may_block():            # overflow "block" may sleep: never on the loop
             return q.publish(data, key=key, headers=headers, priority=priority)
         return await to_thread(q.publish, data, key=key, headers=headers, delay=delay, priority=priority,
                                dedup_id=dedup_id)
@@ -146,6 +147,16 @@ class AsyncQueue:
 
     async def depth(self) -> "QueueDepth":
         return await to_thread(self.queue.depth)
+
+    async def signals(self):
+        """Queue.signals() off the event loop (it takes the queue lock)."""
+        return await to_thread(self.queue.signals)
+
+    async def set_limits(self, **limits):
+        return await to_thread(self.queue.set_limits, **limits)
+
+    async def over_high_watermark(self) -> bool:
+        return await to_thread(lambda: self.queue.over_high_watermark)
 
     async def peek(self, max_messages: int = 10) -> list["Message"]:
         return await to_thread(self.queue.peek, max_messages)

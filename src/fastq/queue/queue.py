@@ -69,6 +69,7 @@ from ..broker.config import validate_name
 from ..flow.limiter import limit_publish, unlimit_publish
 from ..log.config import DURABILITY_MODES, check_int
 from ..log.log import Log
+from .bounds import BoundsMixin
 from .codecs import Codec, resolve_codec
 from .subscription import Subscription
 
@@ -140,6 +141,15 @@ def validate_queue_config(cfg: dict) -> None:
     check_int("max_record_bytes", cfg["max_record_bytes"], 1, 256 << 20)
     if not isinstance(cfg["ordered"], bool):
         raise InvalidArgument(f"ordered must be True or False, got {cfg['ordered']!r}")
+
+
+class _Count(NamedTuple):
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_age: float
+    runnable: int
 
 
 class QueueDepth(NamedTuple):
@@ -315,7 +325,7 @@ class _Lane:
         self.reader = None
 
 
-class Queue(QueueCore):
+class Queue(QueueCore, BoundsMixin):
     """A message queue of a :class:`fastq.Broker` (see the module docstring). Made by
     ``broker.queue(name, ...)``; shared by threads; every process opens its own.
 
@@ -364,6 +374,8 @@ class Queue(QueueCore):
         self._sync = self.durability != "os"
         self._dlq: "Queue | None" = None
         self._core_init(self._state, Message, resolve_codec("raw"))
+        self._set_notifier(self._notifier)
+        self._bounds_init()
 
     # -- lanes --------------------------------------------------------------------------
 
@@ -544,9 +556,21 @@ class Queue(QueueCore):
         if not delay and dedup_id is None:
             lane = self._lanes[p * LANES + priority]
             lg = lane.log or self._lane_log(lane, create=True)
+            if self._bounded_py():
+                self._admit(1)
             off = lg.append(body, key, hdrs or None)
             return message_id(off, p, priority)
         h = self._dedup_hash(dedup_id) if dedup_id is not None else None
+        if self._bounded_py():
+            if h is not None:             # a retry of a stored publish is no new message
+                self._lock()
+                try:
+                    seen = self._state.dedup_get(h[0], h[1], _now_ms())
+                finally:
+                    self._unlock()
+                if seen is not None:
+                    return seen
+            self._admit(1)
         now = _now_ms()
         self._lock()
         try:
@@ -555,6 +579,14 @@ class Queue(QueueCore):
                 seen = self._state.dedup_get(h[0], h[1], now)
                 if seen is not None:
                     return seen
+                # room for the id before the message is stored: a QueueFull raised after the
+                # append would make the caller's retry store it twice. The reservation is dead
+                # at once (expire = now) and only this lock holder can reuse it, so the put
+                # after the append finds room (it updates this entry).
+                if not self._state.dedup_put(h[0], h[1], now, 0, now):
+                    raise QueueFull(f"queue {self.name!r}: all {self.config['dedup_capacity']} dedup "
+                                    "entries are alive; raise dedup_capacity or shorten dedup_window; "
+                                    "nothing was stored")
                 # dying between the append and dedup_put must not let the retry store it
                 # again: the intent names the log, the record carries the id's hash
                 dl = self._lanes[p * LANES + (DELAYED if delay else priority)]
@@ -568,11 +600,8 @@ class Queue(QueueCore):
                 raise
             if h is not None:
                 exp = now + int(self.config["dedup_window"] * 1000)
-                ok = self._state.dedup_put(h[0], h[1], exp, mid, now)
+                self._state.dedup_put(h[0], h[1], exp, mid, now)   # cannot fail: room was reserved
                 self._state.clear_intent()
-                if not ok:
-                    raise QueueFull(f"queue {self.name!r}: all {self.config['dedup_capacity']} dedup "
-                                    "entries are alive; raise dedup_capacity or shorten dedup_window")
             return mid
         finally:
             self._unlock()
@@ -587,6 +616,8 @@ class Queue(QueueCore):
         bodies = [self.codec.encode(d) for d in items]
         if not bodies:
             return []
+        if self._bounded_py():
+            self._admit(len(bodies))          # all or nothing: the whole batch fits, or QueueFull
         if delay:
             return self._publish_many_delayed(bodies, key, headers, delay, priority)
         if key is not None:
@@ -841,6 +872,9 @@ class Queue(QueueCore):
         the delay window was full); every reclaim_interval: space."""
         self._next_housekeeping = mono + self.liveness_interval
         self._check_liveness()
+        self._drain_tick(_now_ms())
+        if self._state.limits()[2]:
+            self._note_depth(self._depth_fast())
         if mono >= self._next_scan:
             self._next_scan = mono + 0.05
             before = sum(lane.log is not None for lane in self._lanes)
@@ -873,6 +907,10 @@ class Queue(QueueCore):
         one = self.partitions == 1
         self._set_fast_lanes(self._live if one and not self.ordered else [],
                              [lane.log for lane in self._lanes[:PRIORITIES]] if one else [])
+        self._sync_bound_logs()
+
+    def _sync_bound_logs(self) -> None:
+        self._set_bound_logs([lane.log for lane in self._lanes])
 
     def _take(self, max_messages: int) -> list[Message]:
         st = self._state
@@ -1231,9 +1269,15 @@ class Queue(QueueCore):
 
     def depth(self) -> QueueDepth:
         """Counts of what the queue holds (see :class:`QueueDepth`); a snapshot."""
+        return QueueDepth(*self._count()[:5])
+
+    def _count(self, due: bool = False) -> _Count:
+        """depth()'s counts, and with ``due`` the runnable ones: records never delivered
+        plus AVAILABLE ones whose nack delay has passed (else runnable is 0)."""
         self._check_open()
         self._scan_lanes()
-        ready = delayed = in_flight = dead = 0
+        ready = delayed = in_flight = dead = runnable = 0
+        now_ms = _now_ms()
         oldest = None
         self._lock()
         try:
@@ -1249,6 +1293,8 @@ class Queue(QueueCore):
                 lg = lane.log
                 end = lg.end_offset if lg is not None else speo
                 ready += avail + max(0, end - speo)
+                if due:
+                    runnable += max(0, end - speo) + (st.available_due(lane.index, now_ms) if avail else 0)
                 in_flight += acq
                 dead += dd
                 if lg is not None and spso < end:
@@ -1263,7 +1309,7 @@ class Queue(QueueCore):
         finally:
             self._unlock()
         age = max(0.0, (_now_ms() - oldest) / 1000.0) if oldest is not None else 0.0
-        return QueueDepth(ready, delayed, in_flight, dead, age)
+        return _Count(ready, delayed, in_flight, dead, age, runnable)
 
     def __len__(self) -> int:
         d = self.depth()
@@ -1475,6 +1521,7 @@ class Queue(QueueCore):
                     self._session_fd = -1
             self._closed = True
             self._set_fast_lanes([], [])
+            self._set_bound_logs([])
             errors = []
             for lane in self._lanes:
                 lane.reader = None
@@ -1495,6 +1542,7 @@ class Queue(QueueCore):
         self._forked = True
         self._closed = True
         self._set_fast_lanes([], [])
+        self._set_bound_logs([])
         self._mutex = threading.RLock()
         self._holder = None
         for lane in self._lanes:

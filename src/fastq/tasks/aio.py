@@ -74,6 +74,13 @@ class AsyncTaskQueue:
             states = list(states)
         return await to_thread(self.sync.get_jobs, states, start, end, asc)
 
+    async def signals(self):
+        """TaskQueue.signals() off the event loop."""
+        return await to_thread(self.sync.signals)
+
+    async def set_limits(self, **limits):
+        return await to_thread(self.sync.set_limits, **limits)
+
     async def counts(self) -> dict[str, int]:
         return await to_thread(self.sync.counts)
 

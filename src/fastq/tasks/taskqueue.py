@@ -43,6 +43,7 @@ import msgspec
 from ..broker.config import validate_name
 from ..errors import Closed, InvalidArgument, InvalidName, UnknownJob
 from ..queue.codecs import resolve_codec
+from ..queue.bounds import QueueLimits, QueueSignals, SignalWatcher
 from ..queue.queue import PRIORITIES
 from .admin import AdminMixin, dedup_id
 from .backoff import Backoff
@@ -179,7 +180,9 @@ class TaskQueue(AdminMixin):
     :class:`fastq.tasks.admin.AdminMixin`'s."""
 
     def __init__(self, name: str, broker: "Broker", *, visibility_timeout: float = 30.0,
-                 dead_letter: "str | TaskQueue | None" = None):
+                 max_depth: int | None = None, overflow: str | None = None, block_timeout: float | None = None,
+                 high_watermark: int | None = None, low_watermark: int | None = None,
+                 max_bytes: int | None = None, dead_letter: "str | TaskQueue | None" = None):
         validate_name("task queue", name)
         if len(name) > MAX_NAME:
             raise InvalidName(f"task queue name {name!r} is longer than {MAX_NAME} characters "
@@ -188,7 +191,11 @@ class TaskQueue(AdminMixin):
             DeadLetters(name, name + QUEUE_SUFFIX, broker, dead_letter)
         self.name = name
         self.broker = broker
-        self.queue = broker.queue(name + QUEUE_SUFFIX, codec="raw", visibility_timeout=visibility_timeout)
+        # limits (None: as they are) are the message queue's: one message per waiting or delayed job
+        self.queue = broker.queue(name + QUEUE_SUFFIX, codec="raw", visibility_timeout=visibility_timeout,
+                                  max_depth=max_depth, overflow=overflow, block_timeout=block_timeout,
+                                  high_watermark=high_watermark, low_watermark=low_watermark,
+                                  max_bytes=max_bytes)
         self.topic = broker.topic(name + TOPIC_SUFFIX, partitions=1, compact=True)
         self._codec = resolve_codec("json")        # job data, results: msgspec JSON (the queue is raw)
         self._index = JobIndex(self.topic)
@@ -284,8 +291,18 @@ class TaskQueue(AdminMixin):
             body = self._codec.encode(s)
         s["opts"] = dict(_DEFAULT_OPTIONS)
         k = jid.encode()
-        self._lg.append(body, k)
-        self.queue.publish(body)
+        q = self.queue
+        if q._bounded_py():                       # admitted before its state is stored (_add_many)
+            q._admit(1)
+            q._admitted.on = True
+            try:
+                self._lg.append(body, k)
+                q.publish(body)
+            finally:
+                q._admitted.on = False
+        else:
+            self._lg.append(body, k)
+            q.publish(body)
         self._events.emit_raw_many([(b'{"event":"added","name":%s}' % _name_json(name), k, None),
                                     (_WAITING_EVENT, k, None)])
         return Job(self, jid, s)
@@ -323,6 +340,10 @@ class TaskQueue(AdminMixin):
                     first[jid] = Job(self, jid, st)
             prepared.append((st, existing))
         new = [s for s, existing in prepared if existing is None]
+        if new and self.queue._bounded_py():
+            # a bounded queue admits the jobs before their states are stored: a job refused
+            # (QueueFull) leaves nothing behind; the publishes below then skip the check
+            self.queue._admit(len(new))
         if new:
             ep = self._ctl.add_epoch()             # -1 while an admin operation is under way
             encoded = []
@@ -336,19 +357,11 @@ class TaskQueue(AdminMixin):
                 lg.append(encoded[0][1], encoded[0][0]["id"].encode())
             else:
                 lg.append_batch([(body, s["id"].encode(), None) for s, body in encoded])
-            plain: dict[int, list] = {}
-            for s, body in encoded:
-                o = s["opts"]
-                if o.get("delay") or "job_id" in o:
-                    self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
-                                       dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
-                else:
-                    plain.setdefault(o["priority"], []).append(body)
-            for prio, bodies in plain.items():
-                if len(bodies) == 1:
-                    self.queue.publish(bodies[0], priority=prio)
-                else:
-                    self.queue.publish_many(bodies, priority=prio)
+            self.queue._admitted.on = True
+            try:
+                self._publish_jobs(encoded)
+            finally:
+                self.queue._admitted.on = False
             evs = []                               # last: a job is stored whatever happens to them
             for s in new:                          # (pre-encoded: the same JSON as EventLog.emit's)
                 k = s["id"].encode()
@@ -360,6 +373,59 @@ class TaskQueue(AdminMixin):
         for s, existing in prepared:
             out.append(existing if existing is not None else Job(self, s["id"], next(it)))
         return out
+
+    def _publish_jobs(self, encoded: list) -> None:
+        """Publish the messages of jobs whose states were just stored."""
+        plain: dict[int, list] = {}
+        for s, body in encoded:
+            o = s["opts"]
+            if o.get("delay") or "job_id" in o:
+                self.queue.publish(body, delay=o.get("delay"), priority=o["priority"],
+                                   dedup_id=dedup_id(s["id"], s["gen"]) if "job_id" in o else None)
+            else:
+                plain.setdefault(o["priority"], []).append(body)
+        for prio, bodies in plain.items():
+            if len(bodies) == 1:
+                self.queue.publish(bodies[0], priority=prio)
+            else:
+                self.queue.publish_many(bodies, priority=prio)
+
+    # -- back pressure (the message queue's limits and signals, fastq.queue.bounds) ---------
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The limits of the job queue (a waiting or delayed job is one message)."""
+        return self.queue.limits
+
+    def set_limits(self, **limits) -> QueueLimits:
+        """As :meth:`fastq.Queue.set_limits`: ``add`` of a job over ``max_depth`` raises
+        QueueFull (reject) and stores nothing, waits (block), or drops the oldest waiting
+        jobs' messages (drop-oldest: those jobs never run; prefer reject for task queues)."""
+        return self.queue.set_limits(**limits)
+
+    def watermarks(self, high: int | None, low: int | None = None) -> QueueLimits:
+        return self.queue.watermarks(high, low)
+
+    @property
+    def over_high_watermark(self) -> bool:
+        return self.queue.over_high_watermark
+
+    def on_watermark(self, callback):
+        """As :meth:`fastq.Queue.on_watermark`."""
+        return self.queue.on_watermark(callback)
+
+    def signals(self) -> QueueSignals:
+        """Depth signals of the job queue (:class:`fastq.QueueSignals`): ``runnable`` =
+        waiting jobs a worker could start now (0 while the queue is paused), ``delayed`` =
+        delayed jobs and retries in backoff, ``in_flight`` = active jobs."""
+        sig = self.queue.signals()
+        if self._ctl.paused():
+            sig = sig._replace(runnable=0)
+        return sig
+
+    def on_signals(self, callback, interval: float = 1.0) -> SignalWatcher:
+        """Call ``callback(self.signals())`` every ``interval`` s from a thread (stop() it)."""
+        return SignalWatcher(self, callback, interval)
 
     def _add_deduplicated(self, name, data, opts: dict, repeat) -> Job:
         if repeat is not None:
