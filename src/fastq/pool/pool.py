@@ -58,13 +58,10 @@ KEEP_EXITS = 16                     # stats(): the last unexpected exits kept
 
 
 def runnable_depth(q: "Queue | TaskQueue") -> int:
-    """What the pool scales on: messages deliverable now (``q.depth().ready``), or for a
-    task queue its waiting jobs, prioritized ones included (``counts()``; a paused queue's
-    jobs count as paused, not waiting, so a paused queue scales down)."""
-    if isinstance(q, TaskQueue):
-        c = q.counts()
-        return c["waiting"] + c["prioritized"]
-    return q.depth().ready
+    """What the pool scales on: ``q.signals().runnable`` — messages (jobs) a receive could
+    take now, net of delayed ones and of nacks and retries not yet due; a paused task
+    queue's is 0, so a paused queue scales down."""
+    return q.signals().runnable
 
 
 class _Slot:
