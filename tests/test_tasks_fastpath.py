@@ -140,6 +140,9 @@ def test_an_admin_operation_between_the_active_record_and_its_check(tq, python_p
 
             def complete(self, *a):
                 return self.real.complete(*a)
+
+            def step(self, *a):
+                return self.real.step(*a)
         real_init = _fastrun.FastRun.__init__
 
         def init(self, worker):
@@ -181,44 +184,49 @@ def test_an_admin_operation_while_the_handler_runs(tq, python_path):
     assert job.state == "completed" and job.return_value == 7 and other.state == "removed"
 
 
-def test_an_injected_io_error_on_the_fast_path_loses_no_job(tmp_path, monkeypatch):
-    """Each C fault point that one fast-path run (FastRun.run, the receive before it not
-    included) reaches, with durability "always" (the syncs too), fails once with EIO, at
-    its first and last call: the worker logs it and goes on (a failed fsync closes the log
-    for good: fsyncgate), and with the broker reopened the job ends completed — run again
-    if its completion was not recorded — never lost."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_injected_io_error_on_the_fast_path_loses_no_job(tmp_path, monkeypatch, jobs):
+    """Each C fault point that one fast-path batch run (FastRun.run_batch, the receive
+    before it not included) reaches, with durability "always" (the syncs too), fails once
+    with EIO, at its first and last call: the worker logs it and goes on (a failed fsync
+    closes the log for good: fsyncgate), and with the broker reopened every job ends
+    completed — run again if its completion was not recorded — never lost. One job: its
+    records alone; two in one batch: the first's completion and the second's start in one
+    append each (TaskRunCore.step)."""
     from fastq._core import _storage
-    real_run = _fastrun.FastRun.run
+    real_run = _fastrun.FastRun.run_batch
     arm = {}                 # {"point", "k"}: fail that call; {"dry"}: count the calls; "done" after one run
 
-    def run(self, m):
+    def run(self, msgs, slot):
         if not arm or "done" in arm:
-            return real_run(self, m)
+            return real_run(self, msgs, slot)
         dry = "point" not in arm
         for p in (_storage.FAULT_POINTS if dry else [arm["point"]]):
             _storage._fault_inject(p, errno.EIO, 1 << 40 if dry else arm["k"], 1)
         try:
-            return real_run(self, m)
+            return real_run(self, msgs, slot)
         finally:
             if dry:
                 arm["calls"] = {p: _storage._fault_calls(p) for p in _storage.FAULT_POINTS}
+                arm["batch"] = len(msgs)
             else:
                 arm["hit"] = _storage._fault_hits(arm["point"])
             arm["done"] = True                     # one armed run only
             _storage._fault_clear()
-    monkeypatch.setattr(_fastrun.FastRun, "run", run)
+    monkeypatch.setattr(_fastrun.FastRun, "run_batch", run)
 
-    def one(path, ran) -> str:
+    def one(path, ran) -> list:
         with fastq.open(path, durability="always") as b:
             tq = fastq.TaskQueue("f", b, visibility_timeout=0.3)
-            jid = tq.add("x", 1).id
+            jids = [tq.add("x", 1).id for _ in range(jobs)]
             with fastq.Worker(tq, lambda j: ran.append(j.id) or j.data + 1) as w:
                 wait_for(lambda: "done" in arm or w.completed, 10, "the first run")
             tq.close()
-        return jid
+        return jids
 
     arm["dry"] = True
     one(tmp_path / "dry", [])
+    assert arm.pop("batch") == jobs                 # both jobs in the one armed batch
     calls = {p: n for p, n in arm.pop("calls").items() if n}
     arm.clear()
     print("fault points reached:", calls)
@@ -227,13 +235,15 @@ def test_an_injected_io_error_on_the_fast_path_loses_no_job(tmp_path, monkeypatc
         for k in sorted({0, n - 1}):
             path, ran = tmp_path / f"{i}-{k}", []
             arm.update(point=point, k=k)
-            jid = one(path, ran)
+            jids = one(path, ran)
             assert arm.get("hit") == 1, f"{point}#{k} was not reached"
             arm.clear()
             with fastq.open(path) as b:                # reopened: what the fault left is recovered
                 tq = fastq.TaskQueue("f", b, visibility_timeout=0.3)
                 with fastq.Worker(tq, lambda j: ran.append(j.id) or j.data + 1):
-                    assert tq.get_job(jid).result(20) == 2, f"{point}#{k}"
+                    for jid in jids:
+                        assert tq.get_job(jid).result(20) == 2, f"{point}#{k}"
                     assert tq.add("x", 2).result(10) == 3
                 tq.close()
-            assert 1 <= ran.count(jid) <= 2, f"{point}#{k}: ran {ran}"
+            for jid in jids:
+                assert 1 <= ran.count(jid) <= 2, f"{point}#{k}: ran {ran}"

@@ -445,6 +445,9 @@ class TaskRunCore:
               handlers: Optional[dict[str, Callable[..., Any]]]) -> Optional[tuple[Any, ...]]: ...
     def complete(self, m: MessageCore, prefix: bytes, key: bytes, added: int, processed: int, raw: bytes,
                  ep: int) -> Optional[tuple[int, int]]: ...
+    def step(self, pm: MessageCore, pprefix: bytes, pkey: bytes, padded: int, pprocessed: int, raw: bytes,
+             pep: int, m: MessageCore, handler: Optional[Callable[..., Any]],
+             handlers: Optional[dict[str, Callable[..., Any]]]) -> tuple[Any, Optional[tuple[Any, ...]]]: ...
 
 class TxnIndex:
     """A partition's transactions as this process knows them (read_committed)."""

@@ -32,7 +32,7 @@ from fastq.errors import (
     Closed, CorruptRecord, DiskFull, FastqError, FsyncFailed, InvalidArgument, OffsetOutOfRange, ReadOnly,
     RecordTooLarge, StorageError, Timeout, UsedAfterFork,
 )
-from fastq.errors import RateLimited
+from fastq.errors import LeaseLost, RateLimited
 
 cdef extern from "fcntl.h" nogil:
     enum:

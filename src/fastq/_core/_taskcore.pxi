@@ -65,6 +65,31 @@ cdef bytes _task_spliced(bytes prefix, const char *tail, Py_ssize_t tail_len, by
     return out
 
 
+cdef Py_ssize_t _task_active_tail(char *tail, int64_t added, int64_t now) noexcept:
+    """The ``active`` record's fields after the prefix (at most 160 bytes)."""
+    cdef Py_ssize_t n = _task_put(tail, TASK_ACTIVE_HEAD)
+    n += _task_put_i64(tail + n, added)
+    n += _task_put(tail + n, TASK_PROCESSED)
+    n += _task_put_i64(tail + n, now)
+    n += _task_put(tail + n, TASK_END)
+    return n
+
+
+cdef inline bytes _task_completed_event(bytes raw):
+    return TASK_COMPLETED_EVENT_HEAD + raw + TASK_COMPLETED_EVENT_TAIL
+
+
+cdef inline void _task_rec(fq_record_in *r, bytes value, bytes key, int64_t ts) noexcept:
+    """Point ``r`` at ``value`` keyed ``key`` (both kept alive by the caller)."""
+    r.timestamp = ts
+    r.value = <const uint8_t *>PyBytes_AS_STRING(value)
+    r.value_len = <int32_t>PyBytes_GET_SIZE(value)
+    r.key = <const uint8_t *>PyBytes_AS_STRING(key)
+    r.key_len = <int32_t>PyBytes_GET_SIZE(key)
+    r.headers = NULL
+    r.n_headers = 0
+
+
 cdef class TaskRunCore:
     """One thread-mode task worker's compiled steps (:class:`fastq.tasks._fastrun.FastRun`):
     :meth:`begin` records a job's ``active`` state and event, :meth:`complete` its
@@ -102,19 +127,12 @@ cdef class TaskRunCore:
             self.lost(1, e)
         return 0
 
-    def begin(self, MessageCore m, handler, dict handlers):
-        """Record the ``active`` state of ``m``'s job if it is the common case — first
-        delivery, ``gen`` 0, no ``a0``, published at the current epoch on an unpaused
-        queue, no ``repeat`` or ``timeout``, a handler for its name (``handler``, or
-        ``handlers[name]`` when ``handlers`` is not None). Returns None (nothing written)
-        or ``(state, handler, prefix, key, added_ms, processed_ms, epoch, since, offset,
-        moved)``: ``moved`` — the epoch moved after the record (the caller checks what the
-        admin operation did); ``since`` — the job log's end before the epoch was read."""
+    cdef object _check(self, MessageCore m, handler, dict handlers):
+        """The common-case test of :meth:`begin`, nothing written: None, or ``(s, fn,
+        prefix, key, added, ep)`` with ``s`` the job's state as it will be once active."""
         cdef bytes body
         cdef Py_ssize_t i
-        cdef int64_t ep, since, a, added, now
-        cdef char tail[160]
-        cdef Py_ssize_t n
+        cdef int64_t ep
         if m.delivery_count != 1 or type(m.body) is not bytes:
             return None
         body = <bytes>m.body
@@ -136,23 +154,35 @@ cdef class TaskRunCore:
         if (fn is None or s.get("gen") != 0 or "a0" in s or s.get("ep") != ep or control._seen != ep
                 or control._paused or opts.get("repeat") is not None or opts.get("timeout") is not None):
             return None
-        added = added_o
+        if type(s["id"]) is not str:
+            return None
         del s["ep"]
         s.pop("due_ms", None)
-        since = fq_load_acquire_u64(<uint64_t *>&self.jobs._state().next_offset)
-        now = fq_realtime_ms()
-        prefix = body[:i]
-        key = (<str>s["id"]).encode() if type(s["id"]) is str else None
-        if key is None:
-            return None
         s["state"] = "active"
         s["attempts_made"] = 1
+        return (s, fn, body[:i], (<str>s["id"]).encode(), added_o, ep)
+
+    def begin(self, MessageCore m, handler, dict handlers):
+        """Record the ``active`` state of ``m``'s job if it is the common case — first
+        delivery, ``gen`` 0, no ``a0``, published at the current epoch on an unpaused
+        queue, no ``repeat`` or ``timeout``, a handler for its name (``handler``, or
+        ``handlers[name]`` when ``handlers`` is not None). Returns None (nothing written)
+        or ``(state, handler, prefix, key, added_ms, processed_ms, epoch, since, offset,
+        moved)``: ``moved`` — the epoch moved after the record (the caller checks what the
+        admin operation did); ``since`` — the job log's end before the epoch was read."""
+        cdef int64_t ep, since, a, added, now
+        cdef char tail[160]
+        cdef Py_ssize_t n
+        c = self._check(m, handler, handlers)
+        if c is None:
+            return None
+        s, fn, prefix, key, added_o, ep_o = c
+        added = added_o
+        ep = ep_o
+        since = fq_load_acquire_u64(<uint64_t *>&self.jobs._state().next_offset)
+        now = fq_realtime_ms()
         s["processed_ms"] = now
-        n = _task_put(tail, TASK_ACTIVE_HEAD)
-        n += _task_put_i64(tail + n, added)
-        n += _task_put(tail + n, TASK_PROCESSED)
-        n += _task_put_i64(tail + n, now)
-        n += _task_put(tail + n, TASK_END)
+        n = _task_active_tail(tail, added, now)
         a = self.jobs._append_one(_task_spliced(prefix, tail, n, None, NULL, 0), key, None, now)
         self._event(TASK_ACTIVE_EVENT, key)
         return (s, fn, prefix, key, added, now, ep, since, a, self._epoch() != ep)
@@ -163,11 +193,19 @@ cdef class TaskRunCore:
         :meth:`begin` recorded, then — unless the epoch moved from ``ep`` — ack ``m``.
         Returns None when acked, else ``(offset, finished_ms)`` (the caller checks the
         admin operation, then acks)."""
+        cdef int64_t fin = fq_realtime_ms()
+        cdef int64_t off
+        off = self.jobs._append_one(self._completed_rec(prefix, added, processed, raw, fin), key, None, fin)
+        self._event(_task_completed_event(raw), key)
+        if self._epoch() != ep:
+            return (off, fin)
+        m.ack()
+        return None
+
+    cdef bytes _completed_rec(self, bytes prefix, int64_t added, int64_t processed, bytes raw, int64_t fin):
         cdef char tail[200]
         cdef char tail2[96]
         cdef Py_ssize_t n, n2
-        cdef int64_t fin = fq_realtime_ms()
-        cdef int64_t off
         n = _task_put(tail, TASK_COMPLETED_HEAD)
         n += _task_put_i64(tail + n, added)
         n += _task_put(tail + n, TASK_PROCESSED)
@@ -176,9 +214,62 @@ cdef class TaskRunCore:
         n2 = _task_put(tail2, TASK_FINISHED)
         n2 += _task_put_i64(tail2 + n2, fin)
         n2 += _task_put(tail2 + n2, TASK_END)
-        off = self.jobs._append_one(_task_spliced(prefix, tail, n, raw, tail2, n2), key, None, fin)
-        self._event(TASK_COMPLETED_EVENT_HEAD + raw + TASK_COMPLETED_EVENT_TAIL, key)
-        if self._epoch() != ep:
-            return (off, fin)
-        m.ack()
-        return None
+        return _task_spliced(prefix, tail, n, raw, tail2, n2)
+
+    def step(self, MessageCore pm, bytes pprefix, bytes pkey, int64_t padded, int64_t pprocessed, bytes raw,
+             int64_t pep, MessageCore m, handler, dict handlers):
+        """:meth:`complete` of the previous job (message ``pm``) and :meth:`begin` of the
+        next (``m``) — when ``m`` is the common case and the epoch is still ``pep`` —
+        with their two state records in ONE append (one commit: the previous job is
+        completed and the next active at the same instant; nothing else changes), and
+        their two events in one. Otherwise the same as ``complete`` alone (then ``m`` is
+        untouched: the caller begins it, or gives it to the Python path).
+
+        Returns ``(prev, begun)``: ``prev`` as :meth:`complete` returns, or False when the
+        ack found its lease gone (the job is recorded completed, as with ``complete``
+        raising LeaseLost); ``begun`` None (``m`` not begun) or :meth:`begin`'s tuple."""
+        cdef int64_t ep, since, first, now
+        cdef char tail[160]
+        cdef Py_ssize_t n
+        cdef fq_record_in recs[2]
+        cdef bytes rec0, rec1
+        c = self._check(m, handler, handlers)
+        if c is None or <int64_t>c[5] != pep:
+            try:
+                return (self.complete(pm, pprefix, pkey, padded, pprocessed, raw, pep), None)
+            except LeaseLost:
+                return (False, None)
+        s, fn, prefix, key, added_o, ep_o = c
+        ep = pep
+        since = fq_load_acquire_u64(<uint64_t *>&self.jobs._state().next_offset)
+        now = fq_realtime_ms()
+        s["processed_ms"] = now
+        rec0 = self._completed_rec(pprefix, padded, pprocessed, raw, now)
+        n = _task_active_tail(tail, <int64_t>added_o, now)
+        rec1 = _task_spliced(<bytes>prefix, tail, n, None, NULL, 0)
+        _task_rec(&recs[0], rec0, pkey, now)
+        _task_rec(&recs[1], rec1, <bytes>key, now)
+        if self.jobs._closed:
+            self.jobs._check_open()
+        first = self.jobs._append_recs(recs, 2)
+        ev0 = _task_completed_event(raw)
+        _task_rec(&recs[0], ev0, pkey, now)
+        _task_rec(&recs[1], TASK_ACTIVE_EVENT, <bytes>key, now)
+        try:
+            if self.events._closed:
+                self.events._check_open()
+            self.events._append_recs(recs, 2)
+        except Closed:
+            raise
+        except FastqError as e:
+            self.lost(2, e)
+        moved = self._epoch() != ep
+        if moved:
+            prev = (first, now)
+        else:
+            prev = None
+            try:
+                pm.ack()
+            except LeaseLost:
+                prev = False
+        return (prev, (s, fn, prefix, key, added_o, now, ep, since, first + 1, moved))
