@@ -300,6 +300,9 @@ class _FailingLog:
     def append(self, value, key):
         raise self.err
 
+    def append_many(self, values, key):
+        raise self.err
+
 
 class _FailingTopic:
     """The events topic with appends failing as a full disk does (the C fault points are

@@ -4,7 +4,8 @@
 # "attempts_made": 0, "progress": 0, "added_ms", "gen", "ep"} (fastq/tasks/taskqueue.py);
 # its "active" and "completed" records are that message up to ,"state" (the prefix)
 # followed by the fields the Python path writes (Worker._activate / Worker._completed), each
-# built here in one allocation and appended with LogCore._append_one.
+# built here in one allocation and appended with LogCore._append_one — or, by step(), a
+# job's completed record and the next job's active record as one two-record append.
 
 cdef bytes TASK_WAITING = b',"state":"waiting","attempts_made":0,"progress":0,"added_ms":'
 cdef bytes TASK_ACTIVE_EVENT = b'{"event":"active","attempts_made":1}'

@@ -14,6 +14,10 @@ raised, reported progress or logged, an admin operation that began meanwhile, a 
 codec cannot encode, retention — goes through the Python path's functions, so both paths
 record the same states (tests/test_tasks_fastpath.py runs the task-queue tests both ways).
 
+A received batch runs in :meth:`FastRun.run_batch`: a job's ``completed`` record and the
+next job's ``active`` record go in one append (:meth:`TaskRunCore.step`), their events in
+one more — half the appends per job, the same states to a reader or a crash.
+
 A worker with a ``limiter`` takes the Python path for every job (its check comes first), and
 an exactly-once worker its transactional path (:mod:`fastq.tasks.exactly_once`).
 ``FASTQ_TASKS_FASTPATH=0`` in the environment turns it off (every job takes the Python

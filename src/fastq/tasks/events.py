@@ -151,6 +151,16 @@ class EventLog:
         except FastqError as e:
             self._lost(len(records), e)
 
+    def emit_raw_keyed(self, key: bytes, values: list) -> None:
+        """:meth:`emit_raw_many` of events of one job (``key``): ``append_many``, which
+        reads no tuple per record."""
+        try:
+            self.topic.log(0).append_many(values, key)
+        except Closed:
+            raise
+        except FastqError as e:
+            self._lost(len(values), e)
+
     def _lost(self, n: int, e: FastqError) -> None:
         self.lost += n
         log.warning("task events of %r: %d event(s) not written (%s: %s); the jobs' states are",

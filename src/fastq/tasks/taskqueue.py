@@ -69,7 +69,14 @@ MAX_JOB_ID = 512
 _ids = random.Random()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)
-_new_id_bits = _ids.getrandbits
+
+
+def _new_id() -> str:
+    """A job id: 128 random bits as 32 hex digits (randbytes().hex(): ~0.2 µs less than
+    formatting getrandbits(128), per add)."""
+    return _ids.randbytes(16).hex()
+
+
 _WAITING = {"event": "waiting"}
 JOB_OPTIONS = ("delay", "attempts", "backoff", "priority", "job_id", "remove_on_complete",
                "remove_on_fail", "timeout", "deduplication")
@@ -146,15 +153,16 @@ _DEFAULT_OPTIONS = validate_options({})
 _RAW_DEFAULT_OPTIONS = msgspec.Raw(msgspec.json.encode(_DEFAULT_OPTIONS))
 _WAITING_EVENT = msgspec.json.encode(_WAITING)
 _FAST_ADD = os.environ.get("FASTQ_TASKS_FASTPATH", "1") != "0"    # (fastq.tasks._fastrun: off for comparison)
-_names: dict[str, bytes] = {}                 # job name -> its JSON string, for the added event
+_added: dict[str, bytes] = {}                 # job name -> its ``added`` event, encoded
 
 
-def _name_json(name: str) -> bytes:
-    b = _names.get(name)
+def _added_event(name: str) -> bytes:
+    """The ``added`` event of a job named ``name``: ``{"event":"added","name":...}``."""
+    b = _added.get(name)
     if b is None:
-        b = msgspec.json.encode(name)
-        if len(_names) < 1024:
-            _names[name] = b
+        b = b'{"event":"added","name":%s}' % msgspec.json.encode(name)
+        if len(_added) < 1024:
+            _added[name] = b
     return b
 
 
@@ -225,7 +233,7 @@ class TaskQueue(AdminMixin):
             if jid in self._index.gens:            # added again after its removal: a new incarnation
                 gen = self._index.gens[jid] + 1
         else:
-            jid = f"{_new_id_bits(128):032x}"
+            jid = _new_id()
         now = now_ms()
         delay = stored.get("delay")
         state = {"id": jid, "name": name, "data": data, "opts": stored,
@@ -282,7 +290,7 @@ class TaskQueue(AdminMixin):
         self._check_open()
         if type(name) is not str or not name:
             raise InvalidArgument(f"job name must be a non-empty str, got {name!r}")
-        jid = f"{_new_id_bits(128):032x}"
+        jid = _new_id()
         s = {"id": jid, "name": name, "data": data, "opts": _RAW_DEFAULT_OPTIONS, "state": "waiting",
              "attempts_made": 0, "progress": 0, "added_ms": now_ms(), "gen": 0, "ep": self._ctl.add_epoch()}
         try:
@@ -303,8 +311,7 @@ class TaskQueue(AdminMixin):
         else:
             self._lg.append(body, k)
             q.publish(body)
-        self._events.emit_raw_many([(b'{"event":"added","name":%s}' % _name_json(name), k, None),
-                                    (_WAITING_EVENT, k, None)])
+        self._events.emit_raw_keyed(k, [_added_event(name), _WAITING_EVENT])
         return Job(self, jid, s)
 
     def add_bulk(self, jobs: Iterable) -> list[Job]:
@@ -365,7 +372,7 @@ class TaskQueue(AdminMixin):
             evs = []                               # last: a job is stored whatever happens to them
             for s in new:                          # (pre-encoded: the same JSON as EventLog.emit's)
                 k = s["id"].encode()
-                evs.append((b'{"event":"added","name":%s}' % _name_json(s["name"]), k, None))
+                evs.append((_added_event(s["name"]), k, None))
                 evs.append((b'{"event":"delayed","due_ms":%d}' % s["due_ms"] if "due_ms" in s else _WAITING_EVENT,
                             k, None))
             self._events.emit_raw_many(evs)
