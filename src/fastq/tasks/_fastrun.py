@@ -95,7 +95,7 @@ class FastRun:
                 if w._stop.is_set():
                     if pend is not None:
                         p, pend = pend, None
-                        self._finish(p, self._complete(p))
+                        self._flush(p)
                     w._hand_back(m)
                     continue
                 try:
@@ -104,7 +104,7 @@ class FastRun:
                         p, pend = pend, None
                         prev, r = core.step(p[0], p[2], p[3], p[4], p[5], p[6], p[7][0], m, w._handler,
                                             w._handlers)
-                        self._finish(p, prev)
+                        self._finish_guarded(p, prev)     # whatever it raises, m's job (begun) runs
                     if r is None:
                         r = core.begin(m, w._handler, w._handlers)
                     p = False if r is None else self._start(m, r)
@@ -126,13 +126,8 @@ class FastRun:
                     log.exception("worker of %r could not run message %s", self.tq.name, m.id)
                 done.append(m)
         finally:
-            try:
-                if pend is not None:
-                    self._finish(pend, self._complete(pend))
-            except (LeaseLost, Closed):
-                pass
-            except Exception:                         # noqa: BLE001 - as above
-                log.exception("worker of %r could not complete message %s", self.tq.name, pend[0].id)
+            if pend is not None:
+                self._flush(pend)
             with w._lock:
                 for m in done:
                     w._held.pop(m, None)
@@ -176,6 +171,27 @@ class FastRun:
             return self.core.complete(p[0], p[2], p[3], p[4], p[5], p[6], p[7][0])
         except LeaseLost:
             return False
+
+    def _finish_guarded(self, p, prev) -> None:
+        """:meth:`_finish`, logging what it raises (as the worker's loop does for a
+        message): the next job, recorded active with it, must still run."""
+        try:
+            self._finish(p, prev)
+        except (LeaseLost, Closed):
+            pass
+        except Exception:                             # noqa: BLE001 - storage trouble: the message comes back
+            log.exception("worker of %r could not finish message %s", self.tq.name, p[0].id)
+
+    def _flush(self, p) -> None:
+        """Record pending completion ``p`` alone, then :meth:`_finish` it (errors logged)."""
+        try:
+            prev = self._complete(p)
+        except (LeaseLost, Closed):
+            return
+        except Exception:                             # noqa: BLE001 - as above
+            log.exception("worker of %r could not complete message %s", self.tq.name, p[0].id)
+            return
+        self._finish_guarded(p, prev)
 
     def _finish(self, p, prev) -> None:
         """After pending completion ``p`` was recorded (``prev``: what ``complete``
