@@ -27,7 +27,7 @@ def _peer_choice():
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="Small workload: the default run in about ten seconds.")
+@click.option("--quick", is_flag=True, help="Small workload: the default run in about 15 seconds.")
 @click.option("--messages", type=click.IntRange(1, 100_000_000), default=None,
               help="Messages per throughput phase  [default: 1,000,000; --quick: 200,000].")
 @click.option("--size", type=click.IntRange(B.STAMP.size, 1 << 20), default=100, show_default=True,
