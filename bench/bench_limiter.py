@@ -117,7 +117,7 @@ def test_baseline_lock_bucket(benchmark):
     record(benchmark, "baseline_lock_bucket", N, 0)
 
 
-@pytest.mark.skipif(pyrate_limiter is None, reason="pyrate-limiter is not installed (pip install pyrate-limiter)")
+@pytest.mark.skipif(pyrate_limiter is None, reason="pyrate-limiter, an optional comparison peer, is not installed (pip install fastq-broker[compare])")
 def test_baseline_pyrate_in_memory(benchmark):
     n = 20_000
     lim = pyrate_limiter.Limiter(pyrate_limiter.Rate(10**9, pyrate_limiter.Duration.SECOND))
@@ -187,7 +187,7 @@ def _pyrate_child(bucket, n, ready, go, done):
     done.release()
 
 
-@pytest.mark.skipif(pyrate_limiter is None, reason="pyrate-limiter is not installed (pip install pyrate-limiter)")
+@pytest.mark.skipif(pyrate_limiter is None, reason="pyrate-limiter, an optional comparison peer, is not installed (pip install fastq-broker[compare])")
 def test_baseline_pyrate_cross_process(benchmark):
     n_each = 2_000
     bucket = pyrate_limiter.MultiprocessBucket.init([pyrate_limiter.Rate(10**9, pyrate_limiter.Duration.SECOND)])

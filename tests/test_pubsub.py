@@ -558,7 +558,7 @@ def test_psubscribe_several_patterns_and_messages(broker):
             sub.poll(1, timeout=0)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only: where there is no fork, no copy of a subscriber can reach a child to release")
 @pytest.mark.parametrize("durable", [True, False])
 def test_fork_releases_the_childs_copy_only(broker, durable):
     ps = broker.pubsub("f", durable=durable)
