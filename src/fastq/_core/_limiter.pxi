@@ -323,7 +323,5 @@ cdef class LimiterCore:
         if self.map != NULL:
             fq_unmap(self.map, <size_t>self.size)
             self.map = NULL
-            try:
-                warnings.warn(f"unclosed rate limiter {self.name!r}", ResourceWarning)
-            except BaseException:
-                pass
+            # never raises: a warning turned into an error is reported as unraisable (as Ring's)
+            warnings.warn(f"unclosed rate limiter {self.name!r}; call close()", ResourceWarning, stacklevel=1)
