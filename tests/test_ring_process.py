@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 import ring_workers as w
-from fastq import Ring, RingEmpty, RingQueue
+from fastq import Ring, RingEmpty, RingFull, RingQueue
 
 CONTEXTS = ["fork", "spawn"]
 
@@ -29,6 +29,11 @@ def join_ok(p, timeout=30):
         p.join()
         pytest.fail(f"{p.name} did not finish in {timeout}s")
     assert p.exitcode == 0, f"{p.name} exit code {p.exitcode}"
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def kill(p):
@@ -226,11 +231,52 @@ def test_consumer_killed_mid_stream():
         kill(victim)
         taken = counter.value
         left = r.qsize()
+        # The victim may die with the ring full (a starved consumer falls behind): then a put
+        # first would wait for room nobody makes. Take first when there is something to take.
         for i in range(5000):                      # far more than the ring holds
-            r.put(b"x%d" % i, timeout=10)
-            assert r.get(timeout=10)
+            if left:
+                assert r.get(timeout=10)
+                r.put(b"x%d" % i, timeout=10)
+            else:
+                r.put(b"x%d" % i, timeout=10)
+                assert r.get(timeout=10)
         assert r.qsize() == left
         assert taken <= 2000
+
+
+def test_consumer_killed_with_ring_full():
+    """The case the random test above reaches only under load, made certain: the consumer
+    is stopped, the producer fills the ring, the consumer is killed. The ring keeps every
+    record and goes on working for the next consumer."""
+    ctx = mp.get_context("fork")
+    counter = ctx.RawValue("q", 0)
+    with Ring(1 << 10) as r:
+        victim = run(ctx, w.consume_forever, r, counter)
+        r.put(b"first", timeout=10)
+        deadline = time.monotonic() + 10
+        while counter.value < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert counter.value == 1
+        os.kill(victim.pid, signal.SIGSTOP)
+        while _proc_state(victim.pid) != "T":      # stopped for certain, not mid-get
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        n = 0
+        while True:
+            try:
+                r.put(b"%04d" % n, timeout=0)
+            except RingFull:
+                break
+            n += 1
+        assert n > 0
+        kill(victim)
+        assert r.qsize() == n
+        for i in range(n):                         # every record kept, in order
+            assert r.get(timeout=10) == b"%04d" % i
+        for i in range(5000):
+            r.put(b"x%d" % i, timeout=10)
+            assert r.get(timeout=10) == b"x%d" % i
+        assert r.qsize() == 0
 
 
 @pytest.mark.parametrize("wait", ["futex", "yield", "spin"])
