@@ -391,6 +391,10 @@ int64_t fq_ring_get(fq_ring *r, void *dst, uint64_t cap, int64_t timeout_ns, int
     return n;
 }
 
+int fq_ring_wait_readable(fq_ring *r, int64_t timeout_ns) {
+    return wait_until(r, 0, 0, 0, deadline_of(timeout_ns));
+}
+
 /* ---- state */
 void fq_ring_interrupt(fq_ring *r) {
     fq_ring_hdr *h = r->hdr;

@@ -179,6 +179,11 @@ int64_t fq_ring_read_begin(fq_ring *r, int64_t timeout_ns, int trylock, const ui
 int64_t fq_ring_read_next(fq_ring *r, const uint8_t **msg);
 void fq_ring_read_commit(fq_ring *r);
 void fq_ring_read_abort(fq_ring *r);
+/* Wait up to timeout_ns (0: just look, < 0: forever) until the ring holds a message, taking
+ * nothing and no lock: 0 when one is there, else FQ_EEMPTY (timeout 0), FQ_ETIMEDOUT or
+ * FQ_ECLOSED. For a thread that only wants to know (a batching producer's linger thread):
+ * holding the consumer lock to look would make a drainer in the same process wait for it. */
+int fq_ring_wait_readable(fq_ring *r, int64_t timeout_ns);
 /* Copy the next message into dst. FQ_ETOOBIG (message left in place, *needed = its length)
  * when it does not fit in cap bytes. */
 int64_t fq_ring_get(fq_ring *r, void *dst, uint64_t cap, int64_t timeout_ns, int trylock,

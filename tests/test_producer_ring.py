@@ -189,3 +189,34 @@ def test_a_producer_failing_at_close_does_not_keep_the_topic_open(tmp_path):
             t.publish(b"late")
     with fastq.open(tmp_path / "b") as again:
         assert sorted(bytes(r.value) for r in again.topic("t").read(0)) == [b"a", b"b"]
+
+
+def test_a_drain_waits_out_a_busy_accumulator_lock_instead_of_taking_it_for_empty(broker):
+    """A full accumulator makes send drain inline. When the ring's consumer lock is busy for
+    longer than a non-blocking take waits (2 ms: a holder descheduled under load, which CI
+    met as the linger thread holding it while it waited for the GIL), the drain must wait
+    for it, not take the ring for empty — send raised RingFull for a record it should
+    have queued. Here a forked child holds the lock for 300 ms, then dies holding it."""
+    import os
+    t = broker.topic("busy")
+    p = t.producer(linger_ms=60_000, batch_size=1 << 30, buffer_bytes=1 << 16, max_pending=16)
+    for i in range(16):                        # full: max_pending records wait
+        p.send(b"%05d" % i, partition=0)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                               # pragma: no cover - the child
+        try:
+            p._ring._debug_hold_lock("consumer")
+            os.write(wfd, b"x")
+            time.sleep(0.3)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(rfd, 1) == b"x"
+        p.send(b"%05d" % 16, partition=0)      # drains once the dead holder's lock is taken over
+    finally:
+        os.waitpid(pid, 0)
+        os.close(rfd)
+        os.close(wfd)
+    p.close()
+    assert [v for _, v, _ in _values(t, 0)] == [b"%05d" % i for i in range(17)]

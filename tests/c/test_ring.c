@@ -11,7 +11,8 @@
  * frequent), zero-copy batched reads (read_begin/next/commit) with put_many, two
  * producers and two consumers through the pid-word locks, count()/used() read by a
  * third thread while the ring runs, a futex sleeper woken by a put / by a get, and
- * fq_ring_interrupt waking a sleeper with FQ_ECLOSED.
+ * fq_ring_interrupt waking a sleeper with FQ_ECLOSED, fq_ring_wait_readable beside a
+ * handle holding the consumer lock.
  */
 #define _GNU_SOURCE
 #include "fqtest.h"
@@ -329,6 +330,34 @@ static void futex_wakeups(void) {
     fq_unmap(mem, (size_t)len);
 }
 
+/* fq_ring_wait_readable looks without the consumer lock: it answers while another handle
+ * holds a read open (a batching producer's linger thread must not make its drainer wait),
+ * says empty / timed out / closed, and takes nothing. */
+static void wait_readable(void) {
+    void *mem;
+    uint64_t len;
+    REQUIRE(new_ring(256, 0, &mem, &len) == 0, "wait_readable ring setup");
+    fq_ring a, b;
+    fq_ring_attach(&a, mem, len, FQ_RING_WAIT_FUTEX, 0);
+    fq_ring_attach(&b, mem, len, FQ_RING_WAIT_FUTEX, 0);
+    uint8_t buf[MAX_MSG];
+    const uint8_t *m;
+    CHECK(fq_ring_wait_readable(&b, 0) == FQ_EEMPTY, "empty ring, no wait");
+    CHECK(fq_ring_wait_readable(&b, 1000000) == FQ_ETIMEDOUT, "empty ring, 1 ms");
+    uint32_t n = make_frame(buf, 7, 1);
+    CHECK(fq_ring_put(&a, buf, n, 0, 0) == 0, "put");
+    CHECK(fq_ring_read_begin(&a, 0, 1, &m) == (int64_t)n, "a opens a read: holds the consumer lock");
+    CHECK(fq_ring_read_begin(&b, 0, 1, &m) == FQ_RING_EBUSY, "b cannot take the lock");
+    CHECK(fq_ring_wait_readable(&b, 0) == 0, "b still sees the message without the lock");
+    fq_ring_read_abort(&a);
+    CHECK(fq_ring_wait_readable(&b, -1) == 0, "the message is still there");
+    CHECK(fq_ring_count(&b) == 1, "nothing taken: count %" PRIu64, fq_ring_count(&b));
+    CHECK(fq_ring_get(&b, buf, sizeof buf, 0, 0, NULL) == (int64_t)n, "b takes it");
+    fq_ring_interrupt(&b);
+    CHECK(fq_ring_wait_readable(&b, -1) == FQ_ECLOSED, "interrupted: closed, not a hang");
+    fq_unmap(mem, (size_t)len);
+}
+
 static void timed(const char *what, void (*fn)(void)) {
     int64_t t0 = fq_monotonic_ns();
     fn();
@@ -354,4 +383,5 @@ void suite_ring(void) {
     timed("spsc, put_many/zero-copy", spsc_batched);
     timed("2 producers, 2 consumers", mpmc);
     timed("futex wakeups, interrupt", futex_wakeups);
+    timed("wait_readable, lock-free", wait_readable);
 }

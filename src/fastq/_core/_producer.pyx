@@ -227,7 +227,7 @@ cdef class ProducerCore:
         ring._enter_read()
         try:
             n = ring._read_first(&m)
-            if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
+            if n == FQ_EEMPTY:
                 return 0
             if n < 0:
                 _raise_status(n, OP_GET, "drain")

@@ -50,6 +50,7 @@ cdef extern from "fq_ring.h" nogil:
     int64_t fq_ring_read_next(fq_ring *r, const uint8_t **msg)
     void fq_ring_read_commit(fq_ring *r)
     void fq_ring_read_abort(fq_ring *r)
+    int fq_ring_wait_readable(fq_ring *r, int64_t timeout_ns) nogil
     int64_t fq_ring_get(fq_ring *r, void *dst, uint64_t cap, int64_t timeout_ns, int trylock,
                         uint64_t *needed)
     void fq_ring_interrupt(fq_ring *r)
@@ -111,7 +112,7 @@ cdef class Ring:
     cdef int64_t _begin(self, int64_t tmo, const uint8_t **m) except? -1
     cdef void _release_view(self) noexcept
     cdef int _put_bytes(self, const void *p, uint64_t n, int64_t tmo, str what) except -1
-    cdef int64_t _read_first(self, const uint8_t **m) noexcept
+    cdef int64_t _read_first(self, const uint8_t **m) except? -2
     cdef int64_t _read_next(self, const uint8_t **m) noexcept
     cdef void _read_commit(self) noexcept
     cdef uint64_t _used(self) noexcept

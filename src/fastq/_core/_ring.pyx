@@ -830,12 +830,17 @@ cdef class Ring:
     # ---- a batch read for fastq._core._producer's drain. These go through this module because
     # fq_ring.c must be linked once: its pid cache (lock words) is per copy.
 
-    cdef int64_t _read_first(self, const uint8_t **m) noexcept:
+    cdef int64_t _read_first(self, const uint8_t **m) except? -2:
         """Begin a read without waiting for a message: the first message's length, or a
-        status (FQ_EEMPTY, ...). Waits (GIL released) only for a busy consumer lock."""
+        status (FQ_EEMPTY, ...). A busy consumer lock is waited for, GIL released and
+        signals checked, however long its holder takes (descheduled under load; a dead
+        holder's lock is taken over): a busy lock is never reported as an empty ring —
+        a drainer that took it for one left a full accumulator behind it."""
         cdef fq_ring *r = &self._r
         cdef int64_t n = fq_ring_read_begin(r, 0, 1, m)
-        if n == FQ_RING_EBUSY:
+        while n == FQ_RING_EBUSY or n == FQ_ETIMEDOUT:
+            if n == FQ_ETIMEDOUT:
+                PyErr_CheckSignals()
             with nogil:
                 n = fq_ring_read_begin(r, 0, 0, m)
         return n
@@ -892,20 +897,28 @@ cdef class Ring:
             self._leave()
 
     def _wait_readable(self, timeout=None):
-        """Wait until the ring holds a message without taking it. True if one is there."""
+        """Wait until the ring holds a message without taking it, or any lock (see
+        fq_ring_wait_readable). True if one is there."""
         cdef int64_t tmo = _timeout_ns(True, timeout)
-        cdef const uint8_t *m = NULL
-        cdef int64_t n
+        cdef int64_t deadline, sl
+        cdef int rc
         cdef fq_ring *r = &self._r
         self._enter_read()
         try:
-            n = self._read_begin(tmo, &m)
-            if n >= 0:
-                fq_ring_read_abort(r)
+            rc = fq_ring_wait_readable(r, 0)
+            if rc == FQ_EEMPTY and tmo != 0:
+                deadline = _deadline(tmo)
+                while True:
+                    sl = _slice(tmo, deadline)
+                    with nogil:
+                        rc = fq_ring_wait_readable(r, sl)
+                    if not _again(rc, deadline):
+                        break
+            if rc == 0:
                 return True
-            if n == FQ_EEMPTY or n == FQ_ETIMEDOUT:
+            if rc == FQ_EEMPTY or rc == FQ_ETIMEDOUT:
                 return False
-            _raise_status(n, OP_GET, "message to wait for")
+            _raise_status(rc, OP_GET, "message to wait for")
         finally:
             self._leave()
 
