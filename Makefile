@@ -14,7 +14,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "setuptools>=77" wheel "Cython>=3.1"
-	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
+	$(PIP) install -q "pytest>=8" "pytest-timeout>=2" "pytest-xdist>=3.5" "hypothesis>=6.100" "google-crc32c>=1.5" "kafka-python>=2.0.2" \
 	    "pytest-benchmark>=4" "faster-fifo>=1.4" "jsonschema>=4" "matplotlib>=3.7" \
 	    "psutil>=5.9" "numpy>=1.24" "uvicorn>=0.30" "httpx>=0.27" "starlette>=0.37"
 	touch $@
@@ -28,11 +28,15 @@ build: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fastq bench --quick
 
+# The suite runs in TEST_JOBS worker processes (pytest-xdist), one per core by default:
+# its tests wait on child processes, sleeps and disk as much as they compute, so on 2 cores
+# two workers take ~4 minutes where one takes ~7. TEST_JOBS=0 runs it in this process.
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 -n $(TEST_JOBS) tests
 
 torture: $(STAMP)
-	FASTQ_TORTURE=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests
+	FASTQ_TORTURE=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 -n $(TEST_JOBS) tests
 
 # Saves each run under .benchmarks/<machine id>/ and, once that holds an earlier run, fails
 # when a benchmark's mean got more than BENCH_THRESHOLD percent slower than in the last one.
