@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,7 @@ ADD_FOREVER = textwrap.dedent("""
                 return fn(*a, **k)
             return call
         q.publish, q.publish_many = tripwire(q.publish), tripwire(q.publish_many)
+    print("ready", flush=True)
     while True:
         tq.add("x", i, job_id=f"k{i}" if i % 3 == 0 else None)
         tq.add_bulk([("x", i + 1), ("x", i + 2)])
@@ -170,14 +172,19 @@ def test_kill_9_loop_while_adding_every_stored_job_runs_exactly_once(tmp_path):
     for r in range(rounds):
         die_after = rnd.randint(1, 60) if r % 2 else 0
         proc = subprocess.Popen([sys.executable, "-c", ADD_FOREVER, str(tmp_path / "b"), str(r * 1_000_000),
-                                 str(die_after)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                 str(die_after)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # the kill lands while it adds: counted from its "ready", not from its start (a
+        # loaded machine took longer than the whole window to start the interpreter)
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline() == b"ready\n", proc.stderr.read() if proc.poll() is not None else ""
         try:
-            proc.wait(rnd.uniform(0.3, 0.8))                # interpreter start, then some adds
+            proc.wait(rnd.uniform(0.02, 0.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         err = proc.stderr.read()
         proc.stderr.close()
+        proc.stdout.close()
         assert proc.returncode == -signal.SIGKILL, err
     with fastq.open(tmp_path / "b") as b:
         tq = fastq.TaskQueue("t", b)
