@@ -450,8 +450,9 @@ def test_promotion_killed_mid_copy_delivers_exactly_once(tmp_path, point):
     b = fastq.open(path)
     q = b.queue(QUEUE, visibility_timeout=60.0)
     q.publish("early", priority=3)
-    q.publish("due", delay=0.05, priority=3)
     q.publish("after", priority=3)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
 
     def child():
         b2 = fastq.open(path)
@@ -462,11 +463,24 @@ def test_promotion_killed_mid_copy_delivers_exactly_once(tmp_path, point):
             _die_after_append(dst)
         else:
             q2._state = _StateProxy(q2._state, point)
+        os.write(ready_w, b"r")
+        assert os.read(go_r, 1) == b"g"        # "due" is published now: due in 50 ms
         time.sleep(0.1)
         q2.receive(1, wait=5)
         raise AssertionError("the promotion did not happen")
 
-    assert wait_child(fork_child(child)) == -signal.SIGKILL
+    # "due" is published only once the child is armed: published before, its 50 ms could
+    # pass while a loaded machine forked and opened the child, which then promoted it
+    # unarmed in its first receive
+    pid = fork_child(child, close_fds=(ready_r, go_w))
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        q.publish("due", delay=0.05, priority=3)
+        os.write(go_w, b"g")
+    finally:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+    assert wait_child(pid) == -signal.SIGKILL
     it = q._state.intent()
     assert it is not None and it[0] == 1, f"not killed mid-promotion: intent {it}"
     dlog = q._lane_log(_lane(q, 3))
