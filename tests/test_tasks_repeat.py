@@ -606,3 +606,23 @@ def test_definitions_replaced_by_racing_processes_never_make_two_jobs_for_one_ti
     dup = {t: j for t, j in jobs_of_tick.items() if len(j) > 1}
     assert not dup, f"ticks with jobs of two generations: {dup}"
     assert len({j.rsplit(":", 2)[1] for js in jobs_of_tick.values() for j in js}) >= 2   # it was replaced
+
+
+def test_a_full_bounded_queue_does_not_stop_a_schedule(broker):
+    """A scheduler's next tick is admitted past max_depth: a schedule is one pending job per
+    scheduler, not producer load, and a tick refused with QueueFull left the tick's message
+    unacknowledged until its lease ran out — the schedule stalled for visibility_timeout at
+    every tick while the queue was full. Producers' adds are still refused."""
+    tq = fastq.TaskQueue("bounded-cron", broker, max_depth=2, overflow="reject")
+    tq.upsert_job_scheduler("r", {"every": 0.05})           # depth 1: the first tick
+    tq.add("filler", None, delay=3600)                      # depth 2: full
+    with pytest.raises(fastq.QueueFull):
+        tq.add("more", None)
+    rec = Recorder()
+    with fastq.Worker(tq, rec) as w:                       # the filler is due in an hour
+        wait_for(lambda: len(rec.runs) >= 4, 10, "4 ticks while the queue is full")
+        assert w.failed == 0
+    with pytest.raises(fastq.QueueFull):
+        tq.add("more", None)
+    assert rec.ticks == sorted(set(rec.ticks))
+    tq.close()

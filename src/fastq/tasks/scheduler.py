@@ -440,7 +440,9 @@ class Schedulers:
         rep = {"scheduler": d["id"], "gen": d["gen"], "seq": seq, "count": count, "tick_ms": tick_ms}
         delay = max(0, tick_ms - now_ms()) / 1000.0
         opts = {**d["opts"], "job_id": jid, "delay": delay or None}
-        return tq._add_many([(d["name"], d["data"], opts)], repeat=rep)[0]
+        # past max_depth: a schedule holds one pending job, it is not producer load, and a
+        # refused tick would stop the schedule (or, the first, leave a definition without one)
+        return tq._add_many([(d["name"], d["data"], opts)], repeat=rep, admit=False)[0]
 
     def _republish(self, jid: str, s: dict) -> None:
         """A tick's add writes its state, then its message: one that died in between (killed,
@@ -456,9 +458,15 @@ class Schedulers:
             return
         due = s.get("due_ms")
         delay = None if due is None or due <= now else (due - now) / 1000.0
-        # epoch -1: never a worker's fast path, so the job state decides (fastq.tasks.admin)
-        tq.queue.publish(tq._body(s, -1), delay=delay, priority=s["opts"]["priority"],
-                         dedup_id=dedup_id(jid, s.get("gen", 0)))
+        # epoch -1: never a worker's fast path, so the job state decides (fastq.tasks.admin);
+        # past the queue's bounds, as _add_tick
+        q = tq.queue
+        q._admitted.on = True
+        try:
+            q.publish(tq._body(s, -1), delay=delay, priority=s["opts"]["priority"],
+                      dedup_id=dedup_id(jid, s.get("gen", 0)))
+        finally:
+            q._admitted.on = False
 
     def tick(self, jid: str, rep: dict, prev: dict | None) -> bool:
         """See :func:`on_tick`."""

@@ -333,7 +333,9 @@ class TaskQueue(AdminMixin):
             items.append((j[0], j[1], opts))
         return self._add_many(items)
 
-    def _add_many(self, items: list, repeat: dict | None = None) -> list[Job]:
+    def _add_many(self, items: list, repeat: dict | None = None, admit: bool = True) -> list[Job]:
+        """Store and publish jobs (add, add_bulk, a scheduler's ticks). ``admit=False``: past
+        the queue's bounds (a scheduler's tick: fastq.tasks.scheduler)."""
         self._check_open()
         prepared = []
         first: dict[str, Job] = {}                 # a job_id twice in one add_bulk: the first wins
@@ -347,7 +349,7 @@ class TaskQueue(AdminMixin):
                     first[jid] = Job(self, jid, st)
             prepared.append((st, existing))
         new = [s for s, existing in prepared if existing is None]
-        if new and self.queue._bounded_py():
+        if new and admit and self.queue._bounded_py():
             # a bounded queue admits the jobs before their states are stored: a job refused
             # (QueueFull) leaves nothing behind; the publishes below then skip the check
             self.queue._admit(len(new))
