@@ -40,6 +40,9 @@ def test_killed_transactional_producers_store_every_record_once(tmp_path):
             break
         txid = rng.choice(sorted(running))
         proc = running[txid]
+        # the kill's clock starts at the worker's first publish ("" at EOF: it had none left)
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline().strip() in ("publishing", ""), "worker did not publish"
         try:
             proc.wait(timeout=rng.uniform(0.0, 0.12))
         except subprocess.TimeoutExpired:
