@@ -461,12 +461,13 @@ class Schedulers:
         # epoch -1: never a worker's fast path, so the job state decides (fastq.tasks.admin);
         # past the queue's bounds, as _add_tick
         q = tq.queue
+        was = getattr(q._admitted, "on", False)
         q._admitted.on = True
         try:
             q.publish(tq._body(s, -1), delay=delay, priority=s["opts"]["priority"],
                       dedup_id=dedup_id(jid, s.get("gen", 0)))
         finally:
-            q._admitted.on = False
+            q._admitted.on = was
 
     def tick(self, jid: str, rep: dict, prev: dict | None) -> bool:
         """See :func:`on_tick`."""
