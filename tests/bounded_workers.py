@@ -158,3 +158,13 @@ def dropping_producer(path: str, logfile: str, w: int) -> None:
             except fastq.QueueFull:
                 time.sleep(0.001)
             j += 1
+
+
+def task_dropper(path: str, w: int) -> None:
+    """Add jobs forever into a drop-oldest task queue (a kill loop's victim)."""
+    with fastq.open(path) as b:
+        tq = b.tasks(TASKS)
+        j = 0
+        while True:
+            tq.add("item", f"{w}-{j}")
+            j += 1

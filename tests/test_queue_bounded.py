@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import collections
+import json
 import math
 import multiprocessing as mp
 import os
@@ -28,7 +30,7 @@ import fastq
 from fastq.queue.bounds import RETRY_AFTER_MAX, RETRY_AFTER_MIN, retry_after_estimate
 import asyncio
 
-from bounded_workers import (QUEUE, TASKS, consumer, dropping_producer, killable_producer, producer, steady_consumer,
+from bounded_workers import (QUEUE, TASKS, consumer, dropping_producer, task_dropper, killable_producer, producer, steady_consumer,
                              task_producer, task_worker)
 from queue_workers import read_lines
 
@@ -591,3 +593,103 @@ def test_async_publish_with_block_never_blocks_the_loop(tmp_path):
             assert (await atq.set_limits(max_depth=None)).max_depth is None
             await atq.close()
     asyncio.run(main())
+
+
+def test_drop_oldest_on_a_task_queue_fails_the_dropped_jobs(tmp_path):
+    """A job whose message overflow="drop-oldest" dropped ends failed ("dropped: ..."), with a
+    failed event, a dead letter and remove_on_fail honoured — it used to stay "waiting" for
+    ever, a job nobody would run. The jobs kept run once each."""
+    with fastq.open(str(tmp_path / "b")) as b:
+        tq = b.tasks("t", max_depth=3, overflow="drop-oldest", dead_letter="t-dead")
+        events = tq.events()
+        gone = tq.add("a", 0, remove_on_fail=True)
+        jobs = [tq.add("a", i, attempts=3) for i in range(1, 6)]   # 3, 4, 5 drop gone, 1, 2
+        assert tq.queue.dropped == 3
+        for j in jobs[:2]:
+            assert j.state == "failed" and j.attempts_made == 0, (j.id, j.state)
+            assert j.failed_reason == "dropped: queue 't.tasks' full (overflow='drop-oldest')"
+        with pytest.raises(fastq.UnknownJob):
+            tq.get_job(gone.id)                            # remove_on_fail=True: not kept
+        c = tq.counts()
+        assert (c["waiting"], c["failed"], c["active"]) == (3, 2, 0), c
+        failed = [ev.job_id for ev in events.poll(1000, timeout=1) if ev.event == "failed"]
+        assert sorted(failed) == sorted([gone.id, jobs[0].id, jobs[1].id])
+        events.close()
+        dlq = b.queue("t-dead", codec="raw")
+        letters = [json.loads(bytes(m.body)) for m in dlq.receive(100, wait=0)]
+        assert sorted(d["id"] for d in letters) == sorted([gone.id, jobs[0].id, jobs[1].id])
+        assert all(d["failed_reason"].startswith("dropped:") for d in letters)
+        ran = []
+        with fastq.Worker(tq, lambda job: ran.append(job.data)) as w:
+            deadline = time.monotonic() + 10
+            while w.completed < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        assert sorted(ran) == [3, 4, 5]
+        assert tq.counts()["failed"] == 2 and tq.counts()["completed"] == 3
+        tq.close()
+
+
+def test_kill_9_of_task_droppers_leaves_every_job_run_once_or_failed_dropped(tmp_path):
+    """Two processes add to a drop-oldest task queue until killed -9 (mid-drop too), round
+    after round; then one worker runs what is left. Every job ends completed (run once) or
+    failed as dropped (never run) — none stays waiting, none runs after being dropped."""
+    seed = random.randrange(2**32)
+    print(f"task dropper kill loop: seed={seed}")
+    rng = random.Random(seed)
+    path = str(tmp_path / "b")
+    b = fastq.open(path)
+    tq = b.tasks(TASKS, max_depth=10, overflow="drop-oldest")
+    for _ in range(24 if TORTURE else 6):
+        before = sum(tq.counts().values())     # every state: dropped jobs are failed ones
+        procs = [CTX.Process(target=task_dropper, args=(path, w)) for w in range(2)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 60
+        while sum(tq.counts().values()) < before + 20:
+            assert time.monotonic() < deadline, "the droppers added nothing"
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.join(10)
+            assert p.exitcode == -signal.SIGKILL, p.exitcode
+    assert tq.queue.signals().depth <= 10 + 2     # the bound, give or take the killed adds
+    repaired = tq.repair(grace=0)                   # adds killed between their state and their message
+    ran = collections.Counter()
+    with fastq.Worker(tq, lambda job: ran.update([job.id])) as w:
+        deadline = time.monotonic() + 60
+        while True:
+            c = tq.counts()
+            if c["waiting"] == c["active"] == c["delayed"] == 0:
+                break
+            assert time.monotonic() < deadline, c
+            time.sleep(0.01)
+    jobs = tq.get_jobs()
+    failed = {j.id for j in jobs if j.state == "failed"}
+    completed = {j.id for j in jobs if j.state == "completed"}
+    assert failed | completed == {j.id for j in jobs}, {j.state for j in jobs}
+    assert all(tq.get_job(j).failed_reason.startswith("dropped:") for j in failed)
+    assert set(ran) == completed and set(ran.values()) == {1}
+    assert failed and completed
+    print(f"jobs={len(jobs)} dropped={len(failed)} ran={len(completed)} repaired={len(repaired)}")
+    tq.close()
+    b.close()
+
+
+def test_an_admin_retry_that_drops_on_a_full_task_queue_does_not_wait_for_itself(tmp_path):
+    """retry_job holds the admin lock exclusively while it publishes; the drop its publish
+    makes fails a job under that lock — it took the lock shared again, on another open file,
+    and waited for itself for ever (found by the kill loop above, in repair)."""
+    with fastq.open(str(tmp_path / "b")) as b:
+        tq = b.tasks("t", max_depth=2, overflow="drop-oldest")
+        a, x, y = tq.add("a", 1), tq.add("a", 2), tq.add("a", 3)     # y drops a
+        assert a.state == "failed"
+        done = []
+        th = threading.Thread(target=lambda: done.append(tq.retry_job(a.id)), daemon=True)
+        th.start()
+        th.join(20)
+        assert not th.is_alive(), "retry_job waited for its own admin lock"
+        assert a.state == "waiting" and x.state == "failed" and x.failed_reason.startswith("dropped:")
+        assert y.state == "waiting"
+        tq.close()

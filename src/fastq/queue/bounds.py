@@ -146,6 +146,9 @@ class BoundsMixin:
         self._next_bound_scan = 0.0
         self._seen_over = False
         self._admitted = threading.local()  # .on: this thread's publishes were admitted already
+        # weakref.WeakMethod(h) each: h(message, why) settles a message drop-oldest took and
+        # returns True, or False to pass it on (a task queue fails its job: fastq.tasks)
+        self._drop_hooks: list = []
 
     # -- limits ------------------------------------------------------------------------
 
@@ -311,7 +314,7 @@ class BoundsMixin:
                 if m is None:                 # past max_deliveries: dead-lettered there
                     continue
                 try:
-                    self._dead_letter(m, f"dropped: queue {self.name!r} full (overflow='drop-oldest')")
+                    self._drop(m, f"dropped: queue {self.name!r} full (overflow='drop-oldest')")
                 except BaseException:
                     try:
                         m.nack()                # a full dead-letter queue: it stays here
@@ -320,6 +323,16 @@ class BoundsMixin:
                     raise
         self.dropped += dropped
         return dropped
+
+    def _drop(self: "Queue", m, why: str) -> None:
+        """Settle message ``m`` that drop-oldest took (leased): the first drop hook that
+        takes it (a task queue fails the message's job), else the dead-letter queue, or
+        nothing without one (the message is discarded and counted)."""
+        for ref in list(self._drop_hooks):
+            hook = ref()
+            if hook is not None and hook(m, why):
+                return
+        self._dead_letter(m, why)
 
     # -- watermarks -------------------------------------------------------------------
 

@@ -204,12 +204,20 @@ class Control:
         fd = self._open_fd()
         try:
             _storage.flock(fd, True, True)
+            held = _held_paths()
+            held.add(self.lock_path)
             try:
                 yield
             finally:
+                held.discard(self.lock_path)
                 _storage.funlock(fd)
         finally:
             os.close(fd)
+
+    def held_exclusive(self) -> bool:
+        """Whether this thread holds the admin lock exclusively (through any handle): a
+        shared take would then wait for itself (flock locks belong to open files)."""
+        return self.lock_path in _held_paths()
 
     def close(self) -> None:
         """Close the pooled descriptors (holders return theirs closed). Idempotent."""
@@ -217,6 +225,16 @@ class Control:
         pool, self._pool = self._pool, []
         for fd in pool:
             os.close(fd)
+
+
+_HELD = threading.local()
+
+
+def _held_paths() -> set:
+    paths = getattr(_HELD, "paths", None)
+    if paths is None:
+        paths = _HELD.paths = set()
+    return paths
 
 
 class _Shared:

@@ -32,10 +32,12 @@ processes may open the same task queue, add, run workers and read jobs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
@@ -51,7 +53,7 @@ from .control import CTL_SUFFIX, Control
 from .deadletter import DeadLetters
 from .dedup import Deduplicator, validate_dedup
 from .events import EVENTS_SUFFIX, EventLog, JobListeners, QueueEvents
-from .job import Job, JobIndex, encode_state, now_ms
+from .job import FINISHED, Job, JobIndex, encode_state, now_ms
 from .scheduler import Schedulers
 
 if TYPE_CHECKING:
@@ -215,6 +217,8 @@ class TaskQueue(AdminMixin):
         self._dedup: Deduplicator | None = None    # deduplication entries (opens <name>.dedup when used)
         self._listeners_lock = threading.Lock()
         self._closed = False
+        hooks = self.queue._drop_hooks           # the broker's one handle of the queue: shared
+        hooks[:] = [r for r in hooks if r() is not None] + [weakref.WeakMethod(self._job_dropped)]
 
     # -- adding ------------------------------------------------------------------------------
 
@@ -409,7 +413,7 @@ class TaskQueue(AdminMixin):
     def set_limits(self, **limits) -> QueueLimits:
         """As :meth:`fastq.Queue.set_limits`: ``add`` of a job over ``max_depth`` raises
         QueueFull (reject) and stores nothing, waits (block), or drops the oldest waiting
-        jobs' messages (drop-oldest: those jobs never run; prefer reject for task queues)."""
+        jobs (drop-oldest: each fails, ``failed_reason`` "dropped: ...", and never runs)."""
         return self.queue.set_limits(**limits)
 
     def watermarks(self, high: int | None, low: int | None = None) -> QueueLimits:
@@ -503,6 +507,48 @@ class TaskQueue(AdminMixin):
         return self._sched
 
     # -- internals for the worker -----------------------------------------------------------
+
+    def _job_dropped(self, m, why: str) -> bool:
+        """``overflow="drop-oldest"`` took job message ``m`` (leased, unsettled): its job
+        fails with ``why`` — the failed state and event, the dead letter, the ack, then
+        ``remove_on_fail`` — as a job that failed at a worker. False when this handle is
+        closed or ``m`` is no job message (the message queue handles it). Killed between
+        the record and the ack, the message goes to a worker, whose ``_begin`` finds the
+        job failed and acks it (sending the dead letter again, deduplicated)."""
+        if self._closed:
+            return False
+        try:
+            msg = msgspec.json.decode(m.body)
+            jid = msg["id"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return False
+        s = None
+        recorded = False
+        # no admin operation meanwhile (the lease keeps workers off) — unless this thread runs
+        # one whose publish is dropping (retry, repair, promote): it holds the lock already
+        ctl = self._ctl
+        with (contextlib.nullcontext() if ctl.held_exclusive() else ctl.shared()):
+            prev = self._index.get(jid)
+            if prev is None or prev.get("gen", 0) != msg.get("gen", 0) \
+                    or prev.get("added_ms") != msg.get("added_ms"):
+                pass                              # removed or replaced: a stale message, nothing to fail
+            elif prev["state"] in FINISHED:       # recorded before a crash: send its dead letter again
+                s = prev if prev["state"] == "failed" else None
+            else:
+                s = dict(prev)
+                s.pop("due_ms", None)
+                s.pop("ep", None)
+                s.update(state="failed", failed_reason=why, finished_ms=now_ms(),
+                         stacktrace=list(prev.get("stacktrace") or []) + [why])
+                self._put(s, [{"event": "failed", "failed_reason": why,
+                               "attempts_made": s.get("attempts_made", 0)}])
+                recorded = True
+        if s is not None and self._dead_letters is not None:
+            self._dead_letters.send(s, m)
+        m.ack()
+        if recorded:
+            self._retain(s, "remove_on_fail", "failed")
+        return True
 
     def _put(self, state: dict, events=()) -> int:
         """Record a job's new state, then its events ``[{"event": name, ...fields}, ...]``;
