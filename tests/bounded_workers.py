@@ -9,6 +9,7 @@ import time
 
 import fastq
 from queue_workers import EventLog
+from task_workers import serve_until
 
 QUEUE = "bounded"
 
@@ -135,12 +136,9 @@ def task_worker(path: str, logfile: str, stopfile: str) -> None:
         def handle(job):
             log("ran", job.id, job.data)
             time.sleep(0.001)
-        w = fastq.Worker(tq, handle, concurrency=1)
         try:
-            while not os.path.exists(stopfile):
-                time.sleep(0.01)
+            serve_until(fastq.Worker(tq, handle, concurrency=1), stopfile)
         finally:
-            w.close()
             tq.close()
 
 

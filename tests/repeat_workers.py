@@ -8,7 +8,7 @@ import signal
 import time
 
 import fastq
-from task_workers import _note
+from task_workers import _note, serve_until
 
 QUEUE = "cron"
 SCHEDULER = "tick"
@@ -30,11 +30,7 @@ def run_scheduler_and_worker(broker_dir: str, runs_file: str, stop_file: str, ev
             time.sleep(rnd.random() * 0.04)
 
         w = fastq.Worker(tq, handle, concurrency=2)
-        try:
-            while not os.path.exists(stop_file):
-                time.sleep(0.01)
-        finally:
-            w.close()
+        serve_until(w, stop_file)
 
 
 def run_killed_between_tick_state_and_message(broker_dir: str, runs_file: str, stop_file: str, every: float,

@@ -9,6 +9,16 @@ import time
 import fastq
 import fastq.queue.queue
 
+
+def serve_until(worker, stop_file: str) -> None:
+    """Let ``worker`` run until ``stop_file`` exists (the test's signal), then close it."""
+    try:
+        while not os.path.exists(stop_file):
+            time.sleep(0.01)
+    finally:
+        worker.close()
+
+
 QUEUE = "images"
 
 
@@ -41,11 +51,7 @@ def run_worker(broker_dir: str, runs_file: str, stop_file: str, hold_file: str =
             return {"pid": os.getpid(), "doubled": job.data * 2 if isinstance(job.data, int) else None}
 
         w = fastq.Worker(tq, handle, concurrency=2)
-        try:
-            while not os.path.exists(stop_file):
-                time.sleep(0.01)
-        finally:
-            w.close()
+        serve_until(w, stop_file)
 
 
 def run_worker_killed_at_ack(broker_dir: str, runs_file: str, stop_file: str) -> None:
@@ -106,8 +112,4 @@ def run_failing_worker(broker_dir: str, dead_letter: str, kill_at: str, kill_dat
     with fastq.open(broker_dir) as b:
         tq = fastq.TaskQueue(QUEUE, b, dead_letter=dead_letter)
         w = fastq.Worker(tq, handle)
-        try:
-            while not os.path.exists(stop_file):
-                time.sleep(0.01)
-        finally:
-            w.close()
+        serve_until(w, stop_file)
